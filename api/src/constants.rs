@@ -1,0 +1,107 @@
+//! Every wire constant of the Turku `/v1` API, in one place.
+//!
+//! These strings are what unmodified original agents and storages send or compare against
+//! (`spec/turku.md` §1.4–§1.5). Never change them: they are the protocol.
+
+/// The path prefix every endpoint hangs off.
+pub const API_PREFIX: &str = "/v1";
+
+/// Endpoint names (the last path segment), as fixed by the original `ViewV1.view_names`.
+pub mod endpoint {
+    /// Monitoring probe: database connectivity and object counts.
+    pub const HEALTH: &str = "health";
+    /// Agent: register the machine and upload its sources.
+    pub const UPDATE_CONFIG: &str = "update_config";
+    /// Agent: which sources are due now.
+    pub const AGENT_PING_CHECKIN: &str = "agent_ping_checkin";
+    /// Agent: every restorable source.
+    pub const AGENT_PING_RESTORE: &str = "agent_ping_restore";
+    /// Storage: which sources of a connecting machine are due.
+    pub const STORAGE_PING_CHECKIN: &str = "storage_ping_checkin";
+    /// Storage: the outcome of one source's backup.
+    pub const STORAGE_PING_SOURCE_UPDATE: &str = "storage_ping_source_update";
+    /// Storage: register the storage unit and fetch its machines.
+    pub const STORAGE_UPDATE_CONFIG: &str = "storage_update_config";
+
+    /// All seven, in the original's order.
+    pub const ALL: [&str; 7] = [
+        HEALTH,
+        UPDATE_CONFIG,
+        AGENT_PING_CHECKIN,
+        AGENT_PING_RESTORE,
+        STORAGE_PING_CHECKIN,
+        STORAGE_PING_SOURCE_UPDATE,
+        STORAGE_UPDATE_CONFIG,
+    ];
+}
+
+/// The only request content type the original accepts (string equality).
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// Content type of the plain-text error bodies (Django `HttpResponse` default).
+pub const CONTENT_TYPE_ERROR: &str = "text/html; charset=utf-8";
+/// The only method any endpoint accepts; also the value of the `Allow` header on 405.
+pub const ALLOWED_METHOD: &str = "POST";
+
+/// Registration secret types (`Auth.secret_type`).
+pub mod secret_type {
+    /// Registers machines (agents).
+    pub const MACHINE_REG: &str = "machine_reg";
+    /// Registers storage units.
+    pub const STORAGE_REG: &str = "storage_reg";
+}
+
+/// Accepted values of `Source.snapshot_mode` besides null.
+pub const SNAPSHOT_MODES: [&str; 2] = ["none", "link-dest"];
+
+/// Error bodies, byte for byte as the original sends them.
+pub mod error_body {
+    /// Every authentication failure (never says which part failed).
+    pub const BAD_AUTH: &str = "Bad auth";
+    /// Wrong or missing `Content-Type`.
+    pub const BAD_CONTENT_TYPE: &str = "Bad Content-Type (expected application/json)";
+    /// `update_config` without a `machine` object.
+    pub const MACHINE_DICT_REQUIRED: &str = "\"machine\" dict required";
+    /// `update_config` with `machine.sources` not an object.
+    pub const INVALID_SOURCES_TYPE: &str = "Invalid type for \"sources\"";
+    /// No active, published storage to place a new machine on.
+    pub const NO_STORAGES: &str = "No storages are currently available";
+    /// Storage-side lookups of a machine that is not theirs (or not active/published).
+    pub const MACHINE_NOT_FOUND: &str = "Machine not found";
+    /// Storage-side lookups of a source that is not active/published.
+    pub const SOURCE_NOT_FOUND: &str = "Source not found";
+    /// Prefix of model validation failures.
+    pub const VALIDATION_ERROR_PREFIX: &str = "Validation error: ";
+    /// Body of 405 responses (Django's `HttpResponseNotAllowed` has an empty body).
+    pub const METHOD_NOT_ALLOWED: &str = "";
+    /// Body of 404 for unknown paths.
+    pub const NOT_FOUND: &str = "Not Found";
+    /// Body of unexpected failures.
+    pub const SERVER_ERROR: &str = "Server Error (500)";
+
+    /// `Missing required machine option "<name>"` (update_config).
+    pub fn missing_machine_option(name: &str) -> String {
+        format!("Missing required machine option \"{name}\"")
+    }
+
+    /// `Missing required option "<path>"` (storage endpoints).
+    pub fn missing_option(path: &str) -> String {
+        format!("Missing required option \"{path}\"")
+    }
+
+    /// `Invalid type for "<path>"` (a field that must be an object or list is not).
+    pub fn invalid_type(path: &str) -> String {
+        format!("Invalid type for \"{path}\"")
+    }
+}
+
+/// Model defaults that clients can observe.
+pub mod defaults {
+    /// `Source.frequency`.
+    pub const FREQUENCY: &str = "daily";
+    /// `Source.retention`.
+    pub const RETENTION: &str = "last 5 days, earliest of month";
+    /// Default Auth names created by `auth-create`.
+    pub const MACHINE_AUTH_NAME: &str = "Machine Registrations";
+    /// Default Auth name for storage registration secrets.
+    pub const STORAGE_AUTH_NAME: &str = "Storage Registrations";
+}

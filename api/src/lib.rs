@@ -1,0 +1,24 @@
+//! Wire types of the Turku `/v1` JSON API.
+//!
+//! Shared by the agent, the storage daemon and the coordinator so that all three agree on
+//! key names, nesting and nulls. Plain serde types: no I/O, no logic, no heavy dependencies
+//! (the agent links this crate and must never pull in an HTTP server or SQLite).
+//!
+//! - [`constants`]: endpoint names, content types, error bodies, secret types.
+//! - [`v1`]: one request/response type per endpoint.
+//! - [`pyjson`]: JSON text exactly as Python's `json.dumps` writes it.
+//!
+//! ```
+//! use turku_api_types::v1::{AgentPingRequest, MachineCredentials};
+//! let req = AgentPingRequest {
+//!     machine: MachineCredentials { uuid: "u".into(), secret: "s".into() },
+//! };
+//! assert_eq!(
+//!     turku_api_types::pyjson::to_string(&req).unwrap(),
+//!     r#"{"machine": {"uuid": "u", "secret": "s"}}"#
+//! );
+//! ```
+
+pub mod constants;
+pub mod pyjson;
+pub mod v1;

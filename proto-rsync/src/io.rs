@@ -1,0 +1,187 @@
+//! Thin tokio adapter: drives the sans-io machines over any `AsyncRead + AsyncWrite`
+//! (TCP socket, SSH channel, child pipes). The only I/O in the crate.
+//!
+//! Reads and writes are awaited in one `select!`, so input is consumed while output waits
+//! for the peer: the receive side never stalls behind the generator (spec §9.1). The sink
+//! is called synchronously from this task; a slow sink slows the transfer, never deadlocks it.
+
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::session::args::ServerArgs;
+use crate::session::handshake::{ClientHandshake, HandshakeOptions, HandshakeStatus};
+use crate::session::receiver::{ClientReceiver, ReceiverOptions, Status, READ_CHUNK};
+use crate::session::{Outcome, ReceiveSink};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Everything a pull needs besides the stream and the sink.
+#[derive(Debug, Clone)]
+pub struct PullConfig {
+    /// Daemon module.
+    pub module: String,
+    /// Path below the module ("" = whole module).
+    pub path: String,
+    /// User for `AUTHREQD` (stock default: `$USER`, else "nobody").
+    pub user: String,
+    /// Password for `AUTHREQD`; a module that requires one fails without it.
+    pub password: Option<Vec<u8>>,
+    /// Ask for hard links (`-H`).
+    pub hard_links: bool,
+    /// Filter rules in rsync syntax (`"- *.tmp"`, `"+ dir/"`).
+    pub filter_rules: Vec<String>,
+    /// Highest protocol to announce (30, 31 or 32).
+    pub protocol: u32,
+    /// Send an empty data frame after this much write silence (once the list is in).
+    pub keepalive: Duration,
+    /// Offer `v` in the client info (varint list flags and checksum negotiation, 3.2.0+).
+    /// Without it the session uses byte/short list flags and md5, as with 3.0/3.1 peers.
+    pub negotiate: bool,
+    pub limits: Limits,
+}
+
+impl PullConfig {
+    pub fn new(module: &str) -> Self {
+        PullConfig {
+            module: module.to_owned(),
+            path: String::new(),
+            user: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "nobody".into()),
+            password: None,
+            hard_links: false,
+            filter_rules: Vec::new(),
+            protocol: crate::constants::PROTOCOL_VERSION,
+            keepalive: Duration::from_secs(30),
+            negotiate: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Pulls `config.module/config.path` from an rsync daemon on `stream` into `sink`.
+///
+/// Returns the outcome also when files failed (exit code 23) or vanished (24): callers
+/// decide with [`Outcome::is_success`]. Errors mean the run is unusable.
+pub async fn pull<T, S>(stream: T, config: &PullConfig, sink: &mut S) -> Result<Outcome, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: ReceiveSink,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut args = ServerArgs::pull(&config.module, &config.path, config.hard_links);
+    args.numeric_ids = true;
+    if !config.negotiate {
+        args.client_info = args.client_info.replace('v', "");
+    }
+    let mut hs = ClientHandshake::new(HandshakeOptions {
+        args,
+        protocol: config.protocol,
+        user: config.user.clone(),
+        password: config.password.clone(),
+        limits: config.limits.clone(),
+    })?;
+    let mut written: u64 = 0;
+    let mut read: u64 = 0;
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let first = hs.take_output();
+    written += first.len() as u64;
+    wr.write_all(&first).await?;
+    let neg = loop {
+        let (used, st) = hs.feed(&inbuf)?;
+        inbuf.drain(..used);
+        let out = hs.take_output();
+        if !out.is_empty() {
+            written += out.len() as u64;
+            wr.write_all(&out).await?;
+            wr.flush().await?;
+        }
+        if let HandshakeStatus::Done(n) = st {
+            break n;
+        }
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            return Err(Error::UnexpectedEof("during the daemon handshake"));
+        }
+        read += n as u64;
+        inbuf.extend_from_slice(&buf[..n]);
+    };
+
+    let mut rx: ClientReceiver<S> = ClientReceiver::new(
+        neg,
+        ReceiverOptions {
+            hard_links: config.hard_links,
+            numeric_ids: true,
+            filter_rules: config.filter_rules.clone(),
+            limits: config.limits.clone(),
+        },
+    );
+    rx.feed(&inbuf)?;
+    let mut out: Vec<u8> = Vec::new();
+    let mut out_pos = 0usize;
+    let mut last_write = tokio::time::Instant::now();
+    let result = loop {
+        let st = match rx.step(sink) {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        if let Status::Finished(mut o) = st {
+            out.drain(..out_pos);
+            out.extend(rx.take_output());
+            wr.write_all(&out).await?;
+            wr.flush().await?;
+            // Best effort: the peer exits after our goodbye anyway.
+            let _ = wr.shutdown().await;
+            o.wire_bytes_read += read;
+            o.wire_bytes_written += written;
+            return Ok(*o);
+        }
+        if out_pos == out.len() {
+            out = rx.take_output();
+            out_pos = 0;
+        }
+        let idle_deadline = last_write + config.keepalive;
+        // A peer that reported an error and then closed (or reset) the connection is
+        // explained by its message, not by the socket error.
+        let closed = |rx: &ClientReceiver<S>, e: Error| match rx.last_error() {
+            Some(m) => Error::ClosedAfterError { message: m.to_owned() },
+            None => e,
+        };
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => break Err(closed(&rx, e.into())),
+                };
+                if n == 0 {
+                    break Err(closed(&rx, Error::UnexpectedEof("during the transfer")));
+                }
+                rx.feed(&buf[..n])?;
+            }
+            r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => break Err(closed(&rx, e.into())),
+                };
+                if n == 0 {
+                    break Err(closed(&rx, Error::UnexpectedEof("peer stopped reading")));
+                }
+                out_pos += n;
+                last_write = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if out_pos == out.len() && rx.file_list_done() => {
+                rx.keepalive();
+                last_write = tokio::time::Instant::now();
+            }
+        }
+    };
+    // On a remote fatal error the machine queued the acknowledgement stock expects.
+    if let Err(Error::RemoteExit { .. }) = &result {
+        out.drain(..out_pos);
+        out.extend(rx.take_output());
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            wr.write_all(&out).await?;
+            wr.flush().await
+        })
+        .await;
+    }
+    result
+}

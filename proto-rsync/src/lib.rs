@@ -1,0 +1,43 @@
+//! The rsync wire protocol (versions 30–32 driven, 27–29 kept possible in every codec), as a
+//! sans-io core plus a thin tokio adapter.
+//!
+//! Order of operations of a pull (client receiver over the daemon protocol):
+//! 1. [`session::handshake::ClientHandshake`]: greeting, module, `AUTHREQD`, argv, compat
+//!    flags, checksum negotiation, seed.
+//! 2. [`session::receiver::ClientReceiver`]: filter list out, file list in (sorted as stock
+//!    does), then the generator (requests + block sums from the caller's basis) and the
+//!    receiver (tokens → reconstructed content → whole-file check, redo) interleaved, and
+//!    the end-of-run DONE choreography.
+//! 3. The caller sees everything through [`session::ReceiveSink`].
+//!
+//! Codecs live in [`codec`]; each returns [`Decoded::Incomplete`] on partial input and
+//! bounds wire lengths with [`Limits`]. Every wire constant is in [`constants`].
+//!
+//! ```
+//! use turku_proto_rsync::codec::prim::{put_varint, decode_varint};
+//! use turku_proto_rsync::Decoded;
+//! let mut b = Vec::new();
+//! put_varint(&mut b, 0x1ff);
+//! assert_eq!(b, [0x81, 0xff]);
+//! assert_eq!(decode_varint(&b[..1]).unwrap(), Decoded::Incomplete { needed: 1 });
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod checksum;
+pub mod codec;
+pub mod constants;
+pub mod delta;
+pub mod error;
+pub mod limits;
+pub mod session;
+pub mod sort;
+
+#[cfg(feature = "tokio")]
+pub mod io;
+
+pub use codec::flist::{FileEntry, FileKind, HardLink};
+pub use codec::Decoded;
+pub use error::{DecodeError, Error, SinkError};
+pub use limits::Limits;
+pub use session::{Basis, EntryAction, MessageKind, Outcome, ReceiveSink, SenderStats};

@@ -1,0 +1,110 @@
+//! The argv a stock client sends to the daemon, and the filter list (spec §2.4, §4).
+
+use crate::codec::prim::put_i32;
+use crate::constants::CLIENT_INFO_NO_INC_RECURSE;
+
+/// What the server is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerArgs {
+    /// Ask for hard links (`-H`).
+    pub hard_links: bool,
+    /// `--numeric-ids` (no uid/gid name lists).
+    pub numeric_ids: bool,
+    /// Module name.
+    pub module: String,
+    /// Path below the module ("" for the module root).
+    pub path: String,
+    /// Capability letters after `-e` (only sent at protocol ≥30).
+    pub client_info: String,
+}
+
+impl ServerArgs {
+    pub fn pull(module: &str, path: &str, hard_links: bool) -> Self {
+        ServerArgs {
+            hard_links,
+            numeric_ids: true,
+            module: module.to_owned(),
+            path: path.to_owned(),
+            client_info: CLIENT_INFO_NO_INC_RECURSE.to_owned(),
+        }
+    }
+
+    /// The argv of `rsync -a --numeric-ids [-H] --no-inc-recursive rsync://h/mod/path`, as the
+    /// server sees it (without argv[0]).
+    pub fn argv(&self, protocol: u32) -> Vec<String> {
+        let mut cluster = String::from("-l");
+        if self.hard_links {
+            cluster.push('H');
+        }
+        cluster.push_str("ogDtpr");
+        if protocol >= 30 {
+            cluster.push('e');
+            cluster.push_str(&self.client_info);
+        }
+        let mut v = vec!["--server".to_owned(), "--sender".to_owned(), cluster];
+        if self.numeric_ids {
+            v.push("--numeric-ids".to_owned());
+        }
+        v.push(".".to_owned());
+        let path = self.path.trim_start_matches('/');
+        let mut p = format!("{}/{}", self.module, path);
+        if !p.ends_with('/') && path.is_empty() {
+            p.push('/');
+        }
+        v.push(p);
+        v
+    }
+
+    /// Encodes argv for the daemon: NUL-separated at ≥30, newline-separated below, ended by
+    /// an empty argument.
+    pub fn encode(&self, protocol: u32) -> Vec<u8> {
+        let sep = if protocol >= 30 { 0u8 } else { b'\n' };
+        let mut o = Vec::new();
+        for a in self.argv(protocol) {
+            o.extend_from_slice(a.as_bytes());
+            o.push(sep);
+        }
+        o.push(sep);
+        o
+    }
+}
+
+/// Encodes a filter list: each rule (`"- *.tmp"`, `"+ dir/"`, …) as int32 length + text,
+/// then int32 0.
+pub fn encode_filter_list(rules: &[String], out: &mut Vec<u8>) {
+    for r in rules.iter().filter(|r| !r.is_empty()) {
+        put_i32(out, r.len() as i32);
+        out.extend_from_slice(r.as_bytes());
+    }
+    put_i32(out, 0);
+}
+
+/// The rule for an exclude pattern.
+pub fn exclude_rule(pattern: &str) -> String {
+    format!("- {pattern}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_matches_stock() {
+        let a = ServerArgs::pull("mod", "", false);
+        assert_eq!(a.argv(32), ["--server", "--sender", "-logDtpre.LsfxCIvu", "--numeric-ids", ".", "mod/"]);
+        let a = ServerArgs::pull("mod", "sub/dir/", true);
+        assert_eq!(a.argv(31), ["--server", "--sender", "-lHogDtpre.LsfxCIvu", "--numeric-ids", ".", "mod/sub/dir/"]);
+        assert_eq!(a.argv(29)[2], "-lHogDtpr");
+        assert_eq!(ServerArgs::pull("m", "", false).encode(32), b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0m/\0\0");
+    }
+
+    #[test]
+    fn filter_list_encoding() {
+        let mut o = Vec::new();
+        encode_filter_list(&[exclude_rule("*.bin")], &mut o);
+        assert_eq!(o, b"\x07\0\0\0- *.bin\0\0\0\0");
+        let mut o = Vec::new();
+        encode_filter_list(&[], &mut o);
+        assert_eq!(o, [0, 0, 0, 0]);
+    }
+}

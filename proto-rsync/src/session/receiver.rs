@@ -1,0 +1,983 @@
+//! The client receiver (spec §6, §10a): reads the file list, then runs the generator
+//! (requests with block sums) and the receiver (replies, tokens, checksums) side by side.
+//!
+//! Concurrency without threads: the generator only produces output while less than
+//! `OUTPUT_HIGH_WATER` bytes wait to be sent, and input is always consumed whenever it is
+//! fed, so a driver that reads and writes concurrently can never deadlock with a peer that
+//! is itself blocked writing to us.
+
+use super::demux::{Demux, InMsg};
+use super::handshake::Negotiated;
+use super::{Basis, EntryAction, MessageKind, Outcome, ReceiveSink, SenderStats};
+use crate::checksum::FileHasher;
+use crate::codec::flist::{decode_id_list, FileEntry, FlistDecoder, FlistItem, FlistOptions, HardLink};
+use crate::codec::mux::{encode_data, encode_frame, MsgTag};
+use crate::codec::ndx::NdxCodec;
+use crate::codec::prim::{run, Decoded};
+use crate::codec::sums::SumHead;
+use crate::codec::token::{decode_token, Token};
+use crate::constants::*;
+use crate::delta::write_block_signature;
+use crate::error::{DecodeError, Error};
+use crate::limits::Limits;
+use crate::sort::sort_order;
+use std::collections::HashSet;
+
+/// Stop generating requests while this much output is unsent.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Largest input chunk the machine asks for at once.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Options of the receiving side.
+#[derive(Debug, Clone)]
+pub struct ReceiverOptions {
+    pub hard_links: bool,
+    pub numeric_ids: bool,
+    /// Filter rules in rsync syntax (`"- *.tmp"`), sent before the file list.
+    pub filter_rules: Vec<String>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileState {
+    NotRequested,
+    Requested,
+    Done,
+    Failed,
+}
+
+#[derive(Debug)]
+enum Rx<B> {
+    FileList,
+    IdLists { uid_done: bool },
+    IoErrorPre30,
+    ExpectNdx,
+    Iflags { ndx: u32 },
+    SumHead { ndx: u32 },
+    Tokens { ndx: u32, head: SumHead, basis: Option<B>, hasher: Box<FileHasher>, literal: u32 },
+    FileSum { ndx: u32, sum: Vec<u8> },
+    Stats,
+    ExtraDoneEcho,
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gen {
+    /// Waiting for the file list.
+    Idle,
+    /// Phase 0: next sorted index to consider.
+    Files(usize),
+    /// Sent the DONE closing a phase; waiting for the sender's echo.
+    Waiting,
+}
+
+/// Status after a [`ClientReceiver::step`].
+#[derive(Debug)]
+pub enum Status {
+    /// Feed more input (and send pending output).
+    NeedInput,
+    /// The run is over; send remaining output, then close.
+    Finished(Box<Outcome>),
+}
+
+/// The client receiver machine.
+#[derive(Debug)]
+pub struct ClientReceiver<S: ReceiveSink> {
+    neg: Negotiated,
+    opts: ReceiverOptions,
+    demux: Demux,
+    data: Vec<u8>,
+    data_pos: usize,
+    msgs: Vec<InMsg>,
+    out: Vec<u8>,
+    pending: Vec<u8>,
+    ndx_in: NdxCodec,
+    ndx_out: NdxCodec,
+    flist: FlistDecoder,
+    wire: Vec<FileEntry>,
+    entries: Vec<FileEntry>,
+    cleared: Vec<bool>,
+    state: Vec<FileState>,
+    redo: Vec<u32>,
+    rx: Rx<S::Basis>,
+    gen: Gen,
+    phase: u32,
+    scratch: Vec<u8>,
+    last_error: String,
+    outcome: Outcome,
+    flist_done: bool,
+}
+
+impl<S: ReceiveSink> ClientReceiver<S> {
+    pub fn new(neg: Negotiated, opts: ReceiverOptions) -> Self {
+        let p = neg.protocol;
+        let fo = FlistOptions::archive(p, neg.compat_flags, opts.hard_links);
+        let mut r = ClientReceiver {
+            demux: Demux::new(opts.limits.clone()),
+            flist: FlistDecoder::new(fo, opts.limits.clone()),
+            data: Vec::new(),
+            data_pos: 0,
+            msgs: Vec::new(),
+            out: Vec::new(),
+            pending: Vec::new(),
+            ndx_in: NdxCodec::new(p),
+            ndx_out: NdxCodec::new(p),
+            wire: Vec::new(),
+            entries: Vec::new(),
+            cleared: Vec::new(),
+            state: Vec::new(),
+            redo: Vec::new(),
+            rx: Rx::FileList,
+            gen: Gen::Idle,
+            phase: 0,
+            scratch: Vec::new(),
+            last_error: String::new(),
+            outcome: Outcome {
+                protocol: p,
+                checksum: neg.checksum.name().to_owned(),
+                motd: neg.motd.clone(),
+                ..Outcome::default()
+            },
+            flist_done: false,
+            neg,
+            opts,
+        };
+        // A pull always sends the filter list, even when empty (spec §4).
+        let mut fl = Vec::new();
+        super::args::encode_filter_list(&r.opts.filter_rules, &mut fl);
+        r.send(&fl);
+        r.flush_pending();
+        r
+    }
+
+    /// Raw bytes from the connection.
+    pub fn feed(&mut self, raw: &[u8]) -> Result<(), Error> {
+        self.outcome.wire_bytes_read += raw.len() as u64;
+        self.demux.push(raw, &mut self.data, &mut self.msgs)?;
+        Ok(())
+    }
+
+    /// Bytes to send now (already multiplexed).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        self.flush_pending();
+        self.outcome.wire_bytes_written += self.out.len() as u64;
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether output is waiting.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || !self.pending.is_empty()
+    }
+
+    /// Whether the file list has been received (keep-alives are only safe after it).
+    pub fn file_list_done(&self) -> bool {
+        self.flist_done
+    }
+
+    /// Queues an empty data frame: the keep-alive stock 3.1+ uses.
+    pub fn keepalive(&mut self) {
+        self.flush_pending();
+        encode_frame(MsgTag::Data, &[], &mut self.out);
+    }
+
+    /// The last error text the peer sent, if any: explains an abrupt close.
+    pub fn last_error(&self) -> Option<&str> {
+        Some(self.last_error.as_str()).filter(|s| !s.is_empty())
+    }
+
+    /// The sorted file list (valid once received).
+    pub fn entries(&self) -> &[FileEntry] {
+        &self.entries
+    }
+
+    /// Processes buffered input and generates requests while output has room.
+    pub fn step(&mut self, sink: &mut S) -> Result<Status, Error> {
+        loop {
+            self.handle_messages(sink)?;
+            let progressed_rx = self.step_rx(sink)?;
+            self.handle_messages(sink)?;
+            if let Rx::Finished = self.rx {
+                self.flush_pending();
+                self.finish_outcome();
+                return Ok(Status::Finished(Box::new(std::mem::take(&mut self.outcome))));
+            }
+            let progressed_gen = self.step_gen(sink)?;
+            if !progressed_rx && !progressed_gen {
+                break;
+            }
+        }
+        // Keep the data buffer compact: everything before data_pos is consumed.
+        if self.data_pos > 0 {
+            self.data.drain(..self.data_pos);
+            self.data_pos = 0;
+        }
+        self.flush_pending();
+        Ok(Status::NeedInput)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= IO_BUFFER_SIZE {
+            self.flush_pending();
+        }
+    }
+
+    fn send_ndx(&mut self, ndx: i32) {
+        let mut b = Vec::with_capacity(6);
+        self.ndx_out.encode(ndx, &mut b);
+        self.send(&b);
+    }
+
+    fn flush_pending(&mut self) {
+        if !self.pending.is_empty() {
+            encode_data(&self.pending, &mut self.out);
+            self.pending.clear();
+        }
+    }
+
+    fn handle_messages(&mut self, sink: &mut S) -> Result<(), Error> {
+        for m in std::mem::take(&mut self.msgs) {
+            match m {
+                InMsg::Text(kind, text) => {
+                    match kind {
+                        MessageKind::Warning | MessageKind::ErrorXfer | MessageKind::Error => {
+                            self.outcome.warnings.push(text.trim_end().to_owned());
+                        }
+                        MessageKind::Info => {}
+                    }
+                    if kind == MessageKind::ErrorXfer || kind == MessageKind::Error {
+                        self.last_error = text.trim_end().to_owned();
+                    }
+                    if kind == MessageKind::ErrorXfer {
+                        self.outcome.io_error |= IOERR_GENERAL;
+                    }
+                    sink.message(kind, &text);
+                }
+                InMsg::IoError(bits) => self.outcome.io_error |= bits & IOERR_KNOWN_BITS,
+                InMsg::IoTimeout(secs) => tracing::debug!(secs, "peer announced its I/O timeout"),
+                InMsg::NoSend(ndx) => {
+                    let i = usize::try_from(ndx).ok().filter(|&i| i < self.entries.len());
+                    let i = i.ok_or(DecodeError::BadNdx(ndx.into()))?;
+                    if self.state[i] == FileState::Requested {
+                        self.state[i] = FileState::Failed;
+                        self.outcome.failed.push(self.entries[i].name_lossy());
+                        sink.file_failed(i as u32, &self.entries[i], "sender could not send it").map_err(Error::Sink)?;
+                    }
+                }
+                InMsg::ErrorExit(code) => {
+                    // Acknowledge as a stock client does, then stop (spec §3.3).
+                    if self.neg.protocol >= 31 {
+                        self.flush_pending();
+                        encode_frame(MsgTag::ErrorExit, &[], &mut self.out);
+                    }
+                    return Err(Error::RemoteExit {
+                        code: code.unwrap_or(RERR_PARTIAL),
+                        message: std::mem::take(&mut self.last_error),
+                    });
+                }
+                InMsg::Deleted(_) | InMsg::Success(_) | InMsg::Noop => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn avail(&self) -> &[u8] {
+        &self.data[self.data_pos..]
+    }
+
+    /// Decodes with `f` from the data buffer; `None` when more input is needed.
+    fn take<T>(&mut self, f: impl FnOnce(&[u8]) -> Result<Decoded<T>, DecodeError>) -> Result<Option<T>, Error> {
+        match f(&self.data[self.data_pos..])? {
+            Decoded::Complete { value, consumed } => {
+                self.data_pos += consumed;
+                Ok(Some(value))
+            }
+            Decoded::Incomplete { .. } => Ok(None),
+        }
+    }
+
+    fn step_rx(&mut self, sink: &mut S) -> Result<bool, Error> {
+        let mut progressed = false;
+        loop {
+            let p = self.neg.protocol;
+            let lim = self.opts.limits.clone();
+            let before = self.data_pos;
+            let rx = std::mem::replace(&mut self.rx, Rx::Finished);
+            let next = match rx {
+                Rx::FileList => {
+                    let so_far = std::mem::take(&mut self.wire);
+                    let item = match self.flist.decode(&self.data[self.data_pos..], &so_far)? {
+                        Decoded::Complete { value, consumed } => {
+                            self.data_pos += consumed;
+                            Some(value)
+                        }
+                        Decoded::Incomplete { .. } => None,
+                    };
+                    self.wire = so_far;
+                    match item {
+                        None => {
+                            self.rx = Rx::FileList;
+                            return Ok(progressed);
+                        }
+                        Some(FlistItem::Entry(e)) => {
+                            self.wire.push(e);
+                            Rx::FileList
+                        }
+                        Some(FlistItem::End { io_error }) => {
+                            self.outcome.io_error |= io_error & IOERR_KNOWN_BITS;
+                            if !self.opts.numeric_ids {
+                                Rx::IdLists { uid_done: false }
+                            } else if p < 30 {
+                                Rx::IoErrorPre30
+                            } else {
+                                self.finish_file_list()?;
+                                Rx::ExpectNdx
+                            }
+                        }
+                    }
+                }
+                Rx::IdLists { uid_done } => {
+                    let id0 = self.neg.compat_flags & CF_ID0_NAMES != 0;
+                    match self.take(|b| decode_id_list(b, p, id0, &lim))? {
+                        None => {
+                            self.rx = Rx::IdLists { uid_done };
+                            return Ok(progressed);
+                        }
+                        Some(_names) if !uid_done => Rx::IdLists { uid_done: true },
+                        Some(_) if p < 30 => Rx::IoErrorPre30,
+                        Some(_) => {
+                            self.finish_file_list()?;
+                            Rx::ExpectNdx
+                        }
+                    }
+                }
+                Rx::IoErrorPre30 => match self.take(|b| run(b, |c| c.i32()))? {
+                    None => {
+                        self.rx = Rx::IoErrorPre30;
+                        return Ok(progressed);
+                    }
+                    Some(e) => {
+                        self.outcome.io_error |= (e as u32) & IOERR_KNOWN_BITS;
+                        self.finish_file_list()?;
+                        Rx::ExpectNdx
+                    }
+                },
+                Rx::ExpectNdx => {
+                    let mut codec = self.ndx_in.clone();
+                    let r = codec.decode(self.avail())?;
+                    match r {
+                        Decoded::Incomplete { .. } => {
+                            self.rx = Rx::ExpectNdx;
+                            return Ok(progressed);
+                        }
+                        Decoded::Complete { value, consumed } => {
+                            self.ndx_in = codec;
+                            self.data_pos += consumed;
+                            self.on_ndx(sink, value)?
+                        }
+                    }
+                }
+                Rx::Iflags { ndx } => {
+                    let r = run(self.avail(), |c| {
+                        let iflags = c.u16()?;
+                        if iflags & ITEM_BASIS_TYPE_FOLLOWS != 0 {
+                            c.u8()?;
+                        }
+                        if iflags & ITEM_XNAME_FOLLOWS != 0 {
+                            c.vstring(lim.max_vstring)?;
+                        }
+                        Ok(iflags)
+                    })?;
+                    match r {
+                        Decoded::Incomplete { .. } => {
+                            self.rx = Rx::Iflags { ndx };
+                            return Ok(progressed);
+                        }
+                        Decoded::Complete { value: iflags, consumed } => {
+                            self.data_pos += consumed;
+                            if ndx as usize == self.entries.len() && iflags == ITEM_IS_NEW && p < 30 {
+                                // Protocol 29 keep-alive.
+                                Rx::ExpectNdx
+                            } else if ndx as usize >= self.entries.len() {
+                                return Err(DecodeError::BadNdx(ndx.into()).into());
+                            } else if iflags & ITEM_TRANSFER == 0 {
+                                // An echo of an itemization; no data follows.
+                                Rx::ExpectNdx
+                            } else {
+                                self.check_requested(ndx)?;
+                                Rx::SumHead { ndx }
+                            }
+                        }
+                    }
+                }
+                Rx::SumHead { ndx } => {
+                    let xfer = self.neg.checksum.len();
+                    match self.take(|b| SumHead::decode(b, p, xfer, &lim))? {
+                        None => {
+                            self.rx = Rx::SumHead { ndx };
+                            return Ok(progressed);
+                        }
+                        Some(head) => self.begin_file(sink, ndx, head)?,
+                    }
+                }
+                Rx::Tokens { ndx, head, mut basis, mut hasher, literal } => {
+                    if literal > 0 {
+                        let n = (literal as usize).min(self.avail().len());
+                        if n == 0 {
+                            self.rx = Rx::Tokens { ndx, head, basis, hasher, literal };
+                            return Ok(progressed);
+                        }
+                        let start = self.data_pos;
+                        let chunk = &self.data[start..start + n];
+                        hasher.update(chunk);
+                        sink.content(chunk).map_err(Error::Sink)?;
+                        self.data_pos += n;
+                        self.outcome.literal_bytes += n as u64;
+                        Rx::Tokens { ndx, head, basis, hasher, literal: literal - n as u32 }
+                    } else {
+                        match self.take(|b| decode_token(b, head.count, &lim))? {
+                            None => {
+                                self.rx = Rx::Tokens { ndx, head, basis, hasher, literal };
+                                return Ok(progressed);
+                            }
+                            Some(Token::Literal(n)) => Rx::Tokens { ndx, head, basis, hasher, literal: n },
+                            Some(Token::Block(k)) => {
+                                let b = basis.as_mut().ok_or(DecodeError::BadToken { token: -(k as i32) - 1, count: 0 })?;
+                                let len = head.block_len(k) as usize;
+                                let off = u64::from(k) * u64::from(head.blength);
+                                self.scratch.resize(len, 0);
+                                b.read_at(off, &mut self.scratch).map_err(Error::Sink)?;
+                                hasher.update(&self.scratch);
+                                sink.content(&self.scratch).map_err(Error::Sink)?;
+                                self.outcome.matched_bytes += len as u64;
+                                Rx::Tokens { ndx, head, basis, hasher, literal: 0 }
+                            }
+                            Some(Token::End) => Rx::FileSum { ndx, sum: hasher.finish() },
+                        }
+                    }
+                }
+                Rx::FileSum { ndx, sum } => {
+                    let n = sum.len();
+                    match self.take(|b| run(b, |c| c.bytes(n).map(<[u8]>::to_vec)))? {
+                        None => {
+                            self.rx = Rx::FileSum { ndx, sum };
+                            return Ok(progressed);
+                        }
+                        Some(theirs) => {
+                            self.end_file(sink, ndx, theirs == sum)?;
+                            Rx::ExpectNdx
+                        }
+                    }
+                }
+                Rx::Stats => {
+                    let n = if p >= 29 { 5 } else { 3 };
+                    let r = run(self.avail(), |c| {
+                        let mut v = [0i64; 5];
+                        for x in v.iter_mut().take(n) {
+                            *x = c.varlong30(p, 3)?;
+                        }
+                        Ok(v)
+                    })?;
+                    match r {
+                        Decoded::Incomplete { .. } => {
+                            self.rx = Rx::Stats;
+                            return Ok(progressed);
+                        }
+                        Decoded::Complete { value: v, consumed } => {
+                            self.data_pos += consumed;
+                            self.outcome.sender_stats = SenderStats {
+                                total_read: v[0],
+                                total_written: v[1],
+                                total_size: v[2],
+                                flist_buildtime_ms: v[3],
+                                flist_xfertime_ms: v[4],
+                            };
+                            if p >= 31 {
+                                // The extra DONE round of 31+ (spec §6.8).
+                                self.send_ndx(NDX_DONE);
+                                Rx::ExtraDoneEcho
+                            } else {
+                                self.send_ndx(NDX_DONE);
+                                Rx::Finished
+                            }
+                        }
+                    }
+                }
+                Rx::ExtraDoneEcho => {
+                    let mut codec = self.ndx_in.clone();
+                    match codec.decode(self.avail())? {
+                        Decoded::Incomplete { .. } => {
+                            self.rx = Rx::ExtraDoneEcho;
+                            return Ok(progressed);
+                        }
+                        Decoded::Complete { value, consumed } => {
+                            self.ndx_in = codec;
+                            self.data_pos += consumed;
+                            if value != NDX_DONE {
+                                return Err(Error::Protocol(format!("expected the final NDX_DONE echo, got {value}")));
+                            }
+                            // Final goodbye.
+                            self.send_ndx(NDX_DONE);
+                            Rx::Finished
+                        }
+                    }
+                }
+                Rx::Finished => {
+                    self.rx = Rx::Finished;
+                    return Ok(true);
+                }
+            };
+            self.rx = next;
+            progressed = true;
+            if matches!(self.rx, Rx::Finished) {
+                return Ok(true);
+            }
+            // A state change that consumed nothing (e.g. a zero-length literal boundary) is
+            // still progress; loop until input runs out.
+            let _ = before;
+        }
+    }
+
+    fn finish_file_list(&mut self) -> Result<(), Error> {
+        let p = self.neg.protocol;
+        let wire = std::mem::take(&mut self.wire);
+        let order = sort_order(&wire, p);
+        let mut wire_to_sorted = vec![0u32; wire.len()];
+        for (sorted, &w) in order.iter().enumerate() {
+            wire_to_sorted[w] = sorted as u32;
+        }
+        let mut slots: Vec<Option<FileEntry>> = wire.into_iter().map(Some).collect();
+        let mut entries = Vec::with_capacity(slots.len());
+        for &w in &order {
+            let mut e = slots[w].take().ok_or(Error::Protocol("sort produced a duplicate slot".into()))?;
+            if let HardLink::Follower { first } = e.hard_link {
+                let s = wire_to_sorted.get(first as usize).copied().ok_or(DecodeError::BadHardLink { index: first.into(), count: order.len() })?;
+                e.hard_link = HardLink::Follower { first: s };
+            }
+            validate_name(&e)?;
+            entries.push(e);
+        }
+        // Later duplicates are cleared but keep their slot so indexes stay aligned.
+        let mut cleared = vec![false; entries.len()];
+        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(entries.len());
+        let mut dirs: HashSet<&[u8]> = HashSet::new();
+        for e in &entries {
+            if e.is_dir() {
+                dirs.insert(&e.name);
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            if !seen.insert(&e.name) || (!e.is_dir() && dirs.contains(&e.name[..])) {
+                cleared[i] = true;
+            }
+        }
+        self.outcome.entries = cleared.iter().filter(|c| !**c).count() as u64;
+        self.state = vec![FileState::NotRequested; entries.len()];
+        self.entries = entries;
+        self.cleared = cleared;
+        self.gen = Gen::Files(0);
+        self.flist_done = true;
+        tracing::debug!(entries = self.entries.len(), "file list received");
+        Ok(())
+    }
+
+    fn check_requested(&self, ndx: u32) -> Result<(), Error> {
+        match self.state.get(ndx as usize) {
+            Some(FileState::Requested) => Ok(()),
+            _ => Err(Error::Protocol(format!("sender replied for file {ndx}, which was not requested"))),
+        }
+    }
+
+    fn on_ndx(&mut self, sink: &mut S, ndx: i32) -> Result<Rx<S::Basis>, Error> {
+        let p = self.neg.protocol;
+        if ndx == NDX_DONE {
+            self.phase += 1;
+            let max_phase = if p >= 29 { 2 } else { 1 };
+            if self.phase > max_phase {
+                return Ok(Rx::Stats);
+            }
+            if self.phase == 1 {
+                // The sender finished phase 0, so every verification failure is known now.
+                for ndx in std::mem::take(&mut self.redo) {
+                    self.request(sink, ndx, true)?;
+                    self.outcome.redone += 1;
+                }
+            }
+            self.send_ndx(NDX_DONE);
+            return Ok(Rx::ExpectNdx);
+        }
+        if ndx < 0 {
+            return Err(Error::Protocol(format!("unexpected negative file index {ndx} without incremental recursion")));
+        }
+        let ndx = ndx as u32;
+        if p >= 29 {
+            Ok(Rx::Iflags { ndx })
+        } else {
+            if (ndx as usize) >= self.entries.len() {
+                return Err(DecodeError::BadNdx(ndx.into()).into());
+            }
+            self.check_requested(ndx)?;
+            Ok(Rx::SumHead { ndx })
+        }
+    }
+
+    /// Writes one request: ndx, iflags, sum head and the basis's block sums.
+    fn request(&mut self, sink: &mut S, ndx: u32, redo: bool) -> Result<(), Error> {
+        let p = self.neg.protocol;
+        let kind = self.neg.checksum;
+        let seed = self.neg.seed;
+        let mut basis = sink.basis(ndx, &self.entries[ndx as usize]).map_err(Error::Sink)?;
+        let head = match &basis {
+            Some(b) if !b.is_empty() => SumHead::for_basis(b.len(), p, kind.len(), redo),
+            _ => SumHead::default(),
+        };
+        if head.count > self.opts.limits.max_blocks {
+            return Err(Error::Protocol(format!("basis of file {ndx} needs {} blocks, over the limit", head.count)));
+        }
+        self.send_ndx(ndx as i32);
+        if p >= 29 {
+            let mut iflags = ITEM_TRANSFER;
+            if head.count == 0 {
+                iflags |= ITEM_IS_NEW;
+            }
+            self.send(&iflags.to_le_bytes());
+        }
+        let mut h = Vec::with_capacity(16);
+        head.encode(p, &mut h);
+        self.send(&h);
+        if let Some(b) = basis.as_mut().filter(|_| head.count > 0) {
+            let mut block = vec![0u8; head.blength as usize];
+            let mut sig = Vec::with_capacity(4 + head.s2length as usize);
+            for k in 0..head.count {
+                let len = head.block_len(k) as usize;
+                b.read_at(u64::from(k) * u64::from(head.blength), &mut block[..len]).map_err(Error::Sink)?;
+                sig.clear();
+                write_block_signature(&block[..len], kind, seed, head.s2length as usize, &mut sig);
+                self.send(&sig);
+            }
+        }
+        self.state[ndx as usize] = FileState::Requested;
+        Ok(())
+    }
+
+    fn begin_file(&mut self, sink: &mut S, ndx: u32, head: SumHead) -> Result<Rx<S::Basis>, Error> {
+        let e = &self.entries[ndx as usize];
+        let basis = if head.count > 0 {
+            let b = sink.basis(ndx, e).map_err(Error::Sink)?;
+            let b = b.ok_or_else(|| Error::Protocol(format!("basis of {} disappeared between passes", e.name_lossy())))?;
+            let need = u64::from(head.count - 1) * u64::from(head.blength) + u64::from(head.block_len(head.count - 1));
+            if b.len() < need {
+                return Err(Error::Protocol(format!("basis of {} shrank between passes", e.name_lossy())));
+            }
+            Some(b)
+        } else {
+            None
+        };
+        sink.begin_content(ndx, e).map_err(Error::Sink)?;
+        let hasher = Box::new(FileHasher::new(self.neg.checksum, self.neg.seed));
+        Ok(Rx::Tokens { ndx, head, basis, hasher, literal: 0 })
+    }
+
+    fn end_file(&mut self, sink: &mut S, ndx: u32, verified: bool) -> Result<(), Error> {
+        let i = ndx as usize;
+        sink.end_content(ndx, &self.entries[i], verified).map_err(Error::Sink)?;
+        if verified {
+            self.state[i] = FileState::Done;
+            self.outcome.files_received += 1;
+        } else if self.phase == 0 {
+            tracing::debug!(name = %self.entries[i].name_lossy(), "checksum mismatch; will redo");
+            self.redo.push(ndx);
+        } else {
+            self.state[i] = FileState::Failed;
+            let name = self.entries[i].name_lossy();
+            self.outcome.failed.push(name.clone());
+            self.outcome.io_error |= IOERR_GENERAL;
+            self.outcome.warnings.push(format!("{name} failed verification -- update discarded"));
+            sink.file_failed(ndx, &self.entries[i], "whole-file checksum failed twice").map_err(Error::Sink)?;
+        }
+        Ok(())
+    }
+
+    fn step_gen(&mut self, sink: &mut S) -> Result<bool, Error> {
+        let Gen::Files(mut next) = self.gen else {
+            return Ok(false);
+        };
+        let mut progressed = false;
+        while next < self.entries.len() && self.out.len() + self.pending.len() < OUTPUT_HIGH_WATER {
+            let i = next;
+            next += 1;
+            progressed = true;
+            if self.cleared[i] {
+                continue;
+            }
+            let action = sink.entry(i as u32, &self.entries[i]).map_err(Error::Sink)?;
+            let e = &self.entries[i];
+            let wants = e.is_regular() && action == EntryAction::Transfer && !matches!(e.hard_link, HardLink::Follower { .. });
+            if wants {
+                self.request(sink, i as u32, false)?;
+                self.outcome.files_requested += 1;
+            }
+        }
+        if next >= self.entries.len() {
+            self.send_ndx(NDX_DONE);
+            self.gen = Gen::Waiting;
+            return Ok(true);
+        }
+        self.gen = Gen::Files(next);
+        Ok(progressed)
+    }
+
+    fn finish_outcome(&mut self) {
+        let o = &mut self.outcome;
+        o.io_error |= 0;
+        o.exit_code = if o.io_error & IOERR_GENERAL != 0 || o.failed.len() > vanished_count(o) {
+            RERR_PARTIAL
+        } else if o.io_error & IOERR_VANISHED != 0 || !o.failed.is_empty() {
+            RERR_VANISHED
+        } else {
+            RERR_OK
+        };
+    }
+}
+
+/// Failures explained by vanished files (the sender said so with IOERR_VANISHED).
+fn vanished_count(o: &Outcome) -> usize {
+    if o.io_error & IOERR_VANISHED != 0 {
+        o.failed.len()
+    } else {
+        0
+    }
+}
+
+/// Rejects names that could escape the destination (spec §9.16).
+fn validate_name(e: &FileEntry) -> Result<(), Error> {
+    let bad = |reason: &'static str| Error::Decode(DecodeError::BadName { reason });
+    let n = &e.name[..];
+    if n == b"." {
+        return if e.is_dir() { Ok(()) } else { Err(bad("transfer root is not a directory")) };
+    }
+    if n.first() == Some(&b'/') {
+        return Err(bad("absolute path"));
+    }
+    if n.contains(&0) {
+        return Err(bad("NUL in name"));
+    }
+    for comp in n.split(|&c| c == b'/') {
+        if comp.is_empty() || comp == b"." || comp == b".." {
+            return Err(bad("empty, '.' or '..' path component"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::ChecksumKind;
+    use crate::codec::flist::FlistEncoder;
+    use crate::codec::mux::{encode_data, encode_frame};
+    use crate::codec::prim::put_varlong;
+    use crate::codec::token::{encode_end, encode_literal};
+    use crate::session::demux::Demux;
+
+    #[derive(Default)]
+    struct MemSink {
+        files: Vec<(String, Vec<u8>, bool)>,
+        current: Vec<u8>,
+        failed: Vec<String>,
+        messages: Vec<String>,
+        seen: Vec<String>,
+    }
+
+    impl ReceiveSink for MemSink {
+        type Basis = Vec<u8>;
+        fn entry(&mut self, _: u32, e: &FileEntry) -> Result<EntryAction, crate::SinkError> {
+            self.seen.push(e.name_lossy());
+            Ok(EntryAction::Transfer)
+        }
+        fn basis(&mut self, _: u32, _: &FileEntry) -> Result<Option<Vec<u8>>, crate::SinkError> {
+            Ok(None)
+        }
+        fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), crate::SinkError> {
+            self.current.clear();
+            Ok(())
+        }
+        fn content(&mut self, d: &[u8]) -> Result<(), crate::SinkError> {
+            self.current.extend_from_slice(d);
+            Ok(())
+        }
+        fn end_content(&mut self, _: u32, e: &FileEntry, ok: bool) -> Result<(), crate::SinkError> {
+            self.files.push((e.name_lossy(), std::mem::take(&mut self.current), ok));
+            Ok(())
+        }
+        fn file_failed(&mut self, _: u32, e: &FileEntry, _: &str) -> Result<(), crate::SinkError> {
+            self.failed.push(e.name_lossy());
+            Ok(())
+        }
+        fn message(&mut self, _: MessageKind, t: &str) {
+            self.messages.push(t.to_owned());
+        }
+    }
+
+    fn entry(name: &str, mode: u32, size: i64) -> FileEntry {
+        FileEntry {
+            name: name.as_bytes().to_vec(),
+            mode,
+            size,
+            mtime: 1_700_000_000,
+            mtime_nsec: 5,
+            uid: 0,
+            gid: 0,
+            user_name: None,
+            group_name: None,
+            rdev: None,
+            symlink: if mode & S_IFMT == S_IFLNK { Some(b"a".to_vec()) } else { None },
+            hard_link: HardLink::None,
+            checksum: None,
+            top_dir: name == ".",
+            no_content_dir: false,
+        }
+    }
+
+    fn neg() -> Negotiated {
+        Negotiated { protocol: 31, compat_flags: 0x1fe, checksum: ChecksumKind::Xxh128, seed: 1, motd: Vec::new() }
+    }
+
+    fn opts() -> ReceiverOptions {
+        ReceiverOptions { hard_links: false, numeric_ids: true, filter_rules: vec!["- *.o".into()], limits: Limits::default() }
+    }
+
+    /// Feeds `raw` one byte at a time (every field straddles reads) and collects output.
+    fn run_bytes(rx: &mut ClientReceiver<MemSink>, sink: &mut MemSink, raw: &[u8], out: &mut Vec<u8>) -> Result<Option<Outcome>, Error> {
+        for b in raw {
+            rx.feed(std::slice::from_ref(b))?;
+            if let Status::Finished(o) = rx.step(sink)? {
+                out.extend(rx.take_output());
+                return Ok(Some(*o));
+            }
+            out.extend(rx.take_output());
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn scripted_session_with_messages_mid_stream() {
+        let mut sink = MemSink::default();
+        let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
+        let mut out = rx.take_output();
+        // Server: file list in wire order (unsorted on purpose).
+        let mut data = Vec::new();
+        let mut enc = FlistEncoder::new(FlistOptions::archive(31, 0x1fe, false));
+        for e in [entry(".", S_IFDIR | 0o755, 4096), entry("b", S_IFREG | 0o644, 3), entry("a", S_IFREG | 0o644, 5), entry("l", S_IFLNK | 0o777, 1)] {
+            enc.encode(&e, &mut data);
+        }
+        enc.encode_end(0, &mut data);
+        let mut raw = Vec::new();
+        encode_data(&data, &mut raw);
+        assert!(run_bytes(&mut rx, &mut sink, &raw, &mut out).unwrap().is_none());
+        // Sorted: ".", "a", "b", "l" — requests for 1 and 2, then DONE.
+        assert_eq!(sink.seen, [".", "a", "b", "l"]);
+        let (mut got, mut msgs) = (Vec::new(), Vec::new());
+        Demux::new(Limits::default()).push(&out, &mut got, &mut msgs).unwrap();
+        let mut want = Vec::new();
+        crate::session::args::encode_filter_list(&["- *.o".into()], &mut want);
+        let mut nd = NdxCodec::new(31);
+        for ndx in [1, 2] {
+            nd.encode(ndx, &mut want);
+            want.extend_from_slice(&(ITEM_TRANSFER | ITEM_IS_NEW).to_le_bytes());
+            SumHead::default().encode(31, &mut want);
+        }
+        nd.encode(NDX_DONE, &mut want);
+        assert_eq!(got, want);
+
+        // Server: reply for "a" with a message and a keep-alive inside the token stream,
+        // MSG_NO_SEND for "b", the phase DONEs, stats and the extra DONE echo.
+        let mut sn = NdxCodec::new(31);
+        let mut raw = Vec::new();
+        let mut d = Vec::new();
+        sn.encode(1, &mut d);
+        d.extend_from_slice(&ITEM_TRANSFER.to_le_bytes());
+        SumHead::default().encode(31, &mut d);
+        encode_literal(b"hel", &mut d);
+        encode_data(&d[..d.len() - 1], &mut raw);
+        encode_frame(MsgTag::Info, b"info in the middle\n", &mut raw);
+        encode_data(&[], &mut raw);
+        let mut d2 = vec![d[d.len() - 1]];
+        encode_literal(b"lo", &mut d2);
+        encode_end(&mut d2);
+        let mut h = FileHasher::new(ChecksumKind::Xxh128, 1);
+        h.update(b"hello");
+        d2.extend_from_slice(&h.finish());
+        encode_data(&d2, &mut raw);
+        encode_frame(MsgTag::Warning, b"file has vanished: \"b\"\n", &mut raw);
+        encode_frame(MsgTag::NoSend, &2i32.to_le_bytes(), &mut raw);
+        encode_frame(MsgTag::IoError, &(IOERR_VANISHED as i32).to_le_bytes(), &mut raw);
+        let mut d3 = Vec::new();
+        for _ in 0..3 {
+            sn.encode(NDX_DONE, &mut d3);
+        }
+        for v in [10i64, 20, 8, 0, 1] {
+            put_varlong(&mut d3, v, 3);
+        }
+        sn.encode(NDX_DONE, &mut d3);
+        encode_data(&d3, &mut raw);
+        let o = run_bytes(&mut rx, &mut sink, &raw, &mut out).unwrap().expect("finished");
+        assert_eq!(sink.files, [("a".to_string(), b"hello".to_vec(), true)]);
+        assert_eq!(sink.failed, ["b"]);
+        assert_eq!(sink.messages.len(), 2);
+        assert_eq!(o.exit_code, RERR_VANISHED);
+        assert_eq!(o.literal_bytes, 5);
+        assert_eq!(o.sender_stats.total_size, 8);
+        assert_eq!(o.files_requested, 2);
+        assert_eq!(o.files_received, 1);
+        // Our side: 3 phase DONEs in total after the requests, the extra DONE and the goodbye.
+        let (mut got, mut msgs) = (Vec::new(), Vec::new());
+        Demux::new(Limits::default()).push(&out, &mut got, &mut msgs).unwrap();
+        assert_eq!(&got[got.len() - 5..], [0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn error_exit_is_acknowledged() {
+        let mut sink = MemSink::default();
+        let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
+        let _ = rx.take_output();
+        let mut raw = Vec::new();
+        encode_frame(MsgTag::Error, b"rsync: something broke\n", &mut raw);
+        encode_frame(MsgTag::ErrorExit, &12i32.to_le_bytes(), &mut raw);
+        rx.feed(&raw).unwrap();
+        match rx.step(&mut sink) {
+            Err(Error::RemoteExit { code, message }) => {
+                assert_eq!(code, 12);
+                assert_eq!(message, "rsync: something broke");
+            }
+            other => panic!("expected RemoteExit, got {other:?}"),
+        }
+        assert_eq!(rx.take_output(), [0, 0, 0, 0x5d]);
+    }
+
+    #[test]
+    fn rejects_unsafe_names_and_unrequested_replies() {
+        let mut sink = MemSink::default();
+        let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
+        let mut data = Vec::new();
+        let mut enc = FlistEncoder::new(FlistOptions::archive(31, 0x1fe, false));
+        enc.encode(&entry("x/../../etc/passwd", S_IFREG | 0o644, 1), &mut data);
+        enc.encode_end(0, &mut data);
+        let mut raw = Vec::new();
+        encode_data(&data, &mut raw);
+        rx.feed(&raw).unwrap();
+        assert!(matches!(rx.step(&mut sink), Err(Error::Decode(DecodeError::BadName { .. }))));
+
+        let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
+        let mut data = Vec::new();
+        let mut enc = FlistEncoder::new(FlistOptions::archive(31, 0x1fe, false));
+        enc.encode(&entry("d", S_IFDIR | 0o755, 1), &mut data);
+        enc.encode_end(0, &mut data);
+        NdxCodec::new(31).encode(0, &mut data);
+        data.extend_from_slice(&ITEM_TRANSFER.to_le_bytes());
+        let mut raw = Vec::new();
+        encode_data(&data, &mut raw);
+        rx.feed(&raw).unwrap();
+        assert!(matches!(rx.step(&mut sink), Err(Error::Protocol(_))));
+    }
+}

@@ -1,0 +1,746 @@
+//! Interop tests against a real stock `rsync --daemon` on 127.0.0.1 (ephemeral port,
+//! generated rsyncd.conf in a tempdir). Each test pulls a tree through our client receiver
+//! into a directory-backed sink and compares the result with the source: content, modes,
+//! nanosecond mtimes, symlinks, hard links.
+//!
+//! These tests never skip: without rsync they fail and say how to install it.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use turku_proto_rsync::io::{pull, PullConfig};
+use turku_proto_rsync::{Basis, EntryAction, Error, FileEntry, FileKind, HardLink, Outcome, ReceiveSink, SinkError};
+
+// ------------------------------------------------------------------ the daemon
+
+fn rsync_binary() -> PathBuf {
+    for p in ["/usr/bin/rsync", "/usr/local/bin/rsync"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("stock rsync is required for the interop tests and was not found: run `apt-get install -y rsync`");
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon exporting `src` as `pub`, `auth` (alice / s3cret), `nobody` (runs as
+    /// uid 65534) and `strict` (refuses hard links).
+    fn start(src: &Path) -> Daemon {
+        let rsync = rsync_binary();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = dir.path().join("secrets");
+        fs::write(&secrets, "alice:s3cret\n").expect("write secrets");
+        fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).expect("chmod secrets");
+        let root = unsafe_free_is_root();
+        let ids = if root { "uid = 0\ngid = 0\n" } else { "" };
+        let conf = format!(
+            "use chroot = no\nlog file = {log}\n{ids}motd file = {motd}\n\
+             [pub]\npath = {src}\nread only = yes\n\
+             [auth]\npath = {src}\nread only = yes\nauth users = alice\nsecrets file = {secrets}\n\
+             [nobody]\npath = {src}\nread only = yes\nuid = 65534\ngid = 65534\n\
+             [strict]\npath = {src}\nread only = yes\nrefuse options = hard-links\n",
+            log = dir.path().join("rsyncd.log").display(),
+            motd = dir.path().join("motd").display(),
+            src = src.display(),
+            secrets = secrets.display(),
+        );
+        fs::write(dir.path().join("motd"), "Welcome to the test daemon\n").expect("motd");
+        let conf_path = dir.path().join("rsyncd.conf");
+        fs::write(&conf_path, conf).expect("write conf");
+        // Take an ephemeral port from the kernel; the window before rsync binds it is tiny.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let child = Command::new(rsync)
+            .arg("--daemon")
+            .arg("--no-detach")
+            .arg("--address=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", conf_path.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn rsync --daemon");
+        let d = Daemon { child, port, dir };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("rsync daemon did not start; log: {}", d.log());
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("rsyncd.log")).unwrap_or_default()
+    }
+
+    async fn pull(&self, cfg: &PullConfig, sink: &mut DirSink) -> Result<Outcome, Error> {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+        tokio::time::timeout(Duration::from_secs(120), pull(s, cfg, sink))
+            .await
+            .unwrap_or_else(|_| panic!("pull timed out; daemon log:\n{}", self.log()))
+    }
+}
+
+fn unsafe_free_is_root() -> bool {
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+// ------------------------------------------------------------------ directory sink
+
+struct FileBasis(fs::File, u64);
+
+impl Basis for FileBasis {
+    fn len(&self) -> u64 {
+        self.1
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SinkError> {
+        self.0.read_exact_at(buf, offset)?;
+        Ok(())
+    }
+}
+
+type Hook = Box<dyn FnMut(&FileEntry)>;
+
+/// Materialises the pull in a directory, as a store-less stand-in for the real receiver.
+struct DirSink {
+    root: PathBuf,
+    entries: HashMap<u32, FileEntry>,
+    current: Option<(fs::File, PathBuf)>,
+    followers: Vec<(u32, u32)>,
+    dirs: Vec<FileEntry>,
+    skipped: Vec<String>,
+    hook: Option<Hook>,
+    content_calls: u64,
+    basis_calls: u32,
+    /// Corrupt the basis returned by this (1-based) call.
+    corrupt_basis_call: Option<u32>,
+}
+
+impl DirSink {
+    fn new(root: &Path) -> Self {
+        DirSink {
+            root: root.to_owned(),
+            entries: HashMap::new(),
+            current: None,
+            followers: Vec::new(),
+            dirs: Vec::new(),
+            skipped: Vec::new(),
+            hook: None,
+            content_calls: 0,
+            basis_calls: 0,
+            corrupt_basis_call: None,
+        }
+    }
+
+    fn path(&self, e: &FileEntry) -> PathBuf {
+        if e.name == b"." {
+            self.root.clone()
+        } else {
+            self.root.join(OsStr::from_bytes(&e.name))
+        }
+    }
+
+    /// Links hard-link followers and applies directory metadata (after their contents).
+    fn finish(&mut self) {
+        for (f, l) in std::mem::take(&mut self.followers) {
+            let (fe, le) = (&self.entries[&f], &self.entries[&l]);
+            let (fp, lp) = (self.path(fe), self.path(le));
+            let _ = fs::remove_file(&fp);
+            fs::hard_link(&lp, &fp).expect("hard link");
+        }
+        for d in std::mem::take(&mut self.dirs).iter().rev() {
+            let p = self.path(d);
+            fs::set_permissions(&p, fs::Permissions::from_mode(d.mode & 0o7777)).expect("dir mode");
+            set_mtime(&p, d);
+        }
+    }
+}
+
+fn mtime_of(e: &FileEntry) -> SystemTime {
+    if e.mtime >= 0 {
+        UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs()) + Duration::from_nanos(u64::from(e.mtime_nsec))
+    }
+}
+
+fn set_mtime(p: &Path, e: &FileEntry) {
+    let f = fs::File::open(p).expect("open for times");
+    f.set_times(fs::FileTimes::new().set_modified(mtime_of(e))).expect("set mtime");
+}
+
+impl ReceiveSink for DirSink {
+    type Basis = FileBasis;
+
+    fn entry(&mut self, ndx: u32, e: &FileEntry) -> Result<EntryAction, SinkError> {
+        if let Some(h) = self.hook.as_mut() {
+            h(e);
+        }
+        self.entries.insert(ndx, e.clone());
+        let p = self.path(e);
+        match e.kind() {
+            FileKind::Directory => {
+                fs::create_dir_all(&p)?;
+                self.dirs.push(e.clone());
+            }
+            FileKind::Symlink => {
+                let _ = fs::remove_file(&p);
+                std::os::unix::fs::symlink(OsStr::from_bytes(e.symlink.as_deref().unwrap_or_default()), &p)?;
+            }
+            FileKind::Fifo => {
+                let _ = fs::remove_file(&p);
+                let st = Command::new("mkfifo").arg(&p).status()?;
+                assert!(st.success());
+                // No mtime: opening a FIFO to set it would block until a writer appears.
+                fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o7777))?;
+            }
+            FileKind::Regular => {
+                if let HardLink::Follower { first } = e.hard_link {
+                    self.followers.push((ndx, first));
+                    return Ok(EntryAction::Skip);
+                }
+                // Quick check: same size and mtime as what is there → request nothing.
+                if let Ok(m) = fs::symlink_metadata(&p) {
+                    if m.is_file() && m.len() == e.size as u64 && m.mtime() == e.mtime && m.mtime_nsec() == i64::from(e.mtime_nsec) {
+                        self.skipped.push(e.name_lossy());
+                        return Ok(EntryAction::Skip);
+                    }
+                }
+                return Ok(EntryAction::Transfer);
+            }
+            FileKind::CharDevice | FileKind::BlockDevice | FileKind::Socket => {}
+        }
+        Ok(EntryAction::Skip)
+    }
+
+    fn basis(&mut self, _ndx: u32, e: &FileEntry) -> Result<Option<FileBasis>, SinkError> {
+        self.basis_calls += 1;
+        let mut p = self.path(e);
+        if self.corrupt_basis_call == Some(self.basis_calls) {
+            let mut bytes = fs::read(&p)?;
+            for b in bytes.iter_mut().take(700) {
+                *b ^= 0x5a;
+            }
+            p = self.root.join(".corrupt-basis");
+            fs::write(&p, bytes)?;
+        }
+        match fs::File::open(&p) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some(FileBasis(f, len)))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn begin_content(&mut self, _ndx: u32, e: &FileEntry) -> Result<(), SinkError> {
+        // Beside the root, not the file: a 255-byte name has no room for a suffix.
+        let tmp = self.root.join(format!(".turku-tmp-{}", e.name.len()));
+        self.current = Some((fs::File::create(&tmp)?, tmp));
+        Ok(())
+    }
+
+    fn content(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        self.content_calls += 1;
+        let (f, _) = self.current.as_mut().ok_or("content outside a file")?;
+        f.write_all(data)?;
+        Ok(())
+    }
+
+    fn end_content(&mut self, _ndx: u32, e: &FileEntry, verified: bool) -> Result<(), SinkError> {
+        let (f, tmp) = self.current.take().ok_or("end outside a file")?;
+        drop(f);
+        if !verified {
+            fs::remove_file(&tmp)?;
+            return Ok(());
+        }
+        let p = self.path(e);
+        fs::rename(&tmp, &p)?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(e.mode & 0o7777))?;
+        set_mtime(&p, e);
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ trees and comparison
+
+fn write_file(p: &Path, data: &[u8], mode: u32, mtime: SystemTime) {
+    fs::write(p, data).expect("write");
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+    let f = fs::File::open(p).expect("open");
+    f.set_times(fs::FileTimes::new().set_modified(mtime)).expect("times");
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A tree with every entry type we can make without devices.
+fn build_tree(src: &Path) {
+    let t = |s: i64, ns: u32| {
+        if s >= 0 {
+            UNIX_EPOCH + Duration::new(s as u64, ns)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(u64::from(ns))
+        }
+    };
+    fs::create_dir_all(src.join("deep/a/b/c/d/e/f/g/h")).expect("mkdir");
+    fs::create_dir_all(src.join("empty dir")).expect("mkdir");
+    fs::create_dir_all(src.join("sub")).expect("mkdir");
+    write_file(&src.join("empty"), b"", 0o644, t(1_600_000_000, 123_456_789));
+    write_file(&src.join("small.txt"), b"hello world\n", 0o640, t(1_700_000_000, 1));
+    write_file(&src.join("big.bin"), &pseudo_random(3_000_123, 1), 0o600, t(1_650_000_000, 999_999_999));
+    write_file(&src.join("sub/mid.bin"), &pseudo_random(200_000, 2), 0o755, t(1_500_000_000, 500));
+    write_file(&src.join("deep/a/b/c/d/e/f/g/h/leaf"), b"leaf", 0o444, t(1_400_000_000, 0));
+    write_file(&src.join("old"), b"before 1970", 0o644, t(-1_000_000, 250_000_000));
+    write_file(&src.join("future"), b"after 2038", 0o644, t(4_200_000_000, 42));
+    write_file(&src.join("setuid"), b"#!/bin/sh\n", 0o4755, t(1_600_000_000, 0));
+    write_file(&src.join("setgid"), b"#!/bin/sh\n", 0o2711, t(1_600_000_000, 0));
+    write_file(&src.join("with space"), b"space", 0o644, t(1_600_000_000, 7));
+    write_file(&src.join("new\nline"), b"newline", 0o644, t(1_600_000_000, 8));
+    write_file(&src.join("back\\slash"), b"backslash", 0o644, t(1_600_000_000, 9));
+    write_file(&src.join(OsStr::from_bytes(b"latin1-\xe9\xff")), b"not utf-8", 0o644, t(1_600_000_000, 10));
+    write_file(&src.join("n".repeat(255)), b"long name", 0o644, t(1_600_000_000, 11));
+    write_file(&src.join("-dash"), b"dash", 0o644, t(1_600_000_000, 12));
+    std::os::unix::fs::symlink("small.txt", src.join("rel-link")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/hostname", src.join("abs-link")).expect("symlink");
+    std::os::unix::fs::symlink("does/not/exist", src.join("sub/dangling")).expect("symlink");
+    let st = Command::new("mkfifo").arg(src.join("fifo")).status().expect("mkfifo");
+    assert!(st.success());
+    fs::create_dir(src.join("sticky")).expect("mkdir sticky");
+    fs::set_permissions(src.join("sticky"), fs::Permissions::from_mode(0o1777)).expect("chmod");
+    for d in ["sub", "empty dir", "deep/a", "sticky", "."] {
+        let f = fs::File::open(src.join(d)).expect("open dir");
+        f.set_times(fs::FileTimes::new().set_modified(t(1_234_567_890, 987_654_321))).expect("dir times");
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Meta {
+    kind: String,
+    mode: u32,
+    size: u64,
+    mtime: (i64, i64),
+    content: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<(Vec<u8>, Meta)>) {
+    let p = root.join(rel);
+    let m = fs::symlink_metadata(&p).expect("lstat");
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else {
+        "special"
+    };
+    out.push((
+        rel.as_os_str().as_bytes().to_vec(),
+        Meta {
+            kind: kind.into(),
+            mode: m.mode(),
+            size: if ft.is_dir() { 0 } else { m.len() },
+            // Symlink mtimes are not set by our test sink.
+            mtime: if ft.is_symlink() || kind == "special" { (0, 0) } else { (m.mtime(), m.mtime_nsec()) },
+            content: if ft.is_file() { Some(fs::read(&p).expect("read")) } else { None },
+            link: if ft.is_symlink() { Some(fs::read_link(&p).expect("readlink").as_os_str().as_bytes().to_vec()) } else { None },
+        },
+    ));
+    if ft.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(&p).expect("readdir").map(|e| e.expect("dirent").file_name()).collect();
+        names.sort();
+        for n in names {
+            walk(root, &rel.join(n), out);
+        }
+    }
+}
+
+fn assert_same_tree(src: &Path, dst: &Path) {
+    assert_same_tree_ns(src, dst, true);
+}
+
+/// `nsec`: compare nanoseconds too (protocol 31+ carries them, 30 does not).
+fn assert_same_tree_ns(src: &Path, dst: &Path, nsec: bool) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    walk(src, Path::new(""), &mut a);
+    walk(dst, Path::new(""), &mut b);
+    if !nsec {
+        for (_, m) in a.iter_mut().chain(b.iter_mut()) {
+            m.mtime.1 = 0;
+        }
+    }
+    let names_a: Vec<_> = a.iter().map(|x| String::from_utf8_lossy(&x.0).into_owned()).collect();
+    let names_b: Vec<_> = b.iter().map(|x| String::from_utf8_lossy(&x.0).into_owned()).collect();
+    assert_eq!(names_a, names_b, "different entries");
+    for ((n, ma), (_, mb)) in a.iter().zip(&b) {
+        assert_eq!(ma, mb, "entry {:?} differs", String::from_utf8_lossy(n));
+    }
+}
+
+fn config(module: &str, protocol: u32) -> PullConfig {
+    let mut c = PullConfig::new(module);
+    c.protocol = protocol;
+    c
+}
+
+async fn full_pull(protocol: u32) {
+    full_pull_with(protocol, true).await;
+}
+
+async fn full_pull_with(protocol: u32, negotiate: bool) {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    build_tree(src.path());
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let mut cfg = config("pub", protocol);
+    cfg.negotiate = negotiate;
+    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", d.log()));
+    sink.finish();
+    assert_eq!(o.protocol, protocol);
+    assert_eq!(o.exit_code, 0, "outcome: {o:?}");
+    assert!(o.failed.is_empty());
+    assert_eq!(o.checksum, if negotiate { "xxh128" } else { "md5" });
+    assert_eq!(o.motd.first().map(String::as_str), Some("Welcome to the test daemon"));
+    assert!(o.files_received >= 15, "{o:?}");
+    assert_eq!(o.matched_bytes, 0);
+    assert!(o.literal_bytes > 3_000_000);
+    assert!(o.wire_bytes_read > o.literal_bytes);
+    assert!(o.sender_stats.total_size > 3_000_000);
+    assert_same_tree_ns(src.path(), dst.path(), protocol >= 31);
+}
+
+#[tokio::test]
+async fn pull_full_tree_protocol_32() {
+    full_pull(32).await;
+}
+
+#[tokio::test]
+async fn pull_full_tree_protocol_31() {
+    full_pull(31).await;
+}
+
+#[tokio::test]
+async fn pull_full_tree_protocol_30() {
+    full_pull(30).await;
+}
+
+/// Without `v`: byte/short file-list flags and implicit md5 with the seed-first fix, the
+/// path 3.0.x/3.1.x peers take.
+#[tokio::test]
+async fn pull_full_tree_without_negotiation_md5() {
+    full_pull_with(31, false).await;
+}
+
+#[tokio::test]
+async fn pull_full_tree_protocol_30_without_negotiation() {
+    full_pull_with(30, false).await;
+}
+
+#[tokio::test]
+async fn checksum_mismatch_is_redone() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    let data = pseudo_random(100_000, 11);
+    write_file(&src.path().join("f"), &data, 0o644, when);
+    let d = Daemon::start(src.path());
+    // Seed the destination with an older version so the first pass is a delta.
+    let mut old = data.clone();
+    old[50_000..50_100].fill(0);
+    write_file(&dst.path().join("f"), &old, 0o644, when - Duration::from_secs(10));
+    let mut sink = DirSink::new(dst.path());
+    // The basis read during reconstruction differs from the one the signatures were made
+    // from, so the first result fails its whole-file checksum and must be redone.
+    sink.corrupt_basis_call = Some(2);
+    let o = d.pull(&config("pub", 32), &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    sink.finish();
+    assert_eq!(o.redone, 1, "{o:?}");
+    assert_eq!(o.files_received, 1);
+    assert_eq!(o.exit_code, 0);
+    assert!(o.matched_bytes > 0);
+    assert_eq!(fs::read(dst.path().join("f")).expect("read"), data);
+}
+
+#[tokio::test]
+async fn second_pull_sends_only_the_delta() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let big = pseudo_random(4 << 20, 7);
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 5);
+    write_file(&src.path().join("big"), &big, 0o644, when);
+    write_file(&src.path().join("same"), b"unchanged", 0o644, when);
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let first = d.pull(&config("pub", 32), &mut sink).await.expect("first pull");
+    sink.finish();
+    assert_eq!(first.files_requested, 2);
+    // Rewrite 64 KiB in the middle.
+    let mut changed = big.clone();
+    let mid = changed.len() / 2;
+    changed[mid..mid + 65536].copy_from_slice(&pseudo_random(65536, 99));
+    write_file(&src.path().join("big"), &changed, 0o644, when + Duration::from_secs(60));
+    let mut sink = DirSink::new(dst.path());
+    let second = d.pull(&config("pub", 32), &mut sink).await.expect("second pull");
+    sink.finish();
+    assert_eq!(second.files_requested, 1, "the unchanged file must be skipped");
+    assert_eq!(sink.skipped, ["same"]);
+    assert_eq!(second.exit_code, 0);
+    assert!(second.matched_bytes >= (4 << 20) - 2 * 65536 - 4096, "{second:?}");
+    assert!(second.literal_bytes < 65536 + 4 * 4096, "{second:?}");
+    // Signatures plus the literal run: far below 5% of the file.
+    assert!(second.wire_bytes_read + second.wire_bytes_written < (4 << 20) / 20, "{second:?}");
+    assert_same_tree(src.path(), dst.path());
+}
+
+#[tokio::test]
+async fn hard_links_with_dash_h() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    fs::create_dir(src.path().join("d")).expect("mkdir");
+    write_file(&src.path().join("a"), &pseudo_random(10_000, 3), 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 1));
+    fs::hard_link(src.path().join("a"), src.path().join("d/b")).expect("link");
+    fs::hard_link(src.path().join("a"), src.path().join("z")).expect("link");
+    write_file(&src.path().join("single"), b"x", 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 1));
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let mut cfg = config("pub", 32);
+    cfg.hard_links = true;
+    let o = d.pull(&cfg, &mut sink).await.expect("pull");
+    sink.finish();
+    assert_eq!(o.exit_code, 0);
+    assert_eq!(o.files_requested, 2, "one leader and the single file: {o:?}");
+    let ino = |p: &str| fs::metadata(dst.path().join(p)).expect("stat").ino();
+    assert_eq!(ino("a"), ino("d/b"));
+    assert_eq!(ino("a"), ino("z"));
+    assert_ne!(ino("a"), ino("single"));
+    assert_eq!(fs::metadata(dst.path().join("a")).expect("stat").nlink(), 3);
+    assert_same_tree(src.path(), dst.path());
+}
+
+#[tokio::test]
+async fn auth_success_with_sha512_digest() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    write_file(&src.path().join("f"), b"secret data", 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 0));
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let mut cfg = config("auth", 32);
+    cfg.user = "alice".into();
+    cfg.password = Some(b"s3cret".to_vec());
+    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}; {}", d.log()));
+    sink.finish();
+    assert_eq!(o.exit_code, 0);
+    assert_same_tree(src.path(), dst.path());
+    // The same module at protocol 30 (md5-era peers still get the digest list from 3.5.0).
+    let dst2 = tempfile::tempdir().expect("dst2");
+    let mut sink = DirSink::new(dst2.path());
+    cfg.protocol = 30;
+    d.pull(&cfg, &mut sink).await.expect("pull at 30");
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let mut cfg = config("auth", 32);
+    cfg.user = "alice".into();
+    cfg.password = Some(b"wrong".to_vec());
+    match d.pull(&cfg, &mut sink).await {
+        Err(Error::Daemon(m)) => assert!(m.contains("auth failed on module auth"), "{m}"),
+        other => panic!("expected an auth failure, got {other:?}"),
+    }
+    cfg.password = None;
+    assert!(matches!(d.pull(&cfg, &mut sink).await, Err(Error::PasswordRequired)));
+}
+
+#[tokio::test]
+async fn unknown_module_is_refused() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    match d.pull(&config("nosuch", 32), &mut sink).await {
+        Err(Error::Daemon(m)) => assert_eq!(m, "Unknown module 'nosuch'"),
+        other => panic!("expected unknown module, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refused_option_arrives_multiplexed_after_ok() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let mut cfg = config("strict", 32);
+    cfg.hard_links = true;
+    match d.pull(&cfg, &mut sink).await {
+        // The daemon reports the refusal multiplexed after the seed, then exits without
+        // waiting for an acknowledgement.
+        Err(Error::RemoteExit { message, .. }) | Err(Error::ClosedAfterError { message }) => {
+            assert!(message.contains("refuse --hard-links"), "{message}");
+        }
+        other => panic!("expected a remote fatal error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn filters_exclude_files() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    fs::create_dir(src.path().join("cache")).expect("mkdir");
+    write_file(&src.path().join("keep.txt"), b"k", 0o644, when);
+    write_file(&src.path().join("drop.tmp"), b"d", 0o644, when);
+    write_file(&src.path().join("cache/x"), b"x", 0o644, when);
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let mut cfg = config("pub", 32);
+    cfg.filter_rules = vec!["- *.tmp".into(), "- /cache/".into()];
+    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    sink.finish();
+    assert_eq!(o.exit_code, 0);
+    assert!(dst.path().join("keep.txt").exists());
+    assert!(!dst.path().join("drop.tmp").exists());
+    assert!(!dst.path().join("cache").exists());
+}
+
+#[tokio::test]
+async fn vanished_file_is_success_with_warning() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    write_file(&src.path().join("a-stays"), b"a", 0o644, when);
+    write_file(&src.path().join("b-goes"), b"b", 0o644, when);
+    write_file(&src.path().join("c-stays"), b"c", 0o644, when);
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    // Delete the file after the sender listed it and before it is requested.
+    let victim = src.path().join("b-goes");
+    sink.hook = Some(Box::new(move |e: &FileEntry| {
+        if e.name == b"b-goes" {
+            fs::remove_file(&victim).expect("remove victim");
+        }
+    }));
+    let o = d.pull(&config("pub", 32), &mut sink).await.expect("pull");
+    sink.finish();
+    assert_eq!(o.exit_code, 24, "{o:?}");
+    assert!(o.is_success());
+    assert_eq!(o.failed, ["b-goes"]);
+    assert!(o.warnings.iter().any(|w| w.contains("vanished")), "{:?}", o.warnings);
+    assert!(dst.path().join("a-stays").exists() && dst.path().join("c-stays").exists());
+    assert!(!dst.path().join("b-goes").exists());
+}
+
+#[tokio::test]
+async fn unreadable_file_is_a_partial_transfer() {
+    if !unsafe_free_is_root() {
+        panic!("this test needs root to run the daemon module as another uid");
+    }
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    fs::set_permissions(src.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    write_file(&src.path().join("ok"), b"fine", 0o644, when);
+    write_file(&src.path().join("locked"), b"no", 0o600, when);
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let o = d.pull(&config("nobody", 32), &mut sink).await.expect("pull");
+    sink.finish();
+    assert_eq!(o.exit_code, 23, "{o:?}");
+    assert!(!o.is_success());
+    assert_eq!(o.failed, ["locked"]);
+    assert_eq!(fs::read(dst.path().join("ok")).expect("read"), b"fine");
+}
+
+#[tokio::test]
+async fn many_small_files_do_not_deadlock() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    for d in 0..40 {
+        let dir = src.path().join(format!("d{d:02}"));
+        fs::create_dir(&dir).expect("mkdir");
+        for f in 0..100 {
+            write_file(&dir.join(format!("f{f:03}")), &pseudo_random(300 + f * 7, (d * 1000 + f) as u64), 0o644, when);
+        }
+    }
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let o = d.pull(&config("pub", 32), &mut sink).await.expect("pull");
+    sink.finish();
+    assert_eq!(o.files_received, 4000);
+    assert_eq!(o.exit_code, 0);
+    // A second pull with every basis present: 4000 delta requests pipelined at once.
+    for d in 0..40 {
+        let p = src.path().join(format!("d{d:02}/f000"));
+        write_file(&p, b"changed", 0o644, when + Duration::from_secs(1));
+    }
+    let mut sink = DirSink::new(dst.path());
+    let o = d.pull(&config("pub", 32), &mut sink).await.expect("second pull");
+    sink.finish();
+    assert_eq!(o.files_requested, 40);
+    assert_same_tree(src.path(), dst.path());
+}
+
+#[tokio::test]
+async fn device_nodes_arrive_with_their_numbers() {
+    if !unsafe_free_is_root() {
+        panic!("this test needs root to create device nodes");
+    }
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    for (name, kind, major, minor) in [("null", "c", "1", "3"), ("loopish", "b", "7", "200"), ("big", "c", "300", "70000")] {
+        let st = Command::new("mknod").arg(src.path().join(name)).arg(kind).arg(major).arg(minor).status().expect("mknod");
+        assert!(st.success());
+    }
+    let d = Daemon::start(src.path());
+    for protocol in [30, 31, 32] {
+        let mut sink = DirSink::new(dst.path());
+        let o = d.pull(&config("pub", protocol), &mut sink).await.expect("pull");
+        assert_eq!(o.exit_code, 0);
+        let find = |n: &[u8]| sink.entries.values().find(|e| e.name == n).cloned().expect("entry");
+        let null = find(b"null");
+        assert_eq!(null.kind(), FileKind::CharDevice);
+        assert_eq!(null.rdev, Some((1, 3)));
+        let lo = find(b"loopish");
+        assert_eq!(lo.kind(), FileKind::BlockDevice);
+        assert_eq!(lo.rdev, Some((7, 200)));
+        assert_eq!(find(b"big").rdev, Some((300, 70000)));
+        assert_eq!(o.files_requested, 0);
+    }
+}

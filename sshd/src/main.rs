@@ -1,0 +1,511 @@
+//! `turku-storage`: the storage unit's command line. The store commands live here; the
+//! embedded SSH ping daemon and native rsync pulls join them in later waves.
+
+use std::io::{self, IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use turku_store::{format_ns, EntryData, EntryKind, Snapshot, Store, StoreConfig, TreeEntry};
+
+#[derive(Parser, Debug)]
+#[command(name = "turku-storage", version, about = "turku storage unit: the deduplicating snapshot store")]
+struct Cli {
+    /// The store directory.
+    #[arg(long, env = "TURKU_STORE", global = true)]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct SourceArgs {
+    #[arg(long)]
+    machine: String,
+    #[arg(long)]
+    source: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new store.
+    Init {
+        #[arg(long, default_value_t = turku_store::format::DEFAULT_CHUNK_MIN)]
+        chunk_min: u32,
+        #[arg(long, default_value_t = turku_store::format::DEFAULT_CHUNK_AVG)]
+        chunk_avg: u32,
+        #[arg(long, default_value_t = turku_store::format::DEFAULT_CHUNK_MAX)]
+        chunk_max: u32,
+        #[arg(long, default_value_t = turku_store::format::DEFAULT_ZSTD_LEVEL)]
+        zstd_level: i32,
+    },
+    /// Back up a local directory tree; prints the new snapshot's name.
+    Ingest {
+        #[command(flatten)]
+        src: SourceArgs,
+        dir: PathBuf,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[arg(long)]
+        machine: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory of a snapshot.
+    Ls {
+        #[command(flatten)]
+        src: SourceArgs,
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Path inside the snapshot (default: its root).
+        path: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot (or part of it) to a directory or a tar stream.
+    Export {
+        #[command(flatten)]
+        src: SourceArgs,
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Sub-path inside the snapshot.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Restore into this (new or empty) directory.
+        #[arg(long, conflicts_with = "tar", required_unless_present = "tar")]
+        to: Option<PathBuf>,
+        /// Write a POSIX tar to this file, or `-` for standard output.
+        #[arg(long)]
+        tar: Option<PathBuf>,
+    },
+    /// Re-hash every blob and check every snapshot (or only one snapshot).
+    Verify {
+        #[arg(long, requires_all = ["source", "snapshot"])]
+        machine: Option<String>,
+        #[arg(long, requires_all = ["machine", "snapshot"])]
+        source: Option<String>,
+        #[arg(long, requires_all = ["machine", "source"])]
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget snapshots not kept by a Turku retention policy (times in UTC).
+    Forget {
+        #[command(flatten)]
+        src: SourceArgs,
+        #[arg(long)]
+        retention: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Reclaim the space of forgotten snapshots (safe while backups run).
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the packs and snapshot records.
+    Repair,
+    /// Show what the store holds.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TURKU_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("turku-storage: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn store_path(cli: &Cli) -> Result<PathBuf> {
+    cli.store
+        .clone()
+        .context("no store given: pass --store PATH or set TURKU_STORE")
+}
+
+fn open(cli: &Cli) -> Result<Store> {
+    let path = store_path(cli)?;
+    Store::open(&path).with_context(|| format!("opening store {}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init {
+            chunk_min,
+            chunk_avg,
+            chunk_max,
+            zstd_level,
+        } => {
+            let path = store_path(&cli)?;
+            let config = StoreConfig {
+                chunk_min: *chunk_min,
+                chunk_avg: *chunk_avg,
+                chunk_max: *chunk_max,
+                zstd_level: *zstd_level,
+            };
+            Store::init(&path, config)?;
+            println!("initialised store {}", path.display());
+        }
+        Command::Ingest { src, dir } => {
+            let store = open(&cli)?;
+            let tty = io::stderr().is_terminal();
+            let mut show = |p: &turku_store::IngestProgress| {
+                eprint!("\r{} entries, {} MiB read", p.entries, p.bytes_read >> 20);
+            };
+            let progress: Option<&mut dyn FnMut(&turku_store::IngestProgress)> =
+                if tty { Some(&mut show) } else { None };
+            let (snap, report) = store
+                .ingest_dir(&src.machine, &src.source, dir, progress)
+                .with_context(|| format!("ingesting {}", dir.display()))?;
+            if tty {
+                eprintln!();
+            }
+            for w in &report.warnings {
+                eprintln!("turku-storage: warning: {w}");
+            }
+            println!("{}", snap.name);
+            let s = snap.stats;
+            eprintln!(
+                "files {} dirs {} bytes {} reused-files {} read {} new-bytes {} stored {} new-chunks {}",
+                s.files, s.dirs, s.bytes, s.reused_files, report.bytes_read, s.new_bytes,
+                s.new_stored_bytes, s.new_chunks
+            );
+        }
+        Command::Snapshots {
+            machine,
+            source,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let snaps = store.snapshots(machine.as_deref(), source.as_deref())?;
+            let mut out = io::stdout().lock();
+            if *json {
+                let list: Vec<_> = snaps.iter().map(snapshot_json).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                for s in &snaps {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{} files\t{} bytes\t{} new bytes",
+                        s.machine,
+                        s.source,
+                        s.name,
+                        s.time_end_rfc3339(),
+                        s.stats.files,
+                        s.stats.bytes,
+                        s.stats.new_bytes
+                    )?;
+                }
+            }
+        }
+        Command::Ls {
+            src,
+            snapshot,
+            path,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let snap = store.snapshot(&src.machine, &src.source, snapshot)?;
+            let path = path.as_ref().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+            let entries = store.list_dir(&snap, &path)?;
+            let mut out = io::stdout().lock();
+            if *json {
+                let list: Vec<_> = entries.iter().map(entry_json).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                for e in &entries {
+                    write_ls_line(&mut out, e)?;
+                }
+            }
+        }
+        Command::Export {
+            src,
+            snapshot,
+            path,
+            to,
+            tar,
+        } => {
+            let store = open(&cli)?;
+            let snap = store.snapshot(&src.machine, &src.source, snapshot)?;
+            let sub = path.as_ref().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+            let stats = if let Some(dir) = to {
+                store.export_to_dir(&snap, &sub, dir)?
+            } else if let Some(file) = tar {
+                if file.as_os_str() == "-" {
+                    let stdout = io::stdout().lock();
+                    store.export_to_tar(&snap, &sub, io::BufWriter::new(stdout))?
+                } else {
+                    let f = std::fs::File::create(file)
+                        .with_context(|| format!("creating {}", file.display()))?;
+                    let stats = store.export_to_tar(&snap, &sub, io::BufWriter::new(&f))?;
+                    f.sync_all()?;
+                    stats
+                }
+            } else {
+                bail!("give --to DIR or --tar FILE");
+            };
+            eprintln!(
+                "exported {} files, {} dirs, {} symlinks, {} hard links, {} specials, {} bytes{}",
+                stats.files,
+                stats.dirs,
+                stats.symlinks,
+                stats.hard_links,
+                stats.specials,
+                stats.bytes,
+                if stats.skipped > 0 {
+                    format!(" ({} skipped: devices need root)", stats.skipped)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Command::Verify {
+            machine,
+            source,
+            snapshot,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let only = match (machine, source, snapshot) {
+                (Some(m), Some(s), Some(n)) => Some(store.snapshot(m, s, n)?),
+                _ => None,
+            };
+            let report = store.verify(only.as_ref())?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for p in &report.problems {
+                    println!("problem: {}: {}", p.subject, p.reason);
+                }
+                for a in &report.affected {
+                    println!("affected: {a}");
+                }
+                println!(
+                    "verified {} packs, {} blobs, {} snapshots: {}",
+                    report.packs,
+                    report.blobs,
+                    report.snapshots,
+                    if report.is_clean() { "ok" } else { "PROBLEMS FOUND" }
+                );
+            }
+            if !report.is_clean() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Forget {
+            src,
+            retention,
+            dry_run,
+        } => {
+            let store = open(&cli)?;
+            let snaps = store.snapshots(Some(&src.machine), Some(&src.source))?;
+            let times: Vec<time::OffsetDateTime> = snaps
+                .iter()
+                .map(|s| {
+                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(s.time_end_ns))
+                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                })
+                .collect();
+            let now = time::OffsetDateTime::now_utc();
+            let doomed = turku_store::retention::to_delete(retention, now, &times);
+            for i in &doomed {
+                let s = &snaps[*i];
+                if *dry_run {
+                    println!("would forget {}", s.name);
+                } else {
+                    store.forget(s)?;
+                    println!("forgot {}", s.name);
+                }
+            }
+            eprintln!(
+                "{} of {} snapshots {}; run `gc` to reclaim space",
+                doomed.len(),
+                snaps.len(),
+                if *dry_run { "would be forgotten" } else { "forgotten" }
+            );
+        }
+        Command::Gc { json } => {
+            let store = open(&cli)?;
+            let stats = store.gc()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "freed {} blobs ({} bytes), deleted {} packs, repacked {} packs ({} blobs moved), removed {} orphans, cleared {} dead sessions",
+                    stats.freed_blobs, stats.freed_bytes, stats.deleted_packs, stats.repacked_packs,
+                    stats.moved_blobs, stats.removed_orphans, stats.dead_sessions
+                );
+            }
+        }
+        Command::Repair => {
+            let path = store_path(&cli)?;
+            let report = Store::repair(&path)?;
+            for s in &report.skipped_packs {
+                println!("skipped pack: {s}");
+            }
+            for s in &report.skipped_snapshots {
+                println!("skipped snapshot: {s}");
+            }
+            println!(
+                "rebuilt index: {} packs, {} blobs ({} duplicates), {} snapshots",
+                report.packs, report.blobs, report.duplicate_blobs, report.snapshots
+            );
+        }
+        Command::Stats { json } => {
+            let store = open(&cli)?;
+            let s = store.stats()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("snapshots        {}", s.snapshots);
+                println!("machines         {}", s.machines);
+                println!("sources          {}", s.sources);
+                println!("logical bytes    {}", s.logical_bytes);
+                println!("chunks           {}", s.chunks);
+                println!("trees            {}", s.trees);
+                println!("chunk bytes      {}", s.chunk_bytes);
+                println!("stored bytes     {}", s.stored_bytes);
+                println!("packs            {}", s.packs);
+                println!("pack bytes       {}", s.pack_bytes);
+                println!("reclaimable      {}", s.dead_bytes);
+                println!("live sessions    {}", s.live_sessions);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+    json!({
+        "machine": s.machine,
+        "source": s.source,
+        "name": s.name,
+        "base": s.base,
+        "time_begin": s.time_begin_rfc3339(),
+        "time_end": s.time_end_rfc3339(),
+        "root": s.root.to_hex(),
+        "stats": s.stats,
+    })
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+        EntryKind::CharDevice => "char-device",
+        EntryKind::BlockDevice => "block-device",
+        EntryKind::Fifo => "fifo",
+        EntryKind::Socket => "socket",
+    }
+}
+
+fn entry_json(e: &TreeEntry) -> serde_json::Value {
+    let mut v = json!({
+        "name": String::from_utf8_lossy(&e.name),
+        "type": kind_name(e.kind),
+        "mode": format!("{:04o}", e.meta.perm),
+        "uid": e.meta.uid,
+        "gid": e.meta.gid,
+        "mtime": e.meta.mtime_sec,
+        "mtime_nsec": e.meta.mtime_nsec,
+        "size": e.file_size(),
+    });
+    if std::str::from_utf8(&e.name).is_err() {
+        v["name_hex"] = json!(hex_string(&e.name));
+    }
+    match &e.data {
+        EntryData::Symlink { target } => v["target"] = json!(String::from_utf8_lossy(target)),
+        EntryData::Device { rdev } => {
+            v["major"] = json!(turku_store::dev_major(*rdev));
+            v["minor"] = json!(turku_store::dev_minor(*rdev));
+        }
+        EntryData::File { link_group, .. } if *link_group != 0 => {
+            v["link_group"] = json!(link_group)
+        }
+        _ => {}
+    }
+    v
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn mode_string(e: &TreeEntry) -> String {
+    let t = match e.kind {
+        EntryKind::File => '-',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+        EntryKind::CharDevice => 'c',
+        EntryKind::BlockDevice => 'b',
+        EntryKind::Fifo => 'p',
+        EntryKind::Socket => 's',
+    };
+    let p = e.meta.perm;
+    let bit = |mask: u32, c: char| if p & mask != 0 { c } else { '-' };
+    let exec = |x: u32, special: u32, set: char, unset: char| match (p & x != 0, p & special != 0) {
+        (true, true) => set,
+        (false, true) => unset,
+        (true, false) => 'x',
+        (false, false) => '-',
+    };
+    [
+        t,
+        bit(0o400, 'r'),
+        bit(0o200, 'w'),
+        exec(0o100, 0o4000, 's', 'S'),
+        bit(0o040, 'r'),
+        bit(0o020, 'w'),
+        exec(0o010, 0o2000, 's', 'S'),
+        bit(0o004, 'r'),
+        bit(0o002, 'w'),
+        exec(0o001, 0o1000, 't', 'T'),
+    ]
+    .iter()
+    .collect()
+}
+
+fn write_ls_line(out: &mut impl Write, e: &TreeEntry) -> io::Result<()> {
+    let size = match e.data {
+        EntryData::Device { rdev } => format!(
+            "{},{}",
+            turku_store::dev_major(rdev),
+            turku_store::dev_minor(rdev)
+        ),
+        _ => e.file_size().to_string(),
+    };
+    let when = format_ns(e.meta.mtime_sec.saturating_mul(1_000_000_000).saturating_add(i64::from(e.meta.mtime_nsec)));
+    write!(out, "{} {:>6} {:>6} {:>12} {} ", mode_string(e), e.meta.uid, e.meta.gid, size, when)?;
+    out.write_all(&e.name)?;
+    if let EntryData::Symlink { target } = &e.data {
+        out.write_all(b" -> ")?;
+        out.write_all(target)?;
+    }
+    out.write_all(b"\n")
+}

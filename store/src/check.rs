@@ -1,0 +1,455 @@
+//! `verify` (re-hash everything and name what a bad blob affects) and `repair` (rebuild the
+//! index from packs and snapshot records alone).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+
+use rusqlite::{params, TransactionBehavior};
+use serde::Serialize;
+
+use crate::error::{IoContext, Result};
+use crate::format::*;
+use crate::gc::{list_pack_files, pack_name_of};
+use crate::id::Id;
+use crate::index;
+use crate::pack;
+use crate::snapshot::{self, Snapshot};
+use crate::store::{LockMode, Store};
+use crate::tree::{self, EntryData, TreeNode};
+
+/// A problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What is wrong (a blob id, a pack, a snapshot).
+    pub subject: String,
+    pub reason: String,
+}
+
+/// The result of `verify`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub packs: u64,
+    pub blobs: u64,
+    pub snapshots: u64,
+    pub problems: Vec<Problem>,
+    /// `machine/source/snapshot: path` for every file or directory a problem affects.
+    pub affected: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What `repair` rebuilt.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairReport {
+    pub packs: u64,
+    pub blobs: u64,
+    pub duplicate_blobs: u64,
+    pub snapshots: u64,
+    pub skipped_packs: Vec<String>,
+    pub skipped_snapshots: Vec<String>,
+}
+
+impl Store {
+    /// Re-hashes every indexed blob (or only those of one snapshot) and walks snapshots,
+    /// naming the files any bad or missing blob affects.
+    pub fn verify(&self, only: Option<&Snapshot>) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let mut bad: HashSet<Id> = HashSet::new();
+        let snapshots = match only {
+            Some(s) => vec![s.clone()],
+            None => {
+                self.verify_packs(&mut report, &mut bad)?;
+                self.verify_records(&mut report)?;
+                self.snapshots(None, None)?
+            }
+        };
+        let mut subtree_ok: HashMap<Id, bool> = HashMap::new();
+        let mut checked: HashMap<Id, bool> = HashMap::new();
+        for snap in &snapshots {
+            report.snapshots += 1;
+            let label = format!("{}/{}/{}", snap.machine, snap.source, snap.name);
+            let mut walker = Walker {
+                store: self,
+                full: only.is_none(),
+                bad: &bad,
+                checked: &mut checked,
+                subtree_ok: &mut subtree_ok,
+                report: &mut report,
+                label: &label,
+            };
+            walker.tree(&snap.root, b"")?;
+        }
+        report.problems.sort_by(|a, b| a.subject.cmp(&b.subject));
+        report.problems.dedup();
+        Ok(report)
+    }
+
+    fn verify_packs(&self, report: &mut VerifyReport, bad: &mut HashSet<Id>) -> Result<()> {
+        let packs: Vec<(i64, String)> = {
+            let db = self.db();
+            let mut stmt = db.prepare("SELECT id, name FROM packs ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut seen: HashSet<Id> = HashSet::new();
+        for (pack_id, name) in packs {
+            report.packs += 1;
+            let path = pack::pack_path(&self.packs_dir(), &name);
+            let trailer = match pack::read_pack_trailer(&path, &name) {
+                Ok(t) => t,
+                Err(e) => {
+                    report.problems.push(Problem {
+                        subject: format!("pack {name}"),
+                        reason: e.to_string(),
+                    });
+                    let db = self.db();
+                    let mut stmt = db.prepare("SELECT id FROM blobs WHERE pack = ?1")?;
+                    let ids = stmt.query_map([pack_id], |r| r.get::<_, Vec<u8>>(0))?;
+                    for id in ids {
+                        if let Some(id) = Id::from_slice(&id?) {
+                            bad.insert(id);
+                            seen.insert(id);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let bytes = fs::read(&path).io_ctx("read pack", &path)?;
+            let mut d = zstd::bulk::Decompressor::new().io_ctx("zstd", &path)?;
+            for b in &trailer {
+                let Some(row) = index::find_blob(&self.db(), &b.id)? else {
+                    continue;
+                };
+                if row.pack_id != pack_id || row.location.offset != b.offset {
+                    continue;
+                }
+                report.blobs += 1;
+                seen.insert(b.id);
+                let stored = usize::try_from(b.offset)
+                    .ok()
+                    .and_then(|o| bytes.get(o..o + b.stored_len as usize));
+                let outcome = if row.location != *b {
+                    Err("index and pack trailer disagree about this blob")
+                } else {
+                    match stored {
+                        Some(s) => pack::decode_blob(b, s, &mut d).map(|_| ()),
+                        None => Err("blob lies past the end of the pack"),
+                    }
+                };
+                if let Err(reason) = outcome {
+                    report.problems.push(Problem {
+                        subject: format!("blob {} (pack {name} offset {})", b.id, b.offset),
+                        reason: reason.into(),
+                    });
+                    bad.insert(b.id);
+                }
+            }
+        }
+        let total: i64 = self.db().query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+        if total as usize != seen.len() {
+            let db = self.db();
+            let mut stmt = db.prepare("SELECT id FROM blobs")?;
+            let ids = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            for id in ids {
+                if let Some(id) = Id::from_slice(&id?) {
+                    if !seen.contains(&id) {
+                        report.problems.push(Problem {
+                            subject: format!("blob {id}"),
+                            reason: "indexed, but no pack trailer lists it there".into(),
+                        });
+                        bad.insert(id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every snapshot row has its record on disk and the other way round.
+    fn verify_records(&self, report: &mut VerifyReport) -> Result<()> {
+        let rows = self.snapshots(None, None)?;
+        let mut expected = HashSet::new();
+        for s in &rows {
+            let path = snapshot::record_path(self, &s.machine, &s.source, &s.name);
+            match snapshot::read_record(&path) {
+                Ok(rec) if rec.root == s.root => {}
+                Ok(_) => report.problems.push(Problem {
+                    subject: format!("snapshot {}/{}/{}", s.machine, s.source, s.name),
+                    reason: "record on disk names another root".into(),
+                }),
+                Err(e) => report.problems.push(Problem {
+                    subject: format!("snapshot {}/{}/{}", s.machine, s.source, s.name),
+                    reason: e.to_string(),
+                }),
+            }
+            expected.insert(path);
+        }
+        let dir = self.snapshots_dir();
+        for entry in fs::read_dir(&dir).io_ctx("list", &dir)? {
+            let path = entry.io_ctx("list", &dir)?.path();
+            if path.extension().is_some_and(|e| e == "snap") && !expected.contains(&path) {
+                report.problems.push(Problem {
+                    subject: format!("record {}", path.display()),
+                    reason: "snapshot record without an index row (run repair)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the index from packs and snapshot records. Needs the store to itself.
+    pub fn repair(path: &std::path::Path) -> Result<RepairReport> {
+        // Hold the exclusive lock for the whole rebuild.
+        let guard = Store::open_with_index_reset(path)?;
+        let store = &guard;
+        let mut report = RepairReport::default();
+        let mut trees: Vec<Id> = Vec::new();
+        for file in list_pack_files(&store.packs_dir())? {
+            let Some(name) = pack_name_of(&file) else { continue };
+            let blobs = match pack::read_pack_trailer(&file, &name) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("repair: skipping pack {name}: {e}");
+                    report.skipped_packs.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            let size = fs::metadata(&file).io_ctx("stat", &file)?.len();
+            let mut db = store.db();
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let before: i64 = tx.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+            index::insert_pack(&tx, &name, size, &blobs, &|_| None, None)?;
+            let after: i64 = tx.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+            tx.commit()?;
+            report.packs += 1;
+            report.blobs += (after - before) as u64;
+            report.duplicate_blobs += blobs.len() as u64 - (after - before) as u64;
+            trees.extend(blobs.iter().filter(|b| b.kind == BLOB_KIND_TREE).map(|b| b.id));
+        }
+        trees.sort();
+        trees.dedup();
+        for batch in trees.chunks(1024) {
+            let mut children = Vec::new();
+            for id in batch {
+                match store.read_blob(id).ok().and_then(|raw| tree::decode(&raw).ok()) {
+                    Some(node) => children.extend(node.children()),
+                    None => tracing::warn!("repair: tree {id} is unreadable"),
+                }
+            }
+            let mut db = store.db();
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut inc = tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE id = ?1")?;
+                for child in children {
+                    inc.execute([child.as_bytes().as_slice()])?;
+                }
+            }
+            tx.commit()?;
+        }
+        let dir = store.snapshots_dir();
+        let mut records = Vec::new();
+        for entry in fs::read_dir(&dir).io_ctx("list", &dir)? {
+            let path = entry.io_ctx("list", &dir)?.path();
+            if path.extension().is_some_and(|e| e == "snap") {
+                records.push(path);
+            }
+        }
+        records.sort();
+        for path in records {
+            let snap = match snapshot::read_record(&path) {
+                Ok(s) => s,
+                Err(e) => {
+                    report.skipped_snapshots.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut db = store.db();
+            if index::find_blob(&db, &snap.root)?.is_none() {
+                report.skipped_snapshots.push(format!(
+                    "{}/{}/{}: root tree {} is in no pack",
+                    snap.machine, snap.source, snap.name, snap.root
+                ));
+                continue;
+            }
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            index::insert_snapshot(&tx, &snap.to_row())?;
+            tx.commit()?;
+            report.snapshots += 1;
+        }
+        Ok(report)
+    }
+
+    fn open_with_index_reset(path: &std::path::Path) -> Result<Store> {
+        // Take the exclusive lock before touching the index, through a first open that
+        // creates an empty index if none is there.
+        let probe = Store::open_with(path, LockMode::Exclusive)?;
+        let index_path = path.join(INDEX_FILE);
+        drop(probe);
+        let stamp = crate::session::now_ns();
+        for suffix in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", index_path.display()));
+            if p.exists() {
+                let aside = std::path::PathBuf::from(format!("{}.old-{stamp}{suffix}", index_path.display()));
+                fs::rename(&p, &aside).io_ctx("move old index aside", &p)?;
+            }
+        }
+        let store = Store::open_with(path, LockMode::Exclusive)?;
+        store
+            .db()
+            .execute("DELETE FROM sessions", params![])?;
+        Ok(store)
+    }
+}
+
+struct Walker<'a> {
+    store: &'a Store,
+    full: bool,
+    bad: &'a HashSet<Id>,
+    checked: &'a mut HashMap<Id, bool>,
+    subtree_ok: &'a mut HashMap<Id, bool>,
+    report: &'a mut VerifyReport,
+    label: &'a str,
+}
+
+impl Walker<'_> {
+    /// Whether a blob is present and intact (packs were re-hashed already in a full run).
+    fn blob_ok(&mut self, id: &Id) -> Result<bool> {
+        if let Some(&ok) = self.checked.get(id) {
+            return Ok(ok);
+        }
+        let ok = if self.full {
+            !self.bad.contains(id) && index::find_blob(&self.store.db(), id)?.is_some()
+        } else {
+            self.report.blobs += 1;
+            self.store.read_blob(id).is_ok()
+        };
+        if !ok {
+            let reason = if index::find_blob(&self.store.db(), id)?.is_none() {
+                "referenced but missing"
+            } else {
+                "corrupt"
+            };
+            self.report.problems.push(Problem {
+                subject: format!("blob {id}"),
+                reason: reason.into(),
+            });
+        }
+        self.checked.insert(*id, ok);
+        Ok(ok)
+    }
+
+    fn affected(&mut self, path: &[u8]) {
+        let shown = if path.is_empty() { b"/".as_slice() } else { path };
+        self.report
+            .affected
+            .push(format!("{}: {}", self.label, String::from_utf8_lossy(shown)));
+    }
+
+    fn tree(&mut self, id: &Id, path: &[u8]) -> Result<bool> {
+        if let Some(&ok) = self.subtree_ok.get(id) {
+            if ok {
+                return Ok(true);
+            }
+        }
+        let mut ok = true;
+        if !self.blob_ok(id)? {
+            self.affected(path);
+            self.subtree_ok.insert(*id, false);
+            return Ok(false);
+        }
+        let node = match self.store.read_tree_node(id) {
+            Ok(n) => n,
+            Err(e) => {
+                self.report.problems.push(Problem {
+                    subject: format!("tree {id}"),
+                    reason: e.to_string(),
+                });
+                self.affected(path);
+                self.subtree_ok.insert(*id, false);
+                return Ok(false);
+            }
+        };
+        let entries = match node {
+            TreeNode::Leaf(entries) => entries,
+            TreeNode::Split(parts) => {
+                for (_, part) in parts {
+                    ok &= self.tree(&part, path)?;
+                }
+                self.subtree_ok.insert(*id, ok);
+                return Ok(ok);
+            }
+        };
+        for e in entries {
+            let mut child = path.to_vec();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(&e.name);
+            match &e.data {
+                EntryData::Dir { tree } => ok &= self.tree(tree, &child)?,
+                EntryData::File { chunks, .. } => {
+                    let mut file_ok = true;
+                    for c in chunks {
+                        file_ok &= self.blob_ok(&c.id)?;
+                    }
+                    if !file_ok {
+                        self.affected(&child);
+                    }
+                    ok &= file_ok;
+                }
+                _ => {}
+            }
+        }
+        self.subtree_ok.insert(*id, ok);
+        Ok(ok)
+    }
+}
+
+
+/// What `stats` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreStats {
+    pub snapshots: u64,
+    pub machines: u64,
+    pub sources: u64,
+    /// Sum of file sizes over all snapshots (what plain copies would take).
+    pub logical_bytes: u64,
+    pub chunks: u64,
+    pub trees: u64,
+    /// Plaintext bytes of all stored chunks.
+    pub chunk_bytes: u64,
+    /// Bytes those blobs take in packs.
+    pub stored_bytes: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// Bytes in packs that GC can reclaim or has yet to repack.
+    pub dead_bytes: u64,
+    pub live_sessions: u64,
+}
+
+impl Store {
+    pub fn stats(&self) -> Result<StoreStats> {
+        let db = self.db();
+        let mut s = StoreStats::default();
+        let one = |sql: &str| -> Result<u64> {
+            Ok(db.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?.unwrap_or(0) as u64)
+        };
+        s.snapshots = one("SELECT COUNT(*) FROM snapshots")?;
+        s.machines = one("SELECT COUNT(DISTINCT machine) FROM snapshots")?;
+        s.sources = one("SELECT COUNT(*) FROM (SELECT DISTINCT machine, source FROM snapshots)")?;
+        s.logical_bytes = one("SELECT SUM(json_extract(stats, '$.bytes')) FROM snapshots")?;
+        s.chunks = one(&format!("SELECT COUNT(*) FROM blobs WHERE kind = {BLOB_KIND_CHUNK}"))?;
+        s.trees = one(&format!("SELECT COUNT(*) FROM blobs WHERE kind = {BLOB_KIND_TREE}"))?;
+        s.chunk_bytes = one(&format!("SELECT SUM(raw_len) FROM blobs WHERE kind = {BLOB_KIND_CHUNK}"))?;
+        s.stored_bytes = one("SELECT SUM(stored_len) FROM blobs")?;
+        s.packs = one("SELECT COUNT(*) FROM packs")?;
+        s.pack_bytes = one("SELECT SUM(size) FROM packs")?;
+        s.dead_bytes = one("SELECT SUM(dead_bytes) FROM packs")?;
+        s.live_sessions = crate::session::live_count(&db)? as u64;
+        Ok(s)
+    }
+}

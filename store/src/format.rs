@@ -1,0 +1,95 @@
+//! Every on-disk constant of the store lives here: file names, magics, format versions,
+//! limits that decoders enforce, and the defaults recorded at `init`.
+
+/// Current version of the store layout (written to the `config` file).
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+/// File names and folders inside a store directory.
+pub const CONFIG_FILE: &str = "config";
+pub const INDEX_FILE: &str = "index.sqlite";
+pub const PACKS_DIR: &str = "packs";
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+pub const TMP_DIR: &str = "tmp";
+pub const LOCK_FILE: &str = "store.lock";
+pub const GC_LOCK_FILE: &str = "gc.lock";
+pub const PACK_SUFFIX: &str = ".pack";
+pub const SNAPSHOT_RECORD_SUFFIX: &str = ".snap";
+
+/// First line of the `config` file: identifies a turku store.
+pub const CONFIG_MAGIC: &str = "turku-store";
+
+/// Pack file framing: `PACK_MAGIC`, blobs, trailer, footer.
+/// The footer is `trailer_len:u32 le, trailer_blake3[0..16], PACK_END_MAGIC`.
+pub const PACK_MAGIC: &[u8; 8] = b"TRKPACK1";
+pub const PACK_END_MAGIC: &[u8; 8] = b"TRKPEND1";
+pub const PACK_FOOTER_LEN: usize = 4 + 16 + 8;
+/// One trailer record: id(32) kind(1) compression(1) offset(u64) stored_len(u32) raw_len(u32).
+pub const PACK_TRAILER_RECORD_LEN: usize = 32 + 1 + 1 + 8 + 4 + 4;
+/// A pack is closed once it reaches this size; blobs never straddle packs.
+pub const PACK_TARGET_SIZE: u64 = 32 * 1024 * 1024;
+/// Largest blob a decoder accepts (a max-size chunk plus zstd's worst-case overhead).
+pub const MAX_BLOB_LEN: u32 = 32 * 1024 * 1024;
+/// Largest trailer a decoder accepts (bounds allocation on corrupt footers).
+pub const MAX_TRAILER_LEN: u32 = 64 * 1024 * 1024;
+
+/// Blob kinds (stored in pack trailers and the index).
+pub const BLOB_KIND_CHUNK: u8 = 1;
+pub const BLOB_KIND_TREE: u8 = 2;
+
+/// Blob encodings.
+pub const COMPRESSION_NONE: u8 = 0;
+pub const COMPRESSION_ZSTD: u8 = 1;
+/// A compressed blob is kept only if it saves at least 1/32 of the raw size.
+pub const COMPRESSION_MIN_SAVING_SHIFT: u32 = 5;
+
+/// Tree object framing.
+pub const TREE_MAGIC: &[u8; 4] = b"TRKT";
+pub const TREE_FORMAT_VERSION: u8 = 1;
+/// A tree blob is either a leaf (entries) or an interior node listing leaf parts.
+pub const TREE_NODE_LEAF: u8 = 0;
+pub const TREE_NODE_SPLIT: u8 = 1;
+/// Huge directories are cut into parts of at least MIN and at most MAX entries; a cut
+/// happens where an entry name's hash has its low bits zero, so inserting one name disturbs
+/// only one part.
+pub const TREE_SPLIT_MIN_ENTRIES: usize = 1024;
+pub const TREE_SPLIT_MAX_ENTRIES: usize = 16384;
+pub const TREE_SPLIT_MASK: u64 = 4095;
+/// Decoder bounds for tree objects.
+pub const MAX_NAME_LEN: usize = 4096;
+pub const MAX_SYMLINK_LEN: usize = 64 * 1024;
+pub const MAX_TREE_ENTRIES: usize = 1 << 24;
+/// Largest file: 2^62 bytes (chunk count bounded by size / min chunk size).
+pub const MAX_CHUNKS_PER_FILE: usize = 1 << 32;
+
+/// Entry types inside trees.
+pub const ENTRY_FILE: u8 = 1;
+pub const ENTRY_DIR: u8 = 2;
+pub const ENTRY_SYMLINK: u8 = 3;
+pub const ENTRY_CHAR_DEVICE: u8 = 4;
+pub const ENTRY_BLOCK_DEVICE: u8 = 5;
+pub const ENTRY_FIFO: u8 = 6;
+pub const ENTRY_SOCKET: u8 = 7;
+
+/// Snapshot record files (the source of truth `repair` rebuilds snapshot rows from).
+pub const SNAPSHOT_RECORD_MAGIC: &str = "turku-snapshot 1";
+
+/// Chunker defaults (DESIGN.md §4) and the bounds `init` accepts (those of fastcdc v2020).
+pub const DEFAULT_CHUNK_MIN: u32 = 256 * 1024;
+pub const DEFAULT_CHUNK_AVG: u32 = 1024 * 1024;
+pub const DEFAULT_CHUNK_MAX: u32 = 4 * 1024 * 1024;
+pub const CHUNK_MIN_RANGE: (u32, u32) = (64, 1024 * 1024);
+pub const CHUNK_AVG_RANGE: (u32, u32) = (256, 4 * 1024 * 1024);
+pub const CHUNK_MAX_RANGE: (u32, u32) = (1024, 16 * 1024 * 1024);
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub const ZSTD_LEVEL_RANGE: (i32, i32) = (1, 19);
+
+/// SQLite: how long a writer waits for another process's transaction.
+pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
+/// Schema version of the index (PRAGMA user_version).
+pub const INDEX_SCHEMA_VERSION: i32 = 1;
+
+/// GC: a pack whose dead bytes reach this fraction (in percent) is repacked.
+pub const REPACK_DEAD_PERCENT: u64 = 30;
+/// Pack files on disk that no index row knows are removed by GC only after this long,
+/// since a writer renames its pack into place just before indexing it.
+pub const ORPHAN_PACK_GRACE_SECS: u64 = 3600;

@@ -1,0 +1,299 @@
+//! Forgetting snapshots and reclaiming space.
+//!
+//! `forget` removes a snapshot's record and row and drops its root's reference. `gc` then
+//! frees every blob whose reference count reached zero and that no live session pins,
+//! cascading into the children of freed trees, deletes packs that became empty and repacks
+//! those with enough garbage. Each step costs in proportion to what it frees or moves.
+//! See `session.rs` for why this is safe while backups run.
+
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::format::*;
+use crate::id::Id;
+use crate::index;
+use crate::pack::{self, pack_path, BlobLocation, PackWriter};
+use crate::session;
+use crate::snapshot::{self, Snapshot};
+use crate::store::Store;
+use crate::tree;
+
+/// What a GC run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GcStats {
+    pub dead_sessions: u64,
+    pub freed_blobs: u64,
+    pub freed_bytes: u64,
+    pub deleted_packs: u64,
+    pub repacked_packs: u64,
+    pub moved_blobs: u64,
+    pub removed_orphans: u64,
+    /// Tree blobs that could not be decoded while freeing (their children may leak until
+    /// `repair`); a non-zero value is worth an operator's look.
+    pub unreadable_trees: u64,
+}
+
+const FREE_BATCH: usize = 2000;
+
+impl Store {
+    /// Removes a snapshot. Its data is reclaimed by the next `gc`.
+    pub fn forget(&self, snap: &Snapshot) -> Result<()> {
+        // Record first: a crash in between leaves a row without a record, which `repair`
+        // drops, never a record whose data GC may already have freed.
+        snapshot::remove_record(self, snap)?;
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        index::delete_snapshot(&tx, &snap.to_row())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reclaims space; safe to run while backups write. Only one GC runs at a time.
+    pub fn gc(&self) -> Result<GcStats> {
+        let lock_path = self.path().join(GC_LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .io_ctx("open gc lock", &lock_path)?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Busy("another gc is running".into()));
+        }
+        let mut stats = GcStats {
+            dead_sessions: session::clear_dead(&self.db())? as u64,
+            ..GcStats::default()
+        };
+        while self.free_batch(&mut stats)? > 0 {}
+        self.sweep_packs(&mut stats)?;
+        self.remove_orphans(&mut stats)?;
+        drop(lock);
+        Ok(stats)
+    }
+
+    /// Frees up to `FREE_BATCH` unreferenced, unpinned blobs in one transaction.
+    fn free_batch(&self, stats: &mut GcStats) -> Result<usize> {
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let victims: Vec<(Id, i64, String, BlobLocation)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT b.id, b.kind, b.compression, b.offset, b.stored_len, b.raw_len, b.pack, p.name
+                 FROM blobs b JOIN packs p ON p.id = b.pack
+                 WHERE b.refs <= 0 AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.blob = b.id)
+                 LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([FREE_BATCH as i64], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                let id = Id::from_slice(&id).unwrap_or(Id([0; 32]));
+                Ok((
+                    id,
+                    r.get(6)?,
+                    r.get(7)?,
+                    BlobLocation {
+                        id,
+                        kind: r.get(1)?,
+                        compression: r.get(2)?,
+                        offset: r.get::<_, i64>(3)? as u64,
+                        stored_len: r.get(4)?,
+                        raw_len: r.get(5)?,
+                    },
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (id, pack_id, pack_name, location) in &victims {
+            if location.kind == BLOB_KIND_TREE {
+                let children = self
+                    .read_stored(pack_name, location)
+                    .and_then(|stored| self.decode_stored(pack_name, location, &stored))
+                    .ok()
+                    .and_then(|raw| tree::decode(&raw).ok())
+                    .map(|node| node.children());
+                match children {
+                    Some(children) => {
+                        let mut dec =
+                            tx.prepare_cached("UPDATE blobs SET refs = refs - 1 WHERE id = ?1")?;
+                        for child in children {
+                            dec.execute([child.as_bytes().as_slice()])?;
+                        }
+                    }
+                    None => {
+                        tracing::warn!("gc: tree {id} is unreadable; its children may leak");
+                        stats.unreadable_trees += 1;
+                    }
+                }
+            }
+            tx.execute("DELETE FROM blobs WHERE id = ?1", [id.as_bytes().as_slice()])?;
+            tx.execute(
+                "UPDATE packs SET dead_bytes = dead_bytes + ?1 WHERE id = ?2",
+                params![location.stored_len, pack_id],
+            )?;
+            stats.freed_blobs += 1;
+            stats.freed_bytes += u64::from(location.stored_len);
+        }
+        tx.commit()?;
+        Ok(victims.len())
+    }
+
+    fn sweep_packs(&self, stats: &mut GcStats) -> Result<()> {
+        let candidates: Vec<(i64, String, u64, u64)> = {
+            let db = self.db();
+            let mut stmt = db.prepare(
+                "SELECT id, name, data_bytes, dead_bytes FROM packs WHERE dead_bytes > 0",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (pack_id, name, data_bytes, dead_bytes) in candidates {
+            if dead_bytes >= data_bytes {
+                self.db()
+                    .execute("DELETE FROM packs WHERE id = ?1", [pack_id])?;
+                remove_if_exists(&pack_path(&self.packs_dir(), &name))?;
+                stats.deleted_packs += 1;
+            } else if dead_bytes * 100 >= data_bytes * REPACK_DEAD_PERCENT {
+                self.repack(pack_id, &name, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a pack's live blobs (still-encoded) into a new pack, repoints them, and
+    /// deletes the old one. The new pack is durable before any row points at it.
+    fn repack(&self, pack_id: i64, name: &str, stats: &mut GcStats) -> Result<()> {
+        let old_path = pack_path(&self.packs_dir(), name);
+        let blobs = pack::read_pack_trailer(&old_path, name)?;
+        let mut writer = PackWriter::create(&self.tmp_dir())?;
+        let mut moved: Vec<(BlobLocation, BlobLocation)> = Vec::new();
+        for b in &blobs {
+            let live = {
+                let db = self.db();
+                let mut stmt =
+                    db.prepare_cached("SELECT pack, offset FROM blobs WHERE id = ?1")?;
+                stmt.query_row([b.id.as_bytes().as_slice()], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .optional()?
+                    == Some((pack_id, b.offset))
+            };
+            if live {
+                let stored = self.read_stored(name, b)?;
+                // Verify while copying: repacking must never spread corruption.
+                self.decode_stored(name, b, &stored)?;
+                let new = writer.add_stored(b.id, b.kind, b.compression, &stored, b.raw_len)?;
+                moved.push((*b, new));
+            }
+        }
+        let finished = if moved.is_empty() {
+            None
+        } else {
+            Some(writer.finish(&self.packs_dir())?)
+        };
+        {
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(done) = &finished {
+                let data_bytes: u64 = done.blobs.iter().map(|b| u64::from(b.stored_len)).sum();
+                tx.execute(
+                    "INSERT INTO packs(name, size, data_bytes) VALUES (?1, ?2, ?3)",
+                    params![done.name, done.size as i64, data_bytes as i64],
+                )?;
+                let new_id = tx.last_insert_rowid();
+                let mut dead = 0u64;
+                for (old, new) in &moved {
+                    let n = tx.execute(
+                        "UPDATE blobs SET pack = ?1, offset = ?2 WHERE id = ?3 AND pack = ?4",
+                        params![new_id, new.offset as i64, old.id.as_bytes().as_slice(), pack_id],
+                    )?;
+                    if n == 0 {
+                        dead += u64::from(new.stored_len);
+                    }
+                }
+                if dead > 0 {
+                    tx.execute(
+                        "UPDATE packs SET dead_bytes = ?1 WHERE id = ?2",
+                        params![dead as i64, new_id],
+                    )?;
+                }
+            }
+            tx.execute("DELETE FROM packs WHERE id = ?1", [pack_id])?;
+            tx.commit()?;
+        }
+        remove_if_exists(&old_path)?;
+        stats.repacked_packs += 1;
+        stats.moved_blobs += moved.len() as u64;
+        Ok(())
+    }
+
+    /// Removes pack files no index row knows and stale temp files, after a grace period
+    /// (a writer renames its pack into place just before indexing it).
+    fn remove_orphans(&self, stats: &mut GcStats) -> Result<()> {
+        let grace = Duration::from_secs(ORPHAN_PACK_GRACE_SECS);
+        let old_enough = |path: &Path| {
+            fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > grace)
+        };
+        for file in list_pack_files(&self.packs_dir())? {
+            let Some(name) = pack_name_of(&file) else { continue };
+            let known: Option<i64> = self
+                .db()
+                .query_row("SELECT id FROM packs WHERE name = ?1", [&name], |r| r.get(0))
+                .optional()?;
+            if known.is_none() && old_enough(&file) {
+                tracing::info!("gc: removing orphan pack {}", file.display());
+                remove_if_exists(&file)?;
+                stats.removed_orphans += 1;
+            }
+        }
+        let tmp = self.tmp_dir();
+        for entry in fs::read_dir(&tmp).io_ctx("list", &tmp)? {
+            let path = entry.io_ctx("list", &tmp)?.path();
+            if old_enough(&path) {
+                remove_if_exists(&path)?;
+                stats.removed_orphans += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).io_ctx("remove", path),
+    }
+}
+
+pub(crate) fn pack_name_of(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let name = file.strip_suffix(PACK_SUFFIX)?;
+    (name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_string())
+}
+
+pub(crate) fn list_pack_files(packs_dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for shard in fs::read_dir(packs_dir).io_ctx("list", packs_dir)? {
+        let shard = shard.io_ctx("list", packs_dir)?.path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&shard).io_ctx("list", &shard)? {
+            let f = f.io_ctx("list", &shard)?.path();
+            if f.extension().is_some_and(|e| e == "pack") {
+                out.push(f);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,298 @@
+//! The SQLite index: a cache of what the packs and snapshot records hold, plus the live
+//! state that coordinates writers and GC (sessions, pins, reference counts).
+//!
+//! Reference counting: a blob's `refs` counts the snapshot roots and stored tree blobs that
+//! reference it. A tree's children are counted once, when the tree is first indexed; a
+//! snapshot counts its root. GC frees blobs whose `refs` is 0 and that no live session has
+//! pinned, then decrements their children: its cost follows what is freed, not the store.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::error::Result;
+use crate::format::*;
+use crate::id::Id;
+use crate::pack::BlobLocation;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS packs(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    data_bytes INTEGER NOT NULL,
+    dead_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS packs_with_garbage ON packs(id) WHERE dead_bytes > 0;
+CREATE TABLE IF NOT EXISTS blobs(
+    id BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    pack INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len INTEGER NOT NULL,
+    compression INTEGER NOT NULL,
+    refs INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_unreferenced ON blobs(refs) WHERE refs <= 0;
+CREATE TABLE IF NOT EXISTS snapshots(
+    id INTEGER PRIMARY KEY,
+    machine TEXT NOT NULL,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    root BLOB NOT NULL,
+    root_meta TEXT NOT NULL,
+    base TEXT,
+    time_begin INTEGER NOT NULL,
+    time_end INTEGER NOT NULL,
+    stats TEXT NOT NULL,
+    UNIQUE(machine, source, name)
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_source ON snapshots(machine, source, time_end);
+CREATE TABLE IF NOT EXISTS sessions(
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    started INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pins(
+    session INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY(session, blob)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pins_by_blob ON pins(blob);
+";
+
+pub fn open(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // WAL with synchronous=NORMAL keeps every committed transaction atomic and consistent
+    // across a crash; packs and snapshot records are fsynced by us before rows point at them.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
+    } else if version != INDEX_SCHEMA_VERSION {
+        return Err(crate::StoreError::Config(format!(
+            "index schema version {version} is not supported (expected {INDEX_SCHEMA_VERSION})"
+        )));
+    }
+    Ok(conn)
+}
+
+/// Where a blob is, with its pack's file name.
+#[derive(Debug, Clone)]
+pub struct IndexedBlob {
+    pub location: BlobLocation,
+    pub pack_id: i64,
+    pub pack_name: String,
+}
+
+pub fn find_blob(conn: &Connection, id: &Id) -> Result<Option<IndexedBlob>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT b.kind, b.compression, b.offset, b.stored_len, b.raw_len, b.pack, p.name
+         FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
+    )?;
+    Ok(stmt
+        .query_row([id.as_bytes().as_slice()], |r| {
+            Ok(IndexedBlob {
+                location: BlobLocation {
+                    id: *id,
+                    kind: r.get(0)?,
+                    compression: r.get(1)?,
+                    offset: r.get::<_, i64>(2)? as u64,
+                    stored_len: r.get(3)?,
+                    raw_len: r.get(4)?,
+                },
+                pack_id: r.get(5)?,
+                pack_name: r.get(6)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Pins `id` for `session` if it is indexed; returns whether it is (and so stays) available.
+/// One statement, so GC (which frees under a write transaction) can never slip in between
+/// the existence check and the pin.
+pub fn pin_if_exists(conn: &Connection, session: i64, id: &Id) -> Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR IGNORE INTO pins(session, blob) SELECT ?1, id FROM blobs WHERE id = ?2",
+    )?;
+    let changed = stmt.execute(params![session, id.as_bytes().as_slice()])?;
+    if changed == 1 {
+        return Ok(true);
+    }
+    let mut check = conn.prepare_cached("SELECT 1 FROM pins WHERE session = ?1 AND blob = ?2")?;
+    Ok(check
+        .query_row(params![session, id.as_bytes().as_slice()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Indexes a durable pack and pins its blobs for `session`. A blob already indexed (another
+/// writer stored it first) keeps its first copy; this pack's copy counts as dead bytes.
+/// `children` gives, for each new tree blob, the ids it references: they gain a reference.
+pub fn insert_pack(
+    tx: &Transaction<'_>,
+    name: &str,
+    size: u64,
+    blobs: &[BlobLocation],
+    children_of: &dyn Fn(&Id) -> Option<Vec<Id>>,
+    session: Option<i64>,
+) -> Result<i64> {
+    let data_bytes: u64 = blobs.iter().map(|b| u64::from(b.stored_len)).sum();
+    tx.execute(
+        "INSERT INTO packs(name, size, data_bytes) VALUES (?1, ?2, ?3)",
+        params![name, size as i64, data_bytes as i64],
+    )?;
+    let pack_id = tx.last_insert_rowid();
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO blobs(id, kind, pack, offset, stored_len, raw_len, compression)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut add_ref = tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE id = ?1")?;
+    let mut pin = tx.prepare_cached("INSERT OR IGNORE INTO pins(session, blob) VALUES (?1, ?2)")?;
+    let mut dead: u64 = 0;
+    for b in blobs {
+        let inserted = insert.execute(params![
+            b.id.as_bytes().as_slice(),
+            b.kind,
+            pack_id,
+            b.offset as i64,
+            b.stored_len,
+            b.raw_len,
+            b.compression
+        ])?;
+        if inserted == 0 {
+            dead += u64::from(b.stored_len);
+        } else if b.kind == BLOB_KIND_TREE {
+            for child in children_of(&b.id).unwrap_or_default() {
+                if add_ref.execute([child.as_bytes().as_slice()])? != 1 {
+                    return Err(crate::StoreError::MissingBlob(child.to_hex()));
+                }
+            }
+        }
+        if let Some(session) = session {
+            pin.execute(params![session, b.id.as_bytes().as_slice()])?;
+        }
+    }
+    if dead > 0 {
+        tx.execute(
+            "UPDATE packs SET dead_bytes = dead_bytes + ?1 WHERE id = ?2",
+            params![dead as i64, pack_id],
+        )?;
+    }
+    Ok(pack_id)
+}
+
+/// A snapshot row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub machine: String,
+    pub source: String,
+    pub name: String,
+    pub root: Id,
+    pub root_meta: String,
+    pub base: Option<String>,
+    pub time_begin_ns: i64,
+    pub time_end_ns: i64,
+    pub stats: String,
+}
+
+const SNAPSHOT_COLUMNS: &str =
+    "machine, source, name, root, root_meta, base, time_begin, time_end, stats";
+
+fn snapshot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRow> {
+    let root: Vec<u8> = r.get(3)?;
+    Ok(SnapshotRow {
+        machine: r.get(0)?,
+        source: r.get(1)?,
+        name: r.get(2)?,
+        root: Id::from_slice(&root).unwrap_or(Id([0; 32])),
+        root_meta: r.get(4)?,
+        base: r.get(5)?,
+        time_begin_ns: r.get(6)?,
+        time_end_ns: r.get(7)?,
+        stats: r.get(8)?,
+    })
+}
+
+pub fn insert_snapshot(tx: &Transaction<'_>, s: &SnapshotRow) -> Result<()> {
+    tx.execute(
+        &format!("INSERT INTO snapshots({SNAPSHOT_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+        params![
+            s.machine,
+            s.source,
+            s.name,
+            s.root.as_bytes().as_slice(),
+            s.root_meta,
+            s.base,
+            s.time_begin_ns,
+            s.time_end_ns,
+            s.stats
+        ],
+    )?;
+    if tx.execute(
+        "UPDATE blobs SET refs = refs + 1 WHERE id = ?1",
+        [s.root.as_bytes().as_slice()],
+    )? != 1
+    {
+        return Err(crate::StoreError::MissingBlob(s.root.to_hex()));
+    }
+    Ok(())
+}
+
+/// Snapshots, oldest first, optionally filtered by machine and source.
+pub fn list_snapshots(
+    conn: &Connection,
+    machine: Option<&str>,
+    source: Option<&str>,
+) -> Result<Vec<SnapshotRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SNAPSHOT_COLUMNS} FROM snapshots
+         WHERE (?1 IS NULL OR machine = ?1) AND (?2 IS NULL OR source = ?2)
+         ORDER BY machine, source, time_end, name"
+    ))?;
+    let rows = stmt.query_map(params![machine, source], snapshot_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn latest_snapshot(conn: &Connection, machine: &str, source: &str) -> Result<Option<SnapshotRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE machine = ?1 AND source = ?2
+         ORDER BY time_end DESC, name DESC LIMIT 1"
+    ))?;
+    Ok(stmt
+        .query_row(params![machine, source], snapshot_from_row)
+        .optional()?)
+}
+
+pub fn find_snapshot(
+    conn: &Connection,
+    machine: &str,
+    source: &str,
+    name: &str,
+) -> Result<Option<SnapshotRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE machine = ?1 AND source = ?2 AND name = ?3"
+    ))?;
+    Ok(stmt
+        .query_row(params![machine, source, name], snapshot_from_row)
+        .optional()?)
+}
+
+/// Removes a snapshot row and drops its root's reference.
+pub fn delete_snapshot(tx: &Transaction<'_>, s: &SnapshotRow) -> Result<()> {
+    let n = tx.execute(
+        "DELETE FROM snapshots WHERE machine = ?1 AND source = ?2 AND name = ?3",
+        params![s.machine, s.source, s.name],
+    )?;
+    if n == 1 {
+        tx.execute(
+            "UPDATE blobs SET refs = refs - 1 WHERE id = ?1",
+            [s.root.as_bytes().as_slice()],
+        )?;
+    }
+    Ok(())
+}

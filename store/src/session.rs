@@ -1,0 +1,70 @@
+//! Writer sessions: a row per in-flight backup, whose pins keep what it relies on alive.
+//!
+//! The rule between writers and GC: GC frees a blob only if its reference count is zero
+//! *and* no live session pins it, deciding under one write transaction. A session pins every
+//! blob it reuses (atomically with checking it exists), every blob it writes (in the
+//! transaction that indexes the pack), and its base snapshot's root (so everything reachable
+//! from the base stays). A committed snapshot's root gains a reference in the same
+//! transaction that drops the session's pins, so there is no instant in which what it needs
+//! is unprotected. Sessions of dead processes are cleared by GC.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::Result;
+
+/// Identifies this process across pid reuse: pid plus its start time in clock ticks.
+pub(crate) fn process_identity(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let start: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    Some((pid, start))
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn register(conn: &Connection) -> Result<i64> {
+    let (pid, start) = process_identity(std::process::id()).unwrap_or((std::process::id(), 0));
+    conn.execute(
+        "INSERT INTO sessions(pid, pid_start, started) VALUES (?1, ?2, ?3)",
+        params![pid, start as i64, now_ns()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub(crate) fn end(conn: &Connection, session: i64) -> Result<()> {
+    conn.execute("DELETE FROM pins WHERE session = ?1", [session])?;
+    conn.execute("DELETE FROM sessions WHERE id = ?1", [session])?;
+    Ok(())
+}
+
+/// Removes sessions whose process is gone; returns how many.
+pub(crate) fn clear_dead(conn: &Connection) -> Result<usize> {
+    let mut stmt = conn.prepare("SELECT id, pid, pid_start FROM sessions")?;
+    let rows: Vec<(i64, u32, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut cleared = 0;
+    for (id, pid, start) in rows {
+        let alive = match process_identity(pid) {
+            Some((_, s)) => start == 0 || s as i64 == start,
+            None => false,
+        };
+        if !alive {
+            end(conn, id)?;
+            cleared += 1;
+        }
+    }
+    Ok(cleared)
+}
+
+pub(crate) fn live_count(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}

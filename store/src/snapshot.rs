@@ -1,0 +1,316 @@
+//! Snapshots: rows in the index, records on disk, and lookups of paths inside them.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::format::*;
+use crate::id::Id;
+use crate::index::{self, SnapshotRow};
+use crate::pack::sync_dir;
+use crate::store::Store;
+use crate::tree::{EntryData, EntryKind, Metadata, TreeEntry};
+
+/// What a backup stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    /// Sum of regular file sizes.
+    pub bytes: u64,
+    /// Files whose content was reused from the previous snapshot without reading it.
+    pub reused_files: u64,
+    /// Plaintext bytes of chunks this snapshot added to the store.
+    pub new_bytes: u64,
+    /// Bytes those chunks and trees take in packs (after compression).
+    pub new_stored_bytes: u64,
+    pub new_chunks: u64,
+    pub new_trees: u64,
+}
+
+/// A committed snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub machine: String,
+    pub source: String,
+    /// Turku-style name: `<source>_<YYYYmmdd-HHMMSS>_<4hex>`.
+    pub name: String,
+    pub root: Id,
+    pub root_meta: Metadata,
+    pub base: Option<String>,
+    /// Nanoseconds since the epoch.
+    pub time_begin_ns: i64,
+    pub time_end_ns: i64,
+    pub stats: SnapshotStats,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MetaJson {
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    mtime_sec: i64,
+    mtime_nsec: u32,
+}
+
+impl From<Metadata> for MetaJson {
+    fn from(m: Metadata) -> Self {
+        MetaJson {
+            perm: m.perm,
+            uid: m.uid,
+            gid: m.gid,
+            mtime_sec: m.mtime_sec,
+            mtime_nsec: m.mtime_nsec,
+        }
+    }
+}
+
+impl From<MetaJson> for Metadata {
+    fn from(m: MetaJson) -> Self {
+        Metadata {
+            perm: m.perm & 0o7777,
+            uid: m.uid,
+            gid: m.gid,
+            mtime_sec: m.mtime_sec,
+            mtime_nsec: m.mtime_nsec.min(999_999_999),
+        }
+    }
+}
+
+/// The on-disk record of a snapshot: what `repair` rebuilds the snapshot rows from.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    format: String,
+    machine: String,
+    source: String,
+    name: String,
+    root: String,
+    root_meta: MetaJson,
+    base: Option<String>,
+    time_begin_ns: i64,
+    time_end_ns: i64,
+    stats: SnapshotStats,
+}
+
+impl Snapshot {
+    pub(crate) fn to_row(&self) -> SnapshotRow {
+        SnapshotRow {
+            machine: self.machine.clone(),
+            source: self.source.clone(),
+            name: self.name.clone(),
+            root: self.root,
+            root_meta: serde_json::to_string(&MetaJson::from(self.root_meta)).unwrap_or_default(),
+            base: self.base.clone(),
+            time_begin_ns: self.time_begin_ns,
+            time_end_ns: self.time_end_ns,
+            stats: serde_json::to_string(&self.stats).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn from_row(row: SnapshotRow) -> Snapshot {
+        let root_meta = serde_json::from_str::<MetaJson>(&row.root_meta)
+            .map(Metadata::from)
+            .unwrap_or_default();
+        Snapshot {
+            machine: row.machine,
+            source: row.source,
+            name: row.name,
+            root: row.root,
+            root_meta,
+            base: row.base,
+            time_begin_ns: row.time_begin_ns,
+            time_end_ns: row.time_end_ns,
+            stats: serde_json::from_str(&row.stats).unwrap_or_default(),
+        }
+    }
+
+    fn record(&self) -> Record {
+        Record {
+            format: SNAPSHOT_RECORD_MAGIC.to_string(),
+            machine: self.machine.clone(),
+            source: self.source.clone(),
+            name: self.name.clone(),
+            root: self.root.to_hex(),
+            root_meta: self.root_meta.into(),
+            base: self.base.clone(),
+            time_begin_ns: self.time_begin_ns,
+            time_end_ns: self.time_end_ns,
+            stats: self.stats,
+        }
+    }
+
+    /// End time as an RFC 3339 string (UTC).
+    pub fn time_end_rfc3339(&self) -> String {
+        format_ns(self.time_end_ns)
+    }
+
+    pub fn time_begin_rfc3339(&self) -> String {
+        format_ns(self.time_begin_ns)
+    }
+}
+
+pub fn format_ns(ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ns.to_string())
+}
+
+/// Snapshot record file path: names from the network never become path components.
+pub(crate) fn record_path(store: &Store, machine: &str, source: &str, name: &str) -> PathBuf {
+    let mut h = blake3::Hasher::new();
+    for part in [machine, source, name] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize().to_hex();
+    store
+        .snapshots_dir()
+        .join(format!("{}{SNAPSHOT_RECORD_SUFFIX}", &digest[..32]))
+}
+
+pub(crate) fn write_record(store: &Store, snap: &Snapshot) -> Result<()> {
+    let path = record_path(store, &snap.machine, &snap.source, &snap.name);
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec_pretty(&snap.record())
+        .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+    {
+        let mut f = fs::File::create(&tmp).io_ctx("write snapshot record", &tmp)?;
+        f.write_all(&text).io_ctx("write snapshot record", &tmp)?;
+        f.sync_all().io_ctx("fsync snapshot record", &tmp)?;
+    }
+    fs::rename(&tmp, &path).io_ctx("rename snapshot record", &path)?;
+    sync_dir(&store.snapshots_dir())
+}
+
+pub(crate) fn remove_record(store: &Store, snap: &Snapshot) -> Result<()> {
+    let path = record_path(store, &snap.machine, &snap.source, &snap.name);
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(&store.snapshots_dir()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).io_ctx("remove snapshot record", path),
+    }
+}
+
+pub(crate) fn read_record(path: &std::path::Path) -> Result<Snapshot> {
+    let bytes = fs::read(path).io_ctx("read snapshot record", path)?;
+    let bad = |reason: String| StoreError::CorruptSnapshotRecord {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let rec: Record = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if rec.format != SNAPSHOT_RECORD_MAGIC {
+        return Err(bad("unknown record format".into()));
+    }
+    let root = Id::from_hex(&rec.root).ok_or_else(|| bad("bad root id".into()))?;
+    Ok(Snapshot {
+        machine: rec.machine,
+        source: rec.source,
+        name: rec.name,
+        root,
+        root_meta: rec.root_meta.into(),
+        base: rec.base,
+        time_begin_ns: rec.time_begin_ns,
+        time_end_ns: rec.time_end_ns,
+        stats: rec.stats,
+    })
+}
+
+/// Builds a Turku-style snapshot name from the finish time (UTC) and a random suffix.
+pub fn snapshot_name(source: &str, time_end_ns: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_end_ns))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let stamp = t
+        .format(time::macros::format_description!(
+            "[year][month][day]-[hour][minute][second]"
+        ))
+        .unwrap_or_else(|_| "00000000-000000".into());
+    let suffix = hex::encode(rand::random::<[u8; 2]>());
+    format!("{source}_{stamp}_{suffix}")
+}
+
+/// A path inside a snapshot, split into validated components.
+pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut parts = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => continue,
+            b".." => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "path {:?} may not contain `..`",
+                    String::from_utf8_lossy(path)
+                )))
+            }
+            _ if !crate::tree::valid_name(part) => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "invalid path component in {:?}",
+                    String::from_utf8_lossy(path)
+                )))
+            }
+            _ => parts.push(part),
+        }
+    }
+    Ok(parts)
+}
+
+impl Store {
+    /// Snapshots, oldest first within each machine and source.
+    pub fn snapshots(&self, machine: Option<&str>, source: Option<&str>) -> Result<Vec<Snapshot>> {
+        Ok(index::list_snapshots(&self.db(), machine, source)?
+            .into_iter()
+            .map(Snapshot::from_row)
+            .collect())
+    }
+
+    pub fn latest_snapshot(&self, machine: &str, source: &str) -> Result<Option<Snapshot>> {
+        Ok(index::latest_snapshot(&self.db(), machine, source)?.map(Snapshot::from_row))
+    }
+
+    /// A snapshot by name, or the newest one for `latest`.
+    pub fn snapshot(&self, machine: &str, source: &str, name: &str) -> Result<Snapshot> {
+        let found = if name == "latest" {
+            self.latest_snapshot(machine, source)?
+        } else {
+            index::find_snapshot(&self.db(), machine, source, name)?.map(Snapshot::from_row)
+        };
+        found.ok_or_else(|| StoreError::NoSuchSnapshot {
+            machine: machine.into(),
+            source_name: source.into(),
+            name: name.into(),
+        })
+    }
+
+    /// The entry at `path` (the root directory for an empty path).
+    pub fn lookup(&self, snap: &Snapshot, path: &[u8]) -> Result<TreeEntry> {
+        let mut entry = TreeEntry {
+            name: Vec::new(),
+            kind: EntryKind::Dir,
+            meta: snap.root_meta,
+            data: EntryData::Dir { tree: snap.root },
+        };
+        for part in split_path(path)? {
+            let EntryData::Dir { tree } = &entry.data else {
+                return Err(StoreError::NoSuchPath(String::from_utf8_lossy(path).into()));
+            };
+            let entries = self.read_tree(tree)?;
+            entry = match entries.binary_search_by(|e| e.name.as_slice().cmp(part)) {
+                Ok(i) => entries[i].clone(),
+                Err(_) => return Err(StoreError::NoSuchPath(String::from_utf8_lossy(path).into())),
+            };
+        }
+        Ok(entry)
+    }
+
+    /// Entries of the directory at `path`, in name order.
+    pub fn list_dir(&self, snap: &Snapshot, path: &[u8]) -> Result<Vec<TreeEntry>> {
+        match self.lookup(snap, path)?.data {
+            EntryData::Dir { tree } => self.read_tree(&tree),
+            _ => Err(StoreError::NotADirectory(String::from_utf8_lossy(path).into())),
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Opening and initialising a store, and the read side every other module builds on.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::format::*;
+use crate::id::Id;
+use crate::index;
+use crate::pack::{self, pack_path, BlobLocation};
+use crate::tree::{self, TreeEntry, TreeNode};
+
+/// Parameters fixed when a store is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub chunk_min: u32,
+    pub chunk_avg: u32,
+    pub chunk_max: u32,
+    pub zstd_level: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            chunk_min: DEFAULT_CHUNK_MIN,
+            chunk_avg: DEFAULT_CHUNK_AVG,
+            chunk_max: DEFAULT_CHUNK_MAX,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<()> {
+        let in_range = |v: u32, (lo, hi): (u32, u32), what: &str| {
+            if v < lo || v > hi {
+                Err(StoreError::Config(format!("{what} {v} outside {lo}..={hi}")))
+            } else {
+                Ok(())
+            }
+        };
+        in_range(self.chunk_min, CHUNK_MIN_RANGE, "chunk minimum")?;
+        in_range(self.chunk_avg, CHUNK_AVG_RANGE, "chunk average")?;
+        in_range(self.chunk_max, CHUNK_MAX_RANGE, "chunk maximum")?;
+        if !(self.chunk_min < self.chunk_avg && self.chunk_avg < self.chunk_max) {
+            return Err(StoreError::Config(
+                "chunk sizes must satisfy min < avg < max".into(),
+            ));
+        }
+        if !self.chunk_avg.is_power_of_two() {
+            return Err(StoreError::Config(
+                "chunk average must be a power of two".into(),
+            ));
+        }
+        if self.zstd_level < ZSTD_LEVEL_RANGE.0 || self.zstd_level > ZSTD_LEVEL_RANGE.1 {
+            return Err(StoreError::Config(format!(
+                "zstd level {} outside {}..={}",
+                self.zstd_level, ZSTD_LEVEL_RANGE.0, ZSTD_LEVEL_RANGE.1
+            )));
+        }
+        Ok(())
+    }
+
+    fn encode(&self, store_id: &str) -> String {
+        format!(
+            "{CONFIG_MAGIC}\nformat = {STORE_FORMAT_VERSION}\nid = {store_id}\nchunk_min = {}\nchunk_avg = {}\nchunk_max = {}\nzstd_level = {}\n",
+            self.chunk_min, self.chunk_avg, self.chunk_max, self.zstd_level
+        )
+    }
+
+    fn decode(text: &str) -> Result<(StoreConfig, String)> {
+        let mut lines = text.lines();
+        if lines.next() != Some(CONFIG_MAGIC) {
+            return Err(StoreError::Config("missing turku-store header".into()));
+        }
+        let mut values = std::collections::HashMap::new();
+        for line in lines {
+            if let Some((k, v)) = line.split_once('=') {
+                values.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+        let get = |key: &str| {
+            values
+                .get(key)
+                .ok_or_else(|| StoreError::Config(format!("missing `{key}`")))
+        };
+        let num = |key: &str| -> Result<i64> {
+            get(key)?
+                .parse()
+                .map_err(|_| StoreError::Config(format!("`{key}` is not a number")))
+        };
+        if num("format")? != i64::from(STORE_FORMAT_VERSION) {
+            return Err(StoreError::Config(format!(
+                "store format {} is not supported by this version",
+                num("format")?
+            )));
+        }
+        let config = StoreConfig {
+            chunk_min: num("chunk_min")? as u32,
+            chunk_avg: num("chunk_avg")? as u32,
+            chunk_max: num("chunk_max")? as u32,
+            zstd_level: num("zstd_level")? as i32,
+        };
+        config.validate()?;
+        Ok((config, get("id")?.clone()))
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) root: PathBuf,
+    pub(crate) id: String,
+    pub(crate) config: StoreConfig,
+    db: Mutex<Connection>,
+    decompressor: Mutex<zstd::bulk::Decompressor<'static>>,
+    // Held for the handle's lifetime: shared by readers and writers, exclusive for repair.
+    _lock: File,
+}
+
+/// A handle on a store directory. Cheap to clone; usable from several threads.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How `open` takes the store lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+impl Store {
+    /// Creates a new store at `path` (an empty or missing directory).
+    pub fn init(path: &Path, config: StoreConfig) -> Result<Store> {
+        config.validate()?;
+        fs::create_dir_all(path).io_ctx("create store folder", path)?;
+        let config_path = path.join(CONFIG_FILE);
+        if config_path.exists() {
+            return Err(StoreError::AlreadyExists(path.to_path_buf()));
+        }
+        for dir in [PACKS_DIR, SNAPSHOTS_DIR, TMP_DIR] {
+            let d = path.join(dir);
+            fs::create_dir_all(&d).io_ctx("create folder", &d)?;
+        }
+        let store_id = hex::encode(rand::random::<[u8; 16]>());
+        let tmp = path.join(format!("{CONFIG_FILE}.tmp"));
+        {
+            let mut f = File::create(&tmp).io_ctx("write config", &tmp)?;
+            f.write_all(config.encode(&store_id).as_bytes())
+                .io_ctx("write config", &tmp)?;
+            f.sync_all().io_ctx("fsync config", &tmp)?;
+        }
+        index::open(&path.join(INDEX_FILE))?;
+        fs::rename(&tmp, &config_path).io_ctx("rename config", &config_path)?;
+        pack::sync_dir(path)?;
+        Store::open(path)
+    }
+
+    /// Opens an existing store for reading and writing snapshots.
+    pub fn open(path: &Path) -> Result<Store> {
+        Self::open_with(path, LockMode::Shared)
+    }
+
+    pub(crate) fn open_with(path: &Path, mode: LockMode) -> Result<Store> {
+        let config_path = path.join(CONFIG_FILE);
+        let text = match fs::read_to_string(&config_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotAStore(path.to_path_buf()))
+            }
+            Err(e) => return Err(e).io_ctx("read config", config_path),
+        };
+        let (config, id) = StoreConfig::decode(&text)?;
+        let lock_path = path.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .io_ctx("open lock", &lock_path)?;
+        let locked = match mode {
+            LockMode::Shared => lock.try_lock_shared(),
+            LockMode::Exclusive => lock.try_lock(),
+        };
+        if locked.is_err() {
+            return Err(StoreError::Busy(match mode {
+                LockMode::Shared => "a repair is running on this store".into(),
+                LockMode::Exclusive => {
+                    "other processes are using the store (stop backups first)".into()
+                }
+            }));
+        }
+        let index_path = path.join(INDEX_FILE);
+        if mode == LockMode::Shared && !index_path.exists() {
+            return Err(StoreError::Config(format!(
+                "{} is missing: run `repair` to rebuild it from the packs",
+                index_path.display()
+            )));
+        }
+        let conn = index::open(&index_path)?;
+        let decompressor = zstd::bulk::Decompressor::new().map_err(|e| StoreError::Io {
+            op: "create zstd context",
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                root: path.to_path_buf(),
+                id,
+                config,
+                db: Mutex::new(conn),
+                decompressor: Mutex::new(decompressor),
+                _lock: lock,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn config(&self) -> StoreConfig {
+        self.inner.config
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the connection cannot leave SQLite inconsistent (transactions
+        // roll back on drop), so a poisoned lock is still safe to use.
+        self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn packs_dir(&self) -> PathBuf {
+        self.inner.root.join(PACKS_DIR)
+    }
+
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.inner.root.join(TMP_DIR)
+    }
+
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
+        self.inner.root.join(SNAPSHOTS_DIR)
+    }
+
+    /// Reads stored bytes of a blob from its pack.
+    pub(crate) fn read_stored(&self, pack_name: &str, location: &BlobLocation) -> Result<Vec<u8>> {
+        let path = pack_path(&self.packs_dir(), pack_name);
+        let file = File::open(&path).io_ctx("open pack", &path)?;
+        let mut buf = vec![0u8; location.stored_len as usize];
+        file.read_exact_at(&mut buf, location.offset)
+            .io_ctx("read pack", &path)?;
+        Ok(buf)
+    }
+
+    pub(crate) fn decode_stored(
+        &self,
+        pack_name: &str,
+        location: &BlobLocation,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut d = self
+            .inner
+            .decompressor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pack::decode_blob(location, stored, &mut d).map_err(|reason| StoreError::CorruptBlob {
+            id: location.id.to_hex(),
+            pack: pack_name.to_string(),
+            offset: location.offset,
+            reason: reason.to_string(),
+        })
+    }
+
+    /// Reads a blob and checks its hash. Retries once through the index if GC moved it.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let mut last_error = None;
+        for _ in 0..2 {
+            let found = index::find_blob(&self.db(), id)?;
+            let Some(blob) = found else {
+                return Err(StoreError::MissingBlob(id.to_hex()));
+            };
+            match self.read_stored(&blob.pack_name, &blob.location) {
+                Ok(stored) => return self.decode_stored(&blob.pack_name, &blob.location, &stored),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| StoreError::MissingBlob(id.to_hex())))
+    }
+
+    /// Decodes one tree blob (a leaf or a split node).
+    pub(crate) fn read_tree_node(&self, id: &Id) -> Result<TreeNode> {
+        let bytes = self.read_blob(id)?;
+        tree::decode(&bytes).map_err(|error| StoreError::CorruptTree {
+            id: id.to_hex(),
+            error,
+        })
+    }
+
+    /// All entries of a directory tree, in name order.
+    pub fn read_tree(&self, id: &Id) -> Result<Vec<TreeEntry>> {
+        match self.read_tree_node(id)? {
+            TreeNode::Leaf(entries) => Ok(entries),
+            TreeNode::Split(parts) => {
+                let mut all = Vec::new();
+                for (_, part) in parts {
+                    match self.read_tree_node(&part)? {
+                        TreeNode::Leaf(entries) => all.extend(entries),
+                        TreeNode::Split(_) => {
+                            return Err(StoreError::CorruptTree {
+                                id: part.to_hex(),
+                                error: crate::error::DecodeError {
+                                    offset: 0,
+                                    reason: "split part is itself split",
+                                },
+                            })
+                        }
+                    }
+                }
+                Ok(all)
+            }
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! The streaming snapshot writer.
+//!
+//! A backup adds entries (in any order; rsync's sorted order is the usual one), each either
+//! with new content streamed through a [`FileWriter`] (chunked as bytes arrive, so memory is
+//! bounded whatever the file size) or reusing the previous snapshot's content for that path.
+//! `commit` builds the directory trees bottom-up, makes every pack durable, writes the
+//! snapshot record and then, in one transaction, makes the snapshot visible. Dropping the
+//! writer without committing leaves nothing visible; GC later reclaims what it stored.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use crate::error::{Result, StoreError};
+use crate::format::*;
+use crate::id::Id;
+use crate::index;
+use crate::pack::{Compressor, PackWriter};
+use crate::session::{self, now_ns};
+use crate::snapshot::{self, split_path, Snapshot, SnapshotStats};
+use crate::store::Store;
+use crate::tree::{self, ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
+
+/// FastCDC v2020 parameters with the normalised masks precomputed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Chunker {
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Chunker {
+    pub(crate) fn new(config: &crate::StoreConfig) -> Self {
+        let avg = config.chunk_avg as usize;
+        let (mask_s, mask_l) =
+            fastcdc::v2020::select_masks(avg, fastcdc::v2020::Normalization::Level1);
+        Chunker {
+            min: config.chunk_min as usize,
+            avg,
+            max: config.chunk_max as usize,
+            mask_s,
+            mask_l,
+        }
+    }
+
+    /// Length of the next chunk at the start of `data`. With fewer than `max` bytes this may
+    /// return `data.len()`, so callers only ask with `max` bytes buffered or at end of file.
+    pub(crate) fn cut(&self, data: &[u8]) -> usize {
+        let (_, len) = fastcdc::v2020::cut(
+            data,
+            self.min,
+            self.avg,
+            self.max,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        len.max(1).min(data.len())
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// Appends blobs to the session's current pack and indexes each pack once it is durable.
+struct Packer {
+    store: Store,
+    session: i64,
+    compressor: Compressor,
+    pack: Option<PackWriter>,
+    /// Children of the tree blobs in the current pack (their references are counted when
+    /// the pack is indexed).
+    pending_children: HashMap<Id, Vec<Id>>,
+    /// Blobs this session may reference: written by it, pinned by it, or reachable from its
+    /// pinned base.
+    known: HashSet<Id>,
+}
+
+impl Packer {
+    /// Makes sure `id` is available to this session, returning whether it already was.
+    fn reuse(&mut self, id: &Id) -> Result<bool> {
+        if self.known.contains(id) {
+            return Ok(true);
+        }
+        let db = self.store.db();
+        if index::find_blob(&db, id)?.is_some() && index::pin_if_exists(&db, self.session, id)? {
+            drop(db);
+            self.known.insert(*id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn add(&mut self, id: Id, kind: u8, raw: &[u8], children: Option<Vec<Id>>) -> Result<u64> {
+        if self.pack.is_none() {
+            self.pack = Some(PackWriter::create(&self.store.tmp_dir())?);
+        }
+        let pack = self.pack.as_mut().ok_or_else(|| StoreError::Busy("no pack".into()))?;
+        let loc = pack.add(&mut self.compressor, id, kind, raw)?;
+        if let Some(children) = children {
+            self.pending_children.insert(id, children);
+        }
+        self.known.insert(id);
+        if pack.size() >= PACK_TARGET_SIZE {
+            self.flush()?;
+        }
+        Ok(u64::from(loc.stored_len))
+    }
+
+    /// Makes the current pack durable and indexes it (pinned for this session).
+    fn flush(&mut self) -> Result<()> {
+        let Some(pack) = self.pack.take() else {
+            return Ok(());
+        };
+        if pack.is_empty() {
+            return Ok(());
+        }
+        let done = pack.finish(&self.store.packs_dir())?;
+        let children = std::mem::take(&mut self.pending_children);
+        let mut db = self.store.db();
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        index::insert_pack(
+            &tx,
+            &done.name,
+            done.size,
+            &done.blobs,
+            &|id| children.get(id).cloned(),
+            Some(self.session),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Writes one snapshot. See the module documentation.
+pub struct SnapshotWriter {
+    store: Store,
+    session: i64,
+    finished: bool,
+    machine: String,
+    source: String,
+    base: Option<Snapshot>,
+    base_dirs: HashMap<Vec<u8>, Option<Arc<Vec<TreeEntry>>>>,
+    dirs: HashMap<Vec<u8>, BTreeMap<Vec<u8>, TreeEntry>>,
+    root_meta: Metadata,
+    packer: Packer,
+    chunker: Chunker,
+    stats: SnapshotStats,
+    time_begin_ns: i64,
+}
+
+impl std::fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("machine", &self.machine)
+            .field("source", &self.source)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_label(what: &str, value: &str) -> Result<()> {
+    if value.is_empty()
+        || value.len() > 255
+        || value.contains('/')
+        || value.chars().any(char::is_control)
+    {
+        return Err(StoreError::InvalidArgument(format!(
+            "{what} {value:?} must be 1-255 characters without `/` or control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn parent_and_name(path: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let parts = split_path(path)?;
+    let Some((name, parents)) = parts.split_last() else {
+        return Err(StoreError::InvalidArgument(
+            "the root directory is set with set_root_meta".into(),
+        ));
+    };
+    Ok((parents.join(&b'/'), name.to_vec()))
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+        p.extend_from_slice(dir);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+impl Store {
+    /// Starts a snapshot of `source` on `machine`, based on the newest existing one.
+    pub fn begin_snapshot(&self, machine: &str, source: &str) -> Result<SnapshotWriter> {
+        check_label("machine", machine)?;
+        check_label("source", source)?;
+        let session = session::register(&self.db())?;
+        let mut known = HashSet::new();
+        let mut base = self.latest_snapshot(machine, source)?;
+        if let Some(b) = &base {
+            if index::pin_if_exists(&self.db(), session, &b.root)? {
+                known.insert(b.root);
+            } else {
+                // Forgotten and collected between listing and pinning: start afresh.
+                base = None;
+            }
+        }
+        let compressor = match Compressor::new(self.config().zstd_level) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = session::end(&self.db(), session);
+                return Err(e);
+            }
+        };
+        Ok(SnapshotWriter {
+            store: self.clone(),
+            session,
+            finished: false,
+            machine: machine.to_string(),
+            source: source.to_string(),
+            base,
+            base_dirs: HashMap::new(),
+            dirs: HashMap::from([(Vec::new(), BTreeMap::new())]),
+            root_meta: Metadata {
+                perm: 0o755,
+                ..Metadata::default()
+            },
+            packer: Packer {
+                store: self.clone(),
+                session,
+                compressor,
+                pack: None,
+                pending_children: HashMap::new(),
+                known,
+            },
+            chunker: Chunker::new(&self.config()),
+            stats: SnapshotStats::default(),
+            time_begin_ns: now_ns(),
+        })
+    }
+}
+
+impl SnapshotWriter {
+    /// The snapshot this one is based on (the newest of the source when it began).
+    pub fn base(&self) -> Option<&Snapshot> {
+        self.base.as_ref()
+    }
+
+    pub fn stats(&self) -> &SnapshotStats {
+        &self.stats
+    }
+
+    /// Overrides the begin time (defaults to when the writer was created).
+    pub fn set_time_begin_ns(&mut self, ns: i64) {
+        self.time_begin_ns = ns;
+    }
+
+    pub fn set_root_meta(&mut self, meta: Metadata) {
+        self.root_meta = meta;
+    }
+
+    /// The base snapshot's entries of directory `dir` (cached; `None` if absent).
+    fn base_dir(&mut self, dir: &[u8]) -> Result<Option<Arc<Vec<TreeEntry>>>> {
+        if let Some(cached) = self.base_dirs.get(dir) {
+            return Ok(cached.clone());
+        }
+        let Some(base) = &self.base else {
+            return Ok(None);
+        };
+        let tree = if dir.is_empty() {
+            Some(base.root)
+        } else {
+            let (parent, name) = parent_and_name(dir)?;
+            self.base_dir(&parent)?.and_then(|entries| {
+                entries
+                    .binary_search_by(|e| e.name.as_slice().cmp(&name))
+                    .ok()
+                    .and_then(|i| match entries[i].data {
+                        EntryData::Dir { tree } => Some(tree),
+                        _ => None,
+                    })
+            })
+        };
+        let loaded = match tree {
+            Some(id) => {
+                let entries = self.store.read_tree(&id)?;
+                // Everything reachable from the pinned base is safe to reference.
+                self.packer.known.insert(id);
+                Some(Arc::new(entries))
+            }
+            None => None,
+        };
+        self.base_dirs.insert(dir.to_vec(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The base snapshot's entry at `path`, if any: the rsync basis for that file.
+    pub fn base_entry(&mut self, path: &[u8]) -> Result<Option<TreeEntry>> {
+        let (parent, name) = parent_and_name(path)?;
+        let found = self.base_dir(&parent)?.and_then(|entries| {
+            entries
+                .binary_search_by(|e| e.name.as_slice().cmp(&name))
+                .ok()
+                .map(|i| entries[i].clone())
+        });
+        if let Some(TreeEntry {
+            data: EntryData::File { chunks, .. },
+            ..
+        }) = &found
+        {
+            self.packer.known.extend(chunks.iter().map(|c| c.id));
+        }
+        Ok(found)
+    }
+
+    fn ensure_dir(&mut self, dir: &[u8]) -> Result<()> {
+        if self.dirs.contains_key(dir) {
+            return Ok(());
+        }
+        // A parent the caller never announced: keep its contents reachable with default
+        // metadata rather than failing the whole backup.
+        let meta = Metadata {
+            perm: 0o755,
+            ..Metadata::default()
+        };
+        self.add_dir(dir, meta)
+    }
+
+    fn insert(&mut self, path: &[u8], kind: EntryKind, meta: Metadata, data: EntryData) -> Result<()> {
+        let (parent, name) = parent_and_name(path)?;
+        self.ensure_dir(&parent)?;
+        let entry = TreeEntry {
+            name: name.clone(),
+            kind,
+            meta: Metadata {
+                perm: meta.perm & 0o7777,
+                mtime_nsec: meta.mtime_nsec.min(999_999_999),
+                ..meta
+            },
+            data,
+        };
+        if let Some(dir) = self.dirs.get_mut(&parent) {
+            dir.insert(name, entry);
+        }
+        Ok(())
+    }
+
+    pub fn add_dir(&mut self, path: &[u8], meta: Metadata) -> Result<()> {
+        let parts = split_path(path)?;
+        if parts.is_empty() {
+            self.root_meta = meta;
+            return Ok(());
+        }
+        let canonical = parts.join(&b'/');
+        self.insert(&canonical, EntryKind::Dir, meta, EntryData::Dir { tree: Id([0; 32]) })?;
+        self.dirs.entry(canonical).or_default();
+        Ok(())
+    }
+
+    pub fn add_symlink(&mut self, path: &[u8], meta: Metadata, target: &[u8]) -> Result<()> {
+        if target.len() > MAX_SYMLINK_LEN {
+            return Err(StoreError::InvalidArgument("symlink target too long".into()));
+        }
+        self.insert(path, EntryKind::Symlink, meta, EntryData::Symlink { target: target.to_vec() })
+    }
+
+    /// Adds a device node, FIFO or socket.
+    pub fn add_special(&mut self, path: &[u8], kind: EntryKind, meta: Metadata, rdev: u64) -> Result<()> {
+        let data = match kind {
+            EntryKind::CharDevice | EntryKind::BlockDevice => EntryData::Device { rdev },
+            EntryKind::Fifo | EntryKind::Socket => EntryData::Special,
+            _ => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{kind:?} is not a special file"
+                )))
+            }
+        };
+        self.insert(path, kind, meta, data)
+    }
+
+    /// Records a regular file whose chunks are already known (e.g. a hard link's content).
+    pub fn add_file_with_chunks(
+        &mut self,
+        path: &[u8],
+        meta: Metadata,
+        link_group: u64,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<()> {
+        for c in &chunks {
+            if !self.packer.reuse(&c.id)? {
+                return Err(StoreError::MissingBlob(c.id.to_hex()));
+            }
+        }
+        let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+        self.insert(path, EntryKind::File, meta, EntryData::File { size, link_group, chunks })
+    }
+
+    /// If the base snapshot has a regular file at `path` with this size and mtime, records
+    /// it with the base's content without reading anything, and returns true.
+    pub fn reuse_unchanged(&mut self, path: &[u8], meta: Metadata, size: u64, link_group: u64) -> Result<bool> {
+        let Some(base) = self.base_entry(path)? else {
+            return Ok(false);
+        };
+        let EntryData::File { size: base_size, chunks, .. } = base.data else {
+            return Ok(false);
+        };
+        if base_size != size
+            || base.meta.mtime_sec != meta.mtime_sec
+            || base.meta.mtime_nsec != meta.mtime_nsec
+        {
+            return Ok(false);
+        }
+        self.stats.reused_files += 1;
+        self.insert(path, EntryKind::File, meta, EntryData::File { size, link_group, chunks })?;
+        Ok(true)
+    }
+
+    /// Starts a regular file whose content the caller streams into the returned writer.
+    pub fn add_file(&mut self, path: &[u8], meta: Metadata, link_group: u64) -> Result<FileWriter<'_>> {
+        // Validate now so a bad path fails before any content is streamed.
+        parent_and_name(path)?;
+        Ok(FileWriter {
+            path: path.to_vec(),
+            meta,
+            link_group,
+            buf: Vec::new(),
+            start: 0,
+            chunks: Vec::new(),
+            size: 0,
+            writer: self,
+        })
+    }
+
+    fn store_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
+        let id = Id::of(data);
+        if !self.packer.reuse(&id)? {
+            self.stats.new_stored_bytes += self.packer.add(id, BLOB_KIND_CHUNK, data, None)?;
+            self.stats.new_chunks += 1;
+            self.stats.new_bytes += data.len() as u64;
+        }
+        Ok(ChunkRef {
+            id,
+            len: data.len() as u32,
+        })
+    }
+
+    fn store_tree(&mut self, bytes: Vec<u8>, children: Vec<Id>) -> Result<Id> {
+        let id = Id::of(&bytes);
+        if !self.packer.reuse(&id)? {
+            self.stats.new_stored_bytes +=
+                self.packer.add(id, BLOB_KIND_TREE, &bytes, Some(children))?;
+            self.stats.new_trees += 1;
+        }
+        Ok(id)
+    }
+
+    fn store_dir(&mut self, entries: Vec<TreeEntry>) -> Result<Id> {
+        let ranges = tree::split_points(&entries);
+        if ranges.len() <= 1 {
+            let mut children = Vec::new();
+            entries.iter().for_each(|e| e.children(&mut children));
+            return self.store_tree(tree::encode_leaf(&entries), children);
+        }
+        let mut parts = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let slice = &entries[range];
+            let mut children = Vec::new();
+            slice.iter().for_each(|e| e.children(&mut children));
+            let id = self.store_tree(tree::encode_leaf(slice), children)?;
+            parts.push((slice[0].name.clone(), id));
+        }
+        let children = parts.iter().map(|(_, id)| *id).collect();
+        self.store_tree(tree::encode_split(&parts), children)
+    }
+
+    /// Builds the trees, makes everything durable and makes the snapshot visible.
+    pub fn commit(mut self) -> Result<Snapshot> {
+        let mut paths: Vec<Vec<u8>> = self.dirs.keys().cloned().collect();
+        // Deepest first, so every directory's children are built before it.
+        paths.sort_by_key(|p| std::cmp::Reverse(if p.is_empty() { 0 } else { 1 + p.iter().filter(|&&b| b == b'/').count() }));
+        let mut built: HashMap<Vec<u8>, Id> = HashMap::new();
+        for path in paths {
+            let entries = self.dirs.remove(&path).unwrap_or_default();
+            let mut list = Vec::with_capacity(entries.len());
+            for (name, mut e) in entries {
+                match &mut e.data {
+                    EntryData::Dir { tree } => {
+                        let child = join(&path, &name);
+                        *tree = built.remove(&child).ok_or_else(|| {
+                            StoreError::InvalidArgument("directory built out of order".into())
+                        })?;
+                        self.stats.dirs += 1;
+                    }
+                    EntryData::File { size, .. } => {
+                        self.stats.files += 1;
+                        self.stats.bytes += *size;
+                    }
+                    EntryData::Symlink { .. } => self.stats.symlinks += 1,
+                    _ => self.stats.specials += 1,
+                }
+                list.push(e);
+            }
+            let id = self.store_dir(list)?;
+            built.insert(path, id);
+        }
+        let root = built
+            .remove(&Vec::new())
+            .ok_or_else(|| StoreError::InvalidArgument("no root directory".into()))?;
+        self.packer.flush()?;
+        let time_end_ns = now_ns().max(self.time_begin_ns);
+        let snap = Snapshot {
+            machine: self.machine.clone(),
+            source: self.source.clone(),
+            name: snapshot::snapshot_name(&self.source, time_end_ns),
+            root,
+            root_meta: self.root_meta,
+            base: self.base.as_ref().map(|b| b.name.clone()),
+            time_begin_ns: self.time_begin_ns,
+            time_end_ns,
+            stats: self.stats,
+        };
+        // The record is durable before the row, so `repair` never loses a visible snapshot.
+        snapshot::write_record(&self.store, &snap)?;
+        let result = (|| -> Result<()> {
+            let mut db = self.store.db();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            index::insert_snapshot(&tx, &snap.to_row())?;
+            tx.execute("DELETE FROM pins WHERE session = ?1", [self.session])?;
+            tx.execute("DELETE FROM sessions WHERE id = ?1", [self.session])?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = snapshot::remove_record(&self.store, &snap);
+            return Err(e);
+        }
+        self.finished = true;
+        Ok(snap)
+    }
+
+    /// Abandons the snapshot: nothing becomes visible.
+    pub fn abort(mut self) {
+        self.end_session();
+    }
+
+    fn end_session(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.packer.pack = None;
+            if let Err(e) = session::end(&self.store.db(), self.session) {
+                tracing::warn!("could not end writer session {}: {e}", self.session);
+            }
+        }
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        self.end_session();
+    }
+}
+
+/// Streams one file's content into the store, chunking as bytes arrive.
+pub struct FileWriter<'w> {
+    writer: &'w mut SnapshotWriter,
+    path: Vec<u8>,
+    meta: Metadata,
+    link_group: u64,
+    buf: Vec<u8>,
+    start: usize,
+    chunks: Vec<ChunkRef>,
+    size: u64,
+}
+
+impl std::fmt::Debug for FileWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("path", &String::from_utf8_lossy(&self.path))
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileWriter<'_> {
+    fn emit(&mut self, len: usize) -> Result<()> {
+        let chunk = self.writer.store_chunk(&self.buf[self.start..self.start + len])?;
+        self.chunks.push(chunk);
+        self.start += len;
+        Ok(())
+    }
+
+    /// Accepts content; errors are the store's typed errors.
+    pub fn write_content(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        self.size += data.len() as u64;
+        let max = self.writer.chunker.max();
+        while self.buf.len() - self.start >= max {
+            let len = self.writer.chunker.cut(&self.buf[self.start..]);
+            self.emit(len)?;
+        }
+        if self.start >= max {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Stores the last chunks and records the entry; returns the file's chunk list.
+    pub fn finish(mut self) -> Result<Vec<ChunkRef>> {
+        while self.start < self.buf.len() {
+            let len = self.writer.chunker.cut(&self.buf[self.start..]);
+            self.emit(len)?;
+        }
+        let chunks = std::mem::take(&mut self.chunks);
+        let path = std::mem::take(&mut self.path);
+        self.writer.insert(
+            &path,
+            EntryKind::File,
+            self.meta,
+            EntryData::File {
+                size: self.size,
+                link_group: self.link_group,
+                chunks: chunks.clone(),
+            },
+        )?;
+        Ok(chunks)
+    }
+}
+
+impl Write for FileWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_content(data).map_err(io::Error::other)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
