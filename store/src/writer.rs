@@ -367,8 +367,10 @@ impl SnapshotWriter {
     }
 
     pub fn add_symlink(&mut self, path: &[u8], meta: Metadata, target: &[u8]) -> Result<()> {
-        if target.len() > MAX_SYMLINK_LEN {
-            return Err(StoreError::InvalidArgument("symlink target too long".into()));
+        if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
+            return Err(StoreError::InvalidArgument(
+                "symlink target must be 1 to 65536 bytes without NUL".into(),
+            ));
         }
         self.insert(path, EntryKind::Symlink, meta, EntryData::Symlink { target: target.to_vec() })
     }
