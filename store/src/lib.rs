@@ -44,7 +44,7 @@ pub use reader::FileReader;
 pub use snapshot::{format_ns, snapshot_name, split_path, Snapshot, SnapshotStats};
 pub use store::{Store, StoreConfig};
 pub use tree::{ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
-pub use writer::{FileWriter, SnapshotWriter};
+pub use writer::{chunk_lengths, FileWriter, SnapshotWriter};
 
 /// Decoders of on-disk bytes, exposed for fuzzing. They never panic on any input.
 pub mod decode {

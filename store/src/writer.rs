@@ -66,6 +66,20 @@ impl Chunker {
     }
 }
 
+/// Lengths of the chunks FastCDC cuts `data` into under `config` (for benchmarks and tools;
+/// the writer applies the same cuts as bytes stream in).
+pub fn chunk_lengths(config: &crate::StoreConfig, data: &[u8]) -> Vec<usize> {
+    let chunker = Chunker::new(config);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let len = chunker.cut(&data[at..]);
+        out.push(len);
+        at += len;
+    }
+    out
+}
+
 /// Appends blobs to the session's current pack and indexes each pack once it is durable.
 struct Packer {
     store: Store,

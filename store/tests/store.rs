@@ -264,8 +264,17 @@ fn gc_and_backups_run_safely_together() {
     // Shared content that every snapshot reuses, so forgotten and new snapshots overlap.
     fs::write(src.join("shared"), random_bytes(99, 1_500_000)).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the collector however the writer ends, so a failing writer fails the test
+    /// instead of hanging it.
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
+            let _stop = StopOnDrop(&stop);
             let mut committed = Vec::new();
             for round in 0..25u64 {
                 fs::write(src.join("changing"), random_bytes(round, 300_000)).unwrap();
@@ -275,15 +284,16 @@ fn gc_and_backups_run_safely_together() {
                 let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
                 committed.push(snap);
             }
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
             committed
         });
         let collector = s.spawn(|| {
-            let mut runs = 0;
+            let mut runs = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let snaps = store.snapshots(Some("m"), Some("s")).unwrap();
-                // Keep only the newest snapshot: everything older is forgotten at once.
-                for old in snaps.iter().rev().skip(1) {
+                // Every other round forgets everything, including the base an in-flight
+                // backup is reusing unchanged files from; the others keep the newest.
+                let keep = if runs % 2 == 0 { 0 } else { 1 };
+                for old in snaps.iter().rev().skip(keep) {
                     store.forget(old).unwrap();
                 }
                 match store.gc() {
@@ -296,12 +306,21 @@ fn gc_and_backups_run_safely_together() {
         });
         let committed = writer.join().unwrap();
         let runs = collector.join().unwrap();
+        assert_eq!(committed.len(), 25);
         assert!(runs > 3, "gc ran {runs} times concurrently");
-        let last = committed.last().unwrap();
-        let out = tmp.path().join("out");
-        store.export_to_dir(&store.snapshot("m", "s", &last.name).unwrap(), b"", &out).unwrap();
-        assert_same_tree(&src, &out);
     });
+    // Whatever survived must be whole: a reference to a freed blob shows up here.
+    let report = store.verify(None).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    for snap in store.snapshots(None, None).unwrap() {
+        let out = tmp.path().join(format!("out-{}", snap.name));
+        store.export_to_dir(&snap, b"", &out).unwrap();
+        assert_eq!(fs::read(out.join("shared")).unwrap(), random_bytes(99, 1_500_000));
+    }
+    let (last, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+    let out = tmp.path().join("out-final");
+    store.export_to_dir(&last, b"", &out).unwrap();
+    assert_same_tree(&src, &out);
     store.gc().unwrap();
     let report = store.verify(None).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
