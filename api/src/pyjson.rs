@@ -17,7 +17,11 @@ use serde_json::ser::{CharEscape, Formatter, Serializer};
 pub struct PythonFormatter;
 
 impl Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -25,7 +29,11 @@ impl Formatter for PythonFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -37,7 +45,11 @@ impl Formatter for PythonFormatter {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         // Fast path: pure ASCII fragments need no escaping beyond what serde_json already did.
         if fragment.is_ascii() {
             return w.write_all(fragment.as_bytes());
@@ -56,7 +68,11 @@ impl Formatter for PythonFormatter {
         Ok(())
     }
 
-    fn write_char_escape<W: ?Sized + io::Write>(&mut self, w: &mut W, escape: CharEscape) -> io::Result<()> {
+    fn write_char_escape<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        escape: CharEscape,
+    ) -> io::Result<()> {
         // Python writes control characters as lowercase `\u00XX`, like serde_json, but
         // spells the short escapes the same way too; only the hex case needs care.
         let s: &[u8] = match escape {
@@ -98,13 +114,22 @@ mod tests {
     #[test]
     fn separators_match_python() {
         let v = json!({"a": [1, 2, {"b": null}], "c": true});
-        assert_eq!(to_string(&v).expect("serialise"), r#"{"a": [1, 2, {"b": null}], "c": true}"#);
+        assert_eq!(
+            to_string(&v).expect("serialise"),
+            r#"{"a": [1, 2, {"b": null}], "c": true}"#
+        );
     }
 
     #[test]
     fn non_ascii_is_escaped_like_ensure_ascii() {
-        assert_eq!(to_string("é€😀").expect("serialise"), r#""\u00e9\u20ac\ud83d\ude00""#);
-        assert_eq!(to_string("a\u{1}\n\"\\").expect("serialise"), r#""a\u0001\n\"\\""#);
+        assert_eq!(
+            to_string("é€😀").expect("serialise"),
+            r#""\u00e9\u20ac\ud83d\ude00""#
+        );
+        assert_eq!(
+            to_string("a\u{1}\n\"\\").expect("serialise"),
+            r#""a\u0001\n\"\\""#
+        );
     }
 
     #[test]

@@ -58,7 +58,14 @@ impl AuthKind {
 
 /// `auth-create`: a new active Auth with a random 30-character secret. Prints
 /// `New registration secret created: <secret> (<name>)`, or only the secret with `raw`.
-pub fn auth_create(db: &Db, kind: AuthKind, name: Option<&str>, raw: bool, params: HashParams, now: DateTime<Utc>) -> Result<String, AdminError> {
+pub fn auth_create(
+    db: &Db,
+    kind: AuthKind,
+    name: Option<&str>,
+    raw: bool,
+    params: HashParams,
+    now: DateTime<Utc>,
+) -> Result<String, AdminError> {
     let name = name.map_or_else(
         || match kind {
             AuthKind::MachineReg => defaults::MACHINE_AUTH_NAME.to_owned(),
@@ -80,7 +87,11 @@ pub fn auth_create(db: &Db, kind: AuthKind, name: Option<&str>, raw: bool, param
         date_added: now,
     };
     db::insert_auth(&db.conn(), &auth)?;
-    Ok(if raw { format!("{secret}\n") } else { format!("New registration secret created: {secret} ({name})\n") })
+    Ok(if raw {
+        format!("{secret}\n")
+    } else {
+        format!("New registration secret created: {secret} ({name})\n")
+    })
 }
 
 /// `health`: the Nagios report and its exit code.
@@ -90,7 +101,10 @@ pub fn health(db: &Db, now: DateTime<Utc>) -> Result<health::Report, AdminError>
 
 /// `clean-logs --days N`: delete logs that ended more than N days ago. Returns the count.
 pub fn clean_logs(db: &Db, days: u32, now: DateTime<Utc>) -> Result<usize, AdminError> {
-    Ok(db::delete_logs_before(&db.conn(), now - Duration::days(i64::from(days)))?)
+    Ok(db::delete_logs_before(
+        &db.conn(),
+        now - Duration::days(i64::from(days)),
+    )?)
 }
 
 /// Find a machine by UUID (any accepted spelling) or by unit name.
@@ -111,7 +125,12 @@ pub fn find_machine(db: &Db, ident: &str) -> Result<Machine, AdminError> {
 
 /// `backup-now MACHINE SOURCE`: make the source due now (the Django admin way of forcing a
 /// backup: its next agent check-in picks it up).
-pub fn backup_now(db: &Db, machine: &str, source: &str, now: DateTime<Utc>) -> Result<String, AdminError> {
+pub fn backup_now(
+    db: &Db,
+    machine: &str,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<String, AdminError> {
     let m = find_machine(db, machine)?;
     let conn = db.conn();
     let s = db::sources_of_machine(&conn, &m.id)?
@@ -121,7 +140,8 @@ pub fn backup_now(db: &Db, machine: &str, source: &str, now: DateTime<Utc>) -> R
     db::set_next_backup(&conn, &s.id, now)?;
     let mut note = String::new();
     if !(s.active && s.published && m.active && m.published) {
-        note = " (note: machine or source is inactive or unpublished, so it will not run)".to_owned();
+        note =
+            " (note: machine or source is inactive or unpublished, so it will not run)".to_owned();
     }
     Ok(format!("{} {} is due now{note}\n", m.label(), s.name))
 }
@@ -135,7 +155,10 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn when(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }
 
 /// `list machines`.
@@ -144,7 +167,10 @@ pub fn list_machines(db: &Db, now: DateTime<Utc>) -> Result<String, AdminError> 
     let storages = db::all_storages(&conn)?;
     let mut out = String::from("UUID\tUNIT\tSTORAGE\tCHECKED_IN\tACTIVE\tPUBLISHED\tHEALTHY\n");
     for m in db::all_machines(&conn)? {
-        let storage = storages.iter().find(|s| s.id == m.storage_id).map_or("-", |s| s.name.as_str());
+        let storage = storages
+            .iter()
+            .find(|s| s.id == m.storage_id)
+            .map_or("-", |s| s.name.as_str());
         out.push_str(&format!(
             "{}\t{}\t{storage}\t{}\t{}\t{}\t{}\n",
             hyphenated(&m.uuid),
@@ -161,7 +187,8 @@ pub fn list_machines(db: &Db, now: DateTime<Utc>) -> Result<String, AdminError> 
 /// `list sources`.
 pub fn list_sources(db: &Db, now: DateTime<Utc>) -> Result<String, AdminError> {
     let conn = db.conn();
-    let mut out = String::from("MACHINE\tSOURCE\tPATH\tFREQUENCY\tLAST\tNEXT\tACTIVE\tPUBLISHED\tHEALTHY\n");
+    let mut out =
+        String::from("MACHINE\tSOURCE\tPATH\tFREQUENCY\tLAST\tNEXT\tACTIVE\tPUBLISHED\tHEALTHY\n");
     for m in db::all_machines(&conn)? {
         for s in db::sources_of_machine(&conn, &m.id)? {
             out.push_str(&format!(
@@ -207,15 +234,24 @@ pub fn list_storages(db: &Db, now: DateTime<Utc>) -> Result<String, AdminError> 
 pub fn set_machine_active(db: &Db, ident: &str, active: bool) -> Result<String, AdminError> {
     let m = find_machine(db, ident)?;
     db::set_machine_active(&db.conn(), &m.id, active)?;
-    Ok(format!("{} {}\n", m.label(), if active { "activated" } else { "deactivated" }))
+    Ok(format!(
+        "{} {}\n",
+        m.label(),
+        if active { "activated" } else { "deactivated" }
+    ))
 }
 
 /// `activate`/`deactivate storage NAME`.
 pub fn set_storage_active(db: &Db, name: &str, active: bool) -> Result<String, AdminError> {
     let conn = db.conn();
-    let s = db::storage_by_name(&conn, name)?.ok_or_else(|| AdminError::NotFound(format!("storage {name:?}")))?;
+    let s = db::storage_by_name(&conn, name)?
+        .ok_or_else(|| AdminError::NotFound(format!("storage {name:?}")))?;
     db::set_storage_active(&conn, &s.id, active)?;
-    Ok(format!("{} {}\n", s.name, if active { "activated" } else { "deactivated" }))
+    Ok(format!(
+        "{} {}\n",
+        s.name,
+        if active { "activated" } else { "deactivated" }
+    ))
 }
 
 /// `move MACHINE STORAGE`: reassign a machine. The new storage picks it up at its next
@@ -223,10 +259,38 @@ pub fn set_storage_active(db: &Db, name: &str, active: bool) -> Result<String, A
 pub fn move_machine(db: &Db, ident: &str, storage: &str) -> Result<String, AdminError> {
     let m = find_machine(db, ident)?;
     let conn = db.conn();
-    let s = db::storage_by_name(&conn, storage)?.ok_or_else(|| AdminError::NotFound(format!("storage {storage:?}")))?;
+    let s = db::storage_by_name(&conn, storage)?
+        .ok_or_else(|| AdminError::NotFound(format!("storage {storage:?}")))?;
     if s.id == m.storage_id {
-        return Err(AdminError::Invalid(format!("{} is already on {}", m.label(), s.name)));
+        return Err(AdminError::Invalid(format!(
+            "{} is already on {}",
+            m.label(),
+            s.name
+        )));
     }
     db::set_machine_storage(&conn, &m.id, &s.id)?;
     Ok(format!("{} moved to {}\n", m.label(), s.name))
+}
+
+/// `set-filterset NAME [RULE]...`: create or replace a FilterSet (what sources' `merge NAME`
+/// rules expand to). Rules are stored as the original stores them (a JSON string list).
+pub fn set_filterset(
+    db: &Db,
+    name: &str,
+    rules: &[String],
+    active: bool,
+    now: DateTime<Utc>,
+) -> Result<String, AdminError> {
+    if name.is_empty() || name.chars().count() > crate::constants::limits::CHAR {
+        return Err(AdminError::Invalid(format!(
+            "invalid FilterSet name {name:?}"
+        )));
+    }
+    let json = turku_api_types::pyjson::string_list(rules);
+    db::put_filterset(&db.conn(), name, &json, active, now)?;
+    Ok(format!(
+        "FilterSet {name} ({} rules{})\n",
+        rules.len(),
+        if active { "" } else { ", inactive" }
+    ))
 }

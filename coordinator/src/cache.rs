@@ -50,12 +50,18 @@ impl SecretCache {
     /// A cache holding at most `capacity` entries for at most `ttl` each. A zero capacity
     /// disables caching.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
-        Self { key: rand::random(), ttl, capacity, entries: Mutex::new(HashMap::new()) }
+        Self {
+            key: rand::random(),
+            ttl,
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     fn digest(&self, secret: &str) -> [u8; 32] {
         // HMAC accepts keys of any length, so construction cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(secret.as_bytes());
         mac.finalize().into_bytes().into()
     }
@@ -67,8 +73,12 @@ impl SecretCache {
             return false;
         }
         let digest = self.digest(secret);
-        let Ok(entries) = self.entries.lock() else { return false };
-        let Some(e) = entries.get(&(kind, id.to_owned())) else { return false };
+        let Ok(entries) = self.entries.lock() else {
+            return false;
+        };
+        let Some(e) = entries.get(&(kind, id.to_owned())) else {
+            return false;
+        };
         e.inserted.elapsed() < self.ttl
             && bool::from(e.stored_hash.as_bytes().ct_eq(stored_hash.as_bytes()))
             && bool::from(e.digest.ct_eq(&digest))
@@ -79,8 +89,14 @@ impl SecretCache {
         if self.capacity == 0 {
             return;
         }
-        let entry = Entry { stored_hash: stored_hash.to_owned(), digest: self.digest(secret), inserted: Instant::now() };
-        let Ok(mut entries) = self.entries.lock() else { return };
+        let entry = Entry {
+            stored_hash: stored_hash.to_owned(),
+            digest: self.digest(secret),
+            inserted: Instant::now(),
+        };
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
         if entries.len() >= self.capacity && !entries.contains_key(&(kind, id.to_owned())) {
             let ttl = self.ttl;
             entries.retain(|_, e| e.inserted.elapsed() < ttl);
@@ -123,9 +139,18 @@ mod tests {
         c.insert(Principal::Machine, "m1", "hashA", "right");
         assert!(c.hit(Principal::Machine, "m1", "hashA", "right"));
         assert!(!c.hit(Principal::Machine, "m1", "hashA", "wrong"));
-        assert!(!c.hit(Principal::Machine, "m1", "hashB", "right"), "stored hash changed");
-        assert!(!c.hit(Principal::Storage, "m1", "hashA", "right"), "other kind");
-        assert!(!c.hit(Principal::Machine, "m2", "hashA", "right"), "other id");
+        assert!(
+            !c.hit(Principal::Machine, "m1", "hashB", "right"),
+            "stored hash changed"
+        );
+        assert!(
+            !c.hit(Principal::Storage, "m1", "hashA", "right"),
+            "other kind"
+        );
+        assert!(
+            !c.hit(Principal::Machine, "m2", "hashA", "right"),
+            "other id"
+        );
         c.forget(Principal::Machine, "m1");
         assert!(!c.hit(Principal::Machine, "m1", "hashA", "right"));
     }

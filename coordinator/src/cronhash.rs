@@ -20,7 +20,15 @@ use cron::{Schedule, TimeUnitSpec};
 use crate::schedule::{hashedint, FrequencyError};
 
 /// croniter's field ranges, by croniter field index.
-const RANGES: [(i64, i64); 7] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6), (0, 59), (1970, 2099)];
+const RANGES: [(i64, i64); 7] = [
+    (0, 59),
+    (0, 23),
+    (1, 31),
+    (1, 12),
+    (0, 6),
+    (0, 59),
+    (1970, 2099),
+];
 const DOW_FIELD: usize = 4;
 const DAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
@@ -38,7 +46,12 @@ fn alias(expr: &str) -> Option<&'static str> {
 }
 
 /// The next firing strictly after `base`, with the seconds replaced by `hashedint(0, 59, id)`.
-pub fn next_after(expr: &str, id: &[u8], base: DateTime<Utc>, tz: Tz) -> Result<DateTime<Utc>, FrequencyError> {
+pub fn next_after(
+    expr: &str,
+    id: &[u8],
+    base: DateTime<Utc>,
+    tz: Tz,
+) -> Result<DateTime<Utc>, FrequencyError> {
     let schedules = compile(expr, id)?;
     let second = u32::try_from(hashedint(0, 59, id)).map_err(|_| FrequencyError::OutOfRange)?;
     let mut from = base.with_timezone(&tz);
@@ -53,7 +66,10 @@ pub fn next_after(expr: &str, id: &[u8], base: DateTime<Utc>, tz: Tz) -> Result<
             .ok_or_else(|| FrequencyError::NoOccurrence(expr.to_owned()))?;
         // Every zone offset is a whole number of minutes, so replacing the seconds in UTC is
         // the same as on the wall clock, and never lands in a DST gap.
-        let replaced = next.with_timezone(&Utc).with_second(second).ok_or(FrequencyError::OutOfRange)?;
+        let replaced = next
+            .with_timezone(&Utc)
+            .with_second(second)
+            .ok_or(FrequencyError::OutOfRange)?;
         if replaced > base {
             return Ok(replaced);
         }
@@ -65,7 +81,10 @@ pub fn next_after(expr: &str, id: &[u8], base: DateTime<Utc>, tz: Tz) -> Result<
 /// Expand the croniter expression into one or two `cron` crate schedules (two when day of
 /// month and day of week are both restricted: their union is the croniter meaning).
 pub fn compile(expr: &str, id: &[u8]) -> Result<Vec<Schedule>, FrequencyError> {
-    let bad = |reason: String| FrequencyError::BadCron { expr: expr.to_owned(), reason };
+    let bad = |reason: String| FrequencyError::BadCron {
+        expr: expr.to_owned(),
+        reason,
+    };
     let trimmed = expr.trim();
     let source = alias(trimmed).unwrap_or(trimmed);
     let fields: Vec<&str> = source.split_whitespace().collect();
@@ -80,7 +99,10 @@ pub fn compile(expr: &str, id: &[u8]) -> Result<Vec<Schedule>, FrequencyError> {
     let second = expanded.get(5).map_or("0", String::as_str);
     let year = expanded.get(6).map_or("*", String::as_str);
     let build = |dom: &str, dow: &str| -> Result<Schedule, FrequencyError> {
-        let text = format!("{second} {} {} {dom} {} {dow} {year}", expanded[0], expanded[1], expanded[3]);
+        let text = format!(
+            "{second} {} {} {dom} {} {dow} {year}",
+            expanded[0], expanded[1], expanded[3]
+        );
         Schedule::from_str(&text).map_err(|e| bad(e.to_string()))
     };
     let combined = build(&expanded[2], &dow)?;
@@ -107,8 +129,12 @@ fn expand_hash(idx: usize, field: &str, id: &[u8]) -> Result<String, String> {
     let rest = &field[1..];
     let (range, rest) = match rest.strip_prefix('(') {
         Some(inner) => {
-            let (range, after) = inner.split_once(')').ok_or_else(|| format!("bad hash field {field:?}"))?;
-            let (a, b) = range.split_once('-').ok_or_else(|| format!("bad hash range {field:?}"))?;
+            let (range, after) = inner
+                .split_once(')')
+                .ok_or_else(|| format!("bad hash field {field:?}"))?;
+            let (a, b) = range
+                .split_once('-')
+                .ok_or_else(|| format!("bad hash range {field:?}"))?;
             (Some((number(a, field)?, number(b, field)?)), after)
         }
         None => (None, rest),
@@ -116,12 +142,21 @@ fn expand_hash(idx: usize, field: &str, id: &[u8]) -> Result<String, String> {
     let divisor = match rest {
         "" => None,
         _ => {
-            let d = rest.strip_prefix('/').ok_or_else(|| format!("bad hash field {field:?}"))?;
+            let d = rest
+                .strip_prefix('/')
+                .ok_or_else(|| format!("bad hash field {field:?}"))?;
             Some(number(d, field)?)
         }
     };
-    let (lo, hi) = RANGES.get(idx).copied().ok_or_else(|| "too many fields".to_owned())?;
-    let crc = if random { i64::from(rand::random::<u32>()) } else { i64::from(crc32fast::hash(id)) };
+    let (lo, hi) = RANGES
+        .get(idx)
+        .copied()
+        .ok_or_else(|| "too many fields".to_owned())?;
+    let crc = if random {
+        i64::from(rand::random::<u32>())
+    } else {
+        i64::from(crc32fast::hash(id))
+    };
     let pick = |begin: i64, end: i64| -> Result<i64, String> {
         if end < begin {
             return Err(format!("empty hash range in {field:?}"));
@@ -184,7 +219,9 @@ fn dow_field(field: &str) -> Result<String, String> {
         }
         let mut d = start;
         while d <= end {
-            if let Some(slot) = days.get_mut(usize::try_from(d % 7).map_err(|_| "range".to_owned())?) {
+            if let Some(slot) =
+                days.get_mut(usize::try_from(d % 7).map_err(|_| "range".to_owned())?)
+            {
                 *slot = true;
             }
             d += step;
@@ -223,7 +260,9 @@ mod tests {
     use chrono::{NaiveDate, TimeZone};
 
     fn naive(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
-        let t = NaiveDate::from_ymd_opt(y, mo, d).and_then(|d| d.and_hms_opt(h, mi, s)).expect("valid test date");
+        let t = NaiveDate::from_ymd_opt(y, mo, d)
+            .and_then(|d| d.and_hms_opt(h, mi, s))
+            .expect("valid test date");
         Utc.from_utc_datetime(&t)
     }
 
@@ -242,24 +281,63 @@ mod tests {
     fn croniter_hash_vectors() {
         let start = naive(2020, 1, 1, 0, 0, 0);
         let hello = b"hello";
-        assert_eq!(croniter_next("H * * * *", hello, start), naive(2020, 1, 1, 0, 10, 0));
+        assert_eq!(
+            croniter_next("H * * * *", hello, start),
+            naive(2020, 1, 1, 0, 10, 0)
+        );
         let second = croniter_next("H * * * *", hello, naive(2020, 1, 1, 0, 10, 0));
         assert_eq!(second, naive(2020, 1, 1, 1, 10, 0));
-        assert_eq!(croniter_next("H H * * *", hello, start), naive(2020, 1, 1, 11, 10, 0));
+        assert_eq!(
+            croniter_next("H H * * *", hello, start),
+            naive(2020, 1, 1, 11, 10, 0)
+        );
         let first = croniter_next("H H H * *", hello, start);
         assert_eq!(first, naive(2020, 1, 1, 11, 10, 0));
-        assert_eq!(croniter_next("H H H * *", hello, first), naive(2020, 2, 1, 11, 10, 0));
-        assert_eq!(croniter_next("H H H H *", hello, start), naive(2020, 9, 1, 11, 10, 0));
+        assert_eq!(
+            croniter_next("H H H * *", hello, first),
+            naive(2020, 2, 1, 11, 10, 0)
+        );
+        assert_eq!(
+            croniter_next("H H H H *", hello, start),
+            naive(2020, 9, 1, 11, 10, 0)
+        );
         // croniter's current 0–6 day-of-week range gives the 3rd.
-        assert_eq!(croniter_next("H H * * H", hello, start), naive(2020, 1, 3, 11, 10, 0));
-        assert_eq!(croniter_next("@midnight", hello, start), naive(2020, 1, 1, 2, 10, 32));
-        assert_eq!(croniter_next("@hourly", hello, start), naive(2020, 1, 1, 0, 10, 32));
-        assert_eq!(croniter_next("@daily", hello, start), naive(2020, 1, 1, 11, 10, 32));
-        assert_eq!(croniter_next("H H * * * H", hello, start), naive(2020, 1, 1, 11, 10, 32));
-        assert_eq!(croniter_next("H H H(3-5) * *", hello, start), naive(2020, 1, 5, 11, 10, 0));
-        assert_eq!(croniter_next("H * * * *", b"different id", start), naive(2020, 1, 1, 0, 24, 0));
-        assert_eq!(croniter_next("H H * * *", b"\x01\x02\x03\x04", start), naive(2020, 1, 1, 14, 53, 0));
-        assert_eq!(croniter_next("H H * * *", hello, naive(2011, 11, 11, 11, 11, 0)), naive(2011, 11, 12, 11, 10, 0));
+        assert_eq!(
+            croniter_next("H H * * H", hello, start),
+            naive(2020, 1, 3, 11, 10, 0)
+        );
+        assert_eq!(
+            croniter_next("@midnight", hello, start),
+            naive(2020, 1, 1, 2, 10, 32)
+        );
+        assert_eq!(
+            croniter_next("@hourly", hello, start),
+            naive(2020, 1, 1, 0, 10, 32)
+        );
+        assert_eq!(
+            croniter_next("@daily", hello, start),
+            naive(2020, 1, 1, 11, 10, 32)
+        );
+        assert_eq!(
+            croniter_next("H H * * * H", hello, start),
+            naive(2020, 1, 1, 11, 10, 32)
+        );
+        assert_eq!(
+            croniter_next("H H H(3-5) * *", hello, start),
+            naive(2020, 1, 5, 11, 10, 0)
+        );
+        assert_eq!(
+            croniter_next("H * * * *", b"different id", start),
+            naive(2020, 1, 1, 0, 24, 0)
+        );
+        assert_eq!(
+            croniter_next("H H * * *", b"\x01\x02\x03\x04", start),
+            naive(2020, 1, 1, 14, 53, 0)
+        );
+        assert_eq!(
+            croniter_next("H H * * *", hello, naive(2011, 11, 11, 11, 11, 0)),
+            naive(2011, 11, 12, 11, 10, 0)
+        );
         let r = croniter_next("R R * * *", hello, start);
         assert!(r > start && r <= naive(2020, 1, 2, 0, 0, 0), "{r}");
         assert!(compile("X X * * *", hello).is_err());
@@ -270,7 +348,10 @@ mod tests {
         // H/15 on minutes: offset crc % 15 = 907060870 % 15 = 10 → "10-59/15".
         assert_eq!(expand_hash(0, "H/15", b"hello"), Ok("10-59/15".to_owned()));
         // H(30-59)/10: offset in 30..=39.
-        assert_eq!(expand_hash(0, "H(30-59)/10", b"hello"), Ok("30-59/10".to_owned()));
+        assert_eq!(
+            expand_hash(0, "H(30-59)/10", b"hello"),
+            Ok("30-59/10".to_owned())
+        );
         assert_eq!(expand_hash(1, "h(8-16)", b"hello"), Ok("13".to_owned()));
         assert!(expand_hash(0, "H/0", b"hello").is_err());
         assert!(expand_hash(0, "H(5-1)", b"hello").is_err());
@@ -281,7 +362,10 @@ mod tests {
         let id = b"0f4b5e0e-6d1f-4c8e-9a65-3f0c2b7d9e11";
         let base = naive(2024, 1, 10, 12, 34, 56);
         // "42 8 * * *": tomorrow 08:42, seconds = hashedint(0, 59) = 3.
-        assert_eq!(next_after("42 8 * * *", id, base, Tz::UTC), Ok(naive(2024, 1, 11, 8, 42, 3)));
+        assert_eq!(
+            next_after("42 8 * * *", id, base, Tz::UTC),
+            Ok(naive(2024, 1, 11, 8, 42, 3))
+        );
         // A seconds field of its own whose replacement would fall before base steps on.
         let next = next_after("* * * * * *", id, base, Tz::UTC).expect("fires");
         assert_eq!(next, naive(2024, 1, 10, 12, 35, 3));
@@ -300,7 +384,10 @@ mod tests {
             let s = croniter_next(&format!("0 0 * * {dow}"), id, naive(2024, 1, 10, 0, 0, 0));
             assert_eq!(s, naive(2024, 1, 14, 0, 0, 0), "{dow}");
         }
-        assert_eq!(croniter_next("0 0 * * 1-5", id, naive(2024, 1, 12, 1, 0, 0)), naive(2024, 1, 15, 0, 0, 0));
+        assert_eq!(
+            croniter_next("0 0 * * 1-5", id, naive(2024, 1, 12, 1, 0, 0)),
+            naive(2024, 1, 15, 0, 0, 0)
+        );
         assert_eq!(dow_field("0-7"), Ok("*".to_owned()));
         assert_eq!(dow_field("*/2"), Ok("1,3,5,7".to_owned()));
     }

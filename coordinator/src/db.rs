@@ -10,7 +10,6 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::constants::DB_DATETIME_FORMAT;
 use crate::error::DbError;
 use crate::models::{Auth, BackupLog, Machine, Source, Storage};
 
@@ -46,7 +45,10 @@ pub fn fmt_time(t: DateTime<Utc>) -> String {
 
 /// Parse a stored time (with or without fractional seconds, as Django writes both).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, DbError> {
-    let corrupt = || DbError::Corrupt { what: "datetime", value: s.to_owned() };
+    let corrupt = || DbError::Corrupt {
+        what: "datetime",
+        value: s.to_owned(),
+    };
     let b = s.as_bytes();
     let num = |from: usize, to: usize| -> Option<u32> {
         let part = b.get(from..to)?;
@@ -57,20 +59,32 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, DbError> {
         }
     };
     let fixed = (|| {
-        if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+        if b.len() < 19
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b' '
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return None;
         }
         let micros = match b.get(19) {
             None => 0,
             Some(b'.') => {
-                let digits = b.get(20..).filter(|d| !d.is_empty() && d.len() <= 9 && d.iter().all(u8::is_ascii_digit))?;
+                let digits = b.get(20..).filter(|d| {
+                    !d.is_empty() && d.len() <= 9 && d.iter().all(u8::is_ascii_digit)
+                })?;
                 let n: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
                 let scale = 10u32.pow(u32::try_from(9 - digits.len()).ok()?);
                 n.checked_mul(scale)? / 1000
             }
             Some(_) => return None,
         };
-        let date = chrono::NaiveDate::from_ymd_opt(i32::try_from(num(0, 4)?).ok()?, num(5, 7)?, num(8, 10)?)?;
+        let date = chrono::NaiveDate::from_ymd_opt(
+            i32::try_from(num(0, 4)?).ok()?,
+            num(5, 7)?,
+            num(8, 10)?,
+        )?;
         date.and_hms_micro_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, micros)
     })();
     match fixed {
@@ -78,21 +92,25 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, DbError> {
         // Anything else Django might have written (e.g. an explicit offset).
         None => {
             let trimmed = s.split('+').next().unwrap_or(s);
-            NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc()).map_err(|_| corrupt())
+            NaiveDateTime::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f")
+                .map(|n| n.and_utc())
+                .map_err(|_| corrupt())
         }
     }
 }
 
 fn time_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<DateTime<Utc>> {
     let s: String = row.get(idx)?;
-    parse_time(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+    parse_time(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn opt_time_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
     let s: Option<String> = row.get(idx)?;
-    s.map(|s| parse_time(&s))
-        .transpose()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+    s.map(|s| parse_time(&s)).transpose().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 const AUTH_COLS: &str = "id, name, secret_hash, secret_type, comment, active, date_added";
@@ -108,7 +126,11 @@ const SOURCE_COLS: &str = "id, name, machine_id, comment, path, filter, exclude,
 /// `ON CONFLICT (id) DO UPDATE` for every column: an in-place update. (`INSERT OR REPLACE`
 /// would delete the row first and cascade to its children.)
 fn upsert(cols: &str) -> String {
-    let sets: Vec<String> = cols.split(", ").filter(|c| *c != "id").map(|c| format!("{c} = excluded.{c}")).collect();
+    let sets: Vec<String> = cols
+        .split(", ")
+        .filter(|c| *c != "id")
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
     format!("ON CONFLICT (id) DO UPDATE SET {}", sets.join(", "))
 }
 
@@ -232,15 +254,26 @@ impl Db {
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.pragma_update(None, "mmap_size", 268_435_456)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // The bundled SQLite has STAT4, which marks range parameters (`date_next_backup <= ?`)
+        // as plan-relevant and re-prepares the statement on every new binding: that was a
+        // quarter of a check-in's CPU. Our plans are fixed index lookups, so pin them.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     /// Exclusive access to the connection. A panic while holding it cannot leave SQLite in a
     /// half-written state (transactions roll back on drop), so a poisoned lock is recovered.
     pub fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -248,12 +281,23 @@ fn migrate(conn: &Connection) -> Result<(), DbError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
     if version > supported {
-        return Err(DbError::SchemaTooNew { found: version, supported });
+        return Err(DbError::SchemaTooNew {
+            found: version,
+            supported,
+        });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
         tx.commit()?;
     }
     Ok(())
@@ -262,7 +306,11 @@ fn migrate(conn: &Connection) -> Result<(), DbError> {
 // --- Auth ---------------------------------------------------------------------------------
 
 /// Active Auth of `secret_type` named `name`.
-pub fn auth_for_registration(c: &Connection, name: &str, secret_type: &str) -> rusqlite::Result<Option<Auth>> {
+pub fn auth_for_registration(
+    c: &Connection,
+    name: &str,
+    secret_type: &str,
+) -> rusqlite::Result<Option<Auth>> {
     c.prepare_cached(&format!(
         "SELECT {AUTH_COLS} FROM turku_api_auth WHERE name = ?1 AND secret_type = ?2 AND active = 1"
     ))?
@@ -272,18 +320,34 @@ pub fn auth_for_registration(c: &Connection, name: &str, secret_type: &str) -> r
 
 /// Insert a new Auth.
 pub fn insert_auth(c: &Connection, a: &Auth) -> rusqlite::Result<()> {
-    c.prepare_cached(&format!("INSERT INTO turku_api_auth ({AUTH_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"))?
-        .execute(params![a.id, a.name, a.secret_hash, a.secret_type, a.comment, a.active, fmt_time(a.date_added)])?;
+    c.prepare_cached(&format!(
+        "INSERT INTO turku_api_auth ({AUTH_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?
+    .execute(params![
+        a.id,
+        a.name,
+        a.secret_hash,
+        a.secret_type,
+        a.comment,
+        a.active,
+        fmt_time(a.date_added)
+    ])?;
     Ok(())
 }
 
 /// Whether an Auth with this name exists.
 pub fn auth_name_exists(c: &Connection, name: &str) -> rusqlite::Result<bool> {
-    c.prepare_cached("SELECT 1 FROM turku_api_auth WHERE name = ?1")?.exists(params![name])
+    c.prepare_cached("SELECT 1 FROM turku_api_auth WHERE name = ?1")?
+        .exists(params![name])
 }
 
 /// Replace the stored hash of a row (rehash after a successful check).
-pub fn set_secret_hash(c: &Connection, table: SecretTable, id: &str, hash: &str) -> rusqlite::Result<()> {
+pub fn set_secret_hash(
+    c: &Connection,
+    table: SecretTable,
+    id: &str,
+    hash: &str,
+) -> rusqlite::Result<()> {
     let sql = match table {
         SecretTable::Auth => "UPDATE turku_api_auth SET secret_hash = ?2 WHERE id = ?1",
         SecretTable::Storage => "UPDATE turku_api_storage SET secret_hash = ?2 WHERE id = ?1",
@@ -308,30 +372,38 @@ pub enum SecretTable {
 
 /// Active storage named `name`.
 pub fn active_storage_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<Storage>> {
-    c.prepare_cached(&format!("SELECT {STORAGE_COLS} FROM turku_api_storage WHERE name = ?1 AND active = 1"))?
-        .query_row(params![name], storage_row)
-        .optional()
+    c.prepare_cached(&format!(
+        "SELECT {STORAGE_COLS} FROM turku_api_storage WHERE name = ?1 AND active = 1"
+    ))?
+    .query_row(params![name], storage_row)
+    .optional()
 }
 
 /// Any storage named `name`.
 pub fn storage_by_name(c: &Connection, name: &str) -> rusqlite::Result<Option<Storage>> {
-    c.prepare_cached(&format!("SELECT {STORAGE_COLS} FROM turku_api_storage WHERE name = ?1"))?
-        .query_row(params![name], storage_row)
-        .optional()
+    c.prepare_cached(&format!(
+        "SELECT {STORAGE_COLS} FROM turku_api_storage WHERE name = ?1"
+    ))?
+    .query_row(params![name], storage_row)
+    .optional()
 }
 
 /// Storage by row id.
 pub fn storage_by_id(c: &Connection, id: &str) -> rusqlite::Result<Option<Storage>> {
-    c.prepare_cached(&format!("SELECT {STORAGE_COLS} FROM turku_api_storage WHERE id = ?1"))?
-        .query_row(params![id], storage_row)
-        .optional()
+    c.prepare_cached(&format!(
+        "SELECT {STORAGE_COLS} FROM turku_api_storage WHERE id = ?1"
+    ))?
+    .query_row(params![id], storage_row)
+    .optional()
 }
 
 /// Every storage, by name.
 pub fn all_storages(c: &Connection) -> rusqlite::Result<Vec<Storage>> {
-    c.prepare_cached(&format!("SELECT {STORAGE_COLS} FROM turku_api_storage ORDER BY name"))?
-        .query_map([], storage_row)?
-        .collect()
+    c.prepare_cached(&format!(
+        "SELECT {STORAGE_COLS} FROM turku_api_storage ORDER BY name"
+    ))?
+    .query_map([], storage_row)?
+    .collect()
 }
 
 /// `(id, space_available)` of storages that may receive new machines.
@@ -371,30 +443,40 @@ pub fn save_storage(c: &Connection, s: &Storage) -> rusqlite::Result<()> {
 
 /// Set a storage's admin switch. Returns whether a row changed.
 pub fn set_storage_active(c: &Connection, id: &str, active: bool) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("UPDATE turku_api_storage SET active = ?2 WHERE id = ?1")?.execute(params![id, active])? > 0)
+    Ok(
+        c.prepare_cached("UPDATE turku_api_storage SET active = ?2 WHERE id = ?1")?
+            .execute(params![id, active])?
+            > 0,
+    )
 }
 
 // --- Machine ------------------------------------------------------------------------------
 
 /// Machine by agent UUID (32 hex), any state.
 pub fn machine_by_uuid(c: &Connection, uuid: &str) -> rusqlite::Result<Option<Machine>> {
-    c.prepare_cached(&format!("SELECT {MACHINE_COLS} FROM turku_api_machine WHERE uuid = ?1"))?
-        .query_row(params![uuid], machine_row)
-        .optional()
+    c.prepare_cached(&format!(
+        "SELECT {MACHINE_COLS} FROM turku_api_machine WHERE uuid = ?1"
+    ))?
+    .query_row(params![uuid], machine_row)
+    .optional()
 }
 
 /// Machines whose unit name is `unit_name`.
 pub fn machines_by_unit_name(c: &Connection, unit_name: &str) -> rusqlite::Result<Vec<Machine>> {
-    c.prepare_cached(&format!("SELECT {MACHINE_COLS} FROM turku_api_machine WHERE unit_name = ?1"))?
-        .query_map(params![unit_name], machine_row)?
-        .collect()
+    c.prepare_cached(&format!(
+        "SELECT {MACHINE_COLS} FROM turku_api_machine WHERE unit_name = ?1"
+    ))?
+    .query_map(params![unit_name], machine_row)?
+    .collect()
 }
 
 /// Every machine, by unit name.
 pub fn all_machines(c: &Connection) -> rusqlite::Result<Vec<Machine>> {
-    c.prepare_cached(&format!("SELECT {MACHINE_COLS} FROM turku_api_machine ORDER BY unit_name, uuid"))?
-        .query_map([], machine_row)?
-        .collect()
+    c.prepare_cached(&format!(
+        "SELECT {MACHINE_COLS} FROM turku_api_machine ORDER BY unit_name, uuid"
+    ))?
+    .query_map([], machine_row)?
+    .collect()
 }
 
 /// Active, published machines assigned to a storage.
@@ -442,27 +524,39 @@ pub fn touch_machine(c: &Connection, id: &str, now: DateTime<Utc>) -> rusqlite::
 
 /// Set a machine's admin switch. Returns whether a row changed.
 pub fn set_machine_active(c: &Connection, id: &str, active: bool) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("UPDATE turku_api_machine SET active = ?2 WHERE id = ?1")?.execute(params![id, active])? > 0)
+    Ok(
+        c.prepare_cached("UPDATE turku_api_machine SET active = ?2 WHERE id = ?1")?
+            .execute(params![id, active])?
+            > 0,
+    )
 }
 
 /// Reassign a machine to another storage.
 pub fn set_machine_storage(c: &Connection, id: &str, storage_id: &str) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("UPDATE turku_api_machine SET storage_id = ?2 WHERE id = ?1")?
-        .execute(params![id, storage_id])?
-        > 0)
+    Ok(
+        c.prepare_cached("UPDATE turku_api_machine SET storage_id = ?2 WHERE id = ?1")?
+            .execute(params![id, storage_id])?
+            > 0,
+    )
 }
 
 // --- Source -------------------------------------------------------------------------------
 
 /// Every source of a machine, by name.
 pub fn sources_of_machine(c: &Connection, machine_id: &str) -> rusqlite::Result<Vec<Source>> {
-    c.prepare_cached(&format!("SELECT {SOURCE_COLS} FROM turku_api_source WHERE machine_id = ?1 ORDER BY name"))?
-        .query_map(params![machine_id], source_row)?
-        .collect()
+    c.prepare_cached(&format!(
+        "SELECT {SOURCE_COLS} FROM turku_api_source WHERE machine_id = ?1 ORDER BY name"
+    ))?
+    .query_map(params![machine_id], source_row)?
+    .collect()
 }
 
 /// Active, published sources of a machine due at `now`.
-pub fn due_sources(c: &Connection, machine_id: &str, now: DateTime<Utc>) -> rusqlite::Result<Vec<Source>> {
+pub fn due_sources(
+    c: &Connection,
+    machine_id: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Vec<Source>> {
     c.prepare_cached(&format!(
         "SELECT {SOURCE_COLS} FROM turku_api_source \
          WHERE machine_id = ?1 AND date_next_backup <= ?2 AND active = 1 AND published = 1 ORDER BY name"
@@ -481,7 +575,11 @@ pub fn active_sources(c: &Connection, machine_id: &str) -> rusqlite::Result<Vec<
 }
 
 /// Active, published source of a machine by name.
-pub fn reportable_source(c: &Connection, machine_id: &str, name: &str) -> rusqlite::Result<Option<Source>> {
+pub fn reportable_source(
+    c: &Connection,
+    machine_id: &str,
+    name: &str,
+) -> rusqlite::Result<Option<Source>> {
     c.prepare_cached(&format!(
         "SELECT {SOURCE_COLS} FROM turku_api_source \
          WHERE machine_id = ?1 AND name = ?2 AND active = 1 AND published = 1"
@@ -537,7 +635,8 @@ pub fn save_source(c: &Connection, s: &Source) -> rusqlite::Result<()> {
 
 /// Unpublish one source (the agent no longer lists it).
 pub fn unpublish_source(c: &Connection, id: &str) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE turku_api_source SET published = 0 WHERE id = ?1")?.execute(params![id])?;
+    c.prepare_cached("UPDATE turku_api_source SET published = 0 WHERE id = ?1")?
+        .execute(params![id])?;
     Ok(())
 }
 
@@ -573,13 +672,25 @@ pub fn filterset_rules(c: &Connection, name: &str) -> rusqlite::Result<Option<St
 }
 
 /// Create or replace a FilterSet (admin and tests).
-pub fn put_filterset(c: &Connection, name: &str, filters_json: &str, active: bool, now: DateTime<Utc>) -> rusqlite::Result<()> {
+pub fn put_filterset(
+    c: &Connection,
+    name: &str,
+    filters_json: &str,
+    active: bool,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO turku_api_filterset (id, name, filters, comment, active, date_added) \
          VALUES (?1, ?2, ?3, NULL, ?4, ?5) \
          ON CONFLICT (name) DO UPDATE SET filters = excluded.filters, active = excluded.active",
     )?
-    .execute(params![crate::models::new_id(), name, filters_json, active, fmt_time(now)])?;
+    .execute(params![
+        crate::models::new_id(),
+        name,
+        filters_json,
+        active,
+        fmt_time(now)
+    ])?;
     Ok(())
 }
 
@@ -629,14 +740,18 @@ pub fn backup_logs_of_source(c: &Connection, source_id: &str) -> rusqlite::Resul
 
 /// Delete logs whose `date_end` is before `cutoff` (null `date_end` is never deleted).
 pub fn delete_logs_before(c: &Connection, cutoff: DateTime<Utc>) -> rusqlite::Result<usize> {
-    c.prepare_cached("DELETE FROM turku_api_backuplog WHERE date_end IS NOT NULL AND date_end < ?1")?
-        .execute(params![fmt_time(cutoff)])
+    c.prepare_cached(
+        "DELETE FROM turku_api_backuplog WHERE date_end IS NOT NULL AND date_end < ?1",
+    )?
+    .execute(params![fmt_time(cutoff)])
 }
 
 /// Row counts of every model.
 pub fn counts(c: &Connection) -> rusqlite::Result<Counts> {
     let one = |table: &str| -> rusqlite::Result<u64> {
-        let n: i64 = c.prepare_cached(&format!("SELECT COUNT(*) FROM {table}"))?.query_row([], |r| r.get(0))?;
+        let n: i64 = c
+            .prepare_cached(&format!("SELECT COUNT(*) FROM {table}"))?
+            .query_row([], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     };
     Ok(Counts {
@@ -659,9 +774,15 @@ mod tests {
         let path = dir.path().join("db.sqlite3");
         drop(Db::open(&path).expect("first open"));
         let db = Db::open(&path).expect("second open");
-        let v: i64 = db.conn().pragma_query_value(None, "user_version", |r| r.get(0)).expect("version");
+        let v: i64 = db
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
         assert_eq!(v, 1);
-        let mode: String = db.conn().pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("mode");
+        let mode: String = db
+            .conn()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("mode");
         assert_eq!(mode, "wal");
         assert_eq!(counts(&db.conn()).expect("counts"), Counts::default());
     }
@@ -671,19 +792,43 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db.sqlite3");
         drop(Db::open(&path).expect("open"));
-        Connection::open(&path).expect("raw").pragma_update(None, "user_version", 99).expect("bump");
-        assert!(matches!(Db::open(&path), Err(DbError::SchemaTooNew { found: 99, .. })));
+        Connection::open(&path)
+            .expect("raw")
+            .pragma_update(None, "user_version", 99)
+            .expect("bump");
+        assert!(matches!(
+            Db::open(&path),
+            Err(DbError::SchemaTooNew { found: 99, .. })
+        ));
     }
 
     #[test]
     fn times_round_trip_and_accept_django_forms() {
         let t = parse_time("2024-01-10 12:34:56.123456").expect("parse");
+        assert_eq!(
+            fmt_time(t),
+            t.format(crate::constants::DB_DATETIME_FORMAT).to_string()
+        );
         assert_eq!(fmt_time(t), "2024-01-10 12:34:56.123456");
-        assert_eq!(fmt_time(parse_time("2024-01-10 12:34:56").expect("no fraction")), "2024-01-10 12:34:56.000000");
+        assert_eq!(
+            fmt_time(parse_time("2024-01-10 12:34:56").expect("no fraction")),
+            "2024-01-10 12:34:56.000000"
+        );
         assert!(parse_time("yesterday").is_err());
-        assert_eq!(fmt_time(parse_time("2024-01-10 12:34:56.5").expect("short fraction")), "2024-01-10 12:34:56.500000");
-        assert_eq!(fmt_time(parse_time("2024-01-10 12:34:56+00:00").expect("offset")), "2024-01-10 12:34:56.000000");
-        for bad in ["2024-01-10 12:34:5x", "2024-13-10 12:34:56", "2024-01-10 12:34:56.", "2024-01-10T12:34:56"] {
+        assert_eq!(
+            fmt_time(parse_time("2024-01-10 12:34:56.5").expect("short fraction")),
+            "2024-01-10 12:34:56.500000"
+        );
+        assert_eq!(
+            fmt_time(parse_time("2024-01-10 12:34:56+00:00").expect("offset")),
+            "2024-01-10 12:34:56.000000"
+        );
+        for bad in [
+            "2024-01-10 12:34:5x",
+            "2024-13-10 12:34:56",
+            "2024-01-10 12:34:56.",
+            "2024-01-10T12:34:56",
+        ] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
     }

@@ -88,7 +88,11 @@ impl From<rusqlite::Error> for ApiError {
 
 /// Python `repr()` of a string, as Django's message dicts print them.
 fn py_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for ch in s.chars() {
@@ -101,7 +105,9 @@ fn py_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -116,7 +122,10 @@ mod tests {
     #[test]
     fn validation_message_looks_like_django() {
         let e = ApiError::validation("uuid", "Machine with this Uuid already exists.");
-        assert_eq!(e.body(), "Validation error: {'uuid': ['Machine with this Uuid already exists.']}");
+        assert_eq!(
+            e.body(),
+            "Validation error: {'uuid': ['Machine with this Uuid already exists.']}"
+        );
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(py_repr("it's"), "\"it's\"");
         assert_eq!(py_repr("a'\"b"), "'a\\'\"b'");

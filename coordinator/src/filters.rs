@@ -10,7 +10,22 @@
 
 /// Verbs passed through verbatim.
 const KEPT_VERBS: [&str; 16] = [
-    "dir-merge", ":", "clear", "!", "exclude", "-", "include", "+", "hide", "H", "show", "S", "protect", "P", "risk", "R",
+    "dir-merge",
+    ":",
+    "clear",
+    "!",
+    "exclude",
+    "-",
+    "include",
+    "+",
+    "hide",
+    "H",
+    "show",
+    "S",
+    "protect",
+    "P",
+    "risk",
+    "R",
 ];
 /// Expansion depth bound (a chain this long is a configuration error, not a real need).
 const MAX_DEPTH: usize = 64;
@@ -29,19 +44,33 @@ where
     out
 }
 
-fn expand<F>(rules: &[String], loaded_in: &mut Vec<String>, stack: &mut Vec<String>, lookup: &mut F, out: &mut Vec<String>)
-where
+fn expand<F>(
+    rules: &[String],
+    loaded_in: &mut Vec<String>,
+    stack: &mut Vec<String>,
+    lookup: &mut F,
+    out: &mut Vec<String>,
+) where
     F: FnMut(&str) -> Option<Vec<String>>,
 {
     let mut fresh = Vec::new();
-    let loaded = if loaded_in.is_empty() { &mut fresh } else { loaded_in };
+    let loaded = if loaded_in.is_empty() {
+        &mut fresh
+    } else {
+        loaded_in
+    };
     for rule in rules {
         if out.len() >= MAX_RULES {
             return;
         }
-        let Some((verb, arg)) = rule.split_once(' ') else { continue };
+        let Some((verb, arg)) = rule.split_once(' ') else {
+            continue;
+        };
         if verb == "merge" || verb == "." {
-            if loaded.iter().any(|l| l == arg) || stack.iter().any(|s| s == arg) || stack.len() >= MAX_DEPTH {
+            if loaded.iter().any(|l| l == arg)
+                || stack.iter().any(|s| s == arg)
+                || stack.len() >= MAX_DEPTH
+            {
                 continue;
             }
             let Some(sub) = lookup(arg) else { continue };
@@ -61,21 +90,40 @@ mod tests {
     use std::collections::HashMap;
 
     fn run(rules: &[&str], sets: &[(&str, &[&str])]) -> Vec<String> {
-        let map: HashMap<String, Vec<String>> =
-            sets.iter().map(|(n, r)| ((*n).to_owned(), r.iter().map(|s| (*s).to_owned()).collect())).collect();
+        let map: HashMap<String, Vec<String>> = sets
+            .iter()
+            .map(|(n, r)| ((*n).to_owned(), r.iter().map(|s| (*s).to_owned()).collect()))
+            .collect();
         let rules: Vec<String> = rules.iter().map(|s| (*s).to_owned()).collect();
         build_filters(&rules, &mut |name: &str| map.get(name).cloned())
     }
 
     #[test]
     fn verbs_kept_and_dropped() {
-        let out = run(&["- *.tmp", "+ /etc", "clear", "!", "-/ x", "+! y", ":n- .f", "dir-merge .rsync", "P keep", "bogus z"], &[]);
+        let out = run(
+            &[
+                "- *.tmp",
+                "+ /etc",
+                "clear",
+                "!",
+                "-/ x",
+                "+! y",
+                ":n- .f",
+                "dir-merge .rsync",
+                "P keep",
+                "bogus z",
+            ],
+            &[],
+        );
         assert_eq!(out, ["- *.tmp", "+ /etc", "dir-merge .rsync", "P keep"]);
     }
 
     #[test]
     fn merges_expand_and_unknown_sets_vanish() {
-        let out = run(&["merge common", ". missing", "- last"], &[("common", &["- *.o", "merge inner"]), ("inner", &["+ x"])]);
+        let out = run(
+            &["merge common", ". missing", "- last"],
+            &[("common", &["- *.o", "merge inner"]), ("inner", &["+ x"])],
+        );
         assert_eq!(out, ["- *.o", "+ x", "- last"]);
     }
 
@@ -88,7 +136,13 @@ mod tests {
     /// B8: self-reference and cycles terminate.
     #[test]
     fn cycles_terminate() {
-        let out = run(&["merge a"], &[("a", &["- a", "merge a", "merge b"]), ("b", &["- b", "merge a"])]);
+        let out = run(
+            &["merge a"],
+            &[
+                ("a", &["- a", "merge a", "merge b"]),
+                ("b", &["- b", "merge a"]),
+            ],
+        );
         assert_eq!(out, ["- a", "- b"]);
     }
 }

@@ -12,8 +12,10 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::{debug, warn};
-use turku_api_types::constants::{endpoint, error_body, secret_type, CONTENT_TYPE_JSON, SNAPSHOT_MODES};
 use turku_api_types::constants::defaults as wire_defaults;
+use turku_api_types::constants::{
+    endpoint, error_body, secret_type, CONTENT_TYPE_JSON, SNAPSHOT_MODES,
+};
 use turku_api_types::pyjson;
 use turku_api_types::v1;
 
@@ -28,8 +30,8 @@ use crate::schedule;
 use crate::secrets::{self, Verified};
 use crate::state::AppState;
 use crate::validate::{
-    bool_field, char_field, check_char, decode_string_list, display, int_field, parse_uuid, string_list_field, truthy,
-    uuid_has_entropy,
+    bool_field, char_field, check_char, decode_string_list, display, int_field, parse_uuid,
+    string_list_field, truthy, uuid_has_entropy,
 };
 
 /// A finished answer: status, body and whether the body is JSON (else Django's text/html).
@@ -46,11 +48,19 @@ pub struct Reply {
 impl Reply {
     fn ok<T: Serialize>(value: &T) -> Result<Self, ApiError> {
         let body = pyjson::to_string(value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        Ok(Self { status: StatusCode::OK, body, json: true })
+        Ok(Self {
+            status: StatusCode::OK,
+            body,
+            json: true,
+        })
     }
 
     fn error(e: &ApiError) -> Self {
-        Self { status: e.status(), body: e.body(), json: false }
+        Self {
+            status: e.status(),
+            body: e.body(),
+            json: false,
+        }
     }
 }
 
@@ -59,7 +69,10 @@ impl Reply {
 /// since no client can be hurt by that and some HTTP libraries always add them.
 pub fn content_type_ok(value: Option<&str>) -> bool {
     value.is_some_and(|v| {
-        v == CONTENT_TYPE_JSON || v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON))
+        v == CONTENT_TYPE_JSON
+            || v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case(CONTENT_TYPE_JSON))
     })
 }
 
@@ -83,7 +96,15 @@ impl std::ops::Deref for Ctx<'_> {
 /// Handle one POST to `/v1/<name>` whose method was already checked. May run Argon2
 /// (~170 ms at Django's cost): call it from a thread that can block.
 pub fn handle(state: &AppState, name: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
-    match dispatch(&Ctx { state, slow_ok: true }, name, content_type, body) {
+    match dispatch(
+        &Ctx {
+            state,
+            slow_ok: true,
+        },
+        name,
+        content_type,
+        body,
+    ) {
         Ok(reply) => reply,
         // Unreachable with `slow_ok`; answered as an internal error rather than trusted.
         Err(e) => Reply::error(&e),
@@ -93,17 +114,37 @@ pub fn handle(state: &AppState, name: &str, content_type: Option<&str>, body: &[
 /// The fast path: everything but Argon2. `None` means the request needs a secret hashed or
 /// verified from scratch and must go through [`handle`] instead; nothing was written then.
 /// Cached check-ins (the bulk of the traffic) complete here without a thread hop.
-pub fn try_handle_fast(state: &AppState, name: &str, content_type: Option<&str>, body: &[u8]) -> Option<Reply> {
-    match dispatch(&Ctx { state, slow_ok: false }, name, content_type, body) {
+pub fn try_handle_fast(
+    state: &AppState,
+    name: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Option<Reply> {
+    match dispatch(
+        &Ctx {
+            state,
+            slow_ok: false,
+        },
+        name,
+        content_type,
+        body,
+    ) {
         Ok(reply) => Some(reply),
         Err(ApiError::WouldBlock) => None,
         Err(e) => Some(Reply::error(&e)),
     }
 }
 
-fn dispatch(state: &Ctx<'_>, name: &str, content_type: Option<&str>, body: &[u8]) -> Result<Reply, ApiError> {
+fn dispatch(
+    state: &Ctx<'_>,
+    name: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
     if !content_type_ok(content_type) {
-        return Ok(Reply::error(&ApiError::BadRequest(error_body::BAD_CONTENT_TYPE.to_owned())));
+        return Ok(Reply::error(&ApiError::BadRequest(
+            error_body::BAD_CONTENT_TYPE.to_owned(),
+        )));
     }
     let req: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -129,7 +170,9 @@ fn dispatch(state: &Ctx<'_>, name: &str, content_type: Option<&str>, body: &[u8]
         Err(ApiError::WouldBlock) => Err(ApiError::WouldBlock),
         Err(e) => {
             match &e {
-                ApiError::Internal(inner) => warn!(endpoint = name, error = %inner, "request failed"),
+                ApiError::Internal(inner) => {
+                    warn!(endpoint = name, error = %inner, "request failed")
+                }
                 other => debug!(endpoint = name, error = %other, "request refused"),
             }
             Ok(Reply::error(&e))
@@ -150,7 +193,9 @@ fn check_secret(
     secret: &Value,
 ) -> Result<bool, ApiError> {
     // Django hashers need a string; anything else cannot match (the original crashed).
-    let Value::String(secret) = secret else { return Ok(false) };
+    let Value::String(secret) = secret else {
+        return Ok(false);
+    };
     if state.cache.hit(kind, id, stored, secret) {
         return Ok(true);
     }
@@ -191,17 +236,43 @@ fn new_hash(state: &Ctx<'_>, secret: &str) -> Result<String, ApiError> {
 
 /// The original's `get_registration_auth`: a truthy `auth.name` and `auth.secret` matching an
 /// active Auth of the wanted type, else 403.
-fn registration_auth(state: &Ctx<'_>, req: &Map<String, Value>, kind: &str) -> Result<models::Auth, ApiError> {
-    let auth = req.get("auth").and_then(Value::as_object).ok_or(ApiError::BadAuth("no auth object"))?;
-    let name = auth.get("name").filter(|v| truthy(v)).and_then(Value::as_str).ok_or(ApiError::BadAuth("no auth name"))?;
-    let secret = auth.get("secret").filter(|v| truthy(v)).ok_or(ApiError::BadAuth("no auth secret"))?;
-    let found = db::auth_for_registration(&state.db.conn(), name, kind)?.ok_or(ApiError::BadAuth("unknown auth"))?;
-    if check_secret(state, Principal::Auth, SecretTable::Auth, &found.id, &found.secret_hash, secret)? {
+fn registration_auth(
+    state: &Ctx<'_>,
+    req: &Map<String, Value>,
+    kind: &str,
+) -> Result<models::Auth, ApiError> {
+    let auth = req
+        .get("auth")
+        .and_then(Value::as_object)
+        .ok_or(ApiError::BadAuth("no auth object"))?;
+    let name = auth
+        .get("name")
+        .filter(|v| truthy(v))
+        .and_then(Value::as_str)
+        .ok_or(ApiError::BadAuth("no auth name"))?;
+    let secret = auth
+        .get("secret")
+        .filter(|v| truthy(v))
+        .ok_or(ApiError::BadAuth("no auth secret"))?;
+    let found = db::auth_for_registration(&state.db.conn(), name, kind)?
+        .ok_or(ApiError::BadAuth("unknown auth"))?;
+    if check_secret(
+        state,
+        Principal::Auth,
+        SecretTable::Auth,
+        &found.id,
+        &found.secret_hash,
+        secret,
+    )? {
         Ok(found)
     } else {
         Err(ApiError::BadAuth("wrong auth secret"))
     }
 }
+
+/// What `machine_login` found: the request's `machine` object, its UUID, and the machine
+/// (`None` only for an unknown machine during `update_config`).
+type MachineLogin<'r> = (&'r Map<String, Value>, uuid::Uuid, Option<Machine>);
 
 /// The original's `machine_login`. Returns `None` for an unknown machine during
 /// `update_config` (the caller registers it).
@@ -209,7 +280,7 @@ fn machine_login<'r>(
     state: &Ctx<'_>,
     req: &'r Map<String, Value>,
     is_update_config: bool,
-) -> Result<(&'r Map<String, Value>, uuid::Uuid, Option<Machine>), ApiError> {
+) -> Result<MachineLogin<'r>, ApiError> {
     let m = req
         .get("machine")
         .and_then(Value::as_object)
@@ -220,14 +291,26 @@ fn machine_login<'r>(
         }
     }
     let uuid = parse_uuid(&m["uuid"])?;
-    let machine = db::machine_by_uuid(&state.db.conn(), &uuid.simple().to_string())?.filter(|m| m.active);
+    let machine =
+        db::machine_by_uuid(&state.db.conn(), &uuid.simple().to_string())?.filter(|m| m.active);
     let Some(machine) = machine else {
-        return if is_update_config { Ok((m, uuid, None)) } else { Err(ApiError::BadAuth("unknown machine")) };
+        return if is_update_config {
+            Ok((m, uuid, None))
+        } else {
+            Err(ApiError::BadAuth("unknown machine"))
+        };
     };
     if !is_update_config && !machine.published {
         return Err(ApiError::BadAuth("machine unpublished"));
     }
-    if !check_secret(state, Principal::Machine, SecretTable::Machine, &machine.id, &machine.secret_hash, &m["secret"])? {
+    if !check_secret(
+        state,
+        Principal::Machine,
+        SecretTable::Machine,
+        &machine.id,
+        &machine.secret_hash,
+        &m["secret"],
+    )? {
         return Err(ApiError::BadAuth("wrong machine secret"));
     }
     Ok((m, uuid, Some(machine)))
@@ -240,18 +323,35 @@ fn storage_login<'r>(
     req: &'r Map<String, Value>,
     is_update_config: bool,
 ) -> Result<(&'r Map<String, Value>, Option<Storage>), ApiError> {
-    let s = req.get("storage").ok_or_else(|| ApiError::BadRequest(error_body::missing_option("storage")))?;
-    let s = s.as_object().ok_or(ApiError::BadAuth("storage is not an object"))?;
+    let s = req
+        .get("storage")
+        .ok_or_else(|| ApiError::BadRequest(error_body::missing_option("storage")))?;
+    let s = s
+        .as_object()
+        .ok_or(ApiError::BadAuth("storage is not an object"))?;
     for k in ["name", "secret"] {
         if !s.contains_key(k) {
             return Err(ApiError::BadAuth("missing storage credential"));
         }
     }
-    let name = s["name"].as_str().ok_or(ApiError::BadAuth("storage name is not a string"))?;
+    let name = s["name"]
+        .as_str()
+        .ok_or(ApiError::BadAuth("storage name is not a string"))?;
     let Some(storage) = db::active_storage_by_name(&state.db.conn(), name)? else {
-        return if is_update_config { Ok((s, None)) } else { Err(ApiError::BadAuth("unknown storage")) };
+        return if is_update_config {
+            Ok((s, None))
+        } else {
+            Err(ApiError::BadAuth("unknown storage"))
+        };
     };
-    if !check_secret(state, Principal::Storage, SecretTable::Storage, &storage.id, &storage.secret_hash, &s["secret"])? {
+    if !check_secret(
+        state,
+        Principal::Storage,
+        SecretTable::Storage,
+        &storage.id,
+        &storage.secret_hash,
+        &s["secret"],
+    )? {
         return Err(ApiError::BadAuth("wrong storage secret"));
     }
     Ok((s, Some(storage)))
@@ -263,7 +363,9 @@ fn storage_get_machine<'r>(
     req: &'r Map<String, Value>,
     storage: &Storage,
 ) -> Result<(&'r Map<String, Value>, Machine), ApiError> {
-    let m = req.get("machine").ok_or_else(|| ApiError::BadRequest(error_body::missing_option("machine")))?;
+    let m = req
+        .get("machine")
+        .ok_or_else(|| ApiError::BadRequest(error_body::missing_option("machine")))?;
     let m = m
         .as_object()
         .filter(|m| m.contains_key("uuid"))
@@ -282,19 +384,30 @@ fn storage_endpoint(storage: &Storage) -> v1::StorageEndpoint {
         name: storage.name.clone(),
         ssh_ping_host: storage.ssh_ping_host.clone().unwrap_or_default(),
         ssh_ping_host_keys: decode_string_list(&storage.ssh_ping_host_keys),
-        ssh_ping_port: storage.ssh_ping_port.and_then(|p| u16::try_from(p).ok()).unwrap_or_default(),
+        ssh_ping_port: storage
+            .ssh_ping_port
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_default(),
         ssh_ping_user: storage.ssh_ping_user.clone().unwrap_or_default(),
     }
 }
 
 /// The per-source dict of `agent_ping_checkin`, `agent_ping_restore` and `storage_ping_checkin`.
-fn source_map(conn: &Connection, machine: &Machine, sources: Vec<Source>) -> Result<v1::SourceMap, ApiError> {
+fn source_map(
+    conn: &Connection,
+    machine: &Machine,
+    sources: Vec<Source>,
+) -> Result<v1::SourceMap, ApiError> {
     let mut out = v1::SourceMap::new();
     if sources.is_empty() {
         return Ok(out);
     }
-    let storage = db::storage_by_id(conn, &machine.storage_id)?
-        .ok_or(ApiError::Internal(crate::error::DbError::Corrupt { what: "machine.storage_id", value: machine.storage_id.clone() }))?;
+    let storage = db::storage_by_id(conn, &machine.storage_id)?.ok_or(ApiError::Internal(
+        crate::error::DbError::Corrupt {
+            what: "machine.storage_id",
+            value: machine.storage_id.clone(),
+        },
+    ))?;
     let endpoint = storage_endpoint(&storage);
     let mut lookup = |name: &str| -> Option<Vec<String>> {
         match db::filterset_rules(conn, name) {
@@ -332,7 +445,11 @@ fn source_map(conn: &Connection, machine: &Machine, sources: Vec<Source>) -> Res
 /// Python `datetime.isoformat()` of `now` in the server time zone.
 pub fn isoformat(now: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
     let local = tz.from_utc_datetime(&now.naive_utc());
-    let fmt = if now.timestamp_subsec_micros() == 0 { SecondsFormat::Secs } else { SecondsFormat::Micros };
+    let fmt = if now.timestamp_subsec_micros() == 0 {
+        SecondsFormat::Secs
+    } else {
+        SecondsFormat::Micros
+    };
     local.fixed_offset().to_rfc3339_opts(fmt, false)
 }
 
@@ -352,7 +469,11 @@ fn health(state: &Ctx<'_>, now: DateTime<Utc>) -> Result<Reply, ApiError> {
     })
 }
 
-fn agent_ping_checkin(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) -> Result<Reply, ApiError> {
+fn agent_ping_checkin(
+    state: &Ctx<'_>,
+    req: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Reply, ApiError> {
     let (_, _, machine) = machine_login(state, req, false)?;
     let machine = machine.ok_or(ApiError::BadAuth("unknown machine"))?;
     let scheduled = {
@@ -363,7 +484,9 @@ fn agent_ping_checkin(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<U
         map
     };
     Reply::ok(&v1::AgentPingCheckinResponse {
-        machine: v1::ScheduledSources { scheduled_sources: scheduled.clone() },
+        machine: v1::ScheduledSources {
+            scheduled_sources: scheduled.clone(),
+        },
         scheduled_sources: Some(scheduled),
     })
 }
@@ -376,10 +499,16 @@ fn agent_ping_restore(state: &Ctx<'_>, req: &Map<String, Value>) -> Result<Reply
         let all = db::active_sources(&conn, &machine.id)?;
         source_map(&conn, &machine, all)?
     };
-    Reply::ok(&v1::AgentPingRestoreResponse { machine: v1::RestoreSources { sources } })
+    Reply::ok(&v1::AgentPingRestoreResponse {
+        machine: v1::RestoreSources { sources },
+    })
 }
 
-fn storage_ping_checkin(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) -> Result<Reply, ApiError> {
+fn storage_ping_checkin(
+    state: &Ctx<'_>,
+    req: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Reply, ApiError> {
     let (_, storage) = storage_login(state, req, false)?;
     let storage = storage.ok_or(ApiError::BadAuth("unknown storage"))?;
     let conn = state.db.conn();
@@ -404,19 +533,29 @@ fn epoch(field: &str, v: &Value) -> Result<Option<DateTime<Utc>>, ApiError> {
     match v {
         Value::Null => Ok(None),
         Value::Number(n) => {
-            let f = n.as_f64().filter(|f| f.is_finite() && f.abs() < 1.0e11).ok_or_else(|| {
-                ApiError::validation(field, &format!("“{}” is out of range.", display(v)))
-            })?;
+            let f = n
+                .as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 1.0e11)
+                .ok_or_else(|| {
+                    ApiError::validation(field, &format!("“{}” is out of range.", display(v)))
+                })?;
             // Bounded above, so the conversion to whole microseconds is exact enough and safe.
             #[allow(clippy::cast_possible_truncation)]
             let micros = (f * 1_000_000.0).round() as i64;
             Ok(Utc.timestamp_micros(micros).single())
         }
-        _ => Err(ApiError::validation(field, &format!("“{}” is not a number.", display(v)))),
+        _ => Err(ApiError::validation(
+            field,
+            &format!("“{}” is not a number.", display(v)),
+        )),
     }
 }
 
-fn storage_ping_source_update(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) -> Result<Reply, ApiError> {
+fn storage_ping_source_update(
+    state: &Ctx<'_>,
+    req: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Reply, ApiError> {
     let (_, storage) = storage_login(state, req, false)?;
     let storage = storage.ok_or(ApiError::BadAuth("unknown storage"))?;
     let mut conn = state.db.conn();
@@ -430,15 +569,32 @@ fn storage_ping_source_update(state: &Ctx<'_>, req: &Map<String, Value>, now: Da
     // One transaction per source: like the original, sources before a failing one stay
     // recorded.
     for (name, data) in sources {
-        let data = data
-            .as_object()
-            .ok_or_else(|| ApiError::BadRequest(error_body::invalid_type(&format!("machine.sources.{name}"))))?;
-        let source = db::reportable_source(&conn, &machine.id, name)?.ok_or(ApiError::NotFound(error_body::SOURCE_NOT_FOUND))?;
+        let data = data.as_object().ok_or_else(|| {
+            ApiError::BadRequest(error_body::invalid_type(&format!("machine.sources.{name}")))
+        })?;
+        let source = db::reportable_source(&conn, &machine.id, name)?
+            .ok_or(ApiError::NotFound(error_body::SOURCE_NOT_FOUND))?;
         let success = data.get("success").is_some_and(truthy);
-        let snapshot = data.get("snapshot").map(|v| char_field("snapshot", v)).transpose()?.flatten();
-        let summary = data.get("summary").map(|v| char_field("summary", v)).transpose()?.flatten();
-        let date_begin = data.get("time_begin").map(|v| epoch("time_begin", v)).transpose()?.flatten();
-        let date_end = data.get("time_end").map(|v| epoch("time_end", v)).transpose()?.flatten();
+        let snapshot = data
+            .get("snapshot")
+            .map(|v| char_field("snapshot", v))
+            .transpose()?
+            .flatten();
+        let summary = data
+            .get("summary")
+            .map(|v| char_field("summary", v))
+            .transpose()?
+            .flatten();
+        let date_begin = data
+            .get("time_begin")
+            .map(|v| epoch("time_begin", v))
+            .transpose()?
+            .flatten();
+        let date_end = data
+            .get("time_end")
+            .map(|v| epoch("time_end", v))
+            .transpose()?
+            .flatten();
         let (last, next) = if success {
             let id = hyphenated(&source.id);
             let next = schedule::next_run(&source.frequency, &id, now, tz).or_else(|e| {
@@ -446,7 +602,10 @@ fn storage_ping_source_update(state: &Ctx<'_>, req: &Map<String, Value>, now: Da
                 warn!(source = %id, error = %e, "unschedulable frequency, falling back to daily");
                 schedule::next_run(wire_defaults::FREQUENCY, &id, now, tz)
             });
-            (Some(now), next.map_err(|e| ApiError::validation("frequency", &e.to_string()))?)
+            (
+                Some(now),
+                next.map_err(|e| ApiError::validation("frequency", &e.to_string()))?,
+            )
         } else {
             (source.date_last_backed_up, source.date_next_backup)
         };
@@ -485,25 +644,47 @@ fn apply_published(current: &mut bool, req: &Map<String, Value>) -> Result<bool,
 }
 
 fn validate_machine(m: &Machine) -> Result<(), ApiError> {
-    let uuid = uuid::Uuid::try_parse(&m.uuid).map_err(|_| ApiError::validation("uuid", "Invalid UUID format"))?;
+    let uuid = uuid::Uuid::try_parse(&m.uuid)
+        .map_err(|_| ApiError::validation("uuid", "Invalid UUID format"))?;
     if !uuid_has_entropy(&uuid) {
         return Err(ApiError::validation("uuid", "Invalid UUID format"));
     }
-    check_char("environment_name", m.environment_name.as_deref(), false, limits::CHAR)?;
-    check_char("service_name", m.service_name.as_deref(), false, limits::CHAR)?;
+    check_char(
+        "environment_name",
+        m.environment_name.as_deref(),
+        false,
+        limits::CHAR,
+    )?;
+    check_char(
+        "service_name",
+        m.service_name.as_deref(),
+        false,
+        limits::CHAR,
+    )?;
     check_char("unit_name", m.unit_name.as_deref(), true, limits::CHAR)?;
     check_char("comment", m.comment.as_deref(), false, limits::CHAR)?;
-    check_char("ssh_public_key", m.ssh_public_key.as_deref(), true, limits::SSH_PUBLIC_KEY)
+    check_char(
+        "ssh_public_key",
+        m.ssh_public_key.as_deref(),
+        true,
+        limits::SSH_PUBLIC_KEY,
+    )
 }
 
-fn update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) -> Result<Reply, ApiError> {
+fn update_config(
+    state: &Ctx<'_>,
+    req: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Reply, ApiError> {
     let (m, uuid, existing) = machine_login(state, req, true)?;
     let new_machine = existing.is_none();
     let mut modified = false;
     let mut machine = match existing {
         Some(machine) => machine,
         None => {
-            let secret = m["secret"].as_str().ok_or_else(|| ApiError::validation("secret", "Enter a valid string."))?;
+            let secret = m["secret"]
+                .as_str()
+                .ok_or_else(|| ApiError::validation("secret", "Enter a valid string."))?;
             let auth = registration_auth(state, req, secret_type::MACHINE_REG)?;
             modified = true;
             Machine {
@@ -553,7 +734,10 @@ fn update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) 
         validate_machine(&machine)?;
         if new_machine && db::machine_by_uuid(&conn, &machine.uuid)?.is_some() {
             // An inactive machine holds this UUID (the original answers the same 400).
-            return Err(ApiError::validation("uuid", "Machine with this Uuid already exists."));
+            return Err(ApiError::validation(
+                "uuid",
+                "Machine with this Uuid already exists.",
+            ));
         }
     }
     machine.date_checked_in = Some(now);
@@ -562,7 +746,9 @@ fn update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) 
     let empty = Map::new();
     let req_sources = match m.get("sources") {
         None => &empty,
-        Some(v) => v.as_object().ok_or_else(|| ApiError::BadRequest(error_body::INVALID_SOURCES_TYPE.to_owned()))?,
+        Some(v) => v
+            .as_object()
+            .ok_or_else(|| ApiError::BadRequest(error_body::INVALID_SOURCES_TYPE.to_owned()))?,
     };
     // All source changes of one request commit together (the original saved them one by
     // one, so a validation error half-way left a partial update).
@@ -580,8 +766,9 @@ fn update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) 
         let mut changed = apply_source_fields(&mut source, data)?;
         if data.contains_key("frequency") && changed.frequency {
             // B15: the original computed this but did not save it.
-            source.date_next_backup = schedule::next_run(&source.frequency, &hyphenated(&source.id), now, tz)
-                .map_err(|e| ApiError::validation("frequency", &e.to_string()))?;
+            source.date_next_backup =
+                schedule::next_run(&source.frequency, &hyphenated(&source.id), now, tz)
+                    .map_err(|e| ApiError::validation("frequency", &e.to_string()))?;
         }
         if !source.published {
             source.published = true;
@@ -625,8 +812,9 @@ fn update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) 
         apply_source_fields(&mut source, data)?;
         validate_source(&source)?;
         // A new source is not backed up at once: its first run is its next scheduled slot.
-        source.date_next_backup = schedule::next_run(&source.frequency, &hyphenated(&source.id), now, tz)
-            .map_err(|e| ApiError::validation("frequency", &e.to_string()))?;
+        source.date_next_backup =
+            schedule::next_run(&source.frequency, &hyphenated(&source.id), now, tz)
+                .map_err(|e| ApiError::validation("frequency", &e.to_string()))?;
         db::save_source(&tx, &source)?;
     }
     tx.commit()?;
@@ -635,7 +823,8 @@ fn update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) 
 }
 
 fn source_object<'a>(name: &str, v: &'a Value) -> Result<&'a Map<String, Value>, ApiError> {
-    v.as_object().ok_or_else(|| ApiError::BadRequest(error_body::invalid_type(&format!("sources.{name}"))))
+    v.as_object()
+        .ok_or_else(|| ApiError::BadRequest(error_body::invalid_type(&format!("sources.{name}"))))
 }
 
 #[derive(Debug, Default)]
@@ -645,11 +834,15 @@ struct SourceChanges {
 }
 
 /// Copy the keys present in `data` onto `source` (Django-coerced), noting what changed.
-fn apply_source_fields(source: &mut Source, data: &Map<String, Value>) -> Result<SourceChanges, ApiError> {
+fn apply_source_fields(
+    source: &mut Source,
+    data: &Map<String, Value>,
+) -> Result<SourceChanges, ApiError> {
     let mut ch = SourceChanges::default();
     let required = |key: &str, slot: &mut String, ch: &mut SourceChanges| -> Result<(), ApiError> {
         if let Some(v) = data.get(key) {
-            let v = char_field(key, v)?.ok_or_else(|| ApiError::validation(key, "This field cannot be null."))?;
+            let v = char_field(key, v)?
+                .ok_or_else(|| ApiError::validation(key, "This field cannot be null."))?;
             if *slot != v {
                 *slot = v;
                 ch.any = true;
@@ -690,7 +883,10 @@ fn apply_source_fields(source: &mut Source, data: &Map<String, Value>) -> Result
             }
         }
     }
-    for (key, slot) in [("filter", &mut source.filter), ("exclude", &mut source.exclude)] {
+    for (key, slot) in [
+        ("filter", &mut source.filter),
+        ("exclude", &mut source.exclude),
+    ] {
         if let Some(v) = data.get(key) {
             let v = string_list_field(key, v, limits::FILTER)?;
             if *slot != v {
@@ -711,7 +907,10 @@ fn validate_source(s: &Source) -> Result<(), ApiError> {
     check_char("bwlimit", s.bwlimit.as_deref(), false, limits::CHAR)?;
     if let Some(mode) = s.snapshot_mode.as_deref() {
         if !SNAPSHOT_MODES.contains(&mode) {
-            return Err(ApiError::validation("snapshot_mode", &format!("Value '{mode}' is not a valid choice.")));
+            return Err(ApiError::validation(
+                "snapshot_mode",
+                &format!("Value '{mode}' is not a valid choice."),
+            ));
         }
     }
     Ok(())
@@ -720,15 +919,32 @@ fn validate_source(s: &Source) -> Result<(), ApiError> {
 fn validate_storage(s: &Storage) -> Result<(), ApiError> {
     check_char("name", Some(&s.name), true, limits::CHAR)?;
     check_char("comment", s.comment.as_deref(), false, limits::CHAR)?;
-    check_char("ssh_ping_host", s.ssh_ping_host.as_deref(), true, limits::CHAR)?;
+    check_char(
+        "ssh_ping_host",
+        s.ssh_ping_host.as_deref(),
+        true,
+        limits::CHAR,
+    )?;
     if s.ssh_ping_port.is_none() {
         // B16: the original skipped validation for a bare new storage and crashed on insert.
-        return Err(ApiError::validation("ssh_ping_port", "This field cannot be null."));
+        return Err(ApiError::validation(
+            "ssh_ping_port",
+            "This field cannot be null.",
+        ));
     }
-    check_char("ssh_ping_user", s.ssh_ping_user.as_deref(), true, limits::CHAR)
+    check_char(
+        "ssh_ping_user",
+        s.ssh_ping_user.as_deref(),
+        true,
+        limits::CHAR,
+    )
 }
 
-fn storage_update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTime<Utc>) -> Result<Reply, ApiError> {
+fn storage_update_config(
+    state: &Ctx<'_>,
+    req: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Reply, ApiError> {
     let (s, existing) = storage_login(state, req, true)?;
     let new_storage = existing.is_none();
     let mut modified = false;
@@ -736,7 +952,9 @@ fn storage_update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTim
         Some(storage) => storage,
         None => {
             let name = s["name"].as_str().unwrap_or_default().to_owned();
-            let secret = s["secret"].as_str().ok_or_else(|| ApiError::validation("secret", "Enter a valid string."))?;
+            let secret = s["secret"]
+                .as_str()
+                .ok_or_else(|| ApiError::validation("secret", "Enter a valid string."))?;
             let auth = registration_auth(state, req, secret_type::STORAGE_REG)?;
             modified = true;
             Storage {
@@ -780,7 +998,10 @@ fn storage_update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTim
             modified = true;
         }
     }
-    for (key, slot) in [("space_total", &mut storage.space_total), ("space_available", &mut storage.space_available)] {
+    for (key, slot) in [
+        ("space_total", &mut storage.space_total),
+        ("space_available", &mut storage.space_available),
+    ] {
         if let Some(v) = s.get(key) {
             // Storages send MiB as floats; Django truncates them on validation. Comparing
             // after truncation keeps `date_updated` still when nothing really changed.
@@ -803,7 +1024,10 @@ fn storage_update_config(state: &Ctx<'_>, req: &Map<String, Value>, now: DateTim
         storage.date_updated = now;
         validate_storage(&storage)?;
         if new_storage && db::storage_by_name(&conn, &storage.name)?.is_some() {
-            return Err(ApiError::validation("name", "Storage with this Name already exists."));
+            return Err(ApiError::validation(
+                "name",
+                "Storage with this Name already exists.",
+            ));
         }
     }
     storage.date_checked_in = Some(now);

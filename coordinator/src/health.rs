@@ -17,7 +17,8 @@ pub fn storage_healthy(s: &Storage, now: DateTime<Utc>) -> bool {
     if now <= s.date_registered + dur(h::STORAGE_GRACE) {
         return true;
     }
-    s.date_checked_in.is_some_and(|t| now <= t + dur(h::STORAGE_GRACE))
+    s.date_checked_in
+        .is_some_and(|t| now <= t + dur(h::STORAGE_GRACE))
 }
 
 /// Healthy for 1 h after registration, then only with a check-in in the last 10 h.
@@ -25,7 +26,8 @@ pub fn machine_healthy(m: &Machine, now: DateTime<Utc>) -> bool {
     if now <= m.date_registered + dur(h::MACHINE_GRACE) {
         return true;
     }
-    m.date_checked_in.is_some_and(|t| now <= t + dur(h::MACHINE_CHECKIN))
+    m.date_checked_in
+        .is_some_and(|t| now <= t + dur(h::MACHINE_CHECKIN))
 }
 
 /// Healthy for 4 h after being added; then unhealthy after a failed backup or when overdue
@@ -53,15 +55,35 @@ pub struct Report {
 
 /// Check active+published storages, machines, and sources of active+published machines.
 pub fn report(c: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Report> {
-    let storages: Vec<Storage> = db::all_storages(c)?.into_iter().filter(|s| s.active && s.published).collect();
-    let machines: Vec<Machine> = db::all_machines(c)?.into_iter().filter(|m| m.active && m.published).collect();
+    let storages: Vec<Storage> = db::all_storages(c)?
+        .into_iter()
+        .filter(|s| s.active && s.published)
+        .collect();
+    let machines: Vec<Machine> = db::all_machines(c)?
+        .into_iter()
+        .filter(|m| m.active && m.published)
+        .collect();
     let sources = db::monitored_sources(c)?;
-    let sick_storages: Vec<&Storage> = storages.iter().filter(|s| !storage_healthy(s, now)).collect();
-    let sick_machines: Vec<&Machine> = machines.iter().filter(|m| !machine_healthy(m, now)).collect();
-    let sick_sources: Vec<&(Source, String)> = sources.iter().filter(|(s, _)| !source_healthy(s, now)).collect();
+    let sick_storages: Vec<&Storage> = storages
+        .iter()
+        .filter(|s| !storage_healthy(s, now))
+        .collect();
+    let sick_machines: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| !machine_healthy(m, now))
+        .collect();
+    let sick_sources: Vec<&(Source, String)> = sources
+        .iter()
+        .filter(|(s, _)| !source_healthy(s, now))
+        .collect();
     if sick_storages.is_empty() && sick_machines.is_empty() && sick_sources.is_empty() {
         return Ok(Report {
-            text: format!("OK {} storages, {} machines, {} sources\n", storages.len(), machines.len(), sources.len()),
+            text: format!(
+                "OK {} storages, {} machines, {} sources\n",
+                storages.len(),
+                machines.len(),
+                sources.len()
+            ),
             exit_code: EXIT_OK,
         });
     }
@@ -84,5 +106,8 @@ pub fn report(c: &Connection, now: DateTime<Utc>) -> rusqlite::Result<Report> {
     for (s, unit) in sick_sources {
         text.push_str(&format!("<Source: {unit} {}>\n", s.name));
     }
-    Ok(Report { text, exit_code: EXIT_CRITICAL })
+    Ok(Report {
+        text,
+        exit_code: EXIT_CRITICAL,
+    })
 }

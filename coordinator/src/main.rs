@@ -10,12 +10,18 @@ use chrono::Utc;
 use chrono_tz::Tz;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use turku_coordinator::admin::{self, AuthKind};
-use turku_coordinator::constants::{self as k, DEFAULT_DB_PATH, DEFAULT_LISTEN, ENV_DB, ENV_LISTEN, ENV_TIME_ZONE};
+use turku_coordinator::constants::{
+    self as k, DEFAULT_DB_PATH, DEFAULT_LISTEN, ENV_DB, ENV_LISTEN, ENV_TIME_ZONE,
+};
 use turku_coordinator::db::Db;
 use turku_coordinator::{server, AppState, Config};
 
 #[derive(Debug, Parser)]
-#[command(name = "turku-api", version, about = "Turku coordinator: the /v1 API and its management commands")]
+#[command(
+    name = "turku-api",
+    version,
+    about = "Turku coordinator: the /v1 API and its management commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -128,6 +134,19 @@ enum Command {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Create or replace a FilterSet (expanded where sources say `merge NAME`).
+    SetFilterset {
+        /// FilterSet name.
+        name: String,
+        /// rsync filter rules, e.g. "- *.tmp" (they may start with '-': give options first).
+        #[arg(allow_hyphen_values = true)]
+        rules: Vec<String>,
+        /// Store it inactive (merges of it then expand to nothing).
+        #[arg(long)]
+        inactive: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Move a machine to another storage.
     Move {
         /// Machine UUID or unit name.
@@ -146,7 +165,8 @@ fn open(db: &DbArg) -> anyhow::Result<Db> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -166,7 +186,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Ok(0)
     };
     match cli.command {
-        Command::Serve { listen, secret_cache_ttl, secret_cache_size, db } => {
+        Command::Serve {
+            listen,
+            secret_cache_ttl,
+            secret_cache_size,
+            db,
+        } => {
             let config = Config {
                 time_zone: db.time_zone,
                 cache_ttl: Duration::from_secs(secret_cache_ttl),
@@ -174,27 +199,39 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ..Config::default()
             };
             let state = Arc::new(AppState::new(open(&db)?, config));
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting runtime")?;
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
                 tracing::info!(addr = %listener.local_addr()?, "serving /v1");
-                server::run(listener, state, async {
-                    // If the signal handler cannot be installed, serve until killed.
-                    if tokio::signal::ctrl_c().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                })
-                .await
-                .context("serving")
+                server::run(listener, state, shutdown_signal())
+                    .await
+                    .context("serving")
             })?;
             Ok(0)
         }
-        Command::AuthCreate { secret_type, name, raw, db } => {
+        Command::AuthCreate {
+            secret_type,
+            name,
+            raw,
+            db,
+        } => {
             let kind = match secret_type {
                 SecretType::MachineReg => AuthKind::MachineReg,
                 SecretType::StorageReg => AuthKind::StorageReg,
             };
-            print(admin::auth_create(&open(&db)?, kind, name.as_deref(), raw, Config::default().hash_params, now)?)
+            print(admin::auth_create(
+                &open(&db)?,
+                kind,
+                name.as_deref(),
+                raw,
+                Config::default().hash_params,
+                now,
+            )?)
         }
         Command::Health { db } => {
             let report = admin::health(&open(&db)?, now)?;
@@ -206,7 +243,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             tracing::info!(deleted = n, "backup logs cleaned");
             Ok(0)
         }
-        Command::BackupNow { machine, source, db } => print(admin::backup_now(&open(&db)?, &machine, &source, now)?),
+        Command::BackupNow {
+            machine,
+            source,
+            db,
+        } => print(admin::backup_now(&open(&db)?, &machine, &source, now)?),
         Command::List { what, db } => {
             let db = open(&db)?;
             print(match what {
@@ -215,13 +256,61 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 Listing::Storages => admin::list_storages(&db, now)?,
             })
         }
-        Command::Activate { kind, ident, db } => print(set_active(&open(&db)?, kind, &ident, true)?),
-        Command::Deactivate { kind, ident, db } => print(set_active(&open(&db)?, kind, &ident, false)?),
-        Command::Move { machine, storage, db } => print(admin::move_machine(&open(&db)?, &machine, &storage)?),
+        Command::Activate { kind, ident, db } => {
+            print(set_active(&open(&db)?, kind, &ident, true)?)
+        }
+        Command::Deactivate { kind, ident, db } => {
+            print(set_active(&open(&db)?, kind, &ident, false)?)
+        }
+        Command::SetFilterset {
+            name,
+            rules,
+            inactive,
+            db,
+        } => print(admin::set_filterset(
+            &open(&db)?,
+            &name,
+            &rules,
+            !inactive,
+            now,
+        )?),
+        Command::Move {
+            machine,
+            storage,
+            db,
+        } => print(admin::move_machine(&open(&db)?, &machine, &storage)?),
     }
 }
 
-fn set_active(db: &Db, kind: Target, ident: &str, active: bool) -> Result<String, admin::AdminError> {
+/// SIGINT (a terminal) or SIGTERM (systemd, containers): finish in-flight requests, then exit.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Without a handler the default action (exit) still applies; wait for SIGINT.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => {}
+        () = int => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn set_active(
+    db: &Db,
+    kind: Target,
+    ident: &str,
+    active: bool,
+) -> Result<String, admin::AdminError> {
     match kind {
         Target::Machine => admin::set_machine_active(db, ident, active),
         Target::Storage => admin::set_storage_active(db, ident, active),

@@ -182,6 +182,10 @@ impl Machine {
     /// Django's `__str__`: `"<unit_name> (<first 8 of uuid>)"`.
     pub fn label(&self) -> String {
         let uuid = hyphenated(&self.uuid);
-        format!("{} ({})", self.unit_name.as_deref().unwrap_or(""), uuid.get(..8).unwrap_or(&uuid))
+        format!(
+            "{} ({})",
+            self.unit_name.as_deref().unwrap_or(""),
+            uuid.get(..8).unwrap_or(&uuid)
+        )
     }
 }

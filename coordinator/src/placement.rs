@@ -7,11 +7,16 @@ use rand::Rng;
 ///
 /// The original walks cumulative float probabilities and can fall off the end through
 /// rounding (then crashes); here the last candidate takes any remainder.
-pub fn pick_storage<'a, R: Rng + ?Sized>(candidates: &'a [(String, i64)], rng: &mut R) -> Option<&'a str> {
+pub fn pick_storage<'a, R: Rng + ?Sized>(
+    candidates: &'a [(String, i64)],
+    rng: &mut R,
+) -> Option<&'a str> {
     let last = candidates.last()?;
     let total: i64 = candidates.iter().map(|(_, w)| (*w).max(0)).sum();
     if total <= 0 {
-        return candidates.get(rng.gen_range(0..candidates.len())).map(|(id, _)| id.as_str());
+        return candidates
+            .get(rng.gen_range(0..candidates.len()))
+            .map(|(id, _)| id.as_str());
     }
     let mut r = rng.gen_range(0..total);
     for (id, w) in candidates {
@@ -31,7 +36,11 @@ mod tests {
 
     #[test]
     fn weighted_by_free_space() {
-        let c = vec![("big".to_owned(), 900), ("small".to_owned(), 100), ("full".to_owned(), 0)];
+        let c = vec![
+            ("big".to_owned(), 900),
+            ("small".to_owned(), 100),
+            ("full".to_owned(), 0),
+        ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut big = 0;
         for _ in 0..10_000 {
@@ -48,7 +57,9 @@ mod tests {
     fn uniform_when_no_space_and_none_when_empty() {
         let c = vec![("a".to_owned(), 0), ("b".to_owned(), 0)];
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let picks: Vec<_> = (0..200).filter_map(|_| pick_storage(&c, &mut rng)).collect();
+        let picks: Vec<_> = (0..200)
+            .filter_map(|_| pick_storage(&c, &mut rng))
+            .collect();
         assert!(picks.contains(&"a") && picks.contains(&"b"));
         assert_eq!(pick_storage(&[], &mut rng), None);
     }

@@ -12,7 +12,9 @@
 //! - B2: `cron …` frequencies work (the original crashes on every one of them).
 //! - B12: malformed time specs are an error (the caller answers 400), not a crash.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc};
+use chrono::{
+    DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 
 use crate::cronhash;
@@ -123,16 +125,27 @@ impl Frequency {
             None => TimeSpec::Hashed,
             Some(spec) => parse_time_spec(spec)?,
         };
-        Ok(Self::Calendar { period: PeriodWord(period), time: TimeOfDay(time) })
+        Ok(Self::Calendar {
+            period: PeriodWord(period),
+            time: TimeOfDay(time),
+        })
     }
 
     /// The next run strictly after `base`, for the source whose primary key renders as
     /// `source_id` (canonical lowercase hyphenated UUID).
-    pub fn next_after(&self, source_id: &str, base: DateTime<Utc>, tz: Tz) -> Result<DateTime<Utc>, FrequencyError> {
+    pub fn next_after(
+        &self,
+        source_id: &str,
+        base: DateTime<Utc>,
+        tz: Tz,
+    ) -> Result<DateTime<Utc>, FrequencyError> {
         let id = source_id.as_bytes();
         match self {
             Self::Cron(expr) => cronhash::next_after(expr, id, base, tz),
-            Self::Calendar { period: PeriodWord(period), time: TimeOfDay(time) } => {
+            Self::Calendar {
+                period: PeriodWord(period),
+                time: TimeOfDay(time),
+            } => {
                 let mut next = calendar_next(*period, *time, id, base, tz)?;
                 if let Period::Weekday(_) = period {
                     // B3: the original returns a time earlier today when the weekday is today,
@@ -148,7 +161,12 @@ impl Frequency {
 }
 
 /// Parse and compute in one go (the original's `frequency_next_scheduled`).
-pub fn next_run(frequency: &str, source_id: &str, base: DateTime<Utc>, tz: Tz) -> Result<DateTime<Utc>, FrequencyError> {
+pub fn next_run(
+    frequency: &str,
+    source_id: &str,
+    base: DateTime<Utc>,
+    tz: Tz,
+) -> Result<DateTime<Utc>, FrequencyError> {
     Frequency::parse(frequency)?.next_after(source_id, base, tz)
 }
 
@@ -174,7 +192,8 @@ fn parse_time_spec(spec: &str) -> Result<TimeSpec, FrequencyError> {
 
 fn hhmm(s: &str) -> Option<i64> {
     let chars: Vec<char> = s.chars().collect();
-    let slice = |from: usize, to: usize| -> String { chars.iter().skip(from).take(to - from).collect() };
+    let slice =
+        |from: usize, to: usize| -> String { chars.iter().skip(from).take(to - from).collect() };
     let hours = py_uint(&slice(0, 2))?;
     let minutes = py_uint(&slice(2, 4))?;
     Some(hours * 3600 + minutes * 60)
@@ -190,7 +209,13 @@ fn py_uint(s: &str) -> Option<i64> {
     t.parse().ok()
 }
 
-fn calendar_next(period: Period, time: TimeSpec, id: &[u8], base: DateTime<Utc>, tz: Tz) -> Result<DateTime<Utc>, FrequencyError> {
+fn calendar_next(
+    period: Period,
+    time: TimeSpec,
+    id: &[u8],
+    base: DateTime<Utc>,
+    tz: Tz,
+) -> Result<DateTime<Utc>, FrequencyError> {
     let local = base.with_timezone(&tz).naive_local();
     if period == Period::Hourly {
         // The hashed value is used for both minute and second (B4, kept for parity); any
@@ -234,17 +259,24 @@ fn calendar_next(period: Period, time: TimeSpec, id: &[u8], base: DateTime<Utc>,
 }
 
 fn add_days(d: NaiveDate, days: i64) -> Result<NaiveDate, FrequencyError> {
-    d.checked_add_signed(Duration::days(days)).ok_or(FrequencyError::OutOfRange)
+    d.checked_add_signed(Duration::days(days))
+        .ok_or(FrequencyError::OutOfRange)
 }
 
 fn first_of_next_month(d: NaiveDate) -> Result<NaiveDate, FrequencyError> {
-    let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+    let (y, m) = if d.month() == 12 {
+        (d.year() + 1, 1)
+    } else {
+        (d.year(), d.month() + 1)
+    };
     NaiveDate::from_ymd_opt(y, m, 1).ok_or(FrequencyError::OutOfRange)
 }
 
 fn add_local_days(t: DateTime<Utc>, days: i64, tz: Tz) -> Result<DateTime<Utc>, FrequencyError> {
     let wall = t.with_timezone(&tz).naive_local();
-    let wall = wall.checked_add_signed(Duration::days(days)).ok_or(FrequencyError::OutOfRange)?;
+    let wall = wall
+        .checked_add_signed(Duration::days(days))
+        .ok_or(FrequencyError::OutOfRange)?;
     Ok(local_to_utc(wall, tz))
 }
 
@@ -258,10 +290,9 @@ pub fn local_to_utc(wall: NaiveDateTime, tz: Tz) -> DateTime<Utc> {
         chrono::LocalResult::None => {
             // Gaps are at most a few hours; a day earlier is safely before the transition.
             let before = wall - Duration::days(1);
-            let offset = tz
-                .from_local_datetime(&before)
-                .earliest()
-                .map_or(0, |t| i64::from(chrono::Offset::fix(t.offset()).local_minus_utc()));
+            let offset = tz.from_local_datetime(&before).earliest().map_or(0, |t| {
+                i64::from(chrono::Offset::fix(t.offset()).local_minus_utc())
+            });
             Utc.from_utc_datetime(&(wall - Duration::seconds(offset)))
         }
     }
@@ -272,7 +303,9 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("test timestamp").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("test timestamp")
+            .with_timezone(&Utc)
     }
 
     const ID: &str = "0f4b5e0e-6d1f-4c8e-9a65-3f0c2b7d9e11";
@@ -314,21 +347,48 @@ mod tests {
     #[test]
     fn same_weekday_in_the_past_moves_a_week() {
         let base = at("2024-01-10T14:00:00Z");
-        assert_eq!(next_run("wednesday", ID, base, Tz::UTC), Ok(at("2024-01-17T13:37:03Z")));
-        assert_eq!(next_run("wednesday, 0300", ID, base, Tz::UTC), Ok(at("2024-01-17T03:00:00Z")));
+        assert_eq!(
+            next_run("wednesday", ID, base, Tz::UTC),
+            Ok(at("2024-01-17T13:37:03Z"))
+        );
+        assert_eq!(
+            next_run("wednesday, 0300", ID, base, Tz::UTC),
+            Ok(at("2024-01-17T03:00:00Z"))
+        );
         // Still later today: unchanged from the original.
-        assert_eq!(next_run("wednesday, 2300", ID, base, Tz::UTC), Ok(at("2024-01-10T23:00:00Z")));
+        assert_eq!(
+            next_run("wednesday, 2300", ID, base, Tz::UTC),
+            Ok(at("2024-01-10T23:00:00Z"))
+        );
     }
 
     #[test]
     fn python_int_quirks_of_time_specs() {
         let base = at("2024-01-10T12:34:56Z");
         // Minutes are not range-checked by the original: 08:60 is 09:00.
-        assert_eq!(next_run("daily, 0860", ID, base, Tz::UTC), Ok(at("2024-01-11T09:00:00Z")));
+        assert_eq!(
+            next_run("daily, 0860", ID, base, Tz::UTC),
+            Ok(at("2024-01-11T09:00:00Z"))
+        );
         // "800" reads as hours "80", minutes "0": 80 hours after midnight tomorrow.
-        assert_eq!(next_run("daily, 800", ID, base, Tz::UTC), Ok(at("2024-01-14T08:00:00Z")));
-        for bad in ["daily, 8:00", "daily, ", "daily, -100", "daily, 0800-", "daily, ab00"] {
-            assert!(matches!(next_run(bad, ID, base, Tz::UTC), Err(FrequencyError::BadTime(_))), "{bad}");
+        assert_eq!(
+            next_run("daily, 800", ID, base, Tz::UTC),
+            Ok(at("2024-01-14T08:00:00Z"))
+        );
+        for bad in [
+            "daily, 8:00",
+            "daily, ",
+            "daily, -100",
+            "daily, 0800-",
+            "daily, ab00",
+        ] {
+            assert!(
+                matches!(
+                    next_run(bad, ID, base, Tz::UTC),
+                    Err(FrequencyError::BadTime(_))
+                ),
+                "{bad}"
+            );
         }
     }
 
@@ -337,11 +397,17 @@ mod tests {
         // Helsinki is UTC+2 in January: "daily, 0300" means 03:00 local = 01:00Z.
         let tz: Tz = "Europe/Helsinki".parse().expect("known zone");
         let base = at("2024-01-10T12:34:56Z");
-        assert_eq!(next_run("daily, 0300", ID, base, tz), Ok(at("2024-01-11T01:00:00Z")));
+        assert_eq!(
+            next_run("daily, 0300", ID, base, tz),
+            Ok(at("2024-01-11T01:00:00Z"))
+        );
         // Spring-forward gap (03:00–04:00 local does not exist on 2024-03-31): fold=0 keeps
         // the pre-gap offset, landing an hour later on the wall clock.
         let base = at("2024-03-30T12:00:00Z");
-        assert_eq!(next_run("daily, 0330", ID, base, tz), Ok(at("2024-03-31T01:30:00Z")));
+        assert_eq!(
+            next_run("daily, 0330", ID, base, tz),
+            Ok(at("2024-03-31T01:30:00Z"))
+        );
     }
 }
 
@@ -350,22 +416,46 @@ mod props {
     use super::*;
     use proptest::prelude::*;
 
-    const ZONES: [&str; 4] = ["UTC", "Europe/Helsinki", "America/New_York", "Australia/Lord_Howe"];
+    const ZONES: [&str; 4] = [
+        "UTC",
+        "Europe/Helsinki",
+        "America/New_York",
+        "Australia/Lord_Howe",
+    ];
 
     fn frequency() -> impl Strategy<Value = String> {
         let words = prop::sample::select(vec![
-            "hourly", "daily", "weekly", "monthly", "sunday", "monday", "tuesday", "wednesday", "thursday", "friday",
-            "saturday", "bogus",
+            "hourly",
+            "daily",
+            "weekly",
+            "monthly",
+            "sunday",
+            "monday",
+            "tuesday",
+            "wednesday",
+            "thursday",
+            "friday",
+            "saturday",
+            "bogus",
         ]);
         let time = prop_oneof![
             Just(String::new()),
             (0u32..24, 0u32..60).prop_map(|(h, m)| format!(", {h:02}{m:02}")),
-            (0u32..24, 0u32..60, 0u32..24, 0u32..60).prop_map(|(a, b, c, d)| format!(", {a:02}{b:02}-{c:02}{d:02}")),
+            (0u32..24, 0u32..60, 0u32..24, 0u32..60)
+                .prop_map(|(a, b, c, d)| format!(", {a:02}{b:02}-{c:02}{d:02}")),
         ];
         let calendar = (words, time).prop_map(|(w, t)| format!("{w}{t}"));
         let cron = prop::sample::select(vec![
-            "cron H H * * *", "cron H/15 * * * *", "cron 0 3 * * 1-5", "cron @daily", "cron @midnight", "cron * * * * * *",
-            "cron H H(8-16) * * H", "cron 0 0 1,15 * 0", "cron R R * * *", "cron H H H * *",
+            "cron H H * * *",
+            "cron H/15 * * * *",
+            "cron 0 3 * * 1-5",
+            "cron @daily",
+            "cron @midnight",
+            "cron * * * * * *",
+            "cron H H(8-16) * * H",
+            "cron 0 0 1,15 * 0",
+            "cron R R * * *",
+            "cron H H H * *",
         ])
         .prop_map(str::to_owned);
         prop_oneof![3 => calendar, 1 => cron]

@@ -87,19 +87,31 @@ struct HashGate {
 
 impl HashGate {
     fn new(slots: usize) -> Self {
-        Self { free: Mutex::new(slots), cv: Condvar::new() }
+        Self {
+            free: Mutex::new(slots),
+            cv: Condvar::new(),
+        }
     }
 
     fn acquire(&self) {
-        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while *free == 0 {
-            free = self.cv.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+            free = self
+                .cv
+                .wait(free)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         *free -= 1;
     }
 
     fn release(&self) {
-        let mut free = self.free.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut free = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *free += 1;
         self.cv.notify_one();
     }

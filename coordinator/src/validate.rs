@@ -15,9 +15,15 @@ use crate::error::ApiError;
 pub fn parse_uuid(value: &Value) -> Result<Uuid, ApiError> {
     let text = match value {
         Value::String(s) => s.as_str(),
-        _ => return Err(ApiError::validation("uuid", &format!("“{}” is not a valid UUID.", display(value)))),
+        _ => {
+            return Err(ApiError::validation(
+                "uuid",
+                &format!("“{}” is not a valid UUID.", display(value)),
+            ))
+        }
     };
-    Uuid::try_parse(text.trim()).map_err(|_| ApiError::validation("uuid", &format!("“{text}” is not a valid UUID.")))
+    Uuid::try_parse(text.trim())
+        .map_err(|_| ApiError::validation("uuid", &format!("“{text}” is not a valid UUID.")))
 }
 
 /// The original's `validate_uuid`: an RFC 4122 variant whose 121 random bits have a Shannon
@@ -60,18 +66,28 @@ pub fn char_field(field: &str, v: &Value) -> Result<Option<String>, ApiError> {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
         Value::Bool(_) | Value::Number(_) => Ok(Some(display(v))),
-        Value::Array(_) | Value::Object(_) => Err(ApiError::validation(field, "Enter a valid string.")),
+        Value::Array(_) | Value::Object(_) => {
+            Err(ApiError::validation(field, "Enter a valid string."))
+        }
     }
 }
 
 /// Check a `CharField` value: null and blank rules, then `max_length`.
-pub fn check_char(field: &str, v: Option<&str>, required: bool, max: usize) -> Result<(), ApiError> {
+pub fn check_char(
+    field: &str,
+    v: Option<&str>,
+    required: bool,
+    max: usize,
+) -> Result<(), ApiError> {
     match v {
         None if required => Err(ApiError::validation(field, "This field cannot be null.")),
         Some("") if required => Err(ApiError::validation(field, "This field cannot be blank.")),
         Some(s) if s.chars().count() > max => Err(ApiError::validation(
             field,
-            &format!("Ensure this value has at most {max} characters (it has {}).", s.chars().count()),
+            &format!(
+                "Ensure this value has at most {max} characters (it has {}).",
+                s.chars().count()
+            ),
         )),
         _ => Ok(()),
     }
@@ -90,13 +106,23 @@ pub fn bool_field(field: &str, v: &Value) -> Result<bool, ApiError> {
         },
         _ => None,
     };
-    parsed.ok_or_else(|| ApiError::validation(field, &format!("“{}” value must be either True or False.", display(v))))
+    parsed.ok_or_else(|| {
+        ApiError::validation(
+            field,
+            &format!("“{}” value must be either True or False.", display(v)),
+        )
+    })
 }
 
 /// `PositiveIntegerField.to_python` (floats truncate, numeric strings parse) and its `>= min`
 /// / `<= max` validators.
 pub fn int_field(field: &str, v: &Value, min: i64, max: i64) -> Result<i64, ApiError> {
-    let bad = || ApiError::validation(field, &format!("“{}” value must be an integer.", display(v)));
+    let bad = || {
+        ApiError::validation(
+            field,
+            &format!("“{}” value must be an integer.", display(v)),
+        )
+    };
     let n = match v {
         Value::Number(n) => match n.as_i64() {
             Some(i) => i,
@@ -116,10 +142,16 @@ pub fn int_field(field: &str, v: &Value, min: i64, max: i64) -> Result<i64, ApiE
         _ => return Err(bad()),
     };
     if n < min {
-        return Err(ApiError::validation(field, &format!("Ensure this value is greater than or equal to {min}.")));
+        return Err(ApiError::validation(
+            field,
+            &format!("Ensure this value is greater than or equal to {min}."),
+        ));
     }
     if n > max {
-        return Err(ApiError::validation(field, &format!("Ensure this value is less than or equal to {max}.")));
+        return Err(ApiError::validation(
+            field,
+            &format!("Ensure this value is less than or equal to {max}."),
+        ));
     }
     Ok(n)
 }
@@ -129,13 +161,23 @@ pub fn int_field(field: &str, v: &Value, min: i64, max: i64) -> Result<i64, ApiE
 pub fn string_list_field(field: &str, v: &Value, max: usize) -> Result<String, ApiError> {
     let items = match v {
         Value::Array(items) => items,
-        _ => return Err(ApiError::validation(field, "Must be a valid JSON string list")),
+        _ => {
+            return Err(ApiError::validation(
+                field,
+                "Must be a valid JSON string list",
+            ))
+        }
     };
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         match item {
             Value::String(s) => out.push(s.clone()),
-            _ => return Err(ApiError::validation(field, "Must be a valid JSON string list")),
+            _ => {
+                return Err(ApiError::validation(
+                    field,
+                    "Must be a valid JSON string list",
+                ))
+            }
         }
     }
     let text = turku_api_types::pyjson::string_list(&out);
@@ -176,26 +218,43 @@ mod tests {
             // Wrong variant (NCS), otherwise random-looking.
             "0f4b5e0e-6d1f-4c8e-1a65-3f0c2b7d9e11",
         ] {
-            assert!(!uuid_has_entropy(&Uuid::parse_str(bad).expect("uuid")), "{bad}");
+            assert!(
+                !uuid_has_entropy(&Uuid::parse_str(bad).expect("uuid")),
+                "{bad}"
+            );
         }
         // The threshold (ones between ~37 % and ~63 %) rejects about 0.5 % of genuine random
         // UUIDs, as the original does; agents simply generate another.
-        let accepted = (0..1000).filter(|_| uuid_has_entropy(&Uuid::new_v4())).count();
+        let accepted = (0..1000)
+            .filter(|_| uuid_has_entropy(&Uuid::new_v4()))
+            .count();
         assert!(accepted >= 970, "{accepted}");
     }
 
     #[test]
     fn django_coercions() {
-        assert_eq!(char_field("f", &json!(5)).expect("int"), Some("5".to_owned()));
-        assert_eq!(char_field("f", &json!(true)).expect("bool"), Some("True".to_owned()));
+        assert_eq!(
+            char_field("f", &json!(5)).expect("int"),
+            Some("5".to_owned())
+        );
+        assert_eq!(
+            char_field("f", &json!(true)).expect("bool"),
+            Some("True".to_owned())
+        );
         assert!(char_field("f", &json!([1])).is_err());
         assert!(bool_field("f", &json!("True")).expect("str"));
         assert!(!bool_field("f", &json!(0)).expect("int"));
         assert!(bool_field("f", &json!("yes")).is_err());
-        assert_eq!(int_field("f", &json!(953_674.31), 0, i64::MAX).expect("float"), 953_674);
+        assert_eq!(
+            int_field("f", &json!(953_674.31), 0, i64::MAX).expect("float"),
+            953_674
+        );
         assert!(int_field("f", &json!(-1), 0, 10).is_err());
         assert!(int_field("f", &json!(70000), 1, 65535).is_err());
-        assert_eq!(string_list_field("f", &json!(["b", "a"]), 100).expect("list"), r#"["b", "a"]"#);
+        assert_eq!(
+            string_list_field("f", &json!(["b", "a"]), 100).expect("list"),
+            r#"["b", "a"]"#
+        );
         assert!(string_list_field("f", &json!("a"), 100).is_err());
         assert!(string_list_field("f", &json!([1]), 100).is_err());
         assert!(check_char("f", Some(""), true, 10).is_err());

@@ -32,9 +32,20 @@ fn populate(db_path: &Path) {
     let storage_reg = stdout(&o).trim().to_owned();
     let o = turku_api(db_path, &["auth-create", "machine_reg", "--raw"]);
     let machine_reg = stdout(&o).trim().to_owned();
-    let state = AppState::new(Db::open(db_path).expect("db"), Config { hash_params: HashParams::insecure_fast(), ..Config::default() });
+    let state = AppState::new(
+        Db::open(db_path).expect("db"),
+        Config {
+            hash_params: HashParams::insecure_fast(),
+            ..Config::default()
+        },
+    );
     let call = |ep: &str, body: serde_json::Value| {
-        let r = handle(&state, ep, Some("application/json"), body.to_string().as_bytes());
+        let r = handle(
+            &state,
+            ep,
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        );
         assert_eq!(r.status.as_u16(), 200, "{ep}: {}", r.body);
     };
     call(
@@ -71,17 +82,35 @@ fn auth_create_forms() {
     // The default name is taken now.
     let o = turku_api(&db, &["auth-create", "machine_reg"]);
     assert!(!o.status.success());
-    let o = turku_api(&db, &["auth-create", "storage_reg", "--name", "Lab storages", "--raw"]);
+    let o = turku_api(
+        &db,
+        &[
+            "auth-create",
+            "storage_reg",
+            "--name",
+            "Lab storages",
+            "--raw",
+        ],
+    );
     assert!(o.status.success());
     assert_eq!(stdout(&o).trim().len(), 30);
-    assert!(!turku_api(&db, &["auth-create", "other_reg"]).status.success());
+    assert!(!turku_api(&db, &["auth-create", "other_reg"])
+        .status
+        .success());
     // The stored hash is Django's Argon2id form at Django's default cost.
     let conn = Db::open(&db).expect("db");
     let hash: String = conn
         .conn()
-        .query_row("SELECT secret_hash FROM turku_api_auth WHERE name = 'Lab storages'", [], |r| r.get(0))
+        .query_row(
+            "SELECT secret_hash FROM turku_api_auth WHERE name = 'Lab storages'",
+            [],
+            |r| r.get(0),
+        )
         .expect("row");
-    assert!(hash.starts_with("argon2$argon2id$v=19$m=102400,t=2,p=8$"), "{hash}");
+    assert!(
+        hash.starts_with("argon2$argon2id$v=19$m=102400,t=2,p=8$"),
+        "{hash}"
+    );
 }
 
 #[test]
@@ -89,18 +118,32 @@ fn health_ok_then_critical() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("t.sqlite3");
     let o = turku_api(&db, &["health"]);
-    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "OK 0 storages, 0 machines, 0 sources\n"));
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "OK 0 storages, 0 machines, 0 sources\n")
+    );
     populate(&db);
     let o = turku_api(&db, &["health"]);
-    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "OK 2 storages, 1 machines, 2 sources\n"));
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "OK 2 storages, 1 machines, 2 sources\n")
+    );
     // Age everything: registered two days ago, never checked in since, sources overdue.
     {
         let d = Db::open(&db).expect("db");
         let c = d.conn();
         let old = db::fmt_time(Utc::now() - Duration::days(2));
         c.execute("UPDATE turku_api_storage SET date_registered = ?1, date_checked_in = ?1 WHERE name = 's1'", [&old]).expect("u");
-        c.execute("UPDATE turku_api_machine SET date_registered = ?1, date_checked_in = NULL", [&old]).expect("u");
-        c.execute("UPDATE turku_api_source SET date_added = ?1, date_next_backup = ?1 WHERE name = 'etc'", [&old]).expect("u");
+        c.execute(
+            "UPDATE turku_api_machine SET date_registered = ?1, date_checked_in = NULL",
+            [&old],
+        )
+        .expect("u");
+        c.execute(
+            "UPDATE turku_api_source SET date_added = ?1, date_next_backup = ?1 WHERE name = 'etc'",
+            [&old],
+        )
+        .expect("u");
     }
     let o = turku_api(&db, &["health"]);
     assert_eq!(o.status.code(), Some(2));
@@ -116,9 +159,20 @@ fn clean_logs_deletes_only_old_ended_logs() {
     let db_path = dir.path().join("t.sqlite3");
     populate(&db_path);
     let d = Db::open(&db_path).expect("db");
-    let source_id: String = d.conn().query_row("SELECT id FROM turku_api_source WHERE name = 'etc'", [], |r| r.get(0)).expect("src");
+    let source_id: String = d
+        .conn()
+        .query_row(
+            "SELECT id FROM turku_api_source WHERE name = 'etc'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("src");
     let now = Utc::now();
-    for end in [Some(now - Duration::days(40)), Some(now - Duration::days(5)), None] {
+    for end in [
+        Some(now - Duration::days(40)),
+        Some(now - Duration::days(5)),
+        None,
+    ] {
         let log = BackupLog {
             id: models::new_id(),
             source_id: source_id.clone(),
@@ -133,7 +187,10 @@ fn clean_logs_deletes_only_old_ended_logs() {
         db::insert_backup_log(&d.conn(), &log).expect("log");
     }
     drop(d);
-    assert!(!turku_api(&db_path, &["clean-logs"]).status.success(), "--days is required");
+    assert!(
+        !turku_api(&db_path, &["clean-logs"]).status.success(),
+        "--days is required"
+    );
     let o = turku_api(&db_path, &["clean-logs", "--days", "30"]);
     assert!(o.status.success());
     let d = Db::open(&db_path).expect("db");
@@ -154,44 +211,124 @@ fn backup_now_list_activate_move() {
     assert_eq!(stdout(&o), "web-0 (0f4b5e0e) etc is due now\n");
     let o = turku_api(&db_path, &["backup-now", UUID, "home"]);
     assert!(o.status.success());
-    assert!(!turku_api(&db_path, &["backup-now", "web-0", "nope"]).status.success());
-    assert!(!turku_api(&db_path, &["backup-now", "web-9", "etc"]).status.success());
+    assert!(!turku_api(&db_path, &["backup-now", "web-0", "nope"])
+        .status
+        .success());
+    assert!(!turku_api(&db_path, &["backup-now", "web-9", "etc"])
+        .status
+        .success());
     {
         let d = Db::open(&db_path).expect("db");
-        let m = db::machine_by_uuid(&d.conn(), &UUID.replace('-', "")).expect("q").expect("m");
+        let m = db::machine_by_uuid(&d.conn(), &UUID.replace('-', ""))
+            .expect("q")
+            .expect("m");
         let due = db::due_sources(&d.conn(), &m.id, Utc::now()).expect("due");
-        assert_eq!(due.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["etc", "home"]);
+        assert_eq!(
+            due.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["etc", "home"]
+        );
     }
 
     let o = turku_api(&db_path, &["list", "machines"]);
     let out = stdout(&o);
     assert!(out.starts_with("UUID\tUNIT\tSTORAGE"), "{out}");
-    assert!(out.contains(&format!("{UUID}\tweb-0\t")) && out.contains("\tyes\tyes\tyes\n"), "{out}");
+    assert!(
+        out.contains(&format!("{UUID}\tweb-0\t")) && out.contains("\tyes\tyes\tyes\n"),
+        "{out}"
+    );
     let out = stdout(&turku_api(&db_path, &["list", "sources"]));
     assert_eq!(out.lines().count(), 3, "{out}");
     let out = stdout(&turku_api(&db_path, &["list", "storages"]));
-    assert!(out.contains("s1\th\t22\tu\t") && out.contains("s2\th2\t22\tu\t"), "{out}");
+    assert!(
+        out.contains("s1\th\t22\tu\t") && out.contains("s2\th2\t22\tu\t"),
+        "{out}"
+    );
 
-    assert_eq!(stdout(&turku_api(&db_path, &["deactivate", "machine", "web-0"])), "web-0 (0f4b5e0e) deactivated\n");
+    assert_eq!(
+        stdout(&turku_api(&db_path, &["deactivate", "machine", "web-0"])),
+        "web-0 (0f4b5e0e) deactivated\n"
+    );
     assert!(stdout(&turku_api(&db_path, &["list", "machines"])).contains("\tno\tyes\t"));
-    assert_eq!(stdout(&turku_api(&db_path, &["activate", "machine", UUID])), "web-0 (0f4b5e0e) activated\n");
-    assert_eq!(stdout(&turku_api(&db_path, &["deactivate", "storage", "s2"])), "s2 deactivated\n");
-    assert!(!turku_api(&db_path, &["deactivate", "storage", "s9"]).status.success());
+    assert_eq!(
+        stdout(&turku_api(&db_path, &["activate", "machine", UUID])),
+        "web-0 (0f4b5e0e) activated\n"
+    );
+    assert_eq!(
+        stdout(&turku_api(&db_path, &["deactivate", "storage", "s2"])),
+        "s2 deactivated\n"
+    );
+    assert!(!turku_api(&db_path, &["deactivate", "storage", "s9"])
+        .status
+        .success());
 
     let d = Db::open(&db_path).expect("db");
-    let before = db::machine_by_uuid(&d.conn(), &UUID.replace('-', "")).expect("q").expect("m").storage_id;
+    let before = db::machine_by_uuid(&d.conn(), &UUID.replace('-', ""))
+        .expect("q")
+        .expect("m")
+        .storage_id;
     drop(d);
-    let target = if before == storage_id(&db_path, "s1") { "s2" } else { "s1" };
-    assert_eq!(stdout(&turku_api(&db_path, &["move", "web-0", target])), format!("web-0 (0f4b5e0e) moved to {target}\n"));
-    assert!(!turku_api(&db_path, &["move", "web-0", target]).status.success(), "already there");
+    let target = if before == storage_id(&db_path, "s1") {
+        "s2"
+    } else {
+        "s1"
+    };
+    assert_eq!(
+        stdout(&turku_api(&db_path, &["move", "web-0", target])),
+        format!("web-0 (0f4b5e0e) moved to {target}\n")
+    );
+    assert!(
+        !turku_api(&db_path, &["move", "web-0", target])
+            .status
+            .success(),
+        "already there"
+    );
     let d = Db::open(&db_path).expect("db");
-    let after = db::machine_by_uuid(&d.conn(), &UUID.replace('-', "")).expect("q").expect("m").storage_id;
+    let after = db::machine_by_uuid(&d.conn(), &UUID.replace('-', ""))
+        .expect("q")
+        .expect("m")
+        .storage_id;
     assert_eq!(after, storage_id(&db_path, target));
+}
+
+#[test]
+fn set_filterset_feeds_merge_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_path = dir.path().join("t.sqlite3");
+    populate(&db_path);
+    let o = turku_api(
+        &db_path,
+        &[
+            "set-filterset",
+            "common",
+            "- *.tmp",
+            "+ /etc/",
+            "merge common",
+        ],
+    );
+    assert_eq!(stdout(&o), "FilterSet common (3 rules)\n");
+    let d = Db::open(&db_path).expect("db");
+    assert_eq!(
+        db::filterset_rules(&d.conn(), "common")
+            .expect("q")
+            .as_deref(),
+        Some(r#"["- *.tmp", "+ /etc/", "merge common"]"#)
+    );
+    drop(d);
+    let o = turku_api(&db_path, &["set-filterset", "--inactive", "common"]);
+    assert_eq!(stdout(&o), "FilterSet common (0 rules, inactive)\n");
+    let d = Db::open(&db_path).expect("db");
+    assert_eq!(
+        db::filterset_rules(&d.conn(), "common").expect("q"),
+        None,
+        "inactive sets are not expanded"
+    );
 }
 
 fn storage_id(db_path: &Path, name: &str) -> String {
     let d = Db::open(db_path).expect("db");
-    let s = db::storage_by_name(&d.conn(), name).expect("q").expect("storage");
+    let s = db::storage_by_name(&d.conn(), name)
+        .expect("q")
+        .expect("storage");
     s.id
 }
 
@@ -200,7 +337,11 @@ fn serve_answers_on_its_listen_address() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().expect("tempdir");
     let db_path = dir.path().join("t.sqlite3");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("probe").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe")
+        .local_addr()
+        .expect("addr")
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_turku-api"))
         .args(["serve", "--db"])
@@ -219,8 +360,28 @@ fn serve_answers_on_its_listen_address() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    child.kill().expect("kill");
-    let _ = child.wait();
+    // SIGTERM (what systemd sends) shuts it down cleanly.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().expect("wait") {
+            exited = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "serve did not exit cleanly on SIGTERM: {exited:?}"
+    );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains(r#""counts": {"auth": 0, "storage": 0, "machine": 0, "source": 0, "filter_set": 0, "backup_log": 0}"#));
 }

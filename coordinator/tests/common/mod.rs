@@ -25,7 +25,10 @@ pub struct Server {
 }
 
 pub fn fast_config() -> Config {
-    Config { hash_params: HashParams::insecure_fast(), ..Config::default() }
+    Config {
+        hash_params: HashParams::insecure_fast(),
+        ..Config::default()
+    }
 }
 
 pub async fn start() -> Server {
@@ -37,8 +40,10 @@ pub async fn start_with(config: Config) -> Server {
     let db = Db::open(&dir.path().join("turku.sqlite3")).expect("open db");
     let params = config.hash_params;
     let now = Utc::now();
-    let machine_reg = admin::auth_create(&db, AuthKind::MachineReg, None, true, params, now).expect("auth");
-    let storage_reg = admin::auth_create(&db, AuthKind::StorageReg, None, true, params, now).expect("auth");
+    let machine_reg =
+        admin::auth_create(&db, AuthKind::MachineReg, None, true, params, now).expect("auth");
+    let storage_reg =
+        admin::auth_create(&db, AuthKind::StorageReg, None, true, params, now).expect("auth");
     let state = Arc::new(AppState::new(db, config));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -70,7 +75,10 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
@@ -79,9 +87,18 @@ impl Resp {
 }
 
 /// Send one request over a fresh connection and read the whole response.
-pub async fn raw(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Resp {
+pub async fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Resp {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(ct) = content_type {
         req.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -93,17 +110,32 @@ pub async fn raw(addr: SocketAddr, method: &str, path: &str, content_type: Optio
     let text = String::from_utf8(buf).expect("utf-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("response head");
     let mut lines = head.split("\r\n");
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status line");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    Resp { status, headers, body: body.to_owned() }
+    Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// POST JSON to `/v1/<endpoint>`.
 pub async fn post(addr: SocketAddr, endpoint: &str, body: &Value) -> Resp {
-    raw(addr, "POST", &format!("/v1/{endpoint}"), Some("application/json"), body.to_string().as_bytes()).await
+    raw(
+        addr,
+        "POST",
+        &format!("/v1/{endpoint}"),
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 pub const MACHINE_UUID: &str = "0f4b5e0e-6d1f-4c8e-9a65-3f0c2b7d9e11";
@@ -149,7 +181,12 @@ pub fn machine_config(srv: &Server, with_auth: bool) -> Value {
 /// A registered storage and machine (the usual starting point).
 pub async fn registered() -> Server {
     let srv = start().await;
-    let r = post(srv.addr, "storage_update_config", &storage_config(&srv, true)).await;
+    let r = post(
+        srv.addr,
+        "storage_update_config",
+        &storage_config(&srv, true),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = post(srv.addr, "update_config", &machine_config(&srv, true)).await;
     assert_eq!(r.status, 200, "{}", r.body);
