@@ -46,8 +46,16 @@ fn state() -> &'static AppState {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, body)) = data.split_first() else { return };
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
     let endpoint = ENDPOINTS[usize::from(which) % ENDPOINTS.len()];
     let reply = handle(state(), endpoint, Some("application/json"), body);
-    assert_ne!(reply.status.as_u16(), 500, "{endpoint}: {:?} → {}", String::from_utf8_lossy(body), reply.body);
+    assert_ne!(
+        reply.status.as_u16(),
+        500,
+        "{endpoint}: {:?} → {}",
+        String::from_utf8_lossy(body),
+        reply.body
+    );
 });

@@ -97,6 +97,11 @@ impl<'a> Reader<'a> {
             }
             value |= bits << shift;
             if byte & 0x80 == 0 {
+                // Only the shortest encoding is accepted, so every value has one encoding and
+                // tree ids stay canonical.
+                if byte == 0 && shift > 0 {
+                    return self.fail("varint is not minimally encoded");
+                }
                 return Ok(value);
             }
         }
@@ -161,6 +166,13 @@ mod tests {
         assert!(Reader::new(&bytes).uvarint().is_err());
         let bytes = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
         assert!(Reader::new(&bytes).uvarint().is_err());
+    }
+
+    #[test]
+    fn non_minimal_varint_is_an_error() {
+        assert!(Reader::new(&[0x80, 0x00]).uvarint().is_err());
+        assert_eq!(Reader::new(&[0x80, 0x01]).uvarint().unwrap(), 128);
+        assert_eq!(Reader::new(&[0x00]).uvarint().unwrap(), 0);
     }
 
     #[test]

@@ -49,5 +49,7 @@ pub use writer::{chunk_lengths, FileWriter, SnapshotWriter};
 /// Decoders of on-disk bytes, exposed for fuzzing. They never panic on any input.
 pub mod decode {
     pub use crate::pack::{decode_blob, decode_trailer, BlobLocation, TrailerError};
+    /// The zstd context `decode_blob` takes.
+    pub type Decompressor = zstd::bulk::Decompressor<'static>;
     pub use crate::tree::decode as decode_tree;
 }
