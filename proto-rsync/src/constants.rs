@@ -12,8 +12,9 @@ pub const PROTOCOL_VERSION: u32 = 32;
 pub const SUBPROTOCOL_VERSION: u32 = 0;
 /// Lowest version any codec here understands; 27–29 are parameterised but not yet driven.
 pub const MIN_PROTOCOL_VERSION: u32 = 27;
-/// Lowest version the client receiver currently accepts from a peer.
-pub const MIN_SUPPORTED_SESSION_PROTOCOL: u32 = 30;
+/// Lowest version the client receiver accepts (27–29: fixed-width ints, MD4, plain
+/// client output; exercised against stock 3.5.0 forced down with our announcement).
+pub const MIN_SUPPORTED_SESSION_PROTOCOL: u32 = 27;
 /// Stock refuses peers announcing more than this (garbage detection).
 pub const MAX_PROTOCOL_VERSION: u32 = 40;
 
@@ -163,3 +164,31 @@ pub const RERR_DEL_LIMIT: i32 = 25;
 pub const CHECKSUM_NAMES: &[&str] = &["xxh128", "xxh3", "xxh64", "md5"];
 /// Daemon-auth digests we offer in our greeting.
 pub const AUTH_DIGEST_NAMES: &[&str] = &["sha512", "sha256", "sha1", "md5"];
+
+// ---- server argv of a pull (spec §2.4) ----
+
+pub const ARG_SERVER: &str = "--server";
+pub const ARG_SENDER: &str = "--sender";
+pub const ARG_NUMERIC_IDS: &str = "--numeric-ids";
+/// Fixes the session's checksum seed (`--checksum-seed=N`); testing and reproducibility.
+pub const ARG_CHECKSUM_SEED: &str = "--checksum-seed=";
+/// Mandatory "current directory" placeholder between options and paths.
+pub const ARG_DOT: &str = ".";
+/// `-a` minus `r`'s position: stock orders the cluster `l [H] o g D t p r`, then `e<info>`.
+pub const CLUSTER_LINKS: &str = "-l";
+pub const CLUSTER_HARD_LINKS: char = 'H';
+pub const CLUSTER_ARCHIVE_REST: &str = "ogDtpr";
+pub const CLUSTER_CLIENT_INFO: char = 'e';
+/// Filter rule prefix for an exclude (spec §4).
+pub const FILTER_EXCLUDE_PREFIX: &str = "- ";
+
+// ---- encodings (spec §3.4, §3.5) ----
+
+/// NDX: a negative index follows.
+pub const NDX_NEG_MARKER: u8 = 0xFF;
+/// NDX: a 2- or 4-byte form follows.
+pub const NDX_LONG_MARKER: u8 = 0xFE;
+/// Longest vstring (two length bytes with the top bit as marker).
+pub const MAX_VSTRING: usize = 0x7FFF;
+/// longint: this int32 means "an int64 follows".
+pub const LONGINT_ESCAPE: i32 = -1;

@@ -33,6 +33,11 @@ pub struct PullConfig {
     pub protocol: u32,
     /// Send an empty data frame after this much write silence (once the list is in).
     pub keepalive: Duration,
+    /// `--numeric-ids`: keep numeric owners. Without it the sender adds uid/gid name
+    /// lists, which are decoded and (for now) not used.
+    pub numeric_ids: bool,
+    /// Fix the checksum seed (`--checksum-seed=N`); `None` lets the daemon pick one.
+    pub checksum_seed: Option<i32>,
     /// Offer `v` in the client info (varint list flags and checksum negotiation, 3.2.0+).
     /// Without it the session uses byte/short list flags and md5, as with 3.0/3.1 peers.
     pub negotiate: bool,
@@ -51,6 +56,8 @@ impl PullConfig {
             protocol: crate::constants::PROTOCOL_VERSION,
             keepalive: Duration::from_secs(30),
             negotiate: true,
+            numeric_ids: true,
+            checksum_seed: None,
             limits: Limits::default(),
         }
     }
@@ -67,7 +74,8 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut args = ServerArgs::pull(&config.module, &config.path, config.hard_links);
-    args.numeric_ids = true;
+    args.numeric_ids = config.numeric_ids;
+    args.checksum_seed = config.checksum_seed;
     if !config.negotiate {
         args.client_info = args.client_info.replace('v', "");
     }
@@ -109,11 +117,13 @@ where
         neg,
         ReceiverOptions {
             hard_links: config.hard_links,
-            numeric_ids: true,
+            numeric_ids: config.numeric_ids,
             filter_rules: config.filter_rules.clone(),
             limits: config.limits.clone(),
         },
     );
+    // These bytes were counted as handshake input already; the receiver counts them again.
+    read -= inbuf.len() as u64;
     rx.feed(&inbuf)?;
     let mut out: Vec<u8> = Vec::new();
     let mut out_pos = 0usize;
@@ -138,7 +148,12 @@ where
             out = rx.take_output();
             out_pos = 0;
         }
-        let idle_deadline = last_write + config.keepalive;
+        // A daemon with `timeout = T` announces it; stay well inside it.
+        let keepalive = match rx.peer_timeout() {
+            Some(t) => config.keepalive.min(Duration::from_secs(u64::from(t.max(2)) / 2)),
+            None => config.keepalive,
+        };
+        let idle_deadline = last_write + keepalive;
         // A peer that reported an error and then closed (or reset) the connection is
         // explained by its message, not by the socket error.
         let closed = |rx: &ClientReceiver<S>, e: Error| match rx.last_error() {
@@ -184,4 +199,60 @@ where
         .await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EntryAction, FileEntry, SinkError};
+
+    struct NullSink;
+
+    impl ReceiveSink for NullSink {
+        type Basis = Vec<u8>;
+        fn entry(&mut self, _: u32, _: &FileEntry) -> Result<EntryAction, SinkError> {
+            Ok(EntryAction::Skip)
+        }
+        fn basis(&mut self, _: u32, _: &FileEntry) -> Result<Option<Vec<u8>>, SinkError> {
+            Ok(None)
+        }
+        fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn content(&mut self, _: &[u8]) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn end_content(&mut self, _: u32, _: &FileEntry, _: bool) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// The storage daemon spawns pulls on a multi-threaded runtime: with a `Send` sink the
+    /// pull future must be `Send`.
+    #[test]
+    fn pull_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (a, _b) = tokio::io::duplex(64);
+        let cfg = PullConfig::new("m");
+        let mut sink = NullSink;
+        let fut = pull(a, &cfg, &mut sink);
+        assert_send(&fut);
+    }
+
+    /// A peer that closes during the greeting yields a clean error, not a hang.
+    #[tokio::test]
+    async fn eof_during_handshake() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let server = tokio::spawn(async move {
+            b.write_all(b"@RSYNCD: 31.0\n").await?;
+            let mut buf = [0u8; 256];
+            let _ = b.read(&mut buf).await?;
+            drop(b);
+            Ok::<_, std::io::Error>(())
+        });
+        let mut sink = NullSink;
+        let r = pull(a, &PullConfig::new("m"), &mut sink).await;
+        assert!(matches!(r, Err(Error::UnexpectedEof(_)) | Err(Error::Io(_))), "{r:?}");
+        server.await.expect("join").expect("server io");
+    }
 }

@@ -1,4 +1,4 @@
-//! The rsync wire protocol (versions 30–32 driven, 27–29 kept possible in every codec), as a
+//! The rsync wire protocol (client receiver tested against stock 3.5.0 at versions 27–32), as a
 //! sans-io core plus a thin tokio adapter.
 //!
 //! Order of operations of a pull (client receiver over the daemon protocol):
@@ -12,6 +12,24 @@
 //!
 //! Codecs live in [`codec`]; each returns [`Decoded::Incomplete`] on partial input and
 //! bounds wire lengths with [`Limits`]. Every wire constant is in [`constants`].
+//!
+//! A pull with the tokio adapter (feature `tokio`), against any `AsyncRead + AsyncWrite`:
+//!
+//! ```no_run
+//! # #[cfg(feature = "tokio")]
+//! # async fn demo<S: turku_proto_rsync::ReceiveSink>(sink: &mut S) -> Result<(), turku_proto_rsync::Error> {
+//! use turku_proto_rsync::io::{pull, PullConfig};
+//! let stream = tokio::net::TcpStream::connect("127.0.0.1:873").await?;
+//! let mut cfg = PullConfig::new("module");
+//! cfg.user = "backup".into();
+//! cfg.password = Some(b"secret".to_vec());
+//! cfg.filter_rules = vec!["- *.tmp".into()];
+//! let outcome = pull(stream, &cfg, sink).await?;
+//! // 0 and 24 (files vanished during the run) count as success, as in the original Turku.
+//! assert!(outcome.is_success());
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```
 //! use turku_proto_rsync::codec::prim::{put_varint, decode_varint};

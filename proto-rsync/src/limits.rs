@@ -32,7 +32,7 @@ impl Default for Limits {
             max_name: crate::constants::MAXPATHLEN - 1,
             max_symlink: crate::constants::MAXPATHLEN - 1,
             max_entries: 50_000_000,
-            max_vstring: 0x7FFF,
+            max_vstring: crate::constants::MAX_VSTRING,
             // 4 GiB per 700-byte block bound; at most 2^31 / 128 KiB blocks at large sizes.
             max_blocks: 1 << 24,
             max_literal: 1 << 24,

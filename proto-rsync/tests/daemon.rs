@@ -95,9 +95,38 @@ impl Daemon {
 
     async fn pull(&self, cfg: &PullConfig, sink: &mut DirSink) -> Result<Outcome, Error> {
         let s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+        let _dog = Watchdog::arm(Duration::from_secs(180));
         tokio::time::timeout(Duration::from_secs(120), pull(s, cfg, sink))
             .await
             .unwrap_or_else(|_| panic!("pull timed out; daemon log:\n{}", self.log()))
+    }
+}
+
+/// Aborts the test process if a pull spins without yielding (a tokio timeout cannot fire
+/// then), so a livelock fails loudly instead of hanging CI.
+struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    fn arm(limit: Duration) -> Watchdog {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d = done.clone();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !d.load(std::sync::atomic::Ordering::Relaxed) {
+                if start.elapsed() > limit {
+                    eprintln!("watchdog: pull did not finish within {limit:?}");
+                    std::process::abort();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -420,21 +449,35 @@ async fn full_pull(protocol: u32) {
 }
 
 async fn full_pull_with(protocol: u32, negotiate: bool) {
+    full_pull_opts(protocol, negotiate, true).await;
+}
+
+async fn full_pull_opts(protocol: u32, negotiate: bool, numeric_ids: bool) {
     let src = tempfile::tempdir().expect("src");
     let dst = tempfile::tempdir().expect("dst");
     build_tree(src.path());
+    if protocol < 30 {
+        // Below 30 mtimes are unsigned 32-bit seconds: a pre-1970 time cannot travel.
+        fs::remove_file(src.path().join("old")).expect("rm old");
+    }
     let d = Daemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("pub", protocol);
     cfg.negotiate = negotiate;
+    cfg.numeric_ids = numeric_ids;
     let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", d.log()));
     sink.finish();
     assert_eq!(o.protocol, protocol);
     assert_eq!(o.exit_code, 0, "outcome: {o:?}");
     assert!(o.failed.is_empty());
-    assert_eq!(o.checksum, if negotiate { "xxh128" } else { "md5" });
+    let want_sum = match (negotiate, protocol) {
+        (_, p) if p < 30 => "md4",
+        (true, _) => "xxh128",
+        (false, _) => "md5",
+    };
+    assert_eq!(o.checksum, want_sum);
     assert_eq!(o.motd.first().map(String::as_str), Some("Welcome to the test daemon"));
-    assert!(o.files_received >= 15, "{o:?}");
+    assert!(o.files_received >= 14, "{o:?}");
     assert_eq!(o.matched_bytes, 0);
     assert!(o.literal_bytes > 3_000_000);
     assert!(o.wire_bytes_read > o.literal_bytes);
@@ -457,6 +500,23 @@ async fn pull_full_tree_protocol_30() {
     full_pull(30).await;
 }
 
+/// Protocols 27–29 (macOS openrsync and rsync 2.6.x territory): fixed-width integers,
+/// MD4 with the seed, unmultiplexed client output, newline-separated argv.
+#[tokio::test]
+async fn pull_full_tree_protocol_29() {
+    full_pull(29).await;
+}
+
+#[tokio::test]
+async fn pull_full_tree_protocol_28() {
+    full_pull(28).await;
+}
+
+#[tokio::test]
+async fn pull_full_tree_protocol_27() {
+    full_pull(27).await;
+}
+
 /// Without `v`: byte/short file-list flags and implicit md5 with the seed-first fix, the
 /// path 3.0.x/3.1.x peers take.
 #[tokio::test]
@@ -467,6 +527,14 @@ async fn pull_full_tree_without_negotiation_md5() {
 #[tokio::test]
 async fn pull_full_tree_protocol_30_without_negotiation() {
     full_pull_with(30, false).await;
+}
+
+/// Without `--numeric-ids` the sender appends uid and gid name lists (with the id-0 names
+/// of `CF_ID0_NAMES`) after the file list.
+#[tokio::test]
+async fn pull_full_tree_with_id_name_lists() {
+    full_pull_opts(32, true, false).await;
+    full_pull_opts(30, false, false).await;
 }
 
 #[tokio::test]
@@ -492,6 +560,35 @@ async fn checksum_mismatch_is_redone() {
     assert_eq!(o.exit_code, 0);
     assert!(o.matched_bytes > 0);
     assert_eq!(fs::read(dst.path().join("f")).expect("read"), data);
+}
+
+/// Negative seeds are sign-extended into xxhash's 64-bit seed and hashed first by md5:
+/// a wrong placement or extension would make every block miss.
+#[tokio::test]
+async fn delta_with_fixed_negative_seed_matches_blocks() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    let data = pseudo_random(500_000, 21);
+    write_file(&src.path().join("f"), &data, 0o644, when);
+    let d = Daemon::start(src.path());
+    for (protocol, negotiate, sum) in [(32, true, "xxh128"), (32, false, "md5"), (29, false, "md4")] {
+        let mut old = data.clone();
+        old[1000..1100].fill(1);
+        write_file(&dst.path().join("f"), &old, 0o644, when - Duration::from_secs(5));
+        let mut sink = DirSink::new(dst.path());
+        let mut cfg = config("pub", protocol);
+        cfg.negotiate = negotiate;
+        cfg.checksum_seed = Some(-123_456_789);
+        let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+        sink.finish();
+        assert_eq!(o.checksum, sum);
+        assert_eq!(o.checksum_seed, -123_456_789);
+        assert_eq!(o.exit_code, 0);
+        assert_eq!(o.redone, 0);
+        assert!(o.matched_bytes >= 500_000 - 2 * 708, "{sum}: {o:?}");
+        assert_eq!(fs::read(dst.path().join("f")).expect("read"), data);
+    }
 }
 
 #[tokio::test]
@@ -528,26 +625,30 @@ async fn second_pull_sends_only_the_delta() {
 #[tokio::test]
 async fn hard_links_with_dash_h() {
     let src = tempfile::tempdir().expect("src");
-    let dst = tempfile::tempdir().expect("dst");
     fs::create_dir(src.path().join("d")).expect("mkdir");
     write_file(&src.path().join("a"), &pseudo_random(10_000, 3), 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 1));
     fs::hard_link(src.path().join("a"), src.path().join("d/b")).expect("link");
     fs::hard_link(src.path().join("a"), src.path().join("z")).expect("link");
     write_file(&src.path().join("single"), b"x", 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 1));
     let d = Daemon::start(src.path());
-    let mut sink = DirSink::new(dst.path());
-    let mut cfg = config("pub", 32);
-    cfg.hard_links = true;
-    let o = d.pull(&cfg, &mut sink).await.expect("pull");
-    sink.finish();
-    assert_eq!(o.exit_code, 0);
-    assert_eq!(o.files_requested, 2, "one leader and the single file: {o:?}");
-    let ino = |p: &str| fs::metadata(dst.path().join(p)).expect("stat").ino();
-    assert_eq!(ino("a"), ino("d/b"));
-    assert_eq!(ino("a"), ino("z"));
-    assert_ne!(ino("a"), ino("single"));
-    assert_eq!(fs::metadata(dst.path().join("a")).expect("stat").nlink(), 3);
-    assert_same_tree(src.path(), dst.path());
+    // 30+ send "index of the first member"; 28–29 send dev/ino for linked files only, 27
+    // for every file.
+    for protocol in [32, 30, 29, 28, 27] {
+        let dst = tempfile::tempdir().expect("dst");
+        let mut sink = DirSink::new(dst.path());
+        let mut cfg = config("pub", protocol);
+        cfg.hard_links = true;
+        let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{protocol}: {e}: {}", d.log()));
+        sink.finish();
+        assert_eq!(o.exit_code, 0);
+        assert_eq!(o.files_requested, 2, "one leader and the single file at {protocol}: {o:?}");
+        let ino = |p: &str| fs::metadata(dst.path().join(p)).expect("stat").ino();
+        assert_eq!(ino("a"), ino("d/b"));
+        assert_eq!(ino("a"), ino("z"));
+        assert_ne!(ino("a"), ino("single"));
+        assert_eq!(fs::metadata(dst.path().join("a")).expect("stat").nlink(), 3);
+        assert_same_tree_ns(src.path(), dst.path(), protocol >= 31);
+    }
 }
 
 #[tokio::test]
@@ -743,4 +844,199 @@ async fn device_nodes_arrive_with_their_numbers() {
         assert_eq!(find(b"big").rdev, Some((300, 70000)));
         assert_eq!(o.files_requested, 0);
     }
+}
+
+/// Counts content without storing it: for the >4 GiB test.
+#[derive(Default)]
+struct CountingSink {
+    bytes: u64,
+    tail: Vec<u8>,
+    verified: Vec<(String, u64, bool)>,
+    /// Runs once when this many content bytes have arrived.
+    trigger: Option<(u64, Box<dyn FnMut()>)>,
+}
+
+impl ReceiveSink for CountingSink {
+    type Basis = Vec<u8>;
+    fn entry(&mut self, _: u32, _: &FileEntry) -> Result<EntryAction, SinkError> {
+        Ok(EntryAction::Transfer)
+    }
+    fn basis(&mut self, _: u32, _: &FileEntry) -> Result<Option<Vec<u8>>, SinkError> {
+        Ok(None)
+    }
+    fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), SinkError> {
+        self.bytes = 0;
+        self.tail.clear();
+        Ok(())
+    }
+    fn content(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        self.bytes += data.len() as u64;
+        if let Some((at, f)) = self.trigger.as_mut() {
+            if self.bytes >= *at {
+                f();
+                self.trigger = None;
+            }
+        }
+        self.tail.extend_from_slice(data);
+        let keep = self.tail.len().saturating_sub(16);
+        self.tail.drain(..keep);
+        Ok(())
+    }
+    fn end_content(&mut self, _: u32, e: &FileEntry, verified: bool) -> Result<(), SinkError> {
+        self.verified.push((e.name_lossy(), self.bytes, verified));
+        Ok(())
+    }
+}
+
+/// A sparse file just over 4 GiB: 64-bit sizes and offsets end to end, streamed (the sink
+/// never holds more than a read's worth), verified by the whole-file checksum.
+#[tokio::test]
+async fn file_over_4_gib_streams_and_verifies() {
+    let src = tempfile::tempdir().expect("src");
+    let len: u64 = (4 << 30) + 12345;
+    let f = fs::File::create(src.path().join("huge")).expect("create");
+    f.set_len(len).expect("sparse");
+    f.write_all_at(b"THE-END-MARKER!!", len - 16).expect("marker");
+    drop(f);
+    let d = Daemon::start(src.path());
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port)).await.expect("connect");
+    let mut sink = CountingSink::default();
+    let cfg = config("pub", 32);
+    let t0 = std::time::Instant::now();
+    let _dog = Watchdog::arm(Duration::from_secs(400));
+    let o = tokio::time::timeout(Duration::from_secs(300), pull(s, &cfg, &mut sink))
+        .await
+        .expect("timed out")
+        .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("pulled {len} bytes in {secs:.2} s ({:.0} MiB/s)", len as f64 / secs / 1048576.0);
+    assert_eq!(o.exit_code, 0);
+    assert_eq!(sink.verified, [("huge".to_string(), len, true)]);
+    assert_eq!(sink.tail, b"THE-END-MARKER!!");
+    assert_eq!(o.literal_bytes, len);
+    assert!(o.wire_bytes_read > len);
+}
+
+/// Process ids of the children of `pid` (the daemon's per-connection workers).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(c) = fs::read_to_string(t.path().join("children")) {
+                out.extend(c.split_whitespace().filter_map(|x| x.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// The daemon dies mid-transfer: the pull ends with a clean error, not a hang or a panic,
+/// and the sink never sees the file as complete.
+#[tokio::test]
+async fn daemon_killed_mid_transfer_is_a_clean_error() {
+    let src = tempfile::tempdir().expect("src");
+    let f = fs::File::create(src.path().join("big")).expect("create");
+    f.set_len(1 << 30).expect("sparse");
+    drop(f);
+    let mut d = Daemon::start(src.path());
+    let daemon_pid = d.child.id();
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port)).await.expect("connect");
+    let mut sink = CountingSink {
+        trigger: Some((
+            8 << 20,
+            Box::new(move || {
+                // Kill the worker serving us (a child we started, by its id).
+                for pid in children_of(daemon_pid) {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                }
+            }),
+        )),
+        ..CountingSink::default()
+    };
+    let _dog = Watchdog::arm(Duration::from_secs(120));
+    let r = tokio::time::timeout(Duration::from_secs(60), pull(s, &config("pub", 32), &mut sink)).await.expect("must not hang");
+    let _ = d.child.kill();
+    match r {
+        Err(Error::UnexpectedEof(_)) | Err(Error::Io(_)) => {}
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+    assert!(sink.verified.is_empty(), "no file may be reported complete");
+    assert!(sink.bytes >= 8 << 20);
+}
+
+/// A path below the module: `mod/sub/` transfers the directory's contents.
+#[tokio::test]
+async fn pull_subdirectory_of_module() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    build_tree(src.path());
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    let mut cfg = config("pub", 32);
+    cfg.path = "deep/a/".into();
+    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    sink.finish();
+    assert_eq!(o.exit_code, 0);
+    assert_eq!(o.files_received, 1);
+    assert_same_tree(&src.path().join("deep/a"), dst.path());
+}
+
+/// Every file has a basis and changed content: block sums stream out while literal data
+/// streams in, far beyond socket buffer sizes in both directions at once.
+#[tokio::test]
+async fn delta_heavy_pull_does_not_deadlock() {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    let files = 300;
+    for i in 0..files {
+        write_file(&src.path().join(format!("f{i:03}")), &pseudo_random(100_000, i), 0o644, when);
+    }
+    let d = Daemon::start(src.path());
+    let mut sink = DirSink::new(dst.path());
+    d.pull(&config("pub", 32), &mut sink).await.expect("first pull");
+    sink.finish();
+    for i in 0..files {
+        let mut data = pseudo_random(100_000, i);
+        let at = (i as usize * 317) % 90_000;
+        data[at..at + 10_000].copy_from_slice(&pseudo_random(10_000, 1000 + i));
+        write_file(&src.path().join(format!("f{i:03}")), &data, 0o644, when + Duration::from_secs(1));
+    }
+    let mut sink = DirSink::new(dst.path());
+    let o = d.pull(&config("pub", 32), &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    sink.finish();
+    assert_eq!(o.files_received, files);
+    assert_eq!(o.exit_code, 0);
+    assert!(o.matched_bytes > files * 70_000, "{o:?}");
+    assert!(o.wire_bytes_written > 250_000, "block sums for every file: {o:?}");
+    assert_same_tree(src.path(), dst.path());
+}
+
+/// 100 000 small files in one list: list decoding, sorting, 100k pipelined requests and
+/// replies, all in one session (content counted, not stored).
+#[tokio::test]
+async fn hundred_thousand_small_files() {
+    let src = tempfile::tempdir().expect("src");
+    for d in 0..100 {
+        let dir = src.path().join(format!("d{d:02}"));
+        fs::create_dir(&dir).expect("mkdir");
+        for f in 0..1000 {
+            fs::write(dir.join(format!("{f:04}")), format!("{d}/{f}")).expect("write");
+        }
+    }
+    let d = Daemon::start(src.path());
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port)).await.expect("connect");
+    let mut sink = CountingSink::default();
+    let _dog = Watchdog::arm(Duration::from_secs(300));
+    let t0 = std::time::Instant::now();
+    let o = tokio::time::timeout(Duration::from_secs(240), pull(s, &config("pub", 32), &mut sink))
+        .await
+        .expect("timed out")
+        .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    eprintln!("100k files pulled in {:.2} s", t0.elapsed().as_secs_f64());
+    assert_eq!(o.exit_code, 0);
+    assert_eq!(o.entries, 100_101);
+    assert_eq!(o.files_received, 100_000);
+    assert_eq!(sink.verified.len(), 100_000);
+    assert!(sink.verified.iter().all(|v| v.2));
 }

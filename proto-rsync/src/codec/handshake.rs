@@ -223,6 +223,26 @@ mod tests {
         assert_eq!(auth_response(AuthDigest::Md5, b"pw", "c").len(), 22);
     }
 
+    #[test]
+    fn auth_responses_match_reference_digests() {
+        // Computed independently (Python hashlib, base64 without padding).
+        let cases = [
+            (AuthDigest::Sha512, "cteeSQ6PVVshP8Vcy5dcLLWULmSGhS94o2+/MdqcsLZY8Vzxtzm1bkTyqaOv7QKL7zxxcZM7XXIL9qUMocA8Sg"),
+            (AuthDigest::Sha256, "S0h1g+kHuzi25V7oFitNUODKVhtBj8EEYCQOZra+pJk"),
+            (AuthDigest::Sha1, "TTimTGl3DmNGTanwa0BuSTZS5rk"),
+            (AuthDigest::Md5, "P1p7Rl1/QsYdPMXRQDLCPA"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(auth_response(d, b"s3cret", "challenge123"), want, "{d:?}");
+        }
+        // RFC 1320: MD4("abc") = a448017aaf21d8525fc10ae87aa6729d.
+        assert_eq!(auth_response(AuthDigest::Md4, b"a", "bc"), "pEgBeq8h2FJfwQroeqZynQ");
+        // The old form hashes four zero bytes first.
+        let mut h = Md4::new();
+        h.update([0u8, 0, 0, 0, b'a', b'b', b'c']);
+        assert_eq!(auth_response(AuthDigest::Md4Old, b"a", "bc"), STANDARD_NO_PAD.encode(h.finalize()));
+    }
+
     proptest! {
         #[test]
         fn greeting_roundtrip(p in 20u32..=40, sub in 0u32..5, d in proptest::option::of(proptest::collection::vec("[a-z0-9]{1,8}", 1..5))) {

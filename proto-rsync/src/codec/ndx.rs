@@ -2,7 +2,7 @@
 //! encoding from 30 on with separate running state for non-negative and negative values.
 
 use super::prim::{put_i32, run, Decoded};
-use crate::constants::NDX_DONE;
+use crate::constants::{NDX_DONE, NDX_LONG_MARKER, NDX_NEG_MARKER};
 use crate::error::DecodeError;
 
 /// One direction's running NDX state. Writer and reader each keep their own copy; it lives
@@ -34,7 +34,7 @@ impl NdxCodec {
             self.prev_pos = ndx;
             (ndx, p)
         } else {
-            out.push(0xFF);
+            out.push(NDX_NEG_MARKER);
             let v = ndx.saturating_neg();
             let p = self.prev_neg;
             self.prev_neg = v;
@@ -44,11 +44,11 @@ impl NdxCodec {
         if (1..=253).contains(&diff) {
             out.push(diff as u8);
         } else if (0..=32767).contains(&diff) {
-            out.push(0xFE);
+            out.push(NDX_LONG_MARKER);
             out.push((diff >> 8) as u8);
             out.push((diff & 0xFF) as u8);
         } else {
-            out.push(0xFE);
+            out.push(NDX_LONG_MARKER);
             out.push(0x80 | (v >> 24) as u8);
             out.push((v & 0xFF) as u8);
             out.push(((v >> 8) & 0xFF) as u8);
@@ -67,12 +67,12 @@ impl NdxCodec {
             if b == 0 {
                 return Ok((NDX_DONE, None));
             }
-            let neg = b == 0xFF;
+            let neg = b == NDX_NEG_MARKER;
             if neg {
                 b = c.u8()?;
             }
             let prev = if neg { prev_neg } else { prev_pos };
-            let v: i64 = if b == 0xFE {
+            let v: i64 = if b == NDX_LONG_MARKER {
                 let hi = c.bytes(2)?;
                 if hi[0] & 0x80 != 0 {
                     let lo = c.bytes(2)?;

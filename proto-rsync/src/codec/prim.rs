@@ -1,6 +1,7 @@
 //! Primitive encodings (spec §3.4): fixed ints, varint, varlong, longint, vstring, plus the
 //! cursor every decoder in this crate is written against.
 
+use crate::constants::{LONGINT_ESCAPE, MAX_VSTRING};
 use crate::error::DecodeError;
 
 /// The outcome of decoding from a possibly partial buffer.
@@ -150,7 +151,7 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn longint(&mut self) -> R<i64> {
         let v = self.i32()?;
-        if v != -1 {
+        if v != LONGINT_ESCAPE {
             return Ok(i64::from(v));
         }
         self.i64()
@@ -246,7 +247,7 @@ pub fn put_longint(out: &mut Vec<u8>, v: i64) {
     if (0..=0x7FFF_FFFF).contains(&v) {
         put_i32(out, v as i32);
     } else {
-        put_i32(out, -1);
+        put_i32(out, LONGINT_ESCAPE);
         out.extend_from_slice(&v.to_le_bytes());
     }
 }
@@ -269,7 +270,7 @@ pub fn put_varlong30(out: &mut Vec<u8>, protocol: u32, v: i64, min: usize) {
 
 /// Writes a vstring; `s` must be at most 0x7FFF bytes (callers only pass short lists).
 pub fn put_vstring(out: &mut Vec<u8>, s: &[u8]) {
-    let len = s.len().min(0x7FFF);
+    let len = s.len().min(MAX_VSTRING);
     if len > 0x7F {
         out.push(0x80 | (len >> 8) as u8);
         out.push((len & 0xFF) as u8);

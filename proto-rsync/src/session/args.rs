@@ -1,7 +1,7 @@
 //! The argv a stock client sends to the daemon, and the filter list (spec §2.4, §4).
 
 use crate::codec::prim::put_i32;
-use crate::constants::CLIENT_INFO_NO_INC_RECURSE;
+use crate::constants::*;
 
 /// What the server is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct ServerArgs {
     pub path: String,
     /// Capability letters after `-e` (only sent at protocol ≥30).
     pub client_info: String,
+    /// Ask the server to use this checksum seed instead of a time-based one.
+    pub checksum_seed: Option<i32>,
 }
 
 impl ServerArgs {
@@ -26,26 +28,31 @@ impl ServerArgs {
             module: module.to_owned(),
             path: path.to_owned(),
             client_info: CLIENT_INFO_NO_INC_RECURSE.to_owned(),
+            checksum_seed: None,
         }
     }
 
     /// The argv of `rsync -a --numeric-ids [-H] --no-inc-recursive rsync://h/mod/path`, as the
     /// server sees it (without argv[0]).
     pub fn argv(&self, protocol: u32) -> Vec<String> {
-        let mut cluster = String::from("-l");
+        let mut cluster = String::from(CLUSTER_LINKS);
         if self.hard_links {
-            cluster.push('H');
+            cluster.push(CLUSTER_HARD_LINKS);
         }
-        cluster.push_str("ogDtpr");
+        cluster.push_str(CLUSTER_ARCHIVE_REST);
         if protocol >= 30 {
-            cluster.push('e');
+            // Client capabilities ride as the argument of `e`, last in the cluster.
+            cluster.push(CLUSTER_CLIENT_INFO);
             cluster.push_str(&self.client_info);
         }
-        let mut v = vec!["--server".to_owned(), "--sender".to_owned(), cluster];
-        if self.numeric_ids {
-            v.push("--numeric-ids".to_owned());
+        let mut v = vec![ARG_SERVER.to_owned(), ARG_SENDER.to_owned(), cluster];
+        if let Some(seed) = self.checksum_seed {
+            v.push(format!("{ARG_CHECKSUM_SEED}{seed}"));
         }
-        v.push(".".to_owned());
+        if self.numeric_ids {
+            v.push(ARG_NUMERIC_IDS.to_owned());
+        }
+        v.push(ARG_DOT.to_owned());
         let path = self.path.trim_start_matches('/');
         let mut p = format!("{}/{}", self.module, path);
         if !p.ends_with('/') && path.is_empty() {
@@ -81,7 +88,7 @@ pub fn encode_filter_list(rules: &[String], out: &mut Vec<u8>) {
 
 /// The rule for an exclude pattern.
 pub fn exclude_rule(pattern: &str) -> String {
-    format!("- {pattern}")
+    format!("{FILTER_EXCLUDE_PREFIX}{pattern}")
 }
 
 #[cfg(test)]

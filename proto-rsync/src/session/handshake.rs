@@ -295,7 +295,7 @@ mod tests {
         let mut h = ClientHandshake::new(opts(None)).unwrap();
         assert!(matches!(h.feed(b"@RSYNCD: 31.0\n@RSYNCD: AUTHREQD x\n"), Err(Error::PasswordRequired)));
         let mut h = ClientHandshake::new(opts(None)).unwrap();
-        assert!(matches!(h.feed(b"@RSYNCD: 29\n"), Err(Error::UnsupportedProtocol(29))));
+        assert!(matches!(h.feed(b"@RSYNCD: 26\n"), Err(Error::UnsupportedProtocol(26))));
     }
 
     #[test]

@@ -60,7 +60,12 @@ pub enum MessageKind {
 /// again in the redo phase. Calls never overlap (one `&mut self`).
 ///
 /// Hard-link followers (`HardLink::Follower { first }`, where `first` is the leader's
-/// *sorted* index here) are never transferred: link them to the leader's content.
+/// *sorted* index here) are never transferred: link them to the leader's content. A leader
+/// may sort after its followers, so link once the run is over. Below protocol 30 groups
+/// travel as (dev, ino); they are delivered in the same Leader/Follower form.
+///
+/// The sink is called from the task driving the connection: a call that blocks for longer
+/// than the peer's I/O timeout stalls keep-alives too.
 pub trait ReceiveSink {
     type Basis: Basis;
 
@@ -117,6 +122,8 @@ pub struct Outcome {
     pub protocol: u32,
     /// Negotiated transfer checksum name.
     pub checksum: String,
+    /// The session's checksum seed as sent by the server.
+    pub checksum_seed: i32,
     /// Entries in the file list (after clearing duplicates).
     pub entries: u64,
     /// Regular files whose content was requested (first pass).

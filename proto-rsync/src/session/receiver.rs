@@ -67,8 +67,18 @@ enum Gen {
     Idle,
     /// Phase 0: next sorted index to consider.
     Files(usize),
+    /// Phase 1: re-requesting the files queued in `redo_queue`.
+    Redo,
     /// Sent the DONE closing a phase; waiting for the sender's echo.
     Waiting,
+}
+
+/// A request whose block sums are partly written.
+#[derive(Debug)]
+struct SigJob<B> {
+    basis: B,
+    head: SumHead,
+    next: u32,
 }
 
 /// Status after a [`ClientReceiver::step`].
@@ -99,6 +109,10 @@ pub struct ClientReceiver<S: ReceiveSink> {
     cleared: Vec<bool>,
     state: Vec<FileState>,
     redo: Vec<u32>,
+    redo_queue: Vec<u32>,
+    /// Block sums of the current request still to be sent; big bases are summed a slice
+    /// at a time so input keeps flowing.
+    sig: Option<SigJob<S::Basis>>,
     rx: Rx<S::Basis>,
     gen: Gen,
     phase: u32,
@@ -106,6 +120,7 @@ pub struct ClientReceiver<S: ReceiveSink> {
     last_error: String,
     outcome: Outcome,
     flist_done: bool,
+    peer_timeout: Option<u32>,
 }
 
 impl<S: ReceiveSink> ClientReceiver<S> {
@@ -127,6 +142,8 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             cleared: Vec::new(),
             state: Vec::new(),
             redo: Vec::new(),
+            redo_queue: Vec::new(),
+            sig: None,
             rx: Rx::FileList,
             gen: Gen::Idle,
             phase: 0,
@@ -135,10 +152,12 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             outcome: Outcome {
                 protocol: p,
                 checksum: neg.checksum.name().to_owned(),
+                checksum_seed: neg.seed,
                 motd: neg.motd.clone(),
                 ..Outcome::default()
             },
             flist_done: false,
+            peer_timeout: None,
             neg,
             opts,
         };
@@ -175,9 +194,18 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     }
 
     /// Queues an empty data frame: the keep-alive stock 3.1+ uses.
+    /// Does nothing below protocol 30, where our output is not multiplexed.
     pub fn keepalive(&mut self) {
+        if self.neg.protocol < 30 {
+            return;
+        }
         self.flush_pending();
         encode_frame(MsgTag::Data, &[], &mut self.out);
+    }
+
+    /// The I/O timeout the peer announced (`MSG_IO_TIMEOUT`), in seconds.
+    pub fn peer_timeout(&self) -> Option<u32> {
+        self.peer_timeout
     }
 
     /// The last error text the peer sent, if any: explains an abrupt close.
@@ -230,7 +258,12 @@ impl<S: ReceiveSink> ClientReceiver<S> {
 
     fn flush_pending(&mut self) {
         if !self.pending.is_empty() {
-            encode_data(&self.pending, &mut self.out);
+            // Below 30 a client receiver's output is a plain byte stream (spec §3.6).
+            if self.neg.protocol >= 30 {
+                encode_data(&self.pending, &mut self.out);
+            } else {
+                self.out.extend_from_slice(&self.pending);
+            }
             self.pending.clear();
         }
     }
@@ -254,7 +287,13 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                     sink.message(kind, &text);
                 }
                 InMsg::IoError(bits) => self.outcome.io_error |= bits & IOERR_KNOWN_BITS,
-                InMsg::IoTimeout(secs) => tracing::debug!(secs, "peer announced its I/O timeout"),
+                InMsg::IoTimeout(secs) => {
+                    tracing::debug!(secs, "peer announced its I/O timeout");
+                    // Like 3.5.0, ignore nonsense values; only ever shorten our interval.
+                    if (1..=86_400).contains(&secs) {
+                        self.peer_timeout = Some(secs as u32);
+                    }
+                }
                 InMsg::NoSend(ndx) => {
                     let i = usize::try_from(ndx).ok().filter(|&i| i < self.entries.len());
                     let i = i.ok_or(DecodeError::BadNdx(ndx.into()))?;
@@ -301,7 +340,6 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         loop {
             let p = self.neg.protocol;
             let lim = self.opts.limits.clone();
-            let before = self.data_pos;
             let rx = std::mem::replace(&mut self.rx, Rx::Finished);
             let next = match rx {
                 Rx::FileList => {
@@ -373,7 +411,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                         Decoded::Complete { value, consumed } => {
                             self.ndx_in = codec;
                             self.data_pos += consumed;
-                            self.on_ndx(sink, value)?
+                            self.on_ndx(value)?
                         }
                     }
                 }
@@ -532,9 +570,6 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             if matches!(self.rx, Rx::Finished) {
                 return Ok(true);
             }
-            // A state change that consumed nothing (e.g. a zero-length literal boundary) is
-            // still progress; loop until input runs out.
-            let _ = before;
         }
     }
 
@@ -556,6 +591,27 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             }
             validate_name(&e)?;
             entries.push(e);
+        }
+        // Below 30 groups are identified by (dev, ino): present them like 30+ groups, the
+        // first member in sorted order leading, so sinks see one model.
+        let mut groups: std::collections::HashMap<(i64, i64), u32> = std::collections::HashMap::new();
+        let mut sizes: std::collections::HashMap<(i64, i64), u32> = std::collections::HashMap::new();
+        for e in &entries {
+            if let HardLink::DevIno { dev, ino } = e.hard_link {
+                *sizes.entry((dev, ino)).or_default() += 1;
+            }
+        }
+        for (i, e) in entries.iter_mut().enumerate() {
+            if let HardLink::DevIno { dev, ino } = e.hard_link {
+                e.hard_link = if sizes.get(&(dev, ino)).copied().unwrap_or(0) < 2 {
+                    HardLink::None
+                } else if let Some(&first) = groups.get(&(dev, ino)) {
+                    HardLink::Follower { first }
+                } else {
+                    groups.insert((dev, ino), i as u32);
+                    HardLink::Leader
+                };
+            }
         }
         // Later duplicates are cleared but keep their slot so indexes stay aligned.
         let mut cleared = vec![false; entries.len()];
@@ -588,7 +644,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         }
     }
 
-    fn on_ndx(&mut self, sink: &mut S, ndx: i32) -> Result<Rx<S::Basis>, Error> {
+    fn on_ndx(&mut self, ndx: i32) -> Result<Rx<S::Basis>, Error> {
         let p = self.neg.protocol;
         if ndx == NDX_DONE {
             self.phase += 1;
@@ -597,13 +653,16 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                 return Ok(Rx::Stats);
             }
             if self.phase == 1 {
-                // The sender finished phase 0, so every verification failure is known now.
-                for ndx in std::mem::take(&mut self.redo) {
-                    self.request(sink, ndx, true)?;
-                    self.outcome.redone += 1;
-                }
+                // The sender finished phase 0, so every verification failure is known now;
+                // the generator re-requests them and closes phase 1 itself.
+                let mut q = std::mem::take(&mut self.redo);
+                q.reverse();
+                self.outcome.redone += q.len() as u64;
+                self.redo_queue = q;
+                self.gen = Gen::Redo;
+            } else {
+                self.send_ndx(NDX_DONE);
             }
-            self.send_ndx(NDX_DONE);
             return Ok(Rx::ExpectNdx);
         }
         if ndx < 0 {
@@ -625,8 +684,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     fn request(&mut self, sink: &mut S, ndx: u32, redo: bool) -> Result<(), Error> {
         let p = self.neg.protocol;
         let kind = self.neg.checksum;
-        let seed = self.neg.seed;
-        let mut basis = sink.basis(ndx, &self.entries[ndx as usize]).map_err(Error::Sink)?;
+        let basis = sink.basis(ndx, &self.entries[ndx as usize]).map_err(Error::Sink)?;
         let head = match &basis {
             Some(b) if !b.is_empty() => SumHead::for_basis(b.len(), p, kind.len(), redo),
             _ => SumHead::default(),
@@ -645,16 +703,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         let mut h = Vec::with_capacity(16);
         head.encode(p, &mut h);
         self.send(&h);
-        if let Some(b) = basis.as_mut().filter(|_| head.count > 0) {
-            let mut block = vec![0u8; head.blength as usize];
-            let mut sig = Vec::with_capacity(4 + head.s2length as usize);
-            for k in 0..head.count {
-                let len = head.block_len(k) as usize;
-                b.read_at(u64::from(k) * u64::from(head.blength), &mut block[..len]).map_err(Error::Sink)?;
-                sig.clear();
-                write_block_signature(&block[..len], kind, seed, head.s2length as usize, &mut sig);
-                self.send(&sig);
-            }
+        if let Some(b) = basis.filter(|_| head.count > 0) {
+            self.sig = Some(SigJob { basis: b, head, next: 0 });
+            self.pump_signature()?;
         }
         self.state[ndx as usize] = FileState::Requested;
         Ok(())
@@ -698,38 +749,83 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         Ok(())
     }
 
-    fn step_gen(&mut self, sink: &mut S) -> Result<bool, Error> {
-        let Gen::Files(mut next) = self.gen else {
-            return Ok(false);
-        };
-        let mut progressed = false;
-        while next < self.entries.len() && self.out.len() + self.pending.len() < OUTPUT_HIGH_WATER {
-            let i = next;
-            next += 1;
-            progressed = true;
-            if self.cleared[i] {
-                continue;
-            }
-            let action = sink.entry(i as u32, &self.entries[i]).map_err(Error::Sink)?;
-            let e = &self.entries[i];
-            let wants = e.is_regular() && action == EntryAction::Transfer && !matches!(e.hard_link, HardLink::Follower { .. });
-            if wants {
-                self.request(sink, i as u32, false)?;
-                self.outcome.files_requested += 1;
-            }
-        }
-        if next >= self.entries.len() {
-            self.send_ndx(NDX_DONE);
-            self.gen = Gen::Waiting;
+    /// Writes block sums of the pending request until output reaches the high-water mark.
+    /// Returns true when the request is complete.
+    fn pump_signature(&mut self) -> Result<bool, Error> {
+        let Some(mut job) = self.sig.take() else {
             return Ok(true);
+        };
+        let (kind, seed) = (self.neg.checksum, self.neg.seed);
+        let head = job.head;
+        self.scratch.resize(head.blength as usize, 0);
+        let mut sig = Vec::with_capacity(4 + head.s2length as usize);
+        while job.next < head.count {
+            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER {
+                self.sig = Some(job);
+                return Ok(false);
+            }
+            let k = job.next;
+            let len = head.block_len(k) as usize;
+            job.basis.read_at(u64::from(k) * u64::from(head.blength), &mut self.scratch[..len]).map_err(Error::Sink)?;
+            sig.clear();
+            write_block_signature(&self.scratch[..len], kind, seed, head.s2length as usize, &mut sig);
+            self.send(&sig);
+            job.next += 1;
         }
-        self.gen = Gen::Files(next);
-        Ok(progressed)
+        Ok(true)
+    }
+
+    fn step_gen(&mut self, sink: &mut S) -> Result<bool, Error> {
+        // With the output full, nothing can progress until the driver drains it; saying
+        // otherwise would spin `step`.
+        if matches!(self.gen, Gen::Idle | Gen::Waiting) || self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER {
+            return Ok(false);
+        }
+        let mut progressed = false;
+        loop {
+            if self.sig.is_some() {
+                progressed = true;
+                if !self.pump_signature()? {
+                    return Ok(true);
+                }
+            }
+            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER {
+                return Ok(progressed);
+            }
+            match self.gen {
+                Gen::Files(i) if i < self.entries.len() => {
+                    self.gen = Gen::Files(i + 1);
+                    progressed = true;
+                    if self.cleared[i] {
+                        continue;
+                    }
+                    let action = sink.entry(i as u32, &self.entries[i]).map_err(Error::Sink)?;
+                    let e = &self.entries[i];
+                    let wants = e.is_regular() && action == EntryAction::Transfer && !matches!(e.hard_link, HardLink::Follower { .. });
+                    if wants {
+                        self.outcome.files_requested += 1;
+                        self.request(sink, i as u32, false)?;
+                    }
+                }
+                Gen::Redo if !self.redo_queue.is_empty() => {
+                    progressed = true;
+                    if let Some(ndx) = self.redo_queue.pop() {
+                        self.request(sink, ndx, true)?;
+                    }
+                }
+                Gen::Files(_) | Gen::Redo => {
+                    // Every request of this phase is out: close it.
+                    self.send_ndx(NDX_DONE);
+                    self.gen = Gen::Waiting;
+                    return Ok(true);
+                }
+                Gen::Idle | Gen::Waiting => return Ok(progressed),
+            }
+        }
     }
 
     fn finish_outcome(&mut self) {
         let o = &mut self.outcome;
-        o.io_error |= 0;
         o.exit_code = if o.io_error & IOERR_GENERAL != 0 || o.failed.len() > vanished_count(o) {
             RERR_PARTIAL
         } else if o.io_error & IOERR_VANISHED != 0 || !o.failed.is_empty() {
@@ -979,5 +1075,31 @@ mod tests {
         encode_data(&data, &mut raw);
         rx.feed(&raw).unwrap();
         assert!(matches!(rx.step(&mut sink), Err(Error::Protocol(_))));
+    }
+
+    proptest::proptest! {
+        /// Hostile data (well-framed, arbitrary content) after a valid list start: errors,
+        /// never panics, never unbounded buffering.
+        #[test]
+        fn arbitrary_stream_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), proto in 27u32..=32, varint in proptest::prelude::any::<bool>()) {
+            let n = Negotiated { protocol: proto, compat_flags: if varint && proto >= 30 { 0x1fe } else { 0x2e }, checksum: ChecksumKind::Md5 { seed_fix: true }, seed: 3, motd: Vec::new() };
+            let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(n, opts());
+            let mut sink = MemSink::default();
+            let mut data = Vec::new();
+            let mut enc = FlistEncoder::new(FlistOptions::archive(proto, if varint && proto >= 30 { 0x1fe } else { 0x2e }, false));
+            enc.encode(&entry(".", S_IFDIR | 0o755, 1), &mut data);
+            enc.encode(&entry("f", S_IFREG | 0o644, 10), &mut data);
+            data.extend_from_slice(&body);
+            let mut raw = Vec::new();
+            encode_data(&data, &mut raw);
+            for c in raw.chunks(97) {
+                if rx.feed(c).is_err() { break; }
+                match rx.step(&mut sink) {
+                    Ok(Status::NeedInput) => { let _ = rx.take_output(); }
+                    _ => break,
+                }
+                proptest::prop_assert!(rx.data.len() <= 64 * 1024);
+            }
+        }
     }
 }
