@@ -1,4 +1,5 @@
 //! `turku-storage` store commands as an operator runs them: real processes, real files,
+#![allow(clippy::unwrap_used)]
 //! including concurrent writers and processes killed with SIGKILL mid-operation.
 
 use std::fs;

@@ -69,7 +69,7 @@ impl Ingest<'_> {
 
     fn tick(&mut self) {
         self.progress.entries += 1;
-        if self.progress.entries % 1000 == 0 {
+        if self.progress.entries.is_multiple_of(1000) {
             if let Some(cb) = self.on_progress.as_mut() {
                 cb(&self.progress);
             }

@@ -257,7 +257,7 @@ pub fn decode_trailer(
         return Err(at("bad pack end magic (truncated or not a pack)"));
     }
     if trailer_len > MAX_TRAILER_LEN
-        || trailer_len as usize % PACK_TRAILER_RECORD_LEN != 0
+        || !(trailer_len as usize).is_multiple_of(PACK_TRAILER_RECORD_LEN)
         || u64::from(trailer_len) > footer_at - PACK_MAGIC.len() as u64
     {
         return Err(at("bad trailer length"));

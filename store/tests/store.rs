@@ -1,4 +1,5 @@
 //! The store end to end through its public API, on real files.
+#![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::io::{Read, Write};
@@ -292,7 +293,7 @@ fn gc_and_backups_run_safely_together() {
                 let snaps = store.snapshots(Some("m"), Some("s")).unwrap();
                 // Every other round forgets everything, including the base an in-flight
                 // backup is reusing unchanged files from; the others keep the newest.
-                let keep = if runs % 2 == 0 { 0 } else { 1 };
+                let keep = if runs.is_multiple_of(2) { 0 } else { 1 };
                 for old in snaps.iter().rev().skip(keep) {
                     store.forget(old).unwrap();
                 }
