@@ -8,9 +8,13 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use turku_proto_rsync::checksum::{ChecksumKind, RollingChecksum};
-use turku_proto_rsync::codec::flist::{FileEntry, FlistDecoder, FlistEncoder, FlistItem, FlistOptions, HardLink};
+use turku_proto_rsync::codec::flist::{
+    FileEntry, FlistDecoder, FlistEncoder, FlistItem, FlistOptions, HardLink,
+};
 use turku_proto_rsync::codec::sums::SumHead;
-use turku_proto_rsync::codec::token::{decode_token, encode_block, encode_end, encode_literal, Token};
+use turku_proto_rsync::codec::token::{
+    decode_token, encode_block, encode_end, encode_literal, Token,
+};
 use turku_proto_rsync::delta::{signature, Matcher};
 use turku_proto_rsync::{Decoded, Limits};
 
@@ -46,7 +50,11 @@ fn rolling(c: &mut Criterion) {
         })
     });
     g.bench_function("blocks_1MiB_700", |b| {
-        b.iter(|| d.chunks(700).map(|c| RollingChecksum::new(c).value()).fold(0u32, |a, v| a ^ v))
+        b.iter(|| {
+            d.chunks(700)
+                .map(|c| RollingChecksum::new(c).value())
+                .fold(0u32, |a, v| a ^ v)
+        })
     });
     g.finish();
 }
@@ -65,13 +73,19 @@ fn matching(c: &mut Criterion) {
     for kind in [ChecksumKind::Xxh128, ChecksumKind::Md5 { seed_fix: true }] {
         let head = SumHead::for_basis(BASIS_LEN as u64, 31, kind.len(), false);
         let sums = signature(&basis, &head, kind, 42);
-        g.bench_with_input(BenchmarkId::new("delta_4MiB_1pct", kind.name()), &new, |b, new| {
-            let m = Matcher::new(head, &sums, kind, 42);
-            b.iter(|| black_box(m.delta(new).len()))
-        });
-        g.bench_with_input(BenchmarkId::new("signature_4MiB", kind.name()), &basis, |b, basis| {
-            b.iter(|| black_box(signature(basis, &head, kind, 42).len()))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("delta_4MiB_1pct", kind.name()),
+            &new,
+            |b, new| {
+                let m = Matcher::new(head, &sums, kind, 42);
+                b.iter(|| black_box(m.delta(new).len()))
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("signature_4MiB", kind.name()),
+            &basis,
+            |b, basis| b.iter(|| black_box(signature(basis, &head, kind, 42).len())),
+        );
     }
     g.finish();
 }
@@ -96,7 +110,9 @@ fn tokens(c: &mut Criterion) {
         b.iter(|| {
             let mut pos = 0;
             let mut n = 0u64;
-            while let Ok(Decoded::Complete { value, consumed }) = decode_token(&stream[pos..], 1000, &limits) {
+            while let Ok(Decoded::Complete { value, consumed }) =
+                decode_token(&stream[pos..], 1000, &limits)
+            {
                 pos += consumed;
                 match value {
                     Token::Literal(len) => {

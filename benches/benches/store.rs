@@ -25,7 +25,11 @@ const GC_SNAPSHOTS: usize = 40;
 /// Half random, half text-like bytes: compressible but not trivially.
 fn mixed_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut out = random_bytes(seed, len);
-    for (i, b) in out.iter_mut().enumerate().filter(|(i, _)| (i / 4096) % 2 == 0) {
+    for (i, b) in out
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| (i / 4096) % 2 == 0)
+    {
         *b = b"the quick brown fox jumps over the lazy dog 0123456789\n"[i % 55];
     }
     out
@@ -34,7 +38,11 @@ fn mixed_bytes(seed: u64, len: usize) -> Vec<u8> {
 fn write_corpus(dir: &Path, seed: u64) {
     fs::create_dir_all(dir).unwrap();
     for i in 0..CORPUS_FILES {
-        fs::write(dir.join(format!("file-{i:02}")), mixed_bytes(seed * 100 + i as u64, CORPUS_BYTES / CORPUS_FILES)).unwrap();
+        fs::write(
+            dir.join(format!("file-{i:02}")),
+            mixed_bytes(seed * 100 + i as u64, CORPUS_BYTES / CORPUS_FILES),
+        )
+        .unwrap();
     }
 }
 
@@ -42,7 +50,10 @@ fn write_corpus(dir: &Path, seed: u64) {
 fn written_bytes() -> u64 {
     fs::read_to_string("/proc/self/io")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("wchar: ").and_then(|v| v.parse().ok())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("wchar: ").and_then(|v| v.parse().ok()))
+        })
         .unwrap_or(0)
 }
 
@@ -50,7 +61,8 @@ fn primitives(c: &mut Criterion) {
     let data = mixed_bytes(1, CORPUS_BYTES);
     let config = StoreConfig::default();
     let mut g = c.benchmark_group("primitives");
-    g.sample_size(10).throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(10)
+        .throughput(Throughput::Bytes(data.len() as u64));
     g.bench_function("fastcdc_v2020_1MiB_avg", |b| {
         b.iter(|| black_box(turku_store::chunk_lengths(&config, &data).len()))
     });
@@ -77,13 +89,18 @@ fn ingest(c: &mut Criterion) {
     let corpus = tmp.path().join("corpus");
     write_corpus(&corpus, 1);
     let mut g = c.benchmark_group("ingest");
-    g.sample_size(10).throughput(Throughput::Bytes(CORPUS_BYTES as u64));
+    g.sample_size(10)
+        .throughput(Throughput::Bytes(CORPUS_BYTES as u64));
     let mut n = 0u64;
     g.bench_function("new_data_64MiB", |b| {
         b.iter_batched(
             || {
                 n += 1;
-                Store::init(&tmp.path().join(format!("fresh-{n}")), StoreConfig::default()).unwrap()
+                Store::init(
+                    &tmp.path().join(format!("fresh-{n}")),
+                    StoreConfig::default(),
+                )
+                .unwrap()
             },
             |store| black_box(store.ingest_dir("m", "s", &corpus, None).unwrap()),
             BatchSize::PerIteration,
@@ -96,7 +113,9 @@ fn ingest(c: &mut Criterion) {
         b.iter(|| {
             m += 1;
             // A new machine has no base: every byte is read, chunked and hashed, none stored.
-            let (snap, _) = store.ingest_dir(&format!("other-{m}"), "s", &corpus, None).unwrap();
+            let (snap, _) = store
+                .ingest_dir(&format!("other-{m}"), "s", &corpus, None)
+                .unwrap();
             assert_eq!(snap.stats.new_bytes, 0);
         })
     });
@@ -139,7 +158,8 @@ fn export(c: &mut Criterion) {
     let store = Store::init(&tmp.path().join("store"), StoreConfig::default()).unwrap();
     let (snap, _) = store.ingest_dir("m", "s", &corpus, None).unwrap();
     let mut g = c.benchmark_group("export");
-    g.sample_size(10).throughput(Throughput::Bytes(CORPUS_BYTES as u64));
+    g.sample_size(10)
+        .throughput(Throughput::Bytes(CORPUS_BYTES as u64));
     let mut n = 0u64;
     g.bench_function("to_dir_64MiB", |b| {
         b.iter_batched(
@@ -190,5 +210,12 @@ fn gc_after_forget(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitives, ingest, unchanged_small_files, export, gc_after_forget);
+criterion_group!(
+    benches,
+    primitives,
+    ingest,
+    unchanged_small_files,
+    export,
+    gc_after_forget
+);
 criterion_main!(benches);

@@ -1,6 +1,8 @@
 //! `turku-storage`: the storage unit's command line. The store commands live here; the
 //! embedded SSH ping daemon and native rsync pulls join them in later waves.
 
+mod pull;
+
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -12,7 +14,11 @@ use serde_json::json;
 use turku_store::{format_ns, EntryData, EntryKind, Snapshot, Store, StoreConfig, TreeEntry};
 
 #[derive(Parser, Debug)]
-#[command(name = "turku-storage", version, about = "turku storage unit: the deduplicating snapshot store")]
+#[command(
+    name = "turku-storage",
+    version,
+    about = "turku storage unit: the deduplicating snapshot store"
+)]
 struct Cli {
     /// The store directory.
     #[arg(long, env = "TURKU_STORE", global = true)]
@@ -47,6 +53,24 @@ enum Command {
         #[command(flatten)]
         src: SourceArgs,
         dir: PathBuf,
+    },
+    /// Back up a tree from a stock rsync daemon (password from RSYNC_PASSWORD or
+    /// --password-file); prints the snapshot name and transfer stats.
+    Pull {
+        #[command(flatten)]
+        src: SourceArgs,
+        /// A filter rule in rsync syntax (repeatable); `merge` and `:` rules are dropped.
+        #[arg(long = "filter", allow_hyphen_values = true)]
+        filters: Vec<String>,
+        /// An exclude pattern (repeatable), sent as `- PATTERN` after the filters.
+        #[arg(long = "exclude", allow_hyphen_values = true)]
+        excludes: Vec<String>,
+        #[arg(long)]
+        hard_links: bool,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// rsync://[USER@]HOST[:PORT]/MODULE/
+        url: String,
     },
     /// List snapshots.
     Snapshots {
@@ -196,6 +220,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.new_stored_bytes, s.new_chunks
             );
         }
+        Command::Pull {
+            src,
+            filters,
+            excludes,
+            hard_links,
+            password_file,
+            url,
+        } => {
+            let store = open(&cli)?;
+            let url = pull::RsyncUrl::parse(url)?;
+            let password = match password_file {
+                Some(f) => {
+                    let text =
+                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    // Like rsync: the first line, without its newline.
+                    Some(
+                        text.split(|&b| b == b'\n')
+                            .next()
+                            .unwrap_or_default()
+                            .to_vec(),
+                    )
+                }
+                None => std::env::var_os("RSYNC_PASSWORD").map(|p| p.as_bytes().to_vec()),
+            };
+            let rules = pull::turku_filter_rules(filters, excludes);
+            let (snap, outcome, warnings) = pull::pull_into_store(
+                &store,
+                &src.machine,
+                &src.source,
+                &url,
+                password,
+                *hard_links,
+                rules,
+            )?;
+            for w in &warnings {
+                eprintln!("turku-storage: warning: {w}");
+            }
+            println!("{}", snap.name);
+            let s = snap.stats;
+            eprintln!(
+                "files {} dirs {} bytes {} unchanged {} transferred {} wire-read {} wire-written {} literal {} matched {} new-bytes {} stored {} exit-code {}",
+                s.files, s.dirs, s.bytes, s.reused_files, outcome.files_received,
+                outcome.wire_bytes_read, outcome.wire_bytes_written, outcome.literal_bytes,
+                outcome.matched_bytes, s.new_bytes, s.new_stored_bytes, outcome.exit_code
+            );
+        }
         Command::Snapshots {
             machine,
             source,
@@ -231,7 +301,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let store = open(&cli)?;
             let snap = store.snapshot(&src.machine, &src.source, snapshot)?;
-            let path = path.as_ref().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+            let path = path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
             let entries = store.list_dir(&snap, &path)?;
             let mut out = io::stdout().lock();
             if *json {
@@ -252,7 +325,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let store = open(&cli)?;
             let snap = store.snapshot(&src.machine, &src.source, snapshot)?;
-            let sub = path.as_ref().map(|p| p.as_os_str().as_bytes().to_vec()).unwrap_or_default();
+            let sub = path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
             let stats = if let Some(dir) = to {
                 store.export_to_dir(&snap, &sub, dir)?
             } else if let Some(file) = tar {
@@ -310,7 +386,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     report.packs,
                     report.blobs,
                     report.snapshots,
-                    if report.is_clean() { "ok" } else { "PROBLEMS FOUND" }
+                    if report.is_clean() {
+                        "ok"
+                    } else {
+                        "PROBLEMS FOUND"
+                    }
                 );
             }
             if !report.is_clean() {
@@ -346,7 +426,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "{} of {} snapshots {}; run `gc` to reclaim space",
                 doomed.len(),
                 snaps.len(),
-                if *dry_run { "would be forgotten" } else { "forgotten" }
+                if *dry_run {
+                    "would be forgotten"
+                } else {
+                    "forgotten"
+                }
             );
         }
         Command::Gc { json } => {
@@ -500,8 +584,21 @@ fn write_ls_line(out: &mut impl Write, e: &TreeEntry) -> io::Result<()> {
         ),
         _ => e.file_size().to_string(),
     };
-    let when = format_ns(e.meta.mtime_sec.saturating_mul(1_000_000_000).saturating_add(i64::from(e.meta.mtime_nsec)));
-    write!(out, "{} {:>6} {:>6} {:>12} {} ", mode_string(e), e.meta.uid, e.meta.gid, size, when)?;
+    let when = format_ns(
+        e.meta
+            .mtime_sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(e.meta.mtime_nsec)),
+    );
+    write!(
+        out,
+        "{} {:>6} {:>6} {:>12} {} ",
+        mode_string(e),
+        e.meta.uid,
+        e.meta.gid,
+        size,
+        when
+    )?;
     out.write_all(&e.name)?;
     if let EntryData::Symlink { target } = &e.data {
         out.write_all(b" -> ")?;

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use turku_testkit::{assert_rsync_sees_no_difference, assert_same_tree, make_awkward_tree, random_bytes};
+use turku_testkit::{
+    assert_rsync_sees_no_difference, assert_same_tree, make_awkward_tree, random_bytes,
+};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_turku-storage"));
@@ -31,7 +33,18 @@ fn ok(store: &Path, args: &[&str]) -> String {
 }
 
 fn init_small(store: &Path) {
-    ok(store, &["init", "--chunk-min", "16384", "--chunk-avg", "65536", "--chunk-max", "262144"]);
+    ok(
+        store,
+        &[
+            "init",
+            "--chunk-min",
+            "16384",
+            "--chunk-avg",
+            "65536",
+            "--chunk-max",
+            "262144",
+        ],
+    );
 }
 
 #[test]
@@ -41,46 +54,137 @@ fn operator_workflow() {
     let src = tmp.path().join("src");
     make_awkward_tree(&src);
     init_small(&store);
-    let first = ok(&store, &["ingest", "--machine", "m1", "--source", "root", src.to_str().unwrap()]);
+    let first = ok(
+        &store,
+        &[
+            "ingest",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            src.to_str().unwrap(),
+        ],
+    );
     let first = first.trim().to_string();
-    assert!(first.starts_with("root_") && first.len() == "root_20240101-000000_abcd".len(), "{first}");
-    let second = ok(&store, &["ingest", "--machine", "m1", "--source", "root", src.to_str().unwrap()]);
+    assert!(
+        first.starts_with("root_") && first.len() == "root_20240101-000000_abcd".len(),
+        "{first}"
+    );
+    let second = ok(
+        &store,
+        &[
+            "ingest",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            src.to_str().unwrap(),
+        ],
+    );
     let second = second.trim().to_string();
 
     let listing: serde_json::Value =
         serde_json::from_str(&ok(&store, &["snapshots", "--machine", "m1", "--json"])).unwrap();
-    let names: Vec<&str> = listing.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec![first.as_str(), second.as_str()]);
     assert_eq!(listing[1]["base"], first.as_str());
     assert_eq!(listing[1]["stats"]["new_bytes"], 0);
 
     // TURKU_STORE works in place of --store.
-    let via_env = bin().env("TURKU_STORE", &store).args(["snapshots"]).output().unwrap();
+    let via_env = bin()
+        .env("TURKU_STORE", &store)
+        .args(["snapshots"])
+        .output()
+        .unwrap();
     assert!(via_env.status.success());
     assert!(String::from_utf8_lossy(&via_env.stdout).contains(&second));
 
     let ls = ok(&store, &["ls", "--machine", "m1", "--source", "root"]);
-    assert!(ls.lines().any(|l| l.starts_with("-rwsr-xr-x") && l.ends_with(" setuid")), "{ls}");
-    assert!(ls.lines().any(|l| l.starts_with("drwxrwxrwt") && l.ends_with(" sticky")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("-rwsr-xr-x") && l.ends_with(" setuid")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("drwxrwxrwt") && l.ends_with(" sticky")),
+        "{ls}"
+    );
     assert!(ls.contains("rel-link -> small.txt"), "{ls}");
     let ls_json: serde_json::Value = serde_json::from_str(&ok(
         &store,
-        &["ls", "--machine", "m1", "--source", "root", "--snapshot", &first, "deep", "--json"],
+        &[
+            "ls",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            "--snapshot",
+            &first,
+            "deep",
+            "--json",
+        ],
     ))
     .unwrap();
-    assert!(ls_json.as_array().unwrap().iter().any(|e| e["name"] == "hard-b" && e["type"] == "file"));
+    assert!(ls_json
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "hard-b" && e["type"] == "file"));
 
     let out = tmp.path().join("out");
-    ok(&store, &["export", "--machine", "m1", "--source", "root", "--to", out.to_str().unwrap()]);
+    ok(
+        &store,
+        &[
+            "export",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            "--to",
+            out.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&src, &out);
     assert_rsync_sees_no_difference(&src, &out);
 
     let sub = tmp.path().join("sub");
-    ok(&store, &["export", "--machine", "m1", "--source", "root", "--snapshot", &first, "--path", "deep/a", "--to", sub.to_str().unwrap()]);
+    ok(
+        &store,
+        &[
+            "export",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            "--snapshot",
+            &first,
+            "--path",
+            "deep/a",
+            "--to",
+            sub.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(&src.join("deep/a"), &sub);
 
     // tar to stdout, read by GNU tar.
-    let tar = run(&store, &["export", "--machine", "m1", "--source", "root", "--tar", "-"]);
+    let tar = run(
+        &store,
+        &[
+            "export",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            "--tar",
+            "-",
+        ],
+    );
     assert!(tar.status.success());
     let listed = Command::new("tar")
         .args(["-tvf", "-"])
@@ -99,14 +203,53 @@ fn operator_workflow() {
     assert!(text.contains("rel-link -> small.txt"), "{text}");
 
     assert!(ok(&store, &["verify"]).contains(": ok"));
-    assert!(ok(&store, &["verify", "--machine", "m1", "--source", "root", "--snapshot", &second]).contains(": ok"));
+    assert!(ok(
+        &store,
+        &[
+            "verify",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            "--snapshot",
+            &second
+        ]
+    )
+    .contains(": ok"));
     let stats: serde_json::Value = serde_json::from_str(&ok(&store, &["stats", "--json"])).unwrap();
     assert_eq!(stats["snapshots"], 2);
 
-    let dry = ok(&store, &["forget", "--machine", "m1", "--source", "root", "--retention", "last 1 snapshot", "--dry-run"]);
+    let dry = ok(
+        &store,
+        &[
+            "forget",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            "--retention",
+            "last 1 snapshot",
+            "--dry-run",
+        ],
+    );
     assert_eq!(dry.trim(), format!("would forget {first}"));
-    assert_eq!(ok(&store, &["snapshots"]).lines().count(), 2, "dry run forgets nothing");
-    let forgot = ok(&store, &["forget", "--machine", "m1", "--source", "root", "--retention", "last 1 snapshot"]);
+    assert_eq!(
+        ok(&store, &["snapshots"]).lines().count(),
+        2,
+        "dry run forgets nothing"
+    );
+    let forgot = ok(
+        &store,
+        &[
+            "forget",
+            "--machine",
+            "m1",
+            "--source",
+            "root",
+            "--retention",
+            "last 1 snapshot",
+        ],
+    );
     assert_eq!(forgot.trim(), format!("forgot {first}"));
     ok(&store, &["gc"]);
     ok(&store, &["repair"]);
@@ -123,19 +266,71 @@ fn mistakes_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
     let out = run(&store, &["snapshots"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a turku store"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a turku store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     init_small(&store);
     assert!(!run(&store, &["init"]).status.success(), "init twice fails");
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    ok(&store, &["ingest", "--machine", "m", "--source", "s", src.to_str().unwrap()]);
+    ok(
+        &store,
+        &[
+            "ingest",
+            "--machine",
+            "m",
+            "--source",
+            "s",
+            src.to_str().unwrap(),
+        ],
+    );
     for (args, needle) in [
-        (vec!["ls", "--machine", "m", "--source", "s", "--snapshot", "s_bogus"], "no snapshot s_bogus"),
-        (vec!["ls", "--machine", "m", "--source", "s", "nope"], "no such path"),
-        (vec!["ls", "--machine", "m", "--source", "s", "f"], "not a directory"),
-        (vec!["export", "--machine", "m", "--source", "nosuch", "--to", "/tmp/x"], "no snapshot latest"),
-        (vec!["ingest", "--machine", "m", "--source", "s", "/definitely/not/here"], "/definitely/not/here"),
+        (
+            vec![
+                "ls",
+                "--machine",
+                "m",
+                "--source",
+                "s",
+                "--snapshot",
+                "s_bogus",
+            ],
+            "no snapshot s_bogus",
+        ),
+        (
+            vec!["ls", "--machine", "m", "--source", "s", "nope"],
+            "no such path",
+        ),
+        (
+            vec!["ls", "--machine", "m", "--source", "s", "f"],
+            "not a directory",
+        ),
+        (
+            vec![
+                "export",
+                "--machine",
+                "m",
+                "--source",
+                "nosuch",
+                "--to",
+                "/tmp/x",
+            ],
+            "no snapshot latest",
+        ),
+        (
+            vec![
+                "ingest",
+                "--machine",
+                "m",
+                "--source",
+                "s",
+                "/definitely/not/here",
+            ],
+            "/definitely/not/here",
+        ),
     ] {
         let out = run(&store, &args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -157,12 +352,24 @@ fn two_processes_write_into_one_store_at_once() {
         fs::create_dir(&src).unwrap();
         fs::write(src.join("shared"), random_bytes(1, 4_000_000)).unwrap();
         for j in 0..50u64 {
-            fs::write(src.join(format!("own-{j}")), random_bytes(100 * i + j + 10, 60_000)).unwrap();
+            fs::write(
+                src.join(format!("own-{j}")),
+                random_bytes(100 * i + j + 10, 60_000),
+            )
+            .unwrap();
         }
         sources.push(src.clone());
         children.push(
-            bin().arg("--store").arg(&store)
-                .args(["ingest", "--machine", &format!("machine-{i}"), "--source", "data"])
+            bin()
+                .arg("--store")
+                .arg(&store)
+                .args([
+                    "ingest",
+                    "--machine",
+                    &format!("machine-{i}"),
+                    "--source",
+                    "data",
+                ])
                 .arg(&src)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -172,18 +379,37 @@ fn two_processes_write_into_one_store_at_once() {
     }
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert!(ok(&store, &["verify"]).contains(": ok"));
     for (i, src) in sources.iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));
-        ok(&store, &["export", "--machine", &format!("machine-{i}"), "--source", "data", "--to", out.to_str().unwrap()]);
+        ok(
+            &store,
+            &[
+                "export",
+                "--machine",
+                &format!("machine-{i}"),
+                "--source",
+                "data",
+                "--to",
+                out.to_str().unwrap(),
+            ],
+        );
         assert_same_tree(src, &out);
     }
 }
 
 fn kill_after(mut cmd: Command, delay: Duration) -> bool {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(delay);
     let finished = child.try_wait().unwrap().is_some();
     let _ = child.kill(); // SIGKILL
@@ -200,9 +426,25 @@ fn assert_store_healthy(store: &Path, baseline: &str, src_of_baseline: &Path, sc
         String::from_utf8_lossy(&out.stderr)
     );
     let listing = ok(store, &["snapshots"]);
-    assert!(listing.contains(baseline), "baseline snapshot lost: {listing}");
+    assert!(
+        listing.contains(baseline),
+        "baseline snapshot lost: {listing}"
+    );
     let _ = fs::remove_dir_all(scratch);
-    ok(store, &["export", "--machine", "m", "--source", "s", "--snapshot", baseline, "--to", scratch.to_str().unwrap()]);
+    ok(
+        store,
+        &[
+            "export",
+            "--machine",
+            "m",
+            "--source",
+            "s",
+            "--snapshot",
+            baseline,
+            "--to",
+            scratch.to_str().unwrap(),
+        ],
+    );
     assert_same_tree(src_of_baseline, scratch);
 }
 
@@ -216,7 +458,17 @@ fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
     for j in 0..200u64 {
         fs::write(base_src.join(format!("f{j}")), random_bytes(j, 20_000)).unwrap();
     }
-    let baseline = ok(&store, &["ingest", "--machine", "m", "--source", "s", base_src.to_str().unwrap()]);
+    let baseline = ok(
+        &store,
+        &[
+            "ingest",
+            "--machine",
+            "m",
+            "--source",
+            "s",
+            base_src.to_str().unwrap(),
+        ],
+    );
     let baseline = baseline.trim().to_string();
     // A bigger tree whose ingest takes a while: many files and packs being written.
     let big = tmp.path().join("big");
@@ -227,37 +479,78 @@ fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
     fs::write(big.join("large"), random_bytes(3, 48_000_000)).unwrap();
     let scratch = tmp.path().join("scratch");
     let mut interrupted = 0;
-    for ms in [1u64, 3, 8, 15, 25, 40, 60, 90, 130, 180, 250, 350, 500, 700, 1000] {
+    for ms in [
+        1u64, 3, 8, 15, 25, 40, 60, 90, 130, 180, 250, 350, 500, 700, 1000,
+    ] {
         let mut cmd = bin();
-        cmd.arg("--store").arg(&store).args(["ingest", "--machine", "m", "--source", "s"]).arg(&big);
+        cmd.arg("--store")
+            .arg(&store)
+            .args(["ingest", "--machine", "m", "--source", "s"])
+            .arg(&big);
         interrupted += usize::from(kill_after(cmd, Duration::from_millis(ms)));
         assert_store_healthy(&store, &baseline, &base_src, &scratch);
     }
-    assert!(interrupted >= 8, "only {interrupted} ingests were interrupted");
+    assert!(
+        interrupted >= 8,
+        "only {interrupted} ingests were interrupted"
+    );
 
     // GC: leave plenty of garbage, then kill collections part-way.
     ok(&store, &["gc"]);
     for round in 0..3u64 {
         for j in 0..400u64 {
-            fs::write(big.join(format!("g{j}")), random_bytes(50_000 + round * 1000 + j, 40_000)).unwrap();
+            fs::write(
+                big.join(format!("g{j}")),
+                random_bytes(50_000 + round * 1000 + j, 40_000),
+            )
+            .unwrap();
         }
-        ok(&store, &["ingest", "--machine", "m", "--source", "s", big.to_str().unwrap()]);
+        ok(
+            &store,
+            &[
+                "ingest",
+                "--machine",
+                "m",
+                "--source",
+                "s",
+                big.to_str().unwrap(),
+            ],
+        );
     }
     let total = ok(&store, &["snapshots"]).lines().count();
     let mut gc_interrupted = 0;
-    for (k, ms) in [1u64, 2, 4, 7, 11, 16, 24, 35, 50, 80].into_iter().enumerate() {
+    for (k, ms) in [1u64, 2, 4, 7, 11, 16, 24, 35, 50, 80]
+        .into_iter()
+        .enumerate()
+    {
         // Forget a little more before each collection; `earliest of` keeps the baseline.
         let keep = total.saturating_sub(2 + k).max(1);
-        ok(&store, &["forget", "--machine", "m", "--source", "s", "--retention", &format!("last {keep} snapshots, earliest of 100000 days")]);
+        ok(
+            &store,
+            &[
+                "forget",
+                "--machine",
+                "m",
+                "--source",
+                "s",
+                "--retention",
+                &format!("last {keep} snapshots, earliest of 100000 days"),
+            ],
+        );
         let mut cmd = bin();
         cmd.arg("--store").arg(&store).arg("gc");
         gc_interrupted += usize::from(kill_after(cmd, Duration::from_millis(ms)));
         assert_store_healthy(&store, &baseline, &base_src, &scratch);
     }
-    assert!(gc_interrupted >= 3, "only {gc_interrupted} collections were interrupted");
+    assert!(
+        gc_interrupted >= 3,
+        "only {gc_interrupted} collections were interrupted"
+    );
     ok(&store, &["gc"]);
     assert_store_healthy(&store, &baseline, &base_src, &scratch);
     let stats: serde_json::Value = serde_json::from_str(&ok(&store, &["stats", "--json"])).unwrap();
-    assert_eq!(stats["live_sessions"], 0, "dead writers' sessions are cleared by gc");
+    assert_eq!(
+        stats["live_sessions"], 0,
+        "dead writers' sessions are cleared by gc"
+    );
 }
-

@@ -149,7 +149,9 @@ impl Store {
                 }
             }
         }
-        let total: i64 = self.db().query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+        let total: i64 = self
+            .db()
+            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
         if total as usize != seen.len() {
             let db = self.db();
             let mut stmt = db.prepare("SELECT id FROM blobs")?;
@@ -209,7 +211,9 @@ impl Store {
         let mut report = RepairReport::default();
         let mut trees: Vec<Id> = Vec::new();
         for file in list_pack_files(&store.packs_dir())? {
-            let Some(name) = pack_name_of(&file) else { continue };
+            let Some(name) = pack_name_of(&file) else {
+                continue;
+            };
             let blobs = match pack::read_pack_trailer(&file, &name) {
                 Ok(b) => b,
                 Err(e) => {
@@ -228,14 +232,23 @@ impl Store {
             report.packs += 1;
             report.blobs += (after - before) as u64;
             report.duplicate_blobs += blobs.len() as u64 - (after - before) as u64;
-            trees.extend(blobs.iter().filter(|b| b.kind == BLOB_KIND_TREE).map(|b| b.id));
+            trees.extend(
+                blobs
+                    .iter()
+                    .filter(|b| b.kind == BLOB_KIND_TREE)
+                    .map(|b| b.id),
+            );
         }
         trees.sort();
         trees.dedup();
         for batch in trees.chunks(1024) {
             let mut children = Vec::new();
             for id in batch {
-                match store.read_blob(id).ok().and_then(|raw| tree::decode(&raw).ok()) {
+                match store
+                    .read_blob(id)
+                    .ok()
+                    .and_then(|raw| tree::decode(&raw).ok())
+                {
                     Some(node) => children.extend(node.children()),
                     None => tracing::warn!("repair: tree {id} is unreadable"),
                 }
@@ -243,7 +256,8 @@ impl Store {
             let mut db = store.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
-                let mut inc = tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE id = ?1")?;
+                let mut inc =
+                    tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE id = ?1")?;
                 for child in children {
                     inc.execute([child.as_bytes().as_slice()])?;
                 }
@@ -293,14 +307,15 @@ impl Store {
         for suffix in ["", "-wal", "-shm"] {
             let p = std::path::PathBuf::from(format!("{}{suffix}", index_path.display()));
             if p.exists() {
-                let aside = std::path::PathBuf::from(format!("{}.old-{stamp}{suffix}", index_path.display()));
+                let aside = std::path::PathBuf::from(format!(
+                    "{}.old-{stamp}{suffix}",
+                    index_path.display()
+                ));
                 fs::rename(&p, &aside).io_ctx("move old index aside", &p)?;
             }
         }
         let store = Store::open_with(path, LockMode::Exclusive)?;
-        store
-            .db()
-            .execute("DELETE FROM sessions", params![])?;
+        store.db().execute("DELETE FROM sessions", params![])?;
         Ok(store)
     }
 }
@@ -343,10 +358,16 @@ impl Walker<'_> {
     }
 
     fn affected(&mut self, path: &[u8]) {
-        let shown = if path.is_empty() { b"/".as_slice() } else { path };
-        self.report
-            .affected
-            .push(format!("{}: {}", self.label, String::from_utf8_lossy(shown)));
+        let shown = if path.is_empty() {
+            b"/".as_slice()
+        } else {
+            path
+        };
+        self.report.affected.push(format!(
+            "{}: {}",
+            self.label,
+            String::from_utf8_lossy(shown)
+        ));
     }
 
     fn tree(&mut self, id: &Id, path: &[u8]) -> Result<bool> {
@@ -409,7 +430,6 @@ impl Walker<'_> {
     }
 }
 
-
 /// What `stats` shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StoreStats {
@@ -436,15 +456,23 @@ impl Store {
         let db = self.db();
         let mut s = StoreStats::default();
         let one = |sql: &str| -> Result<u64> {
-            Ok(db.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?.unwrap_or(0) as u64)
+            Ok(db
+                .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?
+                .unwrap_or(0) as u64)
         };
         s.snapshots = one("SELECT COUNT(*) FROM snapshots")?;
         s.machines = one("SELECT COUNT(DISTINCT machine) FROM snapshots")?;
         s.sources = one("SELECT COUNT(*) FROM (SELECT DISTINCT machine, source FROM snapshots)")?;
         s.logical_bytes = one("SELECT SUM(json_extract(stats, '$.bytes')) FROM snapshots")?;
-        s.chunks = one(&format!("SELECT COUNT(*) FROM blobs WHERE kind = {BLOB_KIND_CHUNK}"))?;
-        s.trees = one(&format!("SELECT COUNT(*) FROM blobs WHERE kind = {BLOB_KIND_TREE}"))?;
-        s.chunk_bytes = one(&format!("SELECT SUM(raw_len) FROM blobs WHERE kind = {BLOB_KIND_CHUNK}"))?;
+        s.chunks = one(&format!(
+            "SELECT COUNT(*) FROM blobs WHERE kind = {BLOB_KIND_CHUNK}"
+        ))?;
+        s.trees = one(&format!(
+            "SELECT COUNT(*) FROM blobs WHERE kind = {BLOB_KIND_TREE}"
+        ))?;
+        s.chunk_bytes = one(&format!(
+            "SELECT SUM(raw_len) FROM blobs WHERE kind = {BLOB_KIND_CHUNK}"
+        ))?;
         s.stored_bytes = one("SELECT SUM(stored_len) FROM blobs")?;
         s.packs = one("SELECT COUNT(*) FROM packs")?;
         s.pack_bytes = one("SELECT SUM(size) FROM packs")?;

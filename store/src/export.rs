@@ -167,7 +167,12 @@ impl DirExporter<'_> {
 impl Store {
     /// Restores `sub_path` of `snap` into `dest` (created; must be missing or empty).
     /// A directory's contents land in `dest`; a single entry lands as `dest/<name>`.
-    pub fn export_to_dir(&self, snap: &Snapshot, sub_path: &[u8], dest: &Path) -> Result<ExportStats> {
+    pub fn export_to_dir(
+        &self,
+        snap: &Snapshot,
+        sub_path: &[u8],
+        dest: &Path,
+    ) -> Result<ExportStats> {
         match fs::read_dir(dest) {
             Ok(mut it) => {
                 if it.next().is_some() {
@@ -203,14 +208,20 @@ impl Store {
         }
         // Deepest first: setting a parent's mtime must come after its children are done.
         for (path, meta) in ex.finish.iter().rev() {
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.perm)).io_ctx("chmod", path)?;
+            fs::set_permissions(path, fs::Permissions::from_mode(meta.perm))
+                .io_ctx("chmod", path)?;
             set_times(path, meta)?;
         }
         Ok(ex.stats)
     }
 
     /// Writes `sub_path` of `snap` as a POSIX (ustar + PAX) tar stream.
-    pub fn export_to_tar<W: Write>(&self, snap: &Snapshot, sub_path: &[u8], out: W) -> Result<ExportStats> {
+    pub fn export_to_tar<W: Write>(
+        &self,
+        snap: &Snapshot,
+        sub_path: &[u8],
+        out: W,
+    ) -> Result<ExportStats> {
         let top = self.lookup(snap, sub_path)?;
         let mut builder = tar::Builder::new(out);
         let mut tw = TarExporter {
@@ -225,7 +236,8 @@ impl Store {
         };
         match &top.data {
             EntryData::Dir { tree } => {
-                tw.header(&mut builder, b"./", &top, 0, None).map_err(map_io)?;
+                tw.header(&mut builder, b"./", &top, 0, None)
+                    .map_err(map_io)?;
                 tw.stats.dirs += 1;
                 let entries = self.read_tree(tree)?;
                 for e in &entries {
@@ -233,13 +245,20 @@ impl Store {
                 }
             }
             _ => {
-                let name = split_path(sub_path)?.last().map(|n| n.to_vec()).unwrap_or_default();
+                let name = split_path(sub_path)?
+                    .last()
+                    .map(|n| n.to_vec())
+                    .unwrap_or_default();
                 let mut e = top.clone();
                 e.name = name;
                 tw.entry(&mut builder, b"", &e)?;
             }
         }
-        builder.into_inner().map_err(map_io)?.flush().map_err(map_io)?;
+        builder
+            .into_inner()
+            .map_err(map_io)?
+            .flush()
+            .map_err(map_io)?;
         Ok(tw.stats)
     }
 }
@@ -254,7 +273,12 @@ const USTAR_OCTAL_MAX_11: u64 = 0o77777777777;
 const USTAR_OCTAL_MAX_7: u64 = 0o7777777;
 
 impl TarExporter<'_> {
-    fn entry<W: Write>(&mut self, b: &mut tar::Builder<W>, dir: &[u8], e: &TreeEntry) -> Result<()> {
+    fn entry<W: Write>(
+        &mut self,
+        b: &mut tar::Builder<W>,
+        dir: &[u8],
+        e: &TreeEntry,
+    ) -> Result<()> {
         let path = join(dir, &e.name);
         let map_io = |err: io::Error| StoreError::Io {
             op: "write tar",
@@ -271,7 +295,9 @@ impl TarExporter<'_> {
                     self.entry(b, &path, child)?;
                 }
             }
-            EntryData::File { size, link_group, .. } => {
+            EntryData::File {
+                size, link_group, ..
+            } => {
                 if *link_group != 0 {
                     if let Some(first) = self.links.get(link_group).cloned() {
                         self.header(b, &path, e, 0, Some((tar::EntryType::Link, &first)))
@@ -282,7 +308,8 @@ impl TarExporter<'_> {
                     self.links.insert(*link_group, path.clone());
                 }
                 let reader = self.store.open_file(e)?;
-                self.header_with_data(b, &path, e, *size, reader).map_err(map_io)?;
+                self.header_with_data(b, &path, e, *size, reader)
+                    .map_err(map_io)?;
                 self.stats.files += 1;
                 self.stats.bytes += size;
             }
@@ -348,13 +375,34 @@ impl TarExporter<'_> {
         };
         h.set_entry_type(entry_type);
         h.set_mode(e.meta.perm);
-        set_number(&mut pax, "uid", u64::from(e.meta.uid), USTAR_OCTAL_MAX_7, |v| h.set_uid(v));
-        set_number(&mut pax, "gid", u64::from(e.meta.gid), USTAR_OCTAL_MAX_7, |v| h.set_gid(v));
-        set_number(&mut pax, "size", size, USTAR_OCTAL_MAX_11, |v| h.set_size(v));
+        set_number(
+            &mut pax,
+            "uid",
+            u64::from(e.meta.uid),
+            USTAR_OCTAL_MAX_7,
+            |v| h.set_uid(v),
+        );
+        set_number(
+            &mut pax,
+            "gid",
+            u64::from(e.meta.gid),
+            USTAR_OCTAL_MAX_7,
+            |v| h.set_gid(v),
+        );
+        set_number(&mut pax, "size", size, USTAR_OCTAL_MAX_11, |v| {
+            h.set_size(v)
+        });
         let mtime_fits = e.meta.mtime_sec >= 0 && (e.meta.mtime_sec as u64) <= USTAR_OCTAL_MAX_11;
-        h.set_mtime(if mtime_fits { e.meta.mtime_sec as u64 } else { 0 });
+        h.set_mtime(if mtime_fits {
+            e.meta.mtime_sec as u64
+        } else {
+            0
+        });
         if !mtime_fits || e.meta.mtime_nsec != 0 {
-            pax.push(("mtime", pax_time(e.meta.mtime_sec, e.meta.mtime_nsec).into_bytes()));
+            pax.push((
+                "mtime",
+                pax_time(e.meta.mtime_sec, e.meta.mtime_nsec).into_bytes(),
+            ));
         }
         if let EntryData::Device { rdev } = e.data {
             h.set_device_major(dev_major(rdev) as u32)?;
@@ -385,7 +433,13 @@ impl TarExporter<'_> {
     }
 }
 
-fn set_number(pax: &mut Vec<(&'static str, Vec<u8>)>, key: &'static str, v: u64, max: u64, mut set: impl FnMut(u64)) {
+fn set_number(
+    pax: &mut Vec<(&'static str, Vec<u8>)>,
+    key: &'static str,
+    v: u64,
+    max: u64,
+    mut set: impl FnMut(u64),
+) {
     if v > max {
         pax.push((key, v.to_string().into_bytes()));
         set(0);

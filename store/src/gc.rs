@@ -128,7 +128,10 @@ impl Store {
                     }
                 }
             }
-            tx.execute("DELETE FROM blobs WHERE id = ?1", [id.as_bytes().as_slice()])?;
+            tx.execute(
+                "DELETE FROM blobs WHERE id = ?1",
+                [id.as_bytes().as_slice()],
+            )?;
             tx.execute(
                 "UPDATE packs SET dead_bytes = dead_bytes + ?1 WHERE id = ?2",
                 params![location.stored_len, pack_id],
@@ -147,7 +150,12 @@ impl Store {
                 "SELECT id, name, data_bytes, dead_bytes FROM packs WHERE dead_bytes > 0",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -174,8 +182,7 @@ impl Store {
         for b in &blobs {
             let live = {
                 let db = self.db();
-                let mut stmt =
-                    db.prepare_cached("SELECT pack, offset FROM blobs WHERE id = ?1")?;
+                let mut stmt = db.prepare_cached("SELECT pack, offset FROM blobs WHERE id = ?1")?;
                 stmt.query_row([b.id.as_bytes().as_slice()], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
                 })
@@ -209,7 +216,12 @@ impl Store {
                 for (old, new) in &moved {
                     let n = tx.execute(
                         "UPDATE blobs SET pack = ?1, offset = ?2 WHERE id = ?3 AND pack = ?4",
-                        params![new_id, new.offset as i64, old.id.as_bytes().as_slice(), pack_id],
+                        params![
+                            new_id,
+                            new.offset as i64,
+                            old.id.as_bytes().as_slice(),
+                            pack_id
+                        ],
                     )?;
                     if n == 0 {
                         dead += u64::from(new.stored_len);
@@ -243,10 +255,14 @@ impl Store {
                 .is_some_and(|age| age > grace)
         };
         for file in list_pack_files(&self.packs_dir())? {
-            let Some(name) = pack_name_of(&file) else { continue };
+            let Some(name) = pack_name_of(&file) else {
+                continue;
+            };
             let known: Option<i64> = self
                 .db()
-                .query_row("SELECT id FROM packs WHERE name = ?1", [&name], |r| r.get(0))
+                .query_row("SELECT id FROM packs WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if known.is_none() && old_enough(&file) {
                 tracing::info!("gc: removing orphan pack {}", file.display());

@@ -258,7 +258,11 @@ pub fn list_snapshots(
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-pub fn latest_snapshot(conn: &Connection, machine: &str, source: &str) -> Result<Option<SnapshotRow>> {
+pub fn latest_snapshot(
+    conn: &Connection,
+    machine: &str,
+    source: &str,
+) -> Result<Option<SnapshotRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE machine = ?1 AND source = ?2
          ORDER BY time_end DESC, name DESC LIMIT 1"

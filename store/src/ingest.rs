@@ -78,9 +78,7 @@ impl Ingest<'_> {
 
     fn dir(&mut self, fs_dir: &Path, rel: &[u8], root_dev: u64) -> Result<()> {
         let mut names: Vec<OsString> = match fs::read_dir(fs_dir) {
-            Ok(it) => it
-                .filter_map(|e| e.ok().map(|e| e.file_name()))
-                .collect(),
+            Ok(it) => it.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
             Err(e) if vanished(&e) || e.kind() == io::ErrorKind::PermissionDenied => {
                 self.warn(fs_dir, "cannot list", &e);
                 return Ok(());
@@ -127,7 +125,9 @@ impl Ingest<'_> {
                 }
                 Err(e) => return Err(e).io_ctx("readlink", path),
             };
-            return self.writer.add_symlink(rel, meta, target.as_os_str().as_bytes());
+            return self
+                .writer
+                .add_symlink(rel, meta, target.as_os_str().as_bytes());
         }
         if ft.is_file() {
             return self.file(path, rel, m, meta);
@@ -229,7 +229,9 @@ impl Store {
         };
         let root: PathBuf = dir.to_path_buf();
         ingest.dir(&root, b"", m.dev())?;
-        let Ingest { writer, progress, .. } = ingest;
+        let Ingest {
+            writer, progress, ..
+        } = ingest;
         let snap = writer.commit()?;
         Ok((snap, progress))
     }

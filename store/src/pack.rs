@@ -143,7 +143,8 @@ impl PackWriter {
             .file
             .as_mut()
             .ok_or_else(|| StoreError::InvalidArgument("pack already finished".into()))?;
-        file.write_all(stored).io_ctx("write pack", &self.tmp_path)?;
+        file.write_all(stored)
+            .io_ctx("write pack", &self.tmp_path)?;
         let location = BlobLocation {
             id,
             kind,
@@ -179,7 +180,8 @@ impl PackWriter {
             blob.encode(&mut trailer);
         }
         let digest = blake3::hash(&trailer);
-        file.write_all(&trailer).io_ctx("write pack", &self.tmp_path)?;
+        file.write_all(&trailer)
+            .io_ctx("write pack", &self.tmp_path)?;
         file.write_all(&(trailer.len() as u32).to_le_bytes())
             .io_ctx("write pack", &self.tmp_path)?;
         file.write_all(&digest.as_bytes()[..16])

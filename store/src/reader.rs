@@ -45,7 +45,11 @@ impl FileReader {
             }
             self.cached = Some((index, data));
         }
-        Ok(self.cached.as_ref().map(|(_, d)| d.as_slice()).unwrap_or(&[]))
+        Ok(self
+            .cached
+            .as_ref()
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or(&[]))
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at end of file.
@@ -85,7 +89,10 @@ impl Seek for FileReader {
                 self.pos = p;
                 Ok(p)
             }
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before start")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before start",
+            )),
         }
     }
 }
@@ -113,7 +120,9 @@ impl Store {
     pub fn open_file(&self, entry: &TreeEntry) -> Result<FileReader> {
         match &entry.data {
             EntryData::File { chunks, .. } => Ok(self.open_chunks(chunks)),
-            _ => Err(StoreError::NotAFile(String::from_utf8_lossy(&entry.name).into())),
+            _ => Err(StoreError::NotAFile(
+                String::from_utf8_lossy(&entry.name).into(),
+            )),
         }
     }
 }

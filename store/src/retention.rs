@@ -28,7 +28,9 @@ use time::{Date, Duration, OffsetDateTime, Time};
 
 /// Whole days as a duration, or `None` past anything a calendar can hold.
 fn days_duration(days: i64) -> Option<Duration> {
-    (0..=100_000_000).contains(&days).then(|| Duration::days(days))
+    (0..=100_000_000)
+        .contains(&days)
+        .then(|| Duration::days(days))
 }
 
 /// The period of an `earliest of` item.
@@ -281,11 +283,20 @@ mod tests {
     #[test]
     fn time_zone_of_now_sets_the_day_boundaries() {
         // 23:30 UTC on the 9th is already the 10th at +01:00.
-        let times = vec![datetime!(2024-03-09 23:30 UTC), datetime!(2024-03-10 12:00 UTC)];
+        let times = vec![
+            datetime!(2024-03-09 23:30 UTC),
+            datetime!(2024-03-10 12:00 UTC),
+        ];
         let now_utc = datetime!(2024-03-10 20:00 UTC);
         assert_eq!(to_delete("earliest of day", now_utc, &times), vec![0]);
         let now_plus1 = now_utc.to_offset(time::macros::offset!(+1));
-        let times_plus1: Vec<_> = times.iter().map(|t| t.to_offset(time::macros::offset!(+1))).collect();
-        assert_eq!(to_delete("earliest of day", now_plus1, &times_plus1), vec![1]);
+        let times_plus1: Vec<_> = times
+            .iter()
+            .map(|t| t.to_offset(time::macros::offset!(+1)))
+            .collect();
+        assert_eq!(
+            to_delete("earliest of day", now_plus1, &times_plus1),
+            vec![1]
+        );
     }
 }

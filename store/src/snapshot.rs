@@ -157,7 +157,10 @@ impl Snapshot {
 pub fn format_ns(ns: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ns.to_string())
 }
 
@@ -310,7 +313,9 @@ impl Store {
     pub fn list_dir(&self, snap: &Snapshot, path: &[u8]) -> Result<Vec<TreeEntry>> {
         match self.lookup(snap, path)?.data {
             EntryData::Dir { tree } => self.read_tree(&tree),
-            _ => Err(StoreError::NotADirectory(String::from_utf8_lossy(path).into())),
+            _ => Err(StoreError::NotADirectory(
+                String::from_utf8_lossy(path).into(),
+            )),
         }
     }
 }

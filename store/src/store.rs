@@ -39,7 +39,9 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<()> {
         let in_range = |v: u32, (lo, hi): (u32, u32), what: &str| {
             if v < lo || v > hi {
-                Err(StoreError::Config(format!("{what} {v} outside {lo}..={hi}")))
+                Err(StoreError::Config(format!(
+                    "{what} {v} outside {lo}..={hi}"
+                )))
             } else {
                 Ok(())
             }

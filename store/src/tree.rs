@@ -277,11 +277,10 @@ pub fn decode(bytes: &[u8]) -> Result<TreeNode, DecodeError> {
                         return r.fail("entries not sorted or duplicated");
                     }
                 }
-                let kind = EntryKind::from_code(r.u8()?)
-                    .ok_or(DecodeError {
-                        offset: r.position(),
-                        reason: "unknown entry kind",
-                    })?;
+                let kind = EntryKind::from_code(r.u8()?).ok_or(DecodeError {
+                    offset: r.position(),
+                    reason: "unknown entry kind",
+                })?;
                 let perm = r.bounded(0o7777, "permission bits out of range")? as u32;
                 let uid = r.bounded(u64::from(u32::MAX), "uid out of range")? as u32;
                 let gid = r.bounded(u64::from(u32::MAX), "gid out of range")? as u32;
@@ -324,11 +323,13 @@ pub fn decode(bytes: &[u8]) -> Result<TreeNode, DecodeError> {
                         tree: Id(r.array()?),
                     },
                     EntryKind::Symlink => EntryData::Symlink {
-                        target: r.bytes(MAX_SYMLINK_LEN, "symlink target too long")?.to_vec(),
+                        target: r
+                            .bytes(MAX_SYMLINK_LEN, "symlink target too long")?
+                            .to_vec(),
                     },
-                    EntryKind::CharDevice | EntryKind::BlockDevice => EntryData::Device {
-                        rdev: r.uvarint()?,
-                    },
+                    EntryKind::CharDevice | EntryKind::BlockDevice => {
+                        EntryData::Device { rdev: r.uvarint()? }
+                    }
                     EntryKind::Fifo | EntryKind::Socket => EntryData::Special,
                 };
                 entries.push(TreeEntry {
@@ -370,9 +371,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_entry() -> impl Strategy<Value = TreeEntry> {
-        let name = proptest::collection::vec(1u8..=255, 1..40)
-            .prop_filter("valid", |n| valid_name(n));
-        let meta = (0u32..=0o7777, any::<u32>(), any::<u32>(), any::<i64>(), 0u32..1_000_000_000)
+        let name =
+            proptest::collection::vec(1u8..=255, 1..40).prop_filter("valid", |n| valid_name(n));
+        let meta = (
+            0u32..=0o7777,
+            any::<u32>(),
+            any::<u32>(),
+            any::<i64>(),
+            0u32..1_000_000_000,
+        )
             .prop_map(|(perm, uid, gid, mtime_sec, mtime_nsec)| Metadata {
                 perm,
                 uid,
@@ -381,12 +388,24 @@ mod tests {
                 mtime_nsec,
             });
         let data = prop_oneof![
-            (proptest::collection::vec((any::<[u8; 32]>(), 1u32..1000), 0..4), any::<u64>())
+            (
+                proptest::collection::vec((any::<[u8; 32]>(), 1u32..1000), 0..4),
+                any::<u64>()
+            )
                 .prop_map(|(c, link_group)| {
-                    let chunks: Vec<ChunkRef> =
-                        c.into_iter().map(|(id, len)| ChunkRef { id: Id(id), len }).collect();
+                    let chunks: Vec<ChunkRef> = c
+                        .into_iter()
+                        .map(|(id, len)| ChunkRef { id: Id(id), len })
+                        .collect();
                     let size = chunks.iter().map(|c| u64::from(c.len)).sum();
-                    (EntryKind::File, EntryData::File { size, link_group, chunks })
+                    (
+                        EntryKind::File,
+                        EntryData::File {
+                            size,
+                            link_group,
+                            chunks,
+                        },
+                    )
                 }),
             any::<[u8; 32]>().prop_map(|t| (EntryKind::Dir, EntryData::Dir { tree: Id(t) })),
             proptest::collection::vec(any::<u8>(), 0..100)
@@ -431,7 +450,10 @@ mod tests {
     #[test]
     fn split_round_trips_and_cuts_are_bounded() {
         let parts = vec![(b"a".to_vec(), Id([1; 32])), (b"m".to_vec(), Id([2; 32]))];
-        assert_eq!(decode(&encode_split(&parts)).unwrap(), TreeNode::Split(parts));
+        assert_eq!(
+            decode(&encode_split(&parts)).unwrap(),
+            TreeNode::Split(parts)
+        );
         let entries: Vec<TreeEntry> = (0..50_000u32)
             .map(|i| TreeEntry {
                 name: format!("f{i:06}").into_bytes(),

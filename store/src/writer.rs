@@ -113,7 +113,10 @@ impl Packer {
         if self.pack.is_none() {
             self.pack = Some(PackWriter::create(&self.store.tmp_dir())?);
         }
-        let pack = self.pack.as_mut().ok_or_else(|| StoreError::Busy("no pack".into()))?;
+        let pack = self
+            .pack
+            .as_mut()
+            .ok_or_else(|| StoreError::Busy("no pack".into()))?;
         let loc = pack.add(&mut self.compressor, id, kind, raw)?;
         if let Some(children) = children {
             self.pending_children.insert(id, children);
@@ -165,6 +168,19 @@ pub struct SnapshotWriter {
     chunker: Chunker,
     stats: SnapshotStats,
     time_begin_ns: i64,
+    /// The file whose content is streaming in, if any.
+    pending: Option<PendingFile>,
+}
+
+/// A regular file whose content is arriving: bounded to one max-size chunk in memory.
+struct PendingFile {
+    path: Vec<u8>,
+    meta: Metadata,
+    link_group: u64,
+    buf: Vec<u8>,
+    start: usize,
+    chunks: Vec<ChunkRef>,
+    size: u64,
 }
 
 impl std::fmt::Debug for SnapshotWriter {
@@ -259,6 +275,7 @@ impl Store {
             chunker: Chunker::new(&self.config()),
             stats: SnapshotStats::default(),
             time_begin_ns: now_ns(),
+            pending: None,
         })
     }
 }
@@ -349,7 +366,13 @@ impl SnapshotWriter {
         self.add_dir(dir, meta)
     }
 
-    fn insert(&mut self, path: &[u8], kind: EntryKind, meta: Metadata, data: EntryData) -> Result<()> {
+    fn insert(
+        &mut self,
+        path: &[u8],
+        kind: EntryKind,
+        meta: Metadata,
+        data: EntryData,
+    ) -> Result<()> {
         let (parent, name) = parent_and_name(path)?;
         self.ensure_dir(&parent)?;
         let entry = TreeEntry {
@@ -375,7 +398,12 @@ impl SnapshotWriter {
             return Ok(());
         }
         let canonical = parts.join(&b'/');
-        self.insert(&canonical, EntryKind::Dir, meta, EntryData::Dir { tree: Id([0; 32]) })?;
+        self.insert(
+            &canonical,
+            EntryKind::Dir,
+            meta,
+            EntryData::Dir { tree: Id([0; 32]) },
+        )?;
         self.dirs.entry(canonical).or_default();
         Ok(())
     }
@@ -386,11 +414,24 @@ impl SnapshotWriter {
                 "symlink target must be 1 to 65536 bytes without NUL".into(),
             ));
         }
-        self.insert(path, EntryKind::Symlink, meta, EntryData::Symlink { target: target.to_vec() })
+        self.insert(
+            path,
+            EntryKind::Symlink,
+            meta,
+            EntryData::Symlink {
+                target: target.to_vec(),
+            },
+        )
     }
 
     /// Adds a device node, FIFO or socket.
-    pub fn add_special(&mut self, path: &[u8], kind: EntryKind, meta: Metadata, rdev: u64) -> Result<()> {
+    pub fn add_special(
+        &mut self,
+        path: &[u8],
+        kind: EntryKind,
+        meta: Metadata,
+        rdev: u64,
+    ) -> Result<()> {
         let data = match kind {
             EntryKind::CharDevice | EntryKind::BlockDevice => EntryData::Device { rdev },
             EntryKind::Fifo | EntryKind::Socket => EntryData::Special,
@@ -417,16 +458,36 @@ impl SnapshotWriter {
             }
         }
         let size = chunks.iter().map(|c| u64::from(c.len)).sum();
-        self.insert(path, EntryKind::File, meta, EntryData::File { size, link_group, chunks })
+        self.insert(
+            path,
+            EntryKind::File,
+            meta,
+            EntryData::File {
+                size,
+                link_group,
+                chunks,
+            },
+        )
     }
 
     /// If the base snapshot has a regular file at `path` with this size and mtime, records
     /// it with the base's content without reading anything, and returns true.
-    pub fn reuse_unchanged(&mut self, path: &[u8], meta: Metadata, size: u64, link_group: u64) -> Result<bool> {
+    pub fn reuse_unchanged(
+        &mut self,
+        path: &[u8],
+        meta: Metadata,
+        size: u64,
+        link_group: u64,
+    ) -> Result<bool> {
         let Some(base) = self.base_entry(path)? else {
             return Ok(false);
         };
-        let EntryData::File { size: base_size, chunks, .. } = base.data else {
+        let EntryData::File {
+            size: base_size,
+            chunks,
+            ..
+        } = base.data
+        else {
             return Ok(false);
         };
         if base_size != size
@@ -436,15 +497,40 @@ impl SnapshotWriter {
             return Ok(false);
         }
         self.stats.reused_files += 1;
-        self.insert(path, EntryKind::File, meta, EntryData::File { size, link_group, chunks })?;
+        self.insert(
+            path,
+            EntryKind::File,
+            meta,
+            EntryData::File {
+                size,
+                link_group,
+                chunks,
+            },
+        )?;
         Ok(true)
     }
 
     /// Starts a regular file whose content the caller streams into the returned writer.
-    pub fn add_file(&mut self, path: &[u8], meta: Metadata, link_group: u64) -> Result<FileWriter<'_>> {
+    pub fn add_file(
+        &mut self,
+        path: &[u8],
+        meta: Metadata,
+        link_group: u64,
+    ) -> Result<FileWriter<'_>> {
+        self.begin_file(path, meta, link_group)?;
+        Ok(FileWriter {
+            writer: self,
+            done: false,
+        })
+    }
+
+    /// Starts streaming a regular file's content (for callers that cannot hold a
+    /// [`FileWriter`] borrow, such as a protocol sink): follow with [`Self::write_file`] and
+    /// [`Self::finish_file`] or [`Self::discard_file`]. A file still pending is discarded.
+    pub fn begin_file(&mut self, path: &[u8], meta: Metadata, link_group: u64) -> Result<()> {
         // Validate now so a bad path fails before any content is streamed.
         parent_and_name(path)?;
-        Ok(FileWriter {
+        self.pending = Some(PendingFile {
             path: path.to_vec(),
             meta,
             link_group,
@@ -452,8 +538,64 @@ impl SnapshotWriter {
             start: 0,
             chunks: Vec::new(),
             size: 0,
-            writer: self,
-        })
+        });
+        Ok(())
+    }
+
+    /// Appends content to the pending file, storing every chunk FastCDC cuts.
+    pub fn write_file(&mut self, data: &[u8]) -> Result<()> {
+        let mut file = self
+            .pending
+            .take()
+            .ok_or_else(|| StoreError::InvalidArgument("no file is being written".into()))?;
+        file.buf.extend_from_slice(data);
+        file.size += data.len() as u64;
+        let max = self.chunker.max();
+        let result = (|| {
+            while file.buf.len() - file.start >= max {
+                let len = self.chunker.cut(&file.buf[file.start..]);
+                let chunk = self.store_chunk(&file.buf[file.start..file.start + len])?;
+                file.chunks.push(chunk);
+                file.start += len;
+            }
+            Ok(())
+        })();
+        if file.start >= max {
+            file.buf.drain(..file.start);
+            file.start = 0;
+        }
+        self.pending = Some(file);
+        result
+    }
+
+    /// Stores the pending file's last chunks and records its entry; returns its chunk list.
+    pub fn finish_file(&mut self) -> Result<Vec<ChunkRef>> {
+        let mut file = self
+            .pending
+            .take()
+            .ok_or_else(|| StoreError::InvalidArgument("no file is being written".into()))?;
+        while file.start < file.buf.len() {
+            let len = self.chunker.cut(&file.buf[file.start..]);
+            let chunk = self.store_chunk(&file.buf[file.start..file.start + len])?;
+            file.chunks.push(chunk);
+            file.start += len;
+        }
+        self.insert(
+            &file.path,
+            EntryKind::File,
+            file.meta,
+            EntryData::File {
+                size: file.size,
+                link_group: file.link_group,
+                chunks: file.chunks.clone(),
+            },
+        )?;
+        Ok(file.chunks)
+    }
+
+    /// Drops the pending file's content (its chunks already stored become garbage for GC).
+    pub fn discard_file(&mut self) {
+        self.pending = None;
     }
 
     fn store_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
@@ -473,7 +615,8 @@ impl SnapshotWriter {
         let id = Id::of(&bytes);
         if !self.packer.reuse(&id)? {
             self.stats.new_stored_bytes +=
-                self.packer.add(id, BLOB_KIND_TREE, &bytes, Some(children))?;
+                self.packer
+                    .add(id, BLOB_KIND_TREE, &bytes, Some(children))?;
             self.stats.new_trees += 1;
         }
         Ok(id)
@@ -502,7 +645,13 @@ impl SnapshotWriter {
     pub fn commit(mut self) -> Result<Snapshot> {
         let mut paths: Vec<Vec<u8>> = self.dirs.keys().cloned().collect();
         // Deepest first, so every directory's children are built before it.
-        paths.sort_by_key(|p| std::cmp::Reverse(if p.is_empty() { 0 } else { 1 + p.iter().filter(|&&b| b == b'/').count() }));
+        paths.sort_by_key(|p| {
+            std::cmp::Reverse(if p.is_empty() {
+                0
+            } else {
+                1 + p.iter().filter(|&&b| b == b'/').count()
+            })
+        });
         let mut built: HashMap<Vec<u8>, Id> = HashMap::new();
         for path in paths {
             let entries = self.dirs.remove(&path).unwrap_or_default();
@@ -585,79 +734,48 @@ impl Drop for SnapshotWriter {
     }
 }
 
-/// Streams one file's content into the store, chunking as bytes arrive.
+/// Streams one file's content into the store, chunking as bytes arrive. Dropping it
+/// without `finish` discards the file.
 pub struct FileWriter<'w> {
     writer: &'w mut SnapshotWriter,
-    path: Vec<u8>,
-    meta: Metadata,
-    link_group: u64,
-    buf: Vec<u8>,
-    start: usize,
-    chunks: Vec<ChunkRef>,
-    size: u64,
+    done: bool,
 }
 
 impl std::fmt::Debug for FileWriter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileWriter")
-            .field("path", &String::from_utf8_lossy(&self.path))
-            .field("size", &self.size)
+            .field("size", &self.len())
             .finish_non_exhaustive()
     }
 }
 
 impl FileWriter<'_> {
-    fn emit(&mut self, len: usize) -> Result<()> {
-        let chunk = self.writer.store_chunk(&self.buf[self.start..self.start + len])?;
-        self.chunks.push(chunk);
-        self.start += len;
-        Ok(())
-    }
-
     /// Accepts content; errors are the store's typed errors.
     pub fn write_content(&mut self, data: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(data);
-        self.size += data.len() as u64;
-        let max = self.writer.chunker.max();
-        while self.buf.len() - self.start >= max {
-            let len = self.writer.chunker.cut(&self.buf[self.start..]);
-            self.emit(len)?;
-        }
-        if self.start >= max {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        Ok(())
+        self.writer.write_file(data)
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.size
+        self.writer.pending.as_ref().map_or(0, |p| p.size)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.size == 0
+        self.len() == 0
     }
 
     /// Stores the last chunks and records the entry; returns the file's chunk list.
     pub fn finish(mut self) -> Result<Vec<ChunkRef>> {
-        while self.start < self.buf.len() {
-            let len = self.writer.chunker.cut(&self.buf[self.start..]);
-            self.emit(len)?;
+        self.done = true;
+        self.writer.finish_file()
+    }
+}
+
+impl Drop for FileWriter<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.writer.discard_file();
         }
-        let chunks = std::mem::take(&mut self.chunks);
-        let path = std::mem::take(&mut self.path);
-        self.writer.insert(
-            &path,
-            EntryKind::File,
-            self.meta,
-            EntryData::File {
-                size: self.size,
-                link_group: self.link_group,
-                chunks: chunks.clone(),
-            },
-        )?;
-        Ok(chunks)
     }
 }
 

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use turku_store::{EntryData, EntryKind, Metadata, Store, StoreConfig, StoreError};
-use turku_testkit::{assert_rsync_sees_no_difference, assert_same_tree, make_awkward_tree, random_bytes};
+use turku_testkit::{
+    assert_rsync_sees_no_difference, assert_same_tree, make_awkward_tree, random_bytes,
+};
 
 fn small_chunks() -> StoreConfig {
     // Small chunks so modest test files span many chunks.
@@ -76,11 +78,24 @@ fn metadata_is_kept_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
     let store = new_store(tmp.path());
     let mut w = store.begin_snapshot("m", "s").unwrap();
-    let meta = Metadata { perm: 0o7777, uid: u32::MAX, gid: 0, mtime_sec: i64::MIN / 2, mtime_nsec: 999_999_999 };
+    let meta = Metadata {
+        perm: 0o7777,
+        uid: u32::MAX,
+        gid: 0,
+        mtime_sec: i64::MIN / 2,
+        mtime_nsec: 999_999_999,
+    };
     w.add_dir(b"d", meta).unwrap();
-    w.add_symlink(b"d/l", meta, b"\xff\x00-ok-to-store?").unwrap_err();
+    w.add_symlink(b"d/l", meta, b"\xff\x00-ok-to-store?")
+        .unwrap_err();
     w.add_symlink(b"d/l", meta, b"\xff target").unwrap();
-    w.add_special(b"d/c", EntryKind::CharDevice, meta, turku_store::make_dev(4095, 1 << 19)).unwrap();
+    w.add_special(
+        b"d/c",
+        EntryKind::CharDevice,
+        meta,
+        turku_store::make_dev(4095, 1 << 19),
+    )
+    .unwrap();
     let mut f = w.add_file(b"d/f", meta, 42).unwrap();
     f.write_all(b"content").unwrap();
     f.finish().unwrap();
@@ -91,13 +106,34 @@ fn metadata_is_kept_bit_for_bit() {
         assert_eq!(e.meta, meta, "{:?}", e.name);
     }
     let dev = entries.iter().find(|e| e.name == b"c").unwrap();
-    assert_eq!(dev.data, EntryData::Device { rdev: turku_store::make_dev(4095, 1 << 19) });
+    assert_eq!(
+        dev.data,
+        EntryData::Device {
+            rdev: turku_store::make_dev(4095, 1 << 19)
+        }
+    );
     let link = entries.iter().find(|e| e.name == b"l").unwrap();
-    assert_eq!(link.data, EntryData::Symlink { target: b"\xff target".to_vec() });
+    assert_eq!(
+        link.data,
+        EntryData::Symlink {
+            target: b"\xff target".to_vec()
+        }
+    );
     let file = store.lookup(&snap, b"d/f").unwrap();
-    assert!(matches!(file.data, EntryData::File { link_group: 42, size: 7, .. }));
+    assert!(matches!(
+        file.data,
+        EntryData::File {
+            link_group: 42,
+            size: 7,
+            ..
+        }
+    ));
     let mut content = String::new();
-    store.open_file(&file).unwrap().read_to_string(&mut content).unwrap();
+    store
+        .open_file(&file)
+        .unwrap()
+        .read_to_string(&mut content)
+        .unwrap();
     assert_eq!(content, "content");
 }
 
@@ -108,7 +144,10 @@ fn paths_from_callers_never_escape() {
     let mut w = store.begin_snapshot("m", "s").unwrap();
     let meta = Metadata::default();
     for bad in [&b"../x"[..], b"a/../../x", b"a/\0b"] {
-        assert!(matches!(w.add_dir(bad, meta), Err(StoreError::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(w.add_dir(bad, meta), Err(StoreError::InvalidArgument(_))),
+            "{bad:?}"
+        );
         assert!(w.add_file(bad, meta, 0).is_err());
     }
     assert!(store.begin_snapshot("m/../x", "s").is_err());
@@ -124,7 +163,10 @@ fn unchanged_snapshot_reads_nothing_and_writes_no_blobs() {
     let (first, _) = store.ingest_dir("m", "s", &src, None).unwrap();
     let packs_before = pack_files(&store);
     let (second, progress) = store.ingest_dir("m", "s", &src, None).unwrap();
-    assert_eq!(second.root, first.root, "an unchanged tree has the same root");
+    assert_eq!(
+        second.root, first.root,
+        "an unchanged tree has the same root"
+    );
     assert_eq!(second.base.as_deref(), Some(first.name.as_str()));
     assert_eq!(progress.bytes_read, 0, "unchanged files are not read");
     assert_eq!(second.stats.new_chunks, 0);
@@ -144,7 +186,10 @@ fn identical_trees_of_two_machines_are_stored_once() {
     let chunks_after_a = store.stats().unwrap().chunk_bytes;
     let (b, _) = store.ingest_dir("machine-b", "root", &src, None).unwrap();
     assert!(a.stats.new_bytes > 0);
-    assert_eq!(b.stats.new_bytes, 0, "the second machine's data is already stored");
+    assert_eq!(
+        b.stats.new_bytes, 0,
+        "the second machine's data is already stored"
+    );
     assert_eq!(b.stats.new_trees, 0);
     assert_eq!(store.stats().unwrap().chunk_bytes, chunks_after_a);
 }
@@ -158,22 +203,36 @@ fn an_edit_in_the_middle_of_a_big_file_stores_little() {
     let mut data = random_bytes(7, 16 * 1024 * 1024);
     fs::write(src.join("big"), &data).unwrap();
     let (first, _) = store.ingest_dir("m", "s", &src, None).unwrap();
-    assert!(first.stats.new_chunks > 30, "{} chunks", first.stats.new_chunks);
+    assert!(
+        first.stats.new_chunks > 30,
+        "{} chunks",
+        first.stats.new_chunks
+    );
     // Insert 100 bytes in the middle: content-defined chunking resynchronises.
     data.splice(8_000_000..8_000_000, random_bytes(8, 100));
     fs::write(src.join("big"), &data).unwrap();
     let (second, _) = store.ingest_dir("m", "s", &src, None).unwrap();
-    assert!(second.stats.new_bytes < 1024 * 1024, "{} new bytes", second.stats.new_bytes);
+    assert!(
+        second.stats.new_bytes < 1024 * 1024,
+        "{} new bytes",
+        second.stats.new_bytes
+    );
     let entry = store.lookup(&second, b"big").unwrap();
     let mut back = Vec::new();
-    store.open_file(&entry).unwrap().read_to_end(&mut back).unwrap();
+    store
+        .open_file(&entry)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
     assert!(back == data);
     // Random access reads the right bytes across chunk boundaries.
     let mut reader = store.open_file(&entry).unwrap();
     let mut buf = vec![0u8; 100_000];
     let mut got = 0;
     while got < buf.len() {
-        got += reader.read_at(7_990_000 + got as u64, &mut buf[got..]).unwrap();
+        got += reader
+            .read_at(7_990_000 + got as u64, &mut buf[got..])
+            .unwrap();
     }
     assert!(buf[..] == data[7_990_000..8_090_000]);
 }
@@ -182,25 +241,52 @@ fn an_edit_in_the_middle_of_a_big_file_stores_little() {
 fn huge_directories_split_and_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let store = new_store(tmp.path());
-    let meta = Metadata { perm: 0o644, ..Metadata::default() };
+    let meta = Metadata {
+        perm: 0o644,
+        ..Metadata::default()
+    };
     let mut w = store.begin_snapshot("m", "s").unwrap();
     for i in 0..40_000u32 {
-        w.add_special(format!("dir/entry-{i:06}").as_bytes(), EntryKind::Fifo, meta, 0).unwrap();
+        w.add_special(
+            format!("dir/entry-{i:06}").as_bytes(),
+            EntryKind::Fifo,
+            meta,
+            0,
+        )
+        .unwrap();
     }
     let snap = w.commit().unwrap();
-    assert!(snap.stats.new_trees > 3, "split into parts: {}", snap.stats.new_trees);
+    assert!(
+        snap.stats.new_trees > 3,
+        "split into parts: {}",
+        snap.stats.new_trees
+    );
     let entries = store.list_dir(&snap, b"dir").unwrap();
     assert_eq!(entries.len(), 40_000);
     assert!(entries.windows(2).all(|p| p[0].name < p[1].name));
-    assert_eq!(store.lookup(&snap, b"dir/entry-031337").unwrap().kind, EntryKind::Fifo);
+    assert_eq!(
+        store.lookup(&snap, b"dir/entry-031337").unwrap().kind,
+        EntryKind::Fifo
+    );
     // Adding one name rewrites one part and the split node, not all parts.
     let mut w = store.begin_snapshot("m", "s").unwrap();
     for i in 0..40_000u32 {
-        w.add_special(format!("dir/entry-{i:06}").as_bytes(), EntryKind::Fifo, meta, 0).unwrap();
+        w.add_special(
+            format!("dir/entry-{i:06}").as_bytes(),
+            EntryKind::Fifo,
+            meta,
+            0,
+        )
+        .unwrap();
     }
-    w.add_special(b"dir/entry-020000x", EntryKind::Fifo, meta, 0).unwrap();
+    w.add_special(b"dir/entry-020000x", EntryKind::Fifo, meta, 0)
+        .unwrap();
     let snap2 = w.commit().unwrap();
-    assert!(snap2.stats.new_trees <= 4, "{} new trees", snap2.stats.new_trees);
+    assert!(
+        snap2.stats.new_trees <= 4,
+        "{} new trees",
+        snap2.stats.new_trees
+    );
     assert!(store.verify(None).unwrap().is_clean());
 }
 
@@ -253,7 +339,10 @@ fn forget_and_gc_reclaim_exactly_what_is_unreferenced() {
     ));
     // A second GC has nothing left to do.
     let again = store.gc().unwrap();
-    assert_eq!((again.freed_blobs, again.deleted_packs, again.repacked_packs), (0, 0, 0));
+    assert_eq!(
+        (again.freed_blobs, again.deleted_packs, again.repacked_packs),
+        (0, 0, 0)
+    );
 }
 
 #[test]
@@ -280,7 +369,11 @@ fn gc_and_backups_run_safely_together() {
             for round in 0..25u64 {
                 fs::write(src.join("changing"), random_bytes(round, 300_000)).unwrap();
                 if round % 3 == 0 {
-                    fs::write(src.join(format!("extra-{round}")), random_bytes(1000 + round, 50_000)).unwrap();
+                    fs::write(
+                        src.join(format!("extra-{round}")),
+                        random_bytes(1000 + round, 50_000),
+                    )
+                    .unwrap();
                 }
                 let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
                 committed.push(snap);
@@ -316,7 +409,10 @@ fn gc_and_backups_run_safely_together() {
     for snap in store.snapshots(None, None).unwrap() {
         let out = tmp.path().join(format!("out-{}", snap.name));
         store.export_to_dir(&snap, b"", &out).unwrap();
-        assert_eq!(fs::read(out.join("shared")).unwrap(), random_bytes(99, 1_500_000));
+        assert_eq!(
+            fs::read(out.join("shared")).unwrap(),
+            random_bytes(99, 1_500_000)
+        );
     }
     let (last, _) = store.ingest_dir("m", "s", &src, None).unwrap();
     let out = tmp.path().join("out-final");
@@ -345,16 +441,26 @@ fn repair_rebuilds_the_index_from_packs_and_records() {
     for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
         let _ = fs::remove_file(root.join(f));
     }
-    assert!(Store::open(&root).is_err(), "a missing index is reported, not silently empty");
+    assert!(
+        Store::open(&root).is_err(),
+        "a missing index is reported, not silently empty"
+    );
     let report = Store::repair(&root).unwrap();
     assert_eq!(report.snapshots, 2);
     let store = Store::open(&root).unwrap();
-    let listed: Vec<String> = store.snapshots(None, None).unwrap().into_iter().map(|s| s.name).collect();
+    let listed: Vec<String> = store
+        .snapshots(None, None)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     assert_eq!(listed, names);
     let verify = store.verify(None).unwrap();
     assert!(verify.is_clean(), "{:?}", verify.problems);
     let out = tmp.path().join("out");
-    store.export_to_dir(&store.snapshot("other", "s", "latest").unwrap(), b"", &out).unwrap();
+    store
+        .export_to_dir(&store.snapshot("other", "s", "latest").unwrap(), b"", &out)
+        .unwrap();
     assert_same_tree(&src, &out);
     // Reference counts were rebuilt: forgetting everything lets GC free everything.
     for s in store.snapshots(None, None).unwrap() {
@@ -383,19 +489,33 @@ fn verify_names_the_files_a_corrupt_chunk_affects() {
     let report = store.verify(None).unwrap();
     assert!(!report.is_clean());
     assert!(
-        report.affected.iter().any(|a| a.ends_with(": sub/victim") && a.contains(&snap.name)),
+        report
+            .affected
+            .iter()
+            .any(|a| a.ends_with(": sub/victim") && a.contains(&snap.name)),
         "{:?}",
         report.affected
     );
     let entry = store.lookup(&snap, b"sub/victim").unwrap();
-    let err = store.open_file(&entry).unwrap().read_to_end(&mut Vec::new()).unwrap_err();
+    let err = store
+        .open_file(&entry)
+        .unwrap()
+        .read_to_end(&mut Vec::new())
+        .unwrap_err();
     assert!(err.to_string().contains("does not match its hash"), "{err}");
     // Truncated pack: a clear error naming the pack, not a panic.
     fs::write(&packs[0], &bytes[..bytes.len() - 5]).unwrap();
     let report = store.verify(Some(&snap)).unwrap();
     assert!(!report.is_clean());
     let report = store.verify(None).unwrap();
-    assert!(report.problems.iter().any(|p| p.subject.starts_with("pack ") && p.reason.contains("end magic")), "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.subject.starts_with("pack ") && p.reason.contains("end magic")),
+        "{:?}",
+        report.problems
+    );
 }
 
 #[test]
@@ -405,11 +525,26 @@ fn bad_lookups_are_clear_errors() {
     let src = tmp.path().join("src");
     make_awkward_tree(&src);
     let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
-    assert!(matches!(store.snapshot("m", "s", "nope"), Err(StoreError::NoSuchSnapshot { .. })));
-    assert!(matches!(store.snapshot("m", "other", "latest"), Err(StoreError::NoSuchSnapshot { .. })));
-    assert!(matches!(store.lookup(&snap, b"no/such"), Err(StoreError::NoSuchPath(_))));
-    assert!(matches!(store.list_dir(&snap, b"small.txt"), Err(StoreError::NotADirectory(_))));
-    assert!(matches!(store.lookup(&snap, b"../etc"), Err(StoreError::InvalidArgument(_))));
+    assert!(matches!(
+        store.snapshot("m", "s", "nope"),
+        Err(StoreError::NoSuchSnapshot { .. })
+    ));
+    assert!(matches!(
+        store.snapshot("m", "other", "latest"),
+        Err(StoreError::NoSuchSnapshot { .. })
+    ));
+    assert!(matches!(
+        store.lookup(&snap, b"no/such"),
+        Err(StoreError::NoSuchPath(_))
+    ));
+    assert!(matches!(
+        store.list_dir(&snap, b"small.txt"),
+        Err(StoreError::NotADirectory(_))
+    ));
+    assert!(matches!(
+        store.lookup(&snap, b"../etc"),
+        Err(StoreError::InvalidArgument(_))
+    ));
     // A sub-path export.
     let out = tmp.path().join("out");
     store.export_to_dir(&snap, b"deep/a", &out).unwrap();
@@ -424,13 +559,25 @@ fn bad_lookups_are_clear_errors() {
 #[test]
 fn init_validates_parameters_and_refuses_an_existing_store() {
     let tmp = tempfile::tempdir().unwrap();
-    let bad = StoreConfig { chunk_avg: 1000, ..small_chunks() };
+    let bad = StoreConfig {
+        chunk_avg: 1000,
+        ..small_chunks()
+    };
     assert!(Store::init(&tmp.path().join("a"), bad).is_err());
-    let bad = StoreConfig { zstd_level: 40, ..small_chunks() };
+    let bad = StoreConfig {
+        zstd_level: 40,
+        ..small_chunks()
+    };
     assert!(Store::init(&tmp.path().join("b"), bad).is_err());
     Store::init(&tmp.path().join("c"), small_chunks()).unwrap();
-    assert!(matches!(Store::init(&tmp.path().join("c"), small_chunks()), Err(StoreError::AlreadyExists(_))));
-    assert!(matches!(Store::open(&tmp.path().join("nothing")), Err(StoreError::NotAStore(_))));
+    assert!(matches!(
+        Store::init(&tmp.path().join("c"), small_chunks()),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        Store::open(&tmp.path().join("nothing")),
+        Err(StoreError::NotAStore(_))
+    ));
     let reopened = Store::open(&tmp.path().join("c")).unwrap();
     assert_eq!(reopened.config(), small_chunks());
 }

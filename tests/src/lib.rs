@@ -80,8 +80,20 @@ pub fn make_awkward_tree(root: &Path) {
     fs::set_permissions(p(b"private"), fs::Permissions::from_mode(0o600)).unwrap();
     if is_root() {
         use nix::sys::stat::{mknod, Mode, SFlag};
-        mknod(&p(b"null-dev"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3)).unwrap();
-        mknod(&p(b"block-dev"), SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), nix::sys::stat::makedev(259, 70000)).unwrap();
+        mknod(
+            &p(b"null-dev"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        mknod(
+            &p(b"block-dev"),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o660),
+            nix::sys::stat::makedev(259, 70000),
+        )
+        .unwrap();
         std::os::unix::fs::lchown(p(b"small.txt"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(p(b"rel-link"), Some(4321), Some(8765)).unwrap();
         std::os::unix::fs::lchown(p(b"deep"), Some(4000000000), Some(3999999999)).unwrap();
@@ -115,7 +127,10 @@ pub fn observe(root: &Path) -> BTreeMap<Vec<u8>, Observed> {
     let mut inodes: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
     let mut stack = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, rel)) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for name in names {
             let path = dir.join(&name);
@@ -126,10 +141,22 @@ pub fn observe(root: &Path) -> BTreeMap<Vec<u8>, Observed> {
             r.extend_from_slice(name.as_bytes());
             let m = fs::symlink_metadata(&path).unwrap();
             let ft = m.file_type();
-            let content = ft.is_file().then(|| *blake3::hash(&fs::read(&path).unwrap()).as_bytes());
-            let target = ft.is_symlink().then(|| fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec());
-            let link_leader = (ft.is_file() && m.nlink() > 1)
-                .then(|| inodes.entry((m.dev(), m.ino())).or_insert_with(|| r.clone()).clone());
+            let content = ft
+                .is_file()
+                .then(|| *blake3::hash(&fs::read(&path).unwrap()).as_bytes());
+            let target = ft.is_symlink().then(|| {
+                fs::read_link(&path)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            });
+            let link_leader = (ft.is_file() && m.nlink() > 1).then(|| {
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_insert_with(|| r.clone())
+                    .clone()
+            });
             out.insert(
                 r.clone(),
                 Observed {
@@ -137,7 +164,11 @@ pub fn observe(root: &Path) -> BTreeMap<Vec<u8>, Observed> {
                     uid: m.uid(),
                     gid: m.gid(),
                     mtime: (m.mtime(), m.mtime_nsec()),
-                    size: if ft.is_file() || ft.is_symlink() { m.size() } else { 0 },
+                    size: if ft.is_file() || ft.is_symlink() {
+                        m.size()
+                    } else {
+                        0
+                    },
                     rdev: m.rdev(),
                     content,
                     target,
@@ -158,19 +189,37 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     let b = observe(actual);
     for (path, want) in &a {
         let name = String::from_utf8_lossy(path);
-        let got = b.get(path).unwrap_or_else(|| panic!("{name} missing from {}", actual.display()));
+        let got = b
+            .get(path)
+            .unwrap_or_else(|| panic!("{name} missing from {}", actual.display()));
         // Hard-link leaders depend on walk order; compare group membership instead.
         let mut w = want.clone();
         let mut g = got.clone();
-        w.link_leader = w.link_leader.map(|l| a.get(&l).and_then(|o| o.content.map(|c| c.to_vec())).unwrap_or(l));
-        g.link_leader = g.link_leader.map(|l| b.get(&l).and_then(|o| o.content.map(|c| c.to_vec())).unwrap_or(l));
+        w.link_leader = w.link_leader.map(|l| {
+            a.get(&l)
+                .and_then(|o| o.content.map(|c| c.to_vec()))
+                .unwrap_or(l)
+        });
+        g.link_leader = g.link_leader.map(|l| {
+            b.get(&l)
+                .and_then(|o| o.content.map(|c| c.to_vec()))
+                .unwrap_or(l)
+        });
         assert_eq!(&w, &g, "{name} differs");
     }
     for path in b.keys() {
-        assert!(a.contains_key(path), "{} is extra in {}", String::from_utf8_lossy(path), actual.display());
+        assert!(
+            a.contains_key(path),
+            "{} is extra in {}",
+            String::from_utf8_lossy(path),
+            actual.display()
+        );
     }
     let groups = |o: &BTreeMap<Vec<u8>, Observed>| -> Vec<Vec<u8>> {
-        o.iter().filter(|(_, v)| v.link_leader.is_some()).map(|(k, _)| k.clone()).collect()
+        o.iter()
+            .filter(|(_, v)| v.link_leader.is_some())
+            .map(|(k, _)| k.clone())
+            .collect()
     };
     assert_eq!(groups(&a), groups(&b), "hard-link sets differ");
 }
@@ -189,9 +238,16 @@ pub fn assert_rsync_sees_no_difference(expected: &Path, actual: &Path) {
         .arg(&dst)
         .output()
         .unwrap();
-    assert!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rsync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.trim().is_empty(), "rsync sees differences:\n{listing}");
+    assert!(
+        listing.trim().is_empty(),
+        "rsync sees differences:\n{listing}"
+    );
 }
 
 /// A file of `len` deterministic pseudo-random bytes.
@@ -201,4 +257,97 @@ pub fn random_file(path: &Path, seed: u64, len: usize) {
 
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     pseudo_random(seed, len)
+}
+
+/// A stock `rsync --daemon` on 127.0.0.1 with an ephemeral port, serving one read-only
+/// module per `(name, path)`, with `auth users` when a password is given. Killed on drop.
+pub struct RsyncDaemon {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: PathBuf,
+}
+
+impl std::fmt::Debug for RsyncDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RsyncDaemon")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl RsyncDaemon {
+    /// `conf_dir` holds the generated config and secrets; `auth` is `(user, password)`.
+    pub fn start(
+        conf_dir: &Path,
+        modules: &[(&str, &Path)],
+        auth: Option<(&str, &str)>,
+    ) -> RsyncDaemon {
+        let rsync = require_binary("rsync");
+        fs::create_dir_all(conf_dir).unwrap();
+        let secrets = conf_dir.join("secrets");
+        let mut conf = String::from("use chroot = false\nnumeric ids = yes\n");
+        if is_root() {
+            conf.push_str("uid = root\ngid = root\n");
+        }
+        for (name, path) in modules {
+            conf.push_str(&format!(
+                "[{name}]\npath = {}\nread only = true\n",
+                path.display()
+            ));
+            if let Some((user, _)) = auth {
+                conf.push_str(&format!(
+                    "auth users = {user}\nsecrets file = {}\n",
+                    secrets.display()
+                ));
+            }
+        }
+        if let Some((user, password)) = auth {
+            fs::write(&secrets, format!("{user}:{password}\n")).unwrap();
+            fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let conf_path = conf_dir.join("rsyncd.conf");
+        fs::write(&conf_path, conf).unwrap();
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(&rsync)
+                .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--config={}", conf_path.display()))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return RsyncDaemon {
+                        port,
+                        child,
+                        _dir: conf_dir.to_path_buf(),
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // port taken meanwhile: try another
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("rsync --daemon did not start");
+    }
+
+    /// The daemon's pid (its transfer workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RsyncDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,367 @@
+//! The store-backed rsync receiver: pulls a tree from a stock rsync daemon into a snapshot.
+//!
+//! For each regular file: same size and mtime as in the previous snapshot of the source →
+//! reuse its chunks and request nothing; otherwise the previous version (if any) is the rsync
+//! basis, read from the store, and the reconstructed content streams into the chunker.
+//! Nothing is committed unless the pull succeeds (exit 0, or 24: files vanished).
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use turku_proto_rsync::io::{pull, PullConfig};
+use turku_proto_rsync::{
+    Basis, EntryAction, FileEntry, FileKind, HardLink, MessageKind, Outcome, ReceiveSink, SinkError,
+};
+use turku_store::{
+    link_group_for, ChunkRef, EntryData, EntryKind, FileReader, Metadata, Snapshot, SnapshotWriter,
+    Store,
+};
+
+/// Where to pull from: `rsync://[USER@]HOST[:PORT]/MODULE[/PATH]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RsyncUrl {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub module: String,
+    pub path: String,
+}
+
+pub const RSYNC_DEFAULT_PORT: u16 = 873;
+
+impl RsyncUrl {
+    pub fn parse(url: &str) -> Result<RsyncUrl> {
+        let rest = url
+            .strip_prefix("rsync://")
+            .with_context(|| format!("{url:?} is not an rsync:// URL"))?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').context("unclosed [ in host")?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse().with_context(|| format!("bad port {p:?}"))?,
+            None => RSYNC_DEFAULT_PORT,
+        };
+        let path = path.trim_end_matches('/');
+        let (module, sub) = path.split_once('/').unwrap_or((path, ""));
+        if host.is_empty() || module.is_empty() {
+            bail!("{url:?}: expected rsync://[USER@]HOST[:PORT]/MODULE/");
+        }
+        Ok(RsyncUrl {
+            user,
+            host,
+            port,
+            module: module.to_string(),
+            path: sub.to_string(),
+        })
+    }
+}
+
+/// The Turku source's filter and exclude lists as rsync filter rules, as the original
+/// storage writes its merge file: filters first (local merges dropped), then `- PATTERN`.
+pub fn turku_filter_rules(filters: &[String], excludes: &[String]) -> Vec<String> {
+    filters
+        .iter()
+        .filter(|f| !(f.starts_with("merge") || f.starts_with(':')))
+        .cloned()
+        .chain(excludes.iter().map(|e| format!("- {e}")))
+        .collect()
+}
+
+/// A previous version of a file, read from the store, as the rsync basis.
+pub struct StoreBasis {
+    reader: FileReader,
+}
+
+impl Basis for StoreBasis {
+    fn len(&self) -> u64 {
+        self.reader.size()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SinkError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self
+                .reader
+                .read_at(offset + done as u64, &mut buf[done..])?;
+            if n == 0 {
+                return Err("read past the end of the basis".into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+struct Follower {
+    path: Vec<u8>,
+    meta: Metadata,
+    leader: u32,
+}
+
+/// Receives into a [`SnapshotWriter`].
+pub struct StoreSink {
+    store: Store,
+    writer: SnapshotWriter,
+    /// Chunks and link group of each hard-link leader, by sorted index.
+    leaders: HashMap<u32, (u64, Vec<ChunkRef>)>,
+    followers: Vec<Follower>,
+    pub warnings: Vec<String>,
+}
+
+fn meta_of(e: &FileEntry) -> Metadata {
+    Metadata {
+        perm: e.mode & 0o7777,
+        uid: e.uid,
+        gid: e.gid,
+        mtime_sec: e.mtime,
+        mtime_nsec: e.mtime_nsec.min(999_999_999),
+    }
+}
+
+/// The path inside the snapshot; `.` is the transfer's root.
+fn path_of(e: &FileEntry) -> &[u8] {
+    if e.name == b"." {
+        b""
+    } else {
+        e.name.strip_prefix(b"./").unwrap_or(&e.name)
+    }
+}
+
+impl StoreSink {
+    pub fn new(store: &Store, machine: &str, source: &str) -> Result<StoreSink> {
+        Ok(StoreSink {
+            store: store.clone(),
+            writer: store.begin_snapshot(machine, source)?,
+            leaders: HashMap::new(),
+            followers: Vec::new(),
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Derived from the leader's path (not its index) so unchanged trees keep their ids.
+    fn group_of(_ndx: u32, e: &FileEntry) -> u64 {
+        match e.hard_link {
+            HardLink::Leader => link_group_for(path_of(e)),
+            _ => 0,
+        }
+    }
+
+    /// Links followers to their leaders and commits the snapshot.
+    pub fn commit(mut self) -> Result<Snapshot> {
+        for f in std::mem::take(&mut self.followers) {
+            match self.leaders.get(&f.leader) {
+                Some((group, chunks)) => {
+                    self.writer
+                        .add_file_with_chunks(&f.path, f.meta, *group, chunks.clone())?
+                }
+                None => self.warnings.push(format!(
+                    "{}: hard-link leader was not received",
+                    String::from_utf8_lossy(&f.path)
+                )),
+            }
+        }
+        Ok(self.writer.commit()?)
+    }
+}
+
+impl ReceiveSink for StoreSink {
+    type Basis = StoreBasis;
+
+    fn entry(&mut self, ndx: u32, e: &FileEntry) -> Result<EntryAction, SinkError> {
+        let path = path_of(e).to_vec();
+        let meta = meta_of(e);
+        let kind = e.kind();
+        match kind {
+            FileKind::Directory => self.writer.add_dir(&path, meta)?,
+            FileKind::Symlink => {
+                let target = e.symlink.as_deref().unwrap_or_default();
+                self.writer.add_symlink(&path, meta, target)?;
+            }
+            FileKind::CharDevice | FileKind::BlockDevice | FileKind::Fifo | FileKind::Socket => {
+                let (major, minor) = e.rdev.unwrap_or((0, 0));
+                let kind = match kind {
+                    FileKind::CharDevice => EntryKind::CharDevice,
+                    FileKind::BlockDevice => EntryKind::BlockDevice,
+                    FileKind::Fifo => EntryKind::Fifo,
+                    _ => EntryKind::Socket,
+                };
+                let rdev = turku_store::make_dev(u64::from(major), u64::from(minor));
+                self.writer.add_special(&path, kind, meta, rdev)?;
+            }
+            FileKind::Regular => {
+                if let HardLink::Follower { first } = e.hard_link {
+                    self.followers.push(Follower {
+                        path,
+                        meta,
+                        leader: first,
+                    });
+                    return Ok(EntryAction::Skip);
+                }
+                let size = u64::try_from(e.size).map_err(|_| "negative file size")?;
+                let group = Self::group_of(ndx, e);
+                if self.writer.reuse_unchanged(&path, meta, size, group)? {
+                    if group != 0 {
+                        if let Some(EntryData::File { chunks, .. }) =
+                            self.writer.base_entry(&path)?.map(|b| b.data)
+                        {
+                            self.leaders.insert(ndx, (group, chunks));
+                        }
+                    }
+                    return Ok(EntryAction::Skip);
+                }
+                return Ok(EntryAction::Transfer);
+            }
+        }
+        Ok(EntryAction::Skip)
+    }
+
+    fn basis(&mut self, _ndx: u32, e: &FileEntry) -> Result<Option<StoreBasis>, SinkError> {
+        Ok(match self.writer.base_entry(path_of(e))? {
+            Some(entry) if entry.kind == EntryKind::File && entry.file_size() > 0 => {
+                Some(StoreBasis {
+                    reader: self.store.open_file(&entry)?,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    fn begin_content(&mut self, ndx: u32, e: &FileEntry) -> Result<(), SinkError> {
+        let group = Self::group_of(ndx, e);
+        self.writer.begin_file(path_of(e), meta_of(e), group)?;
+        Ok(())
+    }
+
+    fn content(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        self.writer.write_file(data)?;
+        Ok(())
+    }
+
+    fn end_content(&mut self, ndx: u32, e: &FileEntry, verified: bool) -> Result<(), SinkError> {
+        if verified {
+            let chunks = self.writer.finish_file()?;
+            if e.hard_link == HardLink::Leader {
+                self.leaders.insert(ndx, (Self::group_of(ndx, e), chunks));
+            }
+        } else {
+            self.writer.discard_file();
+        }
+        Ok(())
+    }
+
+    fn file_failed(&mut self, _ndx: u32, e: &FileEntry, reason: &str) -> Result<(), SinkError> {
+        let msg = format!("{}: {reason}", e.name_lossy());
+        tracing::warn!("file not received: {msg}");
+        self.warnings.push(msg);
+        Ok(())
+    }
+
+    fn message(&mut self, kind: MessageKind, text: &str) {
+        match kind {
+            MessageKind::Info => tracing::info!(target: "rsync", "{}", text.trim_end()),
+            _ => {
+                tracing::warn!(target: "rsync", "{}", text.trim_end());
+                self.warnings.push(text.trim_end().to_string());
+            }
+        }
+    }
+}
+
+/// Pulls `url` into a new snapshot of `machine`/`source`.
+pub fn pull_into_store(
+    store: &Store,
+    machine: &str,
+    source: &str,
+    url: &RsyncUrl,
+    password: Option<Vec<u8>>,
+    hard_links: bool,
+    filter_rules: Vec<String>,
+) -> Result<(Snapshot, Outcome, Vec<String>)> {
+    let mut config = PullConfig::new(&url.module);
+    config.path = url.path.clone();
+    if let Some(user) = &url.user {
+        config.user = user.clone();
+    }
+    config.password = password;
+    config.hard_links = hard_links;
+    config.filter_rules = filter_rules;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let mut sink = StoreSink::new(store, machine, source)?;
+    let outcome = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .with_context(|| format!("connecting to {}:{}", url.host, url.port))?;
+        pull(stream, &config, &mut sink)
+            .await
+            .with_context(|| format!("pulling rsync://{}:{}/{}", url.host, url.port, url.module))
+    })?;
+    if !outcome.is_success() {
+        bail!(
+            "rsync transfer incomplete (exit code {}): {}; no snapshot was made",
+            outcome.exit_code,
+            outcome.failed.join(", ")
+        );
+    }
+    let mut warnings = std::mem::take(&mut sink.warnings);
+    let snap = sink.commit()?;
+    warnings.extend(outcome.warnings.iter().cloned());
+    Ok((snap, outcome, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let u = RsyncUrl::parse("rsync://alice@127.0.0.1:8873/etc/").unwrap();
+        assert_eq!(
+            u,
+            RsyncUrl {
+                user: Some("alice".into()),
+                host: "127.0.0.1".into(),
+                port: 8873,
+                module: "etc".into(),
+                path: String::new()
+            }
+        );
+        let u = RsyncUrl::parse("rsync://host/mod/sub/dir/").unwrap();
+        assert_eq!(
+            (u.port, u.module.as_str(), u.path.as_str()),
+            (873, "mod", "sub/dir")
+        );
+        let u = RsyncUrl::parse("rsync://[::1]:99/m").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 99));
+        assert!(RsyncUrl::parse("http://x/m").is_err());
+        assert!(RsyncUrl::parse("rsync://host/").is_err());
+        assert!(RsyncUrl::parse("rsync://host:notaport/m").is_err());
+    }
+
+    #[test]
+    fn filter_rules_follow_the_original() {
+        let rules = turku_filter_rules(
+            &[
+                "- *.tmp".into(),
+                "merge /etc/evil".into(),
+                ": .rsync-filter".into(),
+                "+ keep/".into(),
+            ],
+            &["cache".into()],
+        );
+        assert_eq!(rules, vec!["- *.tmp", "+ keep/", "- cache"]);
+    }
+}
