@@ -171,32 +171,26 @@ impl Store {
         Ok(())
     }
 
-    /// Every snapshot row has its record on disk and the other way round.
+    /// Every snapshot row has its record in the log and the other way round.
     fn verify_records(&self, report: &mut VerifyReport) -> Result<()> {
         let rows = self.snapshots(None, None)?;
-        let mut expected = HashSet::new();
+        let logged = snapshot::read_log(self)?;
+        let key = |s: &Snapshot| (s.machine.clone(), s.source.clone(), s.name.clone());
+        let in_log: HashMap<_, _> = logged.snapshots.iter().map(|s| (key(s), s.root)).collect();
+        let in_index: HashSet<_> = rows.iter().map(key).collect();
         for s in &rows {
-            let path = snapshot::record_path(self, &s.machine, &s.source, &s.name);
-            match snapshot::read_record(&path) {
-                Ok(rec) if rec.root == s.root => {}
-                Ok(_) => report.problems.push(Problem {
-                    subject: format!("snapshot {}/{}/{}", s.machine, s.source, s.name),
-                    reason: "record on disk names another root".into(),
-                }),
-                Err(e) => report.problems.push(Problem {
-                    subject: format!("snapshot {}/{}/{}", s.machine, s.source, s.name),
-                    reason: e.to_string(),
-                }),
+            let subject = format!("snapshot {}/{}/{}", s.machine, s.source, s.name);
+            match in_log.get(&key(s)) {
+                Some(root) if *root == s.root => {}
+                Some(_) => report.problems.push(Problem { subject, reason: "the snapshot log names another root".into() }),
+                None => report.problems.push(Problem { subject, reason: "no record in the snapshot log".into() }),
             }
-            expected.insert(path);
         }
-        let dir = self.snapshots_dir();
-        for entry in fs::read_dir(&dir).io_ctx("list", &dir)? {
-            let path = entry.io_ctx("list", &dir)?.path();
-            if path.extension().is_some_and(|e| e == "snap") && !expected.contains(&path) {
+        for s in &logged.snapshots {
+            if !in_index.contains(&key(s)) {
                 report.problems.push(Problem {
-                    subject: format!("record {}", path.display()),
-                    reason: "snapshot record without an index row (run repair)".into(),
+                    subject: format!("snapshot {}/{}/{}", s.machine, s.source, s.name),
+                    reason: "in the snapshot log but not in the index (run repair)".into(),
                 });
             }
         }
@@ -264,23 +258,11 @@ impl Store {
             }
             tx.commit()?;
         }
-        let dir = store.snapshots_dir();
-        let mut records = Vec::new();
-        for entry in fs::read_dir(&dir).io_ctx("list", &dir)? {
-            let path = entry.io_ctx("list", &dir)?.path();
-            if path.extension().is_some_and(|e| e == "snap") {
-                records.push(path);
-            }
+        let logged = snapshot::read_log(store)?;
+        if logged.bad_lines > 0 {
+            tracing::warn!("repair: {} unreadable snapshot log lines ignored", logged.bad_lines);
         }
-        records.sort();
-        for path in records {
-            let snap = match snapshot::read_record(&path) {
-                Ok(s) => s,
-                Err(e) => {
-                    report.skipped_snapshots.push(e.to_string());
-                    continue;
-                }
-            };
+        for snap in logged.snapshots {
             let mut db = store.db();
             if index::find_blob(&db, &snap.root)?.is_none() {
                 report.skipped_snapshots.push(format!(

@@ -13,7 +13,8 @@ pub const TMP_DIR: &str = "tmp";
 pub const LOCK_FILE: &str = "store.lock";
 pub const GC_LOCK_FILE: &str = "gc.lock";
 pub const PACK_SUFFIX: &str = ".pack";
-pub const SNAPSHOT_RECORD_SUFFIX: &str = ".snap";
+/// Append-only log of snapshot records (adds and forgets), one JSON object per line.
+pub const SNAPSHOT_LOG_FILE: &str = "records.log";
 
 /// First line of the `config` file: identifies a turku store.
 pub const CONFIG_MAGIC: &str = "turku-store";
@@ -70,7 +71,7 @@ pub const ENTRY_BLOCK_DEVICE: u8 = 5;
 pub const ENTRY_FIFO: u8 = 6;
 pub const ENTRY_SOCKET: u8 = 7;
 
-/// Snapshot record files (the source of truth `repair` rebuilds snapshot rows from).
+/// Snapshot records (the source of truth `repair` rebuilds snapshot rows from).
 pub const SNAPSHOT_RECORD_MAGIC: &str = "turku-snapshot 1";
 
 /// Chunker defaults (DESIGN.md §4) and the bounds `init` accepts (those of fastcdc v2020).

@@ -72,6 +72,7 @@ impl Store {
         while self.free_batch(&mut stats)? > 0 {}
         self.sweep_packs(&mut stats)?;
         self.remove_orphans(&mut stats)?;
+        snapshot::compact_log(self)?;
         drop(lock);
         Ok(stats)
     }

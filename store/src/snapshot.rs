@@ -164,49 +164,145 @@ pub fn format_ns(ns: i64) -> String {
         .unwrap_or_else(|| ns.to_string())
 }
 
-/// Snapshot record file path: names from the network never become path components.
-pub(crate) fn record_path(store: &Store, machine: &str, source: &str, name: &str) -> PathBuf {
-    let mut h = blake3::Hasher::new();
-    for part in [machine, source, name] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
+/// One line of the snapshot log.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum LogLine {
+    Add { record: Record },
+    Forget { machine: String, source: String, name: String },
+}
+
+fn log_path(store: &Store) -> PathBuf {
+    store.snapshots_dir().join(SNAPSHOT_LOG_FILE)
+}
+
+/// Opens the log and takes its lock, reopening if a compaction replaced the file meanwhile.
+fn open_log_locked(store: &Store) -> Result<fs::File> {
+    let path = log_path(store);
+    loop {
+        let existed = path.exists();
+        let f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .read(true)
+            .open(&path)
+            .io_ctx("open snapshot log", &path)?;
+        f.lock().io_ctx("lock snapshot log", &path)?;
+        let same = match (f.metadata(), fs::metadata(&path)) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                a.ino() == b.ino() && a.dev() == b.dev()
+            }
+            _ => false,
+        };
+        if same {
+            if !existed {
+                sync_dir(&store.snapshots_dir())?;
+            }
+            return Ok(f);
+        }
     }
-    let digest = h.finalize().to_hex();
-    store
-        .snapshots_dir()
-        .join(format!("{}{SNAPSHOT_RECORD_SUFFIX}", &digest[..32]))
+}
+
+/// Appends one line durably. Every snapshot adds a line, not a file, so repeated snapshots
+/// of an unchanged tree add no inodes.
+fn append_log(store: &Store, line: &LogLine) -> Result<()> {
+    let mut text = serde_json::to_vec(line).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+    text.push(b'\n');
+    let path = log_path(store);
+    let mut f = open_log_locked(store)?;
+    f.write_all(&text).io_ctx("append snapshot log", &path)?;
+    f.sync_data().io_ctx("fsync snapshot log", &path)?;
+    Ok(())
 }
 
 pub(crate) fn write_record(store: &Store, snap: &Snapshot) -> Result<()> {
-    let path = record_path(store, &snap.machine, &snap.source, &snap.name);
-    let tmp = path.with_extension("tmp");
-    let text = serde_json::to_vec_pretty(&snap.record())
-        .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-    {
-        let mut f = fs::File::create(&tmp).io_ctx("write snapshot record", &tmp)?;
-        f.write_all(&text).io_ctx("write snapshot record", &tmp)?;
-        f.sync_all().io_ctx("fsync snapshot record", &tmp)?;
-    }
-    fs::rename(&tmp, &path).io_ctx("rename snapshot record", &path)?;
-    sync_dir(&store.snapshots_dir())
+    append_log(store, &LogLine::Add { record: snap.record() })
 }
 
 pub(crate) fn remove_record(store: &Store, snap: &Snapshot) -> Result<()> {
-    let path = record_path(store, &snap.machine, &snap.source, &snap.name);
-    match fs::remove_file(&path) {
-        Ok(()) => sync_dir(&store.snapshots_dir()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).io_ctx("remove snapshot record", path),
+    append_log(
+        store,
+        &LogLine::Forget {
+            machine: snap.machine.clone(),
+            source: snap.source.clone(),
+            name: snap.name.clone(),
+        },
+    )
+}
+
+/// What replaying the log gives: live snapshots, and how much of the log is dead.
+pub(crate) struct Replayed {
+    pub snapshots: Vec<Snapshot>,
+    pub forgets: usize,
+    /// Lines that did not parse (a torn last line after a crash is expected).
+    pub bad_lines: usize,
+}
+
+fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
+    let mut live: std::collections::BTreeMap<(String, String, String), Snapshot> = Default::default();
+    let (mut forgets, mut bad_lines) = (0, 0);
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<LogLine>(line) {
+            Ok(LogLine::Add { record }) => {
+                let snap = from_record(record, path)?;
+                live.insert((snap.machine.clone(), snap.source.clone(), snap.name.clone()), snap);
+            }
+            Ok(LogLine::Forget { machine, source, name }) => {
+                forgets += 1;
+                live.remove(&(machine, source, name));
+            }
+            Err(_) => bad_lines += 1,
+        }
+    }
+    Ok(Replayed { snapshots: live.into_values().collect(), forgets, bad_lines })
+}
+
+pub(crate) fn read_log(store: &Store) -> Result<Replayed> {
+    let path = log_path(store);
+    match fs::read(&path) {
+        Ok(bytes) => replay(&bytes, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Replayed { snapshots: Vec::new(), forgets: 0, bad_lines: 0 })
+        }
+        Err(e) => Err(e).io_ctx("read snapshot log", path),
     }
 }
 
-pub(crate) fn read_record(path: &std::path::Path) -> Result<Snapshot> {
-    let bytes = fs::read(path).io_ctx("read snapshot record", path)?;
+/// Rewrites the log with only live snapshots once forgotten ones dominate it.
+pub(crate) fn compact_log(store: &Store) -> Result<bool> {
+    let path = log_path(store);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let locked = open_log_locked(store)?;
+    let bytes = fs::read(&path).io_ctx("read snapshot log", &path)?;
+    let replayed = replay(&bytes, &path)?;
+    if replayed.forgets + replayed.bad_lines <= replayed.snapshots.len() {
+        return Ok(false);
+    }
+    let tmp = path.with_extension("compact");
+    {
+        let mut f = fs::File::create(&tmp).io_ctx("write snapshot log", &tmp)?;
+        for snap in &replayed.snapshots {
+            let mut line = serde_json::to_vec(&LogLine::Add { record: snap.record() })
+                .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+            line.push(b'\n');
+            f.write_all(&line).io_ctx("write snapshot log", &tmp)?;
+        }
+        f.sync_all().io_ctx("fsync snapshot log", &tmp)?;
+    }
+    fs::rename(&tmp, &path).io_ctx("replace snapshot log", &path)?;
+    sync_dir(&store.snapshots_dir())?;
+    drop(locked);
+    Ok(true)
+}
+
+fn from_record(rec: Record, path: &std::path::Path) -> Result<Snapshot> {
     let bad = |reason: String| StoreError::CorruptSnapshotRecord {
         path: path.to_path_buf(),
         reason,
     };
-    let rec: Record = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if rec.format != SNAPSHOT_RECORD_MAGIC {
         return Err(bad("unknown record format".into()));
     }

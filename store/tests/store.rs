@@ -24,6 +24,19 @@ fn new_store(dir: &Path) -> Store {
     Store::init(&dir.join("store"), small_chunks()).unwrap()
 }
 
+/// Every file and folder under the store (inodes the store uses).
+fn all_inodes(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        n += 1;
+        if e.file_type().unwrap().is_dir() {
+            n += all_inodes(&e.path());
+        }
+    }
+    n
+}
+
 fn pack_files(store: &Store) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for shard in fs::read_dir(store.path().join("packs")).unwrap() {
@@ -162,7 +175,10 @@ fn unchanged_snapshot_reads_nothing_and_writes_no_blobs() {
     let store = new_store(tmp.path());
     let (first, _) = store.ingest_dir("m", "s", &src, None).unwrap();
     let packs_before = pack_files(&store);
+    let inodes_before = all_inodes(store.path());
     let (second, progress) = store.ingest_dir("m", "s", &src, None).unwrap();
+    let (_third, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+    assert_eq!(all_inodes(store.path()), inodes_before, "unchanged snapshots add no inodes");
     assert_eq!(
         second.root, first.root,
         "an unchanged tree has the same root"
@@ -441,6 +457,11 @@ fn repair_rebuilds_the_index_from_packs_and_records() {
     for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
         let _ = fs::remove_file(root.join(f));
     }
+    // A torn last line (a crash mid-append) is ignored.
+    let log = root.join("snapshots/records.log");
+    let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"{\"op\":\"add\",\"record\":{\"form").unwrap();
+    drop(f);
     assert!(
         Store::open(&root).is_err(),
         "a missing index is reported, not silently empty"
