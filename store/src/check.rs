@@ -182,8 +182,14 @@ impl Store {
             let subject = format!("snapshot {}/{}/{}", s.machine, s.source, s.name);
             match in_log.get(&key(s)) {
                 Some(root) if *root == s.root => {}
-                Some(_) => report.problems.push(Problem { subject, reason: "the snapshot log names another root".into() }),
-                None => report.problems.push(Problem { subject, reason: "no record in the snapshot log".into() }),
+                Some(_) => report.problems.push(Problem {
+                    subject,
+                    reason: "the snapshot log names another root".into(),
+                }),
+                None => report.problems.push(Problem {
+                    subject,
+                    reason: "no record in the snapshot log".into(),
+                }),
             }
         }
         for s in &logged.snapshots {
@@ -260,7 +266,10 @@ impl Store {
         }
         let logged = snapshot::read_log(store)?;
         if logged.bad_lines > 0 {
-            tracing::warn!("repair: {} unreadable snapshot log lines ignored", logged.bad_lines);
+            tracing::warn!(
+                "repair: {} unreadable snapshot log lines ignored",
+                logged.bad_lines
+            );
         }
         for snap in logged.snapshots {
             let mut db = store.db();

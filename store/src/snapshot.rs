@@ -168,8 +168,14 @@ pub fn format_ns(ns: i64) -> String {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum LogLine {
-    Add { record: Record },
-    Forget { machine: String, source: String, name: String },
+    Add {
+        record: Record,
+    },
+    Forget {
+        machine: String,
+        source: String,
+        name: String,
+    },
 }
 
 fn log_path(store: &Store) -> PathBuf {
@@ -207,7 +213,8 @@ fn open_log_locked(store: &Store) -> Result<fs::File> {
 /// Appends one line durably. Every snapshot adds a line, not a file, so repeated snapshots
 /// of an unchanged tree add no inodes.
 fn append_log(store: &Store, line: &LogLine) -> Result<()> {
-    let mut text = serde_json::to_vec(line).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+    let mut text =
+        serde_json::to_vec(line).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
     text.push(b'\n');
     let path = log_path(store);
     let mut f = open_log_locked(store)?;
@@ -217,7 +224,12 @@ fn append_log(store: &Store, line: &LogLine) -> Result<()> {
 }
 
 pub(crate) fn write_record(store: &Store, snap: &Snapshot) -> Result<()> {
-    append_log(store, &LogLine::Add { record: snap.record() })
+    append_log(
+        store,
+        &LogLine::Add {
+            record: snap.record(),
+        },
+    )
 }
 
 pub(crate) fn remove_record(store: &Store, snap: &Snapshot) -> Result<()> {
@@ -240,31 +252,45 @@ pub(crate) struct Replayed {
 }
 
 fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
-    let mut live: std::collections::BTreeMap<(String, String, String), Snapshot> = Default::default();
+    let mut live: std::collections::BTreeMap<(String, String, String), Snapshot> =
+        Default::default();
     let (mut forgets, mut bad_lines) = (0, 0);
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<LogLine>(line) {
             Ok(LogLine::Add { record }) => {
                 let snap = from_record(record, path)?;
-                live.insert((snap.machine.clone(), snap.source.clone(), snap.name.clone()), snap);
+                live.insert(
+                    (snap.machine.clone(), snap.source.clone(), snap.name.clone()),
+                    snap,
+                );
             }
-            Ok(LogLine::Forget { machine, source, name }) => {
+            Ok(LogLine::Forget {
+                machine,
+                source,
+                name,
+            }) => {
                 forgets += 1;
                 live.remove(&(machine, source, name));
             }
             Err(_) => bad_lines += 1,
         }
     }
-    Ok(Replayed { snapshots: live.into_values().collect(), forgets, bad_lines })
+    Ok(Replayed {
+        snapshots: live.into_values().collect(),
+        forgets,
+        bad_lines,
+    })
 }
 
 pub(crate) fn read_log(store: &Store) -> Result<Replayed> {
     let path = log_path(store);
     match fs::read(&path) {
         Ok(bytes) => replay(&bytes, &path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Ok(Replayed { snapshots: Vec::new(), forgets: 0, bad_lines: 0 })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Replayed {
+            snapshots: Vec::new(),
+            forgets: 0,
+            bad_lines: 0,
+        }),
         Err(e) => Err(e).io_ctx("read snapshot log", path),
     }
 }
@@ -285,8 +311,10 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
     {
         let mut f = fs::File::create(&tmp).io_ctx("write snapshot log", &tmp)?;
         for snap in &replayed.snapshots {
-            let mut line = serde_json::to_vec(&LogLine::Add { record: snap.record() })
-                .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+            let mut line = serde_json::to_vec(&LogLine::Add {
+                record: snap.record(),
+            })
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
             line.push(b'\n');
             f.write_all(&line).io_ctx("write snapshot log", &tmp)?;
         }

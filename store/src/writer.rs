@@ -9,13 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
 
 use crate::error::{Result, StoreError};
 use crate::format::*;
 use crate::id::Id;
 use crate::index;
-use crate::pack::{Compressor, PackWriter};
+use crate::pack::{Compressor, FinishedPack, PackWriter};
 use crate::session::{self, now_ns};
 use crate::snapshot::{self, split_path, Snapshot, SnapshotStats};
 use crate::store::Store;
@@ -80,21 +81,119 @@ pub fn chunk_lengths(config: &crate::StoreConfig, data: &[u8]) -> Vec<usize> {
     out
 }
 
-/// Appends blobs to the session's current pack and indexes each pack once it is durable.
+/// Work for the compression thread.
+enum Job {
+    Blob {
+        id: Id,
+        kind: u8,
+        raw: Vec<u8>,
+    },
+    /// Finish the current pack and answer `Flushed`.
+    Flush,
+}
+
+/// What the compression thread hands back, in order.
+enum Done {
+    Pack(FinishedPack),
+    Flushed,
+    Failed(StoreError),
+}
+
+/// Blobs waiting for the compression thread; bounds memory to this many max-size chunks.
+const COMPRESSION_QUEUE: usize = 8;
+
+/// The compression thread: compresses blobs, appends them to packs and makes each pack
+/// durable, so hashing and chunking on the caller's thread overlap with zstd.
+fn compression_worker(
+    tmp_dir: PathBuf,
+    packs_dir: PathBuf,
+    mut compressor: Compressor,
+    jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Done>,
+) {
+    let mut pack: Option<PackWriter> = None;
+    let finish = |pack: &mut Option<PackWriter>| -> Result<Option<FinishedPack>> {
+        match pack.take() {
+            Some(p) if !p.is_empty() => Ok(Some(p.finish(&packs_dir)?)),
+            _ => Ok(None),
+        }
+    };
+    while let Ok(job) = jobs.recv() {
+        let result = match job {
+            Job::Blob { id, kind, raw } => (|| {
+                if pack.is_none() {
+                    pack = Some(PackWriter::create(&tmp_dir)?);
+                }
+                if let Some(p) = pack.as_mut() {
+                    p.add(&mut compressor, id, kind, &raw)?;
+                    if p.size() >= PACK_TARGET_SIZE {
+                        return finish(&mut pack).map(|f| f.map(Done::Pack));
+                    }
+                }
+                Ok(None)
+            })(),
+            Job::Flush => finish(&mut pack).map(|f| {
+                if let Some(f) = f {
+                    let _ = done.send(Done::Pack(f));
+                }
+                Some(Done::Flushed)
+            }),
+        };
+        let reply = match result {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => Done::Failed(e),
+        };
+        let failed = matches!(reply, Done::Failed(_));
+        if done.send(reply).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Sends blobs to the compression thread and indexes each pack once it is durable.
 struct Packer {
     store: Store,
     session: i64,
-    compressor: Compressor,
-    pack: Option<PackWriter>,
-    /// Children of the tree blobs in the current pack (their references are counted when
-    /// the pack is indexed).
+    jobs: Option<mpsc::SyncSender<Job>>,
+    done: mpsc::Receiver<Done>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    /// Children of tree blobs not yet indexed (their references are counted when their pack
+    /// is indexed, always after the packs holding the children).
     pending_children: HashMap<Id, Vec<Id>>,
     /// Blobs this session may reference: written by it, pinned by it, or reachable from its
     /// pinned base.
     known: HashSet<Id>,
+    /// Bytes the packs this session wrote take (after compression).
+    stored_bytes: u64,
 }
 
 impl Packer {
+    fn start(store: &Store, session: i64, known: HashSet<Id>) -> Result<Packer> {
+        let compressor = Compressor::new(store.config().zstd_level)?;
+        let (jobs, job_rx) = mpsc::sync_channel(COMPRESSION_QUEUE);
+        let (done_tx, done) = mpsc::channel();
+        let (tmp, packs) = (store.tmp_dir(), store.packs_dir());
+        let worker = std::thread::Builder::new()
+            .name("turku-compress".into())
+            .spawn(move || compression_worker(tmp, packs, compressor, job_rx, done_tx))
+            .map_err(|e| StoreError::Io {
+                op: "start compression thread",
+                path: store.path().to_path_buf(),
+                source: e,
+            })?;
+        Ok(Packer {
+            store: store.clone(),
+            session,
+            jobs: Some(jobs),
+            done,
+            worker: Some(worker),
+            pending_children: HashMap::new(),
+            known,
+            stored_bytes: 0,
+        })
+    }
+
     /// Makes sure `id` is available to this session, returning whether it already was.
     fn reuse(&mut self, id: &Id) -> Result<bool> {
         if self.known.contains(id) {
@@ -109,35 +208,63 @@ impl Packer {
         Ok(false)
     }
 
-    fn add(&mut self, id: Id, kind: u8, raw: &[u8], children: Option<Vec<Id>>) -> Result<u64> {
-        if self.pack.is_none() {
-            self.pack = Some(PackWriter::create(&self.store.tmp_dir())?);
-        }
-        let pack = self
-            .pack
-            .as_mut()
-            .ok_or_else(|| StoreError::Busy("no pack".into()))?;
-        let loc = pack.add(&mut self.compressor, id, kind, raw)?;
+    fn worker_gone() -> StoreError {
+        StoreError::Busy("the compression thread stopped".into())
+    }
+
+    fn add(&mut self, id: Id, kind: u8, raw: &[u8], children: Option<Vec<Id>>) -> Result<()> {
         if let Some(children) = children {
             self.pending_children.insert(id, children);
         }
         self.known.insert(id);
-        if pack.size() >= PACK_TARGET_SIZE {
-            self.flush()?;
+        let jobs = self.jobs.as_ref().ok_or_else(Self::worker_gone)?;
+        if jobs
+            .send(Job::Blob {
+                id,
+                kind,
+                raw: raw.to_vec(),
+            })
+            .is_err()
+        {
+            return Err(self.collect_failure());
         }
-        Ok(u64::from(loc.stored_len))
+        while let Ok(d) = self.done.try_recv() {
+            self.handle(d)?;
+        }
+        Ok(())
     }
 
-    /// Makes the current pack durable and indexes it (pinned for this session).
-    fn flush(&mut self) -> Result<()> {
-        let Some(pack) = self.pack.take() else {
-            return Ok(());
-        };
-        if pack.is_empty() {
-            return Ok(());
+    /// The worker's error, when it hung up.
+    fn collect_failure(&mut self) -> StoreError {
+        while let Ok(d) = self.done.recv() {
+            if let Done::Failed(e) = d {
+                return e;
+            }
         }
-        let done = pack.finish(&self.store.packs_dir())?;
-        let children = std::mem::take(&mut self.pending_children);
+        Self::worker_gone()
+    }
+
+    fn handle(&mut self, done: Done) -> Result<()> {
+        match done {
+            Done::Pack(pack) => self.index(pack),
+            Done::Flushed => Ok(()),
+            Done::Failed(e) => Err(e),
+        }
+    }
+
+    /// Indexes a durable pack, pinned for this session.
+    fn index(&mut self, done: FinishedPack) -> Result<()> {
+        let mut children = HashMap::new();
+        for b in done.blobs.iter().filter(|b| b.kind == BLOB_KIND_TREE) {
+            if let Some(c) = self.pending_children.remove(&b.id) {
+                children.insert(b.id, c);
+            }
+        }
+        self.stored_bytes += done
+            .blobs
+            .iter()
+            .map(|b| u64::from(b.stored_len))
+            .sum::<u64>();
         let mut db = self.store.db();
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         index::insert_pack(
@@ -150,6 +277,35 @@ impl Packer {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Waits until every blob sent so far is in a durable, indexed pack.
+    fn flush(&mut self) -> Result<()> {
+        let jobs = self.jobs.as_ref().ok_or_else(Self::worker_gone)?;
+        if jobs.send(Job::Flush).is_err() {
+            return Err(self.collect_failure());
+        }
+        loop {
+            match self.done.recv() {
+                Ok(Done::Flushed) => return Ok(()),
+                Ok(d) => self.handle(d)?,
+                Err(_) => return Err(Self::worker_gone()),
+            }
+        }
+    }
+
+    /// Stops the worker; an unfinished pack's temp file is removed.
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Packer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -244,8 +400,8 @@ impl Store {
                 base = None;
             }
         }
-        let compressor = match Compressor::new(self.config().zstd_level) {
-            Ok(c) => c,
+        let packer = match Packer::start(self, session, known) {
+            Ok(p) => p,
             Err(e) => {
                 let _ = session::end(&self.db(), session);
                 return Err(e);
@@ -264,14 +420,7 @@ impl Store {
                 perm: 0o755,
                 ..Metadata::default()
             },
-            packer: Packer {
-                store: self.clone(),
-                session,
-                compressor,
-                pack: None,
-                pending_children: HashMap::new(),
-                known,
-            },
+            packer,
             chunker: Chunker::new(&self.config()),
             stats: SnapshotStats::default(),
             time_begin_ns: now_ns(),
@@ -601,7 +750,7 @@ impl SnapshotWriter {
     fn store_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
         let id = Id::of(data);
         if !self.packer.reuse(&id)? {
-            self.stats.new_stored_bytes += self.packer.add(id, BLOB_KIND_CHUNK, data, None)?;
+            self.packer.add(id, BLOB_KIND_CHUNK, data, None)?;
             self.stats.new_chunks += 1;
             self.stats.new_bytes += data.len() as u64;
         }
@@ -614,9 +763,8 @@ impl SnapshotWriter {
     fn store_tree(&mut self, bytes: Vec<u8>, children: Vec<Id>) -> Result<Id> {
         let id = Id::of(&bytes);
         if !self.packer.reuse(&id)? {
-            self.stats.new_stored_bytes +=
-                self.packer
-                    .add(id, BLOB_KIND_TREE, &bytes, Some(children))?;
+            self.packer
+                .add(id, BLOB_KIND_TREE, &bytes, Some(children))?;
             self.stats.new_trees += 1;
         }
         Ok(id)
@@ -681,6 +829,7 @@ impl SnapshotWriter {
             .remove(&Vec::new())
             .ok_or_else(|| StoreError::InvalidArgument("no root directory".into()))?;
         self.packer.flush()?;
+        self.stats.new_stored_bytes = self.packer.stored_bytes;
         let time_end_ns = now_ns().max(self.time_begin_ns);
         let snap = Snapshot {
             machine: self.machine.clone(),
@@ -720,7 +869,7 @@ impl SnapshotWriter {
     fn end_session(&mut self) {
         if !self.finished {
             self.finished = true;
-            self.packer.pack = None;
+            self.packer.stop();
             if let Err(e) = session::end(&self.store.db(), self.session) {
                 tracing::warn!("could not end writer session {}: {e}", self.session);
             }

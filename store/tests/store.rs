@@ -178,7 +178,11 @@ fn unchanged_snapshot_reads_nothing_and_writes_no_blobs() {
     let inodes_before = all_inodes(store.path());
     let (second, progress) = store.ingest_dir("m", "s", &src, None).unwrap();
     let (_third, _) = store.ingest_dir("m", "s", &src, None).unwrap();
-    assert_eq!(all_inodes(store.path()), inodes_before, "unchanged snapshots add no inodes");
+    assert_eq!(
+        all_inodes(store.path()),
+        inodes_before,
+        "unchanged snapshots add no inodes"
+    );
     assert_eq!(
         second.root, first.root,
         "an unchanged tree has the same root"
