@@ -16,9 +16,13 @@ command -v rsync >/dev/null || { echo "rsync is required: apt-get install -y rsy
 turku="${CARGO_TARGET_DIR:-$here/target}/release/turku-storage"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# As root the daemon would drop to `nobody`; keep root so it reads everything. A non-root
+# daemon must not set uid/gid (setgroups fails).
+ids=""; [ "$(id -u)" = 0 ] && ids=$'uid = root\ngid = root'
 cat > "$work/rsyncd.conf" <<CONF
 use chroot = false
 numeric ids = yes
+$ids
 [corpus]
 path = $corpus
 read only = true
