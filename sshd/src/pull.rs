@@ -150,7 +150,7 @@ impl StoreSink {
     }
 
     /// Derived from the leader's path (not its index) so unchanged trees keep their ids.
-    fn group_of(_ndx: u32, e: &FileEntry) -> u64 {
+    fn group_of(e: &FileEntry) -> u64 {
         match e.hard_link {
             HardLink::Leader => link_group_for(path_of(e)),
             _ => 0,
@@ -209,7 +209,7 @@ impl ReceiveSink for StoreSink {
                     return Ok(EntryAction::Skip);
                 }
                 let size = u64::try_from(e.size).map_err(|_| "negative file size")?;
-                let group = Self::group_of(ndx, e);
+                let group = Self::group_of(e);
                 if self.writer.reuse_unchanged(&path, meta, size, group)? {
                     if group != 0 {
                         if let Some(EntryData::File { chunks, .. }) =
@@ -237,8 +237,8 @@ impl ReceiveSink for StoreSink {
         })
     }
 
-    fn begin_content(&mut self, ndx: u32, e: &FileEntry) -> Result<(), SinkError> {
-        let group = Self::group_of(ndx, e);
+    fn begin_content(&mut self, _ndx: u32, e: &FileEntry) -> Result<(), SinkError> {
+        let group = Self::group_of(e);
         self.writer.begin_file(path_of(e), meta_of(e), group)?;
         Ok(())
     }
@@ -252,7 +252,7 @@ impl ReceiveSink for StoreSink {
         if verified {
             let chunks = self.writer.finish_file()?;
             if e.hard_link == HardLink::Leader {
-                self.leaders.insert(ndx, (Self::group_of(ndx, e), chunks));
+                self.leaders.insert(ndx, (Self::group_of(e), chunks));
             }
         } else {
             self.writer.discard_file();

@@ -266,7 +266,7 @@ fn daemon_killed_mid_transfer_fails_cleanly_and_keeps_earlier_snapshots() {
         )
         .unwrap();
     }
-    let mut child = turku(&store)
+    let child = turku(&store)
         .args(["pull", "--machine", "m", "--source", "data"])
         .arg(format!("rsync://{USER}@127.0.0.1:{}/data/", daemon.port))
         .env("RSYNC_PASSWORD", PASSWORD)

@@ -76,7 +76,7 @@ impl Ingest<'_> {
         }
     }
 
-    fn dir(&mut self, fs_dir: &Path, rel: &[u8], root_dev: u64) -> Result<()> {
+    fn dir(&mut self, fs_dir: &Path, rel: &[u8]) -> Result<()> {
         let mut names: Vec<OsString> = match fs::read_dir(fs_dir) {
             Ok(it) => it.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
             Err(e) if vanished(&e) || e.kind() == io::ErrorKind::PermissionDenied => {
@@ -101,20 +101,19 @@ impl Ingest<'_> {
                 }
                 Err(e) => return Err(e).io_ctx("stat", &path),
             };
-            self.entry(&path, &rel_path, &m, root_dev)?;
+            self.entry(&path, &rel_path, &m)?;
             self.tick();
         }
         Ok(())
     }
 
-    fn entry(&mut self, path: &Path, rel: &[u8], m: &fs::Metadata, root_dev: u64) -> Result<()> {
+    fn entry(&mut self, path: &Path, rel: &[u8], m: &fs::Metadata) -> Result<()> {
         let meta = metadata_of(m);
         let ft = m.file_type();
         if ft.is_dir() {
             self.writer.add_dir(rel, meta)?;
-            // Like `rsync -a`, cross into other file systems (rsync's -x is opt-in).
-            let _ = root_dev;
-            return self.dir(path, rel, root_dev);
+            // Like `rsync -a`, this crosses into other file systems (rsync's -x is opt-in).
+            return self.dir(path, rel);
         }
         if ft.is_symlink() {
             let target = match fs::read_link(path) {
@@ -228,7 +227,7 @@ impl Store {
             buf: Vec::new(),
         };
         let root: PathBuf = dir.to_path_buf();
-        ingest.dir(&root, b"", m.dev())?;
+        ingest.dir(&root, b"")?;
         let Ingest {
             writer, progress, ..
         } = ingest;
