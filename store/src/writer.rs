@@ -607,16 +607,23 @@ impl SnapshotWriter {
             }
         }
         let size = chunks.iter().map(|c| u64::from(c.len)).sum();
-        self.insert(
-            path,
-            EntryKind::File,
-            meta,
-            EntryData::File {
-                size,
-                link_group,
-                chunks,
-            },
-        )
+        self.insert_file(path, meta, size, link_group, chunks)
+    }
+
+    fn insert_file(
+        &mut self,
+        path: &[u8],
+        meta: Metadata,
+        size: u64,
+        link_group: u64,
+        chunks: Vec<ChunkRef>,
+    ) -> Result<()> {
+        let data = EntryData::File {
+            size,
+            link_group,
+            chunks,
+        };
+        self.insert(path, EntryKind::File, meta, data)
     }
 
     /// If the base snapshot has a regular file at `path` with this size and mtime, records
@@ -646,16 +653,7 @@ impl SnapshotWriter {
             return Ok(false);
         }
         self.stats.reused_files += 1;
-        self.insert(
-            path,
-            EntryKind::File,
-            meta,
-            EntryData::File {
-                size,
-                link_group,
-                chunks,
-            },
-        )?;
+        self.insert_file(path, meta, size, link_group, chunks)?;
         Ok(true)
     }
 
@@ -700,15 +698,8 @@ impl SnapshotWriter {
         file.buf.extend_from_slice(data);
         file.size += data.len() as u64;
         let max = self.chunker.max();
-        let result = (|| {
-            while file.buf.len() - file.start >= max {
-                let len = self.chunker.cut(&file.buf[file.start..]);
-                let chunk = self.store_chunk(&file.buf[file.start..file.start + len])?;
-                file.chunks.push(chunk);
-                file.start += len;
-            }
-            Ok(())
-        })();
+        // Cut only with a max-size chunk buffered: FastCDC needs that much to choose freely.
+        let result = self.store_chunks(&mut file, max);
         if file.start >= max {
             file.buf.drain(..file.start);
             file.start = 0;
@@ -723,23 +714,21 @@ impl SnapshotWriter {
             .pending
             .take()
             .ok_or_else(|| StoreError::InvalidArgument("no file is being written".into()))?;
-        while file.start < file.buf.len() {
+        self.store_chunks(&mut file, 1)?;
+        let chunks = file.chunks.clone();
+        self.insert_file(&file.path, file.meta, file.size, file.link_group, chunks)?;
+        Ok(file.chunks)
+    }
+
+    /// Cuts and stores chunks from `file`'s buffer while at least `min_buffered` bytes remain.
+    fn store_chunks(&mut self, file: &mut PendingFile, min_buffered: usize) -> Result<()> {
+        while file.buf.len() - file.start >= min_buffered.max(1) {
             let len = self.chunker.cut(&file.buf[file.start..]);
             let chunk = self.store_chunk(&file.buf[file.start..file.start + len])?;
             file.chunks.push(chunk);
             file.start += len;
         }
-        self.insert(
-            &file.path,
-            EntryKind::File,
-            file.meta,
-            EntryData::File {
-                size: file.size,
-                link_group: file.link_group,
-                chunks: file.chunks.clone(),
-            },
-        )?;
-        Ok(file.chunks)
+        Ok(())
     }
 
     /// Drops the pending file's content (its chunks already stored become garbage for GC).
