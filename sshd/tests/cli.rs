@@ -32,6 +32,22 @@ fn ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Backs up `dir` as `machine`/`source`; returns the snapshot name.
+fn ingest(store: &Path, machine: &str, source: &str, dir: &Path) -> String {
+    let out = ok(
+        store,
+        &[
+            "ingest",
+            "--machine",
+            machine,
+            "--source",
+            source,
+            dir.to_str().unwrap(),
+        ],
+    );
+    out.trim().to_string()
+}
+
 fn init_small(store: &Path) {
     ok(
         store,
@@ -54,34 +70,12 @@ fn operator_workflow() {
     let src = tmp.path().join("src");
     make_awkward_tree(&src);
     init_small(&store);
-    let first = ok(
-        &store,
-        &[
-            "ingest",
-            "--machine",
-            "m1",
-            "--source",
-            "root",
-            src.to_str().unwrap(),
-        ],
-    );
-    let first = first.trim().to_string();
+    let first = ingest(&store, "m1", "root", &src);
     assert!(
         first.starts_with("root_") && first.len() == "root_20240101-000000_abcd".len(),
         "{first}"
     );
-    let second = ok(
-        &store,
-        &[
-            "ingest",
-            "--machine",
-            "m1",
-            "--source",
-            "root",
-            src.to_str().unwrap(),
-        ],
-    );
-    let second = second.trim().to_string();
+    let second = ingest(&store, "m1", "root", &src);
 
     let listing: serde_json::Value =
         serde_json::from_str(&ok(&store, &["snapshots", "--machine", "m1", "--json"])).unwrap();
@@ -276,17 +270,7 @@ fn mistakes_are_clear_errors() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    ok(
-        &store,
-        &[
-            "ingest",
-            "--machine",
-            "m",
-            "--source",
-            "s",
-            src.to_str().unwrap(),
-        ],
-    );
+    ingest(&store, "m", "s", &src);
     for (args, needle) in [
         (
             vec![
@@ -458,18 +442,7 @@ fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
     for j in 0..200u64 {
         fs::write(base_src.join(format!("f{j}")), random_bytes(j, 20_000)).unwrap();
     }
-    let baseline = ok(
-        &store,
-        &[
-            "ingest",
-            "--machine",
-            "m",
-            "--source",
-            "s",
-            base_src.to_str().unwrap(),
-        ],
-    );
-    let baseline = baseline.trim().to_string();
+    let baseline = ingest(&store, "m", "s", &base_src);
     // A bigger tree whose ingest takes a while: many files and packs being written.
     let big = tmp.path().join("big");
     fs::create_dir(&big).unwrap();
@@ -505,17 +478,7 @@ fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
             )
             .unwrap();
         }
-        ok(
-            &store,
-            &[
-                "ingest",
-                "--machine",
-                "m",
-                "--source",
-                "s",
-                big.to_str().unwrap(),
-            ],
-        );
+        ingest(&store, "m", "s", &big);
     }
     let total = ok(&store, &["snapshots"]).lines().count();
     let mut gc_interrupted = 0;

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -64,6 +64,18 @@ fn init(store: &Path) {
     assert!(out.status.success());
 }
 
+/// A daemon serving `src` as module `data` (with auth) and a new store, both under `dir`.
+fn serve_and_init(dir: &Path, src: &Path) -> (RsyncDaemon, PathBuf) {
+    let daemon = RsyncDaemon::start(
+        &dir.join("daemon"),
+        &[("data", src)],
+        Some((USER, PASSWORD)),
+    );
+    let store = dir.join("store");
+    init(&store);
+    (daemon, store)
+}
+
 fn export(store: &Path, snapshot: &str, to: &Path) {
     let out = turku(store)
         .args([
@@ -96,13 +108,7 @@ fn pulled_tree_exports_identical_and_an_unchanged_pull_moves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_awkward_tree(&src);
-    let daemon = RsyncDaemon::start(
-        &tmp.path().join("daemon"),
-        &[("data", &src)],
-        Some((USER, PASSWORD)),
-    );
-    let store = tmp.path().join("store");
-    init(&store);
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
     let (first, err) = pull_ok(&store, &daemon, "data", &["--hard-links"]);
     assert!(first.starts_with("data_"), "{first}");
     assert!(stat(&err, "literal") > 5_000_000, "{err}");
@@ -132,13 +138,7 @@ fn a_rewrite_in_the_middle_of_a_big_file_moves_a_small_delta() {
     fs::create_dir(&src).unwrap();
     let mut data = random_bytes(1, SIZE);
     fs::write(src.join("big"), &data).unwrap();
-    let daemon = RsyncDaemon::start(
-        &tmp.path().join("daemon"),
-        &[("data", &src)],
-        Some((USER, PASSWORD)),
-    );
-    let store = tmp.path().join("store");
-    init(&store);
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
     pull_ok(&store, &daemon, "data", &[]);
     data[SIZE / 2..SIZE / 2 + REWRITE].copy_from_slice(&random_bytes(2, REWRITE));
     fs::write(src.join("big"), &data).unwrap();
@@ -161,13 +161,7 @@ fn filters_and_excludes_are_applied() {
     fs::write(src.join("cache/big"), b"cached").unwrap();
     fs::write(src.join("keep/a.tmp"), b"tmp").unwrap();
     fs::write(src.join("keep/b.txt"), b"txt").unwrap();
-    let daemon = RsyncDaemon::start(
-        &tmp.path().join("daemon"),
-        &[("data", &src)],
-        Some((USER, PASSWORD)),
-    );
-    let store = tmp.path().join("store");
-    init(&store);
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
     let (snap, _) = pull_ok(
         &store,
         &daemon,
@@ -194,13 +188,7 @@ fn refusals_are_clear_and_make_no_snapshot() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    let daemon = RsyncDaemon::start(
-        &tmp.path().join("daemon"),
-        &[("data", &src)],
-        Some((USER, PASSWORD)),
-    );
-    let store = tmp.path().join("store");
-    init(&store);
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
     let out = pull(&store, &daemon, "data", "wrong", &[]);
     assert!(!out.status.success());
     assert!(
@@ -251,13 +239,7 @@ fn daemon_killed_mid_transfer_fails_cleanly_and_keeps_earlier_snapshots() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("small"), b"first version").unwrap();
-    let daemon = RsyncDaemon::start(
-        &tmp.path().join("daemon"),
-        &[("data", &src)],
-        Some((USER, PASSWORD)),
-    );
-    let store = tmp.path().join("store");
-    init(&store);
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
     let (first, _) = pull_ok(&store, &daemon, "data", &[]);
     for i in 0..8u64 {
         fs::write(
