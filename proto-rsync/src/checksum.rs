@@ -24,7 +24,11 @@ impl RollingChecksum {
             s1 = s1.wrapping_add(b as i8 as i32 as u32);
             s2 = s2.wrapping_add(s1);
         }
-        RollingChecksum { s1, s2, len: block.len() as u32 }
+        RollingChecksum {
+            s1,
+            s2,
+            len: block.len() as u32,
+        }
     }
 
     /// The 32-bit `sum1` as sent in block signatures.
@@ -35,8 +39,14 @@ impl RollingChecksum {
     /// Slides the window one byte: drop `out`, append `inb`.
     pub fn roll(&mut self, out: u8, inb: u8) {
         let o = out as i8 as i32 as u32;
-        self.s1 = self.s1.wrapping_sub(o).wrapping_add(inb as i8 as i32 as u32);
-        self.s2 = self.s2.wrapping_sub(self.len.wrapping_mul(o)).wrapping_add(self.s1);
+        self.s1 = self
+            .s1
+            .wrapping_sub(o)
+            .wrapping_add(inb as i8 as i32 as u32);
+        self.s2 = self
+            .s2
+            .wrapping_sub(self.len.wrapping_mul(o))
+            .wrapping_add(self.s1);
     }
 
     /// Removes the leading byte without adding one (the window shrinks at the file's tail).
@@ -60,7 +70,9 @@ pub enum ChecksumKind {
     Xxh3,
     Xxh64,
     /// `seed_fix` = CF_CHKSUM_SEED_FIX: the seed is hashed before the block.
-    Md5 { seed_fix: bool },
+    Md5 {
+        seed_fix: bool,
+    },
     /// The implicit checksum of protocols 27–29.
     Md4Old,
     Sha1,
@@ -111,7 +123,9 @@ impl ChecksumKind {
                 out[..8].copy_from_slice(&(h as u64).to_le_bytes());
                 out[8..16].copy_from_slice(&((h >> 64) as u64).to_le_bytes());
             }
-            ChecksumKind::Xxh3 => out[..8].copy_from_slice(&xxh3_64_with_seed(block, xseed).to_le_bytes()),
+            ChecksumKind::Xxh3 => {
+                out[..8].copy_from_slice(&xxh3_64_with_seed(block, xseed).to_le_bytes())
+            }
             ChecksumKind::Xxh64 => out[..8].copy_from_slice(&xxh64(block, xseed).to_le_bytes()),
             ChecksumKind::Md5 { seed_fix } => {
                 let mut h = Md5::new();
@@ -216,7 +230,11 @@ pub fn choose_checksum(peer_list: &str, seed_fix: bool) -> Option<ChecksumKind> 
 
 /// The generator's block length for a basis of `len` bytes (spec §6.3).
 pub fn block_length(len: u64, protocol: u32) -> u32 {
-    let max = if protocol >= 30 { MAX_BLOCK_SIZE } else { OLD_MAX_BLOCK_SIZE };
+    let max = if protocol >= 30 {
+        MAX_BLOCK_SIZE
+    } else {
+        OLD_MAX_BLOCK_SIZE
+    };
     if len <= u64::from(BLOCK_SIZE) * u64::from(BLOCK_SIZE) {
         return BLOCK_SIZE;
     }
@@ -242,7 +260,13 @@ pub fn block_length(len: u64, protocol: u32) -> u32 {
 }
 
 /// Strong-sum length per block for a first pass (spec §6.3); `redo` requests full length.
-pub fn strong_sum_length(len: u64, blength: u32, protocol: u32, xfer_sum_len: usize, redo: bool) -> usize {
+pub fn strong_sum_length(
+    len: u64,
+    blength: u32,
+    protocol: u32,
+    xfer_sum_len: usize,
+    redo: bool,
+) -> usize {
     let cap = SUM_LENGTH.min(xfer_sum_len);
     if redo || protocol < 27 {
         return if redo { cap } else { SHORT_SUM_LENGTH };
@@ -272,8 +296,14 @@ mod tests {
     fn rolling_is_signed() {
         // 0x80 counts as -128.
         let r = RollingChecksum::new(&[0x80]);
-        assert_eq!(r.value(), ((-128i32 as u32) & 0xFFFF) | ((-128i32 as u32) << 16));
-        assert_eq!(rolling_checksum(&[1, 2, 3]), (6 & 0xFFFF) | ((1 + 3 + 6) << 16));
+        assert_eq!(
+            r.value(),
+            ((-128i32 as u32) & 0xFFFF) | ((-128i32 as u32) << 16)
+        );
+        assert_eq!(
+            rolling_checksum(&[1, 2, 3]),
+            (6 & 0xFFFF) | ((1 + 3 + 6) << 16)
+        );
     }
 
     #[test]
@@ -294,8 +324,14 @@ mod tests {
 
     #[test]
     fn negotiation_takes_peers_first_supported() {
-        assert_eq!(choose_checksum("xxh128 xxh3 xxh64 md5 md4 sha1 none", true), Some(ChecksumKind::Xxh128));
-        assert_eq!(choose_checksum("md4 md5", true), Some(ChecksumKind::Md5 { seed_fix: true }));
+        assert_eq!(
+            choose_checksum("xxh128 xxh3 xxh64 md5 md4 sha1 none", true),
+            Some(ChecksumKind::Xxh128)
+        );
+        assert_eq!(
+            choose_checksum("md4 md5", true),
+            Some(ChecksumKind::Md5 { seed_fix: true })
+        );
         assert_eq!(choose_checksum("xxhash", false), Some(ChecksumKind::Xxh64));
         assert_eq!(choose_checksum("md4 none", true), None);
     }

@@ -10,14 +10,27 @@ use std::collections::HashMap;
 pub fn block_signature(block: &[u8], kind: ChecksumKind, seed: i32, s2length: usize) -> BlockSum {
     let mut strong = [0u8; 32];
     kind.block_sum(seed, block, &mut strong);
-    BlockSum { weak: RollingChecksum::new(block).value(), strong: strong[..s2length.min(32)].to_vec() }
+    BlockSum {
+        weak: RollingChecksum::new(block).value(),
+        strong: strong[..s2length.min(32)].to_vec(),
+    }
 }
 
 /// Appends the wire form of one block's signature.
-pub fn write_block_signature(block: &[u8], kind: ChecksumKind, seed: i32, s2length: usize, out: &mut Vec<u8>) {
+pub fn write_block_signature(
+    block: &[u8],
+    kind: ChecksumKind,
+    seed: i32,
+    s2length: usize,
+    out: &mut Vec<u8>,
+) {
     let mut strong = [0u8; 32];
     kind.block_sum(seed, block, &mut strong);
-    encode_block_sum(RollingChecksum::new(block).value(), &strong[..s2length.min(32)], out);
+    encode_block_sum(
+        RollingChecksum::new(block).value(),
+        &strong[..s2length.min(32)],
+        out,
+    );
 }
 
 /// Sender-side matcher: finds basis blocks inside new data. Candidates with equal weak
@@ -39,7 +52,13 @@ impl<'a> Matcher<'a> {
         for (i, s) in sums.iter().enumerate() {
             table.entry(s.weak).or_default().push(i as u32);
         }
-        Matcher { head, sums, kind, seed, table }
+        Matcher {
+            head,
+            sums,
+            kind,
+            seed,
+            table,
+        }
     }
 
     /// Produces the token list turning the basis into `data` (literals ≤ 32 KiB).
@@ -65,7 +84,8 @@ impl<'a> Matcher<'a> {
                         continue;
                     }
                     if !have_strong {
-                        self.kind.block_sum(self.seed, &data[pos..pos + win], &mut strong);
+                        self.kind
+                            .block_sum(self.seed, &data[pos..pos + win], &mut strong);
                         have_strong = true;
                     }
                     if self.sums[k as usize].strong[..] == strong[..s2] {
@@ -144,14 +164,19 @@ mod tests {
 
     #[test]
     fn finds_shifted_blocks() {
-        let basis: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let basis: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let head = SumHead::for_basis(basis.len() as u64, 31, 16, false);
         let sums = signature(&basis, &head, ChecksumKind::Xxh128, 1234);
         let mut data = b"inserted prefix".to_vec();
         data.extend_from_slice(&basis);
         let m = Matcher::new(head, &sums, ChecksumKind::Xxh128, 1234);
         let toks = m.delta(&data);
-        let matched = toks.iter().filter(|t| matches!(t, OwnedToken::Block(_))).count();
+        let matched = toks
+            .iter()
+            .filter(|t| matches!(t, OwnedToken::Block(_)))
+            .count();
         assert_eq!(matched as u32, head.count);
         assert_eq!(apply(&head, &basis, &toks).unwrap(), data);
     }

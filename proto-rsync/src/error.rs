@@ -10,7 +10,11 @@ pub enum DecodeError {
     #[error("varint lead byte {lead:#04x} announces more bytes than the type holds")]
     VarintOverflow { lead: u8 },
     #[error("{what} length {len} exceeds the limit {max}")]
-    TooLong { what: &'static str, len: u64, max: u64 },
+    TooLong {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
     #[error("negative {what}: {value}")]
     Negative { what: &'static str, value: i64 },
     #[error("file index {0} out of range")]
@@ -28,7 +32,12 @@ pub enum DecodeError {
     #[error("hard-link leader index {index} does not name an earlier entry (list has {count})")]
     BadHardLink { index: i64, count: usize },
     #[error("bad sum head: count {count}, block length {blength}, strong length {s2length}, remainder {remainder}")]
-    BadSumHead { count: i32, blength: i32, s2length: i32, remainder: i32 },
+    BadSumHead {
+        count: i32,
+        blength: i32,
+        s2length: i32,
+        remainder: i32,
+    },
     #[error("bad delta token {token} (basis has {count} blocks)")]
     BadToken { token: i32, count: u32 },
     #[error("handshake line is not valid: {0}")]

@@ -49,7 +49,9 @@ impl PullConfig {
         PullConfig {
             module: module.to_owned(),
             path: String::new(),
-            user: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "nobody".into()),
+            user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "nobody".into()),
             password: None,
             hard_links: false,
             filter_rules: Vec::new(),
@@ -150,14 +152,18 @@ where
         }
         // A daemon with `timeout = T` announces it; stay well inside it.
         let keepalive = match rx.peer_timeout() {
-            Some(t) => config.keepalive.min(Duration::from_secs(u64::from(t.max(2)) / 2)),
+            Some(t) => config
+                .keepalive
+                .min(Duration::from_secs(u64::from(t.max(2)) / 2)),
             None => config.keepalive,
         };
         let idle_deadline = last_write + keepalive;
         // A peer that reported an error and then closed (or reset) the connection is
         // explained by its message, not by the socket error.
         let closed = |rx: &ClientReceiver<S>, e: Error| match rx.last_error() {
-            Some(m) => Error::ClosedAfterError { message: m.to_owned() },
+            Some(m) => Error::ClosedAfterError {
+                message: m.to_owned(),
+            },
             None => e,
         };
         tokio::select! {
@@ -252,7 +258,10 @@ mod tests {
         });
         let mut sink = NullSink;
         let r = pull(a, &PullConfig::new("m"), &mut sink).await;
-        assert!(matches!(r, Err(Error::UnexpectedEof(_)) | Err(Error::Io(_))), "{r:?}");
+        assert!(
+            matches!(r, Err(Error::UnexpectedEof(_)) | Err(Error::Io(_))),
+            "{r:?}"
+        );
         server.await.expect("join").expect("server io");
     }
 }

@@ -68,9 +68,22 @@ mod tests {
     fn matches_stock_capture() {
         // (name, is_dir) in stock 3.5.0's sorted order (spec §5.8).
         let want: &[(&[u8], bool)] = &[
-            (b".", true), (b"B", false), (b"a-file", false), (b"a.b2", false), (b"alink", false),
-            (b"zfile", false), (b"\xc3\xa4", false), (b"a b", true), (b"a b/c", false), (b"a.b", true),
-            (b"a.b/x", true), (b"a.b/x/y", false), (b"a", true), (b"a/b", false), (b"zdir", true), (b"zdir/1", false),
+            (b".", true),
+            (b"B", false),
+            (b"a-file", false),
+            (b"a.b2", false),
+            (b"alink", false),
+            (b"zfile", false),
+            (b"\xc3\xa4", false),
+            (b"a b", true),
+            (b"a b/c", false),
+            (b"a.b", true),
+            (b"a.b/x", true),
+            (b"a.b/x/y", false),
+            (b"a", true),
+            (b"a/b", false),
+            (b"zdir", true),
+            (b"zdir/1", false),
         ];
         let mut shuffled: Vec<_> = want.to_vec();
         shuffled.reverse();
@@ -80,9 +93,15 @@ mod tests {
 
     #[test]
     fn old_protocols_use_strcmp() {
-        assert_eq!(compare(b"foo.txt", false, b"foo/bar", false, 28), Ordering::Less);
+        assert_eq!(
+            compare(b"foo.txt", false, b"foo/bar", false, 28),
+            Ordering::Less
+        );
         assert_eq!(compare(b"foo", true, b"foo.txt", false, 28), Ordering::Less);
-        assert_eq!(compare(b"foo", true, b"foo.txt", false, 31), Ordering::Greater);
+        assert_eq!(
+            compare(b"foo", true, b"foo.txt", false, 31),
+            Ordering::Greater
+        );
     }
 
     proptest! {

@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use turku_proto_rsync::io::{pull, PullConfig};
-use turku_proto_rsync::{Basis, EntryAction, Error, FileEntry, FileKind, HardLink, Outcome, ReceiveSink, SinkError};
+use turku_proto_rsync::{
+    Basis, EntryAction, Error, FileEntry, FileKind, HardLink, Outcome, ReceiveSink, SinkError,
+};
 
 // ------------------------------------------------------------------ the daemon
 
@@ -68,7 +70,11 @@ impl Daemon {
         let conf_path = dir.path().join("rsyncd.conf");
         fs::write(&conf_path, conf).expect("write conf");
         // Take an ephemeral port from the kernel; the window before rsync binds it is tiny.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         let child = Command::new(rsync)
             .arg("--daemon")
             .arg("--no-detach")
@@ -94,7 +100,9 @@ impl Daemon {
     }
 
     async fn pull(&self, cfg: &PullConfig, sink: &mut DirSink) -> Result<Outcome, Error> {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect");
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect");
         let _dog = Watchdog::arm(Duration::from_secs(180));
         tokio::time::timeout(Duration::from_secs(120), pull(s, cfg, sink))
             .await
@@ -131,7 +139,9 @@ impl Drop for Watchdog {
 }
 
 fn unsafe_free_is_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 // ------------------------------------------------------------------ directory sink
@@ -209,13 +219,15 @@ fn mtime_of(e: &FileEntry) -> SystemTime {
     if e.mtime >= 0 {
         UNIX_EPOCH + Duration::new(e.mtime as u64, e.mtime_nsec)
     } else {
-        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs()) + Duration::from_nanos(u64::from(e.mtime_nsec))
+        UNIX_EPOCH - Duration::from_secs(e.mtime.unsigned_abs())
+            + Duration::from_nanos(u64::from(e.mtime_nsec))
     }
 }
 
 fn set_mtime(p: &Path, e: &FileEntry) {
     let f = fs::File::open(p).expect("open for times");
-    f.set_times(fs::FileTimes::new().set_modified(mtime_of(e))).expect("set mtime");
+    f.set_times(fs::FileTimes::new().set_modified(mtime_of(e)))
+        .expect("set mtime");
 }
 
 impl ReceiveSink for DirSink {
@@ -234,7 +246,10 @@ impl ReceiveSink for DirSink {
             }
             FileKind::Symlink => {
                 let _ = fs::remove_file(&p);
-                std::os::unix::fs::symlink(OsStr::from_bytes(e.symlink.as_deref().unwrap_or_default()), &p)?;
+                std::os::unix::fs::symlink(
+                    OsStr::from_bytes(e.symlink.as_deref().unwrap_or_default()),
+                    &p,
+                )?;
             }
             FileKind::Fifo => {
                 let _ = fs::remove_file(&p);
@@ -250,7 +265,11 @@ impl ReceiveSink for DirSink {
                 }
                 // Quick check: same size and mtime as what is there → request nothing.
                 if let Ok(m) = fs::symlink_metadata(&p) {
-                    if m.is_file() && m.len() == e.size as u64 && m.mtime() == e.mtime && m.mtime_nsec() == i64::from(e.mtime_nsec) {
+                    if m.is_file()
+                        && m.len() == e.size as u64
+                        && m.mtime() == e.mtime
+                        && m.mtime_nsec() == i64::from(e.mtime_nsec)
+                    {
                         self.skipped.push(e.name_lossy());
                         return Ok(EntryAction::Skip);
                     }
@@ -317,11 +336,14 @@ fn write_file(p: &Path, data: &[u8], mode: u32, mtime: SystemTime) {
     fs::write(p, data).expect("write");
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
     let f = fs::File::open(p).expect("open");
-    f.set_times(fs::FileTimes::new().set_modified(mtime)).expect("times");
+    f.set_times(fs::FileTimes::new().set_modified(mtime))
+        .expect("times");
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -344,31 +366,105 @@ fn build_tree(src: &Path) {
     fs::create_dir_all(src.join("deep/a/b/c/d/e/f/g/h")).expect("mkdir");
     fs::create_dir_all(src.join("empty dir")).expect("mkdir");
     fs::create_dir_all(src.join("sub")).expect("mkdir");
-    write_file(&src.join("empty"), b"", 0o644, t(1_600_000_000, 123_456_789));
-    write_file(&src.join("small.txt"), b"hello world\n", 0o640, t(1_700_000_000, 1));
-    write_file(&src.join("big.bin"), &pseudo_random(3_000_123, 1), 0o600, t(1_650_000_000, 999_999_999));
-    write_file(&src.join("sub/mid.bin"), &pseudo_random(200_000, 2), 0o755, t(1_500_000_000, 500));
-    write_file(&src.join("deep/a/b/c/d/e/f/g/h/leaf"), b"leaf", 0o444, t(1_400_000_000, 0));
-    write_file(&src.join("old"), b"before 1970", 0o644, t(-1_000_000, 250_000_000));
-    write_file(&src.join("future"), b"after 2038", 0o644, t(4_200_000_000, 42));
-    write_file(&src.join("setuid"), b"#!/bin/sh\n", 0o4755, t(1_600_000_000, 0));
-    write_file(&src.join("setgid"), b"#!/bin/sh\n", 0o2711, t(1_600_000_000, 0));
-    write_file(&src.join("with space"), b"space", 0o644, t(1_600_000_000, 7));
-    write_file(&src.join("new\nline"), b"newline", 0o644, t(1_600_000_000, 8));
-    write_file(&src.join("back\\slash"), b"backslash", 0o644, t(1_600_000_000, 9));
-    write_file(&src.join(OsStr::from_bytes(b"latin1-\xe9\xff")), b"not utf-8", 0o644, t(1_600_000_000, 10));
-    write_file(&src.join("n".repeat(255)), b"long name", 0o644, t(1_600_000_000, 11));
+    write_file(
+        &src.join("empty"),
+        b"",
+        0o644,
+        t(1_600_000_000, 123_456_789),
+    );
+    write_file(
+        &src.join("small.txt"),
+        b"hello world\n",
+        0o640,
+        t(1_700_000_000, 1),
+    );
+    write_file(
+        &src.join("big.bin"),
+        &pseudo_random(3_000_123, 1),
+        0o600,
+        t(1_650_000_000, 999_999_999),
+    );
+    write_file(
+        &src.join("sub/mid.bin"),
+        &pseudo_random(200_000, 2),
+        0o755,
+        t(1_500_000_000, 500),
+    );
+    write_file(
+        &src.join("deep/a/b/c/d/e/f/g/h/leaf"),
+        b"leaf",
+        0o444,
+        t(1_400_000_000, 0),
+    );
+    write_file(
+        &src.join("old"),
+        b"before 1970",
+        0o644,
+        t(-1_000_000, 250_000_000),
+    );
+    write_file(
+        &src.join("future"),
+        b"after 2038",
+        0o644,
+        t(4_200_000_000, 42),
+    );
+    write_file(
+        &src.join("setuid"),
+        b"#!/bin/sh\n",
+        0o4755,
+        t(1_600_000_000, 0),
+    );
+    write_file(
+        &src.join("setgid"),
+        b"#!/bin/sh\n",
+        0o2711,
+        t(1_600_000_000, 0),
+    );
+    write_file(
+        &src.join("with space"),
+        b"space",
+        0o644,
+        t(1_600_000_000, 7),
+    );
+    write_file(
+        &src.join("new\nline"),
+        b"newline",
+        0o644,
+        t(1_600_000_000, 8),
+    );
+    write_file(
+        &src.join("back\\slash"),
+        b"backslash",
+        0o644,
+        t(1_600_000_000, 9),
+    );
+    write_file(
+        &src.join(OsStr::from_bytes(b"latin1-\xe9\xff")),
+        b"not utf-8",
+        0o644,
+        t(1_600_000_000, 10),
+    );
+    write_file(
+        &src.join("n".repeat(255)),
+        b"long name",
+        0o644,
+        t(1_600_000_000, 11),
+    );
     write_file(&src.join("-dash"), b"dash", 0o644, t(1_600_000_000, 12));
     std::os::unix::fs::symlink("small.txt", src.join("rel-link")).expect("symlink");
     std::os::unix::fs::symlink("/etc/hostname", src.join("abs-link")).expect("symlink");
     std::os::unix::fs::symlink("does/not/exist", src.join("sub/dangling")).expect("symlink");
-    let st = Command::new("mkfifo").arg(src.join("fifo")).status().expect("mkfifo");
+    let st = Command::new("mkfifo")
+        .arg(src.join("fifo"))
+        .status()
+        .expect("mkfifo");
     assert!(st.success());
     fs::create_dir(src.join("sticky")).expect("mkdir sticky");
     fs::set_permissions(src.join("sticky"), fs::Permissions::from_mode(0o1777)).expect("chmod");
     for d in ["sub", "empty dir", "deep/a", "sticky", "."] {
         let f = fs::File::open(src.join(d)).expect("open dir");
-        f.set_times(fs::FileTimes::new().set_modified(t(1_234_567_890, 987_654_321))).expect("dir times");
+        f.set_times(fs::FileTimes::new().set_modified(t(1_234_567_890, 987_654_321)))
+            .expect("dir times");
     }
 }
 
@@ -402,13 +498,34 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<(Vec<u8>, Meta)>) {
             mode: m.mode(),
             size: if ft.is_dir() { 0 } else { m.len() },
             // Symlink mtimes are not set by our test sink.
-            mtime: if ft.is_symlink() || kind == "special" { (0, 0) } else { (m.mtime(), m.mtime_nsec()) },
-            content: if ft.is_file() { Some(fs::read(&p).expect("read")) } else { None },
-            link: if ft.is_symlink() { Some(fs::read_link(&p).expect("readlink").as_os_str().as_bytes().to_vec()) } else { None },
+            mtime: if ft.is_symlink() || kind == "special" {
+                (0, 0)
+            } else {
+                (m.mtime(), m.mtime_nsec())
+            },
+            content: if ft.is_file() {
+                Some(fs::read(&p).expect("read"))
+            } else {
+                None
+            },
+            link: if ft.is_symlink() {
+                Some(
+                    fs::read_link(&p)
+                        .expect("readlink")
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                )
+            } else {
+                None
+            },
         },
     ));
     if ft.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(&p).expect("readdir").map(|e| e.expect("dirent").file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(&p)
+            .expect("readdir")
+            .map(|e| e.expect("dirent").file_name())
+            .collect();
         names.sort();
         for n in names {
             walk(root, &rel.join(n), out);
@@ -430,8 +547,14 @@ fn assert_same_tree_ns(src: &Path, dst: &Path, nsec: bool) {
             m.mtime.1 = 0;
         }
     }
-    let names_a: Vec<_> = a.iter().map(|x| String::from_utf8_lossy(&x.0).into_owned()).collect();
-    let names_b: Vec<_> = b.iter().map(|x| String::from_utf8_lossy(&x.0).into_owned()).collect();
+    let names_a: Vec<_> = a
+        .iter()
+        .map(|x| String::from_utf8_lossy(&x.0).into_owned())
+        .collect();
+    let names_b: Vec<_> = b
+        .iter()
+        .map(|x| String::from_utf8_lossy(&x.0).into_owned())
+        .collect();
     assert_eq!(names_a, names_b, "different entries");
     for ((n, ma), (_, mb)) in a.iter().zip(&b) {
         assert_eq!(ma, mb, "entry {:?} differs", String::from_utf8_lossy(n));
@@ -465,7 +588,10 @@ async fn full_pull_opts(protocol: u32, negotiate: bool, numeric_ids: bool) {
     let mut cfg = config("pub", protocol);
     cfg.negotiate = negotiate;
     cfg.numeric_ids = numeric_ids;
-    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", d.log()));
+    let o = d
+        .pull(&cfg, &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", d.log()));
     sink.finish();
     assert_eq!(o.protocol, protocol);
     assert_eq!(o.exit_code, 0, "outcome: {o:?}");
@@ -476,7 +602,10 @@ async fn full_pull_opts(protocol: u32, negotiate: bool, numeric_ids: bool) {
         (false, _) => "md5",
     };
     assert_eq!(o.checksum, want_sum);
-    assert_eq!(o.motd.first().map(String::as_str), Some("Welcome to the test daemon"));
+    assert_eq!(
+        o.motd.first().map(String::as_str),
+        Some("Welcome to the test daemon")
+    );
     assert!(o.files_received >= 14, "{o:?}");
     assert_eq!(o.matched_bytes, 0);
     assert!(o.literal_bytes > 3_000_000);
@@ -548,12 +677,20 @@ async fn checksum_mismatch_is_redone() {
     // Seed the destination with an older version so the first pass is a delta.
     let mut old = data.clone();
     old[50_000..50_100].fill(0);
-    write_file(&dst.path().join("f"), &old, 0o644, when - Duration::from_secs(10));
+    write_file(
+        &dst.path().join("f"),
+        &old,
+        0o644,
+        when - Duration::from_secs(10),
+    );
     let mut sink = DirSink::new(dst.path());
     // The basis read during reconstruction differs from the one the signatures were made
     // from, so the first result fails its whole-file checksum and must be redone.
     sink.corrupt_basis_call = Some(2);
-    let o = d.pull(&config("pub", 32), &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    let o = d
+        .pull(&config("pub", 32), &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     sink.finish();
     assert_eq!(o.redone, 1, "{o:?}");
     assert_eq!(o.files_received, 1);
@@ -572,15 +709,24 @@ async fn delta_with_fixed_negative_seed_matches_blocks() {
     let data = pseudo_random(500_000, 21);
     write_file(&src.path().join("f"), &data, 0o644, when);
     let d = Daemon::start(src.path());
-    for (protocol, negotiate, sum) in [(32, true, "xxh128"), (32, false, "md5"), (29, false, "md4")] {
+    for (protocol, negotiate, sum) in [(32, true, "xxh128"), (32, false, "md5"), (29, false, "md4")]
+    {
         let mut old = data.clone();
         old[1000..1100].fill(1);
-        write_file(&dst.path().join("f"), &old, 0o644, when - Duration::from_secs(5));
+        write_file(
+            &dst.path().join("f"),
+            &old,
+            0o644,
+            when - Duration::from_secs(5),
+        );
         let mut sink = DirSink::new(dst.path());
         let mut cfg = config("pub", protocol);
         cfg.negotiate = negotiate;
         cfg.checksum_seed = Some(-123_456_789);
-        let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+        let o = d
+            .pull(&cfg, &mut sink)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
         sink.finish();
         assert_eq!(o.checksum, sum);
         assert_eq!(o.checksum_seed, -123_456_789);
@@ -601,24 +747,44 @@ async fn second_pull_sends_only_the_delta() {
     write_file(&src.path().join("same"), b"unchanged", 0o644, when);
     let d = Daemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
-    let first = d.pull(&config("pub", 32), &mut sink).await.expect("first pull");
+    let first = d
+        .pull(&config("pub", 32), &mut sink)
+        .await
+        .expect("first pull");
     sink.finish();
     assert_eq!(first.files_requested, 2);
     // Rewrite 64 KiB in the middle.
     let mut changed = big.clone();
     let mid = changed.len() / 2;
     changed[mid..mid + 65536].copy_from_slice(&pseudo_random(65536, 99));
-    write_file(&src.path().join("big"), &changed, 0o644, when + Duration::from_secs(60));
+    write_file(
+        &src.path().join("big"),
+        &changed,
+        0o644,
+        when + Duration::from_secs(60),
+    );
     let mut sink = DirSink::new(dst.path());
-    let second = d.pull(&config("pub", 32), &mut sink).await.expect("second pull");
+    let second = d
+        .pull(&config("pub", 32), &mut sink)
+        .await
+        .expect("second pull");
     sink.finish();
-    assert_eq!(second.files_requested, 1, "the unchanged file must be skipped");
+    assert_eq!(
+        second.files_requested, 1,
+        "the unchanged file must be skipped"
+    );
     assert_eq!(sink.skipped, ["same"]);
     assert_eq!(second.exit_code, 0);
-    assert!(second.matched_bytes >= (4 << 20) - 2 * 65536 - 4096, "{second:?}");
+    assert!(
+        second.matched_bytes >= (4 << 20) - 2 * 65536 - 4096,
+        "{second:?}"
+    );
     assert!(second.literal_bytes < 65536 + 4 * 4096, "{second:?}");
     // Signatures plus the literal run: far below 5% of the file.
-    assert!(second.wire_bytes_read + second.wire_bytes_written < (4 << 20) / 20, "{second:?}");
+    assert!(
+        second.wire_bytes_read + second.wire_bytes_written < (4 << 20) / 20,
+        "{second:?}"
+    );
     assert_same_tree(src.path(), dst.path());
 }
 
@@ -626,10 +792,20 @@ async fn second_pull_sends_only_the_delta() {
 async fn hard_links_with_dash_h() {
     let src = tempfile::tempdir().expect("src");
     fs::create_dir(src.path().join("d")).expect("mkdir");
-    write_file(&src.path().join("a"), &pseudo_random(10_000, 3), 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 1));
+    write_file(
+        &src.path().join("a"),
+        &pseudo_random(10_000, 3),
+        0o644,
+        UNIX_EPOCH + Duration::new(1_600_000_000, 1),
+    );
     fs::hard_link(src.path().join("a"), src.path().join("d/b")).expect("link");
     fs::hard_link(src.path().join("a"), src.path().join("z")).expect("link");
-    write_file(&src.path().join("single"), b"x", 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 1));
+    write_file(
+        &src.path().join("single"),
+        b"x",
+        0o644,
+        UNIX_EPOCH + Duration::new(1_600_000_000, 1),
+    );
     let d = Daemon::start(src.path());
     // 30+ send "index of the first member"; 28–29 send dev/ino for linked files only, 27
     // for every file.
@@ -638,10 +814,16 @@ async fn hard_links_with_dash_h() {
         let mut sink = DirSink::new(dst.path());
         let mut cfg = config("pub", protocol);
         cfg.hard_links = true;
-        let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{protocol}: {e}: {}", d.log()));
+        let o = d
+            .pull(&cfg, &mut sink)
+            .await
+            .unwrap_or_else(|e| panic!("{protocol}: {e}: {}", d.log()));
         sink.finish();
         assert_eq!(o.exit_code, 0);
-        assert_eq!(o.files_requested, 2, "one leader and the single file at {protocol}: {o:?}");
+        assert_eq!(
+            o.files_requested, 2,
+            "one leader and the single file at {protocol}: {o:?}"
+        );
         let ino = |p: &str| fs::metadata(dst.path().join(p)).expect("stat").ino();
         assert_eq!(ino("a"), ino("d/b"));
         assert_eq!(ino("a"), ino("z"));
@@ -655,13 +837,21 @@ async fn hard_links_with_dash_h() {
 async fn auth_success_with_sha512_digest() {
     let src = tempfile::tempdir().expect("src");
     let dst = tempfile::tempdir().expect("dst");
-    write_file(&src.path().join("f"), b"secret data", 0o644, UNIX_EPOCH + Duration::new(1_600_000_000, 0));
+    write_file(
+        &src.path().join("f"),
+        b"secret data",
+        0o644,
+        UNIX_EPOCH + Duration::new(1_600_000_000, 0),
+    );
     let d = Daemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("auth", 32);
     cfg.user = "alice".into();
     cfg.password = Some(b"s3cret".to_vec());
-    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}; {}", d.log()));
+    let o = d
+        .pull(&cfg, &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("{e}; {}", d.log()));
     sink.finish();
     assert_eq!(o.exit_code, 0);
     assert_same_tree(src.path(), dst.path());
@@ -686,7 +876,10 @@ async fn wrong_password_is_refused() {
         other => panic!("expected an auth failure, got {other:?}"),
     }
     cfg.password = None;
-    assert!(matches!(d.pull(&cfg, &mut sink).await, Err(Error::PasswordRequired)));
+    assert!(matches!(
+        d.pull(&cfg, &mut sink).await,
+        Err(Error::PasswordRequired)
+    ));
 }
 
 #[tokio::test]
@@ -732,7 +925,10 @@ async fn filters_exclude_files() {
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("pub", 32);
     cfg.filter_rules = vec!["- *.tmp".into(), "- /cache/".into()];
-    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    let o = d
+        .pull(&cfg, &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     sink.finish();
     assert_eq!(o.exit_code, 0);
     assert!(dst.path().join("keep.txt").exists());
@@ -762,7 +958,11 @@ async fn vanished_file_is_success_with_warning() {
     assert_eq!(o.exit_code, 24, "{o:?}");
     assert!(o.is_success());
     assert_eq!(o.failed, ["b-goes"]);
-    assert!(o.warnings.iter().any(|w| w.contains("vanished")), "{:?}", o.warnings);
+    assert!(
+        o.warnings.iter().any(|w| w.contains("vanished")),
+        "{:?}",
+        o.warnings
+    );
     assert!(dst.path().join("a-stays").exists() && dst.path().join("c-stays").exists());
     assert!(!dst.path().join("b-goes").exists());
 }
@@ -780,7 +980,10 @@ async fn unreadable_file_is_a_partial_transfer() {
     write_file(&src.path().join("locked"), b"no", 0o600, when);
     let d = Daemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
-    let o = d.pull(&config("nobody", 32), &mut sink).await.expect("pull");
+    let o = d
+        .pull(&config("nobody", 32), &mut sink)
+        .await
+        .expect("pull");
     sink.finish();
     assert_eq!(o.exit_code, 23, "{o:?}");
     assert!(!o.is_success());
@@ -797,7 +1000,12 @@ async fn many_small_files_do_not_deadlock() {
         let dir = src.path().join(format!("d{d:02}"));
         fs::create_dir(&dir).expect("mkdir");
         for f in 0..100 {
-            write_file(&dir.join(format!("f{f:03}")), &pseudo_random(300 + f * 7, (d * 1000 + f) as u64), 0o644, when);
+            write_file(
+                &dir.join(format!("f{f:03}")),
+                &pseudo_random(300 + f * 7, (d * 1000 + f) as u64),
+                0o644,
+                when,
+            );
         }
     }
     let d = Daemon::start(src.path());
@@ -812,7 +1020,10 @@ async fn many_small_files_do_not_deadlock() {
         write_file(&p, b"changed", 0o644, when + Duration::from_secs(1));
     }
     let mut sink = DirSink::new(dst.path());
-    let o = d.pull(&config("pub", 32), &mut sink).await.expect("second pull");
+    let o = d
+        .pull(&config("pub", 32), &mut sink)
+        .await
+        .expect("second pull");
     sink.finish();
     assert_eq!(o.files_requested, 40);
     assert_same_tree(src.path(), dst.path());
@@ -825,16 +1036,35 @@ async fn device_nodes_arrive_with_their_numbers() {
     }
     let src = tempfile::tempdir().expect("src");
     let dst = tempfile::tempdir().expect("dst");
-    for (name, kind, major, minor) in [("null", "c", "1", "3"), ("loopish", "b", "7", "200"), ("big", "c", "300", "70000")] {
-        let st = Command::new("mknod").arg(src.path().join(name)).arg(kind).arg(major).arg(minor).status().expect("mknod");
+    for (name, kind, major, minor) in [
+        ("null", "c", "1", "3"),
+        ("loopish", "b", "7", "200"),
+        ("big", "c", "300", "70000"),
+    ] {
+        let st = Command::new("mknod")
+            .arg(src.path().join(name))
+            .arg(kind)
+            .arg(major)
+            .arg(minor)
+            .status()
+            .expect("mknod");
         assert!(st.success());
     }
     let d = Daemon::start(src.path());
     for protocol in [30, 31, 32] {
         let mut sink = DirSink::new(dst.path());
-        let o = d.pull(&config("pub", protocol), &mut sink).await.expect("pull");
+        let o = d
+            .pull(&config("pub", protocol), &mut sink)
+            .await
+            .expect("pull");
         assert_eq!(o.exit_code, 0);
-        let find = |n: &[u8]| sink.entries.values().find(|e| e.name == n).cloned().expect("entry");
+        let find = |n: &[u8]| {
+            sink.entries
+                .values()
+                .find(|e| e.name == n)
+                .cloned()
+                .expect("entry")
+        };
         let null = find(b"null");
         assert_eq!(null.kind(), FileKind::CharDevice);
         assert_eq!(null.rdev, Some((1, 3)));
@@ -896,10 +1126,13 @@ async fn file_over_4_gib_streams_and_verifies() {
     let len: u64 = (4 << 30) + 12345;
     let f = fs::File::create(src.path().join("huge")).expect("create");
     f.set_len(len).expect("sparse");
-    f.write_all_at(b"THE-END-MARKER!!", len - 16).expect("marker");
+    f.write_all_at(b"THE-END-MARKER!!", len - 16)
+        .expect("marker");
     drop(f);
     let d = Daemon::start(src.path());
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port)).await.expect("connect");
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .expect("connect");
     let mut sink = CountingSink::default();
     let cfg = config("pub", 32);
     let t0 = std::time::Instant::now();
@@ -909,7 +1142,10 @@ async fn file_over_4_gib_streams_and_verifies() {
         .expect("timed out")
         .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     let secs = t0.elapsed().as_secs_f64();
-    eprintln!("pulled {len} bytes in {secs:.2} s ({:.0} MiB/s)", len as f64 / secs / 1048576.0);
+    eprintln!(
+        "pulled {len} bytes in {secs:.2} s ({:.0} MiB/s)",
+        len as f64 / secs / 1048576.0
+    );
     assert_eq!(o.exit_code, 0);
     assert_eq!(sink.verified, [("huge".to_string(), len, true)]);
     assert_eq!(sink.tail, b"THE-END-MARKER!!");
@@ -940,7 +1176,9 @@ async fn daemon_killed_mid_transfer_is_a_clean_error() {
     drop(f);
     let mut d = Daemon::start(src.path());
     let daemon_pid = d.child.id();
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port)).await.expect("connect");
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .expect("connect");
     let mut sink = CountingSink {
         trigger: Some((
             8 << 20,
@@ -954,7 +1192,12 @@ async fn daemon_killed_mid_transfer_is_a_clean_error() {
         ..CountingSink::default()
     };
     let _dog = Watchdog::arm(Duration::from_secs(120));
-    let r = tokio::time::timeout(Duration::from_secs(60), pull(s, &config("pub", 32), &mut sink)).await.expect("must not hang");
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        pull(s, &config("pub", 32), &mut sink),
+    )
+    .await
+    .expect("must not hang");
     let _ = d.child.kill();
     match r {
         Err(Error::UnexpectedEof(_)) | Err(Error::Io(_)) => {}
@@ -974,7 +1217,10 @@ async fn pull_subdirectory_of_module() {
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("pub", 32);
     cfg.path = "deep/a/".into();
-    let o = d.pull(&cfg, &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    let o = d
+        .pull(&cfg, &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     sink.finish();
     assert_eq!(o.exit_code, 0);
     assert_eq!(o.files_received, 1);
@@ -990,25 +1236,43 @@ async fn delta_heavy_pull_does_not_deadlock() {
     let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
     let files = 300;
     for i in 0..files {
-        write_file(&src.path().join(format!("f{i:03}")), &pseudo_random(100_000, i), 0o644, when);
+        write_file(
+            &src.path().join(format!("f{i:03}")),
+            &pseudo_random(100_000, i),
+            0o644,
+            when,
+        );
     }
     let d = Daemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
-    d.pull(&config("pub", 32), &mut sink).await.expect("first pull");
+    d.pull(&config("pub", 32), &mut sink)
+        .await
+        .expect("first pull");
     sink.finish();
     for i in 0..files {
         let mut data = pseudo_random(100_000, i);
         let at = (i as usize * 317) % 90_000;
         data[at..at + 10_000].copy_from_slice(&pseudo_random(10_000, 1000 + i));
-        write_file(&src.path().join(format!("f{i:03}")), &data, 0o644, when + Duration::from_secs(1));
+        write_file(
+            &src.path().join(format!("f{i:03}")),
+            &data,
+            0o644,
+            when + Duration::from_secs(1),
+        );
     }
     let mut sink = DirSink::new(dst.path());
-    let o = d.pull(&config("pub", 32), &mut sink).await.unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    let o = d
+        .pull(&config("pub", 32), &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     sink.finish();
     assert_eq!(o.files_received, files);
     assert_eq!(o.exit_code, 0);
     assert!(o.matched_bytes > files * 70_000, "{o:?}");
-    assert!(o.wire_bytes_written > 250_000, "block sums for every file: {o:?}");
+    assert!(
+        o.wire_bytes_written > 250_000,
+        "block sums for every file: {o:?}"
+    );
     assert_same_tree(src.path(), dst.path());
 }
 
@@ -1025,14 +1289,19 @@ async fn hundred_thousand_small_files() {
         }
     }
     let d = Daemon::start(src.path());
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port)).await.expect("connect");
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .expect("connect");
     let mut sink = CountingSink::default();
     let _dog = Watchdog::arm(Duration::from_secs(300));
     let t0 = std::time::Instant::now();
-    let o = tokio::time::timeout(Duration::from_secs(240), pull(s, &config("pub", 32), &mut sink))
-        .await
-        .expect("timed out")
-        .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    let o = tokio::time::timeout(
+        Duration::from_secs(240),
+        pull(s, &config("pub", 32), &mut sink),
+    )
+    .await
+    .expect("timed out")
+    .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
     eprintln!("100k files pulled in {:.2} s", t0.elapsed().as_secs_f64());
     assert_eq!(o.exit_code, 0);
     assert_eq!(o.entries, 100_101);

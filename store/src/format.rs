@@ -84,8 +84,23 @@ pub const CHUNK_MAX_RANGE: (u32, u32) = (1024, 16 * 1024 * 1024);
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 pub const ZSTD_LEVEL_RANGE: (i32, i32) = (1, 19);
 
+/// A snapshot writer runs one compression thread per core, up to this many.
+pub const MAX_COMPRESSION_THREADS: usize = 4;
+/// A writer hands blobs to its compression threads in batches of about this many bytes.
+pub const BATCH_BYTES: usize = 1024 * 1024;
+/// Bytes of blobs a writer keeps queued for compression and packing (bounds its memory).
+pub const IN_FLIGHT_BYTES: u64 = 64 * 1024 * 1024;
+/// What each queued blob counts against that budget beyond its size.
+pub const IN_FLIGHT_BLOB_OVERHEAD: u64 = 512;
+/// Written packs a writer lets wait for their fsync before it stops packing more.
+pub const PACKS_AWAITING_SYNC: usize = 2;
+/// How often a writer waiting for room in that budget indexes packs that became durable.
+pub const IN_FLIGHT_POLL_MS: u64 = 5;
+
 /// SQLite: how long a writer waits for another process's transaction.
 pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
+/// SQLite page cache per connection, in KiB.
+pub const SQLITE_CACHE_KIB: i64 = 65_536;
 /// Schema version of the index (PRAGMA user_version).
 pub const INDEX_SCHEMA_VERSION: i32 = 1;
 

@@ -6,6 +6,7 @@
 //! snapshot counts its root. GC frees blobs whose `refs` is 0 and that no live session has
 //! pinned, then decrements their children: its cost follows what is freed, not the store.
 
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::error::Result;
@@ -69,6 +70,12 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
     // across a crash; packs and snapshot records are fsynced by us before rows point at them.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Every lookup is a key probe whose plan cannot depend on the bound value; without the
+    // stability guarantee SQLite re-plans such statements on each bind (partial indexes).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // A backup inserts blob ids in random key order: a larger page cache keeps a pack's
+    // inserts from spilling to the WAL mid-transaction.
+    conn.pragma_update(None, "cache_size", -SQLITE_CACHE_KIB)?;
     let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version == 0 {
         conn.execute_batch(SCHEMA)?;
@@ -110,6 +117,12 @@ pub fn find_blob(conn: &Connection, id: &Id) -> Result<Option<IndexedBlob>> {
             })
         })
         .optional()?)
+}
+
+/// Whether `id` is indexed (a read-only probe: cheaper than [`pin_if_exists`] on a miss).
+pub fn blob_exists(conn: &Connection, id: &Id) -> Result<bool> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+    Ok(stmt.exists([id.as_bytes().as_slice()])?)
 }
 
 /// Pins `id` for `session` if it is indexed; returns whether it is (and so stays) available.

@@ -26,6 +26,7 @@ mod id;
 mod index;
 mod ingest;
 mod pack;
+mod packer;
 mod reader;
 pub mod retention;
 mod session;

@@ -51,7 +51,6 @@ pub fn pack_path(packs_dir: &Path, name: &str) -> PathBuf {
 /// does not pay.
 pub struct Compressor {
     ctx: zstd::bulk::Compressor<'static>,
-    out: Vec<u8>,
 }
 
 impl std::fmt::Debug for Compressor {
@@ -64,20 +63,19 @@ impl Compressor {
     pub fn new(level: i32) -> Result<Self> {
         let ctx = zstd::bulk::Compressor::new(level)
             .map_err(|e| StoreError::Config(format!("zstd level {level}: {e}")))?;
-        Ok(Compressor {
-            ctx,
-            out: Vec::new(),
-        })
+        Ok(Compressor { ctx })
     }
 
-    /// Returns the encoding chosen and the bytes to store.
-    pub fn compress<'a>(&'a mut self, raw: &'a [u8]) -> (u8, &'a [u8]) {
-        let bound = zstd::zstd_safe::compress_bound(raw.len());
-        self.out.clear();
-        self.out.reserve(bound);
+    /// Returns the encoding chosen and the bytes to store; an incompressible blob is handed
+    /// back as it came, uncopied.
+    pub fn compress_owned(&mut self, raw: Vec<u8>) -> (u8, Vec<u8>) {
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
         let worth_it = raw.len() - (raw.len() >> COMPRESSION_MIN_SAVING_SHIFT);
-        match self.ctx.compress_to_buffer(raw, &mut self.out) {
-            Ok(n) if n < worth_it => (COMPRESSION_ZSTD, &self.out[..n]),
+        match self.ctx.compress_to_buffer(raw.as_slice(), &mut out) {
+            Ok(n) if n < worth_it => {
+                out.truncate(n);
+                (COMPRESSION_ZSTD, out)
+            }
             _ => (COMPRESSION_NONE, raw),
         }
     }
@@ -158,19 +156,14 @@ impl PackWriter {
         Ok(location)
     }
 
-    pub fn add(
-        &mut self,
-        compressor: &mut Compressor,
-        id: Id,
-        kind: u8,
-        raw: &[u8],
-    ) -> Result<BlobLocation> {
-        let (compression, stored) = compressor.compress(raw);
-        self.add_stored(id, kind, compression, stored, raw.len() as u32)
+    /// Writes the trailer, makes the pack durable and moves it to its final name.
+    pub fn finish(self, packs_dir: &Path) -> Result<FinishedPack> {
+        self.finish_writing()?.make_durable(packs_dir)
     }
 
-    /// Writes the trailer, makes the pack durable and moves it to its final name.
-    pub fn finish(mut self, packs_dir: &Path) -> Result<FinishedPack> {
+    /// Writes the trailer; the pack still has to be made durable (which a caller may hand
+    /// to another thread, so that fsync does not stall the writing of the next pack).
+    pub fn finish_writing(mut self) -> Result<WrittenPack> {
         let mut file = self
             .file
             .take()
@@ -180,31 +173,84 @@ impl PackWriter {
             blob.encode(&mut trailer);
         }
         let digest = blake3::hash(&trailer);
-        file.write_all(&trailer)
-            .io_ctx("write pack", &self.tmp_path)?;
-        file.write_all(&(trailer.len() as u32).to_le_bytes())
-            .io_ctx("write pack", &self.tmp_path)?;
-        file.write_all(&digest.as_bytes()[..16])
-            .io_ctx("write pack", &self.tmp_path)?;
-        file.write_all(PACK_END_MAGIC)
-            .io_ctx("write pack", &self.tmp_path)?;
-        let file = file
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .io_ctx("write pack", &self.tmp_path)?;
-        file.sync_all().io_ctx("fsync pack", &self.tmp_path)?;
+        let tmp_path = std::mem::take(&mut self.tmp_path);
+        let written = (|| -> std::io::Result<File> {
+            file.write_all(&trailer)?;
+            file.write_all(&(trailer.len() as u32).to_le_bytes())?;
+            file.write_all(&digest.as_bytes()[..16])?;
+            file.write_all(PACK_END_MAGIC)?;
+            file.into_inner().map_err(|e| e.into_error())
+        })();
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(StoreError::Io {
+                    op: "write pack",
+                    path: tmp_path,
+                    source: e,
+                });
+            }
+        };
+        let written = WrittenPack {
+            name: std::mem::take(&mut self.name),
+            size: self.offset + trailer.len() as u64 + PACK_FOOTER_LEN as u64,
+            blobs: std::mem::take(&mut self.blobs),
+            file: Some(file),
+            tmp_path,
+        };
+        Ok(written)
+    }
+}
+
+/// A complete pack under `tmp/`, not yet durable. Dropped unfinished, its file is removed.
+#[derive(Debug)]
+pub struct WrittenPack {
+    name: String,
+    size: u64,
+    blobs: Vec<BlobLocation>,
+    file: Option<File>,
+    tmp_path: PathBuf,
+}
+
+impl WrittenPack {
+    /// Fsyncs the pack, renames it into `packs/` and fsyncs that folder.
+    pub fn make_durable(mut self, packs_dir: &Path) -> Result<FinishedPack> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::InvalidArgument("pack already durable".into()))?;
+        let synced = file.sync_all().io_ctx("fsync pack", &self.tmp_path);
         drop(file);
+        if let Err(e) = synced {
+            let _ = fs::remove_file(&self.tmp_path);
+            return Err(e);
+        }
         let final_path = pack_path(packs_dir, &self.name);
         let shard = final_path.parent().unwrap_or(packs_dir).to_path_buf();
-        fs::create_dir_all(&shard).io_ctx("create pack folder", &shard)?;
-        fs::rename(&self.tmp_path, &final_path).io_ctx("rename pack", &final_path)?;
+        let moved = fs::create_dir_all(&shard)
+            .io_ctx("create pack folder", &shard)
+            .and_then(|()| {
+                fs::rename(&self.tmp_path, &final_path).io_ctx("rename pack", &final_path)
+            });
+        if let Err(e) = moved {
+            let _ = fs::remove_file(&self.tmp_path);
+            return Err(e);
+        }
         sync_dir(&shard)?;
-        let size = self.offset + trailer.len() as u64 + PACK_FOOTER_LEN as u64;
         Ok(FinishedPack {
             name: std::mem::take(&mut self.name),
-            size,
+            size: self.size,
             blobs: std::mem::take(&mut self.blobs),
         })
+    }
+}
+
+impl Drop for WrittenPack {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
     }
 }
 
@@ -391,8 +437,13 @@ mod tests {
         let a = vec![7u8; 100_000];
         let mut b = vec![0u8; 5000];
         blake3::Hasher::new().finalize_xof().fill(&mut b);
-        let la = w.add(&mut comp, Id::of(&a), BLOB_KIND_CHUNK, &a).unwrap();
-        let lb = w.add(&mut comp, Id::of(&b), BLOB_KIND_TREE, &b).unwrap();
+        let mut add = |kind, raw: &Vec<u8>| {
+            let (compression, stored) = comp.compress_owned(raw.clone());
+            w.add_stored(Id::of(raw), kind, compression, &stored, raw.len() as u32)
+                .unwrap()
+        };
+        let la = add(BLOB_KIND_CHUNK, &a);
+        let lb = add(BLOB_KIND_TREE, &b);
         assert_eq!(la.compression, COMPRESSION_ZSTD);
         assert_eq!(lb.compression, COMPRESSION_NONE, "random bytes stay raw");
         let done = w.finish(&packs).unwrap();

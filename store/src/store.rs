@@ -248,6 +248,12 @@ impl Store {
         self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A connection of its own to the index, for a thread that writes while this handle's
+    /// connection serves lookups (WAL lets them proceed together).
+    pub(crate) fn open_index_connection(&self) -> Result<Connection> {
+        index::open(&self.inner.root.join(INDEX_FILE))
+    }
+
     pub(crate) fn packs_dir(&self) -> PathBuf {
         self.inner.root.join(PACKS_DIR)
     }

@@ -82,9 +82,14 @@ pub enum HardLink {
     /// First member of a group (≥30).
     Leader,
     /// Later member; `first` is the leader's position in **wire** order (≥30).
-    Follower { first: u32 },
+    Follower {
+        first: u32,
+    },
     /// Protocols below 30 identify groups by device and inode.
-    DevIno { dev: i64, ino: i64 },
+    DevIno {
+        dev: i64,
+        ino: i64,
+    },
 }
 
 /// One file-list entry.
@@ -145,7 +150,9 @@ fn rdev_sent(mode: u32, o: &FlistOptions) -> bool {
 pub enum FlistItem {
     Entry(FileEntry),
     /// End of list, with the sender's io_error bits when the marker carries them.
-    End { io_error: u32 },
+    End {
+        io_error: u32,
+    },
 }
 
 /// The "previous entry" state both sides keep for the whole session.
@@ -171,12 +178,20 @@ pub struct FlistDecoder {
 
 impl FlistDecoder {
     pub fn new(opts: FlistOptions, limits: Limits) -> Self {
-        FlistDecoder { opts, limits, prev: Prev::default() }
+        FlistDecoder {
+            opts,
+            limits,
+            prev: Prev::default(),
+        }
     }
 
     /// Decodes the next item. `so_far` is the list in wire order (hard-link followers copy
     /// their leader's attributes from it).
-    pub fn decode(&mut self, buf: &[u8], so_far: &[FileEntry]) -> Result<Decoded<FlistItem>, DecodeError> {
+    pub fn decode(
+        &mut self,
+        buf: &[u8],
+        so_far: &[FileEntry],
+    ) -> Result<Decoded<FlistItem>, DecodeError> {
         let o = self.opts;
         let lim = &self.limits;
         let prev = &self.prev;
@@ -193,10 +208,17 @@ impl FlistDecoder {
                 }
             };
             if flags == 0 {
-                let io_error = if o.varint_flags { c.varint()? as u32 } else { 0 };
+                let io_error = if o.varint_flags {
+                    c.varint()? as u32
+                } else {
+                    0
+                };
                 return Ok((FlistItem::End { io_error }, None));
             }
-            if !o.varint_flags && o.safe_flist && flags == (XMIT_EXTENDED_FLAGS | XMIT_IO_ERROR_ENDLIST) {
+            if !o.varint_flags
+                && o.safe_flist
+                && flags == (XMIT_EXTENDED_FLAGS | XMIT_IO_ERROR_ENDLIST)
+            {
                 let io_error = c.varint()? as u32;
                 return Ok((FlistItem::End { io_error }, None));
             }
@@ -206,24 +228,42 @@ impl FlistDecoder {
             let mut np = prev.clone();
             np.count += 1;
 
-            let l1 = if flags & XMIT_SAME_NAME != 0 { usize::from(c.u8()?) } else { 0 };
+            let l1 = if flags & XMIT_SAME_NAME != 0 {
+                usize::from(c.u8()?)
+            } else {
+                0
+            };
             let l2 = if flags & XMIT_LONG_NAME != 0 {
                 let v = c.varint30(p)?;
-                usize::try_from(v).map_err(|_| DecodeError::Negative { what: "name length", value: v.into() })?
+                usize::try_from(v).map_err(|_| DecodeError::Negative {
+                    what: "name length",
+                    value: v.into(),
+                })?
             } else {
                 usize::from(c.u8()?)
             };
             if l1 > prev.name.len() {
-                return Err(DecodeError::BadName { reason: "shared prefix longer than previous name" }.into());
+                return Err(DecodeError::BadName {
+                    reason: "shared prefix longer than previous name",
+                }
+                .into());
             }
             if l1 + l2 > lim.max_name {
-                return Err(DecodeError::TooLong { what: "name", len: (l1 + l2) as u64, max: lim.max_name as u64 }.into());
+                return Err(DecodeError::TooLong {
+                    what: "name",
+                    len: (l1 + l2) as u64,
+                    max: lim.max_name as u64,
+                }
+                .into());
             }
             let mut name = Vec::with_capacity(l1 + l2);
             name.extend_from_slice(&prev.name[..l1]);
             name.extend_from_slice(c.bytes(l2)?);
             if name.is_empty() {
-                return Err(DecodeError::BadName { reason: "empty name" }.into());
+                return Err(DecodeError::BadName {
+                    reason: "empty name",
+                }
+                .into());
             }
             np.name = name.clone();
 
@@ -254,7 +294,10 @@ impl FlistDecoder {
                     let lead = usize::try_from(first)
                         .ok()
                         .and_then(|i| so_far.get(i))
-                        .ok_or(DecodeError::BadHardLink { index: first.into(), count: so_far.len() })?;
+                        .ok_or(DecodeError::BadHardLink {
+                            index: first.into(),
+                            count: so_far.len(),
+                        })?;
                     e.size = lead.size;
                     e.mtime = lead.mtime;
                     e.mtime_nsec = lead.mtime_nsec;
@@ -265,7 +308,9 @@ impl FlistDecoder {
                     e.symlink = lead.symlink.clone();
                     e.checksum = lead.checksum.clone();
                     e.no_content_dir = lead.no_content_dir;
-                    e.hard_link = HardLink::Follower { first: first as u32 };
+                    e.hard_link = HardLink::Follower {
+                        first: first as u32,
+                    };
                     e.top_dir = false;
                     np.mode = e.mode;
                     np.mtime = e.mtime;
@@ -277,7 +322,11 @@ impl FlistDecoder {
 
             let size = c.varlong30(p, 3)?;
             if size < 0 {
-                return Err(DecodeError::Negative { what: "file size", value: size }.into());
+                return Err(DecodeError::Negative {
+                    what: "file size",
+                    value: size,
+                }
+                .into());
             }
             e.size = size;
             e.mtime = if flags & XMIT_SAME_TIME != 0 {
@@ -295,7 +344,11 @@ impl FlistDecoder {
                 }
                 e.mtime_nsec = ns;
             }
-            e.mode = if flags & XMIT_SAME_MODE != 0 { prev.mode } else { c.i32()? as u32 };
+            e.mode = if flags & XMIT_SAME_MODE != 0 {
+                prev.mode
+            } else {
+                c.i32()? as u32
+            };
             let kind = FileKind::from_mode(e.mode).ok_or(DecodeError::BadMode(e.mode))?;
             np.mode = e.mode;
             // On non-directories TOP_DIR is only filler that keeps the flag byte non-zero.
@@ -329,7 +382,11 @@ impl FlistDecoder {
             }
             if rdev_sent(e.mode, &o) {
                 if p >= 28 {
-                    let major = if flags & XMIT_SAME_RDEV_MAJOR != 0 { prev.rdev_major } else { c.varint30(p)? as u32 };
+                    let major = if flags & XMIT_SAME_RDEV_MAJOR != 0 {
+                        prev.rdev_major
+                    } else {
+                        c.varint30(p)? as u32
+                    };
                     let minor = if p >= 30 {
                         c.varint()? as u32
                     } else if flags & XMIT_RDEV_MINOR_8_PRE30 != 0 {
@@ -349,13 +406,24 @@ impl FlistDecoder {
             }
             if o.preserve_links && kind == FileKind::Symlink {
                 let v = c.varint30(p)?;
-                let len = usize::try_from(v).map_err(|_| DecodeError::Negative { what: "symlink length", value: v.into() })?;
+                let len = usize::try_from(v).map_err(|_| DecodeError::Negative {
+                    what: "symlink length",
+                    value: v.into(),
+                })?;
                 if len > lim.max_symlink {
-                    return Err(DecodeError::TooLong { what: "symlink", len: len as u64, max: lim.max_symlink as u64 }.into());
+                    return Err(DecodeError::TooLong {
+                        what: "symlink",
+                        len: len as u64,
+                        max: lim.max_symlink as u64,
+                    }
+                    .into());
                 }
                 e.symlink = Some(c.bytes(len)?.to_vec());
             }
-            if p < 30 && o.preserve_hard_links && ((p >= 28 && flags & XMIT_HLINKED != 0) || (p < 28 && kind == FileKind::Regular)) {
+            if p < 30
+                && o.preserve_hard_links
+                && ((p >= 28 && flags & XMIT_HLINKED != 0) || (p < 28 && kind == FileKind::Regular))
+            {
                 let dev = if flags & XMIT_SAME_DEV_PRE30 != 0 && p >= 28 {
                     prev.dev
                 } else if p >= 26 {
@@ -363,7 +431,11 @@ impl FlistDecoder {
                 } else {
                     i64::from(c.i32()?) - 1
                 };
-                let ino = if p >= 26 { c.longint()? } else { i64::from(c.i32()?) };
+                let ino = if p >= 26 {
+                    c.longint()?
+                } else {
+                    i64::from(c.i32()?)
+                };
                 np.dev = dev;
                 e.hard_link = HardLink::DevIno { dev, ino };
             }
@@ -375,11 +447,17 @@ impl FlistDecoder {
             Ok((FlistItem::Entry(e), Some(np)))
         })?;
         Ok(match r {
-            Decoded::Complete { value: (item, np), consumed } => {
+            Decoded::Complete {
+                value: (item, np),
+                consumed,
+            } => {
                 if let Some(np) = np {
                     self.prev = np;
                 }
-                Decoded::Complete { value: item, consumed }
+                Decoded::Complete {
+                    value: item,
+                    consumed,
+                }
             }
             Decoded::Incomplete { needed } => Decoded::Incomplete { needed },
         })
@@ -396,7 +474,10 @@ pub struct FlistEncoder {
 
 impl FlistEncoder {
     pub fn new(opts: FlistOptions) -> Self {
-        FlistEncoder { opts, prev: Prev::default() }
+        FlistEncoder {
+            opts,
+            prev: Prev::default(),
+        }
     }
 
     pub fn encode(&mut self, e: &FileEntry, out: &mut Vec<u8>) {
@@ -445,7 +526,14 @@ impl FlistEncoder {
         if p >= 31 && e.mtime_nsec != 0 {
             flags |= XMIT_MOD_NSEC;
         }
-        let l1 = self.prev.name.iter().zip(&e.name).take_while(|(a, b)| a == b).count().min(255);
+        let l1 = self
+            .prev
+            .name
+            .iter()
+            .zip(&e.name)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(255);
         let l2 = e.name.len() - l1;
         if l1 > 0 {
             flags |= XMIT_SAME_NAME;
@@ -475,7 +563,14 @@ impl FlistEncoder {
         };
         // Flag word: a zero word would read as the end of the list.
         if o.varint_flags {
-            put_varint(out, if flags == 0 { XMIT_EXTENDED_FLAGS as i32 } else { flags as i32 });
+            put_varint(
+                out,
+                if flags == 0 {
+                    XMIT_EXTENDED_FLAGS as i32
+                } else {
+                    flags as i32
+                },
+            );
         } else if p >= 28 {
             if flags == 0 && !e.is_dir() {
                 flags |= XMIT_TOP_DIR;
@@ -488,7 +583,11 @@ impl FlistEncoder {
             }
         } else {
             if flags & 0xFF == 0 {
-                flags |= if e.is_dir() { XMIT_LONG_NAME } else { XMIT_TOP_DIR };
+                flags |= if e.is_dir() {
+                    XMIT_LONG_NAME
+                } else {
+                    XMIT_TOP_DIR
+                };
             }
             out.push(flags as u8);
         }
@@ -622,7 +721,12 @@ pub struct IdList {
     pub id0_name: Option<Vec<u8>>,
 }
 
-pub fn decode_id_list(buf: &[u8], protocol: u32, id0_names: bool, limits: &Limits) -> Result<Decoded<IdList>, DecodeError> {
+pub fn decode_id_list(
+    buf: &[u8],
+    protocol: u32,
+    id0_names: bool,
+    limits: &Limits,
+) -> Result<Decoded<IdList>, DecodeError> {
     run(buf, |c| {
         let mut l = IdList::default();
         loop {
@@ -631,7 +735,12 @@ pub fn decode_id_list(buf: &[u8], protocol: u32, id0_names: bool, limits: &Limit
                 break;
             }
             if l.entries.len() >= limits.max_id_entries {
-                return Err(DecodeError::TooLong { what: "id list", len: l.entries.len() as u64, max: limits.max_id_entries as u64 }.into());
+                return Err(DecodeError::TooLong {
+                    what: "id list",
+                    len: l.entries.len() as u64,
+                    max: limits.max_id_entries as u64,
+                }
+                .into());
             }
             let n = usize::from(c.u8()?);
             l.entries.push((id as u32, c.bytes(n)?.to_vec()));
@@ -676,8 +785,14 @@ mod tests {
     fn decodes_captured_entries() {
         // The annotated start of a 3.5.0 pull (spec §5.3).
         let bytes: Vec<u8> = [
-            &[0xa0, 0x01, 0x01, b'.', 0x00, 0x00, 0x10, 0x6b, 0xcf, 0x48, 0x02, 0xf0, 0x01, 0x3a, 0x22, 0x35, 0xed, 0x41, 0, 0, 0, 0][..],
-            &[0xa0, 0x98, 0x04, b'l', b'i', b'n', b'k', 0x00, 0x05, 0x00, 0xf0, 0x01, 0x3a, 0x22, 0x35, 0xff, 0xa1, 0, 0, 0x05][..],
+            &[
+                0xa0, 0x01, 0x01, b'.', 0x00, 0x00, 0x10, 0x6b, 0xcf, 0x48, 0x02, 0xf0, 0x01, 0x3a,
+                0x22, 0x35, 0xed, 0x41, 0, 0, 0, 0,
+            ][..],
+            &[
+                0xa0, 0x98, 0x04, b'l', b'i', b'n', b'k', 0x00, 0x05, 0x00, 0xf0, 0x01, 0x3a, 0x22,
+                0x35, 0xff, 0xa1, 0, 0, 0x05,
+            ][..],
             b"a.txt",
             &[0, 0],
         ]
@@ -729,10 +844,24 @@ mod tests {
 
     pub(crate) fn entry_strategy() -> impl Strategy<Value = FileEntry> {
         let kind = prop_oneof![
-            Just(S_IFREG), Just(S_IFDIR), Just(S_IFLNK), Just(S_IFCHR), Just(S_IFBLK), Just(S_IFIFO), Just(S_IFSOCK)
+            Just(S_IFREG),
+            Just(S_IFDIR),
+            Just(S_IFLNK),
+            Just(S_IFCHR),
+            Just(S_IFBLK),
+            Just(S_IFIFO),
+            Just(S_IFSOCK)
         ];
         (
-            proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(b'/'), any::<u8>().prop_filter("no nul", |b| *b != 0)], 1..300),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(b'a'),
+                    Just(b'b'),
+                    Just(b'/'),
+                    any::<u8>().prop_filter("no nul", |b| *b != 0)
+                ],
+                1..300,
+            ),
             kind,
             0u32..0o7777,
             0i64..(1 << 40),
@@ -744,23 +873,29 @@ mod tests {
             proptest::collection::vec(any::<u8>().prop_filter("no nul", |b| *b != 0), 0..100),
             any::<bool>(),
         )
-            .prop_map(|(name, kind, perm, size, mtime, nsec, uid, gid, rdev, target, top)| FileEntry {
-                name,
-                mode: kind | perm,
-                size,
-                mtime,
-                mtime_nsec: nsec,
-                uid,
-                gid,
-                user_name: None,
-                group_name: None,
-                rdev: if kind == S_IFCHR || kind == S_IFBLK { Some(rdev) } else { None },
-                symlink: if kind == S_IFLNK { Some(target) } else { None },
-                hard_link: HardLink::None,
-                checksum: None,
-                top_dir: top && kind == S_IFDIR,
-                no_content_dir: false,
-            })
+            .prop_map(
+                |(name, kind, perm, size, mtime, nsec, uid, gid, rdev, target, top)| FileEntry {
+                    name,
+                    mode: kind | perm,
+                    size,
+                    mtime,
+                    mtime_nsec: nsec,
+                    uid,
+                    gid,
+                    user_name: None,
+                    group_name: None,
+                    rdev: if kind == S_IFCHR || kind == S_IFBLK {
+                        Some(rdev)
+                    } else {
+                        None
+                    },
+                    symlink: if kind == S_IFLNK { Some(target) } else { None },
+                    hard_link: HardLink::None,
+                    checksum: None,
+                    top_dir: top && kind == S_IFDIR,
+                    no_content_dir: false,
+                },
+            )
     }
 
     fn roundtrip(opts: FlistOptions, list: Vec<FileEntry>) -> Result<(), TestCaseError> {
@@ -779,7 +914,11 @@ mod tests {
             for cut in [0, n / 2, n.saturating_sub(1)] {
                 if cut < n {
                     let mut d2 = d.clone();
-                    prop_assert!((d2.decode(&o[pos..pos + cut], &got).map(|d| d.is_incomplete()).unwrap_or(false)));
+                    prop_assert!(
+                        (d2.decode(&o[pos..pos + cut], &got)
+                            .map(|d| d.is_incomplete())
+                            .unwrap_or(false))
+                    );
                 }
             }
             pos += n;
@@ -809,7 +948,11 @@ mod tests {
             e.mtime = i64::from(e.mtime as u32);
             e.uid = e.uid as i32 as u32;
             if let Some((maj, min)) = e.rdev {
-                e.rdev = Some(if p < 28 { (maj & 0xFFF, min & 0xFF) } else { (maj, min) });
+                e.rdev = Some(if p < 28 {
+                    (maj & 0xFFF, min & 0xFF)
+                } else {
+                    (maj, min)
+                });
             }
         }
         e

@@ -20,10 +20,21 @@ pub fn decode_line(buf: &[u8], max: usize) -> Result<Decoded<Vec<u8>>, DecodeErr
             if let Some(l) = line.strip_suffix(b"\r") {
                 line = l;
             }
-            Ok(Decoded::Complete { value: line.to_vec(), consumed: i + 1 })
+            Ok(Decoded::Complete {
+                value: line.to_vec(),
+                consumed: i + 1,
+            })
         }
-        Some(i) => Err(DecodeError::TooLong { what: "line", len: i as u64, max: max as u64 }),
-        None if buf.len() > max => Err(DecodeError::TooLong { what: "line", len: buf.len() as u64, max: max as u64 }),
+        Some(i) => Err(DecodeError::TooLong {
+            what: "line",
+            len: i as u64,
+            max: max as u64,
+        }),
+        None if buf.len() > max => Err(DecodeError::TooLong {
+            what: "line",
+            len: buf.len() as u64,
+            max: max as u64,
+        }),
         None => Ok(Decoded::Incomplete { needed: 1 }),
     }
 }
@@ -63,7 +74,8 @@ fn leading_number(s: &str) -> Option<(u32, &str)> {
 }
 
 pub fn parse_greeting(line: &[u8]) -> Result<Greeting, DecodeError> {
-    let bad = || DecodeError::BadLine(String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned());
+    let bad =
+        || DecodeError::BadLine(String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned());
     let s = std::str::from_utf8(line).map_err(|_| bad())?;
     let rest = s.strip_prefix(RSYNCD_PREFIX).ok_or_else(bad)?;
     let (protocol, rest) = leading_number(rest).ok_or_else(bad)?;
@@ -75,17 +87,27 @@ pub fn parse_greeting(line: &[u8]) -> Result<Greeting, DecodeError> {
         None => (None, rest),
     };
     if protocol >= 30 && sub.is_none() {
-        return Err(DecodeError::BadLine("greeting omits the subprotocol value".into()));
+        return Err(DecodeError::BadLine(
+            "greeting omits the subprotocol value".into(),
+        ));
     }
     let digests = match rest.strip_prefix(' ') {
-        Some(list) if !list.trim().is_empty() => Some(list.split_ascii_whitespace().map(str::to_owned).collect()),
+        Some(list) if !list.trim().is_empty() => {
+            Some(list.split_ascii_whitespace().map(str::to_owned).collect())
+        }
         _ if rest.trim().is_empty() => None,
         _ => return Err(bad()),
     };
     if protocol > 31 && digests.is_none() {
-        return Err(DecodeError::BadLine("greeting above protocol 31 lacks the digest list".into()));
+        return Err(DecodeError::BadLine(
+            "greeting above protocol 31 lacks the digest list".into(),
+        ));
     }
-    Ok(Greeting { protocol, sub, digests })
+    Ok(Greeting {
+        protocol,
+        sub,
+        digests,
+    })
 }
 
 /// What the daemon said after the module line.
@@ -93,7 +115,9 @@ pub fn parse_greeting(line: &[u8]) -> Result<Greeting, DecodeError> {
 pub enum ServerLine {
     Ok,
     Exit,
-    AuthRequired { challenge: String },
+    AuthRequired {
+        challenge: String,
+    },
     Error(String),
     /// MOTD or listing text.
     Text(Vec<u8>),
@@ -107,11 +131,17 @@ pub fn classify_line(line: &[u8]) -> ServerLine {
         return ServerLine::Exit;
     }
     if let Some(ch) = line.strip_prefix(RSYNCD_AUTHREQD.as_bytes()) {
-        return ServerLine::AuthRequired { challenge: String::from_utf8_lossy(ch).trim().to_owned() };
+        return ServerLine::AuthRequired {
+            challenge: String::from_utf8_lossy(ch).trim().to_owned(),
+        };
     }
     if line.starts_with(ERROR_PREFIX.as_bytes()) {
         let t = String::from_utf8_lossy(line);
-        let t = t.strip_prefix("@ERROR:").or_else(|| t.strip_prefix("@ERROR")).unwrap_or(&t).trim();
+        let t = t
+            .strip_prefix("@ERROR:")
+            .or_else(|| t.strip_prefix("@ERROR"))
+            .unwrap_or(&t)
+            .trim();
         return ServerLine::Error(t.to_owned());
     }
     ServerLine::Text(line.to_vec())
@@ -200,21 +230,44 @@ mod tests {
     fn classifies_lines() {
         assert_eq!(classify_line(b"@RSYNCD: OK"), ServerLine::Ok);
         assert_eq!(classify_line(b"@RSYNCD: EXIT"), ServerLine::Exit);
-        assert_eq!(classify_line(b"@RSYNCD: AUTHREQD abc"), ServerLine::AuthRequired { challenge: "abc".into() });
-        assert_eq!(classify_line(b"@ERROR: Unknown module 'x'"), ServerLine::Error("Unknown module 'x'".into()));
-        assert_eq!(classify_line(b"welcome"), ServerLine::Text(b"welcome".to_vec()));
+        assert_eq!(
+            classify_line(b"@RSYNCD: AUTHREQD abc"),
+            ServerLine::AuthRequired {
+                challenge: "abc".into()
+            }
+        );
+        assert_eq!(
+            classify_line(b"@ERROR: Unknown module 'x'"),
+            ServerLine::Error("Unknown module 'x'".into())
+        );
+        assert_eq!(
+            classify_line(b"welcome"),
+            ServerLine::Text(b"welcome".to_vec())
+        );
     }
 
     #[test]
     fn line_bounds() {
-        assert_eq!(decode_line(b"ab\r\ncd", 10).unwrap(), Decoded::Complete { value: b"ab".to_vec(), consumed: 4 });
-        assert_eq!(decode_line(b"abc", 10).unwrap(), Decoded::Incomplete { needed: 1 });
+        assert_eq!(
+            decode_line(b"ab\r\ncd", 10).unwrap(),
+            Decoded::Complete {
+                value: b"ab".to_vec(),
+                consumed: 4
+            }
+        );
+        assert_eq!(
+            decode_line(b"abc", 10).unwrap(),
+            Decoded::Incomplete { needed: 1 }
+        );
         assert!(decode_line(b"abcdefghijkl", 10).is_err());
     }
 
     #[test]
     fn auth_digest_choice() {
-        let l: Vec<String> = ["md4", "sha256", "sha512"].iter().map(|s| s.to_string()).collect();
+        let l: Vec<String> = ["md4", "sha256", "sha512"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(AuthDigest::choose(Some(&l), 32), Some(AuthDigest::Sha256));
         assert_eq!(AuthDigest::choose(None, 30), Some(AuthDigest::Md5));
         assert_eq!(AuthDigest::choose(None, 29), Some(AuthDigest::Md4Old));
@@ -236,11 +289,17 @@ mod tests {
             assert_eq!(auth_response(d, b"s3cret", "challenge123"), want, "{d:?}");
         }
         // RFC 1320: MD4("abc") = a448017aaf21d8525fc10ae87aa6729d.
-        assert_eq!(auth_response(AuthDigest::Md4, b"a", "bc"), "pEgBeq8h2FJfwQroeqZynQ");
+        assert_eq!(
+            auth_response(AuthDigest::Md4, b"a", "bc"),
+            "pEgBeq8h2FJfwQroeqZynQ"
+        );
         // The old form hashes four zero bytes first.
         let mut h = Md4::new();
         h.update([0u8, 0, 0, 0, b'a', b'b', b'c']);
-        assert_eq!(auth_response(AuthDigest::Md4Old, b"a", "bc"), STANDARD_NO_PAD.encode(h.finalize()));
+        assert_eq!(
+            auth_response(AuthDigest::Md4Old, b"a", "bc"),
+            STANDARD_NO_PAD.encode(h.finalize())
+        );
     }
 
     proptest! {

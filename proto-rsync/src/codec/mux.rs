@@ -61,7 +61,10 @@ impl MsgTag {
 
     /// Text-carrying messages.
     pub fn is_text(self) -> bool {
-        matches!(self, MsgTag::ErrorXfer | MsgTag::Info | MsgTag::Error | MsgTag::Warning | MsgTag::Deleted)
+        matches!(
+            self,
+            MsgTag::ErrorXfer | MsgTag::Info | MsgTag::Error | MsgTag::Warning | MsgTag::Deleted
+        )
     }
 }
 
@@ -82,13 +85,24 @@ pub fn encode_header(tag: MsgTag, len: usize, out: &mut Vec<u8>) {
 /// anyone buffers them; data payloads are streamed by the caller.
 pub fn decode_header(buf: &[u8], limits: &Limits) -> Result<Decoded<FrameHeader>, DecodeError> {
     run(buf, |c| {
-        let h = u32::from_le_bytes(c.bytes(4)?.try_into().map_err(|_| DecodeError::Other("header"))?);
+        let h = u32::from_le_bytes(
+            c.bytes(4)?
+                .try_into()
+                .map_err(|_| DecodeError::Other("header"))?,
+        );
         let tag_byte = (h >> 24) as u8;
         let len = (h & 0x00FF_FFFF) as usize;
-        let raw = tag_byte.checked_sub(MPLEX_BASE).ok_or(DecodeError::BadFrameTag(tag_byte))?;
+        let raw = tag_byte
+            .checked_sub(MPLEX_BASE)
+            .ok_or(DecodeError::BadFrameTag(tag_byte))?;
         let tag = MsgTag::from_wire(raw).ok_or(DecodeError::UnknownMessage(raw))?;
         if tag != MsgTag::Data && len > limits.max_message {
-            return Err(DecodeError::TooLong { what: "message", len: len as u64, max: limits.max_message as u64 }.into());
+            return Err(DecodeError::TooLong {
+                what: "message",
+                len: len as u64,
+                max: limits.max_message as u64,
+            }
+            .into());
         }
         Ok(FrameHeader { tag, len })
     })
@@ -108,13 +122,23 @@ pub fn decode_frame(buf: &[u8], limits: &Limits) -> Result<Decoded<Frame>, Decod
         let h = c.bytes(4)?;
         let hdr = match decode_header(h, limits)? {
             Decoded::Complete { value, .. } => value,
-            Decoded::Incomplete { .. } => return Err(DecodeError::Other("unreachable header state").into()),
+            Decoded::Incomplete { .. } => {
+                return Err(DecodeError::Other("unreachable header state").into())
+            }
         };
         if hdr.len > limits.max_message {
-            return Err(DecodeError::TooLong { what: "frame", len: hdr.len as u64, max: limits.max_message as u64 }.into());
+            return Err(DecodeError::TooLong {
+                what: "frame",
+                len: hdr.len as u64,
+                max: limits.max_message as u64,
+            }
+            .into());
         }
         let payload = c.bytes(hdr.len)?.to_vec();
-        Ok(Frame { tag: hdr.tag, payload })
+        Ok(Frame {
+            tag: hdr.tag,
+            payload,
+        })
     })
 }
 
@@ -147,29 +171,56 @@ mod tests {
         encode_header(MsgTag::ErrorExit, 0, &mut o);
         assert_eq!(o, [0, 0, 0, 0x5d]);
         let l = Limits::default();
-        let f = decode_frame(&[0x04, 0, 0, 0x5d, 1, 0, 0, 0], &l).unwrap().complete().unwrap();
-        assert_eq!(f.0, Frame { tag: MsgTag::ErrorExit, payload: vec![1, 0, 0, 0] });
+        let f = decode_frame(&[0x04, 0, 0, 0x5d, 1, 0, 0, 0], &l)
+            .unwrap()
+            .complete()
+            .unwrap();
+        assert_eq!(
+            f.0,
+            Frame {
+                tag: MsgTag::ErrorExit,
+                payload: vec![1, 0, 0, 0]
+            }
+        );
     }
 
     #[test]
     fn rejects_unknown_and_internal_tags() {
         let l = Limits::default();
-        assert_eq!(decode_header(&[0, 0, 0, 7 + 9], &l), Err(DecodeError::UnknownMessage(9)));
-        assert_eq!(decode_header(&[0, 0, 0, 3], &l), Err(DecodeError::BadFrameTag(3)));
+        assert_eq!(
+            decode_header(&[0, 0, 0, 7 + 9], &l),
+            Err(DecodeError::UnknownMessage(9))
+        );
+        assert_eq!(
+            decode_header(&[0, 0, 0, 3], &l),
+            Err(DecodeError::BadFrameTag(3))
+        );
     }
 
     #[test]
     fn bounds_message_before_buffering() {
-        let l = Limits { max_message: 10, ..Limits::default() };
+        let l = Limits {
+            max_message: 10,
+            ..Limits::default()
+        };
         assert!(decode_header(&[11, 0, 0, 7 + 3], &l).is_err());
         assert!(decode_header(&[0xff, 0xff, 0xff, 7], &l).is_ok());
     }
 
     fn tag() -> impl Strategy<Value = MsgTag> {
         prop_oneof![
-            Just(MsgTag::Data), Just(MsgTag::ErrorXfer), Just(MsgTag::Info), Just(MsgTag::Error),
-            Just(MsgTag::Warning), Just(MsgTag::IoError), Just(MsgTag::IoTimeout), Just(MsgTag::Noop),
-            Just(MsgTag::ErrorExit), Just(MsgTag::Success), Just(MsgTag::Deleted), Just(MsgTag::NoSend),
+            Just(MsgTag::Data),
+            Just(MsgTag::ErrorXfer),
+            Just(MsgTag::Info),
+            Just(MsgTag::Error),
+            Just(MsgTag::Warning),
+            Just(MsgTag::IoError),
+            Just(MsgTag::IoTimeout),
+            Just(MsgTag::Noop),
+            Just(MsgTag::ErrorExit),
+            Just(MsgTag::Success),
+            Just(MsgTag::Deleted),
+            Just(MsgTag::NoSend),
         ]
     }
 

@@ -16,7 +16,11 @@ pub struct NdxCodec {
 
 impl NdxCodec {
     pub fn new(protocol: u32) -> Self {
-        NdxCodec { protocol, prev_pos: -1, prev_neg: 1 }
+        NdxCodec {
+            protocol,
+            prev_pos: -1,
+            prev_neg: 1,
+        }
     }
 
     pub fn encode(&mut self, ndx: i32, out: &mut Vec<u8>) {
@@ -94,13 +98,19 @@ impl NdxCodec {
             }
         })?;
         Ok(match r {
-            Decoded::Complete { value: (ndx, upd), consumed } => {
+            Decoded::Complete {
+                value: (ndx, upd),
+                consumed,
+            } => {
                 match upd {
                     Some((true, v)) => self.prev_pos = v,
                     Some((false, v)) => self.prev_neg = v,
                     None => {}
                 }
-                Decoded::Complete { value: ndx, consumed }
+                Decoded::Complete {
+                    value: ndx,
+                    consumed,
+                }
             }
             Decoded::Incomplete { needed } => Decoded::Incomplete { needed },
         })
@@ -136,7 +146,10 @@ mod tests {
     #[test]
     fn incomplete_does_not_change_state() {
         let mut r = NdxCodec::new(31);
-        assert_eq!(r.decode(&[0xFE, 0x01]).unwrap(), Decoded::Incomplete { needed: 1 });
+        assert_eq!(
+            r.decode(&[0xFE, 0x01]).unwrap(),
+            Decoded::Incomplete { needed: 1 }
+        );
         assert_eq!(r, NdxCodec::new(31));
     }
 

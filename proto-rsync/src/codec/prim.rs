@@ -18,7 +18,10 @@ impl<T> Decoded<T> {
     /// Maps the value, keeping `consumed`.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Decoded<U> {
         match self {
-            Decoded::Complete { value, consumed } => Decoded::Complete { value: f(value), consumed },
+            Decoded::Complete { value, consumed } => Decoded::Complete {
+                value: f(value),
+                consumed,
+            },
             Decoded::Incomplete { needed } => Decoded::Incomplete { needed },
         }
     }
@@ -60,7 +63,10 @@ pub(crate) fn run<'a, T>(
 ) -> Result<Decoded<T>, DecodeError> {
     let mut c = Cursor::new(buf);
     match f(&mut c) {
-        Ok(value) => Ok(Decoded::Complete { value, consumed: c.pos }),
+        Ok(value) => Ok(Decoded::Complete {
+            value,
+            consumed: c.pos,
+        }),
         Err(Fail::Short(needed)) => Ok(Decoded::Incomplete { needed }),
         Err(Fail::Bad(e)) => Err(e),
     }
@@ -126,7 +132,9 @@ impl<'a> Cursor<'a> {
         let top = u64::from(lead & (0xFFu8 >> k));
         v |= top << (8 * k);
         // With four extra bytes the lead's free bits would land above bit 31.
-        u32::try_from(v).map(|v| v as i32).map_err(|_| DecodeError::VarintOverflow { lead }.into())
+        u32::try_from(v)
+            .map(|v| v as i32)
+            .map_err(|_| DecodeError::VarintOverflow { lead }.into())
     }
 
     pub(crate) fn varlong(&mut self, min: usize) -> R<i64> {
@@ -184,7 +192,12 @@ impl<'a> Cursor<'a> {
             usize::from(b0)
         };
         if len > max {
-            return Err(DecodeError::TooLong { what: "vstring", len: len as u64, max: max as u64 }.into());
+            return Err(DecodeError::TooLong {
+                what: "vstring",
+                len: len as u64,
+                max: max as u64,
+            }
+            .into());
         }
         self.bytes(len)
     }
@@ -328,7 +341,13 @@ mod tests {
         assert_eq!(enc_varint(0x2001), [0xa0, 0x01]);
         assert_eq!(enc_varint(0x321a), [0xb2, 0x1a]);
         assert_eq!(enc_varint(0x35223a01), [0xf0, 0x01, 0x3a, 0x22, 0x35]);
-        assert_eq!(decode_varint(&[0x81, 0xff]).unwrap(), Decoded::Complete { value: 0x1ff, consumed: 2 });
+        assert_eq!(
+            decode_varint(&[0x81, 0xff]).unwrap(),
+            Decoded::Complete {
+                value: 0x1ff,
+                consumed: 2
+            }
+        );
     }
 
     #[test]
@@ -336,20 +355,40 @@ mod tests {
         assert_eq!(enc_varlong(100_000, 3), [0x01, 0xa0, 0x86]);
         assert_eq!(enc_varlong(4096, 3), [0x00, 0x00, 0x10]);
         assert_eq!(enc_varlong(0x6b0248cf, 4), [0x6b, 0xcf, 0x48, 0x02]);
-        assert_eq!(decode_varlong(&[0x6b, 0xcf, 0x48, 0x02], 4).unwrap().complete(), Some((0x6b0248cf, 4)));
+        assert_eq!(
+            decode_varlong(&[0x6b, 0xcf, 0x48, 0x02], 4)
+                .unwrap()
+                .complete(),
+            Some((0x6b0248cf, 4))
+        );
     }
 
     #[test]
     fn varint_rejects_overflow_lead() {
-        assert!(matches!(decode_varint(&[0xf8, 0, 0, 0, 0, 0]), Err(DecodeError::VarintOverflow { .. })));
-        assert!(matches!(decode_varint(&[0xf1, 0, 0, 0, 0]), Err(DecodeError::VarintOverflow { .. })));
+        assert!(matches!(
+            decode_varint(&[0xf8, 0, 0, 0, 0, 0]),
+            Err(DecodeError::VarintOverflow { .. })
+        ));
+        assert!(matches!(
+            decode_varint(&[0xf1, 0, 0, 0, 0]),
+            Err(DecodeError::VarintOverflow { .. })
+        ));
     }
 
     #[test]
     fn partial_input_is_incomplete() {
-        assert_eq!(decode_varint(&[0xf0, 1]).unwrap(), Decoded::Incomplete { needed: 3 });
-        assert_eq!(decode_i32(&[1, 2]).unwrap(), Decoded::Incomplete { needed: 2 });
-        assert_eq!(decode_longint(&[0xff, 0xff, 0xff, 0xff, 1]).unwrap(), Decoded::Incomplete { needed: 7 });
+        assert_eq!(
+            decode_varint(&[0xf0, 1]).unwrap(),
+            Decoded::Incomplete { needed: 3 }
+        );
+        assert_eq!(
+            decode_i32(&[1, 2]).unwrap(),
+            Decoded::Incomplete { needed: 2 }
+        );
+        assert_eq!(
+            decode_longint(&[0xff, 0xff, 0xff, 0xff, 1]).unwrap(),
+            Decoded::Incomplete { needed: 7 }
+        );
     }
 
     #[test]
@@ -358,7 +397,10 @@ mod tests {
         let mut o = Vec::new();
         put_vstring(&mut o, &s);
         assert_eq!(&o[..2], &[0x81, 0x2c]);
-        assert_eq!(decode_vstring(&o, 0x7FFF).unwrap().complete(), Some((s, 302)));
+        assert_eq!(
+            decode_vstring(&o, 0x7FFF).unwrap().complete(),
+            Some((s, 302))
+        );
         assert!(decode_vstring(&o, 100).is_err());
     }
 

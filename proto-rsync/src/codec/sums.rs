@@ -50,14 +50,32 @@ impl SumHead {
     }
 
     /// Decodes and validates a head (the checks of a 3.5.0 peer, spec §6.2 and §9.17).
-    pub fn decode(buf: &[u8], protocol: u32, xfer_sum_len: usize, limits: &Limits) -> Result<Decoded<SumHead>, DecodeError> {
+    pub fn decode(
+        buf: &[u8],
+        protocol: u32,
+        xfer_sum_len: usize,
+        limits: &Limits,
+    ) -> Result<Decoded<SumHead>, DecodeError> {
         run(buf, |c| {
             let count = c.i32()?;
             let blength = c.i32()?;
-            let s2length = if protocol >= 27 { c.i32()? } else { SHORT_SUM_LENGTH as i32 };
+            let s2length = if protocol >= 27 {
+                c.i32()?
+            } else {
+                SHORT_SUM_LENGTH as i32
+            };
             let remainder = c.i32()?;
-            let bad = DecodeError::BadSumHead { count, blength, s2length, remainder };
-            let max_b = if protocol >= 30 { MAX_BLOCK_SIZE } else { OLD_MAX_BLOCK_SIZE } as i32;
+            let bad = DecodeError::BadSumHead {
+                count,
+                blength,
+                s2length,
+                remainder,
+            };
+            let max_b = if protocol >= 30 {
+                MAX_BLOCK_SIZE
+            } else {
+                OLD_MAX_BLOCK_SIZE
+            } as i32;
             if count < 0 || count as u32 > limits.max_blocks || blength < 0 || blength > max_b {
                 return Err(bad.into());
             }
@@ -67,7 +85,12 @@ impl SumHead {
             if s2length < 0 || s2length as usize > xfer_sum_len.min(MAX_DIGEST_LEN) {
                 return Err(bad.into());
             }
-            Ok(SumHead { count: count as u32, blength: blength as u32, s2length: s2length as u32, remainder: remainder as u32 })
+            Ok(SumHead {
+                count: count as u32,
+                blength: blength as u32,
+                s2length: s2length as u32,
+                remainder: remainder as u32,
+            })
         })
     }
 }
@@ -86,10 +109,15 @@ pub fn encode_block_sum(weak: u32, strong: &[u8], out: &mut Vec<u8>) {
 
 /// Decodes the `count` block sums following a head (sender role; also fuzzed). The total
 /// size is bounded by `limits.max_blocks` through the head's own validation.
-pub fn decode_block_sums(buf: &[u8], head: &SumHead) -> Result<Decoded<Vec<BlockSum>>, DecodeError> {
+pub fn decode_block_sums(
+    buf: &[u8],
+    head: &SumHead,
+) -> Result<Decoded<Vec<BlockSum>>, DecodeError> {
     run(buf, |c| {
         let per = 4 + head.s2length as usize;
-        let total = per.checked_mul(head.count as usize).ok_or(DecodeError::Other("sum size overflow"))?;
+        let total = per
+            .checked_mul(head.count as usize)
+            .ok_or(DecodeError::Other("sum size overflow"))?;
         if c.remaining() < total {
             return Err(Fail::Short(total - c.remaining()));
         }
@@ -111,7 +139,15 @@ mod tests {
     #[test]
     fn head_matches_capture() {
         let h = SumHead::for_basis(100_000, 32, 16, false);
-        assert_eq!(h, SumHead { count: 143, blength: 700, s2length: 2, remainder: 600 });
+        assert_eq!(
+            h,
+            SumHead {
+                count: 143,
+                blength: 700,
+                s2length: 2,
+                remainder: 600
+            }
+        );
         let mut o = Vec::new();
         h.encode(32, &mut o);
         assert_eq!(o, [0x8f, 0, 0, 0, 0xbc, 2, 0, 0, 2, 0, 0, 0, 0x58, 2, 0, 0]);
@@ -121,13 +157,24 @@ mod tests {
     #[test]
     fn head_validation() {
         let l = Limits::default();
-        let enc = |c: i32, b: i32, s: i32, r: i32| [c.to_le_bytes(), b.to_le_bytes(), s.to_le_bytes(), r.to_le_bytes()].concat();
+        let enc = |c: i32, b: i32, s: i32, r: i32| {
+            [
+                c.to_le_bytes(),
+                b.to_le_bytes(),
+                s.to_le_bytes(),
+                r.to_le_bytes(),
+            ]
+            .concat()
+        };
         assert!(SumHead::decode(&enc(1, 0, 2, 0), 32, 16, &l).is_err());
         assert!(SumHead::decode(&enc(1, 700, 9, 0), 32, 8, &l).is_err());
         assert!(SumHead::decode(&enc(1, 700, 2, 701), 32, 16, &l).is_err());
         assert!(SumHead::decode(&enc(-1, 700, 2, 0), 32, 16, &l).is_err());
         assert!(SumHead::decode(&enc(1, 200_000, 2, 0), 32, 16, &l).is_err());
-        assert!(SumHead::decode(&enc(0, 0, 0, 0), 32, 16, &l).unwrap().complete().is_some());
+        assert!(SumHead::decode(&enc(0, 0, 0, 0), 32, 16, &l)
+            .unwrap()
+            .complete()
+            .is_some());
     }
 
     proptest! {

@@ -16,20 +16,33 @@ pub enum Token {
 
 /// Decodes one token header, validating block indexes against `block_count` and literal
 /// lengths against `limits.max_literal`.
-pub fn decode_token(buf: &[u8], block_count: u32, limits: &Limits) -> Result<Decoded<Token>, DecodeError> {
+pub fn decode_token(
+    buf: &[u8],
+    block_count: u32,
+    limits: &Limits,
+) -> Result<Decoded<Token>, DecodeError> {
     run(buf, |c| {
         let t = c.i32()?;
         if t == 0 {
             Ok(Token::End)
         } else if t > 0 {
             if t as u32 > limits.max_literal {
-                return Err(DecodeError::TooLong { what: "literal token", len: t as u64, max: u64::from(limits.max_literal) }.into());
+                return Err(DecodeError::TooLong {
+                    what: "literal token",
+                    len: t as u64,
+                    max: u64::from(limits.max_literal),
+                }
+                .into());
             }
             Ok(Token::Literal(t as u32))
         } else {
             let k = (-(i64::from(t) + 1)) as u64;
             if k >= u64::from(block_count) {
-                return Err(DecodeError::BadToken { token: t, count: block_count }.into());
+                return Err(DecodeError::BadToken {
+                    token: t,
+                    count: block_count,
+                }
+                .into());
             }
             Ok(Token::Block(k as u32))
         }
@@ -44,12 +57,18 @@ pub enum OwnedToken {
     End,
 }
 
-pub fn decode_owned_token(buf: &[u8], block_count: u32, limits: &Limits) -> Result<Decoded<OwnedToken>, DecodeError> {
+pub fn decode_owned_token(
+    buf: &[u8],
+    block_count: u32,
+    limits: &Limits,
+) -> Result<Decoded<OwnedToken>, DecodeError> {
     run(buf, |c| {
         let h = c.bytes(4)?;
         let t = match decode_token(h, block_count, limits)? {
             Decoded::Complete { value, .. } => value,
-            Decoded::Incomplete { .. } => return Err(DecodeError::Other("unreachable token state").into()),
+            Decoded::Incomplete { .. } => {
+                return Err(DecodeError::Other("unreachable token state").into())
+            }
         };
         Ok(match t {
             Token::Literal(n) => OwnedToken::Literal(c.bytes(n as usize)?.to_vec()),
@@ -88,9 +107,14 @@ mod tests {
         let mut pos = 0;
         let mut sizes = Vec::new();
         while pos < o.len() {
-            let (t, n) = decode_owned_token(&o[pos..], 0, &l).unwrap().complete().unwrap();
+            let (t, n) = decode_owned_token(&o[pos..], 0, &l)
+                .unwrap()
+                .complete()
+                .unwrap();
             pos += n;
-            if let OwnedToken::Literal(d) = t { sizes.push(d.len()); }
+            if let OwnedToken::Literal(d) = t {
+                sizes.push(d.len());
+            }
         }
         assert_eq!(sizes, [32768, 32768, 32768, 1696]);
     }
@@ -98,7 +122,12 @@ mod tests {
     #[test]
     fn block_index_is_checked() {
         let l = Limits::default();
-        assert_eq!(decode_token(&(-1i32).to_le_bytes(), 1, &l).unwrap().complete(), Some((Token::Block(0), 4)));
+        assert_eq!(
+            decode_token(&(-1i32).to_le_bytes(), 1, &l)
+                .unwrap()
+                .complete(),
+            Some((Token::Block(0), 4))
+        );
         assert!(decode_token(&(-2i32).to_le_bytes(), 1, &l).is_err());
         assert!(decode_token(&i32::MIN.to_le_bytes(), 5, &l).is_err());
     }

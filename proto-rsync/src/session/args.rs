@@ -98,11 +98,34 @@ mod tests {
     #[test]
     fn argv_matches_stock() {
         let a = ServerArgs::pull("mod", "", false);
-        assert_eq!(a.argv(32), ["--server", "--sender", "-logDtpre.LsfxCIvu", "--numeric-ids", ".", "mod/"]);
+        assert_eq!(
+            a.argv(32),
+            [
+                "--server",
+                "--sender",
+                "-logDtpre.LsfxCIvu",
+                "--numeric-ids",
+                ".",
+                "mod/"
+            ]
+        );
         let a = ServerArgs::pull("mod", "sub/dir/", true);
-        assert_eq!(a.argv(31), ["--server", "--sender", "-lHogDtpre.LsfxCIvu", "--numeric-ids", ".", "mod/sub/dir/"]);
+        assert_eq!(
+            a.argv(31),
+            [
+                "--server",
+                "--sender",
+                "-lHogDtpre.LsfxCIvu",
+                "--numeric-ids",
+                ".",
+                "mod/sub/dir/"
+            ]
+        );
         assert_eq!(a.argv(29)[2], "-lHogDtpr");
-        assert_eq!(ServerArgs::pull("m", "", false).encode(32), b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0m/\0\0");
+        assert_eq!(
+            ServerArgs::pull("m", "", false).encode(32),
+            b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0m/\0\0"
+        );
     }
 
     #[test]

@@ -39,11 +39,23 @@ pub struct Demux {
 
 impl Demux {
     pub fn new(limits: Limits) -> Self {
-        Demux { limits, state: State::Header { buf: [0; 4], have: 0 }, msg: Vec::new() }
+        Demux {
+            limits,
+            state: State::Header {
+                buf: [0; 4],
+                have: 0,
+            },
+            msg: Vec::new(),
+        }
     }
 
     /// Consumes all of `raw`, appending data to `data` and decoded messages to `msgs`.
-    pub fn push(&mut self, mut raw: &[u8], data: &mut Vec<u8>, msgs: &mut Vec<InMsg>) -> Result<(), DecodeError> {
+    pub fn push(
+        &mut self,
+        mut raw: &[u8],
+        data: &mut Vec<u8>,
+        msgs: &mut Vec<InMsg>,
+    ) -> Result<(), DecodeError> {
         while !raw.is_empty() {
             match &mut self.state {
                 State::Header { buf, have } => {
@@ -54,13 +66,18 @@ impl Demux {
                     if *have == 4 {
                         let hdr = match decode_header(&buf[..], &self.limits)? {
                             Decoded::Complete { value, .. } => value,
-                            Decoded::Incomplete { .. } => return Err(DecodeError::Other("header state")),
+                            Decoded::Incomplete { .. } => {
+                                return Err(DecodeError::Other("header state"))
+                            }
                         };
                         self.state = if hdr.tag == MsgTag::Data {
                             State::Data { remaining: hdr.len }
                         } else {
                             self.msg.clear();
-                            State::Msg { tag: hdr.tag, len: hdr.len }
+                            State::Msg {
+                                tag: hdr.tag,
+                                len: hdr.len,
+                            }
                         };
                         self.finish_if_complete(msgs)?;
                     }
@@ -92,13 +109,20 @@ impl Demux {
             }
             _ => return Ok(()),
         }
-        self.state = State::Header { buf: [0; 4], have: 0 };
+        self.state = State::Header {
+            buf: [0; 4],
+            have: 0,
+        };
         Ok(())
     }
 }
 
 fn int_payload(tag: MsgTag, p: &[u8]) -> Result<i32, DecodeError> {
-    let b: [u8; 4] = p.try_into().map_err(|_| DecodeError::TooLong { what: "int message", len: p.len() as u64, max: 4 })?;
+    let b: [u8; 4] = p.try_into().map_err(|_| DecodeError::TooLong {
+        what: "int message",
+        len: p.len() as u64,
+        max: 4,
+    })?;
     let _ = tag;
     Ok(i32::from_le_bytes(b))
 }
@@ -115,7 +139,11 @@ pub fn parse_msg(tag: MsgTag, p: &[u8]) -> Result<InMsg, DecodeError> {
         MsgTag::IoTimeout => InMsg::IoTimeout(int_payload(tag, p)?),
         MsgTag::NoSend => InMsg::NoSend(int_payload(tag, p)?),
         MsgTag::Success => InMsg::Success(int_payload(tag, p)?),
-        MsgTag::ErrorExit => InMsg::ErrorExit(if p.is_empty() { None } else { Some(int_payload(tag, p)?) }),
+        MsgTag::ErrorExit => InMsg::ErrorExit(if p.is_empty() {
+            None
+        } else {
+            Some(int_payload(tag, p)?)
+        }),
         MsgTag::Deleted => InMsg::Deleted(p.to_vec()),
         MsgTag::Noop => InMsg::Noop,
         MsgTag::Data => return Err(DecodeError::Other("data is not a message")),
@@ -144,11 +172,14 @@ mod tests {
                 d.push(c, &mut data, &mut msgs).unwrap();
             }
             assert_eq!(data, b"hello world");
-            assert_eq!(msgs, [
-                InMsg::Text(MessageKind::Warning, "careful\n".into()),
-                InMsg::NoSend(5),
-                InMsg::ErrorExit(None),
-            ]);
+            assert_eq!(
+                msgs,
+                [
+                    InMsg::Text(MessageKind::Warning, "careful\n".into()),
+                    InMsg::NoSend(5),
+                    InMsg::ErrorExit(None),
+                ]
+            );
         }
     }
 

@@ -3,7 +3,9 @@
 
 use super::args::ServerArgs;
 use crate::checksum::{choose_checksum, ChecksumKind};
-use crate::codec::handshake::{auth_response, classify_line, decode_line, parse_greeting, AuthDigest, Greeting, ServerLine};
+use crate::codec::handshake::{
+    auth_response, classify_line, decode_line, parse_greeting, AuthDigest, Greeting, ServerLine,
+};
 use crate::codec::prim::{put_vstring, run, Decoded};
 use crate::constants::*;
 use crate::error::Error;
@@ -126,29 +128,37 @@ impl ClientHandshake {
                             pos += consumed;
                             self.compat = value as u32;
                             if self.compat & CF_INC_RECURSE != 0 {
-                                return Err(Error::Protocol("server enabled incremental recursion, which we did not offer".into()));
+                                return Err(Error::Protocol(
+                                    "server enabled incremental recursion, which we did not offer"
+                                        .into(),
+                                ));
                             }
                             self.after_compat();
                         }
                         Decoded::Incomplete { .. } => return Ok((pos, HandshakeStatus::NeedInput)),
                     }
                 }
-                St::ChecksumList => match run(buf, |c| c.vstring(lim.max_vstring).map(<[u8]>::to_vec))? {
-                    Decoded::Complete { value, consumed } => {
-                        pos += consumed;
-                        let list = String::from_utf8_lossy(&value).into_owned();
-                        let seed_fix = self.compat & CF_CHKSUM_SEED_FIX != 0;
-                        let kind = choose_checksum(&list, seed_fix).ok_or(Error::ChecksumNegotiation(list))?;
-                        self.checksum = Some(kind);
-                        self.st = St::Seed;
+                St::ChecksumList => {
+                    match run(buf, |c| c.vstring(lim.max_vstring).map(<[u8]>::to_vec))? {
+                        Decoded::Complete { value, consumed } => {
+                            pos += consumed;
+                            let list = String::from_utf8_lossy(&value).into_owned();
+                            let seed_fix = self.compat & CF_CHKSUM_SEED_FIX != 0;
+                            let kind = choose_checksum(&list, seed_fix)
+                                .ok_or(Error::ChecksumNegotiation(list))?;
+                            self.checksum = Some(kind);
+                            self.st = St::Seed;
+                        }
+                        Decoded::Incomplete { .. } => return Ok((pos, HandshakeStatus::NeedInput)),
                     }
-                    Decoded::Incomplete { .. } => return Ok((pos, HandshakeStatus::NeedInput)),
-                },
+                }
                 St::Seed => match run(buf, |c| c.i32())? {
                     Decoded::Complete { value, consumed } => {
                         pos += consumed;
                         let checksum = self.checksum.unwrap_or(if self.protocol >= 30 {
-                            ChecksumKind::Md5 { seed_fix: self.compat & CF_CHKSUM_SEED_FIX != 0 }
+                            ChecksumKind::Md5 {
+                                seed_fix: self.compat & CF_CHKSUM_SEED_FIX != 0,
+                            }
                         } else {
                             ChecksumKind::Md4Old
                         });
@@ -159,7 +169,12 @@ impl ClientHandshake {
                             seed: value,
                             motd: std::mem::take(&mut self.motd),
                         };
-                        tracing::debug!(protocol = n.protocol, compat = n.compat_flags, checksum = checksum.name(), "session set up");
+                        tracing::debug!(
+                            protocol = n.protocol,
+                            compat = n.compat_flags,
+                            checksum = checksum.name(),
+                            "session set up"
+                        );
                         self.result = Some(n.clone());
                         self.st = St::Done;
                         return Ok((pos, HandshakeStatus::Done(n)));
@@ -167,7 +182,10 @@ impl ClientHandshake {
                     Decoded::Incomplete { .. } => return Ok((pos, HandshakeStatus::NeedInput)),
                 },
                 St::Done => {
-                    let n = self.result.clone().ok_or(Error::Protocol("handshake finished twice".into()))?;
+                    let n = self
+                        .result
+                        .clone()
+                        .ok_or(Error::Protocol("handshake finished twice".into()))?;
                     return Ok((pos, HandshakeStatus::Done(n)));
                 }
             }
@@ -207,15 +225,22 @@ impl ClientHandshake {
                 self.out.extend_from_slice(&args);
                 Ok(true)
             }
-            ServerLine::Exit => Err(Error::Daemon("daemon ended the session (@RSYNCD: EXIT)".into())),
+            ServerLine::Exit => Err(Error::Daemon(
+                "daemon ended the session (@RSYNCD: EXIT)".into(),
+            )),
             ServerLine::Error(e) => Err(Error::Daemon(e)),
             ServerLine::AuthRequired { challenge } => {
-                let pw = self.opts.password.as_deref().ok_or(Error::PasswordRequired)?;
+                let pw = self
+                    .opts
+                    .password
+                    .as_deref()
+                    .ok_or(Error::PasswordRequired)?;
                 let digests = self.remote.as_ref().and_then(|g| g.digests.as_deref());
                 let d = AuthDigest::choose(digests, self.protocol)
                     .ok_or_else(|| Error::Daemon("no daemon-auth digest in common".into()))?;
                 let resp = auth_response(d, pw, &challenge);
-                self.out.extend_from_slice(format!("{} {}\n", self.opts.user, resp).as_bytes());
+                self.out
+                    .extend_from_slice(format!("{} {}\n", self.opts.user, resp).as_bytes());
                 Ok(false)
             }
             ServerLine::Text(t) => {
@@ -281,7 +306,9 @@ mod tests {
         assert_eq!(n.motd, ["Welcome", ""]);
         let resp = auth_response(AuthDigest::Sha512, b"s3cret", "abc");
         let mut want = format!("mod\nalice {resp}\n").into_bytes();
-        want.extend_from_slice(b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0mod/\0\0");
+        want.extend_from_slice(
+            b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0mod/\0\0",
+        );
         want.push(21);
         want.extend_from_slice(b"xxh128 xxh3 xxh64 md5");
         assert_eq!(out, want);
@@ -290,12 +317,20 @@ mod tests {
     #[test]
     fn daemon_errors_and_missing_password() {
         let mut h = ClientHandshake::new(opts(None)).unwrap();
-        let e = h.feed(b"@RSYNCD: 31.0\n@ERROR: Unknown module 'mod'\n").unwrap_err();
+        let e = h
+            .feed(b"@RSYNCD: 31.0\n@ERROR: Unknown module 'mod'\n")
+            .unwrap_err();
         assert!(matches!(e, Error::Daemon(m) if m == "Unknown module 'mod'"));
         let mut h = ClientHandshake::new(opts(None)).unwrap();
-        assert!(matches!(h.feed(b"@RSYNCD: 31.0\n@RSYNCD: AUTHREQD x\n"), Err(Error::PasswordRequired)));
+        assert!(matches!(
+            h.feed(b"@RSYNCD: 31.0\n@RSYNCD: AUTHREQD x\n"),
+            Err(Error::PasswordRequired)
+        ));
         let mut h = ClientHandshake::new(opts(None)).unwrap();
-        assert!(matches!(h.feed(b"@RSYNCD: 26\n"), Err(Error::UnsupportedProtocol(26))));
+        assert!(matches!(
+            h.feed(b"@RSYNCD: 26\n"),
+            Err(Error::UnsupportedProtocol(26))
+        ));
     }
 
     #[test]

@@ -28,7 +28,9 @@ impl Basis for Vec<u8> {
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SinkError> {
         let start = usize::try_from(offset)?;
-        let src = self.get(start..start + buf.len()).ok_or("read past the end of the basis")?;
+        let src = self
+            .get(start..start + buf.len())
+            .ok_or("read past the end of the basis")?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -86,7 +88,8 @@ pub trait ReceiveSink {
 
     /// Content ended. `verified` is false when the whole-file checksum did not match: the
     /// content must be discarded (a redo may follow).
-    fn end_content(&mut self, ndx: u32, entry: &FileEntry, verified: bool) -> Result<(), SinkError>;
+    fn end_content(&mut self, ndx: u32, entry: &FileEntry, verified: bool)
+        -> Result<(), SinkError>;
 
     /// The sender could not send this file (vanished, unreadable) or it failed twice.
     fn file_failed(&mut self, ndx: u32, entry: &FileEntry, reason: &str) -> Result<(), SinkError> {
@@ -100,7 +103,9 @@ pub trait ReceiveSink {
         match kind {
             MessageKind::Info => tracing::info!(target: "rsync", "{}", text.trim_end()),
             MessageKind::Warning => tracing::warn!(target: "rsync", "{}", text.trim_end()),
-            MessageKind::ErrorXfer | MessageKind::Error => tracing::error!(target: "rsync", "{}", text.trim_end()),
+            MessageKind::ErrorXfer | MessageKind::Error => {
+                tracing::error!(target: "rsync", "{}", text.trim_end())
+            }
         }
     }
 }
@@ -154,6 +159,7 @@ pub struct Outcome {
 impl Outcome {
     /// Success as the original Turku counts it: 0, or 24 (source files vanished).
     pub fn is_success(&self) -> bool {
-        self.exit_code == crate::constants::RERR_OK || self.exit_code == crate::constants::RERR_VANISHED
+        self.exit_code == crate::constants::RERR_OK
+            || self.exit_code == crate::constants::RERR_VANISHED
     }
 }

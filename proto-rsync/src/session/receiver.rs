@@ -10,7 +10,9 @@ use super::demux::{Demux, InMsg};
 use super::handshake::Negotiated;
 use super::{Basis, EntryAction, MessageKind, Outcome, ReceiveSink, SenderStats};
 use crate::checksum::FileHasher;
-use crate::codec::flist::{decode_id_list, FileEntry, FlistDecoder, FlistItem, FlistOptions, HardLink};
+use crate::codec::flist::{
+    decode_id_list, FileEntry, FlistDecoder, FlistItem, FlistOptions, HardLink,
+};
 use crate::codec::mux::{encode_data, encode_frame, MsgTag};
 use crate::codec::ndx::NdxCodec;
 use crate::codec::prim::{run, Decoded};
@@ -49,13 +51,28 @@ enum FileState {
 #[derive(Debug)]
 enum Rx<B> {
     FileList,
-    IdLists { uid_done: bool },
+    IdLists {
+        uid_done: bool,
+    },
     IoErrorPre30,
     ExpectNdx,
-    Iflags { ndx: u32 },
-    SumHead { ndx: u32 },
-    Tokens { ndx: u32, head: SumHead, basis: Option<B>, hasher: Box<FileHasher>, literal: u32 },
-    FileSum { ndx: u32, sum: Vec<u8> },
+    Iflags {
+        ndx: u32,
+    },
+    SumHead {
+        ndx: u32,
+    },
+    Tokens {
+        ndx: u32,
+        head: SumHead,
+        basis: Option<B>,
+        hasher: Box<FileHasher>,
+        literal: u32,
+    },
+    FileSum {
+        ndx: u32,
+        sum: Vec<u8>,
+    },
     Stats,
     ExtraDoneEcho,
     Finished,
@@ -227,7 +244,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             if let Rx::Finished = self.rx {
                 self.flush_pending();
                 self.finish_outcome();
-                return Ok(Status::Finished(Box::new(std::mem::take(&mut self.outcome))));
+                return Ok(Status::Finished(Box::new(std::mem::take(
+                    &mut self.outcome,
+                ))));
             }
             let progressed_gen = self.step_gen(sink)?;
             if !progressed_rx && !progressed_gen {
@@ -295,12 +314,15 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                     }
                 }
                 InMsg::NoSend(ndx) => {
-                    let i = usize::try_from(ndx).ok().filter(|&i| i < self.entries.len());
+                    let i = usize::try_from(ndx)
+                        .ok()
+                        .filter(|&i| i < self.entries.len());
                     let i = i.ok_or(DecodeError::BadNdx(ndx.into()))?;
                     if self.state[i] == FileState::Requested {
                         self.state[i] = FileState::Failed;
                         self.outcome.failed.push(self.entries[i].name_lossy());
-                        sink.file_failed(i as u32, &self.entries[i], "sender could not send it").map_err(Error::Sink)?;
+                        sink.file_failed(i as u32, &self.entries[i], "sender could not send it")
+                            .map_err(Error::Sink)?;
                     }
                 }
                 InMsg::ErrorExit(code) => {
@@ -325,7 +347,10 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     }
 
     /// Decodes with `f` from the data buffer; `None` when more input is needed.
-    fn take<T>(&mut self, f: impl FnOnce(&[u8]) -> Result<Decoded<T>, DecodeError>) -> Result<Option<T>, Error> {
+    fn take<T>(
+        &mut self,
+        f: impl FnOnce(&[u8]) -> Result<Decoded<T>, DecodeError>,
+    ) -> Result<Option<T>, Error> {
         match f(&self.data[self.data_pos..])? {
             Decoded::Complete { value, consumed } => {
                 self.data_pos += consumed;
@@ -431,9 +456,13 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                             self.rx = Rx::Iflags { ndx };
                             return Ok(progressed);
                         }
-                        Decoded::Complete { value: iflags, consumed } => {
+                        Decoded::Complete {
+                            value: iflags,
+                            consumed,
+                        } => {
                             self.data_pos += consumed;
-                            if ndx as usize == self.entries.len() && iflags == ITEM_IS_NEW && p < 30 {
+                            if ndx as usize == self.entries.len() && iflags == ITEM_IS_NEW && p < 30
+                            {
                                 // Protocol 29 keep-alive.
                                 Rx::ExpectNdx
                             } else if ndx as usize >= self.entries.len() {
@@ -458,11 +487,23 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                         Some(head) => self.begin_file(sink, ndx, head)?,
                     }
                 }
-                Rx::Tokens { ndx, head, mut basis, mut hasher, literal } => {
+                Rx::Tokens {
+                    ndx,
+                    head,
+                    mut basis,
+                    mut hasher,
+                    literal,
+                } => {
                     if literal > 0 {
                         let n = (literal as usize).min(self.avail().len());
                         if n == 0 {
-                            self.rx = Rx::Tokens { ndx, head, basis, hasher, literal };
+                            self.rx = Rx::Tokens {
+                                ndx,
+                                head,
+                                basis,
+                                hasher,
+                                literal,
+                            };
                             return Ok(progressed);
                         }
                         let start = self.data_pos;
@@ -471,16 +512,37 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                         sink.content(chunk).map_err(Error::Sink)?;
                         self.data_pos += n;
                         self.outcome.literal_bytes += n as u64;
-                        Rx::Tokens { ndx, head, basis, hasher, literal: literal - n as u32 }
+                        Rx::Tokens {
+                            ndx,
+                            head,
+                            basis,
+                            hasher,
+                            literal: literal - n as u32,
+                        }
                     } else {
                         match self.take(|b| decode_token(b, head.count, &lim))? {
                             None => {
-                                self.rx = Rx::Tokens { ndx, head, basis, hasher, literal };
+                                self.rx = Rx::Tokens {
+                                    ndx,
+                                    head,
+                                    basis,
+                                    hasher,
+                                    literal,
+                                };
                                 return Ok(progressed);
                             }
-                            Some(Token::Literal(n)) => Rx::Tokens { ndx, head, basis, hasher, literal: n },
+                            Some(Token::Literal(n)) => Rx::Tokens {
+                                ndx,
+                                head,
+                                basis,
+                                hasher,
+                                literal: n,
+                            },
                             Some(Token::Block(k)) => {
-                                let b = basis.as_mut().ok_or(DecodeError::BadToken { token: -(k as i32) - 1, count: 0 })?;
+                                let b = basis.as_mut().ok_or(DecodeError::BadToken {
+                                    token: -(k as i32) - 1,
+                                    count: 0,
+                                })?;
                                 let len = head.block_len(k) as usize;
                                 let off = u64::from(k) * u64::from(head.blength);
                                 self.scratch.resize(len, 0);
@@ -488,9 +550,18 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                 hasher.update(&self.scratch);
                                 sink.content(&self.scratch).map_err(Error::Sink)?;
                                 self.outcome.matched_bytes += len as u64;
-                                Rx::Tokens { ndx, head, basis, hasher, literal: 0 }
+                                Rx::Tokens {
+                                    ndx,
+                                    head,
+                                    basis,
+                                    hasher,
+                                    literal: 0,
+                                }
                             }
-                            Some(Token::End) => Rx::FileSum { ndx, sum: hasher.finish() },
+                            Some(Token::End) => Rx::FileSum {
+                                ndx,
+                                sum: hasher.finish(),
+                            },
                         }
                     }
                 }
@@ -552,7 +623,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                             self.ndx_in = codec;
                             self.data_pos += consumed;
                             if value != NDX_DONE {
-                                return Err(Error::Protocol(format!("expected the final NDX_DONE echo, got {value}")));
+                                return Err(Error::Protocol(format!(
+                                    "expected the final NDX_DONE echo, got {value}"
+                                )));
                             }
                             // Final goodbye.
                             self.send_ndx(NDX_DONE);
@@ -584,9 +657,16 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         let mut slots: Vec<Option<FileEntry>> = wire.into_iter().map(Some).collect();
         let mut entries = Vec::with_capacity(slots.len());
         for &w in &order {
-            let mut e = slots[w].take().ok_or(Error::Protocol("sort produced a duplicate slot".into()))?;
+            let mut e = slots[w]
+                .take()
+                .ok_or(Error::Protocol("sort produced a duplicate slot".into()))?;
             if let HardLink::Follower { first } = e.hard_link {
-                let s = wire_to_sorted.get(first as usize).copied().ok_or(DecodeError::BadHardLink { index: first.into(), count: order.len() })?;
+                let s = wire_to_sorted.get(first as usize).copied().ok_or(
+                    DecodeError::BadHardLink {
+                        index: first.into(),
+                        count: order.len(),
+                    },
+                )?;
                 e.hard_link = HardLink::Follower { first: s };
             }
             validate_name(&e)?;
@@ -594,8 +674,10 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         }
         // Below 30 groups are identified by (dev, ino): present them like 30+ groups, the
         // first member in sorted order leading, so sinks see one model.
-        let mut groups: std::collections::HashMap<(i64, i64), u32> = std::collections::HashMap::new();
-        let mut sizes: std::collections::HashMap<(i64, i64), u32> = std::collections::HashMap::new();
+        let mut groups: std::collections::HashMap<(i64, i64), u32> =
+            std::collections::HashMap::new();
+        let mut sizes: std::collections::HashMap<(i64, i64), u32> =
+            std::collections::HashMap::new();
         for e in &entries {
             if let HardLink::DevIno { dev, ino } = e.hard_link {
                 *sizes.entry((dev, ino)).or_default() += 1;
@@ -640,7 +722,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     fn check_requested(&self, ndx: u32) -> Result<(), Error> {
         match self.state.get(ndx as usize) {
             Some(FileState::Requested) => Ok(()),
-            _ => Err(Error::Protocol(format!("sender replied for file {ndx}, which was not requested"))),
+            _ => Err(Error::Protocol(format!(
+                "sender replied for file {ndx}, which was not requested"
+            ))),
         }
     }
 
@@ -666,7 +750,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             return Ok(Rx::ExpectNdx);
         }
         if ndx < 0 {
-            return Err(Error::Protocol(format!("unexpected negative file index {ndx} without incremental recursion")));
+            return Err(Error::Protocol(format!(
+                "unexpected negative file index {ndx} without incremental recursion"
+            )));
         }
         let ndx = ndx as u32;
         if p >= 29 {
@@ -684,13 +770,18 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     fn request(&mut self, sink: &mut S, ndx: u32, redo: bool) -> Result<(), Error> {
         let p = self.neg.protocol;
         let kind = self.neg.checksum;
-        let basis = sink.basis(ndx, &self.entries[ndx as usize]).map_err(Error::Sink)?;
+        let basis = sink
+            .basis(ndx, &self.entries[ndx as usize])
+            .map_err(Error::Sink)?;
         let head = match &basis {
             Some(b) if !b.is_empty() => SumHead::for_basis(b.len(), p, kind.len(), redo),
             _ => SumHead::default(),
         };
         if head.count > self.opts.limits.max_blocks {
-            return Err(Error::Protocol(format!("basis of file {ndx} needs {} blocks, over the limit", head.count)));
+            return Err(Error::Protocol(format!(
+                "basis of file {ndx} needs {} blocks, over the limit",
+                head.count
+            )));
         }
         self.send_ndx(ndx as i32);
         if p >= 29 {
@@ -704,7 +795,11 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         head.encode(p, &mut h);
         self.send(&h);
         if let Some(b) = basis.filter(|_| head.count > 0) {
-            self.sig = Some(SigJob { basis: b, head, next: 0 });
+            self.sig = Some(SigJob {
+                basis: b,
+                head,
+                next: 0,
+            });
             self.pump_signature()?;
         }
         self.state[ndx as usize] = FileState::Requested;
@@ -715,10 +810,19 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         let e = &self.entries[ndx as usize];
         let basis = if head.count > 0 {
             let b = sink.basis(ndx, e).map_err(Error::Sink)?;
-            let b = b.ok_or_else(|| Error::Protocol(format!("basis of {} disappeared between passes", e.name_lossy())))?;
-            let need = u64::from(head.count - 1) * u64::from(head.blength) + u64::from(head.block_len(head.count - 1));
+            let b = b.ok_or_else(|| {
+                Error::Protocol(format!(
+                    "basis of {} disappeared between passes",
+                    e.name_lossy()
+                ))
+            })?;
+            let need = u64::from(head.count - 1) * u64::from(head.blength)
+                + u64::from(head.block_len(head.count - 1));
             if b.len() < need {
-                return Err(Error::Protocol(format!("basis of {} shrank between passes", e.name_lossy())));
+                return Err(Error::Protocol(format!(
+                    "basis of {} shrank between passes",
+                    e.name_lossy()
+                )));
             }
             Some(b)
         } else {
@@ -726,12 +830,19 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         };
         sink.begin_content(ndx, e).map_err(Error::Sink)?;
         let hasher = Box::new(FileHasher::new(self.neg.checksum, self.neg.seed));
-        Ok(Rx::Tokens { ndx, head, basis, hasher, literal: 0 })
+        Ok(Rx::Tokens {
+            ndx,
+            head,
+            basis,
+            hasher,
+            literal: 0,
+        })
     }
 
     fn end_file(&mut self, sink: &mut S, ndx: u32, verified: bool) -> Result<(), Error> {
         let i = ndx as usize;
-        sink.end_content(ndx, &self.entries[i], verified).map_err(Error::Sink)?;
+        sink.end_content(ndx, &self.entries[i], verified)
+            .map_err(Error::Sink)?;
         if verified {
             self.state[i] = FileState::Done;
             self.outcome.files_received += 1;
@@ -743,8 +854,11 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             let name = self.entries[i].name_lossy();
             self.outcome.failed.push(name.clone());
             self.outcome.io_error |= IOERR_GENERAL;
-            self.outcome.warnings.push(format!("{name} failed verification -- update discarded"));
-            sink.file_failed(ndx, &self.entries[i], "whole-file checksum failed twice").map_err(Error::Sink)?;
+            self.outcome
+                .warnings
+                .push(format!("{name} failed verification -- update discarded"));
+            sink.file_failed(ndx, &self.entries[i], "whole-file checksum failed twice")
+                .map_err(Error::Sink)?;
         }
         Ok(())
     }
@@ -766,9 +880,20 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             }
             let k = job.next;
             let len = head.block_len(k) as usize;
-            job.basis.read_at(u64::from(k) * u64::from(head.blength), &mut self.scratch[..len]).map_err(Error::Sink)?;
+            job.basis
+                .read_at(
+                    u64::from(k) * u64::from(head.blength),
+                    &mut self.scratch[..len],
+                )
+                .map_err(Error::Sink)?;
             sig.clear();
-            write_block_signature(&self.scratch[..len], kind, seed, head.s2length as usize, &mut sig);
+            write_block_signature(
+                &self.scratch[..len],
+                kind,
+                seed,
+                head.s2length as usize,
+                &mut sig,
+            );
             self.send(&sig);
             job.next += 1;
         }
@@ -778,7 +903,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     fn step_gen(&mut self, sink: &mut S) -> Result<bool, Error> {
         // With the output full, nothing can progress until the driver drains it; saying
         // otherwise would spin `step`.
-        if matches!(self.gen, Gen::Idle | Gen::Waiting) || self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER {
+        if matches!(self.gen, Gen::Idle | Gen::Waiting)
+            || self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER
+        {
             return Ok(false);
         }
         let mut progressed = false;
@@ -799,9 +926,13 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                     if self.cleared[i] {
                         continue;
                     }
-                    let action = sink.entry(i as u32, &self.entries[i]).map_err(Error::Sink)?;
+                    let action = sink
+                        .entry(i as u32, &self.entries[i])
+                        .map_err(Error::Sink)?;
                     let e = &self.entries[i];
-                    let wants = e.is_regular() && action == EntryAction::Transfer && !matches!(e.hard_link, HardLink::Follower { .. });
+                    let wants = e.is_regular()
+                        && action == EntryAction::Transfer
+                        && !matches!(e.hard_link, HardLink::Follower { .. });
                     if wants {
                         self.outcome.files_requested += 1;
                         self.request(sink, i as u32, false)?;
@@ -850,7 +981,11 @@ fn validate_name(e: &FileEntry) -> Result<(), Error> {
     let bad = |reason: &'static str| Error::Decode(DecodeError::BadName { reason });
     let n = &e.name[..];
     if n == b"." {
-        return if e.is_dir() { Ok(()) } else { Err(bad("transfer root is not a directory")) };
+        return if e.is_dir() {
+            Ok(())
+        } else {
+            Err(bad("transfer root is not a directory"))
+        };
     }
     if n.first() == Some(&b'/') {
         return Err(bad("absolute path"));
@@ -903,7 +1038,8 @@ mod tests {
             Ok(())
         }
         fn end_content(&mut self, _: u32, e: &FileEntry, ok: bool) -> Result<(), crate::SinkError> {
-            self.files.push((e.name_lossy(), std::mem::take(&mut self.current), ok));
+            self.files
+                .push((e.name_lossy(), std::mem::take(&mut self.current), ok));
             Ok(())
         }
         fn file_failed(&mut self, _: u32, e: &FileEntry, _: &str) -> Result<(), crate::SinkError> {
@@ -927,7 +1063,11 @@ mod tests {
             user_name: None,
             group_name: None,
             rdev: None,
-            symlink: if mode & S_IFMT == S_IFLNK { Some(b"a".to_vec()) } else { None },
+            symlink: if mode & S_IFMT == S_IFLNK {
+                Some(b"a".to_vec())
+            } else {
+                None
+            },
             hard_link: HardLink::None,
             checksum: None,
             top_dir: name == ".",
@@ -936,15 +1076,31 @@ mod tests {
     }
 
     fn neg() -> Negotiated {
-        Negotiated { protocol: 31, compat_flags: 0x1fe, checksum: ChecksumKind::Xxh128, seed: 1, motd: Vec::new() }
+        Negotiated {
+            protocol: 31,
+            compat_flags: 0x1fe,
+            checksum: ChecksumKind::Xxh128,
+            seed: 1,
+            motd: Vec::new(),
+        }
     }
 
     fn opts() -> ReceiverOptions {
-        ReceiverOptions { hard_links: false, numeric_ids: true, filter_rules: vec!["- *.o".into()], limits: Limits::default() }
+        ReceiverOptions {
+            hard_links: false,
+            numeric_ids: true,
+            filter_rules: vec!["- *.o".into()],
+            limits: Limits::default(),
+        }
     }
 
     /// Feeds `raw` one byte at a time (every field straddles reads) and collects output.
-    fn run_bytes(rx: &mut ClientReceiver<MemSink>, sink: &mut MemSink, raw: &[u8], out: &mut Vec<u8>) -> Result<Option<Outcome>, Error> {
+    fn run_bytes(
+        rx: &mut ClientReceiver<MemSink>,
+        sink: &mut MemSink,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Outcome>, Error> {
         for b in raw {
             rx.feed(std::slice::from_ref(b))?;
             if let Status::Finished(o) = rx.step(sink)? {
@@ -964,17 +1120,26 @@ mod tests {
         // Server: file list in wire order (unsorted on purpose).
         let mut data = Vec::new();
         let mut enc = FlistEncoder::new(FlistOptions::archive(31, 0x1fe, false));
-        for e in [entry(".", S_IFDIR | 0o755, 4096), entry("b", S_IFREG | 0o644, 3), entry("a", S_IFREG | 0o644, 5), entry("l", S_IFLNK | 0o777, 1)] {
+        for e in [
+            entry(".", S_IFDIR | 0o755, 4096),
+            entry("b", S_IFREG | 0o644, 3),
+            entry("a", S_IFREG | 0o644, 5),
+            entry("l", S_IFLNK | 0o777, 1),
+        ] {
             enc.encode(&e, &mut data);
         }
         enc.encode_end(0, &mut data);
         let mut raw = Vec::new();
         encode_data(&data, &mut raw);
-        assert!(run_bytes(&mut rx, &mut sink, &raw, &mut out).unwrap().is_none());
+        assert!(run_bytes(&mut rx, &mut sink, &raw, &mut out)
+            .unwrap()
+            .is_none());
         // Sorted: ".", "a", "b", "l" — requests for 1 and 2, then DONE.
         assert_eq!(sink.seen, [".", "a", "b", "l"]);
         let (mut got, mut msgs) = (Vec::new(), Vec::new());
-        Demux::new(Limits::default()).push(&out, &mut got, &mut msgs).unwrap();
+        Demux::new(Limits::default())
+            .push(&out, &mut got, &mut msgs)
+            .unwrap();
         let mut want = Vec::new();
         crate::session::args::encode_filter_list(&["- *.o".into()], &mut want);
         let mut nd = NdxCodec::new(31);
@@ -1007,7 +1172,11 @@ mod tests {
         encode_data(&d2, &mut raw);
         encode_frame(MsgTag::Warning, b"file has vanished: \"b\"\n", &mut raw);
         encode_frame(MsgTag::NoSend, &2i32.to_le_bytes(), &mut raw);
-        encode_frame(MsgTag::IoError, &(IOERR_VANISHED as i32).to_le_bytes(), &mut raw);
+        encode_frame(
+            MsgTag::IoError,
+            &(IOERR_VANISHED as i32).to_le_bytes(),
+            &mut raw,
+        );
         let mut d3 = Vec::new();
         for _ in 0..3 {
             sn.encode(NDX_DONE, &mut d3);
@@ -1017,7 +1186,9 @@ mod tests {
         }
         sn.encode(NDX_DONE, &mut d3);
         encode_data(&d3, &mut raw);
-        let o = run_bytes(&mut rx, &mut sink, &raw, &mut out).unwrap().expect("finished");
+        let o = run_bytes(&mut rx, &mut sink, &raw, &mut out)
+            .unwrap()
+            .expect("finished");
         assert_eq!(sink.files, [("a".to_string(), b"hello".to_vec(), true)]);
         assert_eq!(sink.failed, ["b"]);
         assert_eq!(sink.messages.len(), 2);
@@ -1028,7 +1199,9 @@ mod tests {
         assert_eq!(o.files_received, 1);
         // Our side: 3 phase DONEs in total after the requests, the extra DONE and the goodbye.
         let (mut got, mut msgs) = (Vec::new(), Vec::new());
-        Demux::new(Limits::default()).push(&out, &mut got, &mut msgs).unwrap();
+        Demux::new(Limits::default())
+            .push(&out, &mut got, &mut msgs)
+            .unwrap();
         assert_eq!(&got[got.len() - 5..], [0, 0, 0, 0, 0]);
     }
 
@@ -1062,7 +1235,10 @@ mod tests {
         let mut raw = Vec::new();
         encode_data(&data, &mut raw);
         rx.feed(&raw).unwrap();
-        assert!(matches!(rx.step(&mut sink), Err(Error::Decode(DecodeError::BadName { .. }))));
+        assert!(matches!(
+            rx.step(&mut sink),
+            Err(Error::Decode(DecodeError::BadName { .. }))
+        ));
 
         let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
         let mut data = Vec::new();

@@ -1,0 +1,489 @@
+//! The packing pipeline behind a snapshot writer: blobs are compressed on several threads,
+//! appended to packs in the order they were submitted by one pack thread, and each complete
+//! pack is made durable and then indexed (pinned for the writer's session) by a sync thread
+//! with its own index connection, so neither fsync nor indexing stalls chunking or zstd.
+//!
+//! Blobs travel in batches of about [`BATCH_BYTES`]: a tree of many small files would
+//! otherwise cost several thread hand-offs per file.
+//!
+//! Submission order is kept end to end so that a tree blob never lands in a pack indexed
+//! before the packs holding its children: a tree's children gain their reference when its
+//! pack is indexed, and they must be indexed by then.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::error::{Result, StoreError};
+use crate::format::*;
+use crate::id::Id;
+use crate::index;
+use crate::pack::{Compressor, FinishedPack, PackWriter, WrittenPack};
+use crate::store::Store;
+
+/// A blob on its way into a pack: raw before the compression threads, stored after.
+struct Blob {
+    id: Id,
+    kind: u8,
+    compression: u8,
+    bytes: Vec<u8>,
+    raw_len: u32,
+    /// What a tree blob references.
+    children: Option<Vec<Id>>,
+}
+
+/// Work through the pipeline, numbered in submission order.
+struct Batch {
+    seq: u64,
+    blobs: Vec<Blob>,
+    /// What the batch counts against the in-flight budget.
+    cost: u64,
+    /// After this batch, finish the current pack and answer `Flushed`.
+    flush: bool,
+}
+
+/// What the pipeline reports to the writer.
+enum Done {
+    /// A pack became durable and indexed; it takes this many bytes.
+    Indexed(u64),
+    Flushed,
+    Failed(StoreError),
+}
+
+/// Bytes submitted but not yet appended to a pack: bounds the pipeline's memory.
+#[derive(Default)]
+struct InFlight {
+    bytes: Mutex<u64>,
+    drained: Condvar,
+    /// Set when the pack thread is gone: nothing will drain the budget any more, and the
+    /// writer learns why from the closed result channel instead of waiting.
+    closed: AtomicBool,
+}
+
+impl InFlight {
+    /// Takes `cost` from the budget if it fits (or if nothing is in flight, so a batch
+    /// larger than the budget still passes); waits at most `wait` for room otherwise.
+    fn try_take(&self, cost: u64, wait: Duration) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return true;
+        }
+        let Ok(mut bytes) = self.bytes.lock() else {
+            return true;
+        };
+        if *bytes > 0 && *bytes + cost > IN_FLIGHT_BYTES {
+            bytes = match self.drained.wait_timeout(bytes, wait) {
+                Ok((b, _)) => b,
+                Err(_) => return true,
+            };
+            if *bytes > 0 && *bytes + cost > IN_FLIGHT_BYTES {
+                return false;
+            }
+        }
+        *bytes += cost;
+        true
+    }
+
+    fn give_back(&self, cost: u64) {
+        if let Ok(mut bytes) = self.bytes.lock() {
+            *bytes = bytes.saturating_sub(cost);
+            self.drained.notify_all();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.drained.notify_all();
+    }
+}
+
+/// How many compression threads a writer runs: one per core, within bounds (the caller's
+/// thread chunks and hashes meanwhile, so more would only contend).
+fn compression_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, MAX_COMPRESSION_THREADS)
+}
+
+fn compression_worker(
+    mut compressor: Compressor,
+    batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
+    compressed: mpsc::Sender<Batch>,
+) {
+    loop {
+        let next = match batches.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(mut batch) = next else {
+            return;
+        };
+        for blob in &mut batch.blobs {
+            let (compression, stored) = compressor.compress_owned(std::mem::take(&mut blob.bytes));
+            blob.compression = compression;
+            blob.bytes = stored;
+        }
+        if compressed.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// What the pack thread hands the sync thread, in order.
+enum ToSync {
+    /// A written pack and the children of the tree blobs in it.
+    Pack(WrittenPack, HashMap<Id, Vec<Id>>),
+    Flush,
+}
+
+/// The pack thread: appends blobs in submission order and returns each batch's share of the
+/// in-flight budget; complete packs go to the sync thread, so an fsync never stalls it.
+fn pack_worker(
+    tmp_dir: PathBuf,
+    compressed: mpsc::Receiver<Batch>,
+    in_flight: Arc<InFlight>,
+    to_sync: mpsc::SyncSender<ToSync>,
+    done: mpsc::Sender<Done>,
+) {
+    /// Closes the budget however the thread ends, unwinding included.
+    struct CloseOnExit(Arc<InFlight>);
+    impl Drop for CloseOnExit {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseOnExit(in_flight.clone());
+    let mut packing = Packing {
+        tmp_dir,
+        pack: None,
+        children: HashMap::new(),
+    };
+    let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
+    let mut next: u64 = 0;
+    while let Ok(batch) = compressed.recv() {
+        waiting.insert(batch.seq, batch);
+        while let Some(batch) = waiting.remove(&next) {
+            next += 1;
+            in_flight.give_back(batch.cost);
+            let result = packing.append(batch.blobs).and_then(|mut out| {
+                if batch.flush {
+                    out.extend(packing.finish()?);
+                    out.push(ToSync::Flush);
+                }
+                Ok(out)
+            });
+            match result {
+                Ok(out) => {
+                    for item in out {
+                        if to_sync.send(item).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = done.send(Done::Failed(e));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The pack being written by the pack thread.
+struct Packing {
+    tmp_dir: PathBuf,
+    pack: Option<PackWriter>,
+    /// Children of the tree blobs in `pack`.
+    children: HashMap<Id, Vec<Id>>,
+}
+
+impl Packing {
+    /// Appends blobs, returning the packs they filled.
+    fn append(&mut self, blobs: Vec<Blob>) -> Result<Vec<ToSync>> {
+        let mut full = Vec::new();
+        for blob in blobs {
+            let pack = match self.pack.as_mut() {
+                Some(p) => p,
+                None => self.pack.insert(PackWriter::create(&self.tmp_dir)?),
+            };
+            pack.add_stored(
+                blob.id,
+                blob.kind,
+                blob.compression,
+                &blob.bytes,
+                blob.raw_len,
+            )?;
+            if let Some(children) = blob.children {
+                self.children.insert(blob.id, children);
+            }
+            if pack.size() >= PACK_TARGET_SIZE {
+                full.extend(self.finish()?);
+            }
+        }
+        Ok(full)
+    }
+
+    /// Writes the current pack's trailer, if it holds anything.
+    fn finish(&mut self) -> Result<Option<ToSync>> {
+        let children = std::mem::take(&mut self.children);
+        match self.pack.take() {
+            Some(p) if !p.is_empty() => Ok(Some(ToSync::Pack(p.finish_writing()?, children))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The sync thread: makes each written pack durable, then indexes it pinned for `session`,
+/// in order, and reports it.
+fn sync_worker(
+    packs_dir: PathBuf,
+    mut db: Connection,
+    session: i64,
+    to_sync: mpsc::Receiver<ToSync>,
+    done: mpsc::Sender<Done>,
+) {
+    while let Ok(item) = to_sync.recv() {
+        let reply = match item {
+            ToSync::Pack(written, children) => written
+                .make_durable(&packs_dir)
+                .and_then(|finished| index_pack(&mut db, session, &finished, &children))
+                .map_or_else(Done::Failed, Done::Indexed),
+            ToSync::Flush => Done::Flushed,
+        };
+        let failed = matches!(reply, Done::Failed(_));
+        if done.send(reply).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Indexes a durable pack, pinned for `session`; returns the bytes its blobs take.
+fn index_pack(
+    db: &mut Connection,
+    session: i64,
+    pack: &FinishedPack,
+    children: &HashMap<Id, Vec<Id>>,
+) -> Result<u64> {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    index::insert_pack(
+        &tx,
+        &pack.name,
+        pack.size,
+        &pack.blobs,
+        &|id| children.get(id).cloned(),
+        Some(session),
+    )?;
+    tx.commit()?;
+    Ok(pack.blobs.iter().map(|b| u64::from(b.stored_len)).sum())
+}
+
+/// Sends blobs through the pipeline and learns when their packs are durable and indexed.
+pub(crate) struct Packer {
+    store: Store,
+    session: i64,
+    batches: Option<mpsc::Sender<Batch>>,
+    in_flight: Arc<InFlight>,
+    /// Blobs gathered for the next batch, and their raw bytes.
+    batch: Vec<Blob>,
+    batch_bytes: usize,
+    next_seq: u64,
+    done: mpsc::Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+    /// Blobs this session may reference: written by it, pinned by it, or reachable from its
+    /// pinned base.
+    pub(crate) known: HashSet<Id>,
+    /// Bytes the packs this session wrote take (after compression).
+    pub(crate) stored_bytes: u64,
+}
+
+impl Packer {
+    pub(crate) fn start(store: &Store, session: i64, known: HashSet<Id>) -> Result<Packer> {
+        let workers = compression_threads();
+        let compressors = (0..workers)
+            .map(|_| Compressor::new(store.config().zstd_level))
+            .collect::<Result<Vec<_>>>()?;
+        let sync_db = store.open_index_connection()?;
+        let in_flight = Arc::new(InFlight::default());
+        let (batches, batch_rx) = mpsc::channel();
+        let batch_rx = Arc::new(Mutex::new(batch_rx));
+        let (compressed_tx, compressed_rx) = mpsc::channel();
+        let (sync_tx, sync_rx) = mpsc::sync_channel(PACKS_AWAITING_SYNC);
+        let (done_tx, done) = mpsc::channel();
+        let spawn = |name: &str, work: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(work)
+                .map_err(|e| StoreError::Io {
+                    op: "start packing thread",
+                    path: store.path().to_path_buf(),
+                    source: e,
+                })
+        };
+        let mut threads = Vec::with_capacity(workers + 2);
+        let (tmp, budget, pack_done) = (store.tmp_dir(), in_flight.clone(), done_tx.clone());
+        threads.push(spawn(
+            "turku-pack",
+            Box::new(move || pack_worker(tmp, compressed_rx, budget, sync_tx, pack_done)),
+        )?);
+        let packs = store.packs_dir();
+        threads.push(spawn(
+            "turku-sync",
+            Box::new(move || sync_worker(packs, sync_db, session, sync_rx, done_tx)),
+        )?);
+        for compressor in compressors {
+            let (rx, tx) = (batch_rx.clone(), compressed_tx.clone());
+            threads.push(spawn(
+                "turku-compress",
+                Box::new(move || compression_worker(compressor, rx, tx)),
+            )?);
+        }
+        Ok(Packer {
+            store: store.clone(),
+            session,
+            batches: Some(batches),
+            in_flight,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            next_seq: 0,
+            done,
+            threads,
+            known,
+            stored_bytes: 0,
+        })
+    }
+
+    /// Makes sure `id` is available to this session, returning whether it already was.
+    pub(crate) fn reuse(&mut self, id: &Id) -> Result<bool> {
+        if self.known.contains(id) {
+            return Ok(true);
+        }
+        let db = self.store.db();
+        if index::blob_exists(&db, id)? && index::pin_if_exists(&db, self.session, id)? {
+            drop(db);
+            self.known.insert(*id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn pipeline_gone() -> StoreError {
+        StoreError::Busy("the packing threads stopped".into())
+    }
+
+    /// Queues a new blob. `children` lists what a tree blob references.
+    pub(crate) fn add(
+        &mut self,
+        id: Id,
+        kind: u8,
+        raw: &[u8],
+        children: Option<Vec<Id>>,
+    ) -> Result<()> {
+        self.known.insert(id);
+        self.batch_bytes += raw.len();
+        self.batch.push(Blob {
+            id,
+            kind,
+            compression: COMPRESSION_NONE,
+            bytes: raw.to_vec(),
+            raw_len: raw.len() as u32,
+            children,
+        });
+        if self.batch_bytes >= BATCH_BYTES {
+            self.submit(false)?;
+        }
+        self.index_finished_packs()
+    }
+
+    /// Sends the gathered batch once the in-flight budget has room for it, indexing packs
+    /// that became durable meanwhile.
+    fn submit(&mut self, flush: bool) -> Result<()> {
+        let blobs = std::mem::take(&mut self.batch);
+        let cost = std::mem::take(&mut self.batch_bytes) as u64
+            + blobs.len() as u64 * IN_FLIGHT_BLOB_OVERHEAD;
+        loop {
+            self.index_finished_packs()?;
+            if self
+                .in_flight
+                .try_take(cost, Duration::from_millis(IN_FLIGHT_POLL_MS))
+            {
+                break;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let batches = self.batches.as_ref().ok_or_else(Self::pipeline_gone)?;
+        let batch = Batch {
+            seq,
+            blobs,
+            cost,
+            flush,
+        };
+        if batches.send(batch).is_err() {
+            return Err(self.collect_failure());
+        }
+        Ok(())
+    }
+
+    /// The pipeline's error, once it hung up.
+    fn collect_failure(&mut self) -> StoreError {
+        while let Ok(d) = self.done.recv() {
+            if let Done::Failed(e) = d {
+                return e;
+            }
+        }
+        Self::pipeline_gone()
+    }
+
+    /// Takes in what the pipeline reported so far, without waiting.
+    fn index_finished_packs(&mut self) -> Result<()> {
+        loop {
+            match self.done.try_recv() {
+                Ok(d) => self.handle(d)?,
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(Self::pipeline_gone()),
+            }
+        }
+    }
+
+    fn handle(&mut self, done: Done) -> Result<()> {
+        match done {
+            Done::Indexed(bytes) => {
+                self.stored_bytes += bytes;
+                Ok(())
+            }
+            Done::Flushed => Ok(()),
+            Done::Failed(e) => Err(e),
+        }
+    }
+
+    /// Waits until every blob added so far is in a durable, indexed pack.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        self.submit(true)?;
+        loop {
+            match self.done.recv() {
+                Ok(Done::Flushed) => return Ok(()),
+                Ok(d) => self.handle(d)?,
+                Err(_) => return Err(Self::pipeline_gone()),
+            }
+        }
+    }
+
+    /// Stops the threads; an unfinished pack's temp file is removed.
+    pub(crate) fn stop(&mut self) {
+        self.batches = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Packer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
