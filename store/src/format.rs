@@ -89,7 +89,7 @@ pub const MAX_COMPRESSION_THREADS: usize = 4;
 /// A writer hands blobs to its compression threads in batches of about this many bytes.
 pub const BATCH_BYTES: usize = 1024 * 1024;
 /// Bytes of blobs a writer keeps queued for compression and packing (bounds its memory).
-pub const IN_FLIGHT_BYTES: u64 = 64 * 1024 * 1024;
+pub const IN_FLIGHT_BYTES: u64 = 32 * 1024 * 1024;
 /// What each queued blob counts against that budget beyond its size.
 pub const IN_FLIGHT_BLOB_OVERHEAD: u64 = 512;
 /// Written packs a writer lets wait for their fsync before it stops packing more.
@@ -102,7 +102,7 @@ pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
 /// SQLite page cache per connection, in KiB.
 pub const SQLITE_CACHE_KIB: i64 = 65_536;
 /// Schema version of the index (PRAGMA user_version).
-pub const INDEX_SCHEMA_VERSION: i32 = 1;
+pub const INDEX_SCHEMA_VERSION: i32 = 2;
 
 /// GC: a pack whose dead bytes reach this fraction (in percent) is repacked.
 pub const REPACK_DEAD_PERCENT: u64 = 30;

@@ -1,7 +1,7 @@
 //! Forgetting snapshots and reclaiming space.
 //!
 //! `forget` removes a snapshot's record and row and drops its root's reference. `gc` then
-//! frees every blob whose reference count reached zero and that no live session pins,
+//! frees every blob whose reference count reached zero and that no live session pins or owns,
 //! cascading into the children of freed trees, deletes packs that became empty and repacks
 //! those with enough garbage. Each step costs in proportion to what it frees or moves.
 //! See `session.rs` for why this is safe while backups run.
@@ -85,7 +85,9 @@ impl Store {
             let mut stmt = tx.prepare_cached(
                 "SELECT b.id, b.kind, b.compression, b.offset, b.stored_len, b.raw_len, b.pack, p.name
                  FROM blobs b JOIN packs p ON p.id = b.pack
-                 WHERE b.refs <= 0 AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.blob = b.id)
+                 WHERE b.refs <= 0
+                   AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = p.session)
+                   AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.blob = b.id)
                  LIMIT ?1",
             )?;
             let rows = stmt.query_map([FREE_BATCH as i64], |r| {
@@ -147,8 +149,11 @@ impl Store {
     fn sweep_packs(&self, stats: &mut GcStats) -> Result<()> {
         let candidates: Vec<(i64, String, u64, u64)> = {
             let db = self.db();
+            // A pack a live session owns protects its blobs by that ownership, which a copy
+            // would not carry: it waits for a later GC.
             let mut stmt = db.prepare(
-                "SELECT id, name, data_bytes, dead_bytes FROM packs WHERE dead_bytes > 0",
+                "SELECT id, name, data_bytes, dead_bytes FROM packs p WHERE dead_bytes > 0
+                 AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = p.session)",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((

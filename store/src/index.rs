@@ -20,9 +20,11 @@ CREATE TABLE IF NOT EXISTS packs(
     name TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
     data_bytes INTEGER NOT NULL,
-    dead_bytes INTEGER NOT NULL DEFAULT 0
+    dead_bytes INTEGER NOT NULL DEFAULT 0,
+    session INTEGER
 );
 CREATE INDEX IF NOT EXISTS packs_with_garbage ON packs(id) WHERE dead_bytes > 0;
+CREATE INDEX IF NOT EXISTS packs_by_session ON packs(session) WHERE session IS NOT NULL;
 CREATE TABLE IF NOT EXISTS blobs(
     id BLOB PRIMARY KEY,
     kind INTEGER NOT NULL,
@@ -80,6 +82,15 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
     if version == 0 {
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
+    } else if version == 1 {
+        // Version 2 marks the packs a live session wrote instead of pinning each blob.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE packs ADD COLUMN session INTEGER;
+             CREATE INDEX packs_by_session ON packs(session) WHERE session IS NOT NULL;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
     } else if version != INDEX_SCHEMA_VERSION {
         return Err(crate::StoreError::Config(format!(
             "index schema version {version} is not supported (expected {INDEX_SCHEMA_VERSION})"
@@ -143,8 +154,9 @@ pub fn pin_if_exists(conn: &Connection, session: i64, id: &Id) -> Result<bool> {
         .is_some())
 }
 
-/// Indexes a durable pack and pins its blobs for `session`. A blob already indexed (another
-/// writer stored it first) keeps its first copy; this pack's copy counts as dead bytes.
+/// Indexes a durable pack, owned by `session` while it lives (GC frees nothing in a pack a
+/// live session owns). A blob already indexed (another writer stored it first) keeps its
+/// first copy, pinned for `session`; this pack's copy counts as dead bytes.
 /// `children` gives, for each new tree blob, the ids it references: they gain a reference.
 pub fn insert_pack(
     tx: &Transaction<'_>,
@@ -156,8 +168,8 @@ pub fn insert_pack(
 ) -> Result<i64> {
     let data_bytes: u64 = blobs.iter().map(|b| u64::from(b.stored_len)).sum();
     tx.execute(
-        "INSERT INTO packs(name, size, data_bytes) VALUES (?1, ?2, ?3)",
-        params![name, size as i64, data_bytes as i64],
+        "INSERT INTO packs(name, size, data_bytes, session) VALUES (?1, ?2, ?3, ?4)",
+        params![name, size as i64, data_bytes as i64, session],
     )?;
     let pack_id = tx.last_insert_rowid();
     let mut insert = tx.prepare_cached(
@@ -179,15 +191,15 @@ pub fn insert_pack(
         ])?;
         if inserted == 0 {
             dead += u64::from(b.stored_len);
+            if let Some(session) = session {
+                pin.execute(params![session, b.id.as_bytes().as_slice()])?;
+            }
         } else if b.kind == BLOB_KIND_TREE {
             for child in children_of(&b.id).unwrap_or_default() {
                 if add_ref.execute([child.as_bytes().as_slice()])? != 1 {
                     return Err(crate::StoreError::MissingBlob(child.to_hex()));
                 }
             }
-        }
-        if let Some(session) = session {
-            pin.execute(params![session, b.id.as_bytes().as_slice()])?;
         }
     }
     if dead > 0 {
@@ -312,4 +324,40 @@ pub fn delete_snapshot(tx: &Transaction<'_>, s: &SnapshotRow) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_index_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE packs(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                     size INTEGER NOT NULL, data_bytes INTEGER NOT NULL,
+                     dead_bytes INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO packs(name, size, data_bytes) VALUES ('p', 10, 8);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        let version: i32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, INDEX_SCHEMA_VERSION);
+        let owner: Option<i64> = conn
+            .query_row("SELECT session FROM packs WHERE name = 'p'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(owner, None);
+        drop(conn);
+        // Opening again leaves a current index alone.
+        open(&path).unwrap();
+    }
 }

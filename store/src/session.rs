@@ -1,12 +1,13 @@
 //! Writer sessions: a row per in-flight backup, whose pins keep what it relies on alive.
 //!
 //! The rule between writers and GC: GC frees a blob only if its reference count is zero
-//! *and* no live session pins it, deciding under one write transaction. A session pins every
-//! blob it reuses (atomically with checking it exists), every blob it writes (in the
-//! transaction that indexes the pack), and its base snapshot's root (so everything reachable
-//! from the base stays). A committed snapshot's root gains a reference in the same
-//! transaction that drops the session's pins, so there is no instant in which what it needs
-//! is unprotected. Sessions of dead processes are cleared by GC.
+//! *and* no live session protects it, deciding under one write transaction. A session pins
+//! every blob it reuses (atomically with checking it exists) and its base snapshot's root (so
+//! everything reachable from the base stays); it owns every pack it writes (the pack's row
+//! names the session from the transaction that indexes it), which protects all that pack's
+//! blobs. A committed snapshot's root gains a reference in the same transaction that drops
+//! the session's pins and ownership, so there is no instant in which what it needs is
+//! unprotected. Sessions of dead processes are cleared by GC.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -38,6 +39,10 @@ pub(crate) fn register(conn: &Connection) -> Result<i64> {
 
 pub(crate) fn end(conn: &Connection, session: i64) -> Result<()> {
     conn.execute("DELETE FROM pins WHERE session = ?1", [session])?;
+    conn.execute(
+        "UPDATE packs SET session = NULL WHERE session = ?1",
+        [session],
+    )?;
     conn.execute("DELETE FROM sessions WHERE id = ?1", [session])?;
     Ok(())
 }

@@ -608,8 +608,7 @@ impl SnapshotWriter {
             let mut db = self.store.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             index::insert_snapshot(&tx, &snap.to_row())?;
-            tx.execute("DELETE FROM pins WHERE session = ?1", [self.session])?;
-            tx.execute("DELETE FROM sessions WHERE id = ?1", [self.session])?;
+            session::end(&tx, self.session)?;
             tx.commit()?;
             Ok(())
         })();

@@ -330,6 +330,35 @@ fn abandoned_snapshot_is_invisible_and_collected() {
 }
 
 #[test]
+fn gc_keeps_what_a_live_writer_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    let content = random_bytes(7, 40 * 1024 * 1024);
+    let mut w = store.begin_snapshot("m", "s").unwrap();
+    let mut f = w.add_file(b"f", Metadata::default(), 0).unwrap();
+    f.write_all(&content).unwrap();
+    f.finish().unwrap();
+    // Wait until the writer's first full pack is indexed: its blobs have no references yet
+    // and no pins, only the live session's ownership of the pack protects them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while store.stats().unwrap().chunks == 0 {
+        assert!(std::time::Instant::now() < deadline, "no pack was indexed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let gc = store.gc().unwrap();
+    assert_eq!(gc.freed_blobs, 0, "{gc:?}");
+    let snap = w.commit().unwrap();
+    assert!(store.verify(None).unwrap().is_clean());
+    let mut back = Vec::new();
+    store
+        .open_file(&store.lookup(&snap, b"f").unwrap())
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == content, "content differs after a concurrent gc");
+}
+
+#[test]
 fn forget_and_gc_reclaim_exactly_what_is_unreferenced() {
     let tmp = tempfile::tempdir().unwrap();
     let store = new_store(tmp.path());
