@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{IoContext, Result, StoreError};
+use crate::format::SPARSE_MIN_HOLE;
+use crate::reader::FileReader;
 use crate::snapshot::{split_path, Snapshot};
 use crate::store::Store;
 use crate::tree::{EntryData, EntryKind, Metadata, TreeEntry};
@@ -109,7 +111,7 @@ impl DirExporter<'_> {
                 }
                 let mut out = File::create(&path).io_ctx("create", &path)?;
                 let mut reader = self.store.open_file(e)?;
-                let copied = io::copy(&mut reader, &mut out).io_ctx("write", &path)?;
+                let copied = write_sparse(&mut reader, &mut out, &path)?;
                 drop(out);
                 self.stats.bytes += copied;
                 self.stats.files += 1;
@@ -488,4 +490,27 @@ mod tests {
         }
         assert_eq!(make_dev(8, 1), 0x801);
     }
+}
+
+/// Writes a file's content, leaving holes where whole chunks are zeros (as a sparse source
+/// had them: CDC cuts long zero runs into max-size chunks of nothing but zeros).
+fn write_sparse(reader: &mut FileReader, out: &mut File, path: &Path) -> Result<u64> {
+    let mut written = 0u64;
+    let mut pending_hole = false;
+    while let Some(data) = reader.next_chunk()? {
+        if data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(data.len() as i64))
+                .io_ctx("seek", path)?;
+            pending_hole = true;
+        } else {
+            out.write_all(data).io_ctx("write", path)?;
+            pending_hole = false;
+        }
+        written += data.len() as u64;
+    }
+    if pending_hole {
+        // A trailing hole needs the length set explicitly.
+        out.set_len(written).io_ctx("extend", path)?;
+    }
+    Ok(written)
 }

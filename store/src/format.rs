@@ -97,6 +97,9 @@ pub const PACKS_AWAITING_SYNC: usize = 2;
 /// How often a writer waiting for room in that budget indexes packs that became durable.
 pub const IN_FLIGHT_POLL_MS: u64 = 5;
 
+/// Export leaves a hole for an all-zero chunk at least this long.
+pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
+
 /// SQLite: how long a writer waits for another process's transaction.
 pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
 /// SQLite page cache per connection, in KiB.

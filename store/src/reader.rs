@@ -3,6 +3,7 @@
 use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::error::{Result, StoreError};
+use crate::id::Id;
 use crate::store::Store;
 use crate::tree::{ChunkRef, EntryData, TreeEntry};
 
@@ -14,7 +15,8 @@ pub struct FileReader {
     starts: Vec<u64>,
     size: u64,
     pos: u64,
-    cached: Option<(usize, Vec<u8>)>,
+    /// The last chunk read, by id: runs of one chunk (zeros) are fetched once.
+    cached: Option<(Id, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -32,8 +34,8 @@ impl FileReader {
     }
 
     fn chunk(&mut self, index: usize) -> Result<&[u8]> {
-        if self.cached.as_ref().map(|(i, _)| *i) != Some(index) {
-            let c = self.chunks[index];
+        let c = self.chunks[index];
+        if self.cached.as_ref().map(|(id, _)| *id) != Some(c.id) {
             let data = self.store.read_blob(&c.id)?;
             if data.len() != c.len as usize {
                 return Err(StoreError::CorruptBlob {
@@ -43,13 +45,30 @@ impl FileReader {
                     reason: "chunk length differs from the tree".into(),
                 });
             }
-            self.cached = Some((index, data));
+            self.cached = Some((c.id, data));
         }
         Ok(self
             .cached
             .as_ref()
             .map(|(_, d)| d.as_slice())
             .unwrap_or(&[]))
+    }
+
+    /// The rest of the chunk at the current position (verified), advancing past it; `None`
+    /// at end of file. Lets a caller see whole chunks, e.g. to leave holes for zero runs.
+    pub fn next_chunk(&mut self) -> Result<Option<&[u8]>> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        let index = match self.starts.binary_search(&self.pos) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        let within = (self.pos - self.starts[index]) as usize;
+        let len = self.chunks[index].len as usize;
+        self.chunk(index)?;
+        self.pos += (len - within) as u64;
+        Ok(self.cached.as_ref().map(|(_, d)| &d[within..]))
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at end of file.

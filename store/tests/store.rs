@@ -635,3 +635,34 @@ fn init_validates_parameters_and_refuses_an_existing_store() {
     let reopened = Store::open(&tmp.path().join("c")).unwrap();
     assert_eq!(reopened.config(), small_chunks());
 }
+
+#[test]
+fn zero_runs_export_as_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let len: u64 = 64 * 1024 * 1024 + 7;
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(len).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"middle", len / 2).unwrap();
+    drop(f);
+    // A trailing zero run too: the exported length must still be exact.
+    fs::File::create(src.join("tail-hole"))
+        .unwrap()
+        .set_len(3 * 1024 * 1024)
+        .unwrap();
+    let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+    let out = tmp.path().join("out");
+    store.export_to_dir(&snap, b"", &out).unwrap();
+    assert_same_tree(&src, &out);
+    assert!(fs::read(out.join("sparse")).unwrap() == fs::read(src.join("sparse")).unwrap());
+    let allocated = fs::metadata(out.join("sparse")).unwrap().blocks() * 512;
+    assert!(allocated < 4 * 1024 * 1024, "{allocated} bytes allocated");
+    assert_eq!(
+        fs::metadata(out.join("tail-hole")).unwrap().len(),
+        3 * 1024 * 1024
+    );
+}
