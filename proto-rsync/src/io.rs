@@ -166,17 +166,12 @@ where
             },
             None => e,
         };
+        // Local work left over from the step's budget: move whatever I/O is ready first (a
+        // peer blocked writing to us must not wait on our local work), then go on working
+        // instead of waiting for input.
+        let busy = rx.has_local_work();
         tokio::select! {
-            r = rd.read(&mut buf) => {
-                let n = match r {
-                    Ok(n) => n,
-                    Err(e) => break Err(closed(&rx, e.into())),
-                };
-                if n == 0 {
-                    break Err(closed(&rx, Error::UnexpectedEof("during the transfer")));
-                }
-                rx.feed(&buf[..n])?;
-            }
+            biased;
             r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
                 let n = match r {
                     Ok(n) => n,
@@ -188,10 +183,36 @@ where
                 out_pos += n;
                 last_write = tokio::time::Instant::now();
             }
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => break Err(closed(&rx, e.into())),
+                };
+                if n == 0 {
+                    break Err(closed(&rx, Error::UnexpectedEof("during the transfer")));
+                }
+                rx.feed(&buf[..n])?;
+                // While busy, take all that has already arrived (up to a bound) before the
+                // next stretch of local work, so a streaming peer keeps moving.
+                let mut burst = n;
+                while busy && burst < READ_BURST {
+                    match read_if_ready(&mut rd, &mut buf) {
+                        Some(Ok(m)) if m > 0 => {
+                            rx.feed(&buf[..m])?;
+                            burst += m;
+                        }
+                        // EOF and errors surface on the next awaited read.
+                        _ => break,
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(idle_deadline), if out_pos == out.len() && rx.file_list_done() => {
                 rx.keepalive();
                 last_write = tokio::time::Instant::now();
             }
+            // Yielding (not just carrying on) lets the runtime poll its I/O driver, without
+            // which a busy task would never see new input become readable.
+            () = tokio::task::yield_now(), if busy => {}
         }
     };
     // On a remote fatal error the machine queued the acknowledgement stock expects.
@@ -205,6 +226,23 @@ where
         .await;
     }
     result
+}
+
+/// Input a busy driver takes in one go before its next stretch of local work.
+const READ_BURST: usize = 1024 * 1024;
+
+/// Reads what is already available without waiting: `None` when nothing is.
+fn read_if_ready<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut [u8],
+) -> Option<std::io::Result<usize>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut rb = tokio::io::ReadBuf::new(buf);
+    match std::pin::Pin::new(rd).poll_read(&mut cx, &mut rb) {
+        std::task::Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
+        std::task::Poll::Ready(Err(e)) => Some(Err(e)),
+        std::task::Poll::Pending => None,
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ impl Drop for Daemon {
 
 impl Daemon {
     /// Starts a daemon exporting `src` as `pub`, `auth` (alice / s3cret), `nobody` (runs as
-    /// uid 65534) and `strict` (refuses hard links).
+    /// uid 65534), `strict` (refuses hard links) and `timed` (`timeout = 2`).
     fn start(src: &Path) -> Daemon {
         let rsync = rsync_binary();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -60,7 +60,8 @@ impl Daemon {
              [pub]\npath = {src}\nread only = yes\n\
              [auth]\npath = {src}\nread only = yes\nauth users = alice\nsecrets file = {secrets}\n\
              [nobody]\npath = {src}\nread only = yes\nuid = 65534\ngid = 65534\n\
-             [strict]\npath = {src}\nread only = yes\nrefuse options = hard-links\n",
+             [strict]\npath = {src}\nread only = yes\nrefuse options = hard-links\n\
+             [timed]\npath = {src}\nread only = yes\ntimeout = 2\n",
             log = dir.path().join("rsyncd.log").display(),
             motd = dir.path().join("motd").display(),
             src = src.display(),
@@ -1308,4 +1309,138 @@ async fn hundred_thousand_small_files() {
     assert_eq!(o.files_received, 100_000);
     assert_eq!(sink.verified.len(), 100_000);
     assert!(sink.verified.iter().all(|v| v.2));
+}
+
+/// Slow local work on our side: deciding each entry takes a while (a huge unchanged tree),
+/// and bases are slow to read (a huge basis checksummed from a slow store). The file
+/// `a-big` is always transferred whole first: while the daemon streams it, a long stretch of
+/// local work that stops us reading would leave the daemon blocked and silent.
+struct SlowSink {
+    entry_delay: Duration,
+    read_delay: Duration,
+    skip_all: bool,
+    basis: Vec<u8>,
+    received: u64,
+}
+
+struct SlowBasis {
+    data: Vec<u8>,
+    delay: Duration,
+}
+
+impl Basis for SlowBasis {
+    fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SinkError> {
+        std::thread::sleep(self.delay);
+        self.data.read_at(offset, buf)
+    }
+}
+
+impl ReceiveSink for SlowSink {
+    type Basis = SlowBasis;
+    fn entry(&mut self, _: u32, e: &FileEntry) -> Result<EntryAction, SinkError> {
+        if e.name == b"a-big" {
+            return Ok(EntryAction::Transfer);
+        }
+        std::thread::sleep(self.entry_delay);
+        Ok(if self.skip_all {
+            EntryAction::Skip
+        } else {
+            EntryAction::Transfer
+        })
+    }
+    fn basis(&mut self, _: u32, e: &FileEntry) -> Result<Option<SlowBasis>, SinkError> {
+        Ok((e.is_regular() && e.name != b"a-big").then(|| SlowBasis {
+            data: self.basis.clone(),
+            delay: self.read_delay,
+        }))
+    }
+    fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn content(&mut self, data: &[u8]) -> Result<(), SinkError> {
+        self.received += data.len() as u64;
+        Ok(())
+    }
+    fn end_content(&mut self, _: u32, _: &FileEntry, verified: bool) -> Result<(), SinkError> {
+        if verified {
+            Ok(())
+        } else {
+            Err("checksum mismatch".into())
+        }
+    }
+}
+
+/// Pulls `src` (plus a 64 MiB `a-big`) from a daemon module with `timeout = 2`.
+async fn pull_with_slow_sink(src: &Path, sink: &mut SlowSink) -> Outcome {
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    write_file(&src.join("a-big"), &pseudo_random(64 << 20, 9), 0o644, when);
+    let d = Daemon::start(src);
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
+        .await
+        .expect("connect");
+    let _dog = Watchdog::arm(Duration::from_secs(180));
+    let t0 = std::time::Instant::now();
+    let o = tokio::time::timeout(
+        Duration::from_secs(120),
+        pull(s, &config("timed", 31), sink),
+    )
+    .await
+    .expect("timed out")
+    .unwrap_or_else(|e| panic!("{e}: {}", d.log()));
+    assert!(
+        t0.elapsed() > Duration::from_secs(4),
+        "the local work was not slow"
+    );
+    assert!(
+        sink.received >= 64 << 20,
+        "{} bytes received",
+        sink.received
+    );
+    o
+}
+
+/// The daemon's `timeout = 2` would end the transfer if deciding 4000 unchanged entries
+/// (about 5 s here) kept us from reading what it sends meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn io_flows_while_a_huge_list_is_decided() {
+    let src = tempfile::tempdir().expect("src");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    for i in 0..4000 {
+        write_file(&src.path().join(format!("f{i:05}")), b"x", 0o644, when);
+    }
+    let mut sink = SlowSink {
+        entry_delay: Duration::from_micros(1200),
+        read_delay: Duration::ZERO,
+        skip_all: true,
+        basis: Vec::new(),
+        received: 0,
+    };
+    let o = pull_with_slow_sink(src.path(), &mut sink).await;
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    assert_eq!(o.files_requested, 1);
+}
+
+/// The same while a basis is checksummed slowly (about 5 s for its 4096 blocks).
+#[tokio::test(flavor = "current_thread")]
+async fn io_flows_while_a_slow_basis_is_checksummed() {
+    let src = tempfile::tempdir().expect("src");
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
+    let content = pseudo_random(16 * 1024 * 1024, 5);
+    write_file(&src.path().join("b-slow"), &content, 0o644, when);
+    let mut basis = content.clone();
+    basis[1000..2000].fill(0);
+    let mut sink = SlowSink {
+        entry_delay: Duration::ZERO,
+        read_delay: Duration::from_micros(1200),
+        skip_all: false,
+        basis,
+        received: 0,
+    };
+    let o = pull_with_slow_sink(src.path(), &mut sink).await;
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    assert_eq!(o.files_received, 2);
+    assert!(o.matched_bytes > 15 * 1024 * 1024, "{o:?}");
 }

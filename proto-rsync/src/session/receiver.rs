@@ -27,6 +27,13 @@ use std::collections::HashSet;
 
 /// Stop generating requests while this much output is unsent.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Local work one `step` may do before handing control back, so the driver can move I/O
+/// and send keep-alives while a huge basis is checksummed or a huge list is decided
+/// (spec §15): basis bytes checksummed (at least `MIN_WORK_COST` a block, since each
+/// block is a read of the basis), plus `MIN_WORK_COST` per entry decided.
+const STEP_WORK_BUDGET: u64 = 8 * 1024 * 1024;
+/// The least one basis block or one file-list decision counts against the budget.
+const MIN_WORK_COST: u64 = 32 * 1024;
 /// Largest input chunk the machine asks for at once.
 pub const READ_CHUNK: usize = 64 * 1024;
 
@@ -130,6 +137,8 @@ pub struct ClientReceiver<S: ReceiveSink> {
     /// Block sums of the current request still to be sent; big bases are summed a slice
     /// at a time so input keeps flowing.
     sig: Option<SigJob<S::Basis>>,
+    /// What is left of this step's `STEP_WORK_BUDGET`.
+    work_left: u64,
     rx: Rx<S::Basis>,
     gen: Gen,
     phase: u32,
@@ -161,6 +170,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             redo: Vec::new(),
             redo_queue: Vec::new(),
             sig: None,
+            work_left: STEP_WORK_BUDGET,
             rx: Rx::FileList,
             gen: Gen::Idle,
             phase: 0,
@@ -220,6 +230,13 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         encode_frame(MsgTag::Data, &[], &mut self.out);
     }
 
+    /// Whether the generator has local work it stopped only because this step's budget
+    /// ran out: the driver must call [`Self::step`] again without waiting for input.
+    pub fn has_local_work(&self) -> bool {
+        (self.sig.is_some() || !matches!(self.gen, Gen::Idle | Gen::Waiting))
+            && self.out.len() + self.pending.len() < OUTPUT_HIGH_WATER
+    }
+
     /// The I/O timeout the peer announced (`MSG_IO_TIMEOUT`), in seconds.
     pub fn peer_timeout(&self) -> Option<u32> {
         self.peer_timeout
@@ -237,6 +254,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
 
     /// Processes buffered input and generates requests while output has room.
     pub fn step(&mut self, sink: &mut S) -> Result<Status, Error> {
+        self.work_left = STEP_WORK_BUDGET;
         loop {
             self.handle_messages(sink)?;
             let progressed_rx = self.step_rx(sink)?;
@@ -874,7 +892,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         self.scratch.resize(head.blength as usize, 0);
         let mut sig = Vec::with_capacity(4 + head.s2length as usize);
         while job.next < head.count {
-            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER {
+            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER || self.work_left == 0 {
                 self.sig = Some(job);
                 return Ok(false);
             }
@@ -896,6 +914,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             );
             self.send(&sig);
             job.next += 1;
+            self.work_left = self
+                .work_left
+                .saturating_sub((len as u64).max(MIN_WORK_COST));
         }
         Ok(true)
     }
@@ -905,6 +926,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         // otherwise would spin `step`.
         if matches!(self.gen, Gen::Idle | Gen::Waiting)
             || self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER
+            || self.work_left == 0
         {
             return Ok(false);
         }
@@ -916,13 +938,14 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                     return Ok(true);
                 }
             }
-            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER {
+            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER || self.work_left == 0 {
                 return Ok(progressed);
             }
             match self.gen {
                 Gen::Files(i) if i < self.entries.len() => {
                     self.gen = Gen::Files(i + 1);
                     progressed = true;
+                    self.work_left = self.work_left.saturating_sub(MIN_WORK_COST);
                     if self.cleared[i] {
                         continue;
                     }
@@ -1018,6 +1041,8 @@ mod tests {
         failed: Vec<String>,
         messages: Vec<String>,
         seen: Vec<String>,
+        /// The basis offered for every file.
+        basis: Option<Vec<u8>>,
     }
 
     impl ReceiveSink for MemSink {
@@ -1027,7 +1052,7 @@ mod tests {
             Ok(EntryAction::Transfer)
         }
         fn basis(&mut self, _: u32, _: &FileEntry) -> Result<Option<Vec<u8>>, crate::SinkError> {
-            Ok(None)
+            Ok(self.basis.clone())
         }
         fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), crate::SinkError> {
             self.current.clear();
@@ -1110,6 +1135,57 @@ mod tests {
             out.extend(rx.take_output());
         }
         Ok(None)
+    }
+
+    /// Feeds a file list of `files`, steps once, then steps without input while the
+    /// generator says it has local work; returns how many steps the generator took.
+    fn steps_to_generate(sink: &mut MemSink, files: &[FileEntry]) -> usize {
+        let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
+        rx.take_output();
+        let mut data = Vec::new();
+        let mut enc = FlistEncoder::new(FlistOptions::archive(31, 0x1fe, false));
+        enc.encode(&entry(".", S_IFDIR | 0o755, 4096), &mut data);
+        for e in files {
+            enc.encode(e, &mut data);
+        }
+        enc.encode_end(0, &mut data);
+        let mut raw = Vec::new();
+        encode_data(&data, &mut raw);
+        rx.feed(&raw).unwrap();
+        let mut steps = 0;
+        loop {
+            assert!(matches!(rx.step(sink).unwrap(), Status::NeedInput));
+            rx.take_output();
+            steps += 1;
+            if !rx.has_local_work() {
+                return steps;
+            }
+        }
+    }
+
+    #[test]
+    fn a_step_decides_a_bounded_number_of_entries() {
+        let mut sink = MemSink::default();
+        let files: Vec<FileEntry> = (0..5000)
+            .map(|i| entry(&format!("f{i:05}"), S_IFREG | 0o644, 1))
+            .collect();
+        let steps = steps_to_generate(&mut sink, &files);
+        assert_eq!(sink.seen.len(), 5001, "every entry is decided in the end");
+        // With the budget at 8 MiB and 32 KiB an entry, 256 entries a step: 20 steps.
+        assert!(steps >= 10, "{steps} steps");
+    }
+
+    #[test]
+    fn a_step_checksums_a_bounded_part_of_a_basis() {
+        let len = 64 * 1024 * 1024;
+        let mut sink = MemSink {
+            basis: Some(vec![0; len]),
+            ..MemSink::default()
+        };
+        let steps = steps_to_generate(&mut sink, &[entry("big", S_IFREG | 0o644, len as i64)]);
+        // 8192 blocks of 8 KiB, each counted as MIN_WORK_COST: with the budget at 8 MiB,
+        // 256 blocks a step, 32 steps.
+        assert!(steps >= 16, "{steps} steps");
     }
 
     #[test]
