@@ -1,6 +1,7 @@
 //! `turku-storage`: the storage unit's command line. The store commands live here; the
 //! embedded SSH ping daemon and native rsync pulls join them in later waves.
 
+mod constants;
 mod pull;
 
 use std::io::{self, IsTerminal, Write};

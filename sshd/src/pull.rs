@@ -17,6 +17,8 @@ use turku_store::{
     Store,
 };
 
+use crate::constants::{MAX_REASONS_SHOWN, RSYNC_DEFAULT_PORT};
+
 /// Where to pull from: `rsync://[USER@]HOST[:PORT]/MODULE[/PATH]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RsyncUrl {
@@ -26,8 +28,6 @@ pub struct RsyncUrl {
     pub module: String,
     pub path: String,
 }
-
-pub const RSYNC_DEFAULT_PORT: u16 = 873;
 
 impl RsyncUrl {
     pub fn parse(url: &str) -> Result<RsyncUrl> {
@@ -310,10 +310,18 @@ pub fn pull_into_store(
             .with_context(|| format!("pulling rsync://{}:{}/{}", url.host, url.port, url.module))
     })?;
     if !outcome.is_success() {
+        // The peer's own words say why (permission denied, I/O error...).
+        let reasons: Vec<&str> = outcome
+            .warnings
+            .iter()
+            .map(String::as_str)
+            .take(MAX_REASONS_SHOWN)
+            .collect();
         bail!(
-            "rsync transfer incomplete (exit code {}): {}; no snapshot was made",
+            "rsync transfer incomplete (exit code {}): failed: {}; {}; no snapshot was made",
             outcome.exit_code,
-            outcome.failed.join(", ")
+            outcome.failed.join(", "),
+            reasons.join("; ")
         );
     }
     let mut warnings = std::mem::take(&mut sink.warnings);

@@ -66,10 +66,16 @@ fn init(store: &Path) {
 
 /// A daemon serving `src` as module `data` (with auth) and a new store, both under `dir`.
 fn serve_and_init(dir: &Path, src: &Path) -> (RsyncDaemon, PathBuf) {
-    let daemon = RsyncDaemon::start(
+    serve_with_and_init(dir, src, "")
+}
+
+/// Like [`serve_and_init`], with `module_conf` lines added to the module.
+fn serve_with_and_init(dir: &Path, src: &Path, module_conf: &str) -> (RsyncDaemon, PathBuf) {
+    let daemon = RsyncDaemon::start_with(
         &dir.join("daemon"),
         &[("data", src)],
         Some((USER, PASSWORD)),
+        module_conf,
     );
     let store = dir.join("store");
     init(&store);
@@ -131,7 +137,7 @@ fn pulled_tree_exports_identical_and_an_unchanged_pull_moves_nothing() {
 
 #[test]
 fn a_rewrite_in_the_middle_of_a_big_file_moves_a_small_delta() {
-    const SIZE: usize = 256 * 1024 * 1024;
+    const SIZE: usize = 1024 * 1024 * 1024;
     const REWRITE: usize = 1024 * 1024;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -282,4 +288,151 @@ fn daemon_killed_mid_transfer_fails_cleanly_and_keeps_earlier_snapshots() {
     let out = tmp.path().join("out");
     export(&store, &first, &out);
     assert_eq!(fs::read(out.join("small")).unwrap(), b"first version");
+}
+
+/// Whether two files hold the same bytes, read in pieces (they may be many GiB).
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (fs::File::open(a).unwrap(), fs::File::open(b).unwrap());
+    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return true;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        if ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
+/// A sparse file over 4 GiB, pulled from a daemon with `timeout = 2` (the store reads and
+/// checksums a 4 GiB basis on the second pull while the daemon waits), restored sparse.
+#[test]
+fn a_file_over_4_gib_round_trips_and_its_edit_moves_a_delta() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let len: u64 = (4 << 30) + 12345;
+    let f = fs::File::create(src.join("huge")).unwrap();
+    f.set_len(len).unwrap();
+    f.write_all_at(b"THE-START", 0).unwrap();
+    f.write_all_at(b"THE-END-MARKER!!", len - 16).unwrap();
+    drop(f);
+    let (daemon, store) = serve_with_and_init(tmp.path(), &src, "timeout = 2\n");
+    let (first, err) = pull_ok(&store, &daemon, "data", &[]);
+    assert_eq!(stat(&err, "bytes"), len, "{err}");
+    let out = tmp.path().join("out");
+    export(&store, &first, &out);
+    assert!(same_content(&src.join("huge"), &out.join("huge")));
+    let allocated = fs::metadata(out.join("huge")).unwrap().blocks() * 512;
+    assert!(allocated < 64 << 20, "restored with {allocated} bytes allocated");
+    fs::remove_dir_all(&out).unwrap();
+
+    let f = fs::OpenOptions::new().write(true).open(src.join("huge")).unwrap();
+    f.write_all_at(b"edited past the 4 GiB mark", (4 << 30) + 100).unwrap();
+    drop(f);
+    let (second, err) = pull_ok(&store, &daemon, "data", &[]);
+    assert!(stat(&err, "wire-read") < len / 20, "{err}");
+    assert!(stat(&err, "matched") > len - (64 << 20), "{err}");
+    export(&store, &second, &out);
+    assert!(same_content(&src.join("huge"), &out.join("huge")));
+}
+
+#[test]
+fn a_hundred_thousand_files_pull_identical_and_then_move_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in 0..100 {
+        let dir = src.join(format!("dir-{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..1000 {
+            fs::write(dir.join(format!("file-{f:04}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
+    let (first, err) = pull_ok(&store, &daemon, "data", &[]);
+    assert_eq!(stat(&err, "files"), 100_000, "{err}");
+    let out = tmp.path().join("out");
+    export(&store, &first, &out);
+    assert_same_tree(&src, &out);
+    let (_, err) = pull_ok(&store, &daemon, "data", &[]);
+    assert_eq!(stat(&err, "transferred"), 0, "{err}");
+    assert_eq!(stat(&err, "stored"), 0, "{err}");
+}
+
+/// A file deleted after the daemon listed it and before it sent it: rsync's exit code 24,
+/// which Turku counts as success. The snapshot is made without it, with a warning.
+#[test]
+fn a_file_vanishing_mid_transfer_is_a_warning_not_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    // Sent first and slow enough to delete the victim while it streams.
+    fs::write(src.join("a-big"), random_bytes(3, 512 * 1024 * 1024)).unwrap();
+    fs::write(src.join("z-victim"), b"here at listing time").unwrap();
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
+    let child = turku(&store)
+        .args(["pull", "--machine", "m", "--source", "data"])
+        .arg(format!("rsync://{USER}@127.0.0.1:{}/data/", daemon.port))
+        .env("RSYNC_PASSWORD", PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Content is flowing (the file list is long done) once the first pack is being written.
+    let tmp_dir = store.join("tmp");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fs::read_dir(&tmp_dir).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no pack was started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs::remove_file(src.join("z-victim")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("vanished"), "{err}");
+    assert_eq!(stat(&err, "exit-code"), 24, "{err}");
+    let snap = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let restored = tmp.path().join("out");
+    export(&store, &snap, &restored);
+    assert!(restored.join("a-big").exists());
+    assert!(!restored.join("z-victim").exists());
+}
+
+/// A file the daemon cannot read: exit code 23, which fails the pull (as in Turku) with an
+/// error naming the file; no snapshot, the earlier one intact.
+#[test]
+fn an_unreadable_file_fails_the_pull_and_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        turku_testkit::is_root(),
+        "this test needs root: the daemon module runs as nobody to be denied a root-only file"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(src.join("readable"), b"fine").unwrap();
+    fs::set_permissions(src.join("readable"), fs::Permissions::from_mode(0o644)).unwrap();
+    let (daemon, store) =
+        serve_with_and_init(tmp.path(), &src, "uid = nobody\ngid = nogroup\n");
+    let (first, _) = pull_ok(&store, &daemon, "data", &[]);
+    fs::write(src.join("secret"), b"root only").unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let out = pull(&store, &daemon, "data", PASSWORD, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("exit code 23") && err.contains("secret"), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(snapshot_count(&store), 1);
+    let restored = tmp.path().join("out");
+    export(&store, &first, &restored);
+    assert_eq!(fs::read(restored.join("readable")).unwrap(), b"fine");
 }

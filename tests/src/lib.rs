@@ -282,6 +282,17 @@ impl RsyncDaemon {
         modules: &[(&str, &Path)],
         auth: Option<(&str, &str)>,
     ) -> RsyncDaemon {
+        Self::start_with(conf_dir, modules, auth, "")
+    }
+
+    /// Like [`Self::start`], with `module_conf` (`rsyncd.conf` lines such as `timeout = 2`
+    /// or `uid = nobody`) added to every module.
+    pub fn start_with(
+        conf_dir: &Path,
+        modules: &[(&str, &Path)],
+        auth: Option<(&str, &str)>,
+        module_conf: &str,
+    ) -> RsyncDaemon {
         let rsync = require_binary("rsync");
         fs::create_dir_all(conf_dir).unwrap();
         let secrets = conf_dir.join("secrets");
@@ -291,9 +302,12 @@ impl RsyncDaemon {
         }
         for (name, path) in modules {
             conf.push_str(&format!(
-                "[{name}]\npath = {}\nread only = true\n",
+                "[{name}]\npath = {}\nread only = true\n{module_conf}",
                 path.display()
             ));
+            if !module_conf.ends_with('\n') && !module_conf.is_empty() {
+                conf.push('\n');
+            }
             if let Some((user, _)) = auth {
                 conf.push_str(&format!(
                     "auth users = {user}\nsecrets file = {}\n",
