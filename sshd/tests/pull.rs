@@ -331,11 +331,18 @@ fn a_file_over_4_gib_round_trips_and_its_edit_moves_a_delta() {
     export(&store, &first, &out);
     assert!(same_content(&src.join("huge"), &out.join("huge")));
     let allocated = fs::metadata(out.join("huge")).unwrap().blocks() * 512;
-    assert!(allocated < 64 << 20, "restored with {allocated} bytes allocated");
+    assert!(
+        allocated < 64 << 20,
+        "restored with {allocated} bytes allocated"
+    );
     fs::remove_dir_all(&out).unwrap();
 
-    let f = fs::OpenOptions::new().write(true).open(src.join("huge")).unwrap();
-    f.write_all_at(b"edited past the 4 GiB mark", (4 << 30) + 100).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("huge"))
+        .unwrap();
+    f.write_all_at(b"edited past the 4 GiB mark", (4 << 30) + 100)
+        .unwrap();
     drop(f);
     let (second, err) = pull_ok(&store, &daemon, "data", &[]);
     assert!(stat(&err, "wire-read") < len / 20, "{err}");
@@ -421,15 +428,17 @@ fn an_unreadable_file_fails_the_pull_and_is_named() {
     fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(src.join("readable"), b"fine").unwrap();
     fs::set_permissions(src.join("readable"), fs::Permissions::from_mode(0o644)).unwrap();
-    let (daemon, store) =
-        serve_with_and_init(tmp.path(), &src, "uid = nobody\ngid = nogroup\n");
+    let (daemon, store) = serve_with_and_init(tmp.path(), &src, "uid = nobody\ngid = nogroup\n");
     let (first, _) = pull_ok(&store, &daemon, "data", &[]);
     fs::write(src.join("secret"), b"root only").unwrap();
     fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     let out = pull(&store, &daemon, "data", PASSWORD, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("exit code 23") && err.contains("secret"), "{err}");
+    assert!(
+        err.contains("exit code 23") && err.contains("secret"),
+        "{err}"
+    );
     assert!(err.contains("Permission denied"), "{err}");
     assert_eq!(snapshot_count(&store), 1);
     let restored = tmp.path().join("out");

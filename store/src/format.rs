@@ -81,7 +81,9 @@ pub const DEFAULT_CHUNK_MAX: u32 = 4 * 1024 * 1024;
 pub const CHUNK_MIN_RANGE: (u32, u32) = (64, 1024 * 1024);
 pub const CHUNK_AVG_RANGE: (u32, u32) = (256, 4 * 1024 * 1024);
 pub const CHUNK_MAX_RANGE: (u32, u32) = (1024, 16 * 1024 * 1024);
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// zstd level 1 by default: on two cores level 3 costs ~40% more compression CPU for ~5%
+/// less space (see docs/DESIGN.md, living notes); `init --zstd-level` chooses per store.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 pub const ZSTD_LEVEL_RANGE: (i32, i32) = (1, 19);
 
 /// A snapshot writer runs one compression thread per core, up to this many.
