@@ -19,6 +19,8 @@ turku="${CARGO_TARGET_DIR:-$here/target}/release/turku-storage"
 # measure LABEL CMD...: runs CMD, prints "LABEL wall cpu rss_kib" on fd 3.
 measure() {
     local label=$1; shift
+    # Flush what the previous tool wrote, so its writeback does not run on this one's time.
+    sync
     python3 - "$label" "$@" <<'PY' >&3
 import os, resource, subprocess, sys, time
 label, cmd = sys.argv[1], sys.argv[2:]

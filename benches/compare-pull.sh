@@ -39,6 +39,8 @@ daemon_cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($16+$17)/t}' "/proc/$daemo
 
 measure() { # LABEL CMD... → "LABEL wall cpu rss_kib wire_bytes daemon_cpu" on fd 3
     local label=$1; shift
+    # Flush what the previous tool wrote, so its writeback does not run on this one's time.
+    sync
     local d0; d0=$(daemon_cpu)
     python3 - "$label" "$@" <<'PY' > "$work/last"
 import re, resource, subprocess, sys, time
