@@ -469,29 +469,6 @@ pub fn pax_time(sec: i64, nsec: u32) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pax_times() {
-        assert_eq!(pax_time(5, 0), "5");
-        assert_eq!(pax_time(5, 1), "5.000000001");
-        assert_eq!(pax_time(-2, 500_000_000), "-1.500000000");
-        assert_eq!(pax_time(-1, 250_000_000), "-0.750000000");
-        assert_eq!(pax_time(-3, 0), "-3");
-    }
-
-    #[test]
-    fn device_numbers_round_trip() {
-        for (ma, mi) in [(0, 0), (8, 1), (259, 65536), (4095, 1 << 19)] {
-            let d = make_dev(ma, mi);
-            assert_eq!((dev_major(d), dev_minor(d)), (ma, mi));
-        }
-        assert_eq!(make_dev(8, 1), 0x801);
-    }
-}
-
 /// Writes a file's content, leaving holes where whole chunks are zeros (as a sparse source
 /// had them: CDC cuts long zero runs into max-size chunks of nothing but zeros).
 fn write_sparse(reader: &mut FileReader, out: &mut File, path: &Path) -> Result<u64> {
@@ -513,4 +490,27 @@ fn write_sparse(reader: &mut FileReader, out: &mut File, path: &Path) -> Result<
         out.set_len(written).io_ctx("extend", path)?;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(pax_time(5, 0), "5");
+        assert_eq!(pax_time(5, 1), "5.000000001");
+        assert_eq!(pax_time(-2, 500_000_000), "-1.500000000");
+        assert_eq!(pax_time(-1, 250_000_000), "-0.750000000");
+        assert_eq!(pax_time(-3, 0), "-3");
+    }
+
+    #[test]
+    fn device_numbers_round_trip() {
+        for (ma, mi) in [(0, 0), (8, 1), (259, 65536), (4095, 1 << 19)] {
+            let d = make_dev(ma, mi);
+            assert_eq!((dev_major(d), dev_minor(d)), (ma, mi));
+        }
+        assert_eq!(make_dev(8, 1), 0x801);
+    }
 }
