@@ -22,6 +22,25 @@ fn turku(store: &Path) -> Command {
     c
 }
 
+/// `turku-storage pull` of `module` from `daemon`, not yet run.
+fn pull_command(
+    store: &Path,
+    daemon: &RsyncDaemon,
+    module: &str,
+    password: &str,
+    extra: &[&str],
+) -> Command {
+    let mut c = turku(store);
+    c.args(["pull", "--machine", "m", "--source", module])
+        .args(extra)
+        .arg(format!(
+            "rsync://{USER}@127.0.0.1:{}/{module}/",
+            daemon.port
+        ))
+        .env("RSYNC_PASSWORD", password);
+    c
+}
+
 fn pull(
     store: &Path,
     daemon: &RsyncDaemon,
@@ -29,15 +48,17 @@ fn pull(
     password: &str,
     extra: &[&str],
 ) -> Output {
-    turku(store)
-        .args(["pull", "--machine", "m", "--source", module])
-        .args(extra)
-        .arg(format!(
-            "rsync://{USER}@127.0.0.1:{}/{module}/",
-            daemon.port
-        ))
-        .env("RSYNC_PASSWORD", password)
+    pull_command(store, daemon, module, password, extra)
         .output()
+        .unwrap()
+}
+
+/// Starts a pull of module `data` in the background, its output captured.
+fn spawn_pull(store: &Path, daemon: &RsyncDaemon) -> std::process::Child {
+    pull_command(store, daemon, "data", PASSWORD, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap()
 }
 
@@ -254,14 +275,7 @@ fn daemon_killed_mid_transfer_fails_cleanly_and_keeps_earlier_snapshots() {
         )
         .unwrap();
     }
-    let child = turku(&store)
-        .args(["pull", "--machine", "m", "--source", "data"])
-        .arg(format!("rsync://{USER}@127.0.0.1:{}/data/", daemon.port))
-        .env("RSYNC_PASSWORD", PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_pull(&store, &daemon);
     std::thread::sleep(Duration::from_millis(700));
     // Kill the daemon's per-connection worker(s) mid-transfer.
     let killed = Command::new("pkill")
@@ -384,14 +398,7 @@ fn a_file_vanishing_mid_transfer_is_a_warning_not_a_failure() {
     fs::write(src.join("a-big"), random_bytes(3, 512 * 1024 * 1024)).unwrap();
     fs::write(src.join("z-victim"), b"here at listing time").unwrap();
     let (daemon, store) = serve_and_init(tmp.path(), &src);
-    let child = turku(&store)
-        .args(["pull", "--machine", "m", "--source", "data"])
-        .arg(format!("rsync://{USER}@127.0.0.1:{}/data/", daemon.port))
-        .env("RSYNC_PASSWORD", PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_pull(&store, &daemon);
     // Content is flowing (the file list is long done) once the first pack is being written.
     let tmp_dir = store.join("tmp");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
