@@ -382,6 +382,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for a in &report.affected {
                     println!("affected: {a}");
                 }
+                for c in &report.interrupted_commits {
+                    println!(
+                        "note: {c}: commit interrupted by a crash, never visible; gc rolls it back"
+                    );
+                }
                 println!(
                     "verified {} packs, {} blobs, {} snapshots: {}",
                     report.packs,
@@ -441,9 +446,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!(
-                    "freed {} blobs ({} bytes), deleted {} packs, repacked {} packs ({} blobs moved), removed {} orphans, cleared {} dead sessions",
+                    "freed {} blobs ({} bytes), deleted {} packs, repacked {} packs ({} blobs moved), removed {} orphans, cleared {} dead sessions, rolled back {} interrupted commits",
                     stats.freed_blobs, stats.freed_bytes, stats.deleted_packs, stats.repacked_packs,
-                    stats.moved_blobs, stats.removed_orphans, stats.dead_sessions
+                    stats.moved_blobs, stats.removed_orphans, stats.dead_sessions,
+                    stats.rolled_back_commits
                 );
             }
         }

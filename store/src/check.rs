@@ -13,6 +13,7 @@ use crate::gc::{list_pack_files, pack_name_of};
 use crate::id::Id;
 use crate::index;
 use crate::pack;
+use crate::session::SessionState;
 use crate::snapshot::{self, Snapshot};
 use crate::store::{LockMode, Store};
 use crate::tree::{self, EntryData, TreeNode};
@@ -34,6 +35,8 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// `machine/source/snapshot: path` for every file or directory a problem affects.
     pub affected: Vec<String>,
+    /// Snapshots whose commit a crash interrupted (never visible); `gc` rolls them back.
+    pub interrupted_commits: Vec<String>,
 }
 
 impl VerifyReport {
@@ -177,7 +180,6 @@ impl Store {
         let logged = snapshot::read_log(self)?;
         let key = |s: &Snapshot| (s.machine.clone(), s.source.clone(), s.name.clone());
         let in_log: HashMap<_, _> = logged.snapshots.iter().map(|s| (key(s), s.root)).collect();
-        let in_index: HashSet<_> = rows.iter().map(key).collect();
         for s in &rows {
             let subject = format!("snapshot {}/{}/{}", s.machine, s.source, s.name);
             match in_log.get(&key(s)) {
@@ -192,12 +194,15 @@ impl Store {
                 }),
             }
         }
-        for s in &logged.snapshots {
-            if !in_index.contains(&key(s)) {
-                report.problems.push(Problem {
-                    subject: format!("snapshot {}/{}/{}", s.machine, s.source, s.name),
+        for (s, writer) in snapshot::records_without_rows(self)? {
+            let subject = format!("{}/{}/{}", s.machine, s.source, s.name);
+            match writer {
+                Some(SessionState::Dead) => report.interrupted_commits.push(subject),
+                Some(SessionState::Live) => {} // a commit in progress
+                Some(SessionState::Ended) | None => report.problems.push(Problem {
+                    subject: format!("snapshot {subject}"),
                     reason: "in the snapshot log but not in the index (run repair)".into(),
-                });
+                }),
             }
         }
         Ok(())

@@ -27,6 +27,8 @@ use crate::tree;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct GcStats {
     pub dead_sessions: u64,
+    /// Snapshot commits interrupted by a crash, rolled back.
+    pub rolled_back_commits: u64,
     pub freed_blobs: u64,
     pub freed_bytes: u64,
     pub deleted_packs: u64,
@@ -65,8 +67,13 @@ impl Store {
         if lock.try_lock().is_err() {
             return Err(StoreError::Busy("another gc is running".into()));
         }
+        // Before the dead sessions that identify them are cleared, and before anything is
+        // freed: a rolled-back commit must never be resurrected by a repair once its blobs
+        // are gone.
+        let rolled_back_commits = snapshot::roll_back_interrupted_commits(self)? as u64;
         let mut stats = GcStats {
             dead_sessions: session::clear_dead(&self.db())? as u64,
+            rolled_back_commits,
             ..GcStats::default()
         };
         while self.free_batch(&mut stats)? > 0 {}

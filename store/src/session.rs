@@ -47,6 +47,40 @@ pub(crate) fn end(conn: &Connection, session: i64) -> Result<()> {
     Ok(())
 }
 
+/// Where a writer session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionState {
+    /// Registered and its process runs.
+    Live,
+    /// Registered, but its process is gone: it crashed (GC has not cleared it yet).
+    Dead,
+    /// Not registered: it ended (committed or aborted) or GC cleared it.
+    Ended,
+}
+
+pub(crate) fn state(conn: &Connection, id: i64) -> Result<SessionState> {
+    let row: Option<(u32, i64)> = conn
+        .query_row(
+            "SELECT pid, pid_start FROM sessions WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((pid, start)) if process_alive(pid, start) => SessionState::Live,
+        Some(_) => SessionState::Dead,
+        None => SessionState::Ended,
+    })
+}
+
+/// Whether the process `pid` that started at `start` (0: unknown) still runs.
+fn process_alive(pid: u32, start: i64) -> bool {
+    match process_identity(pid) {
+        Some((_, s)) => start == 0 || s as i64 == start,
+        None => false,
+    }
+}
+
 /// Removes sessions whose process is gone; returns how many.
 pub(crate) fn clear_dead(conn: &Connection) -> Result<usize> {
     let mut stmt = conn.prepare("SELECT id, pid, pid_start FROM sessions")?;
@@ -55,11 +89,7 @@ pub(crate) fn clear_dead(conn: &Connection) -> Result<usize> {
         .collect::<rusqlite::Result<_>>()?;
     let mut cleared = 0;
     for (id, pid, start) in rows {
-        let alive = match process_identity(pid) {
-            Some((_, s)) => start == 0 || s as i64 == start,
-            None => false,
-        };
-        if !alive {
+        if !process_alive(pid, start) {
             end(conn, id)?;
             cleared += 1;
         }

@@ -1,5 +1,6 @@
 //! Snapshots: rows in the index, records on disk, and lookups of paths inside them.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
@@ -95,9 +96,17 @@ struct Record {
     time_begin_ns: i64,
     time_end_ns: i64,
     stats: SnapshotStats,
+    /// The writer session that committed it. A record whose snapshot has no index row is an
+    /// interrupted commit while that session is dead (see `interrupted_commits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer_session: Option<i64>,
 }
 
 impl Snapshot {
+    pub(crate) fn key(&self) -> (String, String, String) {
+        (self.machine.clone(), self.source.clone(), self.name.clone())
+    }
+
     pub(crate) fn to_row(&self) -> SnapshotRow {
         SnapshotRow {
             machine: self.machine.clone(),
@@ -129,8 +138,9 @@ impl Snapshot {
         }
     }
 
-    fn record(&self) -> Record {
+    fn record(&self, writer_session: Option<i64>) -> Record {
         Record {
+            writer_session,
             format: SNAPSHOT_RECORD_MAGIC.to_string(),
             machine: self.machine.clone(),
             source: self.source.clone(),
@@ -169,7 +179,7 @@ pub fn format_ns(ns: i64) -> String {
 #[serde(tag = "op", rename_all = "lowercase")]
 enum LogLine {
     Add {
-        record: Record,
+        record: Box<Record>,
     },
     Forget {
         machine: String,
@@ -223,11 +233,12 @@ fn append_log(store: &Store, line: &LogLine) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn write_record(store: &Store, snap: &Snapshot) -> Result<()> {
+/// Appends the record of a snapshot that `writer_session` is about to commit.
+pub(crate) fn write_record(store: &Store, snap: &Snapshot, writer_session: i64) -> Result<()> {
     append_log(
         store,
         &LogLine::Add {
-            record: snap.record(),
+            record: Box::new(snap.record(Some(writer_session))),
         },
     )
 }
@@ -246,6 +257,8 @@ pub(crate) fn remove_record(store: &Store, snap: &Snapshot) -> Result<()> {
 /// What replaying the log gives: live snapshots, and how much of the log is dead.
 pub(crate) struct Replayed {
     pub snapshots: Vec<Snapshot>,
+    /// The writer session each record names, by (machine, source, name).
+    pub writers: HashMap<(String, String, String), i64>,
     pub forgets: usize,
     /// Lines that did not parse (a torn last line after a crash is expected).
     pub bad_lines: usize,
@@ -254,15 +267,17 @@ pub(crate) struct Replayed {
 fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
     let mut live: std::collections::BTreeMap<(String, String, String), Snapshot> =
         Default::default();
+    let mut writers = HashMap::new();
     let (mut forgets, mut bad_lines) = (0, 0);
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<LogLine>(line) {
             Ok(LogLine::Add { record }) => {
-                let snap = from_record(record, path)?;
-                live.insert(
-                    (snap.machine.clone(), snap.source.clone(), snap.name.clone()),
-                    snap,
-                );
+                let writer = record.writer_session;
+                let snap = from_record(*record, path)?;
+                if let Some(w) = writer {
+                    writers.insert(snap.key(), w);
+                }
+                live.insert(snap.key(), snap);
             }
             Ok(LogLine::Forget {
                 machine,
@@ -275,8 +290,10 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
             Err(_) => bad_lines += 1,
         }
     }
+    writers.retain(|k, _| live.contains_key(k));
     Ok(Replayed {
         snapshots: live.into_values().collect(),
+        writers,
         forgets,
         bad_lines,
     })
@@ -288,6 +305,7 @@ pub(crate) fn read_log(store: &Store) -> Result<Replayed> {
         Ok(bytes) => replay(&bytes, &path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Replayed {
             snapshots: Vec::new(),
+            writers: HashMap::new(),
             forgets: 0,
             bad_lines: 0,
         }),
@@ -312,7 +330,7 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
         let mut f = fs::File::create(&tmp).io_ctx("write snapshot log", &tmp)?;
         for snap in &replayed.snapshots {
             let mut line = serde_json::to_vec(&LogLine::Add {
-                record: snap.record(),
+                record: Box::new(snap.record(replayed.writers.get(&snap.key()).copied())),
             })
             .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
             line.push(b'\n');
@@ -441,5 +459,144 @@ impl Store {
                 String::from_utf8_lossy(path).into(),
             )),
         }
+    }
+}
+
+/// Records in the log whose snapshot never got its index row because their writer crashed
+/// between appending the record and inserting the row (its session is still registered,
+/// its process gone: GC clears such sessions only after rolling these back). They were never
+/// visible nor reported; `gc` rolls them back before freeing anything, so a later `repair`
+/// cannot resurrect one whose blobs are gone. A live writer's record is a commit in progress;
+/// a record without a row whose writer *ended* means the index lost the row (a problem for
+/// `repair`, never rolled back). Rows and sessions are read in one transaction, as the
+/// writer inserts its row and ends its session in one.
+pub(crate) fn interrupted_commits(store: &Store) -> Result<Vec<Snapshot>> {
+    Ok(records_without_rows(store)?
+        .into_iter()
+        .filter(|(_, state)| *state == Some(crate::session::SessionState::Dead))
+        .map(|(snap, _)| snap)
+        .collect())
+}
+
+/// Log records with no index row, with the state of the session that wrote each (`None`
+/// for records older than writer sessions in records).
+pub(crate) fn records_without_rows(
+    store: &Store,
+) -> Result<Vec<(Snapshot, Option<crate::session::SessionState>)>> {
+    let logged = read_log(store)?;
+    if logged.snapshots.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut db = store.db();
+    let tx = db.transaction()?;
+    let in_index: std::collections::HashSet<(String, String, String)> = {
+        let mut stmt = tx.prepare("SELECT machine, source, name FROM snapshots")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut out = Vec::new();
+    for snap in logged.snapshots {
+        if in_index.contains(&snap.key()) {
+            continue;
+        }
+        let state = match logged.writers.get(&snap.key()) {
+            Some(w) => Some(crate::session::state(&tx, *w)?),
+            None => None,
+        };
+        out.push((snap, state));
+    }
+    tx.finish()?;
+    Ok(out)
+}
+
+/// Rolls back interrupted commits (see [`interrupted_commits`]); returns how many.
+pub(crate) fn roll_back_interrupted_commits(store: &Store) -> Result<usize> {
+    let interrupted = interrupted_commits(store)?;
+    for snap in &interrupted {
+        tracing::info!(
+            "rolling back the interrupted commit of {}/{}/{}",
+            snap.machine,
+            snap.source,
+            snap.name
+        );
+        remove_record(store, snap)?;
+    }
+    Ok(interrupted.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    /// A pid that no process has (a child that already exited and was reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// The state a writer killed between appending its record and inserting its row leaves,
+    /// built by hand: its record (here a second name for a committed root, so every blob
+    /// exists) and its session, registered with a process that is gone.
+    #[test]
+    fn an_interrupted_commit_is_noted_by_verify_and_rolled_back_by_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), b"content").unwrap();
+        let store = Store::init(&dir.path().join("store"), StoreConfig::default()).unwrap();
+        let (committed, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+        let crashed_session = {
+            let db = store.db();
+            db.execute(
+                "INSERT INTO sessions(pid, pid_start, started) VALUES (?1, 1, 0)",
+                [dead_pid()],
+            )
+            .unwrap();
+            db.last_insert_rowid()
+        };
+        let mut interrupted = committed.clone();
+        interrupted.name = format!("{}-interrupted", committed.name);
+        write_record(&store, &interrupted, crashed_session).unwrap();
+
+        let report = store.verify(None).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(report.interrupted_commits.len(), 1);
+        let gc = store.gc().unwrap();
+        assert_eq!((gc.rolled_back_commits, gc.dead_sessions), (1, 1));
+        let report = store.verify(None).unwrap();
+        assert!(report.is_clean() && report.interrupted_commits.is_empty());
+        assert_eq!(read_log(&store).unwrap().snapshots.len(), 1);
+        // A repair now cannot resurrect it.
+        let path = store.path().to_path_buf();
+        drop(store);
+        Store::repair(&path).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.snapshots(None, None).unwrap(), vec![committed]);
+    }
+
+    /// A record without a row whose writer ended normally means the index lost the row:
+    /// verify reports it, GC leaves it alone, repair restores it.
+    #[test]
+    fn a_record_the_index_lost_is_a_problem_that_repair_fixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), b"content").unwrap();
+        let store = Store::init(&dir.path().join("store"), StoreConfig::default()).unwrap();
+        let (committed, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+        let mut lost = committed.clone();
+        lost.name = format!("{}-lost", committed.name);
+        write_record(&store, &lost, 999_999).unwrap();
+        assert!(!store.verify(None).unwrap().is_clean());
+        assert_eq!(store.gc().unwrap().rolled_back_commits, 0);
+        let path = store.path().to_path_buf();
+        drop(store);
+        Store::repair(&path).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.snapshots(None, None).unwrap().len(), 2);
+        assert!(store.verify(None).unwrap().is_clean());
     }
 }

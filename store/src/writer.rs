@@ -603,7 +603,7 @@ impl SnapshotWriter {
             stats: self.stats,
         };
         // The record is durable before the row, so `repair` never loses a visible snapshot.
-        snapshot::write_record(&self.store, &snap)?;
+        snapshot::write_record(&self.store, &snap, self.session)?;
         let result = (|| -> Result<()> {
             let mut db = self.store.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
