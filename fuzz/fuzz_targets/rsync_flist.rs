@@ -6,14 +6,19 @@ use turku_proto_rsync::codec::flist::{FlistDecoder, FlistItem, FlistOptions};
 use turku_proto_rsync::{Decoded, Limits};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let proto = 27 + u32::from(sel % 6);
     let compat = if sel & 0x08 != 0 { 0x80 } else { 0 } | if sel & 0x10 != 0 { 0x08 } else { 0 };
     let mut o = FlistOptions::archive(proto, compat, sel & 0x20 != 0);
     if sel & 0x40 != 0 {
         o.checksum_len = Some(16);
     }
-    let limits = Limits { max_entries: 10_000, ..Limits::default() };
+    let limits = Limits {
+        max_entries: 10_000,
+        ..Limits::default()
+    };
     let mut d = FlistDecoder::new(o, limits);
     let mut list = Vec::new();
     let mut pos = 0;

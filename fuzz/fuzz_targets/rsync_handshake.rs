@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
         password: Some(b"p".to_vec()),
         limits: Limits::default(),
     };
-    let Ok(mut h) = ClientHandshake::new(opts) else { return };
+    let Ok(mut h) = ClientHandshake::new(opts) else {
+        return;
+    };
     let mut buf = Vec::new();
     for chunk in data.chunks(7) {
         buf.extend_from_slice(chunk);

@@ -7,7 +7,10 @@ use turku_proto_rsync::session::demux::Demux;
 use turku_proto_rsync::{Decoded, Limits};
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_message: 4096, ..Limits::default() };
+    let limits = Limits {
+        max_message: 4096,
+        ..Limits::default()
+    };
     let mut pos = 0;
     while let Ok(Decoded::Complete { consumed, .. }) = decode_frame(&data[pos..], &limits) {
         pos += consumed;

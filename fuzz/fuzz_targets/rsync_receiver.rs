@@ -30,11 +30,17 @@ impl ReceiveSink for Sink {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let neg = Negotiated {
         protocol: 30 + u32::from(sel % 3),
         compat_flags: if sel & 0x10 != 0 { 0x1fe } else { 0x2e },
-        checksum: if sel & 0x20 != 0 { ChecksumKind::Xxh128 } else { ChecksumKind::Md5 { seed_fix: true } },
+        checksum: if sel & 0x20 != 0 {
+            ChecksumKind::Xxh128
+        } else {
+            ChecksumKind::Md5 { seed_fix: true }
+        },
         seed: 12345,
         motd: Vec::new(),
     };
@@ -42,7 +48,12 @@ fuzz_target!(|data: &[u8]| {
         hard_links: sel & 0x40 != 0,
         numeric_ids: sel & 0x80 == 0,
         filter_rules: Vec::new(),
-        limits: Limits { max_entries: 5_000, max_blocks: 1 << 12, max_literal: 1 << 16, ..Limits::default() },
+        limits: Limits {
+            max_entries: 5_000,
+            max_blocks: 1 << 12,
+            max_literal: 1 << 16,
+            ..Limits::default()
+        },
     };
     let mut rx: ClientReceiver<Sink> = ClientReceiver::new(neg, opts);
     let mut sink = Sink;

@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(blobs) = decode_trailer(data.len() as u64, &mut read_at) else {
         return;
     };
-    let Ok(mut d) = zstd_decompressor() else { return };
+    let Ok(mut d) = zstd_decompressor() else {
+        return;
+    };
     for b in blobs {
         let start = b.offset as usize;
         if let Some(stored) = data.get(start..start + b.stored_len as usize) {

@@ -52,5 +52,6 @@ pub mod decode {
     pub use crate::pack::{decode_blob, decode_trailer, BlobLocation, TrailerError};
     /// The zstd context `decode_blob` takes.
     pub type Decompressor = zstd::bulk::Decompressor<'static>;
+    pub use crate::snapshot::decode_log as decode_snapshot_log;
     pub use crate::tree::decode as decode_tree;
 }

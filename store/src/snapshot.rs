@@ -299,6 +299,12 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
     })
 }
 
+/// Decodes a snapshot log's bytes into its live snapshots (for fuzzing: never panics; a
+/// torn or unparsable line is skipped, a malformed record is a typed error).
+pub fn decode_log(bytes: &[u8]) -> Result<Vec<Snapshot>> {
+    Ok(replay(bytes, std::path::Path::new(SNAPSHOT_LOG_FILE))?.snapshots)
+}
+
 pub(crate) fn read_log(store: &Store) -> Result<Replayed> {
     let path = log_path(store);
     match fs::read(&path) {
