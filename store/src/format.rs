@@ -104,8 +104,9 @@ pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
 
 /// SQLite: how long a writer waits for another process's transaction.
 pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
-/// SQLite page cache per connection, in KiB.
-pub const SQLITE_CACHE_KIB: i64 = 65_536;
+/// SQLite page cache per connection, in KiB: room for one pack's worth of random-order
+/// blob inserts (a few thousand leaf pages) without spilling mid-transaction.
+pub const SQLITE_CACHE_KIB: i64 = 32_768;
 /// Schema version of the index (PRAGMA user_version).
 pub const INDEX_SCHEMA_VERSION: i32 = 2;
 
