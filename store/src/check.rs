@@ -178,11 +178,10 @@ impl Store {
     fn verify_records(&self, report: &mut VerifyReport) -> Result<()> {
         let rows = self.snapshots(None, None)?;
         let logged = snapshot::read_log(self)?;
-        let key = |s: &Snapshot| (s.machine.clone(), s.source.clone(), s.name.clone());
-        let in_log: HashMap<_, _> = logged.snapshots.iter().map(|s| (key(s), s.root)).collect();
+        let in_log: HashMap<_, _> = logged.snapshots.iter().map(|s| (s.key(), s.root)).collect();
         for s in &rows {
             let subject = format!("snapshot {}/{}/{}", s.machine, s.source, s.name);
-            match in_log.get(&key(s)) {
+            match in_log.get(&s.key()) {
                 Some(root) if *root == s.root => {}
                 Some(_) => report.problems.push(Problem {
                     subject,
@@ -194,7 +193,7 @@ impl Store {
                 }),
             }
         }
-        for (s, writer) in snapshot::records_without_rows(self)? {
+        for (s, writer) in snapshot::records_without_rows(self, &logged)? {
             let subject = format!("{}/{}/{}", s.machine, s.source, s.name);
             match writer {
                 Some(SessionState::Dead) => report.interrupted_commits.push(subject),

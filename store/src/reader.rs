@@ -54,17 +54,22 @@ impl FileReader {
             .unwrap_or(&[]))
     }
 
+    /// The chunk holding `offset` (which is inside the file) and the offset within it.
+    fn locate(&self, offset: u64) -> (usize, usize) {
+        let index = match self.starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i - 1,
+        };
+        (index, (offset - self.starts[index]) as usize)
+    }
+
     /// The rest of the chunk at the current position (verified), advancing past it; `None`
     /// at end of file. Lets a caller see whole chunks, e.g. to leave holes for zero runs.
     pub fn next_chunk(&mut self) -> Result<Option<&[u8]>> {
         if self.pos >= self.size {
             return Ok(None);
         }
-        let index = match self.starts.binary_search(&self.pos) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
-        let within = (self.pos - self.starts[index]) as usize;
+        let (index, within) = self.locate(self.pos);
         let len = self.chunks[index].len as usize;
         self.chunk(index)?;
         self.pos += (len - within) as u64;
@@ -76,11 +81,7 @@ impl FileReader {
         if offset >= self.size || buf.is_empty() {
             return Ok(0);
         }
-        let index = match self.starts.binary_search(&offset) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
-        let within = (offset - self.starts[index]) as usize;
+        let (index, within) = self.locate(offset);
         let data = self.chunk(index)?;
         let n = buf.len().min(data.len() - within);
         buf[..n].copy_from_slice(&data[within..within + n]);

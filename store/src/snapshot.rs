@@ -477,19 +477,19 @@ impl Store {
 /// `repair`, never rolled back). Rows and sessions are read in one transaction, as the
 /// writer inserts its row and ends its session in one.
 pub(crate) fn interrupted_commits(store: &Store) -> Result<Vec<Snapshot>> {
-    Ok(records_without_rows(store)?
+    Ok(records_without_rows(store, &read_log(store)?)?
         .into_iter()
         .filter(|(_, state)| *state == Some(crate::session::SessionState::Dead))
         .map(|(snap, _)| snap)
         .collect())
 }
 
-/// Log records with no index row, with the state of the session that wrote each (`None`
-/// for records older than writer sessions in records).
+/// Records of `logged` (the store's replayed log) with no index row, with the state of the
+/// session that wrote each (`None` for records older than writer sessions in records).
 pub(crate) fn records_without_rows(
     store: &Store,
+    logged: &Replayed,
 ) -> Result<Vec<(Snapshot, Option<crate::session::SessionState>)>> {
-    let logged = read_log(store)?;
     if logged.snapshots.is_empty() {
         return Ok(Vec::new());
     }
@@ -501,7 +501,7 @@ pub(crate) fn records_without_rows(
         rows.collect::<rusqlite::Result<_>>()?
     };
     let mut out = Vec::new();
-    for snap in logged.snapshots {
+    for snap in &logged.snapshots {
         if in_index.contains(&snap.key()) {
             continue;
         }
@@ -509,7 +509,7 @@ pub(crate) fn records_without_rows(
             Some(w) => Some(crate::session::state(&tx, *w)?),
             None => None,
         };
-        out.push((snap, state));
+        out.push((snap.clone(), state));
     }
     tx.finish()?;
     Ok(out)
@@ -535,6 +535,25 @@ mod tests {
     use super::*;
     use crate::store::StoreConfig;
 
+    /// A store holding one committed snapshot of a one-file tree.
+    fn store_with_one_snapshot() -> (tempfile::TempDir, Store, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), b"content").unwrap();
+        let store = Store::init(&dir.path().join("store"), StoreConfig::default()).unwrap();
+        let (committed, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+        (dir, store, committed)
+    }
+
+    /// Closes `store`, rebuilds its index with `repair` and opens it again.
+    fn repaired(store: Store) -> Store {
+        let path = store.path().to_path_buf();
+        drop(store);
+        Store::repair(&path).unwrap();
+        Store::open(&path).unwrap()
+    }
+
     /// A pid that no process has (a child that already exited and was reaped).
     fn dead_pid() -> u32 {
         let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -548,12 +567,7 @@ mod tests {
     /// exists) and its session, registered with a process that is gone.
     #[test]
     fn an_interrupted_commit_is_noted_by_verify_and_rolled_back_by_gc() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        fs::create_dir(&src).unwrap();
-        fs::write(src.join("f"), b"content").unwrap();
-        let store = Store::init(&dir.path().join("store"), StoreConfig::default()).unwrap();
-        let (committed, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+        let (_dir, store, committed) = store_with_one_snapshot();
         let crashed_session = {
             let db = store.db();
             db.execute(
@@ -576,10 +590,7 @@ mod tests {
         assert!(report.is_clean() && report.interrupted_commits.is_empty());
         assert_eq!(read_log(&store).unwrap().snapshots.len(), 1);
         // A repair now cannot resurrect it.
-        let path = store.path().to_path_buf();
-        drop(store);
-        Store::repair(&path).unwrap();
-        let store = Store::open(&path).unwrap();
+        let store = repaired(store);
         assert_eq!(store.snapshots(None, None).unwrap(), vec![committed]);
     }
 
@@ -587,21 +598,13 @@ mod tests {
     /// verify reports it, GC leaves it alone, repair restores it.
     #[test]
     fn a_record_the_index_lost_is_a_problem_that_repair_fixes() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        fs::create_dir(&src).unwrap();
-        fs::write(src.join("f"), b"content").unwrap();
-        let store = Store::init(&dir.path().join("store"), StoreConfig::default()).unwrap();
-        let (committed, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+        let (_dir, store, committed) = store_with_one_snapshot();
         let mut lost = committed.clone();
         lost.name = format!("{}-lost", committed.name);
         write_record(&store, &lost, 999_999).unwrap();
         assert!(!store.verify(None).unwrap().is_clean());
         assert_eq!(store.gc().unwrap().rolled_back_commits, 0);
-        let path = store.path().to_path_buf();
-        drop(store);
-        Store::repair(&path).unwrap();
-        let store = Store::open(&path).unwrap();
+        let store = repaired(store);
         assert_eq!(store.snapshots(None, None).unwrap().len(), 2);
         assert!(store.verify(None).unwrap().is_clean());
     }

@@ -233,8 +233,17 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     /// Whether the generator has local work it stopped only because this step's budget
     /// ran out: the driver must call [`Self::step`] again without waiting for input.
     pub fn has_local_work(&self) -> bool {
-        (self.sig.is_some() || !matches!(self.gen, Gen::Idle | Gen::Waiting))
-            && self.out.len() + self.pending.len() < OUTPUT_HIGH_WATER
+        (self.sig.is_some() || !matches!(self.gen, Gen::Idle | Gen::Waiting)) && !self.output_full()
+    }
+
+    /// Whether unsent output reached the high-water mark.
+    fn output_full(&self) -> bool {
+        self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER
+    }
+
+    /// Whether the generator must stop for now: output is full or this step's budget is spent.
+    fn must_pause_generating(&self) -> bool {
+        self.output_full() || self.work_left == 0
     }
 
     /// The I/O timeout the peer announced (`MSG_IO_TIMEOUT`), in seconds.
@@ -892,7 +901,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         self.scratch.resize(head.blength as usize, 0);
         let mut sig = Vec::with_capacity(4 + head.s2length as usize);
         while job.next < head.count {
-            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER || self.work_left == 0 {
+            if self.must_pause_generating() {
                 self.sig = Some(job);
                 return Ok(false);
             }
@@ -924,10 +933,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     fn step_gen(&mut self, sink: &mut S) -> Result<bool, Error> {
         // With the output full, nothing can progress until the driver drains it; saying
         // otherwise would spin `step`.
-        if matches!(self.gen, Gen::Idle | Gen::Waiting)
-            || self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER
-            || self.work_left == 0
-        {
+        if matches!(self.gen, Gen::Idle | Gen::Waiting) || self.must_pause_generating() {
             return Ok(false);
         }
         let mut progressed = false;
@@ -938,7 +944,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                     return Ok(true);
                 }
             }
-            if self.out.len() + self.pending.len() >= OUTPUT_HIGH_WATER || self.work_left == 0 {
+            if self.must_pause_generating() {
                 return Ok(progressed);
             }
             match self.gen {
