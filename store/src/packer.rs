@@ -394,9 +394,11 @@ impl Packer {
             children,
         });
         if self.batch_bytes >= BATCH_BYTES {
-            self.submit(false)?;
+            // Takes in what the pipeline reported while it waits for room.
+            self.submit(false)
+        } else {
+            self.index_finished_packs()
         }
-        self.index_finished_packs()
     }
 
     /// Sends the gathered batch once the in-flight budget has room for it, indexing packs
