@@ -99,6 +99,12 @@ pub const PACKS_AWAITING_SYNC: usize = 2;
 /// How often a writer waiting for room in that budget indexes packs that became durable.
 pub const IN_FLIGHT_POLL_MS: u64 = 5;
 
+/// How long `repair` waits for the store lock before calling the store busy, and how often it
+/// tries. A holder can be transient: a child some process forked holds copies of that
+/// process's descriptors until it execs.
+pub const EXCLUSIVE_LOCK_PATIENCE_MS: u64 = 2_000;
+pub const EXCLUSIVE_LOCK_RETRY_MS: u64 = 20;
+
 /// Export leaves a hole for an all-zero chunk at least this long.
 pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
 

@@ -554,12 +554,18 @@ mod tests {
         Store::open(&path).unwrap()
     }
 
-    /// A pid that no process has (a child that already exited and was reaped).
-    fn dead_pid() -> u32 {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        pid
+    /// A session row for a process that is gone: our own pid with a start time it never had,
+    /// which is how a reused pid looks. Spawning a short-lived child instead would race with
+    /// the other tests: until it execs, the child holds copies of their store lock files, and
+    /// their `repair` then finds the store busy.
+    fn register_dead_session(store: &Store) -> i64 {
+        let db = store.db();
+        db.execute(
+            "INSERT INTO sessions(pid, pid_start, started) VALUES (?1, -1, 0)",
+            [std::process::id()],
+        )
+        .unwrap();
+        db.last_insert_rowid()
     }
 
     /// The state a writer killed between appending its record and inserting its row leaves,
@@ -568,15 +574,7 @@ mod tests {
     #[test]
     fn an_interrupted_commit_is_noted_by_verify_and_rolled_back_by_gc() {
         let (_dir, store, committed) = store_with_one_snapshot();
-        let crashed_session = {
-            let db = store.db();
-            db.execute(
-                "INSERT INTO sessions(pid, pid_start, started) VALUES (?1, 1, 0)",
-                [dead_pid()],
-            )
-            .unwrap();
-            db.last_insert_rowid()
-        };
+        let crashed_session = register_dead_session(&store);
         let mut interrupted = committed.clone();
         interrupted.name = format!("{}-interrupted", committed.name);
         write_record(&store, &interrupted, crashed_session).unwrap();

@@ -195,7 +195,18 @@ impl Store {
             .io_ctx("open lock", &lock_path)?;
         let locked = match mode {
             LockMode::Shared => lock.try_lock_shared(),
-            LockMode::Exclusive => lock.try_lock(),
+            LockMode::Exclusive => {
+                let patience = std::time::Duration::from_millis(EXCLUSIVE_LOCK_PATIENCE_MS);
+                let started = std::time::Instant::now();
+                loop {
+                    match lock.try_lock() {
+                        Err(_) if started.elapsed() < patience => std::thread::sleep(
+                            std::time::Duration::from_millis(EXCLUSIVE_LOCK_RETRY_MS),
+                        ),
+                        result => break result,
+                    }
+                }
+            }
         };
         if locked.is_err() {
             return Err(StoreError::Busy(match mode {
