@@ -49,12 +49,47 @@ pub fn compare(a_name: &[u8], a_dir: bool, b_name: &[u8], b_dir: bool, protocol:
     }
 }
 
+/// Marks a key component as a non-directory: those sort before subdirectories.
+const KEY_LEAF: u8 = 1;
+/// Marks a key component as a directory, compared as `name/`.
+const KEY_DIR: u8 = 2;
+
+/// Appends to `key` bytes whose bytewise order is the order of [`compare`] among valid
+/// names (no empty, `.` or `..` components other than the root `.`; the receiver rejects
+/// anything else after sorting). Each directory component becomes `KEY_DIR name /` and the
+/// last non-directory component `KEY_LEAF name`: the marker puts files before directories,
+/// `/` makes `name/` the comparison, and a directory's key prefixes its contents' keys.
+pub fn sort_key(name: &[u8], is_dir: bool, protocol: u32, key: &mut Vec<u8>) {
+    if protocol < 29 {
+        key.extend_from_slice(name);
+        return;
+    }
+    if name == b"." {
+        return;
+    }
+    let mut components = name.split(|&c| c == b'/').peekable();
+    while let Some(component) = components.next() {
+        if components.peek().is_none() && !is_dir {
+            key.push(KEY_LEAF);
+            key.extend_from_slice(component);
+        } else {
+            key.push(KEY_DIR);
+            key.extend_from_slice(component);
+            key.push(b'/');
+        }
+    }
+}
+
 /// Sorts `entries` stably; returns `order` where `order[sorted_pos] = wire_pos`.
 pub fn sort_order(entries: &[FileEntry], protocol: u32) -> Vec<usize> {
+    // Keys built once make each comparison a memcmp; comparing names component by component
+    // cost a tenth of a second per 50,000 entries, all of it before the first byte moves.
     let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by(|&x, &y| {
-        let (a, b) = (&entries[x], &entries[y]);
-        compare(&a.name, a.is_dir(), &b.name, b.is_dir(), protocol)
+    order.sort_by_cached_key(|&i| {
+        let e = &entries[i];
+        let mut key = Vec::with_capacity(e.name.len() + 8);
+        sort_key(&e.name, e.is_dir(), protocol, &mut key);
+        key
     });
     order
 }
@@ -104,7 +139,45 @@ mod tests {
         );
     }
 
+    fn key(name: &[u8], is_dir: bool) -> Vec<u8> {
+        let mut key = Vec::new();
+        sort_key(name, is_dir, 31, &mut key);
+        key
+    }
+
+    #[test]
+    fn keys_sort_the_stock_capture() {
+        let want: &[(&[u8], bool)] = &[
+            (b".", true),
+            (b"B", false),
+            (b"a-file", false),
+            (b"zfile", false),
+            (b"a b", true),
+            (b"a b/c", false),
+            (b"a.b", true),
+            (b"a.b/x", true),
+            (b"a.b/x/y", false),
+            (b"a", true),
+            (b"a/b", false),
+        ];
+        let mut shuffled: Vec<_> = want.to_vec();
+        shuffled.reverse();
+        shuffled.sort_by_key(|&(name, is_dir)| key(name, is_dir));
+        assert_eq!(shuffled, want);
+    }
+
     proptest! {
+        #[test]
+        fn keys_order_valid_names_as_compare_does(
+            // Components never "." or "..", with '.' sorting below '/' and the letters above.
+            a in "[.]?[ab][ab.]{0,2}(/[.]?[ab][ab.]{0,2}){0,3}",
+            b in "[.]?[ab][ab.]{0,2}(/[.]?[ab][ab.]{0,2}){0,3}",
+            ad in any::<bool>(), bd in any::<bool>()
+        ) {
+            let (a, b) = (a.as_bytes(), b.as_bytes());
+            prop_assert_eq!(key(a, ad).cmp(&key(b, bd)), compare(a, ad, b, bd, 31));
+        }
+
         #[test]
         fn total_order(a in "[ab./]{1,6}", b in "[ab./]{1,6}", c in "[ab./]{1,6}", ad in any::<bool>(), bd in any::<bool>(), cd in any::<bool>()) {
             let (a, b, c) = (a.as_bytes(), b.as_bytes(), c.as_bytes());

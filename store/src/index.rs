@@ -176,10 +176,16 @@ pub fn insert_pack(
         "INSERT OR IGNORE INTO blobs(id, kind, pack, offset, stored_len, raw_len, compression)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    let mut add_ref = tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE id = ?1")?;
+    let mut add_refs = tx.prepare_cached("UPDATE blobs SET refs = refs + ?2 WHERE id = ?1")?;
     let mut pin = tx.prepare_cached("INSERT OR IGNORE INTO pins(session, blob) VALUES (?1, ?2)")?;
+    // In id order, so the B-tree is walked front to back instead of at random: a pack's rows
+    // and the references its trees add are then about twice as cheap. The sort is stable, so
+    // of two copies of one blob in this pack the earlier stays the live one.
+    let mut in_id_order: Vec<&BlobLocation> = blobs.iter().collect();
+    in_id_order.sort_by_key(|b| b.id);
+    let mut referenced: Vec<Id> = Vec::new();
     let mut dead: u64 = 0;
-    for b in blobs {
+    for b in in_id_order {
         let inserted = insert.execute(params![
             b.id.as_bytes().as_slice(),
             b.kind,
@@ -195,11 +201,14 @@ pub fn insert_pack(
                 pin.execute(params![session, b.id.as_bytes().as_slice()])?;
             }
         } else if b.kind == BLOB_KIND_TREE {
-            for child in children_of(&b.id).unwrap_or_default() {
-                if add_ref.execute([child.as_bytes().as_slice()])? != 1 {
-                    return Err(crate::StoreError::MissingBlob(child.to_hex()));
-                }
-            }
+            referenced.extend(children_of(&b.id).unwrap_or_default());
+        }
+    }
+    referenced.sort_unstable();
+    for same in referenced.chunk_by(|x, y| x == y) {
+        let child = same[0];
+        if add_refs.execute(params![child.as_bytes().as_slice(), same.len() as i64])? != 1 {
+            return Err(crate::StoreError::MissingBlob(child.to_hex()));
         }
     }
     if dead > 0 {
