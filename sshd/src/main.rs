@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use turku_store::{format_ns, EntryData, EntryKind, Snapshot, Store, StoreConfig, TreeEntry};
+use turku_store::{
+    format_ns, CompressionMode, EntryData, EntryKind, Snapshot, Store, StoreConfig, TreeEntry,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +50,11 @@ enum Command {
         chunk_max: u32,
         #[arg(long, default_value_t = turku_store::format::DEFAULT_ZSTD_LEVEL)]
         zstd_level: i32,
+        /// When new data is compressed: `inline` (always, before it is written), `adaptive`
+        /// (with the CPU the transfer leaves; the rest is written raw and compressed by the
+        /// next `gc`), or `deferred` (always by `gc`).
+        #[arg(long, default_value_t = CompressionMode::default())]
+        compression: CompressionMode,
     },
     /// Back up a local directory tree; prints the new snapshot's name.
     Ingest {
@@ -185,6 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             chunk_avg,
             chunk_max,
             zstd_level,
+            compression,
         } => {
             let path = store_path(&cli)?;
             let config = StoreConfig {
@@ -192,6 +200,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 chunk_avg: *chunk_avg,
                 chunk_max: *chunk_max,
                 zstd_level: *zstd_level,
+                compression: *compression,
             };
             Store::init(&path, config)?;
             println!("initialised store {}", path.display());
@@ -446,10 +455,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!(
-                    "freed {} blobs ({} bytes), deleted {} packs, repacked {} packs ({} blobs moved), removed {} orphans, cleared {} dead sessions, rolled back {} interrupted commits",
+                    "freed {} blobs ({} bytes), deleted {} packs, repacked {} packs ({} blobs moved), compressed {} deferred blobs (saving {} bytes), removed {} orphans, cleared {} dead sessions, rolled back {} interrupted commits",
                     stats.freed_blobs, stats.freed_bytes, stats.deleted_packs, stats.repacked_packs,
-                    stats.moved_blobs, stats.removed_orphans, stats.dead_sessions,
-                    stats.rolled_back_commits
+                    stats.moved_blobs, stats.compressed_blobs, stats.compression_saved_bytes,
+                    stats.removed_orphans, stats.dead_sessions, stats.rolled_back_commits
                 );
             }
         }
@@ -484,6 +493,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("packs            {}", s.packs);
                 println!("pack bytes       {}", s.pack_bytes);
                 println!("reclaimable      {}", s.dead_bytes);
+                println!("to compress      {}", s.deferred_bytes);
                 println!("live sessions    {}", s.live_sessions);
             }
         }

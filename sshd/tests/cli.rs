@@ -49,18 +49,21 @@ fn ingest(store: &Path, machine: &str, source: &str, dir: &Path) -> String {
 }
 
 fn init_small(store: &Path) {
-    ok(
-        store,
-        &[
-            "init",
-            "--chunk-min",
-            "16384",
-            "--chunk-avg",
-            "65536",
-            "--chunk-max",
-            "262144",
-        ],
-    );
+    init_small_with(store, &[]);
+}
+
+fn init_small_with(store: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "init",
+        "--chunk-min",
+        "16384",
+        "--chunk-avg",
+        "65536",
+        "--chunk-max",
+        "262144",
+    ];
+    args.extend_from_slice(extra);
+    ok(store, &args);
 }
 
 #[test]
@@ -436,7 +439,8 @@ fn assert_store_healthy(store: &Path, baseline: &str, src_of_baseline: &Path, sc
 fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    init_small(&store);
+    // Deferred compression, so every collection also rewrites packs to compress them.
+    init_small_with(&store, &["--compression", "deferred"]);
     let base_src = tmp.path().join("base");
     fs::create_dir(&base_src).unwrap();
     for j in 0..200u64 {
@@ -516,4 +520,5 @@ fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
         stats["live_sessions"], 0,
         "dead writers' sessions are cleared by gc"
     );
+    assert_eq!(stats["deferred_bytes"], 0, "gc compressed everything deferred");
 }

@@ -426,7 +426,7 @@ impl Walker<'_> {
 }
 
 /// What `stats` shows.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
     pub snapshots: u64,
     pub machines: u64,
@@ -443,6 +443,8 @@ pub struct StoreStats {
     pub pack_bytes: u64,
     /// Bytes in packs that GC can reclaim or has yet to repack.
     pub dead_bytes: u64,
+    /// Bytes stored raw because compression was deferred; the next `gc` compresses them.
+    pub deferred_bytes: u64,
     pub live_sessions: u64,
 }
 
@@ -472,6 +474,7 @@ impl Store {
         s.packs = one("SELECT COUNT(*) FROM packs")?;
         s.pack_bytes = one("SELECT SUM(size) FROM packs")?;
         s.dead_bytes = one("SELECT SUM(dead_bytes) FROM packs")?;
+        s.deferred_bytes = one("SELECT SUM(deferred_bytes) FROM packs")?;
         s.live_sessions = crate::session::live_count(&db)? as u64;
         Ok(s)
     }

@@ -40,6 +40,9 @@ pub const BLOB_KIND_TREE: u8 = 2;
 /// Blob encodings.
 pub const COMPRESSION_NONE: u8 = 0;
 pub const COMPRESSION_ZSTD: u8 = 1;
+/// Stored raw because compression could not keep up with the backup (or the store defers
+/// it by choice); `gc` compresses it later. Read exactly like `COMPRESSION_NONE`.
+pub const COMPRESSION_DEFERRED: u8 = 2;
 /// A compressed blob is kept only if it saves at least 1/32 of the raw size.
 pub const COMPRESSION_MIN_SAVING_SHIFT: u32 = 5;
 
@@ -88,6 +91,11 @@ pub const ZSTD_LEVEL_RANGE: (i32, i32) = (1, 19);
 
 /// A snapshot writer runs one compression thread per core, up to this many.
 pub const MAX_COMPRESSION_THREADS: usize = 4;
+/// Compression threads run at this nice value, so the transfer they serve comes first and
+/// compression takes the CPU left over; in adaptive mode what it cannot take is deferred.
+pub const COMPRESSION_THREAD_NICE: i32 = 19;
+/// `gc` compresses a pack's deferred blobs once they are at least this share of its data.
+pub const COMPACT_DEFERRED_PERCENT: u64 = 10;
 /// A writer hands blobs to its compression threads in batches of about this many bytes.
 pub const BATCH_BYTES: usize = 1024 * 1024;
 /// Bytes of blobs a writer keeps queued for compression and packing (bounds its memory).
@@ -114,7 +122,7 @@ pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
 /// blob inserts (a few thousand leaf pages) without spilling mid-transaction.
 pub const SQLITE_CACHE_KIB: i64 = 32_768;
 /// Schema version of the index (PRAGMA user_version).
-pub const INDEX_SCHEMA_VERSION: i32 = 2;
+pub const INDEX_SCHEMA_VERSION: i32 = 3;
 
 /// GC: a pack whose dead bytes reach this fraction (in percent) is repacked.
 pub const REPACK_DEAD_PERCENT: u64 = 30;

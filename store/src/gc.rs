@@ -3,7 +3,8 @@
 //! `forget` removes a snapshot's record and row and drops its root's reference. `gc` then
 //! frees every blob whose reference count reached zero and that no live session pins or owns,
 //! cascading into the children of freed trees, deletes packs that became empty and repacks
-//! those with enough garbage. Each step costs in proportion to what it frees or moves.
+//! those with enough garbage, or with enough blobs whose compression a writer deferred
+//! (compressing them on the way). Each step costs in proportion to what it frees or moves.
 //! See `session.rs` for why this is safe while backups run.
 
 use std::fs::{self, OpenOptions};
@@ -17,7 +18,7 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::format::*;
 use crate::id::Id;
 use crate::index;
-use crate::pack::{self, pack_path, BlobLocation, PackWriter};
+use crate::pack::{self, pack_path, BlobLocation, Compressor, PackWriter};
 use crate::session;
 use crate::snapshot::{self, Snapshot};
 use crate::store::Store;
@@ -34,6 +35,9 @@ pub struct GcStats {
     pub deleted_packs: u64,
     pub repacked_packs: u64,
     pub moved_blobs: u64,
+    /// Blobs a writer stored raw that this run compressed, and the bytes that saved.
+    pub compressed_blobs: u64,
+    pub compression_saved_bytes: u64,
     pub removed_orphans: u64,
     /// Tree blobs that could not be decoded while freeing (their children may leak until
     /// `repair`); a non-zero value is worth an operator's look.
@@ -154,12 +158,13 @@ impl Store {
     }
 
     fn sweep_packs(&self, stats: &mut GcStats) -> Result<()> {
-        let candidates: Vec<(i64, String, u64, u64)> = {
+        let candidates: Vec<(i64, String, u64, u64, u64)> = {
             let db = self.db();
             // A pack a live session owns protects its blobs by that ownership, which a copy
             // would not carry: it waits for a later GC.
             let mut stmt = db.prepare(
-                "SELECT id, name, data_bytes, dead_bytes FROM packs p WHERE dead_bytes > 0
+                "SELECT id, name, data_bytes, dead_bytes, deferred_bytes FROM packs p
+                 WHERE (dead_bytes > 0 OR deferred_bytes > 0)
                  AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = p.session)",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -168,32 +173,36 @@ impl Store {
                     r.get(1)?,
                     r.get::<_, i64>(2)? as u64,
                     r.get::<_, i64>(3)? as u64,
+                    r.get::<_, i64>(4)? as u64,
                 ))
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        for (pack_id, name, data_bytes, dead_bytes) in candidates {
+        for (pack_id, name, data_bytes, dead_bytes, deferred_bytes) in candidates {
             if dead_bytes >= data_bytes {
                 self.db()
                     .execute("DELETE FROM packs WHERE id = ?1", [pack_id])?;
                 remove_if_exists(&pack_path(&self.packs_dir(), &name))?;
                 stats.deleted_packs += 1;
-            } else if dead_bytes * 100 >= data_bytes * REPACK_DEAD_PERCENT {
+            } else if dead_bytes * 100 >= data_bytes * REPACK_DEAD_PERCENT
+                || deferred_bytes * 100 >= data_bytes * COMPACT_DEFERRED_PERCENT
+            {
                 self.repack(pack_id, &name, stats)?;
             }
         }
         Ok(())
     }
 
-    /// Copies a pack's live blobs (still-encoded) into a new pack, repoints them, and
-    /// deletes the old one. The new pack is durable before any row points at it.
+    /// Copies a pack's live blobs into a new pack, compressing those a writer deferred and
+    /// copying the rest as they are, repoints them, and deletes the old one. The new pack is
+    /// durable before any row points at it.
     fn repack(&self, pack_id: i64, name: &str, stats: &mut GcStats) -> Result<()> {
         let old_path = pack_path(&self.packs_dir(), name);
         let blobs = pack::read_pack_trailer(&old_path, name)?;
-        let mut writer = PackWriter::create(&self.tmp_dir())?;
-        let mut moved: Vec<(BlobLocation, BlobLocation)> = Vec::new();
+        // At most one pack's blobs are held at once.
+        let mut live: Vec<(BlobLocation, Vec<u8>)> = Vec::new();
         for b in &blobs {
-            let live = {
+            let is_live = {
                 let db = self.db();
                 let mut stmt = db.prepare_cached("SELECT pack, offset FROM blobs WHERE id = ?1")?;
                 stmt.query_row([b.id.as_bytes().as_slice()], |r| {
@@ -202,13 +211,24 @@ impl Store {
                 .optional()?
                     == Some((pack_id, b.offset))
             };
-            if live {
+            if is_live {
                 let stored = self.read_stored(name, b)?;
                 // Verify while copying: repacking must never spread corruption.
                 self.decode_stored(name, b, &stored)?;
-                let new = writer.add_stored(b.id, b.kind, b.compression, &stored, b.raw_len)?;
-                moved.push((*b, new));
+                live.push((*b, stored));
             }
+        }
+        let deferred_before: u64 = live
+            .iter()
+            .filter(|(b, _)| b.compression == COMPRESSION_DEFERRED)
+            .map(|(b, _)| u64::from(b.stored_len))
+            .sum();
+        let encoded = compress_deferred(self.config().zstd_level, live)?;
+        let mut writer = PackWriter::create(&self.tmp_dir())?;
+        let mut moved: Vec<(BlobLocation, BlobLocation)> = Vec::with_capacity(encoded.len());
+        for (old, compression, stored) in &encoded {
+            let new = writer.add_stored(old.id, old.kind, *compression, stored, old.raw_len)?;
+            moved.push((*old, new));
         }
         let finished = if moved.is_empty() {
             None
@@ -228,10 +248,13 @@ impl Store {
                 let mut dead = 0u64;
                 for (old, new) in &moved {
                     let n = tx.execute(
-                        "UPDATE blobs SET pack = ?1, offset = ?2 WHERE id = ?3 AND pack = ?4",
+                        "UPDATE blobs SET pack = ?1, offset = ?2, stored_len = ?3,
+                         compression = ?4 WHERE id = ?5 AND pack = ?6",
                         params![
                             new_id,
                             new.offset as i64,
+                            new.stored_len,
+                            new.compression,
                             old.id.as_bytes().as_slice(),
                             pack_id
                         ],
@@ -253,6 +276,14 @@ impl Store {
         remove_if_exists(&old_path)?;
         stats.repacked_packs += 1;
         stats.moved_blobs += moved.len() as u64;
+        let (compressed, after): (u64, u64) = moved
+            .iter()
+            .filter(|(old, _)| old.compression == COMPRESSION_DEFERRED)
+            .fold((0, 0), |(n, bytes), (_, new)| {
+                (n + 1, bytes + u64::from(new.stored_len))
+            });
+        stats.compressed_blobs += compressed;
+        stats.compression_saved_bytes += deferred_before.saturating_sub(after);
         Ok(())
     }
 
@@ -293,6 +324,46 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Encodes a pack's live blobs for their new pack: those stored deferred are compressed
+/// (kept raw when that does not pay), on as many threads as a writer would use; the others
+/// keep their encoding.
+fn compress_deferred(
+    zstd_level: i32,
+    blobs: Vec<(BlobLocation, Vec<u8>)>,
+) -> Result<Vec<(BlobLocation, u8, Vec<u8>)>> {
+    let mut encoded: Vec<(BlobLocation, u8, Vec<u8>)> = blobs
+        .into_iter()
+        .map(|(location, stored)| (location, location.compression, stored))
+        .collect();
+    let threads = crate::packer::compression_threads();
+    let share = encoded.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = encoded
+            .chunks_mut(share)
+            .map(|part| {
+                scope.spawn(move || -> Result<()> {
+                    let mut compressor = Compressor::new(zstd_level)?;
+                    for (_, compression, bytes) in part {
+                        if *compression == COMPRESSION_DEFERRED {
+                            let (chosen, stored) = compressor.compress_owned(std::mem::take(bytes));
+                            *compression = chosen;
+                            *bytes = stored;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| StoreError::Busy("a gc compression thread panicked".into()))??;
+        }
+        Ok(())
+    })?;
+    Ok(encoded)
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {

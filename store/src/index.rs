@@ -21,10 +21,12 @@ CREATE TABLE IF NOT EXISTS packs(
     size INTEGER NOT NULL,
     data_bytes INTEGER NOT NULL,
     dead_bytes INTEGER NOT NULL DEFAULT 0,
-    session INTEGER
+    session INTEGER,
+    deferred_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS packs_with_garbage ON packs(id) WHERE dead_bytes > 0;
 CREATE INDEX IF NOT EXISTS packs_by_session ON packs(session) WHERE session IS NOT NULL;
+CREATE INDEX IF NOT EXISTS packs_with_deferred ON packs(id) WHERE deferred_bytes > 0;
 CREATE TABLE IF NOT EXISTS blobs(
     id BLOB PRIMARY KEY,
     kind INTEGER NOT NULL,
@@ -78,11 +80,13 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
     // A backup inserts blob ids in random key order: a larger page cache keeps a pack's
     // inserts from spilling to the WAL mid-transaction.
     conn.pragma_update(None, "cache_size", -SQLITE_CACHE_KIB)?;
-    let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let mut version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version == 0 {
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
-    } else if version == 1 {
+        return Ok(conn);
+    }
+    if version == 1 {
         // Version 2 marks the packs a live session wrote instead of pinning each blob.
         conn.execute_batch(
             "BEGIN IMMEDIATE;
@@ -91,7 +95,20 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
              PRAGMA user_version = 2;
              COMMIT;",
         )?;
-    } else if version != INDEX_SCHEMA_VERSION {
+        version = 2;
+    }
+    if version == 2 {
+        // Version 3 counts each pack's blobs stored raw until `gc` compresses them.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE packs ADD COLUMN deferred_bytes INTEGER NOT NULL DEFAULT 0;
+             CREATE INDEX packs_with_deferred ON packs(id) WHERE deferred_bytes > 0;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+        version = 3;
+    }
+    if version != INDEX_SCHEMA_VERSION {
         return Err(crate::StoreError::Config(format!(
             "index schema version {version} is not supported (expected {INDEX_SCHEMA_VERSION})"
         )));
@@ -184,7 +201,7 @@ pub fn insert_pack(
     let mut in_id_order: Vec<&BlobLocation> = blobs.iter().collect();
     in_id_order.sort_by_key(|b| b.id);
     let mut referenced: Vec<Id> = Vec::new();
-    let mut dead: u64 = 0;
+    let (mut dead, mut deferred) = (0u64, 0u64);
     for b in in_id_order {
         let inserted = insert.execute(params![
             b.id.as_bytes().as_slice(),
@@ -200,8 +217,13 @@ pub fn insert_pack(
             if let Some(session) = session {
                 pin.execute(params![session, b.id.as_bytes().as_slice()])?;
             }
-        } else if b.kind == BLOB_KIND_TREE {
-            referenced.extend(children_of(&b.id).unwrap_or_default());
+        } else {
+            if b.compression == COMPRESSION_DEFERRED {
+                deferred += u64::from(b.stored_len);
+            }
+            if b.kind == BLOB_KIND_TREE {
+                referenced.extend(children_of(&b.id).unwrap_or_default());
+            }
         }
     }
     referenced.sort_unstable();
@@ -211,10 +233,10 @@ pub fn insert_pack(
             return Err(crate::StoreError::MissingBlob(child.to_hex()));
         }
     }
-    if dead > 0 {
+    if dead > 0 || deferred > 0 {
         tx.execute(
-            "UPDATE packs SET dead_bytes = dead_bytes + ?1 WHERE id = ?2",
-            params![dead as i64, pack_id],
+            "UPDATE packs SET dead_bytes = dead_bytes + ?1, deferred_bytes = ?2 WHERE id = ?3",
+            params![dead as i64, deferred as i64, pack_id],
         )?;
     }
     Ok(pack_id)
@@ -365,6 +387,12 @@ mod tests {
             })
             .unwrap();
         assert_eq!(owner, None);
+        let deferred: i64 = conn
+            .query_row("SELECT deferred_bytes FROM packs WHERE name = 'p'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(deferred, 0);
         drop(conn);
         // Opening again leaves a current index alone.
         open(&path).unwrap();

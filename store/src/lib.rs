@@ -43,7 +43,7 @@ pub use id::Id;
 pub use ingest::{link_group_for, metadata_of, IngestProgress};
 pub use reader::FileReader;
 pub use snapshot::{format_ns, snapshot_name, split_path, Snapshot, SnapshotStats};
-pub use store::{Store, StoreConfig};
+pub use store::{CompressionMode, Store, StoreConfig};
 pub use tree::{ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
 pub use writer::{chunk_lengths, FileWriter, SnapshotWriter};
 

@@ -214,6 +214,12 @@ pub struct WrittenPack {
 }
 
 impl WrittenPack {
+    /// The blobs it holds, in pack order.
+    #[cfg(test)]
+    pub(crate) fn blobs(&self) -> &[BlobLocation] {
+        &self.blobs
+    }
+
     /// Fsyncs the pack, renames it into `packs/` and fsyncs that folder.
     pub fn make_durable(mut self, packs_dir: &Path) -> Result<FinishedPack> {
         let file = self
@@ -338,13 +344,13 @@ pub fn decode_trailer(
         if kind != BLOB_KIND_CHUNK && kind != BLOB_KIND_TREE {
             return Err(fail("unknown blob kind"));
         }
-        if compression != COMPRESSION_NONE && compression != COMPRESSION_ZSTD {
+        if ![COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_DEFERRED].contains(&compression) {
             return Err(fail("unknown blob compression"));
         }
         if stored_len > MAX_BLOB_LEN || raw_len > MAX_BLOB_LEN {
             return Err(fail("blob length over the limit"));
         }
-        if compression == COMPRESSION_NONE && stored_len != raw_len {
+        if compression != COMPRESSION_ZSTD && stored_len != raw_len {
             return Err(fail("raw blob with stored length != raw length"));
         }
         if offset != expected_offset || offset + u64::from(stored_len) > data_end {
@@ -403,7 +409,7 @@ pub fn decode_blob(
         return Err("stored length does not match the index");
     }
     let raw = match location.compression {
-        COMPRESSION_NONE => stored.to_vec(),
+        COMPRESSION_NONE | COMPRESSION_DEFERRED => stored.to_vec(),
         COMPRESSION_ZSTD => {
             let raw = decompressor
                 .decompress(stored, location.raw_len as usize)

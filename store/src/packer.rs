@@ -6,13 +6,21 @@
 //! Blobs travel in batches of about [`BATCH_BYTES`]: a tree of many small files would
 //! otherwise cost several thread hand-offs per file.
 //!
-//! Submission order is kept end to end so that a tree blob never lands in a pack indexed
-//! before the packs holding its children: a tree's children gain their reference when its
-//! pack is indexed, and they must be indexed by then.
+//! Compression threads run at a lower priority than the transfer they serve. In adaptive
+//! mode a batch that finds every compression thread already with work queued goes to the
+//! pack thread raw, marked deferred, for `gc` to compress; so does every batch in deferred
+//! mode. Compression then never holds up a backup: it takes the CPU left over.
+//!
+//! Chunk batches are appended as they come out of compression, in any order, so a batch
+//! that a deprioritised compression thread still holds never keeps the ones behind it (and
+//! the in-flight budget they hold) waiting. A batch with a tree blob, and a flush, waits
+//! until every batch submitted before it is appended: a tree never lands in a pack indexed
+//! before the packs holding its children, which gain their reference when its pack is
+//! indexed and must be indexed by then.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,7 +32,7 @@ use crate::format::*;
 use crate::id::Id;
 use crate::index;
 use crate::pack::{Compressor, FinishedPack, PackWriter, WrittenPack};
-use crate::store::Store;
+use crate::store::{CompressionMode, Store};
 
 /// A blob on its way into a pack: raw before the compression threads, stored after.
 struct Blob {
@@ -45,6 +53,8 @@ struct Batch {
     cost: u64,
     /// After this batch, finish the current pack and answer `Flushed`.
     flush: bool,
+    /// Appended only after every earlier batch: it holds a tree blob, or it is a flush.
+    ordered: bool,
 }
 
 /// What the pipeline reports to the writer.
@@ -103,7 +113,7 @@ impl InFlight {
 
 /// How many compression threads a writer runs: one per core, within bounds (the caller's
 /// thread chunks and hashes meanwhile, so more would only contend).
-fn compression_threads() -> usize {
+pub(crate) fn compression_threads() -> usize {
     std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)
@@ -113,8 +123,11 @@ fn compression_threads() -> usize {
 fn compression_worker(
     mut compressor: Compressor,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
+    queued: Arc<AtomicUsize>,
     compressed: mpsc::Sender<Batch>,
 ) {
+    // Linux keeps a nice value per thread. Failing to lower our own priority is harmless.
+    let _ = rustix::process::setpriority_process(None, COMPRESSION_THREAD_NICE);
     loop {
         let next = match batches.lock() {
             Ok(rx) => rx.recv(),
@@ -123,6 +136,7 @@ fn compression_worker(
         let Ok(mut batch) = next else {
             return;
         };
+        queued.fetch_sub(1, Ordering::AcqRel);
         for blob in &mut batch.blobs {
             let (compression, stored) = compressor.compress_owned(std::mem::take(&mut blob.bytes));
             blob.compression = compression;
@@ -163,12 +177,20 @@ fn pack_worker(
         pack: None,
         children: HashMap::new(),
     };
-    let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
-    let mut next: u64 = 0;
+    // Every batch numbered below `appended_below` is appended; `appended_above` holds the
+    // appended ones above it, `held` the ordered batches waiting for it to reach them.
+    let mut appended_below: u64 = 0;
+    let mut appended_above: BTreeSet<u64> = BTreeSet::new();
+    let mut held: BTreeMap<u64, Batch> = BTreeMap::new();
     while let Ok(batch) = compressed.recv() {
-        waiting.insert(batch.seq, batch);
-        while let Some(batch) = waiting.remove(&next) {
-            next += 1;
+        let mut ready = if batch.ordered && batch.seq > appended_below {
+            held.insert(batch.seq, batch);
+            None
+        } else {
+            Some(batch)
+        };
+        while let Some(batch) = ready.take() {
+            let seq = batch.seq;
             in_flight.give_back(batch.cost);
             let result = packing.append(batch.blobs).and_then(|mut out| {
                 if batch.flush {
@@ -190,6 +212,11 @@ fn pack_worker(
                     return;
                 }
             }
+            appended_above.insert(seq);
+            while appended_above.remove(&appended_below) {
+                appended_below += 1;
+            }
+            ready = held.remove(&appended_below);
         }
     }
 }
@@ -286,7 +313,14 @@ fn index_pack(
 pub(crate) struct Packer {
     store: Store,
     session: i64,
+    mode: CompressionMode,
     batches: Option<mpsc::Sender<Batch>>,
+    /// Batches sent to the compression threads that none has taken yet.
+    queued: Arc<AtomicUsize>,
+    compression_threads: usize,
+    /// Straight to the pack thread, for batches stored deferred. Dropped with `batches`
+    /// when the pipeline stops, or the pack thread would wait for it forever.
+    deferred: Option<mpsc::Sender<Batch>>,
     in_flight: Arc<InFlight>,
     /// Blobs gathered for the next batch, and their raw bytes.
     batch: Vec<Blob>,
@@ -324,6 +358,8 @@ impl Packer {
                     source: e,
                 })
         };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let deferred = compressed_tx.clone();
         let mut threads = Vec::with_capacity(workers + 2);
         let (tmp, budget, pack_done) = (store.tmp_dir(), in_flight.clone(), done_tx.clone());
         threads.push(spawn(
@@ -336,16 +372,20 @@ impl Packer {
             Box::new(move || sync_worker(packs, sync_db, session, sync_rx, done_tx)),
         )?);
         for compressor in compressors {
-            let (rx, tx) = (batch_rx.clone(), compressed_tx.clone());
+            let (rx, tx, queue) = (batch_rx.clone(), compressed_tx.clone(), queued.clone());
             threads.push(spawn(
                 "turku-compress",
-                Box::new(move || compression_worker(compressor, rx, tx)),
+                Box::new(move || compression_worker(compressor, rx, queue, tx)),
             )?);
         }
         Ok(Packer {
             store: store.clone(),
             session,
+            mode: store.config().compression,
             batches: Some(batches),
+            queued,
+            compression_threads: workers,
+            deferred: Some(deferred),
             in_flight,
             batch: Vec::new(),
             batch_bytes: 0,
@@ -419,16 +459,41 @@ impl Packer {
         let seq = self.next_seq;
         self.next_seq += 1;
         let batches = self.batches.as_ref().ok_or_else(Self::pipeline_gone)?;
-        let batch = Batch {
+        let ordered = flush || blobs.iter().any(|b| b.kind == BLOB_KIND_TREE);
+        let mut batch = Batch {
             seq,
             blobs,
             cost,
             flush,
+            ordered,
         };
-        if batches.send(batch).is_err() {
+        let sent = if self.defers_next_batch() {
+            for blob in &mut batch.blobs {
+                blob.compression = COMPRESSION_DEFERRED;
+            }
+            let deferred = self.deferred.as_ref().ok_or_else(Self::pipeline_gone)?;
+            deferred.send(batch)
+        } else {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            batches.send(batch)
+        };
+        if sent.is_err() {
             return Err(self.collect_failure());
         }
         Ok(())
+    }
+
+    /// Whether the next batch is stored raw for `gc` to compress.
+    fn defers_next_batch(&self) -> bool {
+        match self.mode {
+            CompressionMode::Inline => false,
+            CompressionMode::Deferred => true,
+            // Every compression thread already has a batch waiting: this one would only
+            // wait behind them, and the transfer with it.
+            CompressionMode::Adaptive => {
+                self.queued.load(Ordering::Acquire) >= self.compression_threads
+            }
+        }
     }
 
     /// The pipeline's error, once it hung up.
@@ -478,6 +543,7 @@ impl Packer {
     /// Stops the threads; an unfinished pack's temp file is removed.
     pub(crate) fn stop(&mut self) {
         self.batches = None;
+        self.deferred = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -487,5 +553,68 @@ impl Packer {
 impl Drop for Packer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(n: u8, kind: u8) -> Blob {
+        let bytes = vec![n; 100];
+        Blob {
+            id: Id::of(&bytes),
+            kind,
+            compression: COMPRESSION_DEFERRED,
+            raw_len: bytes.len() as u32,
+            bytes,
+            children: None,
+        }
+    }
+
+    fn batch(seq: u64, blobs: Vec<Blob>, flush: bool) -> Batch {
+        let ordered = flush || blobs.iter().any(|b| b.kind == BLOB_KIND_TREE);
+        Batch {
+            seq,
+            blobs,
+            cost: 1,
+            flush,
+            ordered,
+        }
+    }
+
+    /// Batches come out of compression in any order. Chunk batches are appended as they
+    /// come; a tree batch and a flush wait for every batch submitted before them.
+    #[test]
+    fn trees_and_flushes_wait_for_earlier_batches_and_chunks_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (sync_tx, sync_rx) = mpsc::sync_channel(8);
+        let (done_tx, _done_rx) = mpsc::channel();
+        let in_flight = Arc::new(InFlight::default());
+        let tmp = dir.path().to_path_buf();
+        let worker = std::thread::spawn(move || pack_worker(tmp, rx, in_flight, sync_tx, done_tx));
+        let (c0, c1, c3, t2) = (
+            blob(0, BLOB_KIND_CHUNK),
+            blob(1, BLOB_KIND_CHUNK),
+            blob(3, BLOB_KIND_CHUNK),
+            blob(2, BLOB_KIND_TREE),
+        );
+        let ids = [c0.id, c1.id, t2.id, c3.id];
+        tx.send(batch(4, vec![], true)).unwrap();
+        tx.send(batch(2, vec![t2], false)).unwrap();
+        tx.send(batch(1, vec![c1], false)).unwrap();
+        tx.send(batch(3, vec![c3], false)).unwrap();
+        tx.send(batch(0, vec![c0], false)).unwrap();
+        let ToSync::Pack(pack, _) = sync_rx.recv().unwrap() else {
+            panic!("expected the flushed pack first");
+        };
+        assert!(matches!(sync_rx.recv().unwrap(), ToSync::Flush));
+        let order: Vec<Id> = pack.blobs().iter().map(|b| b.id).collect();
+        // Chunk 1 came before chunk 0 and went in at once; the tree waited for 0 and 1,
+        // chunk 3 did not wait for the tree; the flush came last.
+        assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2]]);
+        drop(tx);
+        worker.join().unwrap();
     }
 }

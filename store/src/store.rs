@@ -22,6 +22,54 @@ pub struct StoreConfig {
     pub chunk_avg: u32,
     pub chunk_max: u32,
     pub zstd_level: i32,
+    pub compression: CompressionMode,
+}
+
+/// When a writer compresses new blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressionMode {
+    /// Every blob is compressed before it is written, however long the backup waits.
+    Inline,
+    /// Compression takes the CPU the transfer leaves; blobs it cannot keep up with are
+    /// written raw and compressed by a later `gc`. The backup window stays short.
+    #[default]
+    Adaptive,
+    /// Blobs are written raw and `gc` compresses them.
+    Deferred,
+}
+
+impl CompressionMode {
+    pub const NAMES: [&'static str; 3] = ["inline", "adaptive", "deferred"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressionMode::Inline => "inline",
+            CompressionMode::Adaptive => "adaptive",
+            CompressionMode::Deferred => "deferred",
+        }
+    }
+}
+
+impl std::fmt::Display for CompressionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for CompressionMode {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "inline" => Ok(CompressionMode::Inline),
+            "adaptive" => Ok(CompressionMode::Adaptive),
+            "deferred" => Ok(CompressionMode::Deferred),
+            other => Err(StoreError::Config(format!(
+                "compression mode `{other}` is not one of {}",
+                CompressionMode::NAMES.join(", ")
+            ))),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -31,6 +79,7 @@ impl Default for StoreConfig {
             chunk_avg: DEFAULT_CHUNK_AVG,
             chunk_max: DEFAULT_CHUNK_MAX,
             zstd_level: DEFAULT_ZSTD_LEVEL,
+            compression: CompressionMode::default(),
         }
     }
 }
@@ -70,8 +119,12 @@ impl StoreConfig {
 
     fn encode(&self, store_id: &str) -> String {
         format!(
-            "{CONFIG_MAGIC}\nformat = {STORE_FORMAT_VERSION}\nid = {store_id}\nchunk_min = {}\nchunk_avg = {}\nchunk_max = {}\nzstd_level = {}\n",
-            self.chunk_min, self.chunk_avg, self.chunk_max, self.zstd_level
+            "{CONFIG_MAGIC}\nformat = {STORE_FORMAT_VERSION}\nid = {store_id}\nchunk_min = {}\nchunk_avg = {}\nchunk_max = {}\nzstd_level = {}\ncompression = {}\n",
+            self.chunk_min,
+            self.chunk_avg,
+            self.chunk_max,
+            self.zstd_level,
+            self.compression.name()
         )
     }
 
@@ -107,6 +160,11 @@ impl StoreConfig {
             chunk_avg: num("chunk_avg")? as u32,
             chunk_max: num("chunk_max")? as u32,
             zstd_level: num("zstd_level")? as i32,
+            // Stores made before the setting existed compressed inline.
+            compression: match values.get("compression") {
+                Some(mode) => mode.parse()?,
+                None => CompressionMode::Inline,
+            },
         };
         config.validate()?;
         Ok((config, get("id")?.clone()))

@@ -5,7 +5,9 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use turku_store::{EntryData, EntryKind, Metadata, Store, StoreConfig, StoreError};
+use turku_store::{
+    CompressionMode, EntryData, EntryKind, Metadata, Store, StoreConfig, StoreError,
+};
 use turku_testkit::{
     assert_rsync_sees_no_difference, assert_same_tree, make_awkward_tree, random_bytes,
 };
@@ -17,6 +19,7 @@ fn small_chunks() -> StoreConfig {
         chunk_avg: 64 * 1024,
         chunk_max: 256 * 1024,
         zstd_level: 3,
+        ..StoreConfig::default()
     }
 }
 
@@ -523,6 +526,60 @@ fn repair_rebuilds_the_index_from_packs_and_records() {
     store.gc().unwrap();
     assert_eq!(store.stats().unwrap().chunks, 0);
     assert!(pack_files(&store).is_empty());
+}
+
+/// A writer that defers compression stores blobs raw; `gc` compresses them in place of
+/// the packs they were in, and what a repair rebuilds still knows which are deferred.
+#[test]
+fn deferred_compression_is_finished_by_gc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for j in 0..40 {
+        let text: String = (0..4000).map(|i| format!("line {i} of file {j}\n")).collect();
+        fs::write(src.join(format!("text{j}")), text).unwrap();
+    }
+    fs::write(src.join("noise"), random_bytes(9, 300_000)).unwrap();
+    let root = tmp.path().join("store");
+    let config = StoreConfig {
+        compression: CompressionMode::Deferred,
+        ..small_chunks()
+    };
+    let store = Store::init(&root, config).unwrap();
+    let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+    let before = store.stats().unwrap();
+    // Everything, trees included, went in raw.
+    assert_eq!(before.stored_bytes, before.deferred_bytes);
+    assert!(before.stored_bytes > before.chunk_bytes);
+
+    // Repair rebuilds the deferred accounting from the packs alone.
+    drop(store);
+    for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = fs::remove_file(root.join(f));
+    }
+    Store::repair(&root).unwrap();
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.stats().unwrap(), before);
+
+    let gc = store.gc().unwrap();
+    let after = store.stats().unwrap();
+    assert_eq!(after.deferred_bytes, 0);
+    assert!(gc.compressed_blobs > 0);
+    // The text compresses well; the noise stays raw.
+    assert!(after.stored_bytes * 3 < before.stored_bytes, "{after:?}");
+    assert_eq!(
+        gc.compression_saved_bytes,
+        before.stored_bytes - after.stored_bytes,
+        "{gc:?}"
+    );
+    let verify = store.verify(None).unwrap();
+    assert!(verify.is_clean(), "{:?}", verify.problems);
+    let out = tmp.path().join("out");
+    store.export_to_dir(&snap, b"", &out).unwrap();
+    assert_same_tree(&src, &out);
+    // Nothing is left to do.
+    let again = store.gc().unwrap();
+    assert_eq!((again.compressed_blobs, again.repacked_packs), (0, 0));
 }
 
 #[test]
