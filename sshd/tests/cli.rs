@@ -520,5 +520,8 @@ fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
         stats["live_sessions"], 0,
         "dead writers' sessions are cleared by gc"
     );
-    assert_eq!(stats["deferred_bytes"], 0, "gc compressed everything deferred");
+    assert_eq!(
+        stats["deferred_bytes"], 0,
+        "gc compressed everything deferred"
+    );
 }

@@ -212,10 +212,7 @@ impl Store {
                     == Some((pack_id, b.offset))
             };
             if is_live {
-                let stored = self.read_stored(name, b)?;
-                // Verify while copying: repacking must never spread corruption.
-                self.decode_stored(name, b, &stored)?;
-                live.push((*b, stored));
+                live.push((*b, self.read_stored(name, b)?));
             }
         }
         let deferred_before: u64 = live
@@ -223,7 +220,7 @@ impl Store {
             .filter(|(b, _)| b.compression == COMPRESSION_DEFERRED)
             .map(|(b, _)| u64::from(b.stored_len))
             .sum();
-        let encoded = compress_deferred(self.config().zstd_level, live)?;
+        let encoded = self.verify_and_compress(name, live)?;
         let mut writer = PackWriter::create(&self.tmp_dir())?;
         let mut moved: Vec<(BlobLocation, BlobLocation)> = Vec::with_capacity(encoded.len());
         for (old, compression, stored) in &encoded {
@@ -246,19 +243,19 @@ impl Store {
                 )?;
                 let new_id = tx.last_insert_rowid();
                 let mut dead = 0u64;
+                let mut repoint = tx.prepare_cached(
+                    "UPDATE blobs SET pack = ?1, offset = ?2, stored_len = ?3,
+                     compression = ?4 WHERE id = ?5 AND pack = ?6",
+                )?;
                 for (old, new) in &moved {
-                    let n = tx.execute(
-                        "UPDATE blobs SET pack = ?1, offset = ?2, stored_len = ?3,
-                         compression = ?4 WHERE id = ?5 AND pack = ?6",
-                        params![
-                            new_id,
-                            new.offset as i64,
-                            new.stored_len,
-                            new.compression,
-                            old.id.as_bytes().as_slice(),
-                            pack_id
-                        ],
-                    )?;
+                    let n = repoint.execute(params![
+                        new_id,
+                        new.offset as i64,
+                        new.stored_len,
+                        new.compression,
+                        old.id.as_bytes().as_slice(),
+                        pack_id
+                    ])?;
                     if n == 0 {
                         dead += u64::from(new.stored_len);
                     }
@@ -326,44 +323,82 @@ impl Store {
     }
 }
 
-/// Encodes a pack's live blobs for their new pack: those stored deferred are compressed
-/// (kept raw when that does not pay), on as many threads as a writer would use; the others
-/// keep their encoding.
-fn compress_deferred(
-    zstd_level: i32,
-    blobs: Vec<(BlobLocation, Vec<u8>)>,
-) -> Result<Vec<(BlobLocation, u8, Vec<u8>)>> {
-    let mut encoded: Vec<(BlobLocation, u8, Vec<u8>)> = blobs
-        .into_iter()
-        .map(|(location, stored)| (location, location.compression, stored))
-        .collect();
-    let threads = crate::packer::compression_threads();
-    let share = encoded.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = encoded
-            .chunks_mut(share)
-            .map(|part| {
-                scope.spawn(move || -> Result<()> {
-                    let mut compressor = Compressor::new(zstd_level)?;
-                    for (_, compression, bytes) in part {
-                        if *compression == COMPRESSION_DEFERRED {
-                            let (chosen, stored) = compressor.compress_owned(std::mem::take(bytes));
-                            *compression = chosen;
-                            *bytes = stored;
-                        }
-                    }
-                    Ok(())
-                })
-            })
+impl Store {
+    /// Encodes the live blobs of pack `name` for their new pack, on as many threads as a
+    /// writer would use: each is verified (repacking must never spread corruption), and
+    /// those stored deferred are compressed (kept raw when that does not pay); the others
+    /// keep their encoding.
+    fn verify_and_compress(
+        &self,
+        name: &str,
+        blobs: Vec<(BlobLocation, Vec<u8>)>,
+    ) -> Result<Vec<(BlobLocation, u8, Vec<u8>)>> {
+        let mut encoded: Vec<(BlobLocation, u8, Vec<u8>)> = blobs
+            .into_iter()
+            .map(|(location, stored)| (location, location.compression, stored))
             .collect();
-        for worker in workers {
-            worker
-                .join()
-                .map_err(|_| StoreError::Busy("a gc compression thread panicked".into()))??;
+        let threads = crate::packer::compression_threads();
+        let level = self.config().zstd_level;
+        // Parts of about equal bytes: a pack mixes many small files with big chunks.
+        let total: usize = encoded.iter().map(|(_, _, b)| b.len()).sum();
+        let mut parts: Vec<&mut [(BlobLocation, u8, Vec<u8>)]> = Vec::with_capacity(threads);
+        let mut rest = encoded.as_mut_slice();
+        for k in 1..threads {
+            let target = total * k / threads - (total * (k - 1) / threads);
+            let mut bytes = 0;
+            let cut = rest
+                .iter()
+                .position(|(_, _, b)| {
+                    bytes += b.len();
+                    bytes >= target
+                })
+                .map_or(rest.len(), |i| i + 1);
+            let (part, tail) = rest.split_at_mut(cut);
+            parts.push(part);
+            rest = tail;
         }
-        Ok(())
-    })?;
-    Ok(encoded)
+        parts.push(rest);
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    scope.spawn(move || -> Result<()> {
+                        let mut compressor = Compressor::new(level)?;
+                        let mut decompressor =
+                            zstd::bulk::Decompressor::new().map_err(|e| StoreError::Io {
+                                op: "create zstd context",
+                                path: self.path().to_path_buf(),
+                                source: e,
+                            })?;
+                        for (location, compression, bytes) in part {
+                            pack::decode_blob(location, bytes, &mut decompressor).map_err(
+                                |reason| StoreError::CorruptBlob {
+                                    id: location.id.to_hex(),
+                                    pack: name.to_string(),
+                                    offset: location.offset,
+                                    reason: reason.to_string(),
+                                },
+                            )?;
+                            if *compression == COMPRESSION_DEFERRED {
+                                let (chosen, stored) =
+                                    compressor.compress_owned(std::mem::take(bytes));
+                                *compression = chosen;
+                                *bytes = stored;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker
+                    .join()
+                    .map_err(|_| StoreError::Busy("a gc compression thread panicked".into()))??;
+            }
+            Ok(())
+        })?;
+        Ok(encoded)
+    }
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {

@@ -388,9 +388,11 @@ mod tests {
             .unwrap();
         assert_eq!(owner, None);
         let deferred: i64 = conn
-            .query_row("SELECT deferred_bytes FROM packs WHERE name = 'p'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT deferred_bytes FROM packs WHERE name = 'p'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(deferred, 0);
         drop(conn);

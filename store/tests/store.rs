@@ -536,7 +536,9 @@ fn deferred_compression_is_finished_by_gc() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     for j in 0..40 {
-        let text: String = (0..4000).map(|i| format!("line {i} of file {j}\n")).collect();
+        let text: String = (0..4000)
+            .map(|i| format!("line {i} of file {j}\n"))
+            .collect();
         fs::write(src.join(format!("text{j}")), text).unwrap();
     }
     fs::write(src.join("noise"), random_bytes(9, 300_000)).unwrap();
