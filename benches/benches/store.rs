@@ -1,6 +1,7 @@
 //! Store hot paths, on this machine's 2 cores. Phases measured:
 //! 1. chunking (FastCDC v2020), hashing (blake3) and compression (zstd levels 1 and 3) in MiB/s;
-//! 2. ingest of new data and of data already stored (dedup path) in MiB/s;
+//! 2. ingest of new data (adaptive and inline compression) and of data already stored (dedup
+//!    path) in MiB/s, and `gc` compressing what a deferred writer stored raw;
 //! 3. an unchanged snapshot of a 100k-file tree (time; bytes written are printed);
 //! 4. export to a directory in MiB/s;
 //! 5. forget one of many snapshots and collect the garbage.
@@ -12,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use turku_store::{Store, StoreConfig};
+use turku_store::{CompressionMode, Store, StoreConfig};
 use turku_testkit::random_bytes;
 
 const MIB: usize = 1024 * 1024;
@@ -94,17 +95,35 @@ fn ingest(c: &mut Criterion) {
     g.sample_size(10)
         .throughput(Throughput::Bytes(CORPUS_BYTES as u64));
     let mut n = 0u64;
-    g.bench_function("new_data_64MiB", |b| {
+    for mode in [CompressionMode::Adaptive, CompressionMode::Inline] {
+        g.bench_function(format!("new_data_64MiB_{mode}"), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    let config = StoreConfig {
+                        compression: mode,
+                        ..StoreConfig::default()
+                    };
+                    Store::init(&tmp.path().join(format!("fresh-{n}")), config).unwrap()
+                },
+                |store| black_box(store.ingest_dir("m", "s", &corpus, None).unwrap()),
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.bench_function("gc_compresses_deferred_64MiB", |b| {
         b.iter_batched(
             || {
                 n += 1;
-                Store::init(
-                    &tmp.path().join(format!("fresh-{n}")),
-                    StoreConfig::default(),
-                )
-                .unwrap()
+                let config = StoreConfig {
+                    compression: CompressionMode::Deferred,
+                    ..StoreConfig::default()
+                };
+                let store = Store::init(&tmp.path().join(format!("fresh-{n}")), config).unwrap();
+                store.ingest_dir("m", "s", &corpus, None).unwrap();
+                store
             },
-            |store| black_box(store.ingest_dir("m", "s", &corpus, None).unwrap()),
+            |store| black_box(store.gc().unwrap()),
             BatchSize::PerIteration,
         )
     });
@@ -183,7 +202,12 @@ fn gc_after_forget(c: &mut Criterion) {
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("shared"), mixed_bytes(3, 8 * MIB)).unwrap();
-    let store = Store::init(&tmp.path().join("store"), StoreConfig::default()).unwrap();
+    // Inline: what is timed is forgetting and freeing, not compressing deferred blobs.
+    let config = StoreConfig {
+        compression: CompressionMode::Inline,
+        ..StoreConfig::default()
+    };
+    let store = Store::init(&tmp.path().join("store"), config).unwrap();
     let mut round = 0u64;
     let mut next_snapshot = |store: &Store| {
         round += 1;
