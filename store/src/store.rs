@@ -414,3 +414,37 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compression_mode_round_trips_and_old_configs_compress_inline() {
+        for mode in [
+            CompressionMode::Inline,
+            CompressionMode::Adaptive,
+            CompressionMode::Deferred,
+        ] {
+            let config = StoreConfig {
+                compression: mode,
+                ..StoreConfig::default()
+            };
+            let (decoded, id) = StoreConfig::decode(&config.encode("abc")).unwrap();
+            assert_eq!((decoded, id.as_str()), (config, "abc"));
+        }
+        let text = StoreConfig::default().encode("abc");
+        let without: String = text
+            .lines()
+            .filter(|l| !l.starts_with("compression"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let (old, _) = StoreConfig::decode(&without).unwrap();
+        assert_eq!(old.compression, CompressionMode::Inline);
+        let bad = text.replace("compression = adaptive", "compression = sometimes");
+        assert!(matches!(
+            StoreConfig::decode(&bad),
+            Err(StoreError::Config(_))
+        ));
+    }
+}
