@@ -161,9 +161,10 @@ fn pack_worker(
     tmp_dir: PathBuf,
     compressed: mpsc::Receiver<Batch>,
     in_flight: Arc<InFlight>,
-    to_sync: mpsc::SyncSender<ToSync>,
+    to_sync: (mpsc::SyncSender<ToSync>, Arc<AtomicUsize>),
     done: mpsc::Sender<Done>,
 ) {
+    let (to_sync, unsynced_packs) = to_sync;
     /// Closes the budget however the thread ends, unwinding included.
     struct CloseOnExit(Arc<InFlight>);
     impl Drop for CloseOnExit {
@@ -202,6 +203,9 @@ fn pack_worker(
             match result {
                 Ok(out) => {
                     for item in out {
+                        if matches!(item, ToSync::Pack(..)) {
+                            unsynced_packs.fetch_add(1, Ordering::AcqRel);
+                        }
                         if to_sync.send(item).is_err() {
                             return;
                         }
@@ -271,15 +275,20 @@ fn sync_worker(
     packs_dir: PathBuf,
     mut db: Connection,
     session: i64,
-    to_sync: mpsc::Receiver<ToSync>,
+    to_sync: (mpsc::Receiver<ToSync>, Arc<AtomicUsize>),
     done: mpsc::Sender<Done>,
 ) {
+    let (to_sync, unsynced_packs) = to_sync;
     while let Ok(item) = to_sync.recv() {
         let reply = match item {
-            ToSync::Pack(written, children) => written
-                .make_durable(&packs_dir)
-                .and_then(|finished| index_pack(&mut db, session, &finished, &children))
-                .map_or_else(Done::Failed, Done::Indexed),
+            ToSync::Pack(written, children) => {
+                let indexed = written
+                    .make_durable(&packs_dir)
+                    .and_then(|finished| index_pack(&mut db, session, &finished, &children))
+                    .map_or_else(Done::Failed, Done::Indexed);
+                unsynced_packs.fetch_sub(1, Ordering::AcqRel);
+                indexed
+            }
             ToSync::Flush => Done::Flushed,
         };
         let failed = matches!(reply, Done::Failed(_));
@@ -317,6 +326,8 @@ pub(crate) struct Packer {
     batches: Option<mpsc::Sender<Batch>>,
     /// Batches sent to the compression threads that none has taken yet.
     queued: Arc<AtomicUsize>,
+    /// Packs written but not yet durable and indexed.
+    unsynced_packs: Arc<AtomicUsize>,
     compression_threads: usize,
     /// Straight to the pack thread, for batches stored deferred. Dropped with `batches`
     /// when the pipeline stops, or the pack thread would wait for it forever.
@@ -359,17 +370,21 @@ impl Packer {
                 })
         };
         let queued = Arc::new(AtomicUsize::new(0));
+        let unsynced_packs = Arc::new(AtomicUsize::new(0));
         let deferred = compressed_tx.clone();
         let mut threads = Vec::with_capacity(workers + 2);
         let (tmp, budget, pack_done) = (store.tmp_dir(), in_flight.clone(), done_tx.clone());
+        let (written, synced) = (unsynced_packs.clone(), unsynced_packs.clone());
         threads.push(spawn(
             "turku-pack",
-            Box::new(move || pack_worker(tmp, compressed_rx, budget, sync_tx, pack_done)),
+            Box::new(move || {
+                pack_worker(tmp, compressed_rx, budget, (sync_tx, written), pack_done)
+            }),
         )?);
         let packs = store.packs_dir();
         threads.push(spawn(
             "turku-sync",
-            Box::new(move || sync_worker(packs, sync_db, session, sync_rx, done_tx)),
+            Box::new(move || sync_worker(packs, sync_db, session, (sync_rx, synced), done_tx)),
         )?);
         for compressor in compressors {
             let (rx, tx, queue) = (batch_rx.clone(), compressed_tx.clone(), queued.clone());
@@ -384,6 +399,7 @@ impl Packer {
             mode: store.config().compression,
             batches: Some(batches),
             queued,
+            unsynced_packs,
             compression_threads: workers,
             deferred: Some(deferred),
             in_flight,
@@ -489,9 +505,12 @@ impl Packer {
             CompressionMode::Inline => false,
             CompressionMode::Deferred => true,
             // Every compression thread already has a batch waiting: this one would only
-            // wait behind them, and the transfer with it.
+            // wait behind them, and the transfer with it. Unless the disk is what is behind
+            // (every slot for packs awaiting their fsync is taken, and the pack thread is
+            // about to wait too): raw bytes would only make it more so.
             CompressionMode::Adaptive => {
                 self.queued.load(Ordering::Acquire) >= self.compression_threads
+                    && self.unsynced_packs.load(Ordering::Acquire) <= PACKS_AWAITING_SYNC
             }
         }
     }
@@ -593,7 +612,10 @@ mod tests {
         let (done_tx, _done_rx) = mpsc::channel();
         let in_flight = Arc::new(InFlight::default());
         let tmp = dir.path().to_path_buf();
-        let worker = std::thread::spawn(move || pack_worker(tmp, rx, in_flight, sync_tx, done_tx));
+        let unsynced = Arc::new(AtomicUsize::new(0));
+        let worker = std::thread::spawn(move || {
+            pack_worker(tmp, rx, in_flight, (sync_tx, unsynced), done_tx)
+        });
         let (c0, c1, c3, t2) = (
             blob(0, BLOB_KIND_CHUNK),
             blob(1, BLOB_KIND_CHUNK),
