@@ -104,6 +104,10 @@ pub const IN_FLIGHT_BYTES: u64 = 32 * 1024 * 1024;
 pub const IN_FLIGHT_BLOB_OVERHEAD: u64 = 512;
 /// Written packs a writer lets wait for their fsync before it stops packing more.
 pub const PACKS_AWAITING_SYNC: usize = 2;
+/// A writer pins the stored chunks it reuses in one transaction per this many chunks or
+/// bytes, keeping their bytes until then in case GC freed one meanwhile.
+pub const TENTATIVE_REUSE_CHUNKS: usize = 1024;
+pub const TENTATIVE_REUSE_BYTES: usize = 16 * 1024 * 1024;
 /// How often a writer waiting for room in that budget indexes packs that became durable.
 pub const IN_FLIGHT_POLL_MS: u64 = 5;
 

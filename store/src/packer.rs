@@ -344,6 +344,9 @@ pub(crate) struct Packer {
     pub(crate) known: HashSet<Id>,
     /// Bytes the packs this session wrote take (after compression).
     pub(crate) stored_bytes: u64,
+    /// Chunks found in the index but not pinned yet, with their bytes (see `reuse_chunk`).
+    tentative: Vec<(Id, Vec<u8>)>,
+    tentative_bytes: usize,
 }
 
 impl Packer {
@@ -410,6 +413,8 @@ impl Packer {
             threads,
             known,
             stored_bytes: 0,
+            tentative: Vec::new(),
+            tentative_bytes: 0,
         })
     }
 
@@ -425,6 +430,57 @@ impl Packer {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Like [`Packer::reuse`] for a chunk whose bytes the caller holds, but cheaper: a chunk
+    /// the index has is taken as reused at once and pinned later, with others, in one
+    /// transaction (one per chunk made already-stored data slower to back up than new
+    /// data). Until then its bytes are kept: a chunk GC freed in between is stored from
+    /// them. [`Packer::pin_tentative`] must run before any tree referencing it is added.
+    pub(crate) fn reuse_chunk(&mut self, id: &Id, data: &[u8]) -> Result<bool> {
+        if self.known.contains(id) {
+            return Ok(true);
+        }
+        if !index::blob_exists(&self.store.db(), id)? {
+            return Ok(false);
+        }
+        self.known.insert(*id);
+        self.tentative.push((*id, data.to_vec()));
+        self.tentative_bytes += data.len();
+        if self.tentative.len() >= TENTATIVE_REUSE_CHUNKS
+            || self.tentative_bytes >= TENTATIVE_REUSE_BYTES
+        {
+            self.pin_tentative()?;
+        }
+        Ok(true)
+    }
+
+    /// Pins the chunks taken as reused so far; stores those GC freed meanwhile, returning
+    /// how many and their bytes.
+    pub(crate) fn pin_tentative(&mut self) -> Result<(u64, u64)> {
+        let tentative = std::mem::take(&mut self.tentative);
+        self.tentative_bytes = 0;
+        if tentative.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut lost = Vec::new();
+        {
+            let mut db = self.store.db();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (id, data) in tentative {
+                if !index::pin_if_exists(&tx, self.session, &id)? {
+                    lost.push((id, data));
+                }
+            }
+            tx.commit()?;
+        }
+        let (mut chunks, mut bytes) = (0, 0);
+        for (id, data) in lost {
+            self.add(id, BLOB_KIND_CHUNK, &data, None)?;
+            chunks += 1;
+            bytes += data.len() as u64;
+        }
+        Ok((chunks, bytes))
     }
 
     fn pipeline_gone() -> StoreError {

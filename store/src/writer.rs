@@ -509,7 +509,7 @@ impl SnapshotWriter {
 
     fn store_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
         let id = Id::of(data);
-        if !self.packer.reuse(&id)? {
+        if !self.packer.reuse_chunk(&id, data)? {
             self.packer.add(id, BLOB_KIND_CHUNK, data, None)?;
             self.stats.new_chunks += 1;
             self.stats.new_bytes += data.len() as u64;
@@ -551,6 +551,10 @@ impl SnapshotWriter {
 
     /// Builds the trees, makes everything durable and makes the snapshot visible.
     pub fn commit(mut self) -> Result<Snapshot> {
+        // Before any tree: a tree's children must be pinned or stored when it is indexed.
+        let (chunks, bytes) = self.packer.pin_tentative()?;
+        self.stats.new_chunks += chunks;
+        self.stats.new_bytes += bytes;
         let mut paths: Vec<Vec<u8>> = self.dirs.keys().cloned().collect();
         // Deepest first, so every directory's children are built before it.
         paths.sort_by_key(|p| {

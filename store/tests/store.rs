@@ -361,6 +361,40 @@ fn gc_keeps_what_a_live_writer_wrote() {
     assert!(back == content, "content differs after a concurrent gc");
 }
 
+/// A writer takes a stored chunk as reused and pins it later, in a batch: if GC frees the
+/// chunk in between, the writer stores it again from the bytes it kept.
+#[test]
+fn a_reused_chunk_freed_before_its_pin_is_stored_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = new_store(tmp.path());
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let content = random_bytes(11, 100_000);
+    fs::write(src.join("f"), &content).unwrap();
+    let (old, _) = store.ingest_dir("a", "s", &src, None).unwrap();
+    store.forget(&old).unwrap();
+
+    let mut w = store.begin_snapshot("b", "s").unwrap();
+    let mut f = w.add_file(b"f", Metadata::default(), 0).unwrap();
+    f.write_all(&content).unwrap();
+    f.finish().unwrap();
+    assert_eq!(w.stats().new_chunks, 0, "the chunk was taken as reused");
+    let gc = store.gc().unwrap();
+    assert!(gc.freed_blobs > 0, "{gc:?}");
+    let snap = w.commit().unwrap();
+    assert!(snap.stats.new_chunks > 0, "{:?}", snap.stats);
+
+    let verify = store.verify(None).unwrap();
+    assert!(verify.is_clean(), "{:?}", verify.problems);
+    let mut back = Vec::new();
+    store
+        .open_file(&store.lookup(&snap, b"f").unwrap())
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == content);
+}
+
 #[test]
 fn forget_and_gc_reclaim_exactly_what_is_unreferenced() {
     let tmp = tempfile::tempdir().unwrap();
