@@ -122,7 +122,7 @@ impl Store {
                 }
             };
             let bytes = fs::read(&path).io_ctx("read pack", &path)?;
-            let mut d = zstd::bulk::Decompressor::new().io_ctx("zstd", &path)?;
+            let mut d = crate::store::new_decompressor(&path)?;
             for b in &trailer {
                 let Some(row) = index::find_blob(&self.db(), &b.id)? else {
                     continue;
@@ -139,7 +139,7 @@ impl Store {
                     Err("index and pack trailer disagree about this blob")
                 } else {
                     match stored {
-                        Some(s) => pack::decode_blob(b, s, &mut d).map(|_| ()),
+                        Some(s) => pack::check_blob(b, s, &mut d),
                         None => Err("blob lies past the end of the pack"),
                     }
                 };

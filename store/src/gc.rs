@@ -21,7 +21,7 @@ use crate::index;
 use crate::pack::{self, pack_path, BlobLocation, Compressor, PackWriter};
 use crate::session;
 use crate::snapshot::{self, Snapshot};
-use crate::store::Store;
+use crate::store::{check_stored, new_decompressor, Store};
 use crate::tree;
 
 /// What a GC run did.
@@ -321,9 +321,7 @@ impl Store {
         }
         Ok(())
     }
-}
 
-impl Store {
     /// Encodes the live blobs of pack `name` for their new pack, on as many threads as a
     /// writer would use: each is verified (repacking must never spread corruption), and
     /// those stored deferred are compressed (kept raw when that does not pay); the others
@@ -364,21 +362,9 @@ impl Store {
                 .map(|part| {
                     scope.spawn(move || -> Result<()> {
                         let mut compressor = Compressor::new(level)?;
-                        let mut decompressor =
-                            zstd::bulk::Decompressor::new().map_err(|e| StoreError::Io {
-                                op: "create zstd context",
-                                path: self.path().to_path_buf(),
-                                source: e,
-                            })?;
+                        let mut decompressor = new_decompressor(self.path())?;
                         for (location, compression, bytes) in part {
-                            pack::decode_blob(location, bytes, &mut decompressor).map_err(
-                                |reason| StoreError::CorruptBlob {
-                                    id: location.id.to_hex(),
-                                    pack: name.to_string(),
-                                    offset: location.offset,
-                                    reason: reason.to_string(),
-                                },
-                            )?;
+                            check_stored(name, location, bytes, &mut decompressor)?;
                             if *compression == COMPRESSION_DEFERRED {
                                 let (chosen, stored) =
                                     compressor.compress_owned(std::mem::take(bytes));

@@ -405,11 +405,29 @@ pub fn decode_blob(
     stored: &[u8],
     decompressor: &mut zstd::bulk::Decompressor<'static>,
 ) -> std::result::Result<Vec<u8>, &'static str> {
+    plaintext(location, stored, decompressor).map(std::borrow::Cow::into_owned)
+}
+
+/// Checks stored blob bytes as [`decode_blob`] does, without copying a raw blob's bytes.
+pub fn check_blob(
+    location: &BlobLocation,
+    stored: &[u8],
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+) -> std::result::Result<(), &'static str> {
+    plaintext(location, stored, decompressor).map(|_| ())
+}
+
+/// The checked plaintext of stored blob bytes: borrowed when stored raw.
+fn plaintext<'a>(
+    location: &BlobLocation,
+    stored: &'a [u8],
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+) -> std::result::Result<std::borrow::Cow<'a, [u8]>, &'static str> {
     if stored.len() != location.stored_len as usize {
         return Err("stored length does not match the index");
     }
     let raw = match location.compression {
-        COMPRESSION_NONE | COMPRESSION_DEFERRED => stored.to_vec(),
+        COMPRESSION_NONE | COMPRESSION_DEFERRED => std::borrow::Cow::Borrowed(stored),
         COMPRESSION_ZSTD => {
             let raw = decompressor
                 .decompress(stored, location.raw_len as usize)
@@ -417,7 +435,7 @@ pub fn decode_blob(
             if raw.len() != location.raw_len as usize {
                 return Err("decompressed length does not match");
             }
-            raw
+            std::borrow::Cow::Owned(raw)
         }
         _ => return Err("unknown compression"),
     };

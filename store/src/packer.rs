@@ -57,6 +57,19 @@ struct Batch {
     ordered: bool,
 }
 
+impl Batch {
+    fn new(seq: u64, blobs: Vec<Blob>, cost: u64, flush: bool) -> Batch {
+        let ordered = flush || blobs.iter().any(|b| b.kind == BLOB_KIND_TREE);
+        Batch {
+            seq,
+            blobs,
+            cost,
+            flush,
+            ordered,
+        }
+    }
+}
+
 /// What the pipeline reports to the writer.
 enum Done {
     /// A pack became durable and indexed; it takes this many bytes.
@@ -531,14 +544,7 @@ impl Packer {
         let seq = self.next_seq;
         self.next_seq += 1;
         let batches = self.batches.as_ref().ok_or_else(Self::pipeline_gone)?;
-        let ordered = flush || blobs.iter().any(|b| b.kind == BLOB_KIND_TREE);
-        let mut batch = Batch {
-            seq,
-            blobs,
-            cost,
-            flush,
-            ordered,
-        };
+        let mut batch = Batch::new(seq, blobs, cost, flush);
         let sent = if self.defers_next_batch() {
             for blob in &mut batch.blobs {
                 blob.compression = COMPRESSION_DEFERRED;
@@ -647,17 +653,6 @@ mod tests {
         }
     }
 
-    fn batch(seq: u64, blobs: Vec<Blob>, flush: bool) -> Batch {
-        let ordered = flush || blobs.iter().any(|b| b.kind == BLOB_KIND_TREE);
-        Batch {
-            seq,
-            blobs,
-            cost: 1,
-            flush,
-            ordered,
-        }
-    }
-
     /// Batches come out of compression in any order. Chunk batches are appended as they
     /// come; a tree batch and a flush wait for every batch submitted before them.
     #[test]
@@ -679,11 +674,11 @@ mod tests {
             blob(2, BLOB_KIND_TREE),
         );
         let ids = [c0.id, c1.id, t2.id, c3.id];
-        tx.send(batch(4, vec![], true)).unwrap();
-        tx.send(batch(2, vec![t2], false)).unwrap();
-        tx.send(batch(1, vec![c1], false)).unwrap();
-        tx.send(batch(3, vec![c3], false)).unwrap();
-        tx.send(batch(0, vec![c0], false)).unwrap();
+        tx.send(Batch::new(4, vec![], 1, true)).unwrap();
+        tx.send(Batch::new(2, vec![t2], 1, false)).unwrap();
+        tx.send(Batch::new(1, vec![c1], 1, false)).unwrap();
+        tx.send(Batch::new(3, vec![c3], 1, false)).unwrap();
+        tx.send(Batch::new(0, vec![c0], 1, false)).unwrap();
         let ToSync::Pack(pack, _) = sync_rx.recv().unwrap() else {
             panic!("expected the flushed pack first");
         };

@@ -39,7 +39,11 @@ pub enum CompressionMode {
 }
 
 impl CompressionMode {
-    pub const NAMES: [&'static str; 3] = ["inline", "adaptive", "deferred"];
+    pub const ALL: [CompressionMode; 3] = [
+        CompressionMode::Inline,
+        CompressionMode::Adaptive,
+        CompressionMode::Deferred,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -60,15 +64,16 @@ impl std::str::FromStr for CompressionMode {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "inline" => Ok(CompressionMode::Inline),
-            "adaptive" => Ok(CompressionMode::Adaptive),
-            "deferred" => Ok(CompressionMode::Deferred),
-            other => Err(StoreError::Config(format!(
-                "compression mode `{other}` is not one of {}",
-                CompressionMode::NAMES.join(", ")
-            ))),
-        }
+        CompressionMode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = CompressionMode::ALL.iter().map(|m| m.name()).collect();
+                StoreError::Config(format!(
+                    "compression mode `{s}` is not one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -168,6 +173,35 @@ impl StoreConfig {
         };
         config.validate()?;
         Ok((config, get("id")?.clone()))
+    }
+}
+
+/// A zstd decompression context; `path` names the store in the error.
+pub(crate) fn new_decompressor(path: &Path) -> Result<zstd::bulk::Decompressor<'static>> {
+    zstd::bulk::Decompressor::new().map_err(|e| StoreError::Io {
+        op: "create zstd context",
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Checks a blob read from pack `pack_name` without keeping its plaintext.
+pub(crate) fn check_stored(
+    pack_name: &str,
+    location: &BlobLocation,
+    stored: &[u8],
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+) -> Result<()> {
+    pack::check_blob(location, stored, decompressor)
+        .map_err(|reason| corrupt_blob(pack_name, location, reason))
+}
+
+fn corrupt_blob(pack_name: &str, location: &BlobLocation, reason: &str) -> StoreError {
+    StoreError::CorruptBlob {
+        id: location.id.to_hex(),
+        pack: pack_name.to_string(),
+        offset: location.offset,
+        reason: reason.to_string(),
     }
 }
 
@@ -282,11 +316,7 @@ impl Store {
             )));
         }
         let conn = index::open(&index_path)?;
-        let decompressor = zstd::bulk::Decompressor::new().map_err(|e| StoreError::Io {
-            op: "create zstd context",
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let decompressor = new_decompressor(path)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 root: path.to_path_buf(),
@@ -356,12 +386,8 @@ impl Store {
             .decompressor
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        pack::decode_blob(location, stored, &mut d).map_err(|reason| StoreError::CorruptBlob {
-            id: location.id.to_hex(),
-            pack: pack_name.to_string(),
-            offset: location.offset,
-            reason: reason.to_string(),
-        })
+        pack::decode_blob(location, stored, &mut d)
+            .map_err(|reason| corrupt_blob(pack_name, location, reason))
     }
 
     /// Reads a blob and checks its hash. Retries once through the index if GC moved it.
@@ -421,11 +447,7 @@ mod tests {
 
     #[test]
     fn the_compression_mode_round_trips_and_old_configs_compress_inline() {
-        for mode in [
-            CompressionMode::Inline,
-            CompressionMode::Adaptive,
-            CompressionMode::Deferred,
-        ] {
+        for mode in CompressionMode::ALL {
             let config = StoreConfig {
                 compression: mode,
                 ..StoreConfig::default()
