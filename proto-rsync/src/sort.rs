@@ -99,31 +99,32 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// (name, is_dir) in stock 3.5.0's sorted order (spec §5.8).
+    const STOCK_ORDER: &[(&[u8], bool)] = &[
+        (b".", true),
+        (b"B", false),
+        (b"a-file", false),
+        (b"a.b2", false),
+        (b"alink", false),
+        (b"zfile", false),
+        (b"\xc3\xa4", false),
+        (b"a b", true),
+        (b"a b/c", false),
+        (b"a.b", true),
+        (b"a.b/x", true),
+        (b"a.b/x/y", false),
+        (b"a", true),
+        (b"a/b", false),
+        (b"zdir", true),
+        (b"zdir/1", false),
+    ];
+
     #[test]
     fn matches_stock_capture() {
-        // (name, is_dir) in stock 3.5.0's sorted order (spec §5.8).
-        let want: &[(&[u8], bool)] = &[
-            (b".", true),
-            (b"B", false),
-            (b"a-file", false),
-            (b"a.b2", false),
-            (b"alink", false),
-            (b"zfile", false),
-            (b"\xc3\xa4", false),
-            (b"a b", true),
-            (b"a b/c", false),
-            (b"a.b", true),
-            (b"a.b/x", true),
-            (b"a.b/x/y", false),
-            (b"a", true),
-            (b"a/b", false),
-            (b"zdir", true),
-            (b"zdir/1", false),
-        ];
-        let mut shuffled: Vec<_> = want.to_vec();
+        let mut shuffled: Vec<_> = STOCK_ORDER.to_vec();
         shuffled.reverse();
         shuffled.sort_by(|a, b| compare(a.0, a.1, b.0, b.1, 31));
-        assert_eq!(shuffled, want);
+        assert_eq!(shuffled, STOCK_ORDER);
     }
 
     #[test]
@@ -147,23 +148,10 @@ mod tests {
 
     #[test]
     fn keys_sort_the_stock_capture() {
-        let want: &[(&[u8], bool)] = &[
-            (b".", true),
-            (b"B", false),
-            (b"a-file", false),
-            (b"zfile", false),
-            (b"a b", true),
-            (b"a b/c", false),
-            (b"a.b", true),
-            (b"a.b/x", true),
-            (b"a.b/x/y", false),
-            (b"a", true),
-            (b"a/b", false),
-        ];
-        let mut shuffled: Vec<_> = want.to_vec();
+        let mut shuffled: Vec<_> = STOCK_ORDER.to_vec();
         shuffled.reverse();
         shuffled.sort_by_key(|&(name, is_dir)| key(name, is_dir));
-        assert_eq!(shuffled, want);
+        assert_eq!(shuffled, STOCK_ORDER);
     }
 
     proptest! {

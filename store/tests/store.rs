@@ -27,6 +27,13 @@ fn new_store(dir: &Path) -> Store {
     Store::init(&dir.join("store"), small_chunks()).unwrap()
 }
 
+/// Removes the SQLite index (and its WAL) of the closed store at `root`, as if lost.
+fn delete_index(root: &Path) {
+    for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = fs::remove_file(root.join(f));
+    }
+}
+
 /// Every file and folder under the store (inodes the store uses).
 fn all_inodes(dir: &Path) -> usize {
     let mut n = 0;
@@ -524,9 +531,7 @@ fn repair_rebuilds_the_index_from_packs_and_records() {
         store.forget(&a).unwrap();
         vec![b.name, c.name]
     };
-    for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
-        let _ = fs::remove_file(root.join(f));
-    }
+    delete_index(&root);
     // A torn last line (a crash mid-append) is ignored.
     let log = root.join("snapshots/records.log");
     let mut f = fs::OpenOptions::new().append(true).open(&log).unwrap();
@@ -590,9 +595,7 @@ fn deferred_compression_is_finished_by_gc() {
 
     // Repair rebuilds the deferred accounting from the packs alone.
     drop(store);
-    for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
-        let _ = fs::remove_file(root.join(f));
-    }
+    delete_index(&root);
     Store::repair(&root).unwrap();
     let store = Store::open(&root).unwrap();
     assert_eq!(store.stats().unwrap(), before);
