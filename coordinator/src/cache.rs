@@ -38,12 +38,24 @@ struct Entry {
 }
 
 /// The cache. Cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct SecretCache {
     key: [u8; 32],
     ttl: Duration,
     capacity: usize,
     entries: Mutex<HashMap<(Principal, String), Entry>>,
+}
+
+/// The HMAC key and the digests are secret material: `Debug` shows only the shape.
+impl std::fmt::Debug for SecretCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCache")
+            .field("key", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            // `try_lock`: never wait (or deadlock) just to print.
+            .field("entries", &self.entries.try_lock().map(|e| e.len()).ok())
+            .finish()
+    }
 }
 
 impl SecretCache {
@@ -153,6 +165,20 @@ mod tests {
         );
         c.forget(Principal::Machine, "m1");
         assert!(!c.hit(Principal::Machine, "m1", "hashA", "right"));
+    }
+
+    #[test]
+    fn debug_hides_key_and_digests() {
+        let c = SecretCache::new(Duration::from_secs(60), 10);
+        c.insert(Principal::Machine, "m1", "stored-hash", "right");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(&format!("{:?}", c.key)), "{shown}");
+        assert!(
+            !shown.contains(&format!("{:?}", c.digest("right"))),
+            "{shown}"
+        );
+        assert!(!shown.contains("stored-hash"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -18,6 +18,19 @@ pub const ENV_TIME_ZONE: &str = "TURKU_API_TIME_ZONE";
 /// Fixed width, so text order is time order.
 pub const DB_DATETIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
 
+/// How long a statement waits for another process's lock on the database (a CLI writer)
+/// before failing. Requests wait on a blocking thread, never on an async worker.
+pub const DB_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Mode of a new database file (and so of its `-wal` and `-shm` siblings, which SQLite
+/// creates with the database's mode): it holds every secret hash.
+pub const DB_FILE_MODE: u32 = 0o600;
+
+/// Permission bits taken away from an existing database file (and its siblings) at open:
+/// access for "others". Group bits are left alone: an administrator may have granted them on
+/// purpose (a monitoring group running `turku-api health`).
+pub const DB_FILE_STRIPPED_BITS: u32 = 0o007;
+
 /// Largest request body accepted. Agents send their source list; 1 MiB is far above any real
 /// configuration while bounding memory per request.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -59,6 +72,33 @@ pub mod secrets {
     pub const REGISTRATION_SECRET_LEN: usize = 30;
     /// Argon2 verifications allowed to run at once: each holds ~100 MiB and a core.
     pub const MAX_CONCURRENT_HASHES: usize = 2;
+}
+
+/// Admission of requests that need Argon2 (a cache miss or a new registration).
+pub mod admission {
+    use super::Duration;
+    /// Requests allowed to wait for a hash slot beyond those running: at ~170 ms a hash and
+    /// two slots, a full queue drains in about three seconds. Beyond it the answer is 503.
+    pub const MAX_QUEUED_HASHES: usize = 32;
+    /// `Retry-After` of a 503 for a full queue.
+    pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
+    /// Body of a 503 (text, like every other error answer of the API).
+    pub const BUSY_BODY: &str = "Service Unavailable (busy, retry later)";
+}
+
+/// Throttling of failed secrets, per principal (a machine, a storage, a registration Auth).
+pub mod throttle {
+    use super::Duration;
+    /// Verifications from scratch a principal may fail in a row before it is refused
+    /// without hashing. A legitimate client fails at most once (its secret changed).
+    pub const FAILURE_BURST: u32 = 10;
+    /// One more try is allowed per this interval once the burst is spent: a guesser gets two
+    /// hashes a minute per principal. A successful verification forgives every failure.
+    pub const FAILURE_REFILL: Duration = Duration::from_secs(30);
+    /// Principals tracked at once. Only principals that exist in the database and failed
+    /// recently are tracked, so this is far above any fleet; past it the least recently
+    /// refilled entry goes.
+    pub const CAPACITY: usize = 100_000;
 }
 
 /// Verified-secret cache defaults.

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::constants::{DB_FILE_MODE, DB_FILE_STRIPPED_BITS};
 use crate::error::DbError;
 use crate::models::{Auth, BackupLog, Machine, Source, Storage};
 
@@ -232,8 +233,16 @@ pub struct Counts {
 }
 
 impl Db {
-    /// Open (creating if needed) and migrate the database at `path`.
+    /// Open (creating if needed) and migrate the database at `path`. A new file is created
+    /// with mode 0600 whatever the umask (SQLite gives its `-wal` and `-shm` files the same
+    /// mode); an existing one loses any access for others (group bits are left alone).
     pub fn open(path: &Path) -> Result<Self, DbError> {
+        if path.as_os_str() != ":memory:" && !path.as_os_str().is_empty() {
+            restrict_file_modes(path).map_err(|source| DbError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
         Self::setup(Connection::open(path)?)
     }
 
@@ -253,7 +262,7 @@ impl Db {
         // a fleet of ~20,000 machines, and mmap spares a read() per page beyond that.
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.pragma_update(None, "mmap_size", 268_435_456)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(crate::constants::DB_BUSY_TIMEOUT)?;
         // The bundled SQLite has STAT4, which marks range parameters (`date_next_backup <= ?`)
         // as plan-relevant and re-prepares the statement on every new binding: that was a
         // quarter of a check-in's CPU. Our plans are fixed index lookups, so pin them.
@@ -275,6 +284,61 @@ impl Db {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// How long a statement waits for another process's lock before failing.
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<(), DbError> {
+        Ok(self.conn().busy_timeout(timeout)?)
+    }
+}
+
+/// Create `path` with [`DB_FILE_MODE`] if it does not exist; otherwise take access for
+/// others away from it and from its existing `-wal`/`-shm` siblings.
+fn restrict_file_modes(path: &Path) -> std::io::Result<()> {
+    use std::fs::{OpenOptions, Permissions};
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(DB_FILE_MODE)
+        .open(path)
+    {
+        // The umask may have taken bits from the requested mode (never added any); set it
+        // exactly. SQLite takes an empty file as a new database.
+        Ok(file) => return file.set_permissions(Permissions::from_mode(DB_FILE_MODE)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & DB_FILE_STRIPPED_BITS == 0 {
+            continue;
+        }
+        let tightened = mode & !DB_FILE_STRIPPED_BITS;
+        // Not fatal: a reader who does not own the file (a group member running the CLI)
+        // cannot change its mode, and still needs to open it.
+        match std::fs::set_permissions(file, Permissions::from_mode(tightened)) {
+            Ok(()) => tracing::warn!(
+                file = %file.display(),
+                from = format_args!("{mode:o}"),
+                to = format_args!("{tightened:o}"),
+                "database file was open to others; their access is removed"
+            ),
+            Err(e) => tracing::warn!(
+                file = %file.display(),
+                mode = format_args!("{mode:o}"),
+                error = %e,
+                "database file is open to others and its mode cannot be changed"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> Result<(), DbError> {
@@ -355,6 +419,31 @@ pub fn set_secret_hash(
     };
     c.prepare_cached(sql)?.execute(params![id, hash])?;
     Ok(())
+}
+
+/// Replace a row's hash only if it still is `old_hash` (a rehash after a successful login
+/// must not undo a rotation made meanwhile). Returns whether the row changed.
+pub fn replace_secret_hash(
+    c: &Connection,
+    table: SecretTable,
+    id: &str,
+    old_hash: &str,
+    new_hash: &str,
+) -> rusqlite::Result<bool> {
+    let sql = match table {
+        SecretTable::Auth => {
+            "UPDATE turku_api_auth SET secret_hash = ?3 WHERE id = ?1 AND secret_hash = ?2"
+        }
+        SecretTable::Storage => {
+            "UPDATE turku_api_storage SET secret_hash = ?3 WHERE id = ?1 AND secret_hash = ?2"
+        }
+        SecretTable::Machine => {
+            "UPDATE turku_api_machine SET secret_hash = ?3 WHERE id = ?1 AND secret_hash = ?2"
+        }
+    };
+    Ok(c.prepare_cached(sql)?
+        .execute(params![id, old_hash, new_hash])?
+        > 0)
 }
 
 /// Tables holding a `secret_hash`.

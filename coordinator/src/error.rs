@@ -3,6 +3,8 @@
 use axum::http::StatusCode;
 use turku_api_types::constants::error_body;
 
+use crate::constants::admission::BUSY_BODY;
+
 /// Failures of the database layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -16,6 +18,14 @@ pub enum DbError {
         what: &'static str,
         /// The offending text.
         value: String,
+    },
+    /// Creating the database file or setting its mode failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
     },
     /// The schema is newer than this program.
     #[error("database schema version {found} is newer than supported version {supported}")]
@@ -46,6 +56,17 @@ pub enum ApiError {
     /// (see `handlers::try_handle_fast`). Raised before any write.
     #[error("request needs a blocking thread")]
     WouldBlock,
+    /// 503 with `Retry-After`: the hash queue is full, or this principal failed too often
+    /// and is refused without hashing for a while.
+    #[error("busy, retry after {retry_after:?}")]
+    Busy {
+        /// How long the client should wait.
+        retry_after: std::time::Duration,
+    },
+    /// Not an answer: the client went away while the request waited for a hash slot, so it
+    /// stopped before hashing or writing anything.
+    #[error("client gone before its hash ran")]
+    Abandoned,
 }
 
 impl ApiError {
@@ -56,6 +77,7 @@ impl ApiError {
             Self::BadAuth(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Internal(_) | Self::WouldBlock => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Busy { .. } | Self::Abandoned => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +88,19 @@ impl ApiError {
             Self::BadAuth(_) => error_body::BAD_AUTH.to_owned(),
             Self::NotFound(msg) => (*msg).to_owned(),
             Self::Internal(_) | Self::WouldBlock => error_body::SERVER_ERROR.to_owned(),
+            Self::Busy { .. } | Self::Abandoned => BUSY_BODY.to_owned(),
+        }
+    }
+
+    /// Whole seconds for a `Retry-After` header, if this answer carries one (at least 1, so
+    /// a client never retries at once).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Busy { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Some(secs.max(1))
+            }
+            _ => None,
         }
     }
 

@@ -19,6 +19,7 @@ use turku_api_types::constants::{
 use turku_api_types::pyjson;
 use turku_api_types::v1;
 
+use crate::admission::Abandoned;
 use crate::cache::Principal;
 use crate::constants::limits;
 use crate::db::{self, SecretTable};
@@ -43,6 +44,8 @@ pub struct Reply {
     pub body: String,
     /// `application/json` when true, `text/html; charset=utf-8` otherwise.
     pub json: bool,
+    /// Seconds for a `Retry-After` header (503 answers only).
+    pub retry_after: Option<u64>,
 }
 
 impl Reply {
@@ -52,6 +55,7 @@ impl Reply {
             status: StatusCode::OK,
             body,
             json: true,
+            retry_after: None,
         })
     }
 
@@ -60,8 +64,14 @@ impl Reply {
             status: e.status(),
             body: e.body(),
             json: false,
+            retry_after: e.retry_after_secs(),
         }
     }
+}
+
+/// The 503 for a full hash queue.
+pub fn busy_reply(retry_after: std::time::Duration) -> Reply {
+    Reply::error(&ApiError::Busy { retry_after })
 }
 
 /// Whether a `Content-Type` header value is acceptable. The original compares the string
@@ -84,6 +94,8 @@ struct Ctx<'a> {
     /// registration) stops with [`ApiError::WouldBlock`] before writing anything, and is
     /// rerun on a blocking thread.
     slow_ok: bool,
+    /// Set by the server when the client goes away: hashes not yet started are skipped.
+    abandoned: Option<&'a Abandoned>,
 }
 
 impl std::ops::Deref for Ctx<'_> {
@@ -96,10 +108,24 @@ impl std::ops::Deref for Ctx<'_> {
 /// Handle one POST to `/v1/<name>` whose method was already checked. May run Argon2
 /// (~170 ms at Django's cost): call it from a thread that can block.
 pub fn handle(state: &AppState, name: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+    handle_unless_abandoned(state, name, content_type, body, None)
+}
+
+/// [`handle`] for a request whose client may go away while it waits for a hash slot: once
+/// `abandoned` is set, no further hash starts and the request stops before writing anything
+/// that needed one (its answer, a 503, goes nowhere).
+pub fn handle_unless_abandoned(
+    state: &AppState,
+    name: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    abandoned: Option<&Abandoned>,
+) -> Reply {
     match dispatch(
         &Ctx {
             state,
             slow_ok: true,
+            abandoned,
         },
         name,
         content_type,
@@ -124,6 +150,7 @@ pub fn try_handle_fast(
         &Ctx {
             state,
             slow_ok: false,
+            abandoned: None,
         },
         name,
         content_type,
@@ -182,8 +209,9 @@ fn dispatch(
 
 // --- Authentication -----------------------------------------------------------------------
 
-/// Check a presented secret against a stored hash: cache first, then Argon2/PBKDF2 under a
-/// hash slot, rehashing outdated hashes as Django's `check_password` setter does.
+/// Check a presented secret against a stored hash: cache first, then the failure throttle,
+/// then Argon2/PBKDF2 under a hash slot, rehashing outdated hashes as Django's
+/// `check_password` setter does.
 fn check_secret(
     state: &Ctx<'_>,
     kind: Principal,
@@ -196,32 +224,67 @@ fn check_secret(
     let Value::String(secret) = secret else {
         return Ok(false);
     };
+    // Cached secrets pass before the throttle: a guesser aiming at a principal never locks
+    // out the client that really holds its secret.
     if state.cache.hit(kind, id, stored, secret) {
         return Ok(true);
     }
     if !state.slow_ok {
+        // Refuse a throttled principal here, before it takes a place in the hash queue.
+        state
+            .throttle
+            .check(kind, id)
+            .map_err(|retry_after| ApiError::Busy { retry_after })?;
         return Err(ApiError::WouldBlock);
     }
+    state
+        .throttle
+        .take(kind, id)
+        .map_err(|retry_after| ApiError::Busy { retry_after })?;
     let params = state.config.hash_params;
-    let verdict = state.with_hash_slot(|| secrets::verify(secret, stored, params));
+    let verdict = state
+        .with_hash_slot_unless(state.abandoned, || secrets::verify(secret, stored, params))
+        .ok_or(ApiError::Abandoned)?;
     match verdict {
         Verified::No => Ok(false),
         Verified::Yes => {
+            state.throttle.succeeded(kind, id);
             state.cache.insert(kind, id, stored, secret);
             Ok(true)
         }
         Verified::YesRehash => {
-            match state.with_hash_slot(|| secrets::hash(secret, params)) {
-                Ok(new_hash) => {
-                    db::set_secret_hash(&state.db.conn(), table, id, &new_hash)?;
-                    state.cache.insert(kind, id, &new_hash, secret);
+            state.throttle.succeeded(kind, id);
+            match state.with_hash_slot_unless(state.abandoned, || secrets::hash(secret, params)) {
+                Some(Ok(new_hash)) => {
+                    store_rehash(state, kind, table, id, stored, &new_hash, secret)?
                 }
                 // Keep the old (still valid) hash; the login itself succeeded.
-                Err(e) => warn!(error = %e, "rehash failed"),
+                Some(Err(e)) => warn!(error = %e, "rehash failed"),
+                // The client has gone: the next login rehashes.
+                None => {}
             }
             Ok(true)
         }
     }
+}
+
+/// Replace `old_hash` by `new_hash` only if the row still holds `old_hash`: a secret rotated
+/// while this login was hashing must not be overwritten by the rehash of the old secret.
+fn store_rehash(
+    state: &Ctx<'_>,
+    kind: Principal,
+    table: SecretTable,
+    id: &str,
+    old_hash: &str,
+    new_hash: &str,
+    secret: &str,
+) -> Result<(), ApiError> {
+    if db::replace_secret_hash(&state.db.conn(), table, id, old_hash, new_hash)? {
+        state.cache.insert(kind, id, new_hash, secret);
+    } else {
+        debug!("secret changed during a rehash; the new secret stands");
+    }
+    Ok(())
 }
 
 fn new_hash(state: &Ctx<'_>, secret: &str) -> Result<String, ApiError> {
@@ -230,7 +293,8 @@ fn new_hash(state: &Ctx<'_>, secret: &str) -> Result<String, ApiError> {
     }
     let params = state.config.hash_params;
     state
-        .with_hash_slot(|| secrets::hash(secret, params))
+        .with_hash_slot_unless(state.abandoned, || secrets::hash(secret, params))
+        .ok_or(ApiError::Abandoned)?
         .map_err(|e| ApiError::validation("secret_hash", &e.to_string()))
 }
 

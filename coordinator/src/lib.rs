@@ -3,7 +3,8 @@
 //!
 //! Layout, from the wire inwards:
 //! - [`server`]: axum router; checks the method and hands the body to [`handlers`] on a
-//!   blocking thread.
+//!   blocking thread (no SQLite call runs on an async worker); [`admission`] bounds the
+//!   requests waiting for Argon2 and [`throttle`] refuses principals that keep failing.
 //! - [`handlers`]: the seven endpoints as synchronous functions over bytes (also the fuzz
 //!   entry point), following the original's order of checks and error answers.
 //! - [`schedule`] and [`cronhash`]: the `frequency` grammar and next-run computation with
@@ -17,6 +18,7 @@
 //! Deliberate deviations from the original are listed in `DEVIATIONS.md`.
 
 pub mod admin;
+pub mod admission;
 pub mod cache;
 pub mod constants;
 pub mod cronhash;
@@ -31,6 +33,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod server;
 pub mod state;
+pub mod throttle;
 pub mod validate;
 
 pub use error::{ApiError, DbError};

@@ -71,6 +71,18 @@ enum Command {
         /// Maximum cached verified secrets (0 disables the cache).
         #[arg(long, default_value_t = k::cache::DEFAULT_CAPACITY)]
         secret_cache_size: usize,
+        /// Argon2 computations at once (each holds ~100 MiB and a core).
+        #[arg(long, default_value_t = k::secrets::MAX_CONCURRENT_HASHES)]
+        hash_slots: usize,
+        /// Requests that may wait for a hash slot; beyond them the answer is 503.
+        #[arg(long, default_value_t = k::admission::MAX_QUEUED_HASHES)]
+        hash_queue: usize,
+        /// Failed secrets in a row before a principal is refused unhashed (0: never).
+        #[arg(long, default_value_t = k::throttle::FAILURE_BURST)]
+        auth_failure_burst: u32,
+        /// Seconds per further try once a principal's failures are spent.
+        #[arg(long, default_value_t = k::throttle::FAILURE_REFILL.as_secs())]
+        auth_failure_refill: u64,
         #[command(flatten)]
         db: DbArg,
     },
@@ -190,12 +202,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             listen,
             secret_cache_ttl,
             secret_cache_size,
+            hash_slots,
+            hash_queue,
+            auth_failure_burst,
+            auth_failure_refill,
             db,
         } => {
             let config = Config {
                 time_zone: db.time_zone,
                 cache_ttl: Duration::from_secs(secret_cache_ttl),
                 cache_capacity: secret_cache_size,
+                max_concurrent_hashes: hash_slots,
+                max_queued_hashes: hash_queue,
+                auth_failure_burst,
+                auth_failure_refill: Duration::from_secs(auth_failure_refill),
                 ..Config::default()
             };
             let state = Arc::new(AppState::new(open(&db)?, config));

@@ -1,4 +1,10 @@
-//! The HTTP layer: routing, the method rule, and moving each request to a blocking thread.
+//! The HTTP layer: routing, the method rule, moving each request to a blocking thread, and
+//! admission to the hash path.
+//!
+//! No SQLite call runs on an async worker: a statement can wait up to the busy timeout for a
+//! CLI writer's lock (and the connection mutex behind it), which would stall every request on
+//! that worker. Requests that need Argon2 then pass a bounded admission: a full queue answers
+//! 503 with `Retry-After`, and a client that goes away while queued never gets its hash run.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use turku_api_types::constants::{
     endpoint, error_body, ALLOWED_METHOD, CONTENT_TYPE_ERROR, CONTENT_TYPE_JSON,
 };
 
+use crate::admission::Abandoned;
 use crate::constants::MAX_BODY_BYTES;
 use crate::handlers::{self, Reply};
 use crate::state::AppState;
@@ -78,21 +85,75 @@ async fn v1(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // Cached check-ins only take short SQLite calls (tens of microseconds under one mutex):
-    // run them right here, which saves two thread hand-offs per request.
-    if let Some(reply) = handlers::try_handle_fast(&state, &name, content_type.as_deref(), &body) {
-        return into_response(reply);
+    // Everything but Argon2 (cached check-ins, the bulk of the traffic) first.
+    let fast = {
+        let (state, name, content_type, body) = (
+            Arc::clone(&state),
+            name.clone(),
+            content_type.clone(),
+            body.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            handlers::try_handle_fast(&state, &name, content_type.as_deref(), &body)
+        })
+        .await
+    };
+    match fast {
+        Ok(Some(reply)) => return into_response(reply),
+        Ok(None) => {}
+        Err(e) => return panicked(&e),
     }
-    // Argon2 (~170 ms) must not stall an async worker.
+    let Some(ticket) = state.admit() else {
+        tracing::debug!(endpoint = %name, "hash queue full");
+        return into_response(handlers::busy_reply(state.config.busy_retry_after));
+    };
+    // Dropped with this future when the client goes away: the queued request then leaves
+    // the hash queue without hashing.
+    let abandon = AbandonOnDrop {
+        state: Arc::clone(&state),
+        flag: Abandoned::default(),
+        armed: true,
+    };
+    let flag = abandon.flag.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        handlers::handle(&state, &name, content_type.as_deref(), &body)
+        let _ticket = ticket;
+        handlers::handle_unless_abandoned(
+            &state,
+            &name,
+            content_type.as_deref(),
+            &body,
+            Some(&flag),
+        )
     })
     .await;
+    abandon.disarm();
     match joined {
         Ok(reply) => into_response(reply),
-        Err(e) => {
-            tracing::error!(error = %e, "request handler panicked");
-            text(StatusCode::INTERNAL_SERVER_ERROR, error_body::SERVER_ERROR)
+        Err(e) => panicked(&e),
+    }
+}
+
+fn panicked(e: &tokio::task::JoinError) -> Response {
+    tracing::error!(error = %e, "request handler panicked");
+    text(StatusCode::INTERNAL_SERVER_ERROR, error_body::SERVER_ERROR)
+}
+
+struct AbandonOnDrop {
+    state: Arc<AppState>,
+    flag: Abandoned,
+    armed: bool,
+}
+
+impl AbandonOnDrop {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.abandon(&self.flag);
         }
     }
 }
@@ -103,10 +164,16 @@ fn into_response(reply: Reply) -> Response {
     } else {
         CONTENT_TYPE_ERROR
     };
-    (
+    let mut response = (
         reply.status,
         [(header::CONTENT_TYPE, HeaderValue::from_static(ct))],
         reply.body,
     )
-        .into_response()
+        .into_response();
+    if let Some(secs) = reply.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }

@@ -1,14 +1,16 @@
 //! Shared server state and its configuration.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono_tz::Tz;
 
+use crate::admission::{Abandoned, Admission, HashGate};
 use crate::cache::SecretCache;
 use crate::constants;
 use crate::db::Db;
 use crate::secrets::HashParams;
+use crate::throttle::FailureThrottle;
 
 /// Tunables of a coordinator instance.
 #[derive(Debug, Clone)]
@@ -23,6 +25,17 @@ pub struct Config {
     pub cache_capacity: usize,
     /// Argon2 computations allowed at once (each holds its memory cost and a core).
     pub max_concurrent_hashes: usize,
+    /// Requests that need Argon2 allowed to wait beyond those running; more get a 503.
+    pub max_queued_hashes: usize,
+    /// `Retry-After` sent with a 503 for a full hash queue.
+    pub busy_retry_after: Duration,
+    /// Failed verifications in a row a principal may have before it is refused unhashed
+    /// (0 disables the throttle).
+    pub auth_failure_burst: u32,
+    /// After the burst, one more try per principal per this interval.
+    pub auth_failure_refill: Duration,
+    /// Principals the failure throttle tracks at once.
+    pub auth_throttle_capacity: usize,
 }
 
 impl Default for Config {
@@ -33,6 +46,11 @@ impl Default for Config {
             cache_ttl: constants::cache::DEFAULT_TTL,
             cache_capacity: constants::cache::DEFAULT_CAPACITY,
             max_concurrent_hashes: constants::secrets::MAX_CONCURRENT_HASHES,
+            max_queued_hashes: constants::admission::MAX_QUEUED_HASHES,
+            busy_retry_after: constants::admission::BUSY_RETRY_AFTER,
+            auth_failure_burst: constants::throttle::FAILURE_BURST,
+            auth_failure_refill: constants::throttle::FAILURE_REFILL,
+            auth_throttle_capacity: constants::throttle::CAPACITY,
         }
     }
 }
@@ -44,18 +62,28 @@ pub struct AppState {
     pub db: Db,
     /// Verified-secret cache.
     pub cache: SecretCache,
+    /// Failed-secret throttle, per principal.
+    pub throttle: FailureThrottle,
     /// Configuration.
     pub config: Config,
     gate: HashGate,
+    admission: Admission,
 }
 
 impl AppState {
     /// State over an open database.
     pub fn new(db: Db, config: Config) -> Self {
+        let slots = config.max_concurrent_hashes.max(1);
         Self {
             db,
             cache: SecretCache::new(config.cache_ttl, config.cache_capacity),
-            gate: HashGate::new(config.max_concurrent_hashes.max(1)),
+            throttle: FailureThrottle::new(
+                config.auth_failure_burst,
+                config.auth_failure_refill,
+                config.auth_throttle_capacity,
+            ),
+            gate: HashGate::new(slots),
+            admission: Admission::new(slots.saturating_add(config.max_queued_hashes)),
             config,
         }
     }
@@ -63,56 +91,50 @@ impl AppState {
     /// Run an Argon2 computation once a slot is free. Bounds memory (≈100 MiB each at
     /// Django's cost) and keeps cached check-ins flowing while registrations hash.
     pub fn with_hash_slot<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.gate.acquire();
-        // Released on drop, so a panicking computation cannot leak its slot.
-        let _slot = Slot(&self.gate);
-        f()
+        self.gate.run_always(f)
+    }
+
+    /// [`Self::with_hash_slot`], unless `abandoned` is set before the slot comes (`None`).
+    pub fn with_hash_slot_unless<T>(
+        &self,
+        abandoned: Option<&Abandoned>,
+        f: impl FnOnce() -> T,
+    ) -> Option<T> {
+        self.gate.run(abandoned, f)
+    }
+
+    /// Mark a request's client as gone: it leaves the hash queue without hashing.
+    pub fn abandon(&self, abandoned: &Abandoned) {
+        self.gate.abandon(abandoned);
+    }
+
+    /// Admit one request to the hash path, or `None` when running and queued requests are at
+    /// the limit (the caller answers 503). The place is held until the ticket drops.
+    pub fn admit(self: &Arc<Self>) -> Option<HashTicket> {
+        self.admission.try_enter().then(|| HashTicket {
+            state: Arc::clone(self),
+        })
+    }
+
+    /// Requests admitted to the hash path and not finished (running or queued).
+    pub fn hash_requests_in_flight(&self) -> usize {
+        self.admission.in_flight()
+    }
+
+    /// Hash computations started since the server began (diagnostics and tests).
+    pub fn hashes_started(&self) -> u64 {
+        self.gate.runs()
     }
 }
 
-struct Slot<'a>(&'a HashGate);
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
-/// A counting semaphore for blocking threads.
+/// A place on the hash path; gives it back on drop.
 #[derive(Debug)]
-struct HashGate {
-    free: Mutex<usize>,
-    cv: Condvar,
+pub struct HashTicket {
+    state: Arc<AppState>,
 }
 
-impl HashGate {
-    fn new(slots: usize) -> Self {
-        Self {
-            free: Mutex::new(slots),
-            cv: Condvar::new(),
-        }
-    }
-
-    fn acquire(&self) {
-        let mut free = self
-            .free
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *free == 0 {
-            free = self
-                .cv
-                .wait(free)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        *free -= 1;
-    }
-
-    fn release(&self) {
-        let mut free = self
-            .free
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *free += 1;
-        self.cv.notify_one();
+impl Drop for HashTicket {
+    fn drop(&mut self) {
+        self.state.admission.leave();
     }
 }
