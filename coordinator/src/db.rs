@@ -876,6 +876,69 @@ mod tests {
         assert_eq!(counts(&db.conn()).expect("counts"), Counts::default());
     }
 
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+    }
+
+    fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        name.into()
+    }
+
+    /// A new database and its WAL files are for the owner only, whatever the umask.
+    #[test]
+    fn new_database_files_are_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite3");
+        let db = Db::open(&path).expect("open");
+        db.conn()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .expect("write");
+        for file in [path.clone(), sibling(&path, "-wal"), sibling(&path, "-shm")] {
+            assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+        }
+    }
+
+    /// An existing database open to others loses their access; group bits stay.
+    #[test]
+    fn existing_database_loses_access_for_others() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite3");
+        drop(Db::open(&path).expect("create"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+        let db = Db::open(&path).expect("reopen");
+        assert_eq!(mode_of(&path), 0o660);
+        db.conn()
+            .execute_batch("CREATE TABLE t (x);")
+            .expect("write");
+        assert_eq!(mode_of(&sibling(&path, "-wal")), 0o660);
+    }
+
+    #[test]
+    fn replace_secret_hash_needs_the_old_hash() {
+        let db = Db::open_in_memory().expect("db");
+        let auth = Auth {
+            id: "a1".to_owned(),
+            name: "n".to_owned(),
+            secret_hash: "old".to_owned(),
+            secret_type: "machine_reg".to_owned(),
+            comment: None,
+            active: true,
+            date_added: Utc::now(),
+        };
+        insert_auth(&db.conn(), &auth).expect("insert");
+        let c = db.conn();
+        assert!(!replace_secret_hash(&c, SecretTable::Auth, "a1", "other", "new").expect("q"));
+        assert!(replace_secret_hash(&c, SecretTable::Auth, "a1", "old", "new").expect("q"));
+        let stored: String = c
+            .query_row("SELECT secret_hash FROM turku_api_auth", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(stored, "new");
+    }
+
     #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");

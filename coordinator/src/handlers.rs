@@ -1115,3 +1115,95 @@ fn storage_update_config(
         .collect();
     Reply::ok(&v1::StorageUpdateConfigResponse { machines })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{self, AuthKind};
+    use crate::db::Db;
+    use crate::secrets::HashParams;
+    use crate::state::Config;
+
+    /// A login whose hash is outdated is rehashed; if the secret was rotated between the
+    /// read of the row and the rehash, the rotation stands.
+    #[test]
+    fn rehash_never_undoes_a_rotation() {
+        let old_params = HashParams::insecure_fast();
+        let current = HashParams {
+            memory_kib: old_params.memory_kib * 2,
+            ..old_params
+        };
+        let db = Db::open_in_memory().expect("db");
+        let now = Utc::now();
+        let secret =
+            admin::auth_create(&db, AuthKind::MachineReg, Some("a"), true, old_params, now)
+                .expect("auth");
+        let secret = secret.trim();
+        let state = AppState::new(
+            db,
+            Config {
+                hash_params: current,
+                ..Config::default()
+            },
+        );
+        let ctx = Ctx {
+            state: &state,
+            slow_ok: true,
+            abandoned: None,
+        };
+        let read = db::auth_for_registration(&state.db.conn(), "a", secret_type::MACHINE_REG)
+            .expect("query")
+            .expect("auth");
+        // The row as the request read it is outdated: its login would rehash.
+        assert_eq!(
+            secrets::verify(secret, &read.secret_hash, current),
+            Verified::YesRehash
+        );
+        // Meanwhile an operator rotates the secret.
+        let rotated = secrets::hash("rotated", current).expect("hash");
+        db::set_secret_hash(&state.db.conn(), SecretTable::Auth, &read.id, &rotated)
+            .expect("rotate");
+
+        let ok = check_secret(
+            &ctx,
+            Principal::Auth,
+            SecretTable::Auth,
+            &read.id,
+            &read.secret_hash,
+            &Value::String(secret.to_owned()),
+        )
+        .expect("check");
+        assert!(ok, "the login against the row it read succeeds");
+        let after = db::auth_for_registration(&state.db.conn(), "a", secret_type::MACHINE_REG)
+            .expect("query")
+            .expect("auth");
+        assert_eq!(after.secret_hash, rotated, "the rotation was overwritten");
+        assert!(!state.cache.hit(Principal::Auth, &read.id, &rotated, secret));
+
+        // Without a rotation the same login rehashes as before.
+        db::set_secret_hash(
+            &state.db.conn(),
+            SecretTable::Auth,
+            &read.id,
+            &read.secret_hash,
+        )
+        .expect("restore");
+        assert!(check_secret(
+            &ctx,
+            Principal::Auth,
+            SecretTable::Auth,
+            &read.id,
+            &read.secret_hash,
+            &Value::String(secret.to_owned()),
+        )
+        .expect("check"));
+        let rehashed = db::auth_for_registration(&state.db.conn(), "a", secret_type::MACHINE_REG)
+            .expect("query")
+            .expect("auth");
+        assert_ne!(rehashed.secret_hash, read.secret_hash);
+        assert_eq!(
+            secrets::verify(secret, &rehashed.secret_hash, current),
+            Verified::Yes
+        );
+    }
+}
