@@ -19,8 +19,16 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The file system holding the store ran out of space (or quota) for `op`.
+    #[error("the disk holding {} is full: {op} failed ({source})", path.display())]
+    DiskFull {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("index database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("{} is not a turku store (no readable `config`); run `init` first", .0.display())]
     NotAStore(PathBuf),
     #[error("{} already holds a store", .0.display())]
@@ -65,14 +73,45 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Attach the operation and path to an I/O error.
 pub(crate) trait IoContext<T> {
     fn io_ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+impl StoreError {
+    /// An I/O failure of `op` on `path`; out of space or quota becomes [`StoreError::DiskFull`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull { op, path, source },
+            _ => StoreError::Io { op, path, source },
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. })
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            // SQLite maps ENOSPC to SQLITE_FULL, except where it extends the shared-memory
+            // file of its write-ahead log, which a full disk fails as IOERR_SHMSIZE.
+            rusqlite::Error::SqliteFailure(code, _)
+                if code.code == rusqlite::ErrorCode::DiskFull
+                    || code.extended_code == rusqlite::ffi::SQLITE_IOERR_SHMSIZE =>
+            {
+                StoreError::DiskFull {
+                    op: "write index",
+                    path: PathBuf::from(crate::format::INDEX_FILE),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                }
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
 }
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn io_ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| StoreError::Io {
-            op,
-            path: path.into(),
-            source,
-        })
+        self.map_err(|source| StoreError::io(op, path, source))
     }
 }

@@ -1,22 +1,17 @@
-//! Materialising a snapshot (or a sub-path of it) into a directory or a POSIX/PAX tar
-//! stream. Every chunk read is verified.
+//! Materialising a snapshot (or a sub-path of it) as a POSIX/PAX tar stream, and what the
+//! directory export (`export_dir.rs`) shares with it. Every chunk read is verified.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, File};
-use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::error::{IoContext, Result, StoreError};
-use crate::format::SPARSE_MIN_HOLE;
-use crate::reader::FileReader;
+use crate::error::{Result, StoreError};
+pub use crate::export_dir::{ExportOptions, ExportStep};
 use crate::snapshot::{split_path, Snapshot};
 use crate::store::Store;
-use crate::tree::{EntryData, EntryKind, Metadata, TreeEntry};
+use crate::tree::{EntryData, EntryKind, TreeEntry};
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -29,10 +24,6 @@ pub struct ExportStats {
     pub bytes: u64,
     /// Devices (and, without privileges, owners) that could not be restored.
     pub skipped: u64,
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// Linux `dev_t` encoding.
@@ -51,7 +42,7 @@ pub fn make_dev(major: u64, minor: u64) -> u64 {
         | (minor & 0xff)
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = dir.to_vec();
     if !p.is_empty() {
         p.push(b'/');
@@ -60,163 +51,7 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-fn filetime_of(meta: &Metadata) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(meta.mtime_sec, meta.mtime_nsec)
-}
-
-/// Sets atime and mtime without following symlinks or opening the file (a FIFO would block).
-fn set_times(path: &Path, meta: &Metadata) -> Result<()> {
-    let t = filetime_of(meta);
-    filetime::set_symlink_file_times(path, t, t).io_ctx("set mtime", path)
-}
-
-struct DirExporter<'a> {
-    store: &'a Store,
-    root: bool,
-    stats: ExportStats,
-    links: HashMap<u64, PathBuf>,
-    /// Directories whose mode and mtime are applied after their contents.
-    finish: Vec<(PathBuf, Metadata)>,
-}
-
-impl DirExporter<'_> {
-    fn owner(&mut self, path: &Path, meta: &Metadata) -> Result<()> {
-        if self.root {
-            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))
-                .io_ctx("chown", path)?;
-        }
-        Ok(())
-    }
-
-    fn entry(&mut self, dest: &Path, e: &TreeEntry) -> Result<()> {
-        let path = dest.join(OsStr::from_bytes(&e.name));
-        match &e.data {
-            EntryData::Dir { tree } => {
-                fs::create_dir(&path).io_ctx("create folder", &path)?;
-                self.owner(&path, &e.meta)?;
-                self.stats.dirs += 1;
-                let entries = self.store.read_tree(tree)?;
-                for child in &entries {
-                    self.entry(&path, child)?;
-                }
-                self.finish.push((path, e.meta));
-            }
-            EntryData::File { link_group, .. } => {
-                if *link_group != 0 {
-                    if let Some(first) = self.links.get(link_group) {
-                        fs::hard_link(first, &path).io_ctx("hard link", &path)?;
-                        self.stats.hard_links += 1;
-                        return Ok(());
-                    }
-                }
-                let mut out = File::create(&path).io_ctx("create", &path)?;
-                let mut reader = self.store.open_file(e)?;
-                let copied = write_sparse(&mut reader, &mut out, &path)?;
-                drop(out);
-                self.stats.bytes += copied;
-                self.stats.files += 1;
-                self.owner(&path, &e.meta)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(e.meta.perm))
-                    .io_ctx("chmod", &path)?;
-                set_times(&path, &e.meta)?;
-                if *link_group != 0 {
-                    self.links.insert(*link_group, path);
-                }
-            }
-            EntryData::Symlink { target } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
-                    .io_ctx("symlink", &path)?;
-                self.owner(&path, &e.meta)?;
-                set_times(&path, &e.meta)?;
-                self.stats.symlinks += 1;
-            }
-            EntryData::Device { .. } | EntryData::Special => {
-                let rdev = match e.data {
-                    EntryData::Device { rdev } => rdev,
-                    _ => 0,
-                };
-                let kind = match e.kind {
-                    EntryKind::CharDevice => nix::sys::stat::SFlag::S_IFCHR,
-                    EntryKind::BlockDevice => nix::sys::stat::SFlag::S_IFBLK,
-                    EntryKind::Fifo => nix::sys::stat::SFlag::S_IFIFO,
-                    _ => nix::sys::stat::SFlag::S_IFSOCK,
-                };
-                let is_device = matches!(e.kind, EntryKind::CharDevice | EntryKind::BlockDevice);
-                if is_device && !self.root {
-                    tracing::warn!("not root: skipping device {}", path.display());
-                    self.stats.skipped += 1;
-                    return Ok(());
-                }
-                nix::sys::stat::mknod(
-                    &path,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(e.meta.perm & 0o777),
-                    rdev as nix::libc::dev_t,
-                )
-                .map_err(io::Error::from)
-                .io_ctx("mknod", &path)?;
-                self.owner(&path, &e.meta)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(e.meta.perm))
-                    .io_ctx("chmod", &path)?;
-                set_times(&path, &e.meta)?;
-                self.stats.specials += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Store {
-    /// Restores `sub_path` of `snap` into `dest` (created; must be missing or empty).
-    /// A directory's contents land in `dest`; a single entry lands as `dest/<name>`.
-    pub fn export_to_dir(
-        &self,
-        snap: &Snapshot,
-        sub_path: &[u8],
-        dest: &Path,
-    ) -> Result<ExportStats> {
-        match fs::read_dir(dest) {
-            Ok(mut it) => {
-                if it.next().is_some() {
-                    return Err(StoreError::InvalidArgument(format!(
-                        "{} is not empty; export into a new or empty folder",
-                        dest.display()
-                    )));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(dest).io_ctx("create folder", dest)?;
-            }
-            Err(e) => return Err(e).io_ctx("open", dest),
-        }
-        let top = self.lookup(snap, sub_path)?;
-        let mut ex = DirExporter {
-            store: self,
-            root: is_root(),
-            stats: ExportStats::default(),
-            links: HashMap::new(),
-            finish: Vec::new(),
-        };
-        match &top.data {
-            EntryData::Dir { tree } => {
-                let entries = self.read_tree(tree)?;
-                for e in &entries {
-                    ex.entry(dest, e)?;
-                }
-                ex.owner(dest, &top.meta)?;
-                ex.finish.push((dest.to_path_buf(), top.meta));
-            }
-            _ => ex.entry(dest, &top)?,
-        }
-        // Deepest first: setting a parent's mtime must come after its children are done.
-        for (path, meta) in ex.finish.iter().rev() {
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.perm))
-                .io_ctx("chmod", path)?;
-            set_times(path, meta)?;
-        }
-        Ok(ex.stats)
-    }
-
     /// Writes `sub_path` of `snap` as a POSIX (ustar + PAX) tar stream.
     pub fn export_to_tar<W: Write>(
         &self,
@@ -467,29 +302,6 @@ pub fn pax_time(sec: i64, nsec: u32) -> String {
             format!("{whole}.{frac:09}")
         }
     }
-}
-
-/// Writes a file's content, leaving holes where whole chunks are zeros (as a sparse source
-/// had them: CDC cuts long zero runs into max-size chunks of nothing but zeros).
-fn write_sparse(reader: &mut FileReader, out: &mut File, path: &Path) -> Result<u64> {
-    let mut written = 0u64;
-    let mut pending_hole = false;
-    while let Some(data) = reader.next_chunk()? {
-        if data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0) {
-            out.seek(SeekFrom::Current(data.len() as i64))
-                .io_ctx("seek", path)?;
-            pending_hole = true;
-        } else {
-            out.write_all(data).io_ctx("write", path)?;
-            pending_hole = false;
-        }
-        written += data.len() as u64;
-    }
-    if pending_hole {
-        // A trailing hole needs the length set explicitly.
-        out.set_len(written).io_ctx("extend", path)?;
-    }
-    Ok(written)
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub const CONFIG_MAGIC: &str = "turku-store";
 pub const PACK_MAGIC: &[u8; 8] = b"TRKPACK1";
 pub const PACK_END_MAGIC: &[u8; 8] = b"TRKPEND1";
 pub const PACK_FOOTER_LEN: usize = 4 + 16 + 8;
+/// Space held back for `forget` and `gc` on a full disk (see `FULL_DISK_RESERVE_BYTES`).
+pub const RESERVE_FILE: &str = "space.reserve";
 /// One trailer record: id(32) kind(1) compression(1) offset(u64) stored_len(u32) raw_len(u32).
 pub const PACK_TRAILER_RECORD_LEN: usize = 32 + 1 + 1 + 8 + 4 + 4;
 /// A pack is closed once it reaches this size; blobs never straddle packs.
@@ -133,3 +135,14 @@ pub const REPACK_DEAD_PERCENT: u64 = 30;
 /// Pack files on disk that no index row knows are removed by GC only after this long,
 /// since a writer renames its pack into place just before indexing it.
 pub const ORPHAN_PACK_GRACE_SECS: u64 = 3600;
+/// What a writer session's `pid_start` is set to when its commit failed half-way: no process
+/// matches it, so GC rolls back its snapshot record and then clears it as a dead session.
+pub const SESSION_ABANDONED_PID_START: i64 = -1;
+/// Bytes the store keeps allocated in `RESERVE_FILE` (recreated by every backup and `gc`
+/// when there is room): on a full disk `forget` and `gc` free it to make room for the index's
+/// write-ahead log and the snapshot log, then free space by deleting packs.
+pub const FULL_DISK_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
+/// GC frees blobs in transactions of this many; on a full disk, of `FREE_BATCH_FULL_DISK`,
+/// checkpointing the index in between so its write-ahead log stays small.
+pub const FREE_BATCH: usize = 2000;
+pub const FREE_BATCH_FULL_DISK: usize = 64;

@@ -44,14 +44,18 @@ pub struct GcStats {
     pub unreadable_trees: u64,
 }
 
-const FREE_BATCH: usize = 2000;
-
 impl Store {
-    /// Removes a snapshot. Its data is reclaimed by the next `gc`.
+    /// Removes a snapshot. Its data is reclaimed by the next `gc`. Works on a full disk: it
+    /// appends one line to the snapshot log and deletes a row, for which the store's space
+    /// reserve is freed if need be.
     pub fn forget(&self, snap: &Snapshot) -> Result<()> {
         // Record first: a crash in between leaves a row without a record, which `repair`
         // drops, never a record whose data GC may already have freed.
         snapshot::remove_record(self, snap)?;
+        self.with_room(|| self.forget_once(snap))
+    }
+
+    fn forget_once(&self, snap: &Snapshot) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         index::delete_snapshot(&tx, &snap.to_row())?;
@@ -74,22 +78,104 @@ impl Store {
         // Before the dead sessions that identify them are cleared, and before anything is
         // freed: a rolled-back commit must never be resurrected by a repair once its blobs
         // are gone.
+        // Every step is safe to run again, so a run cut short by a full disk starts over
+        // once the reserve is freed.
+        let stats = self.with_room(|| self.collect())?;
+        if let Err(e) = pack::ensure_reserve(self.path()) {
+            tracing::warn!("gc: the space reserve is not restored: {e}");
+        }
+        drop(lock);
+        Ok(stats)
+    }
+
+    /// Runs `step`; if it fails for want of space and the store's space reserve was there to
+    /// free, frees it and runs `step` once more.
+    fn with_room<T>(&self, mut step: impl FnMut() -> Result<T>) -> Result<T> {
+        match step() {
+            Err(e) if e.is_disk_full() && pack::release_reserve(self.path()) => step(),
+            result => result,
+        }
+    }
+
+    /// One GC run, under the GC lock.
+    fn collect(&self) -> Result<GcStats> {
         let rolled_back_commits = snapshot::roll_back_interrupted_commits(self)? as u64;
         let mut stats = GcStats {
             dead_sessions: session::clear_dead(&self.db())? as u64,
             rolled_back_commits,
             ..GcStats::default()
         };
-        while self.free_batch(&mut stats)? > 0 {}
+        // Packs whose every blob is freed are deleted batch by batch, before anything is
+        // repacked: on a full disk that is what makes room (repacking needs some first).
+        let mut batch = FREE_BATCH;
+        loop {
+            match self.free_batch(batch, &mut stats) {
+                Ok(packs) if packs.is_empty() => break,
+                Ok(packs) => self.delete_dead_packs(&packs, &mut stats)?,
+                Err(e) if e.is_disk_full() && batch > FREE_BATCH_FULL_DISK => {
+                    tracing::warn!("gc: the disk is full; freeing in small batches");
+                    batch = FREE_BATCH_FULL_DISK;
+                }
+                Err(e) => return Err(e),
+            }
+            if batch == FREE_BATCH_FULL_DISK {
+                // Lets the next transaction reuse the write-ahead log from its start.
+                self.db()
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            }
+        }
         self.sweep_packs(&mut stats)?;
         self.remove_orphans(&mut stats)?;
-        snapshot::compact_log(self)?;
-        drop(lock);
+        match snapshot::compact_log(self) {
+            // Forgotten lines only take room; compaction waits for a disk with some.
+            Err(e) if e.is_disk_full() => tracing::warn!("gc: log not compacted: {e}"),
+            result => {
+                result?;
+            }
+        }
         Ok(stats)
     }
 
-    /// Frees up to `FREE_BATCH` unreferenced, unpinned blobs in one transaction.
-    fn free_batch(&self, stats: &mut GcStats) -> Result<usize> {
+    /// Deletes those of `packs` whose every blob is freed.
+    fn delete_dead_packs(
+        &self,
+        packs: &std::collections::BTreeSet<i64>,
+        stats: &mut GcStats,
+    ) -> Result<()> {
+        for &pack_id in packs {
+            let dead: Option<String> = self
+                .db()
+                .query_row(
+                    "SELECT name FROM packs WHERE id = ?1 AND dead_bytes >= data_bytes
+                     AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = packs.session)",
+                    [pack_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(name) = dead {
+                self.delete_pack(pack_id, &name, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a pack none of whose blobs is indexed: its row first, then its file (a crash
+    /// in between leaves a file no row knows, never a row whose file is gone).
+    fn delete_pack(&self, pack_id: i64, name: &str, stats: &mut GcStats) -> Result<()> {
+        self.db()
+            .execute("DELETE FROM packs WHERE id = ?1", [pack_id])?;
+        remove_if_exists(&pack_path(&self.packs_dir(), name))?;
+        stats.deleted_packs += 1;
+        Ok(())
+    }
+
+    /// Frees up to `limit` unreferenced, unpinned blobs in one transaction; returns the packs
+    /// they were in.
+    fn free_batch(
+        &self,
+        limit: usize,
+        stats: &mut GcStats,
+    ) -> Result<std::collections::BTreeSet<i64>> {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let victims: Vec<(Id, i64, String, BlobLocation)> = {
@@ -101,7 +187,7 @@ impl Store {
                    AND NOT EXISTS (SELECT 1 FROM pins WHERE pins.blob = b.id)
                  LIMIT ?1",
             )?;
-            let rows = stmt.query_map([FREE_BATCH as i64], |r| {
+            let rows = stmt.query_map([limit as i64], |r| {
                 let id: Vec<u8> = r.get(0)?;
                 let id = Id::from_slice(&id).unwrap_or(Id([0; 32]));
                 Ok((
@@ -153,8 +239,10 @@ impl Store {
             stats.freed_blobs += 1;
             stats.freed_bytes += u64::from(location.stored_len);
         }
+        }
         tx.commit()?;
-        Ok(victims.len())
+        for (_, _, _, location) in &victims {
+        Ok(victims.iter().map(|(_, pack, _, _)| *pack).collect())
     }
 
     fn sweep_packs(&self, stats: &mut GcStats) -> Result<()> {
@@ -178,13 +266,15 @@ impl Store {
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
-        for (pack_id, name, data_bytes, dead_bytes, deferred_bytes) in candidates {
-            if dead_bytes >= data_bytes {
-                self.db()
-                    .execute("DELETE FROM packs WHERE id = ?1", [pack_id])?;
-                remove_if_exists(&pack_path(&self.packs_dir(), &name))?;
-                stats.deleted_packs += 1;
-            } else if dead_bytes * 100 >= data_bytes * REPACK_DEAD_PERCENT
+        // Wholly dead packs first: deleting them makes room, repacking takes some.
+        let (dead, rest): (Vec<_>, Vec<_>) = candidates
+            .into_iter()
+            .partition(|(_, _, data_bytes, dead_bytes, _)| dead_bytes >= data_bytes);
+        for (pack_id, name, ..) in dead {
+            self.delete_pack(pack_id, &name, stats)?;
+        }
+        for (pack_id, name, data_bytes, dead_bytes, deferred_bytes) in rest {
+            if dead_bytes * 100 >= data_bytes * REPACK_DEAD_PERCENT
                 || deferred_bytes * 100 >= data_bytes * COMPACT_DEFERRED_PERCENT
             {
                 self.repack(pack_id, &name, stats)?;
@@ -314,7 +404,7 @@ impl Store {
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).io_ctx("list", &tmp)? {
             let path = entry.io_ctx("list", &tmp)?.path();
-            if old_enough(&path) {
+            if old_enough(&path) && !held_by_a_writer(&path) {
                 remove_if_exists(&path)?;
                 stats.removed_orphans += 1;
             }
@@ -397,6 +487,18 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
 
 pub(crate) fn pack_name_of(path: &Path) -> Option<String> {
     let file = path.file_name()?.to_str()?;
+/// Whether a live writer holds the temp file at `path` (a pack writer locks its temp pack
+/// until the pack is durable, however long a slow pull leaves it without writes). The lock
+/// is tested, not kept: a file nobody holds is left by a writer that is gone.
+fn held_by_a_writer(path: &Path) -> bool {
+    match fs::File::open(path).map(|f| f.try_lock()) {
+        Ok(Err(fs::TryLockError::WouldBlock)) => true,
+        Ok(_) => false,
+        // Gone already, or not ours to judge: leave it to the removal, which says why.
+        Err(_) => false,
+    }
+}
+
     let name = file.strip_suffix(PACK_SUFFIX)?;
     (name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_string())
 }

@@ -20,6 +20,7 @@ mod check;
 mod codec;
 mod error;
 mod export;
+mod export_dir;
 pub mod format;
 mod gc;
 mod id;
@@ -37,7 +38,7 @@ mod writer;
 
 pub use check::{Problem, RepairReport, StoreStats, VerifyReport};
 pub use error::{DecodeError, Result, StoreError};
-pub use export::{dev_major, dev_minor, make_dev, ExportStats};
+pub use export::{dev_major, dev_minor, make_dev, ExportOptions, ExportStats, ExportStep};
 pub use gc::GcStats;
 pub use id::Id;
 pub use ingest::{link_group_for, metadata_of, IngestProgress};

@@ -108,6 +108,12 @@ impl PackWriter {
             .create_new(true)
             .open(&tmp_path)
             .io_ctx("create pack", &tmp_path)?;
+        // Held until the pack is durable: GC leaves a locked temp file alone however old it
+        // is (a slow pull may add nothing for hours), and removes it once its writer is gone.
+        if let Err(e) = file.lock() {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e).io_ctx("lock pack", &tmp_path);
+        }
         let mut file = BufWriter::with_capacity(1 << 20, file);
         file.write_all(PACK_MAGIC).io_ctx("write pack", &tmp_path)?;
         Ok(PackWriter {
@@ -141,8 +147,12 @@ impl PackWriter {
             .file
             .as_mut()
             .ok_or_else(|| StoreError::InvalidArgument("pack already finished".into()))?;
-        file.write_all(stored)
-            .io_ctx("write pack", &self.tmp_path)?;
+        fault::check(
+            self.tmp_path.parent().and_then(Path::parent),
+            fault::PACK_WRITE,
+        )
+        .and_then(|()| file.write_all(stored))
+        .io_ctx("write pack", &self.tmp_path)?;
         let location = BlobLocation {
             id,
             kind,
@@ -185,11 +195,7 @@ impl PackWriter {
             Ok(file) => file,
             Err(e) => {
                 let _ = fs::remove_file(&tmp_path);
-                return Err(StoreError::Io {
-                    op: "write pack",
-                    path: tmp_path,
-                    source: e,
-                });
+                return Err(StoreError::io("write pack", tmp_path, e));
             }
         };
         let written = WrittenPack {
@@ -273,6 +279,43 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .io_ctx("fsync folder", dir)
+}
+
+/// Makes sure the store's space reserve exists (see `FULL_DISK_RESERVE_BYTES`); fails with
+/// [`StoreError::DiskFull`] when there is no room for it.
+pub(crate) fn ensure_reserve(store_root: &Path) -> Result<()> {
+    let path = store_root.join(RESERVE_FILE);
+    if fs::metadata(&path).is_ok_and(|m| m.len() >= FULL_DISK_RESERVE_BYTES) {
+        return Ok(());
+    }
+    let made = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .and_then(|f| {
+            // Allocated, not merely sized: a sparse file would hold nothing back.
+            nix::fcntl::posix_fallocate(&f, 0, FULL_DISK_RESERVE_BYTES as libc::off_t)
+                .map_err(std::io::Error::from)
+        });
+    if let Err(e) = made {
+        let _ = fs::remove_file(&path);
+        return Err(StoreError::io("reserve space in", path, e));
+    }
+    Ok(())
+}
+
+/// Frees the store's space reserve; returns whether there was one to free.
+pub(crate) fn release_reserve(store_root: &Path) -> bool {
+    let path = store_root.join(RESERVE_FILE);
+    let released = fs::remove_file(&path).is_ok();
+    if released {
+        tracing::warn!(
+            "the disk is full: released the space reserve {}",
+            path.display()
+        );
+    }
+    released
 }
 
 /// Decodes a pack trailer from the pack's full length and a function reading byte ranges.
@@ -391,11 +434,7 @@ pub fn read_pack_trailer(path: &Path, name: &str) -> Result<Vec<BlobLocation>> {
             pack: name.to_string(),
             error,
         },
-        TrailerError::Io(source) => StoreError::Io {
-            op: "read pack",
-            path: path.to_path_buf(),
-            source,
-        },
+        TrailerError::Io(source) => StoreError::io("read pack", path, source),
     })
 }
 
@@ -443,6 +482,103 @@ fn plaintext<'a>(
         return Err("content does not match its hash");
     }
     Ok(raw)
+}
+
+/// Injected I/O errors, for tests of what a failing disk does to the store.
+///
+/// A test arms a fault with [`crate::Store::inject_write_error`]: the `nth` call (from 1)
+/// of the named site in that store fails with `errno`, once. Faults are kept per store
+/// folder, so tests running in parallel in one process do not see each other's. When none is
+/// armed a site costs one relaxed atomic load. The sites:
+/// - [`PACK_WRITE`]: appending a blob to a pack under `tmp/`;
+/// - [`SNAPSHOT_LOG_WRITE`]: appending a line to the snapshot log: half the line is written,
+///   then the write fails (a torn append, as a full disk or a crash leaves);
+/// - [`SNAPSHOT_LOG_TRUNCATE`]: cutting a failed append back off the log;
+/// - [`COMMIT_ROW`]: the transaction that inserts a committed snapshot's row.
+pub(crate) mod fault {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    pub(crate) const PACK_WRITE: &str = "pack-write";
+    pub(crate) const SNAPSHOT_LOG_WRITE: &str = "snapshot-log-write";
+    pub(crate) const SNAPSHOT_LOG_TRUNCATE: &str = "snapshot-log-truncate";
+    pub(crate) const COMMIT_ROW: &str = "commit-row";
+    pub(crate) const SITES: [&str; 4] = [
+        PACK_WRITE,
+        SNAPSHOT_LOG_WRITE,
+        SNAPSHOT_LOG_TRUNCATE,
+        COMMIT_ROW,
+    ];
+
+    struct Fault {
+        store: PathBuf,
+        site: &'static str,
+        /// Calls of the site still to pass before the failing one.
+        pass: u64,
+        errno: i32,
+    }
+
+    static ARMED: AtomicBool = AtomicBool::new(false);
+    static FAULTS: Mutex<Vec<Fault>> = Mutex::new(Vec::new());
+
+    pub(crate) fn arm(store: &Path, site: &'static str, nth: u64, errno: i32) {
+        let mut faults = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
+        faults.push(Fault {
+            store: store.to_path_buf(),
+            site,
+            pass: nth.saturating_sub(1),
+            errno,
+        });
+        ARMED.store(true, Ordering::Release);
+    }
+
+    /// The injected error for this call of `site` in the store at `store`, if one is due.
+    pub(crate) fn check(store: Option<&Path>, site: &'static str) -> std::io::Result<()> {
+        if !ARMED.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let Some(store) = store else {
+            return Ok(());
+        };
+        let mut faults = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = faults
+            .iter()
+            .position(|f| f.site == site && f.store == store)
+        else {
+            return Ok(());
+        };
+        if faults[at].pass > 0 {
+            faults[at].pass -= 1;
+            return Ok(());
+        }
+        let fault = faults.swap_remove(at);
+        tracing::warn!(
+            "injected error {} at {site} in {}",
+            fault.errno,
+            store.display()
+        );
+        Err(std::io::Error::from_raw_os_error(fault.errno))
+    }
+}
+
+impl crate::store::Store {
+    /// Arms an injected I/O error (a test seam, see the `fault` module of `pack.rs`): the
+    /// `nth` call (from 1) of `site` in this store fails with `errno`, once.
+    #[doc(hidden)]
+    pub fn inject_write_error(&self, site: &str, nth: u64, errno: i32) -> Result<()> {
+        let known = fault::SITES
+            .into_iter()
+            .find(|s| *s == site)
+            .ok_or_else(|| {
+                StoreError::InvalidArgument(format!(
+                    "no fault site {site:?} (known: {})",
+                    fault::SITES.join(", ")
+                ))
+            })?;
+        fault::arm(self.path(), known, nth, errno);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
+use crate::format::SESSION_ABANDONED_PID_START;
 
 /// Identifies this process across pid reuse: pid plus its start time in clock ticks.
 pub(crate) fn process_identity(pid: u32) -> Option<(u32, u64)> {
@@ -47,6 +48,18 @@ pub(crate) fn end(conn: &Connection, session: i64) -> Result<()> {
     Ok(())
 }
 
+/// Marks a session whose commit failed half-way (its snapshot record may be in the log, its
+/// row is not in the index) as belonging to a process that is gone, so that `gc` treats the
+/// record as an interrupted commit: it rolls the record back before clearing the session and
+/// before freeing anything the session protects. Its pins and packs stay protected until then.
+pub(crate) fn abandon(conn: &Connection, session: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE sessions SET pid_start = ?2 WHERE id = ?1",
+        params![session, SESSION_ABANDONED_PID_START],
+    )?;
+    Ok(())
+}
+
 /// Where a writer session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SessionState {
@@ -73,7 +86,8 @@ pub(crate) fn state(conn: &Connection, id: i64) -> Result<SessionState> {
     })
 }
 
-/// Whether the process `pid` that started at `start` (0: unknown) still runs.
+/// Whether the process `pid` that started at `start` (0: unknown) still runs. An abandoned
+/// session's start time matches no process.
 fn process_alive(pid: u32, start: i64) -> bool {
     match process_identity(pid) {
         Some((_, s)) => start == 0 || s as i64 == start,

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::format::*;
 use crate::id::Id;
 use crate::index::{self, SnapshotRow};
-use crate::pack::sync_dir;
+use crate::pack::{fault, sync_dir};
 use crate::store::Store;
 use crate::tree::{EntryData, EntryKind, Metadata, TreeEntry};
 
@@ -220,21 +221,96 @@ fn open_log_locked(store: &Store) -> Result<fs::File> {
     }
 }
 
+/// A failed append to the log, and whether the log is as it was before it.
+#[derive(Debug)]
+pub(crate) struct AppendFailure {
+    pub error: StoreError,
+    /// False when what the append wrote could not be cut back off: the log may then hold the
+    /// whole line (only its fsync failed), and whoever appended it must treat it as written.
+    pub log_restored: bool,
+}
+
+impl From<AppendFailure> for StoreError {
+    fn from(failure: AppendFailure) -> Self {
+        failure.error
+    }
+}
+
 /// Appends one line durably. Every snapshot adds a line, not a file, so repeated snapshots
 /// of an unchanged tree add no inodes.
-fn append_log(store: &Store, line: &LogLine) -> Result<()> {
-    let mut text =
-        serde_json::to_vec(line).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-    text.push(b'\n');
+///
+/// A torn last line (an append cut short by a full disk, an I/O error or a crash) is ended
+/// with a newline first, under the log's lock, so it can never swallow this line: replay
+/// skips the fragment and reads this one. A failed append is cut back off (the log's length
+/// before it is restored), so it leaves no fragment behind when it can help it.
+fn append_log(store: &Store, line: &LogLine) -> std::result::Result<(), AppendFailure> {
+    let untouched = |error| AppendFailure {
+        error,
+        log_restored: true,
+    };
+    let text = serde_json::to_vec(line)
+        .map_err(|e| untouched(StoreError::InvalidArgument(e.to_string())))?;
     let path = log_path(store);
-    let mut f = open_log_locked(store)?;
-    f.write_all(&text).io_ctx("append snapshot log", &path)?;
-    f.sync_data().io_ctx("fsync snapshot log", &path)?;
-    Ok(())
+    let f = open_log_locked(store).map_err(untouched)?;
+    let before = f
+        .metadata()
+        .io_ctx("stat snapshot log", &path)
+        .map_err(untouched)?
+        .len();
+    let mut bytes = Vec::with_capacity(text.len() + 2);
+    if before > 0 {
+        let mut last = [0u8; 1];
+        f.read_exact_at(&mut last, before - 1)
+            .io_ctx("read snapshot log", &path)
+            .map_err(untouched)?;
+        if last[0] != b'\n' {
+            tracing::warn!("{}: ending a torn last line", path.display());
+            bytes.push(b'\n');
+        }
+    }
+    bytes.extend_from_slice(&text);
+    bytes.push(b'\n');
+    let root = Some(store.path());
+    let written = write_log_line(&f, &bytes, root).and_then(|()| f.sync_data());
+    let Err(e) = written else {
+        return Ok(());
+    };
+    let error = StoreError::io("append snapshot log", &path, e);
+    let restored = fault::check(root, fault::SNAPSHOT_LOG_TRUNCATE)
+        .and_then(|()| f.set_len(before))
+        .and_then(|()| f.sync_data());
+    if let Err(e) = &restored {
+        tracing::warn!(
+            "{}: could not cut a failed append back off ({e}); the next append ends it",
+            path.display()
+        );
+    }
+    Err(AppendFailure {
+        error,
+        log_restored: restored.is_ok(),
+    })
+}
+
+/// Writes `bytes` at the end of the log (`O_APPEND`); an injected fault writes half of them
+/// and then fails, as a full disk does.
+fn write_log_line(
+    mut f: &fs::File,
+    bytes: &[u8],
+    root: Option<&std::path::Path>,
+) -> std::io::Result<()> {
+    if let Err(e) = fault::check(root, fault::SNAPSHOT_LOG_WRITE) {
+        f.write_all(&bytes[..bytes.len() / 2])?;
+        return Err(e);
+    }
+    f.write_all(bytes)
 }
 
 /// Appends the record of a snapshot that `writer_session` is about to commit.
-pub(crate) fn write_record(store: &Store, snap: &Snapshot, writer_session: i64) -> Result<()> {
+pub(crate) fn write_record(
+    store: &Store,
+    snap: &Snapshot,
+    writer_session: i64,
+) -> std::result::Result<(), AppendFailure> {
     append_log(
         store,
         &LogLine::Add {
@@ -244,14 +320,14 @@ pub(crate) fn write_record(store: &Store, snap: &Snapshot, writer_session: i64) 
 }
 
 pub(crate) fn remove_record(store: &Store, snap: &Snapshot) -> Result<()> {
-    append_log(
+    Ok(append_log(
         store,
         &LogLine::Forget {
             machine: snap.machine.clone(),
             source: snap.source.clone(),
             name: snap.name.clone(),
         },
-    )
+    )?)
 }
 
 /// What replaying the log gives: live snapshots, and how much of the log is dead.

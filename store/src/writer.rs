@@ -160,6 +160,13 @@ impl Store {
     pub fn begin_snapshot(&self, machine: &str, source: &str) -> Result<SnapshotWriter> {
         check_label("machine", machine)?;
         check_label("source", source)?;
+        // A backup never takes the space reserve, which lets `forget` and `gc` make room on
+        // a full disk: without room for it the disk is full already.
+        match crate::pack::ensure_reserve(self.path()) {
+            Err(e) if e.is_disk_full() => return Err(e),
+            Err(e) => tracing::warn!("no space reserve: {e}"),
+            Ok(()) => {}
+        }
         let session = session::register(&self.db())?;
         let mut known = HashSet::new();
         let mut base = self.latest_snapshot(machine, source)?;
@@ -607,8 +614,15 @@ impl SnapshotWriter {
             stats: self.stats,
         };
         // The record is durable before the row, so `repair` never loses a visible snapshot.
-        snapshot::write_record(&self.store, &snap, self.session)?;
+        if let Err(failure) = snapshot::write_record(&self.store, &snap, self.session) {
+            if !failure.log_restored {
+                self.keep_session_for_rollback();
+            }
+            return Err(failure.error);
+        }
         let result = (|| -> Result<()> {
+            crate::pack::fault::check(Some(self.store.path()), crate::pack::fault::COMMIT_ROW)
+                .map_err(|e| StoreError::io("insert snapshot row", INDEX_FILE, e))?;
             let mut db = self.store.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             index::insert_snapshot(&tx, &snap.to_row())?;
@@ -617,11 +631,36 @@ impl SnapshotWriter {
             Ok(())
         })();
         if let Err(e) = result {
-            let _ = snapshot::remove_record(&self.store, &snap);
+            if let Err(removal) = snapshot::remove_record(&self.store, &snap) {
+                tracing::warn!(
+                    "could not take back the record of {}/{}/{} after a failed commit: {removal}",
+                    snap.machine,
+                    snap.source,
+                    snap.name
+                );
+                self.keep_session_for_rollback();
+            }
             return Err(e);
         }
         self.finished = true;
         Ok(snap)
+    }
+
+    /// After a failed commit whose record may stay in the log: the session must outlive
+    /// this writer, or the record would look like one whose row the index lost, and a later
+    /// `repair` would resurrect a snapshot whose blobs `gc` had freed. Marked abandoned, the
+    /// session makes the record an interrupted commit, which `gc` rolls back before it frees
+    /// what the session protects. If even the mark cannot be written, the session stays
+    /// registered to this process and is treated so once the process ends.
+    fn keep_session_for_rollback(&mut self) {
+        self.finished = true;
+        self.packer.stop();
+        if let Err(e) = session::abandon(&self.store.db(), self.session) {
+            tracing::warn!(
+                "could not mark writer session {} abandoned: {e}; it is rolled back once this process ends",
+                self.session
+            );
+        }
     }
 
     /// Abandons the snapshot: nothing becomes visible.

@@ -1,0 +1,521 @@
+//! Restoring a snapshot (or a sub-path of it) into a directory, as root on the storage unit.
+//!
+//! A local user whose uid appears in the snapshot must not be able to steer root: every entry
+//! is created relative to an open directory descriptor, never by a path that could lead through
+//! a symlink (`O_NOFOLLOW`, `O_EXCL`); a regular file's owner, mode and times are set on its open
+//! descriptor; the destination is made private (0700, owned by the exporting user) before
+//! anything lands in it, and every folder stays private until all content is written, when
+//! owners, modes and times are applied, deepest first. So no other user can reach, let alone
+//! change, anything while we work in it.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::export::{join, ExportStats};
+use crate::format::SPARSE_MIN_HOLE;
+use crate::reader::FileReader;
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+use crate::tree::{valid_name, EntryData, EntryKind, Metadata, TreeEntry};
+
+/// Permission bits a restore may set: `st_mode & 0o7777`.
+const PERMISSION_BITS: u32 = 0o7777;
+/// Setuid and setgid: dropped from non-directories when owners are not restored.
+const SET_ID_BITS: u32 = 0o6000;
+/// Folders, and a regular file until its content is written, are private to the exporter.
+const PRIVATE_FOLDER_MODE: u32 = 0o700;
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// How [`Store::export_to_dir_with`] restores.
+pub struct ExportOptions<'a> {
+    /// Restore owners, device nodes and setuid/setgid bits as the snapshot has them (what a
+    /// restore is for; only root can). Defaults to whether we run as root. Without it, entries
+    /// belong to the exporting user, devices are skipped (counted) and setuid/setgid bits are
+    /// dropped from everything but folders: on a file they would lend the exporting user's
+    /// rights to whoever runs it. A folder keeps setgid (it only makes new entries inherit
+    /// its group).
+    pub restore_owners: bool,
+    /// Called at the moments another local user would race the export, so tests can play
+    /// that user. Not part of the stable API.
+    #[doc(hidden)]
+    pub race_hook: Option<&'a dyn Fn(ExportStep<'_>)>,
+}
+
+/// Where [`ExportOptions::race_hook`] is called.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum ExportStep<'p> {
+    /// A folder has just been created at this path and is not yet opened.
+    FolderCreated(&'p Path),
+    /// A regular file's content is written; its owner, mode and times are not yet set.
+    FileWritten(&'p Path),
+}
+
+impl Default for ExportOptions<'_> {
+    fn default() -> Self {
+        ExportOptions {
+            restore_owners: nix::unistd::geteuid().is_root(),
+            race_hook: None,
+        }
+    }
+}
+
+impl fmt::Debug for ExportOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportOptions")
+            .field("restore_owners", &self.restore_owners)
+            .field("race_hook", &self.race_hook.is_some())
+            .finish()
+    }
+}
+
+/// Attach the operation and path to a failed system call.
+trait NixContext<T> {
+    fn nix_ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> NixContext<T> for nix::Result<T> {
+    fn nix_ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(io::Error::from).io_ctx(op, path)
+    }
+}
+
+fn mtime_of(meta: &Metadata) -> TimeSpec {
+    TimeSpec::new(
+        meta.mtime_sec as libc::time_t,
+        i64::from(meta.mtime_nsec) as _,
+    )
+}
+
+fn mode(bits: u32) -> Mode {
+    Mode::from_bits_truncate(bits as libc::mode_t)
+}
+
+/// Opens the folder `name` in `parent` without following a symlink, and checks it is one the
+/// exporting user owns (so one we created, not one put in its place).
+fn open_folder(parent: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<OwnedFd> {
+    let fd = nix::fcntl::openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .nix_ctx(
+        "open the folder just created (was it replaced while exporting?)",
+        path,
+    )?;
+    let st = nix::sys::stat::fstat(&fd).nix_ctx("stat", path)?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(StoreError::InvalidArgument(format!(
+            "{} was replaced while exporting (now owned by uid {})",
+            path.display(),
+            st.st_uid
+        )));
+    }
+    Ok(fd)
+}
+
+fn folder_is_empty(fd: BorrowedFd<'_>, path: &Path) -> Result<bool> {
+    let mut dir = nix::dir::Dir::openat(
+        fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .nix_ctx("read folder", path)?;
+    for entry in dir.iter() {
+        let entry = entry.nix_ctx("read folder", path)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Creates `dest` (or takes it if it exists, is empty and is the exporting user's own) and
+/// makes it private. Returns it open, with the mode it had, which a single-entry export gives
+/// back at the end (a folder export gives it the snapshot folder's mode instead).
+fn open_destination(dest: &Path) -> Result<(OwnedFd, Mode)> {
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).io_ctx("create folder", parent)?;
+    }
+    // The usual mode (umask applied) is learned here and given back to a single-entry export;
+    // the folder is empty until it is made private below, and checked empty after that.
+    match fs::DirBuilder::new().mode(0o777).create(dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).io_ctx("create folder", dest),
+    }
+    let fd = nix::fcntl::open(
+        dest,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .nix_ctx("open the destination (symlinks are not followed)", dest)?;
+    let st = nix::sys::stat::fstat(&fd).nix_ctx("stat", dest)?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if st.st_uid != euid {
+        return Err(StoreError::InvalidArgument(format!(
+            "{} belongs to uid {}, not to the exporting user (uid {euid}), who could change it \
+             during the export; export into a new folder",
+            dest.display(),
+            st.st_uid
+        )));
+    }
+    let not_empty = || {
+        StoreError::InvalidArgument(format!(
+            "{} is not empty; export into a new or empty folder",
+            dest.display()
+        ))
+    };
+    if !folder_is_empty(fd.as_fd(), dest)? {
+        return Err(not_empty());
+    }
+    let original = mode(st.st_mode & PERMISSION_BITS);
+    nix::sys::stat::fchmod(&fd, mode(PRIVATE_FOLDER_MODE)).nix_ctx("chmod", dest)?;
+    // Someone may have slipped an entry in before it became private.
+    if !folder_is_empty(fd.as_fd(), dest)? {
+        nix::sys::stat::fchmod(&fd, original).nix_ctx("chmod", dest)?;
+        return Err(not_empty());
+    }
+    Ok((fd, original))
+}
+
+struct DirExporter<'a> {
+    store: &'a Store,
+    options: &'a ExportOptions<'a>,
+    dest: &'a Path,
+    /// The destination folder; every entry is reached from it without following symlinks.
+    root: &'a OwnedFd,
+    stats: ExportStats,
+    /// The first path (relative to `dest`) of each hard-link group.
+    links: HashMap<u64, Vec<u8>>,
+    /// Folders (relative to `dest`) whose owner, mode and times are applied after all
+    /// content, in the order their contents were finished: deepest first.
+    folders: Vec<(Vec<u8>, Metadata)>,
+}
+
+impl DirExporter<'_> {
+    fn path(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.dest.to_path_buf()
+        } else {
+            self.dest.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn race_point(&self, step: ExportStep<'_>) {
+        if let Some(hook) = self.options.race_hook {
+            hook(step);
+        }
+    }
+
+    /// The permission bits to give an entry.
+    fn final_mode(&self, meta: &Metadata, is_folder: bool) -> Mode {
+        let mut bits = meta.perm & PERMISSION_BITS;
+        if !self.options.restore_owners && !is_folder {
+            bits &= !SET_ID_BITS;
+        }
+        mode(bits)
+    }
+
+    /// Owner, then mode (a chown clears setuid and setgid), then times, all on the open entry.
+    fn apply_meta(
+        &self,
+        fd: BorrowedFd<'_>,
+        meta: &Metadata,
+        is_folder: bool,
+        path: &Path,
+    ) -> Result<()> {
+        if self.options.restore_owners {
+            nix::unistd::fchown(
+                fd,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .nix_ctx("chown", path)?;
+        }
+        nix::sys::stat::fchmod(fd, self.final_mode(meta, is_folder)).nix_ctx("chmod", path)?;
+        let t = mtime_of(meta);
+        nix::sys::stat::futimens(fd, &t, &t).nix_ctx("set mtime", path)
+    }
+
+    /// Opens the folder at `rel` (relative to `dest`) one component at a time, following no
+    /// symlink.
+    fn walk(&self, rel: &[u8]) -> Result<OwnedFd> {
+        let mut fd = self
+            .root
+            .try_clone()
+            .io_ctx("duplicate descriptor", self.dest)?;
+        let mut done = 0;
+        for part in rel.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            done += part.len() + usize::from(done > 0);
+            fd = open_folder(fd.as_fd(), part, &self.path(&rel[..done]))?;
+        }
+        Ok(fd)
+    }
+
+    fn contents(&mut self, dir: BorrowedFd<'_>, rel: &[u8], tree: &crate::Id) -> Result<()> {
+        for child in &self.store.read_tree(tree)? {
+            self.entry(dir, rel, child)?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, dir: BorrowedFd<'_>, parent_rel: &[u8], e: &TreeEntry) -> Result<()> {
+        let rel = join(parent_rel, &e.name);
+        let path = self.path(&rel);
+        // Decoded trees hold only valid names; this keeps every `*at` call to one component.
+        if !valid_name(&e.name) {
+            return Err(StoreError::InvalidArgument(format!(
+                "invalid entry name at {}",
+                path.display()
+            )));
+        }
+        let name = e.name.as_slice();
+        match &e.data {
+            EntryData::Dir { tree } => {
+                nix::sys::stat::mkdirat(dir, name, mode(PRIVATE_FOLDER_MODE))
+                    .nix_ctx("create folder", &path)?;
+                self.race_point(ExportStep::FolderCreated(&path));
+                let sub = open_folder(dir, name, &path)?;
+                self.stats.dirs += 1;
+                self.contents(sub.as_fd(), &rel, tree)?;
+                self.folders.push((rel, e.meta));
+            }
+            EntryData::File { link_group, .. } => {
+                if *link_group != 0 {
+                    if let Some(first) = self.links.get(link_group) {
+                        self.hard_link(first, dir, name, &path)?;
+                        self.stats.hard_links += 1;
+                        return Ok(());
+                    }
+                }
+                let fd = nix::fcntl::openat(
+                    dir,
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    mode(PRIVATE_FILE_MODE),
+                )
+                .nix_ctx("create", &path)?;
+                let mut out = File::from(fd);
+                let mut reader = self.store.open_file(e)?;
+                let copied = write_sparse(&mut reader, &mut out, &path)?;
+                self.stats.bytes += copied;
+                self.stats.files += 1;
+                self.race_point(ExportStep::FileWritten(&path));
+                self.apply_meta(out.as_fd(), &e.meta, false, &path)?;
+                if *link_group != 0 {
+                    self.links.insert(*link_group, rel);
+                }
+            }
+            EntryData::Symlink { target } => {
+                nix::unistd::symlinkat(target.as_slice(), dir, name).nix_ctx("symlink", &path)?;
+                if self.options.restore_owners {
+                    nix::unistd::fchownat(
+                        dir,
+                        name,
+                        Some(Uid::from_raw(e.meta.uid)),
+                        Some(Gid::from_raw(e.meta.gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .nix_ctx("chown", &path)?;
+                }
+                let t = mtime_of(&e.meta);
+                nix::sys::stat::utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                    .nix_ctx("set mtime", &path)?;
+                self.stats.symlinks += 1;
+            }
+            EntryData::Device { .. } | EntryData::Special => self.special(dir, e, &path)?,
+        }
+        Ok(())
+    }
+
+    /// Device nodes, FIFOs and sockets. They cannot be opened without side effects (a device)
+    /// or at all (a socket), so their owner and mode are set by name. That is safe: the name
+    /// was just made by `mknodat` in a folder only the exporting user can write until the end,
+    /// and the owner is set without following symlinks.
+    fn special(&mut self, dir: BorrowedFd<'_>, e: &TreeEntry, path: &Path) -> Result<()> {
+        let name = e.name.as_slice();
+        let (kind, rdev) = match (e.kind, &e.data) {
+            (EntryKind::CharDevice, EntryData::Device { rdev }) => (SFlag::S_IFCHR, *rdev),
+            (EntryKind::BlockDevice, EntryData::Device { rdev }) => (SFlag::S_IFBLK, *rdev),
+            (EntryKind::Fifo, _) => (SFlag::S_IFIFO, 0),
+            _ => (SFlag::S_IFSOCK, 0),
+        };
+        let is_device = matches!(kind, SFlag::S_IFCHR | SFlag::S_IFBLK);
+        if is_device && !self.options.restore_owners {
+            tracing::warn!("not restoring owners: skipping device {}", path.display());
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        nix::sys::stat::mknodat(
+            dir,
+            name,
+            kind,
+            mode(PRIVATE_FILE_MODE),
+            rdev as libc::dev_t,
+        )
+        .nix_ctx("mknod", path)?;
+        if self.options.restore_owners {
+            nix::unistd::fchownat(
+                dir,
+                name,
+                Some(Uid::from_raw(e.meta.uid)),
+                Some(Gid::from_raw(e.meta.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .nix_ctx("chown", path)?;
+        }
+        nix::sys::stat::fchmodat(
+            dir,
+            name,
+            self.final_mode(&e.meta, false),
+            FchmodatFlags::FollowSymlink,
+        )
+        .nix_ctx("chmod", path)?;
+        let t = mtime_of(&e.meta);
+        nix::sys::stat::utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .nix_ctx("set mtime", path)?;
+        self.stats.specials += 1;
+        Ok(())
+    }
+
+    /// Links `name` in `dir` to the group's first file, reached from the destination without
+    /// following symlinks (every folder on the way is still private).
+    fn hard_link(&self, first: &[u8], dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<()> {
+        let (parent, first_name) = match first.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&first[..i], &first[i + 1..]),
+            None => (&first[..0], first),
+        };
+        let parent_fd = self.walk(parent)?;
+        nix::unistd::linkat(parent_fd.as_fd(), first_name, dir, name, AtFlags::empty())
+            .nix_ctx("hard link", path)
+    }
+
+    /// Gives every folder below the destination its owner, mode and times, deepest first,
+    /// opening each once through the chain of its (still private) parents.
+    fn finish_folders(&mut self) -> Result<()> {
+        let folders = std::mem::take(&mut self.folders);
+        let mut chain: Vec<(&[u8], OwnedFd)> = Vec::new();
+        for (rel, meta) in &folders {
+            let parts: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+            let common = chain
+                .iter()
+                .zip(&parts)
+                .take_while(|((open, _), part)| open == *part)
+                .count();
+            chain.truncate(common);
+            let mut done: usize = chain.iter().map(|(p, _)| p.len() + 1).sum();
+            for part in &parts[common..] {
+                done += part.len() + 1;
+                let path = self.path(&rel[..done - 1]);
+                let parent = chain.last().map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+                let fd = open_folder(parent, part, &path)?;
+                chain.push((part, fd));
+            }
+            let path = self.path(rel);
+            match chain.last() {
+                Some((_, fd)) => self.apply_meta(fd.as_fd(), meta, true, &path)?,
+                None => {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "empty folder path under {}",
+                        self.dest.display()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Restores `sub_path` of `snap` into `dest` (created; must be missing or empty) with the
+    /// default options: owners, devices and setuid bits restored when running as root.
+    /// A directory's contents land in `dest`; a single entry lands as `dest/<name>`.
+    pub fn export_to_dir(
+        &self,
+        snap: &Snapshot,
+        sub_path: &[u8],
+        dest: &Path,
+    ) -> Result<ExportStats> {
+        self.export_to_dir_with(snap, sub_path, dest, &ExportOptions::default())
+    }
+
+    /// [`Store::export_to_dir`] with explicit options. `dest` itself is never a followed
+    /// symlink; an existing `dest` must be empty and belong to the exporting user. It stays
+    /// 0700 until the export is complete (also when the export fails).
+    pub fn export_to_dir_with(
+        &self,
+        snap: &Snapshot,
+        sub_path: &[u8],
+        dest: &Path,
+        options: &ExportOptions<'_>,
+    ) -> Result<ExportStats> {
+        let top = self.lookup(snap, sub_path)?;
+        let (root, original_mode) = open_destination(dest)?;
+        let mut ex = DirExporter {
+            store: self,
+            options,
+            dest,
+            root: &root,
+            stats: ExportStats::default(),
+            links: HashMap::new(),
+            folders: Vec::new(),
+        };
+        match &top.data {
+            EntryData::Dir { tree } => {
+                ex.contents(root.as_fd(), b"", tree)?;
+                ex.finish_folders()?;
+                ex.apply_meta(root.as_fd(), &top.meta, true, dest)?;
+            }
+            _ => {
+                ex.entry(root.as_fd(), b"", &top)?;
+                ex.finish_folders()?;
+                nix::sys::stat::fchmod(&root, original_mode).nix_ctx("chmod", dest)?;
+            }
+        }
+        Ok(ex.stats)
+    }
+}
+
+/// Writes a file's content, leaving holes where whole chunks are zeros (as a sparse source
+/// had them: CDC cuts long zero runs into max-size chunks of nothing but zeros).
+fn write_sparse(reader: &mut FileReader, out: &mut File, path: &Path) -> Result<u64> {
+    let mut written = 0u64;
+    let mut pending_hole = false;
+    while let Some(data) = reader.next_chunk()? {
+        if data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0) {
+            out.seek(SeekFrom::Current(data.len() as i64))
+                .io_ctx("seek", path)?;
+            pending_hole = true;
+        } else {
+            out.write_all(data).io_ctx("write", path)?;
+            pending_hole = false;
+        }
+        written += data.len() as u64;
+    }
+    if pending_hole {
+        // A trailing hole needs the length set explicitly.
+        out.set_len(written).io_ctx("extend", path)?;
+    }
+    Ok(written)
+}
