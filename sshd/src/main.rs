@@ -465,11 +465,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair => {
             let path = store_path(&cli)?;
             let report = Store::repair(&path)?;
-            for s in &report.skipped_packs {
-                println!("skipped pack: {s}");
+            for s in &report.unreadable_packs {
+                println!("unreadable pack: {s}");
             }
-            for s in &report.skipped_snapshots {
-                println!("skipped snapshot: {s}");
+            for s in &report.quarantined_packs {
+                println!("quarantined: {s}");
+            }
+            for s in &report.damaged_snapshots {
+                println!("damaged snapshot (kept; see `verify`): {s}");
             }
             println!(
                 "rebuilt index: {} packs, {} blobs ({} duplicates), {} snapshots",

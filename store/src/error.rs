@@ -31,6 +31,9 @@ pub enum StoreError {
     Sqlite(rusqlite::Error),
     #[error("{} is not a turku store (no readable `config`); run `init` first", .0.display())]
     NotAStore(PathBuf),
+    /// Only `init` and `repair` create an index, so a lost one stops every other command.
+    #[error("the store's index {} is missing or empty: run `repair` to rebuild it from the packs and snapshot records", .0.display())]
+    IndexMissing(PathBuf),
     #[error("{} already holds a store", .0.display())]
     AlreadyExists(PathBuf),
     #[error("store config: {0}")]

@@ -7,6 +7,15 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 /// File names and folders inside a store directory.
 pub const CONFIG_FILE: &str = "config";
 pub const INDEX_FILE: &str = "index.sqlite";
+/// `repair` builds the new index under this name and renames it over `INDEX_FILE` only once
+/// it is complete and durable; a leftover from a killed repair is removed by the next one.
+pub const INDEX_REBUILD_FILE: &str = "index.sqlite.rebuild";
+/// The index `repair` replaced, kept (with its write-ahead log) until the next repair.
+pub const INDEX_BACKUP_FILE: &str = "index.sqlite.old";
+/// Files SQLite keeps beside a database, named after it: they must move with it or go.
+pub const SQLITE_SIDE_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
+/// Pack files `repair` could not read are moved here (never deleted) for an operator.
+pub const QUARANTINE_DIR: &str = "quarantine";
 pub const PACKS_DIR: &str = "packs";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const TMP_DIR: &str = "tmp";

@@ -39,6 +39,9 @@ pub struct GcStats {
     pub compressed_blobs: u64,
     pub compression_saved_bytes: u64,
     pub removed_orphans: u64,
+    /// Pack files no index row knows, past the grace period: left in place, since a pack
+    /// may hold data a lost row referenced; `repair` indexes those it can read.
+    pub unindexed_packs: u64,
     /// Tree blobs that could not be decoded while freeing (their children may leak until
     /// `repair`); a non-zero value is worth an operator's look.
     pub unreadable_trees: u64,
@@ -374,8 +377,8 @@ impl Store {
         Ok(())
     }
 
-    /// Removes pack files no index row knows and stale temp files, after a grace period
-    /// (a writer renames its pack into place just before indexing it).
+    /// Removes stale temp files, after a grace period, and counts pack files no index row
+    /// knows (a writer renames its pack into place just before indexing it).
     fn remove_orphans(&self, stats: &mut GcStats) -> Result<()> {
         let grace = Duration::from_secs(ORPHAN_PACK_GRACE_SECS);
         let old_enough = |path: &Path| {
@@ -395,11 +398,18 @@ impl Store {
                     r.get(0)
                 })
                 .optional()?;
+            // Never deleted: it may hold the only copy of what a lost index row referenced
+            // (a killed writer's or gc's leftover is mere garbage, which `repair` indexes and
+            // the next gc then frees through the index).
             if known.is_none() && old_enough(&file) {
-                tracing::info!("gc: removing orphan pack {}", file.display());
-                remove_if_exists(&file)?;
-                stats.removed_orphans += 1;
+                stats.unindexed_packs += 1;
             }
+        }
+        if stats.unindexed_packs > 0 {
+            tracing::warn!(
+                "gc: {} pack files are in no index row; left in place: run `repair` to index them",
+                stats.unindexed_packs
+            );
         }
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).io_ctx("list", &tmp)? {

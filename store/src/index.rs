@@ -7,9 +7,9 @@
 //! pinned, then decrements their children: its cost follows what is freed, not the store.
 
 use rusqlite::config::DbConfig;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::format::*;
 use crate::id::Id;
 use crate::pack::BlobLocation;
@@ -66,10 +66,81 @@ CREATE TABLE IF NOT EXISTS pins(
 CREATE INDEX IF NOT EXISTS pins_by_blob ON pins(blob);
 ";
 
+/// Opens an existing index, migrating an older schema. Never creates one: a missing or
+/// empty index is [`crate::StoreError::IndexMissing`] (only `init` and `repair` make one).
 pub fn open(path: &std::path::Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+    let flags = OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE;
+    let conn = match Connection::open_with_flags(path, flags) {
+        Ok(conn) => conn,
+        Err(e) if !path.exists() => {
+            tracing::debug!("index {}: {e}", path.display());
+            return Err(crate::StoreError::IndexMissing(path.to_path_buf()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Before the journal mode is set, which would write to an empty file.
     conn.busy_timeout(std::time::Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        return Err(crate::StoreError::IndexMissing(path.to_path_buf()));
+    }
+    configure(&conn, "WAL")?;
+    migrate(conn, version)
+}
+
+/// A file SQLite keeps beside the database at `db` (`suffix` is one of
+/// `SQLITE_SIDE_SUFFIXES`).
+pub(crate) fn side_file(db: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    std::path::PathBuf::from(name)
+}
+
+/// Creates the index of a new store.
+pub fn create(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    configure(&conn, "WAL")?;
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
+    Ok(conn)
+}
+
+/// Creates the index `repair` fills under a temporary name. Nothing needs to survive a
+/// crash until it is complete (a killed repair's file is thrown away), so it keeps no
+/// journal on disk and syncs nothing; [`finish_rebuild`] makes it durable once, at the end.
+pub fn create_for_rebuild(path: &std::path::Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    // In memory, not off: a failed statement must still roll back.
+    configure(&conn, "MEMORY")?;
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
+    Ok(conn)
+}
+
+/// Closes the index `repair` built at `path` and makes it durable as one self-contained
+/// file: no journal or write-ahead log beside it (those are named after the file, so they
+/// would be lost, or worse applied to another database, when it is renamed into place).
+pub fn finish_rebuild(conn: Connection, path: &std::path::Path) -> Result<()> {
+    conn.close().map_err(|(_, e)| e)?;
+    for suffix in SQLITE_SIDE_SUFFIXES {
+        let side = side_file(path, suffix);
+        if side.exists() {
+            return Err(crate::StoreError::Io {
+                op: "finish the rebuilt index (a journal is left beside it)",
+                path: side,
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+    }
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .io_ctx("fsync rebuilt index", path)
+}
+
+fn configure(conn: &Connection, journal_mode: &str) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "journal_mode", journal_mode)?;
     // WAL with synchronous=NORMAL keeps every committed transaction atomic and consistent
     // across a crash; packs and snapshot records are fsynced by us before rows point at them.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -80,12 +151,10 @@ pub fn open(path: &std::path::Path) -> Result<Connection> {
     // A backup inserts blob ids in random key order: a larger page cache keeps a pack's
     // inserts from spilling to the WAL mid-transaction.
     conn.pragma_update(None, "cache_size", -SQLITE_CACHE_KIB)?;
-    let mut version: i32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version == 0 {
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
-        return Ok(conn);
-    }
+    Ok(())
+}
+
+fn migrate(conn: Connection, mut version: i32) -> Result<Connection> {
     if version == 1 {
         // Version 2 marks the packs a live session wrote instead of pinning each blob.
         conn.execute_batch(
@@ -275,6 +344,16 @@ fn snapshot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRow> {
 }
 
 pub fn insert_snapshot(tx: &Transaction<'_>, s: &SnapshotRow) -> Result<()> {
+    if !insert_snapshot_row(tx, s)? {
+        return Err(crate::StoreError::MissingBlob(s.root.to_hex()));
+    }
+    Ok(())
+}
+
+/// Inserts a snapshot row and counts its root's reference; returns whether the root is
+/// indexed. `repair` keeps the row of a snapshot whose root was in a damaged pack, so that
+/// `verify` names it and the operator decides, rather than the snapshot vanishing.
+pub fn insert_snapshot_row(tx: &Transaction<'_>, s: &SnapshotRow) -> Result<bool> {
     tx.execute(
         &format!("INSERT INTO snapshots({SNAPSHOT_COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
         params![
@@ -289,14 +368,11 @@ pub fn insert_snapshot(tx: &Transaction<'_>, s: &SnapshotRow) -> Result<()> {
             s.stats
         ],
     )?;
-    if tx.execute(
+    let counted = tx.execute(
         "UPDATE blobs SET refs = refs + 1 WHERE id = ?1",
         [s.root.as_bytes().as_slice()],
-    )? != 1
-    {
-        return Err(crate::StoreError::MissingBlob(s.root.to_hex()));
-    }
-    Ok(())
+    )?;
+    Ok(counted == 1)
 }
 
 /// Snapshots, oldest first, optionally filtered by machine and source.

@@ -257,7 +257,7 @@ impl Store {
                 .io_ctx("write config", &tmp)?;
             f.sync_all().io_ctx("fsync config", &tmp)?;
         }
-        index::open(&path.join(INDEX_FILE))?;
+        index::create(&path.join(INDEX_FILE))?;
         fs::rename(&tmp, &config_path).io_ctx("rename config", &config_path)?;
         pack::sync_dir(path)?;
         Store::open(path)
@@ -265,10 +265,25 @@ impl Store {
 
     /// Opens an existing store for reading and writing snapshots.
     pub fn open(path: &Path) -> Result<Store> {
-        Self::open_with(path, LockMode::Shared)
+        let (config, id, lock) = Self::lock_store(path, LockMode::Shared)?;
+        let index_path = path.join(INDEX_FILE);
+        // Only `init` and `repair` create an index: an empty one in place of a lost one would
+        // show an empty store, and `gc` would then take every pack for an orphan.
+        if !index_path.exists() {
+            return Err(StoreError::IndexMissing(index_path));
+        }
+        // On a full disk SQLite cannot even map its shared memory: the space reserve makes
+        // room, so that `forget` and `gc` can run and free more.
+        let conn = match index::open(&index_path) {
+            Err(e) if e.is_disk_full() && pack::release_reserve(path) => index::open(&index_path)?,
+            opened => opened?,
+        };
+        Self::assemble(path, config, id, conn, lock)
     }
 
-    pub(crate) fn open_with(path: &Path, mode: LockMode) -> Result<Store> {
+    /// Reads the config and takes the store lock; returns the lock file, which holds the
+    /// lock until it (and every duplicate of its descriptor) is closed.
+    pub(crate) fn lock_store(path: &Path, mode: LockMode) -> Result<(StoreConfig, String, File)> {
         let config_path = path.join(CONFIG_FILE);
         let text = match fs::read_to_string(&config_path) {
             Ok(t) => t,
@@ -308,14 +323,18 @@ impl Store {
                 }
             }));
         }
-        let index_path = path.join(INDEX_FILE);
-        if mode == LockMode::Shared && !index_path.exists() {
-            return Err(StoreError::Config(format!(
-                "{} is missing: run `repair` to rebuild it from the packs",
-                index_path.display()
-            )));
-        }
-        let conn = index::open(&index_path)?;
+        Ok((config, id, lock))
+    }
+
+    /// A handle on the store at `path` reading and writing the index through `conn` (which
+    /// `repair` points at the index it is building), holding `lock`.
+    pub(crate) fn assemble(
+        path: &Path,
+        config: StoreConfig,
+        id: String,
+        conn: Connection,
+        lock: File,
+    ) -> Result<Store> {
         let decompressor = new_decompressor(path)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -327,6 +346,16 @@ impl Store {
                 _lock: lock,
             }),
         })
+    }
+
+    /// Closes this handle (it must be the last clone) and returns its index connection.
+    pub(crate) fn into_index_connection(self) -> Result<Connection> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Ok(inner.db.into_inner().unwrap_or_else(|p| p.into_inner())),
+            Err(_) => Err(StoreError::Busy(
+                "the store handle is still shared within this process".into(),
+            )),
+        }
     }
 
     pub fn path(&self) -> &Path {
