@@ -73,9 +73,6 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Attach the operation and path to an I/O error.
-pub(crate) trait IoContext<T> {
-    fn io_ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
 impl StoreError {
     /// An I/O failure of `op` on `path`; out of space or quota becomes [`StoreError::DiskFull`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -111,6 +108,9 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Attach the operation and path to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn io_ctx(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
 }
 
 impl<T> IoContext<T> for std::io::Result<T> {

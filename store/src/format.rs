@@ -24,6 +24,8 @@ pub const GC_LOCK_FILE: &str = "gc.lock";
 pub const PACK_SUFFIX: &str = ".pack";
 /// Append-only log of snapshot records (adds and forgets), one JSON object per line.
 pub const SNAPSHOT_LOG_FILE: &str = "records.log";
+/// Space held back for `forget` and `gc` on a full disk (see `FULL_DISK_RESERVE_BYTES`).
+pub const RESERVE_FILE: &str = "space.reserve";
 
 /// First line of the `config` file: identifies a turku store.
 pub const CONFIG_MAGIC: &str = "turku-store";
@@ -33,8 +35,6 @@ pub const CONFIG_MAGIC: &str = "turku-store";
 pub const PACK_MAGIC: &[u8; 8] = b"TRKPACK1";
 pub const PACK_END_MAGIC: &[u8; 8] = b"TRKPEND1";
 pub const PACK_FOOTER_LEN: usize = 4 + 16 + 8;
-/// Space held back for `forget` and `gc` on a full disk (see `FULL_DISK_RESERVE_BYTES`).
-pub const RESERVE_FILE: &str = "space.reserve";
 /// One trailer record: id(32) kind(1) compression(1) offset(u64) stored_len(u32) raw_len(u32).
 pub const PACK_TRAILER_RECORD_LEN: usize = 32 + 1 + 1 + 8 + 4 + 4;
 /// A pack is closed once it reaches this size; blobs never straddle packs.
@@ -141,9 +141,6 @@ pub const INDEX_SCHEMA_VERSION: i32 = 3;
 
 /// GC: a pack whose dead bytes reach this fraction (in percent) is repacked.
 pub const REPACK_DEAD_PERCENT: u64 = 30;
-/// Pack files on disk that no index row knows are removed by GC only after this long,
-/// since a writer renames its pack into place just before indexing it.
-pub const ORPHAN_PACK_GRACE_SECS: u64 = 3600;
 /// What a writer session's `pid_start` is set to when its commit failed half-way: no process
 /// matches it, so GC rolls back its snapshot record and then clears it as a dead session.
 pub const SESSION_ABANDONED_PID_START: i64 = -1;
@@ -155,3 +152,6 @@ pub const FULL_DISK_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 /// checkpointing the index in between so its write-ahead log stays small.
 pub const FREE_BATCH: usize = 2000;
 pub const FREE_BATCH_FULL_DISK: usize = 64;
+/// Pack files on disk that no index row knows are removed by GC only after this long,
+/// since a writer renames its pack into place just before indexing it.
+pub const ORPHAN_PACK_GRACE_SECS: u64 = 3600;

@@ -52,13 +52,13 @@ impl Store {
     /// appends one line to the snapshot log and deletes a row, for which the store's space
     /// reserve is freed if need be.
     pub fn forget(&self, snap: &Snapshot) -> Result<()> {
-        // Record first: a crash in between leaves a row without a record, which `repair`
-        // drops, never a record whose data GC may already have freed.
-        snapshot::remove_record(self, snap)?;
         self.with_room(|| self.forget_once(snap))
     }
 
     fn forget_once(&self, snap: &Snapshot) -> Result<()> {
+        // Record first: a crash in between leaves a row without a record, which `repair`
+        // drops, never a record whose data GC may already have freed.
+        snapshot::remove_record(self, snap)?;
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         index::delete_snapshot(&tx, &snap.to_row())?;
@@ -78,9 +78,6 @@ impl Store {
         if lock.try_lock().is_err() {
             return Err(StoreError::Busy("another gc is running".into()));
         }
-        // Before the dead sessions that identify them are cleared, and before anything is
-        // freed: a rolled-back commit must never be resurrected by a repair once its blobs
-        // are gone.
         // Every step is safe to run again, so a run cut short by a full disk starts over
         // once the reserve is freed.
         let stats = self.with_room(|| self.collect())?;
@@ -102,6 +99,9 @@ impl Store {
 
     /// One GC run, under the GC lock.
     fn collect(&self) -> Result<GcStats> {
+        // Before the dead sessions that identify them are cleared, and before anything is
+        // freed: a rolled-back commit must never be resurrected by a repair once its blobs
+        // are gone.
         let rolled_back_commits = snapshot::roll_back_interrupted_commits(self)? as u64;
         let mut stats = GcStats {
             dead_sessions: session::clear_dead(&self.db())? as u64,
@@ -239,12 +239,12 @@ impl Store {
                 "UPDATE packs SET dead_bytes = dead_bytes + ?1 WHERE id = ?2",
                 params![location.stored_len, pack_id],
             )?;
-            stats.freed_blobs += 1;
-            stats.freed_bytes += u64::from(location.stored_len);
-        }
         }
         tx.commit()?;
         for (_, _, _, location) in &victims {
+            stats.freed_blobs += 1;
+            stats.freed_bytes += u64::from(location.stored_len);
+        }
         Ok(victims.iter().map(|(_, pack, _, _)| *pack).collect())
     }
 
@@ -487,16 +487,6 @@ impl Store {
     }
 }
 
-pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).io_ctx("remove", path),
-    }
-}
-
-pub(crate) fn pack_name_of(path: &Path) -> Option<String> {
-    let file = path.file_name()?.to_str()?;
 /// Whether a live writer holds the temp file at `path` (a pack writer locks its temp pack
 /// until the pack is durable, however long a slow pull leaves it without writes). The lock
 /// is tested, not kept: a file nobody holds is left by a writer that is gone.
@@ -509,6 +499,16 @@ fn held_by_a_writer(path: &Path) -> bool {
     }
 }
 
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).io_ctx("remove", path),
+    }
+}
+
+pub(crate) fn pack_name_of(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
     let name = file.strip_suffix(PACK_SUFFIX)?;
     (name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_string())
 }

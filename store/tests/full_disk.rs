@@ -67,15 +67,17 @@ fn tar_of(store: &Store, snap: &Snapshot) -> Vec<u8> {
     out
 }
 
-/// Backs up one file of `len` random bytes made from `seed`, streamed a MiB at a time.
-fn backup(store: &Store, seed: u64, len: usize) -> Result<Snapshot, StoreError> {
+/// Backs up files `(name, seed, len)` of random bytes, streamed a MiB at a time.
+fn backup(store: &Store, files: &[(&str, u64, usize)]) -> Result<Snapshot, StoreError> {
     let mut w = store.begin_snapshot("m", "s")?;
-    let mut f = w.add_file(b"f", Metadata::default(), 0)?;
-    for (i, piece) in (0..len).step_by(1 << 20).enumerate() {
-        let n = (len - piece).min(1 << 20);
-        f.write_content(&random_bytes(seed * 1000 + i as u64, n))?;
+    for &(name, seed, len) in files {
+        let mut f = w.add_file(name.as_bytes(), Metadata::default(), 0)?;
+        for (i, piece) in (0..len).step_by(1 << 20).enumerate() {
+            let n = (len - piece).min(1 << 20);
+            f.write_content(&random_bytes(seed * 1000 + i as u64, n))?;
+        }
+        f.finish()?;
     }
-    f.finish()?;
     w.commit()
 }
 
@@ -114,41 +116,54 @@ fn free_bytes(path: &Path) -> u64 {
 }
 
 /// A backup that runs out of space fails with a disk-full error and leaves the store as it
-/// was; on a disk then filled to the last byte, `forget` and `gc` still work and make room,
-/// and a new backup fits.
+/// was; on a disk then filled to the last byte, `forget` and `gc` still work and make room
+/// (deleting a wholly dead pack before repacking one that needs room to be copied), and a
+/// new backup fits.
 #[test]
 fn a_full_disk_fails_a_backup_cleanly_and_forget_and_gc_make_room() {
+    const MIB: usize = 1 << 20;
     let mnt = Tmpfs::mount("16m");
     let root = mnt.path().join("store");
     let store = Store::init(&root, small_chunks()).unwrap();
-    let first = backup(&store, 1, 4 << 20).unwrap();
-    let first_tar = tar_of(&store, &first);
+    // `a` and `b` share `y`: once `a` is forgotten its pack is 40 % dead (repacked, which
+    // needs room for `y`'s 3 MiB); `c`'s pack is then wholly dead.
+    let a = backup(&store, &[("x", 1, 2 * MIB), ("y", 2, 3 * MIB)]).unwrap();
+    let b = backup(&store, &[("y", 2, 3 * MIB)]).unwrap();
+    let c = backup(&store, &[("z", 3, 4 * MIB)]).unwrap();
+    let tars: Vec<Vec<u8>> = [&a, &b, &c].iter().map(|s| tar_of(&store, s)).collect();
 
-    let err = backup(&store, 2, 64 << 20).unwrap_err();
+    let err = backup(&store, &[("big", 4, 64 * MIB)]).unwrap_err();
     assert!(err.is_disk_full(), "not a disk-full error: {err}");
     assert!(err.to_string().contains("disk"), "{err}");
-    assert_eq!(store.snapshots(None, None).unwrap(), vec![first.clone()]);
+    assert_eq!(
+        store.snapshots(None, None).unwrap(),
+        vec![a.clone(), b.clone(), c.clone()]
+    );
     assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
     let report = store.verify(None).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
-    assert_eq!(tar_of(&store, &first), first_tar);
+    for (snap, tar) in [&a, &b, &c].iter().zip(&tars) {
+        assert!(tar_of(&store, snap) == *tar);
+    }
     drop(store);
 
     // Nothing left at all, as when something else on the disk took the rest.
     let filler = fill(mnt.path());
     assert!(free_bytes(mnt.path()) < 64 * 1024);
     let store = Store::open(&root).unwrap();
-    assert!(backup(&store, 3, 1 << 20).unwrap_err().is_disk_full());
-    store.forget(&first).unwrap();
+    assert!(backup(&store, &[("f", 5, MIB)]).unwrap_err().is_disk_full());
+    store.forget(&a).unwrap();
     drop(store);
     let store = Store::open(&root).unwrap();
+    store.forget(&c).unwrap();
     let gc = store.gc().unwrap();
-    assert!(gc.deleted_packs >= 1, "{gc:?}");
-    assert!(store.snapshots(None, None).unwrap().is_empty());
-    assert!(free_bytes(mnt.path()) >= 1 << 20);
+    assert_eq!((gc.deleted_packs, gc.repacked_packs), (1, 1), "{gc:?}");
+    assert_eq!(store.snapshots(None, None).unwrap(), vec![b.clone()]);
+    assert!(tar_of(&store, &b) == tars[1]);
+    assert!(free_bytes(mnt.path()) >= MIB as u64);
 
-    let small = backup(&store, 4, 256 << 10).unwrap();
-    assert_eq!(store.snapshots(None, None).unwrap(), vec![small.clone()]);
+    let small = backup(&store, &[("f", 6, MIB / 4)]).unwrap();
+    assert_eq!(store.snapshots(None, None).unwrap(), vec![b, small]);
     let report = store.verify(None).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     drop(store);
