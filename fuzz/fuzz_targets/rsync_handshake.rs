@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         args: ServerArgs::pull("m", "", false),
         protocol: 32,
         user: "u".into(),
-        password: Some(b"p".to_vec()),
+        password: Some(b"p".to_vec().into()),
         limits: Limits::default(),
     };
     let Ok(mut h) = ClientHandshake::new(opts) else {

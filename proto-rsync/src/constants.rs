@@ -172,6 +172,9 @@ pub const ARG_SENDER: &str = "--sender";
 pub const ARG_NUMERIC_IDS: &str = "--numeric-ids";
 /// Fixes the session's checksum seed (`--checksum-seed=N`); testing and reproducibility.
 pub const ARG_CHECKSUM_SEED: &str = "--checksum-seed=";
+/// The client's I/O timeout in seconds (`--timeout=N`): the sender then sends keep-alives
+/// when it has nothing else to say, as it does for a stock client.
+pub const ARG_TIMEOUT: &str = "--timeout=";
 /// Mandatory "current directory" placeholder between options and paths.
 pub const ARG_DOT: &str = ".";
 /// `-a` minus `r`'s position: stock orders the cluster `l [H] o g D t p r`, then `e<info>`.

@@ -77,13 +77,38 @@ pub enum Error {
     Sink(#[source] SinkError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Timeout(#[from] Timeout),
+}
+
+/// Which time bound of [`crate::config::Timeouts`] ended a session, and its length.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    #[error("could not connect to the rsync daemon within {} s", secs(.0))]
+    Connect(std::time::Duration),
+    #[error("the rsync daemon did not finish its greeting and authentication within {} s", secs(.0))]
+    Greeting(std::time::Duration),
+    #[error("no data from the rsync daemon for {} s", secs(.0))]
+    Idle(std::time::Duration),
+    #[error("the pull did not finish within its deadline of {} s", secs(.0))]
+    Deadline(std::time::Duration),
+}
+
+/// Seconds as given on the command line: whole when whole, else with milliseconds.
+fn secs(d: &std::time::Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{:.3}", d.as_secs_f64())
+    }
 }
 
 impl Error {
     /// Whether retrying the whole pull later may succeed (network, daemon busy).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Io(_) | Error::UnexpectedEof(_) => true,
+            // A stalled peer or tunnel may be back by the next run.
+            Error::Io(_) | Error::UnexpectedEof(_) | Error::Timeout(_) => true,
             Error::Daemon(m) => m.contains("max connections"),
             _ => false,
         }

@@ -4,15 +4,22 @@
 //! Reads and writes are awaited in one `select!`, so input is consumed while output waits
 //! for the peer: the receive side never stalls behind the generator (spec §9.1). The sink
 //! is called synchronously from this task; a slow sink slows the transfer, never deadlocks it.
+//!
+//! Every wait on the connection is bounded by [`Timeouts`]: the inactivity clock runs only
+//! while this task waits on the peer, so local work (the sink, checksumming a basis) never
+//! counts as the peer's silence.
 
-use crate::error::Error;
+use crate::config::{Secret, Timeouts};
+use crate::error::{Error, Timeout};
 use crate::limits::Limits;
 use crate::session::args::ServerArgs;
 use crate::session::handshake::{ClientHandshake, HandshakeOptions, HandshakeStatus};
 use crate::session::receiver::{ClientReceiver, ReceiverOptions, Status, READ_CHUNK};
 use crate::session::{Outcome, ReceiveSink};
+use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// Everything a pull needs besides the stream and the sink.
 #[derive(Debug, Clone)]
@@ -23,8 +30,9 @@ pub struct PullConfig {
     pub path: String,
     /// User for `AUTHREQD` (stock default: `$USER`, else "nobody").
     pub user: String,
-    /// Password for `AUTHREQD`; a module that requires one fails without it.
-    pub password: Option<Vec<u8>>,
+    /// Password for `AUTHREQD`; a module that requires one fails without it. Redacted in
+    /// `Debug`.
+    pub password: Option<Secret>,
     /// Ask for hard links (`-H`).
     pub hard_links: bool,
     /// Filter rules in rsync syntax (`"- *.tmp"`, `"+ dir/"`).
@@ -42,6 +50,8 @@ pub struct PullConfig {
     /// Without it the session uses byte/short list flags and md5, as with 3.0/3.1 peers.
     pub negotiate: bool,
     pub limits: Limits,
+    /// Inactivity, connect-and-greeting and overall bounds (defaults: [`Timeouts::default`]).
+    pub timeouts: Timeouts,
 }
 
 impl PullConfig {
@@ -61,15 +71,173 @@ impl PullConfig {
             numeric_ids: true,
             checksum_seed: None,
             limits: Limits::default(),
+            timeouts: Timeouts::default(),
         }
     }
+}
+
+/// Connects to the rsync daemon at `host:port` and pulls from it, as [`pull`] does. The
+/// connection counts toward `timeouts.connect` together with the greeting and
+/// authentication, and toward `timeouts.deadline`.
+pub async fn pull_tcp<S>(
+    host: &str,
+    port: u16,
+    config: &PullConfig,
+    sink: &mut S,
+) -> Result<Outcome, Error>
+where
+    S: ReceiveSink,
+{
+    let clock = Clock::start(config.timeouts);
+    let connect = tokio::net::TcpStream::connect((host, port));
+    let stream = match clock.setup_expiry() {
+        Some((at, why)) => tokio::time::timeout_at(at, connect)
+            .await
+            .map_err(|_| why.for_connect())??,
+        None => connect.await?,
+    };
+    drive(stream, config, sink, clock).await
 }
 
 /// Pulls `config.module/config.path` from an rsync daemon on `stream` into `sink`.
 ///
 /// Returns the outcome also when files failed (exit code 23) or vanished (24): callers
 /// decide with [`Outcome::is_success`]. Errors mean the run is unusable.
+///
+/// `config.timeouts` bound the session from this call on; `connect` bounds the greeting and
+/// authentication here (the stream is already connected).
 pub async fn pull<T, S>(stream: T, config: &PullConfig, sink: &mut S) -> Result<Outcome, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: ReceiveSink,
+{
+    drive(stream, config, sink, Clock::start(config.timeouts)).await
+}
+
+/// The session's time bounds as they run down.
+#[derive(Debug)]
+struct Clock {
+    timeouts: Timeouts,
+    started: Instant,
+    /// Whether the handshake is still going (the connect bound applies).
+    in_setup: bool,
+    /// Time spent waiting on the peer since data last moved.
+    waited: Duration,
+}
+
+/// Which bound an expiry belongs to, before it becomes an error.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Setup(Duration),
+    Idle(Duration),
+    Deadline(Duration),
+}
+
+impl Bound {
+    fn for_connect(self) -> Error {
+        match self {
+            Bound::Setup(d) => Timeout::Connect(d).into(),
+            other => other.into(),
+        }
+    }
+}
+
+impl From<Bound> for Error {
+    fn from(b: Bound) -> Error {
+        Error::Timeout(match b {
+            Bound::Setup(d) => Timeout::Greeting(d),
+            Bound::Idle(d) => Timeout::Idle(d),
+            Bound::Deadline(d) => Timeout::Deadline(d),
+        })
+    }
+}
+
+impl Clock {
+    fn start(timeouts: Timeouts) -> Clock {
+        Clock {
+            timeouts,
+            started: Instant::now(),
+            in_setup: true,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// The earliest of the setup and overall bounds (the inactivity bound does not apply
+    /// to connecting: no data can move before the connection exists).
+    fn setup_expiry(&self) -> Option<(Instant, Bound)> {
+        let setup = self
+            .timeouts
+            .connect
+            .map(|d| (self.started + d, Bound::Setup(d)));
+        earliest(setup, self.deadline_expiry())
+    }
+
+    fn deadline_expiry(&self) -> Option<(Instant, Bound)> {
+        self.timeouts
+            .deadline
+            .map(|d| (self.started + d, Bound::Deadline(d)))
+    }
+
+    /// When the next bound expires if the peer keeps silent from `now` on.
+    fn expiry(&self, now: Instant) -> Option<(Instant, Bound)> {
+        let idle = self
+            .timeouts
+            .io
+            .map(|d| (now + d.saturating_sub(self.waited), Bound::Idle(d)));
+        let fixed = if self.in_setup {
+            self.setup_expiry()
+        } else {
+            self.deadline_expiry()
+        };
+        earliest(idle, fixed)
+    }
+
+    /// Counts the time since `since` as waiting on a silent peer.
+    fn silent_since(&mut self, since: Instant) {
+        self.waited += since.elapsed();
+    }
+
+    /// Data moved: the inactivity clock starts again.
+    fn data_moved(&mut self) {
+        self.waited = Duration::ZERO;
+    }
+
+    /// Awaits `op` on the connection within the bounds; counts the wait as silence (the
+    /// caller calls [`Self::data_moved`] when data did move).
+    async fn bounded<F: Future>(&mut self, op: F) -> Result<F::Output, Error> {
+        let start = Instant::now();
+        let out = match self.expiry(start) {
+            Some((at, why)) => tokio::time::timeout_at(at, op)
+                .await
+                .map_err(|_| Error::from(why))?,
+            None => op.await,
+        };
+        self.silent_since(start);
+        Ok(out)
+    }
+}
+
+fn earliest(a: Option<(Instant, Bound)>, b: Option<(Instant, Bound)>) -> Option<(Instant, Bound)> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Whole seconds for the server's `--timeout=N`, rounded up so the peer is never stricter
+/// than we are.
+fn whole_secs(d: Duration) -> u32 {
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+async fn drive<T, S>(
+    stream: T,
+    config: &PullConfig,
+    sink: &mut S,
+    mut clock: Clock,
+) -> Result<Outcome, Error>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: ReceiveSink,
@@ -78,6 +246,8 @@ where
     let mut args = ServerArgs::pull(&config.module, &config.path, config.hard_links);
     args.numeric_ids = config.numeric_ids;
     args.checksum_seed = config.checksum_seed;
+    // As a stock client does: a sender told our timeout keeps an idle link alive.
+    args.io_timeout = config.timeouts.io.map(whole_secs);
     if !config.negotiate {
         args.client_info = args.client_info.replace('v', "");
     }
@@ -94,26 +264,29 @@ where
     let mut buf = vec![0u8; READ_CHUNK];
     let first = hs.take_output();
     written += first.len() as u64;
-    wr.write_all(&first).await?;
+    clock.bounded(wr.write_all(&first)).await??;
     let neg = loop {
         let (used, st) = hs.feed(&inbuf)?;
         inbuf.drain(..used);
         let out = hs.take_output();
         if !out.is_empty() {
             written += out.len() as u64;
-            wr.write_all(&out).await?;
-            wr.flush().await?;
+            clock.bounded(wr.write_all(&out)).await??;
+            clock.bounded(wr.flush()).await??;
+            clock.data_moved();
         }
         if let HandshakeStatus::Done(n) = st {
             break n;
         }
-        let n = rd.read(&mut buf).await?;
+        let n = clock.bounded(rd.read(&mut buf)).await??;
         if n == 0 {
             return Err(Error::UnexpectedEof("during the daemon handshake"));
         }
+        clock.data_moved();
         read += n as u64;
         inbuf.extend_from_slice(&buf[..n]);
     };
+    clock.in_setup = false;
 
     let mut rx: ClientReceiver<S> = ClientReceiver::new(
         neg,
@@ -129,7 +302,10 @@ where
     rx.feed(&inbuf)?;
     let mut out: Vec<u8> = Vec::new();
     let mut out_pos = 0usize;
-    let mut last_write = tokio::time::Instant::now();
+    // Leading bytes of `out` that are our own keep-alive: sending them is not data moving,
+    // or a peer that reads and never answers would never time out.
+    let mut keepalive_left = 0usize;
+    let mut last_write = Instant::now();
     let result = loop {
         let st = match rx.step(sink) {
             Ok(s) => s,
@@ -138,10 +314,10 @@ where
         if let Status::Finished(mut o) = st {
             out.drain(..out_pos);
             out.extend(rx.take_output());
-            wr.write_all(&out).await?;
-            wr.flush().await?;
+            clock.bounded(wr.write_all(&out)).await??;
+            clock.bounded(wr.flush()).await??;
             // Best effort: the peer exits after our goodbye anyway.
-            let _ = wr.shutdown().await;
+            let _ = clock.bounded(wr.shutdown()).await;
             o.wire_bytes_read += read;
             o.wire_bytes_written += written;
             return Ok(*o);
@@ -150,11 +326,16 @@ where
             out = rx.take_output();
             out_pos = 0;
         }
-        // A daemon with `timeout = T` announces it; stay well inside it.
-        let keepalive = match rx.peer_timeout() {
-            Some(t) => config
-                .keepalive
-                .min(Duration::from_secs(u64::from(t.max(2)) / 2)),
+        // Stay well inside the peer's timeout: the one a daemon with `timeout = T`
+        // announces, and ours, which the sender was told.
+        let peer_limit = rx
+            .peer_timeout()
+            .map(|t| Duration::from_secs(u64::from(t.max(2))))
+            .into_iter()
+            .chain(config.timeouts.io)
+            .min();
+        let keepalive = match peer_limit {
+            Some(t) => config.keepalive.min(t / 2),
             None => config.keepalive,
         };
         let idle_deadline = last_write + keepalive;
@@ -170,6 +351,9 @@ where
         // peer blocked writing to us must not wait on our local work), then go on working
         // instead of waiting for input.
         let busy = rx.has_local_work();
+        let waiting_since = Instant::now();
+        let expiry = clock.expiry(waiting_since);
+        let expires_at = expiry.map_or(waiting_since, |(at, _)| at);
         tokio::select! {
             biased;
             r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
@@ -181,7 +365,13 @@ where
                     break Err(closed(&rx, Error::UnexpectedEof("peer stopped reading")));
                 }
                 out_pos += n;
-                last_write = tokio::time::Instant::now();
+                last_write = Instant::now();
+                if n > keepalive_left {
+                    clock.data_moved();
+                } else {
+                    clock.silent_since(waiting_since);
+                }
+                keepalive_left = keepalive_left.saturating_sub(n);
             }
             r = rd.read(&mut buf) => {
                 let n = match r {
@@ -191,6 +381,8 @@ where
                 if n == 0 {
                     break Err(closed(&rx, Error::UnexpectedEof("during the transfer")));
                 }
+                // Any byte counts, the peer's own keep-alives included.
+                clock.data_moved();
                 rx.feed(&buf[..n])?;
                 // While busy, take all that has already arrived (up to a bound) before the
                 // next stretch of local work, so a streaming peer keeps moving.
@@ -206,20 +398,32 @@ where
                     }
                 }
             }
+            // After the I/O arms: data that is ready wins over an expiry at the same moment.
+            _ = tokio::time::sleep_until(expires_at), if expiry.is_some() => {
+                if let Some((_, why)) = expiry {
+                    break Err(why.into());
+                }
+            }
             _ = tokio::time::sleep_until(idle_deadline), if out_pos == out.len() && rx.file_list_done() => {
                 rx.keepalive();
-                last_write = tokio::time::Instant::now();
+                out = rx.take_output();
+                out_pos = 0;
+                keepalive_left = out.len();
+                last_write = Instant::now();
+                clock.silent_since(waiting_since);
             }
             // Yielding (not just carrying on) lets the runtime poll its I/O driver, without
             // which a busy task would never see new input become readable.
-            () = tokio::task::yield_now(), if busy => {}
+            () = tokio::task::yield_now(), if busy => {
+                clock.silent_since(waiting_since);
+            }
         }
     };
     // On a remote fatal error the machine queued the acknowledgement stock expects.
     if let Err(Error::RemoteExit { .. }) = &result {
         out.drain(..out_pos);
         out.extend(rx.take_output());
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tokio::time::timeout(REMOTE_EXIT_ACK_TIMEOUT, async {
             wr.write_all(&out).await?;
             wr.flush().await
         })
@@ -227,6 +431,10 @@ where
     }
     result
 }
+
+/// How long the acknowledgement of a peer's fatal error may take to send; the run has
+/// failed already, this only spares the peer an error of its own.
+const REMOTE_EXIT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Input a busy driver takes in one go before its next stretch of local work.
 const READ_BURST: usize = 1024 * 1024;

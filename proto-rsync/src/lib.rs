@@ -22,7 +22,7 @@
 //! let stream = tokio::net::TcpStream::connect("127.0.0.1:873").await?;
 //! let mut cfg = PullConfig::new("module");
 //! cfg.user = "backup".into();
-//! cfg.password = Some(b"secret".to_vec());
+//! cfg.password = Some(b"secret".to_vec().into());
 //! cfg.filter_rules = vec!["- *.tmp".into()];
 //! let outcome = pull(stream, &cfg, sink).await?;
 //! // 0 and 24 (files vanished during the run) count as success, as in the original Turku.
@@ -44,6 +44,7 @@
 
 pub mod checksum;
 pub mod codec;
+pub mod config;
 pub mod constants;
 pub mod delta;
 pub mod error;
@@ -56,6 +57,7 @@ pub mod io;
 
 pub use codec::flist::{FileEntry, FileKind, HardLink};
 pub use codec::Decoded;
-pub use error::{DecodeError, Error, SinkError};
+pub use config::{Secret, Timeouts};
+pub use error::{DecodeError, Error, SinkError, Timeout};
 pub use limits::Limits;
 pub use session::{Basis, EntryAction, MessageKind, Outcome, ReceiveSink, SenderStats};

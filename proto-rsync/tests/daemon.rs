@@ -848,7 +848,7 @@ async fn auth_success_with_sha512_digest() {
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("auth", 32);
     cfg.user = "alice".into();
-    cfg.password = Some(b"s3cret".to_vec());
+    cfg.password = Some(b"s3cret".to_vec().into());
     let o = d
         .pull(&cfg, &mut sink)
         .await
@@ -871,7 +871,7 @@ async fn wrong_password_is_refused() {
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("auth", 32);
     cfg.user = "alice".into();
-    cfg.password = Some(b"wrong".to_vec());
+    cfg.password = Some(b"wrong".to_vec().into());
     match d.pull(&cfg, &mut sink).await {
         Err(Error::Daemon(m)) => assert!(m.contains("auth failed on module auth"), "{m}"),
         other => panic!("expected an auth failure, got {other:?}"),

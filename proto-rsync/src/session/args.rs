@@ -18,6 +18,8 @@ pub struct ServerArgs {
     pub client_info: String,
     /// Ask the server to use this checksum seed instead of a time-based one.
     pub checksum_seed: Option<i32>,
+    /// Our I/O timeout in whole seconds, passed on so the sender keeps an idle link alive.
+    pub io_timeout: Option<u32>,
 }
 
 impl ServerArgs {
@@ -29,6 +31,7 @@ impl ServerArgs {
             path: path.to_owned(),
             client_info: CLIENT_INFO_NO_INC_RECURSE.to_owned(),
             checksum_seed: None,
+            io_timeout: None,
         }
     }
 
@@ -48,6 +51,9 @@ impl ServerArgs {
         let mut v = vec![ARG_SERVER.to_owned(), ARG_SENDER.to_owned(), cluster];
         if let Some(seed) = self.checksum_seed {
             v.push(format!("{ARG_CHECKSUM_SEED}{seed}"));
+        }
+        if let Some(secs) = self.io_timeout {
+            v.push(format!("{ARG_TIMEOUT}{secs}"));
         }
         if self.numeric_ids {
             v.push(ARG_NUMERIC_IDS.to_owned());
@@ -122,6 +128,11 @@ mod tests {
             ]
         );
         assert_eq!(a.argv(29)[2], "-lHogDtpr");
+        let timed = ServerArgs {
+            io_timeout: Some(600),
+            ..ServerArgs::pull("m", "", false)
+        };
+        assert_eq!(timed.argv(32)[3..5], ["--timeout=600", "--numeric-ids"]);
         assert_eq!(
             ServerArgs::pull("m", "", false).encode(32),
             b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0m/\0\0"

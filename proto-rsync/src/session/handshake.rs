@@ -3,6 +3,7 @@
 
 use super::args::ServerArgs;
 use crate::checksum::{choose_checksum, ChecksumKind};
+use crate::config::Secret;
 use crate::codec::handshake::{
     auth_response, classify_line, decode_line, parse_greeting, AuthDigest, Greeting, ServerLine,
 };
@@ -18,7 +19,8 @@ pub struct HandshakeOptions {
     /// Highest protocol to announce (30–32); lower values force an older session.
     pub protocol: u32,
     pub user: String,
-    pub password: Option<Vec<u8>>,
+    /// Redacted in `Debug`.
+    pub password: Option<Secret>,
     pub limits: Limits,
 }
 
@@ -233,7 +235,8 @@ impl ClientHandshake {
                 let pw = self
                     .opts
                     .password
-                    .as_deref()
+                    .as_ref()
+                    .map(Secret::expose)
                     .ok_or(Error::PasswordRequired)?;
                 let digests = self.remote.as_ref().and_then(|g| g.digests.as_deref());
                 let d = AuthDigest::choose(digests, self.protocol)
@@ -269,7 +272,7 @@ mod tests {
             args: ServerArgs::pull("mod", "", false),
             protocol: 32,
             user: "alice".into(),
-            password: pw.map(|p| p.as_bytes().to_vec()),
+            password: pw.map(|p| Secret::from(p.as_bytes())),
             limits: Limits::default(),
         }
     }
@@ -312,6 +315,19 @@ mod tests {
         want.push(21);
         want.extend_from_slice(b"xxh128 xxh3 xxh64 md5");
         assert_eq!(out, want);
+    }
+
+    /// Handshake options and the machine holding them may be logged: the password must not
+    /// show, neither as text nor as the byte list `Vec<u8>` prints.
+    #[test]
+    fn debug_output_hides_the_password() {
+        let o = opts(Some("pw-Zq81x"));
+        let h = ClientHandshake::new(o.clone()).unwrap();
+        let shown = format!("{o:?} {h:?} {o:#?}");
+        let as_bytes = format!("{:?}", b"pw-Zq81x".to_vec());
+        assert!(!shown.contains("pw-Zq81x"), "{shown}");
+        assert!(!shown.contains(&as_bytes[1..as_bytes.len() - 1]), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
