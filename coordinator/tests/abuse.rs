@@ -37,7 +37,7 @@ impl SlotHolder {
         let thread = std::thread::spawn(move || {
             state.with_hash_slot(|| {
                 let _ = held_tx.send(());
-                let _ = release_rx.recv_timeout(BOUND);
+                let _ = release_rx.recv_timeout(3 * BOUND);
             });
         });
         tokio::time::timeout(BOUND, held_rx)
