@@ -231,7 +231,21 @@ fn gc_keeps_a_live_writers_temp_pack_and_removes_a_dead_ones() {
         assert!(Instant::now() < deadline, "no temp pack appeared");
         std::thread::sleep(Duration::from_millis(10));
     };
+    // The pack thread appends what was submitted for a while yet, which would make the temp
+    // pack young again: age it once its size has held still.
+    let mut size = fs::metadata(&live).unwrap().len();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = fs::metadata(&live).unwrap().len();
+        if now == size {
+            break;
+        }
+        size = now;
+        assert!(Instant::now() < deadline, "the temp pack keeps growing");
+    }
     set_two_hours_old(&live);
+    let age = fs::metadata(&live).unwrap().modified().unwrap().elapsed().unwrap();
+    assert!(age > Duration::from_secs(3600));
     let collector = Store::open(store.path()).unwrap();
     let gc = collector.gc().unwrap();
     assert!(live.exists(), "gc deleted a live writer's temp pack");
