@@ -85,7 +85,8 @@ async fn v1(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // Everything but Argon2 (cached check-ins, the bulk of the traffic) first.
+    // Everything but Argon2 (cached check-ins, the bulk of the traffic) first, on a blocking
+    // thread too: a statement may wait for another process's lock on the database.
     let fast = {
         let (state, name, content_type, body) = (
             Arc::clone(&state),
