@@ -237,7 +237,11 @@ impl Db {
     /// with mode 0600 whatever the umask (SQLite gives its `-wal` and `-shm` files the same
     /// mode); an existing one loses any access for others (group bits are left alone).
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        if path.as_os_str() != ":memory:" && !path.as_os_str().is_empty() {
+        // Names SQLite reads as something other than a plain file are left to it.
+        let plain_file = path
+            .to_str()
+            .is_none_or(|p| !p.is_empty() && p != ":memory:" && !p.starts_with("file:"));
+        if plain_file {
             restrict_file_modes(path).map_err(|source| DbError::Io {
                 path: path.display().to_string(),
                 source,

@@ -90,7 +90,7 @@ pub fn content_type_ok(value: Option<&str>) -> bool {
 #[derive(Debug)]
 struct Ctx<'a> {
     state: &'a AppState,
-    /// False on the async fast path: a request that needs Argon2 (a cache miss, a new
+    /// False on the fast path: a request that needs Argon2 (a cache miss, a new
     /// registration) stops with [`ApiError::WouldBlock`] before writing anything, and is
     /// rerun on a blocking thread.
     slow_ok: bool,
@@ -139,7 +139,8 @@ pub fn handle_unless_abandoned(
 
 /// The fast path: everything but Argon2. `None` means the request needs a secret hashed or
 /// verified from scratch and must go through [`handle`] instead; nothing was written then.
-/// Cached check-ins (the bulk of the traffic) complete here without a thread hop.
+/// Cached check-ins (the bulk of the traffic) complete here, without passing the hash queue.
+/// Takes SQLite locks: call it from a thread that can block.
 pub fn try_handle_fast(
     state: &AppState,
     name: &str,
