@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         },
         seed: 12345,
         motd: Vec::new(),
+        motd_dropped: 0,
     };
     let opts = ReceiverOptions {
         hard_links: sel & 0x40 != 0,

@@ -46,6 +46,8 @@ pub enum DecodeError {
     TooManyEntries(usize),
     #[error("vstring length marker {0:#04x} invalid")]
     BadVstring(u8),
+    #[error("file list would cost more than {max} bytes of memory (limit max_file_list_bytes)")]
+    FileListTooBig { max: u64 },
     #[error("{0}")]
     Other(&'static str),
 }
@@ -77,6 +79,16 @@ pub enum Error {
     Sink(#[source] SinkError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{what} {value:?} contains a newline, carriage return or NUL, which would break the daemon protocol")]
+    BadArgument { what: &'static str, value: String },
+    #[error("the sender ended the run without sending {missing} requested file(s) or saying why (first: {first:?}); the transfer is incomplete")]
+    Incomplete { missing: u64, first: String },
+    #[error("file {name:?} was announced at {announced} bytes but its content passed {max} bytes")]
+    RebuiltTooLarge {
+        name: String,
+        announced: i64,
+        max: u64,
+    },
     #[error(transparent)]
     Timeout(#[from] Timeout),
 }

@@ -4,7 +4,7 @@
 use super::prim::*;
 use crate::constants::*;
 use crate::error::DecodeError;
-use crate::limits::Limits;
+use crate::limits::{Limits, FLIST_ENTRY_OVERHEAD};
 
 /// Which attributes travel in the list; both peers derive this from the same options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +135,17 @@ impl FileEntry {
     fn has_rdev(&self, o: &FlistOptions) -> bool {
         rdev_sent(self.mode, o)
     }
+
+    /// Our estimate of the memory this entry costs while the list is held and sorted.
+    pub fn memory_cost(&self) -> u64 {
+        let var = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
+        (self.name.len()
+            + var(&self.symlink)
+            + var(&self.user_name)
+            + var(&self.group_name)
+            + var(&self.checksum)) as u64
+            + FLIST_ENTRY_OVERHEAD
+    }
 }
 
 fn rdev_sent(mode: u32, o: &FlistOptions) -> bool {
@@ -174,6 +185,8 @@ pub struct FlistDecoder {
     opts: FlistOptions,
     limits: Limits,
     prev: Prev,
+    /// Sum of [`FileEntry::memory_cost`] over the entries decoded so far.
+    cost: u64,
 }
 
 impl FlistDecoder {
@@ -182,6 +195,7 @@ impl FlistDecoder {
             opts,
             limits,
             prev: Prev::default(),
+            cost: 0,
         }
     }
 
@@ -451,6 +465,16 @@ impl FlistDecoder {
                 value: (item, np),
                 consumed,
             } => {
+                if let FlistItem::Entry(e) = &item {
+                    // Checked once the entry is decoded: each part is already bounded, so
+                    // the overshoot is at most one entry.
+                    self.cost = self.cost.saturating_add(e.memory_cost());
+                    if self.cost > self.limits.max_file_list_bytes {
+                        return Err(DecodeError::FileListTooBig {
+                            max: self.limits.max_file_list_bytes,
+                        });
+                    }
+                }
                 if let Some(np) = np {
                     self.prev = np;
                 }
@@ -828,6 +852,49 @@ mod tests {
         }
         enc.encode_end(0, &mut o);
         assert_eq!(o, bytes);
+    }
+
+    #[test]
+    fn file_list_is_bounded_by_estimated_bytes() {
+        let entry = |name: &str| FileEntry {
+            name: name.as_bytes().to_vec(),
+            mode: S_IFLNK | 0o777,
+            size: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+            uid: 0,
+            gid: 0,
+            user_name: None,
+            group_name: None,
+            rdev: None,
+            symlink: Some(vec![b't'; 1000]),
+            hard_link: HardLink::None,
+            checksum: None,
+            top_dir: false,
+            no_content_dir: false,
+        };
+        let mut enc = FlistEncoder::new(opts());
+        let mut b = Vec::new();
+        for i in 0..10 {
+            enc.encode(&entry(&format!("link{i}")), &mut b);
+        }
+        let per = entry("link0").memory_cost();
+        assert_eq!(per, 5 + 1000 + FLIST_ENTRY_OVERHEAD);
+        // Room for exactly 9 entries: the count limit alone would let all 10 through.
+        let lim = Limits {
+            max_file_list_bytes: 9 * per,
+            ..Limits::default()
+        };
+        let mut d = FlistDecoder::new(opts(), lim);
+        let mut pos = 0;
+        for _ in 0..9 {
+            let (_, n) = d.decode(&b[pos..], &[]).unwrap().complete().unwrap();
+            pos += n;
+        }
+        assert_eq!(
+            d.decode(&b[pos..], &[]),
+            Err(DecodeError::FileListTooBig { max: 9 * per })
+        );
     }
 
     #[test]

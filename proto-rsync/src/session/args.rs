@@ -2,6 +2,7 @@
 
 use crate::codec::prim::put_i32;
 use crate::constants::*;
+use crate::error::Error;
 
 /// What the server is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,14 @@ impl ServerArgs {
             checksum_seed: None,
             io_timeout: None,
         }
+    }
+
+    /// Refuses a module or path that would inject lines or arguments into the daemon
+    /// protocol: the module travels as a newline-ended line and the path as an argument
+    /// ended by NUL (newline below protocol 30).
+    pub fn check(&self) -> Result<(), Error> {
+        check_protocol_text("module name", &self.module)?;
+        check_protocol_text("path", &self.path)
     }
 
     /// The argv of `rsync -a --numeric-ids [-H] --no-inc-recursive rsync://h/mod/path`, as the
@@ -80,6 +89,18 @@ impl ServerArgs {
         o.push(sep);
         o
     }
+}
+
+/// Refuses text sent inside a daemon-protocol line or argument (module, path, user name)
+/// when it holds a line or argument separator.
+pub fn check_protocol_text(what: &'static str, value: &str) -> Result<(), Error> {
+    if value.bytes().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+        return Err(Error::BadArgument {
+            what,
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Encodes a filter list: each rule (`"- *.tmp"`, `"+ dir/"`, …) as int32 length + text,
@@ -137,6 +158,17 @@ mod tests {
             ServerArgs::pull("m", "", false).encode(32),
             b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0m/\0\0"
         );
+    }
+
+    #[test]
+    fn separators_in_names_are_refused() {
+        assert!(ServerArgs::pull("mod", "sub/dir", false).check().is_ok());
+        for (m, p) in [("mo\nd", ""), ("mod", "a\0b"), ("mod", "x\ny"), ("m\r", "")] {
+            assert!(matches!(
+                ServerArgs::pull(m, p, false).check(),
+                Err(Error::BadArgument { .. })
+            ));
+        }
     }
 
     #[test]

@@ -3,11 +3,11 @@
 
 use super::args::ServerArgs;
 use crate::checksum::{choose_checksum, ChecksumKind};
-use crate::config::Secret;
 use crate::codec::handshake::{
     auth_response, classify_line, decode_line, parse_greeting, AuthDigest, Greeting, ServerLine,
 };
 use crate::codec::prim::{put_vstring, run, Decoded};
+use crate::config::Secret;
 use crate::constants::*;
 use crate::error::Error;
 use crate::limits::Limits;
@@ -32,6 +32,8 @@ pub struct Negotiated {
     pub checksum: ChecksumKind,
     pub seed: i32,
     pub motd: Vec<String>,
+    /// MOTD lines past `Limits::max_motd_lines` / `max_motd_bytes`, read and dropped.
+    pub motd_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct ClientHandshake {
     compat: u32,
     checksum: Option<ChecksumKind>,
     motd: Vec<String>,
+    motd_bytes: usize,
+    motd_dropped: u64,
     result: Option<Negotiated>,
 }
 
@@ -72,6 +76,9 @@ impl ClientHandshake {
         if !(MIN_SUPPORTED_SESSION_PROTOCOL..=PROTOCOL_VERSION).contains(&opts.protocol) {
             return Err(Error::UnsupportedProtocol(opts.protocol));
         }
+        // Before anything is queued: a separator would inject lines into the daemon protocol.
+        opts.args.check()?;
+        super::args::check_protocol_text("user name", &opts.user)?;
         let mut out = Vec::new();
         // Stock lists auth digests from protocol 30 on; above 31 the list is mandatory.
         let g = Greeting {
@@ -90,6 +97,8 @@ impl ClientHandshake {
             compat: 0,
             checksum: None,
             motd: Vec::new(),
+            motd_bytes: 0,
+            motd_dropped: 0,
             result: None,
         })
     }
@@ -170,6 +179,7 @@ impl ClientHandshake {
                             checksum,
                             seed: value,
                             motd: std::mem::take(&mut self.motd),
+                            motd_dropped: self.motd_dropped,
                         };
                         tracing::debug!(
                             protocol = n.protocol,
@@ -247,7 +257,16 @@ impl ClientHandshake {
                 Ok(false)
             }
             ServerLine::Text(t) => {
-                self.motd.push(String::from_utf8_lossy(&t).into_owned());
+                // A daemon may send any number of lines: keep a bounded head, count the rest.
+                let lim = &self.opts.limits;
+                if self.motd.len() < lim.max_motd_lines
+                    && self.motd_bytes + t.len() <= lim.max_motd_bytes
+                {
+                    self.motd_bytes += t.len();
+                    self.motd.push(String::from_utf8_lossy(&t).into_owned());
+                } else {
+                    self.motd_dropped += 1;
+                }
                 Ok(false)
             }
         }

@@ -147,13 +147,18 @@ pub struct Outcome {
     pub wire_bytes_written: u64,
     /// io_error bits from the list end marker and `MSG_IO_ERROR`.
     pub io_error: u32,
-    /// Warning and error texts received.
+    /// Warning and error texts received, up to `Limits::max_messages_kept` and
+    /// `max_message_bytes_kept` (the sink saw the same ones).
     pub warnings: Vec<String>,
+    /// Text messages past those bounds: counted, neither kept nor passed to the sink.
+    pub messages_dropped: u64,
     pub sender_stats: SenderStats,
     /// The stock exit code this run corresponds to: 0, 23 (partial) or 24 (vanished).
     pub exit_code: i32,
-    /// Daemon MOTD lines.
+    /// Daemon MOTD lines, up to `Limits::max_motd_lines` and `max_motd_bytes`.
     pub motd: Vec<String>,
+    /// MOTD lines past those bounds, read and dropped.
+    pub motd_dropped: u64,
 }
 
 impl Outcome {

@@ -23,7 +23,7 @@ use crate::delta::write_block_signature;
 use crate::error::{DecodeError, Error};
 use crate::limits::Limits;
 use crate::sort::sort_order;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Stop generating requests while this much output is unsent.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
@@ -75,6 +75,8 @@ enum Rx<B> {
         basis: Option<B>,
         hasher: Box<FileHasher>,
         literal: u32,
+        /// Content delivered so far, against `Limits::max_rebuilt` of the announced size.
+        rebuilt: u64,
     },
     FileSum {
         ndx: u32,
@@ -147,6 +149,15 @@ pub struct ClientReceiver<S: ReceiveSink> {
     outcome: Outcome,
     flist_done: bool,
     peer_timeout: Option<u32>,
+    /// Phase-closing DONEs we queued: the sender only ever echoes ours, so it may not
+    /// close a phase we have not closed (an early DONE would end the run short).
+    phase_dones_sent: u32,
+    /// The sum head of each request awaiting its reply: the sender must echo it, or it
+    /// could choose block sizes that make each token cost far more than we planned.
+    sent_heads: HashMap<u32, SumHead>,
+    /// Text messages kept (and passed to the sink) so far, and their bytes.
+    messages_kept: usize,
+    message_bytes_kept: usize,
 }
 
 impl<S: ReceiveSink> ClientReceiver<S> {
@@ -181,10 +192,15 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                 checksum: neg.checksum.name().to_owned(),
                 checksum_seed: neg.seed,
                 motd: neg.motd.clone(),
+                motd_dropped: neg.motd_dropped,
                 ..Outcome::default()
             },
             flist_done: false,
             peer_timeout: None,
+            phase_dones_sent: 0,
+            sent_heads: HashMap::new(),
+            messages_kept: 0,
+            message_bytes_kept: 0,
             neg,
             opts,
         };
@@ -296,6 +312,12 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         }
     }
 
+    /// Closes a transfer phase on our side.
+    fn send_phase_done(&mut self) {
+        self.send_ndx(NDX_DONE);
+        self.phase_dones_sent += 1;
+    }
+
     fn send_ndx(&mut self, ndx: i32) {
         let mut b = Vec::with_capacity(6);
         self.ndx_out.encode(ndx, &mut b);
@@ -318,17 +340,26 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         for m in std::mem::take(&mut self.msgs) {
             match m {
                 InMsg::Text(kind, text) => {
-                    match kind {
-                        MessageKind::Warning | MessageKind::ErrorXfer | MessageKind::Error => {
-                            self.outcome.warnings.push(text.trim_end().to_owned());
-                        }
-                        MessageKind::Info => {}
-                    }
+                    // The meaning of a message is kept whatever its rank; its text only
+                    // while within bounds, so a chatty or hostile peer cannot fill memory
+                    // or the log.
                     if kind == MessageKind::ErrorXfer || kind == MessageKind::Error {
                         self.last_error = text.trim_end().to_owned();
                     }
                     if kind == MessageKind::ErrorXfer {
                         self.outcome.io_error |= IOERR_GENERAL;
+                    }
+                    let lim = &self.opts.limits;
+                    if self.messages_kept >= lim.max_messages_kept
+                        || self.message_bytes_kept + text.len() > lim.max_message_bytes_kept
+                    {
+                        self.outcome.messages_dropped += 1;
+                        continue;
+                    }
+                    self.messages_kept += 1;
+                    self.message_bytes_kept += text.len();
+                    if kind != MessageKind::Info {
+                        self.outcome.warnings.push(text.trim_end().to_owned());
                     }
                     sink.message(kind, &text);
                 }
@@ -463,7 +494,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                         Decoded::Complete { value, consumed } => {
                             self.ndx_in = codec;
                             self.data_pos += consumed;
-                            self.on_ndx(value)?
+                            self.on_ndx(sink, value)?
                         }
                     }
                 }
@@ -520,6 +551,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                     mut basis,
                     mut hasher,
                     literal,
+                    rebuilt,
                 } => {
                     if literal > 0 {
                         let n = (literal as usize).min(self.avail().len());
@@ -530,6 +562,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                 basis,
                                 hasher,
                                 literal,
+                                rebuilt,
                             };
                             return Ok(progressed);
                         }
@@ -545,6 +578,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                             basis,
                             hasher,
                             literal: literal - n as u32,
+                            rebuilt,
                         }
                     } else {
                         match self.take(|b| decode_token(b, head.count, &lim))? {
@@ -555,6 +589,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                     basis,
                                     hasher,
                                     literal,
+                                    rebuilt,
                                 };
                                 return Ok(progressed);
                             }
@@ -564,6 +599,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                 basis,
                                 hasher,
                                 literal: n,
+                                rebuilt: self.check_rebuilt(ndx, rebuilt, n)?,
                             },
                             Some(Token::Block(k)) => {
                                 let b = basis.as_mut().ok_or(DecodeError::BadToken {
@@ -571,6 +607,8 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                     count: 0,
                                 })?;
                                 let len = head.block_len(k) as usize;
+                                // Before reading: one 4-byte token names a whole block.
+                                let rebuilt = self.check_rebuilt(ndx, rebuilt, len as u32)?;
                                 let off = u64::from(k) * u64::from(head.blength);
                                 self.scratch.resize(len, 0);
                                 b.read_at(off, &mut self.scratch).map_err(Error::Sink)?;
@@ -583,6 +621,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                     basis,
                                     hasher,
                                     literal: 0,
+                                    rebuilt,
                                 }
                             }
                             Some(Token::End) => Rx::FileSum {
@@ -735,6 +774,17 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             if !seen.insert(&e.name) || (!e.is_dir() && dirs.contains(&e.name[..])) {
                 cleared[i] = true;
             }
+            // A sender lists a directory before recursing into it. A parent that is not
+            // a listed directory (a symlink `a` followed by `a/x`) would make the sink
+            // write through a symlink or invent a directory.
+            if let Some(slash) = e.name.iter().rposition(|&c| c == b'/') {
+                if !dirs.contains(&e.name[..slash]) {
+                    return Err(DecodeError::BadName {
+                        reason: "parent is not a directory of the list",
+                    }
+                    .into());
+                }
+            }
         }
         self.outcome.entries = cleared.iter().filter(|c| !**c).count() as u64;
         self.state = vec![FileState::NotRequested; entries.len()];
@@ -743,6 +793,56 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         self.gen = Gen::Files(0);
         self.flist_done = true;
         tracing::debug!(entries = self.entries.len(), "file list received");
+        Ok(())
+    }
+
+    /// Adds `more` reconstructed bytes to file `ndx`'s `rebuilt`, within its bound.
+    fn check_rebuilt(&self, ndx: u32, rebuilt: u64, more: u32) -> Result<u64, Error> {
+        let e = &self.entries[ndx as usize];
+        let max = self.opts.limits.max_rebuilt(e.size);
+        let total = rebuilt.saturating_add(u64::from(more));
+        if total > max {
+            return Err(Error::RebuiltTooLarge {
+                name: e.name_lossy(),
+                announced: e.size,
+                max,
+            });
+        }
+        Ok(total)
+    }
+
+    /// Every phase is closed: each file we requested must have arrived or been reported
+    /// as not sent. At 30+ a sender reports every file it does not send (`MSG_NO_SEND`),
+    /// so a silent gap means it cut the run short. Below 30 it has no such notice (a
+    /// stock sender says nothing at all about a file that vanished after listing), so a
+    /// gap cannot be told from truncation: the files count as failed and the run as
+    /// partial (23), which callers do not accept as a snapshot.
+    fn check_complete(&mut self, sink: &mut S) -> Result<(), Error> {
+        let missing: Vec<usize> = (0..self.state.len())
+            .filter(|&i| self.state[i] == FileState::Requested)
+            .collect();
+        let Some(&first) = missing.first() else {
+            return Ok(());
+        };
+        if self.neg.protocol >= 30 {
+            return Err(Error::Incomplete {
+                missing: missing.len() as u64,
+                first: self.entries[first].name_lossy(),
+            });
+        }
+        self.outcome.io_error |= IOERR_GENERAL;
+        for i in missing {
+            self.state[i] = FileState::Failed;
+            let name = self.entries[i].name_lossy();
+            self.outcome.failed.push(name.clone());
+            if self.outcome.warnings.len() < self.opts.limits.max_messages_kept {
+                self.outcome
+                    .warnings
+                    .push(format!("{name}: requested but not sent"));
+            }
+            sink.file_failed(i as u32, &self.entries[i], "the sender did not send it")
+                .map_err(Error::Sink)?;
+        }
         Ok(())
     }
 
@@ -755,12 +855,19 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         }
     }
 
-    fn on_ndx(&mut self, ndx: i32) -> Result<Rx<S::Basis>, Error> {
+    fn on_ndx(&mut self, sink: &mut S, ndx: i32) -> Result<Rx<S::Basis>, Error> {
         let p = self.neg.protocol;
         if ndx == NDX_DONE {
+            if self.phase >= self.phase_dones_sent {
+                return Err(Error::Protocol(format!(
+                    "the sender ended phase {} before we did",
+                    self.phase
+                )));
+            }
             self.phase += 1;
             let max_phase = if p >= 29 { 2 } else { 1 };
             if self.phase > max_phase {
+                self.check_complete(sink)?;
                 return Ok(Rx::Stats);
             }
             if self.phase == 1 {
@@ -772,7 +879,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                 self.redo_queue = q;
                 self.gen = Gen::Redo;
             } else {
-                self.send_ndx(NDX_DONE);
+                self.send_phase_done();
             }
             return Ok(Rx::ExpectNdx);
         }
@@ -821,6 +928,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         let mut h = Vec::with_capacity(16);
         head.encode(p, &mut h);
         self.send(&h);
+        self.sent_heads.insert(ndx, head);
         if let Some(b) = basis.filter(|_| head.count > 0) {
             self.sig = Some(SigJob {
                 basis: b,
@@ -834,6 +942,11 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     }
 
     fn begin_file(&mut self, sink: &mut S, ndx: u32, head: SumHead) -> Result<Rx<S::Basis>, Error> {
+        if self.sent_heads.remove(&ndx) != Some(head) {
+            return Err(Error::Protocol(format!(
+                "sender's sum head for file {ndx} is not the one we sent"
+            )));
+        }
         let e = &self.entries[ndx as usize];
         let basis = if head.count > 0 {
             let b = sink.basis(ndx, e).map_err(Error::Sink)?;
@@ -863,6 +976,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             basis,
             hasher,
             literal: 0,
+            rebuilt: 0,
         })
     }
 
@@ -975,7 +1089,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                 }
                 Gen::Files(_) | Gen::Redo => {
                     // Every request of this phase is out: close it.
-                    self.send_ndx(NDX_DONE);
+                    self.send_phase_done();
                     self.gen = Gen::Waiting;
                     return Ok(true);
                 }
@@ -1113,6 +1227,7 @@ mod tests {
             checksum: ChecksumKind::Xxh128,
             seed: 1,
             motd: Vec::new(),
+            motd_dropped: 0,
         }
     }
 
@@ -1340,7 +1455,7 @@ mod tests {
         /// never panics, never unbounded buffering.
         #[test]
         fn arbitrary_stream_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), proto in 27u32..=32, varint in proptest::prelude::any::<bool>()) {
-            let n = Negotiated { protocol: proto, compat_flags: if varint && proto >= 30 { 0x1fe } else { 0x2e }, checksum: ChecksumKind::Md5 { seed_fix: true }, seed: 3, motd: Vec::new() };
+            let n = Negotiated { protocol: proto, compat_flags: if varint && proto >= 30 { 0x1fe } else { 0x2e }, checksum: ChecksumKind::Md5 { seed_fix: true }, seed: 3, motd: Vec::new(), motd_dropped: 0 };
             let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(n, opts());
             let mut sink = MemSink::default();
             let mut data = Vec::new();
