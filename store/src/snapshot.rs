@@ -408,7 +408,7 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
         return Ok(false);
     }
     let tmp = path.with_extension("compact");
-    {
+    let written = (|| -> Result<()> {
         let mut f = fs::File::create(&tmp).io_ctx("write snapshot log", &tmp)?;
         for snap in &replayed.snapshots {
             let mut line = serde_json::to_vec(&LogLine::Add {
@@ -418,7 +418,12 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
             line.push(b'\n');
             f.write_all(&line).io_ctx("write snapshot log", &tmp)?;
         }
-        f.sync_all().io_ctx("fsync snapshot log", &tmp)?;
+        f.sync_all().io_ctx("fsync snapshot log", &tmp)
+    })();
+    if let Err(e) = written {
+        // A full disk must not keep a half-written copy taking the room it lacks.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, &path).io_ctx("replace snapshot log", &path)?;
     sync_dir(&store.snapshots_dir())?;
