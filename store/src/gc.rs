@@ -280,7 +280,15 @@ impl Store {
             if dead_bytes * 100 >= data_bytes * REPACK_DEAD_PERCENT
                 || deferred_bytes * 100 >= data_bytes * COMPACT_DEFERRED_PERCENT
             {
-                self.repack(pack_id, &name, stats)?;
+                match self.repack(pack_id, &name, stats) {
+                    // Repacking only saves room and needs some first: it waits for a later
+                    // run, and the space reserve stays for what cannot wait.
+                    Err(e) if e.is_disk_full() => {
+                        tracing::warn!("gc: no room to repack pack {name}; left for later: {e}");
+                        break;
+                    }
+                    result => result?,
+                }
             }
         }
         Ok(())

@@ -163,7 +163,29 @@ fn a_full_disk_fails_a_backup_cleanly_and_forget_and_gc_make_room() {
     assert!(free_bytes(mnt.path()) >= MIB as u64);
 
     let small = backup(&store, &[("f", 6, MIB / 4)]).unwrap();
-    assert_eq!(store.snapshots(None, None).unwrap(), vec![b, small]);
+    assert_eq!(
+        store.snapshots(None, None).unwrap(),
+        vec![b.clone(), small.clone()]
+    );
+    let report = store.verify(None).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+
+    // A pack that needs repacking on a disk without room for the copy: gc still succeeds,
+    // leaving the repack for later.
+    fs::remove_file(filler).unwrap();
+    let d = backup(&store, &[("p", 7, 3 * MIB / 2), ("q", 8, 5 * MIB / 2)]).unwrap();
+    let e = backup(&store, &[("q", 8, 5 * MIB / 2)]).unwrap();
+    let e_tar = tar_of(&store, &e);
+    let filler = fill(mnt.path());
+    store.forget(&d).unwrap();
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.deleted_packs, gc.repacked_packs), (0, 0), "{gc:?}");
+    assert!(gc.freed_blobs > 0, "{gc:?}");
+    assert_eq!(
+        store.snapshots(None, None).unwrap(),
+        vec![b, small, e.clone()]
+    );
+    assert!(tar_of(&store, &e) == e_tar);
     let report = store.verify(None).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     drop(store);
