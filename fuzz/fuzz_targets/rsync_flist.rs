@@ -1,6 +1,7 @@
 #![no_main]
 //! rsync file-list entries under every option combination the first byte selects
-//! (protocol 27–32, varint flags, hard links, -c checksums), then the stock sort.
+//! (protocol 27–32, varint flags, hard links, -c checksums, a tight byte bound), then the
+//! stock sort.
 use libfuzzer_sys::fuzz_target;
 use turku_proto_rsync::codec::flist::{FlistDecoder, FlistItem, FlistOptions};
 use turku_proto_rsync::{Decoded, Limits};
@@ -15,8 +16,10 @@ fuzz_target!(|data: &[u8]| {
     if sel & 0x40 != 0 {
         o.checksum_len = Some(16);
     }
+    // Small bounds so both the entry count and the estimated-bytes bound are reached.
     let limits = Limits {
         max_entries: 10_000,
+        max_file_list_bytes: if sel & 0x80 != 0 { 16 * 1024 } else { 1 << 30 },
         ..Limits::default()
     };
     let mut d = FlistDecoder::new(o, limits);

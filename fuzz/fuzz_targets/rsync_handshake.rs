@@ -14,12 +14,22 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_greeting(&value);
         let _ = classify_line(&value);
     }
+    // The first byte, when it is a separator, lands in the module name: refused up front.
+    let module = match data.first() {
+        Some(&b) if matches!(b, b'\n' | b'\r' | 0) => format!("m{}", b as char),
+        _ => "m".to_owned(),
+    };
     let opts = HandshakeOptions {
-        args: ServerArgs::pull("m", "", false),
+        args: ServerArgs::pull(&module, "", false),
         protocol: 32,
         user: "u".into(),
         password: Some(b"p".to_vec().into()),
-        limits: Limits::default(),
+        // Small MOTD bounds so that dropping lines is reached.
+        limits: Limits {
+            max_motd_lines: 4,
+            max_motd_bytes: 64,
+            ..Limits::default()
+        },
     };
     let Ok(mut h) = ClientHandshake::new(opts) else {
         return;

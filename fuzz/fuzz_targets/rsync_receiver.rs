@@ -1,7 +1,7 @@
 #![no_main]
 //! The whole client receiver after setup (file list, requests, tokens, messages, end of
-//! run) fed arbitrary multiplexed input, with a sink that transfers every file from a
-//! small basis.
+//! run: phase order, completeness, rebuilt-byte cap, parents) fed arbitrary multiplexed
+//! input, with a sink that transfers every file from a small basis.
 use libfuzzer_sys::fuzz_target;
 use turku_proto_rsync::checksum::ChecksumKind;
 use turku_proto_rsync::session::handshake::Negotiated;
@@ -49,10 +49,16 @@ fuzz_target!(|data: &[u8]| {
         hard_links: sel & 0x40 != 0,
         numeric_ids: sel & 0x80 == 0,
         filter_rules: Vec::new(),
+        // Small bounds so every one of them is reachable: list bytes, rebuilt bytes per
+        // file, messages kept.
         limits: Limits {
             max_entries: 5_000,
+            max_file_list_bytes: 256 * 1024,
             max_blocks: 1 << 12,
             max_literal: 1 << 16,
+            rebuilt_slack: 4096,
+            max_messages_kept: 8,
+            max_message_bytes_kept: 256,
             ..Limits::default()
         },
     };
