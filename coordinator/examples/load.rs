@@ -23,6 +23,12 @@
 //! | 8  | 9,277 (6,257 – 8,167 in busier runs) | 0.75 ms | 2.7 ms (12.9 ms busier) | 80 – 118 µs |
 //! | 16 | 6,406 (5,737 busier) | 1.85 ms | 17.8 ms (22.0 ms busier) | 105 – 117 µs |
 //!
+//! Since every request's SQLite work moved to a blocking thread (so a CLI writer holding the
+//! database cannot stall the async workers), a check-in pays one thread hand-off: an A/B of
+//! 2,000 machines, 8 connections, three alternating runs at load average 6–7 (2026-11-23)
+//! gave 66–76 → 104–132 µs CPU per request, the same throughput within noise (10.8–12.8k vs
+//! 10.5–11.8k check-ins/s) and a lower p99 (5.6–6.8 → 4.1–4.9 ms).
+//!
 //! Handler alone (no HTTP): 64–91 µs per check-in. The original Django API measured ~6
 //! check-ins/s with p99 ~2.5 s on the same machine (Argon2 on every request).
 //!

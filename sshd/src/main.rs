@@ -396,6 +396,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         "note: {c}: commit interrupted by a crash, never visible; gc rolls it back"
                     );
                 }
+                for f in &report.interrupted_forgets {
+                    println!("note: {f}: forget interrupted by a crash; gc completes it");
+                }
                 println!(
                     "verified {} packs, {} blobs, {} snapshots: {}",
                     report.packs,

@@ -525,3 +525,263 @@ fn sigkill_during_ingest_and_gc_leaves_a_consistent_store() {
         "gc compressed everything deferred"
     );
 }
+
+/// A snapshot the kill tests expect, with the folder it captured.
+struct Captured {
+    source: String,
+    name: String,
+    tree: std::path::PathBuf,
+}
+
+/// Ages every pack two hours, past GC's grace period for pack files the index does not
+/// know: as in any store that has run a while (fresh packs would hide a GC that deletes
+/// whatever a damaged index forgot).
+fn age_packs(store: &Path) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for shard in fs::read_dir(store.join("packs")).unwrap() {
+        for pack in fs::read_dir(shard.unwrap().path()).unwrap() {
+            let pack = pack.unwrap().path();
+            fs::File::open(&pack).unwrap().set_modified(then).unwrap();
+        }
+    }
+}
+
+/// What an operator does after a crash, then checks the result: `gc` (after a `repair` if
+/// the store says its index is missing: a repair killed mid-swap), `verify`, and an export of
+/// every listed snapshot compared with the folder it captured. Every snapshot in `must_have`
+/// is listed; nothing outside `may_have` is. Returns whether a repair was needed.
+fn collect_and_check(
+    store: &Path,
+    must_have: &[&Captured],
+    may_have: &[&Captured],
+    scratch: &Path,
+) -> bool {
+    let mut repaired = false;
+    let gc = run(store, &["gc"]);
+    if !gc.status.success() {
+        let err = String::from_utf8_lossy(&gc.stderr);
+        assert!(err.contains("run `repair`"), "gc failed: {err}");
+        ok(store, &["repair"]);
+        ok(store, &["gc"]);
+        repaired = true;
+    }
+    let out = run(store, &["verify"]);
+    assert!(
+        out.status.success(),
+        "store not clean after a kill: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // In this process: the CLI's export is this code path, hundreds of processes are not.
+    let opened = turku_store::Store::open(store).unwrap();
+    let listed = opened.snapshots(None, None).unwrap();
+    for want in must_have {
+        assert!(
+            listed
+                .iter()
+                .any(|s| s.source == want.source && s.name == want.name),
+            "snapshot {}/{} lost",
+            want.source,
+            want.name
+        );
+    }
+    for snap in &listed {
+        let captured = may_have
+            .iter()
+            .find(|c| c.source == snap.source && c.name == snap.name)
+            .unwrap_or_else(|| panic!("unexpected snapshot {}/{}", snap.source, snap.name));
+        let _ = fs::remove_dir_all(scratch);
+        opened.export_to_dir(snap, b"", scratch).unwrap();
+        assert_same_tree(&captured.tree, scratch);
+    }
+    repaired
+}
+
+/// Backs up a folder through the library (fast enough for hundreds of snapshots).
+fn ingest_in_process(store: &Path, source: &str, tree: &Path) -> Captured {
+    let opened = turku_store::Store::open(store).unwrap();
+    let (snap, _) = opened.ingest_dir("m", source, tree, None).unwrap();
+    Captured {
+        source: source.to_string(),
+        name: snap.name,
+        tree: tree.to_path_buf(),
+    }
+}
+
+/// `repair` killed at many points, each kill followed by `gc`: the store never loses a
+/// snapshot. (A repair that rebuilds the index in place leaves, when killed, an index
+/// listing packs without the snapshots that reference them, and `gc` then frees them all.)
+#[test]
+fn sigkill_during_repair_leaves_a_consistent_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    // Tiny chunks: tens of thousands of blobs, so a repair takes long enough to interrupt.
+    ok(
+        &store,
+        &[
+            "init",
+            "--chunk-min",
+            "64",
+            "--chunk-avg",
+            "256",
+            "--chunk-max",
+            "1024",
+            "--compression",
+            "inline",
+        ],
+    );
+    let mut captured = Vec::new();
+    for round in 0..3u64 {
+        for source in 0..4u64 {
+            let tree = tmp.path().join(format!("src-{source}-{round}"));
+            fs::create_dir(&tree).unwrap();
+            for j in 0..8u64 {
+                let seed = 1000 * round + 100 * source + j;
+                fs::write(tree.join(format!("f{j}")), random_bytes(seed, 120_000)).unwrap();
+            }
+            // Unchanged across a source's snapshots: reused, shared.
+            fs::write(tree.join("same"), random_bytes(source, 50_000)).unwrap();
+            captured.push(ingest_in_process(&store, &format!("s{source}"), &tree));
+        }
+    }
+    let all: Vec<&Captured> = captured.iter().collect();
+    age_packs(&store);
+    let packs = fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum::<usize>();
+    assert!(packs >= 12, "only {packs} packs");
+    let scratch = tmp.path().join("scratch");
+
+    // Kill points as fractions of one whole repair's duration (this machine, this load).
+    let started = std::time::Instant::now();
+    ok(&store, &["repair"]);
+    let whole = started.elapsed();
+    collect_and_check(&store, &all, &all, &scratch);
+    let fractions = [
+        0.03, 0.08, 0.15, 0.22, 0.3, 0.38, 0.46, 0.54, 0.62, 0.7, 0.78, 0.86, 0.93, 0.98,
+    ];
+    let mut interrupted = 0;
+    let mut repaired_after = 0;
+    for fraction in fractions {
+        let mut cmd = bin();
+        cmd.arg("--store").arg(&store).arg("repair");
+        interrupted += usize::from(kill_after(cmd, whole.mul_f64(fraction)));
+        repaired_after += usize::from(collect_and_check(&store, &all, &all, &scratch));
+    }
+    eprintln!(
+        "repair: {} kill points over {whole:?}, {interrupted} interrupted, {repaired_after} needed a repair",
+        fractions.len()
+    );
+    assert!(
+        interrupted * 3 >= fractions.len() * 2,
+        "only {interrupted} of {} repairs were interrupted",
+        fractions.len()
+    );
+    ok(&store, &["repair"]);
+    collect_and_check(&store, &all, &all, &scratch);
+}
+
+/// `forget` killed at many points while it forgets a batch of snapshots, each kill
+/// followed by `gc`: snapshots of the batch may be gone or present, every other one survives
+/// intact, and the batch is gone once a `forget` completes.
+#[test]
+fn sigkill_during_forget_leaves_a_consistent_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    init_small(&store);
+    let mut keepers = Vec::new();
+    for k in 0..3u64 {
+        let tree = tmp.path().join(format!("keep-{k}"));
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("shared"), random_bytes(7, 40_000)).unwrap();
+        fs::write(tree.join("own"), random_bytes(100 + k, 30_000)).unwrap();
+        keepers.push(ingest_in_process(&store, "keep", &tree));
+    }
+    // One source per round, its batch the snapshots `last 1 snapshot` forgets. Sources take
+    // turns, so few snapshots of one source share a second (names are second + 16 bits).
+    const ROUNDS: usize = 13;
+    const PER_SOURCE: usize = 21;
+    let mut by_source: Vec<Vec<Captured>> = (0..ROUNDS).map(|_| Vec::new()).collect();
+    for i in 0..PER_SOURCE {
+        for (round, snaps) in by_source.iter_mut().enumerate() {
+            let tree = tmp.path().join(format!("d{round}-{i}"));
+            fs::create_dir(&tree).unwrap();
+            // Shares a file with the keepers, so GC must tell shared data from freed.
+            fs::write(tree.join("shared"), random_bytes(7, 40_000)).unwrap();
+            let seed = 10_000 + (round * PER_SOURCE + i) as u64;
+            fs::write(tree.join("own"), random_bytes(seed, 2_000)).unwrap();
+            snaps.push(ingest_in_process(&store, &format!("d{round}"), &tree));
+        }
+    }
+    let scratch = tmp.path().join("scratch");
+    let forget = |round: usize| {
+        let mut cmd = bin();
+        cmd.arg("--store").arg(&store).args([
+            "forget",
+            "--machine",
+            "m",
+            "--source",
+            &format!("d{round}"),
+            "--retention",
+            "last 1 snapshot",
+        ]);
+        cmd
+    };
+    let mut interrupted = 0;
+    let mut whole = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let (batch, newest) = by_source[round].split_at(PER_SOURCE - 1);
+        let mut must: Vec<&Captured> = keepers.iter().chain(newest).collect();
+        must.extend(by_source[round + 1..].iter().flatten());
+        must.extend(
+            by_source[..round]
+                .iter()
+                .map(|snaps| &snaps[PER_SOURCE - 1]),
+        );
+        let may: Vec<&Captured> = must.iter().copied().chain(batch).collect();
+        if round == 0 {
+            // One whole forget of a batch: the kill points are fractions of it.
+            let started = std::time::Instant::now();
+            let out = forget(round).output().unwrap();
+            whole = started.elapsed();
+            assert!(out.status.success());
+        } else {
+            // From just after start-up to two thirds of the way: a run may go faster than
+            // the measured one, and a kill after it ended proves nothing.
+            let fraction = 0.05 + 0.6 * (round - 1) as f64 / (ROUNDS - 2) as f64;
+            interrupted += usize::from(kill_after(forget(round), whole.mul_f64(fraction)));
+        }
+        collect_and_check(&store, &must, &may, &scratch);
+        // A forget that completes removes the whole batch.
+        let out = forget(round).output().unwrap();
+        assert!(out.status.success());
+        let listed = ok(
+            &store,
+            &[
+                "snapshots",
+                "--machine",
+                "m",
+                "--source",
+                &format!("d{round}"),
+            ],
+        );
+        for gone in batch {
+            assert!(
+                !listed.contains(&gone.name),
+                "{} survived its forget",
+                gone.name
+            );
+        }
+        assert!(listed.contains(&newest[0].name));
+    }
+    eprintln!(
+        "forget: {} kill points over {whole:?}, {interrupted} interrupted",
+        ROUNDS - 1
+    );
+    assert!(
+        interrupted * 3 >= (ROUNDS - 1) * 2,
+        "only {interrupted} of {} forgets were interrupted",
+        ROUNDS - 1
+    );
+}

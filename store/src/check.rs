@@ -15,7 +15,7 @@ use crate::id::Id;
 use crate::index;
 use crate::pack;
 use crate::session::SessionState;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Replayed, Snapshot};
 use crate::store::{LockMode, Store};
 use crate::tree::{self, EntryData, TreeNode};
 
@@ -38,6 +38,8 @@ pub struct VerifyReport {
     pub affected: Vec<String>,
     /// Snapshots whose commit a crash interrupted (never visible); `gc` rolls them back.
     pub interrupted_commits: Vec<String>,
+    /// Snapshots whose `forget` a crash cut short (logged, row still there); `gc` completes it.
+    pub interrupted_forgets: Vec<String>,
 }
 
 impl VerifyReport {
@@ -189,6 +191,9 @@ impl Store {
             let subject = format!("snapshot {}/{}/{}", s.machine, s.source, s.name);
             match in_log.get(&s.key()) {
                 Some(root) if *root == s.root => {}
+                None if logged.forgotten.contains(&s.key()) => report
+                    .interrupted_forgets
+                    .push(format!("{}/{}/{}", s.machine, s.source, s.name)),
                 Some(_) => report.problems.push(Problem {
                     subject,
                     reason: "the snapshot log names another root".into(),
@@ -211,6 +216,27 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the rows of snapshots whose last log line is a forget: what a `forget` killed
+    /// between logging and deleting the row leaves (the log decides; the row is the cache).
+    /// Run by `gc` before it frees anything, and before it compacts those lines away.
+    pub(crate) fn complete_interrupted_forgets(&self, logged: &Replayed) -> Result<usize> {
+        if logged.forgotten.is_empty() {
+            return Ok(0);
+        }
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut completed = 0;
+        for (machine, source, name) in &logged.forgotten {
+            if let Some(row) = index::find_snapshot(&tx, machine, source, name)? {
+                tracing::info!("completing the interrupted forget of {machine}/{source}/{name}");
+                index::delete_snapshot(&tx, &row)?;
+                completed += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(completed)
     }
 
     /// Rebuilds the index from packs and snapshot records. Needs the store to itself.

@@ -30,6 +30,8 @@ pub struct GcStats {
     pub dead_sessions: u64,
     /// Snapshot commits interrupted by a crash, rolled back.
     pub rolled_back_commits: u64,
+    /// Forgets a crash cut short (logged, row left), completed.
+    pub completed_forgets: u64,
     pub freed_blobs: u64,
     pub freed_bytes: u64,
     pub deleted_packs: u64,
@@ -103,9 +105,12 @@ impl Store {
         // freed: a rolled-back commit must never be resurrected by a repair once its blobs
         // are gone.
         let rolled_back_commits = snapshot::roll_back_interrupted_commits(self)? as u64;
+        let completed_forgets =
+            self.complete_interrupted_forgets(&snapshot::read_log(self)?)? as u64;
         let mut stats = GcStats {
             dead_sessions: session::clear_dead(&self.db())? as u64,
             rolled_back_commits,
+            completed_forgets,
             ..GcStats::default()
         };
         // Packs whose every blob is freed are deleted batch by batch, before anything is

@@ -336,6 +336,8 @@ pub(crate) struct Replayed {
     /// The writer session each record names, by (machine, source, name).
     pub writers: HashMap<(String, String, String), i64>,
     pub forgets: usize,
+    /// Snapshots whose last line is a forget (a row of one is a forget cut short).
+    pub forgotten: std::collections::HashSet<(String, String, String)>,
     /// Lines that did not parse (a torn last line after a crash is expected).
     pub bad_lines: usize,
 }
@@ -344,6 +346,7 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
     let mut live: std::collections::BTreeMap<(String, String, String), Snapshot> =
         Default::default();
     let mut writers = HashMap::new();
+    let mut forgotten = std::collections::HashSet::new();
     let (mut forgets, mut bad_lines) = (0, 0);
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<LogLine>(line) {
@@ -353,6 +356,7 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
                 if let Some(w) = writer {
                     writers.insert(snap.key(), w);
                 }
+                forgotten.remove(&snap.key());
                 live.insert(snap.key(), snap);
             }
             Ok(LogLine::Forget {
@@ -361,7 +365,9 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
                 name,
             }) => {
                 forgets += 1;
-                live.remove(&(machine, source, name));
+                let key = (machine, source, name);
+                live.remove(&key);
+                forgotten.insert(key);
             }
             Err(_) => bad_lines += 1,
         }
@@ -371,6 +377,7 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
         snapshots: live.into_values().collect(),
         writers,
         forgets,
+        forgotten,
         bad_lines,
     })
 }
@@ -389,6 +396,7 @@ pub(crate) fn read_log(store: &Store) -> Result<Replayed> {
             snapshots: Vec::new(),
             writers: HashMap::new(),
             forgets: 0,
+            forgotten: Default::default(),
             bad_lines: 0,
         }),
         Err(e) => Err(e).io_ctx("read snapshot log", path),
@@ -407,6 +415,8 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
     if replayed.forgets + replayed.bad_lines <= replayed.snapshots.len() {
         return Ok(false);
     }
+    // The forget lines are about to go: no row may outlive its own (a forget cut short).
+    store.complete_interrupted_forgets(&replayed)?;
     let tmp = path.with_extension("compact");
     let written = (|| -> Result<()> {
         let mut f = fs::File::create(&tmp).io_ctx("write snapshot log", &tmp)?;
