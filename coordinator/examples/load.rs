@@ -25,7 +25,7 @@
 //!
 //! Since every request's SQLite work moved to a blocking thread (so a CLI writer holding the
 //! database cannot stall the async workers), a check-in pays one thread hand-off: an A/B of
-//! 2,000 machines, 8 connections, three alternating runs at load average 6–7 (2026-11-23)
+//! 2,000 machines, 8 connections, three alternating runs at load average 6–7 (2026-12-07)
 //! gave 66–76 → 104–132 µs CPU per request, the same throughput within noise (10.8–12.8k vs
 //! 10.5–11.8k check-ins/s) and a lower p99 (5.6–6.8 → 4.1–4.9 ms).
 //!
