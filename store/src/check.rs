@@ -191,7 +191,7 @@ impl Store {
             let subject = format!("snapshot {}/{}/{}", s.machine, s.source, s.name);
             match in_log.get(&s.key()) {
                 Some(root) if *root == s.root => {}
-                None if logged.forgotten.contains(&s.key()) => report
+                None if logged.forgotten.get(&s.key()) == Some(&s.root) => report
                     .interrupted_forgets
                     .push(format!("{}/{}/{}", s.machine, s.source, s.name)),
                 Some(_) => report.problems.push(Problem {
@@ -228,8 +228,10 @@ impl Store {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut completed = 0;
-        for (machine, source, name) in &logged.forgotten {
-            if let Some(row) = index::find_snapshot(&tx, machine, source, name)? {
+        for ((machine, source, name), root) in &logged.forgotten {
+            // Another root: not this snapshot's forget (the log lost its record), a problem.
+            let row = index::find_snapshot(&tx, machine, source, name)?;
+            if let Some(row) = row.filter(|row| row.root == *root) {
                 tracing::info!("completing the interrupted forget of {machine}/{source}/{name}");
                 index::delete_snapshot(&tx, &row)?;
                 completed += 1;
@@ -597,5 +599,60 @@ impl Store {
         s.deferred_bytes = one("SELECT SUM(deferred_bytes) FROM packs")?;
         s.live_sessions = crate::session::live_count(&db)? as u64;
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+
+    /// A store with two committed snapshots of different one-file trees.
+    fn store_with_two_snapshots() -> (tempfile::TempDir, Store, Snapshot, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("store"), StoreConfig::default()).unwrap();
+        let mut snaps = Vec::new();
+        for content in [b"one".as_slice(), b"two"] {
+            let src = dir.path().join(String::from_utf8_lossy(content).as_ref());
+            fs::create_dir(&src).unwrap();
+            fs::write(src.join("f"), content).unwrap();
+            snaps.push(store.ingest_dir("m", "s", &src, None).unwrap().0);
+        }
+        let second = snaps.pop().unwrap();
+        let first = snaps.pop().unwrap();
+        (dir, store, first, second)
+    }
+
+    /// What a `forget` killed between logging the forget and deleting the row leaves:
+    /// `verify` notes it, `gc` completes it.
+    #[test]
+    fn a_forget_cut_short_is_completed_by_gc() {
+        let (_dir, store, first, second) = store_with_two_snapshots();
+        snapshot::remove_record(&store, &first).unwrap();
+        let report = store.verify(None).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(report.interrupted_forgets.len(), 1);
+        let gc = store.gc().unwrap();
+        assert_eq!(gc.completed_forgets, 1);
+        assert!(gc.freed_blobs > 0);
+        assert_eq!(store.snapshots(None, None).unwrap(), vec![second]);
+        let report = store.verify(None).unwrap();
+        assert!(report.is_clean() && report.interrupted_forgets.is_empty());
+    }
+
+    /// A forget line whose last record named another root is not this row's forget (the
+    /// log lost the row's record): `gc` leaves the row, `verify` reports a problem.
+    #[test]
+    fn a_forget_of_another_root_is_not_completed() {
+        let (_dir, store, first, second) = store_with_two_snapshots();
+        let mut same_name = second.clone();
+        same_name.name = first.name.clone();
+        snapshot::write_record(&store, &same_name, 999_999).unwrap();
+        snapshot::remove_record(&store, &same_name).unwrap();
+        assert_eq!(store.gc().unwrap().completed_forgets, 0);
+        assert_eq!(store.snapshots(None, None).unwrap().len(), 2);
+        let report = store.verify(None).unwrap();
+        assert!(report.interrupted_forgets.is_empty());
+        assert!(!report.is_clean());
     }
 }

@@ -336,8 +336,9 @@ pub(crate) struct Replayed {
     /// The writer session each record names, by (machine, source, name).
     pub writers: HashMap<(String, String, String), i64>,
     pub forgets: usize,
-    /// Snapshots whose last line is a forget (a row of one is a forget cut short).
-    pub forgotten: std::collections::HashSet<(String, String, String)>,
+    /// Snapshots whose last line is a forget, with the root their record named: a row of one
+    /// with that root is a forget cut short.
+    pub forgotten: HashMap<(String, String, String), Id>,
     /// Lines that did not parse (a torn last line after a crash is expected).
     pub bad_lines: usize,
 }
@@ -346,7 +347,7 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
     let mut live: std::collections::BTreeMap<(String, String, String), Snapshot> =
         Default::default();
     let mut writers = HashMap::new();
-    let mut forgotten = std::collections::HashSet::new();
+    let mut forgotten = HashMap::new();
     let (mut forgets, mut bad_lines) = (0, 0);
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<LogLine>(line) {
@@ -366,8 +367,9 @@ fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
             }) => {
                 forgets += 1;
                 let key = (machine, source, name);
-                live.remove(&key);
-                forgotten.insert(key);
+                if let Some(snap) = live.remove(&key) {
+                    forgotten.insert(key, snap.root);
+                }
             }
             Err(_) => bad_lines += 1,
         }
