@@ -378,6 +378,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                     let i = i.ok_or(DecodeError::BadNdx(ndx.into()))?;
                     if self.state[i] == FileState::Requested {
                         self.state[i] = FileState::Failed;
+                        self.sent_heads.remove(&(i as u32));
                         self.outcome.failed.push(self.entries[i].name_lossy());
                         sink.file_failed(i as u32, &self.entries[i], "sender could not send it")
                             .map_err(Error::Sink)?;
