@@ -75,8 +75,19 @@ enum Command {
         excludes: Vec<String>,
         #[arg(long)]
         hard_links: bool,
+        /// The password's file: its first line; refused when group or others may access it.
         #[arg(long)]
         password_file: Option<PathBuf>,
+        /// Seconds without data either way before the pull fails, as rsync's --timeout
+        /// (0 = no limit). Time spent on local work does not count.
+        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_IO_TIMEOUT.as_secs())]
+        timeout: u64,
+        /// Seconds for connecting and the daemon's greeting and authentication (0 = no limit).
+        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_CONNECT_TIMEOUT.as_secs())]
+        contimeout: u64,
+        /// Seconds the whole pull may take (0 = no limit).
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        deadline: u64,
         /// rsync://[USER@]HOST[:PORT]/MODULE/
         url: String,
     },
@@ -236,34 +247,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             excludes,
             hard_links,
             password_file,
+            timeout,
+            contimeout,
+            deadline,
             url,
         } => {
             let store = open(&cli)?;
             let url = pull::RsyncUrl::parse(url)?;
             let password = match password_file {
-                Some(f) => {
-                    let text =
-                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                    // Like rsync: the first line, without its newline.
-                    Some(
-                        text.split(|&b| b == b'\n')
-                            .next()
-                            .unwrap_or_default()
-                            .to_vec(),
-                    )
-                }
-                None => std::env::var_os("RSYNC_PASSWORD").map(|p| p.as_bytes().to_vec()),
+                Some(f) => Some(pull::read_password_file(f)?),
+                None => std::env::var_os("RSYNC_PASSWORD")
+                    .map(|p| turku_proto_rsync::Secret::new(p.as_bytes().to_vec())),
             };
-            let rules = pull::turku_filter_rules(filters, excludes);
-            let (snap, outcome, warnings) = pull::pull_into_store(
-                &store,
-                &src.machine,
-                &src.source,
-                &url,
+            let options = pull::PullOptions {
                 password,
-                *hard_links,
-                rules,
-            )?;
+                hard_links: *hard_links,
+                filter_rules: pull::turku_filter_rules(filters, excludes),
+                timeouts: turku_proto_rsync::Timeouts {
+                    io: turku_proto_rsync::Timeouts::from_secs(*timeout),
+                    connect: turku_proto_rsync::Timeouts::from_secs(*contimeout),
+                    deadline: turku_proto_rsync::Timeouts::from_secs(*deadline),
+                },
+            };
+            let (snap, outcome, warnings) =
+                pull::pull_into_store(&store, &src.machine, &src.source, &url, options)?;
             for w in &warnings {
                 eprintln!("turku-storage: warning: {w}");
             }

@@ -6,18 +6,22 @@
 //! Nothing is committed unless the pull succeeds (exit 0, or 24: files vanished).
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use turku_proto_rsync::io::{pull, PullConfig};
+use turku_proto_rsync::io::{pull_tcp, PullConfig};
 use turku_proto_rsync::{
-    Basis, EntryAction, FileEntry, FileKind, HardLink, MessageKind, Outcome, ReceiveSink, SinkError,
+    Basis, EntryAction, FileEntry, FileKind, HardLink, MessageKind, Outcome, ReceiveSink, Secret,
+    SinkError, Timeouts,
 };
 use turku_store::{
     link_group_for, ChunkRef, EntryData, EntryKind, FileReader, Metadata, Snapshot, SnapshotWriter,
     Store,
 };
 
-use crate::constants::{MAX_REASONS_SHOWN, RSYNC_DEFAULT_PORT};
+use crate::constants::{MAX_PASSWORD_FILE_BYTES, MAX_REASONS_SHOWN, RSYNC_DEFAULT_PORT};
 
 /// Where to pull from: `rsync://[USER@]HOST[:PORT]/MODULE[/PATH]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,37 +282,91 @@ impl ReceiveSink for StoreSink {
     }
 }
 
+/// The password an rsync client would use: the first line of a password file, without its
+/// line ending, as stock `rsync --password-file` reads it.
+///
+/// Refused like stock refuses it: a file others may read or write. Stricter than stock, a
+/// file open to its group is refused too: the storage unit has no reason to share it, and a
+/// group member could then pull any machine's data.
+pub fn read_password_file(path: &Path) -> Result<Secret> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Checked on the open file, so a swap after the check cannot change what is read.
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading the status of {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("password file {} is not a regular file", path.display());
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "password file {} must not be accessible by group or others (mode {:04o}); \
+             run chmod 600 on it",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    let mut text = Vec::new();
+    file.take(MAX_PASSWORD_FILE_BYTES + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > MAX_PASSWORD_FILE_BYTES {
+        bail!(
+            "password file {} is larger than {MAX_PASSWORD_FILE_BYTES} bytes",
+            path.display()
+        );
+    }
+    // Like stock: the first run of bytes up to a line feed or carriage return (blank
+    // leading lines skipped), so a file written on Windows works too.
+    match text
+        .split(|&b| b == b'\n' || b == b'\r')
+        .find(|line| !line.is_empty())
+    {
+        Some(line) => Ok(Secret::new(line.to_vec())),
+        None => bail!("password file {} holds no password", path.display()),
+    }
+}
+
+/// How to pull, besides where from and into what.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Redacted in `Debug`.
+    pub password: Option<Secret>,
+    pub hard_links: bool,
+    pub filter_rules: Vec<String>,
+    pub timeouts: Timeouts,
+}
+
 /// Pulls `url` into a new snapshot of `machine`/`source`.
 pub fn pull_into_store(
     store: &Store,
     machine: &str,
     source: &str,
     url: &RsyncUrl,
-    password: Option<Vec<u8>>,
-    hard_links: bool,
-    filter_rules: Vec<String>,
+    options: PullOptions,
 ) -> Result<(Snapshot, Outcome, Vec<String>)> {
     let mut config = PullConfig::new(&url.module);
     config.path = url.path.clone();
     if let Some(user) = &url.user {
         config.user = user.clone();
     }
-    config.password = password;
-    config.hard_links = hard_links;
-    config.filter_rules = filter_rules;
+    config.password = options.password;
+    config.hard_links = options.hard_links;
+    config.filter_rules = options.filter_rules;
+    config.timeouts = options.timeouts;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
     let mut sink = StoreSink::new(store, machine, source)?;
-    let outcome = runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .with_context(|| format!("connecting to {}:{}", url.host, url.port))?;
-        pull(stream, &config, &mut sink)
-            .await
-            .with_context(|| format!("pulling rsync://{}:{}/{}", url.host, url.port, url.module))
-    })?;
+    let outcome = runtime
+        .block_on(pull_tcp(&url.host, url.port, &config, &mut sink))
+        .with_context(|| {
+            format!(
+                "pulling rsync://{}:{}/{} (no snapshot was made)",
+                url.host, url.port, url.module
+            )
+        })?;
     if !outcome.is_success() {
         // The peer's own words say why (permission denied, I/O error...).
         let reasons: Vec<&str> = outcome
@@ -357,6 +415,76 @@ mod tests {
         assert!(RsyncUrl::parse("http://x/m").is_err());
         assert!(RsyncUrl::parse("rsync://host/").is_err());
         assert!(RsyncUrl::parse("rsync://host:notaport/m").is_err());
+    }
+
+    fn password_file(dir: &Path, name: &str, text: &[u8], mode: u32) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn password_file_open_to_others_or_group_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (mode, name) in [(0o644, "world"), (0o604, "other-only"), (0o640, "group")] {
+            let p = password_file(tmp.path(), name, b"pw\n", mode);
+            let e = read_password_file(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("must not be accessible by group or others"),
+                "{mode:o}: {e}"
+            );
+        }
+        let p = password_file(tmp.path(), "private", b"pw\n", 0o600);
+        assert_eq!(read_password_file(&p).unwrap().expose(), b"pw");
+        let p = password_file(tmp.path(), "read-only", b"pw\n", 0o400);
+        assert_eq!(read_password_file(&p).unwrap().expose(), b"pw");
+    }
+
+    #[test]
+    fn password_file_is_read_only_up_to_its_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut big = b"pw\n".to_vec();
+        big.resize(MAX_PASSWORD_FILE_BYTES as usize + 1, b'x');
+        let p = password_file(tmp.path(), "big", &big, 0o600);
+        let e = read_password_file(&p).unwrap_err().to_string();
+        assert!(e.contains("larger than 4096 bytes"), "{e}");
+        big.truncate(MAX_PASSWORD_FILE_BYTES as usize);
+        let p = password_file(tmp.path(), "at-bound", &big, 0o600);
+        assert_eq!(read_password_file(&p).unwrap().expose(), b"pw");
+        assert!(read_password_file(&tmp.path().join("missing")).is_err());
+        assert!(read_password_file(tmp.path()).is_err(), "a directory");
+    }
+
+    #[test]
+    fn password_is_the_first_line_without_cr_or_lf() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (text, want) in [
+            (&b"s3cret\r\n"[..], &b"s3cret"[..]),
+            (b"s3cret\r", b"s3cret"),
+            (b"s3cret", b"s3cret"),
+            (b"s3cret\nsecond line\n", b"s3cret"),
+            (b"\r\n\ns3cret\n", b"s3cret"),
+            (b"with space \n", b"with space "),
+        ] {
+            let p = password_file(tmp.path(), "pw", text, 0o600);
+            assert_eq!(read_password_file(&p).unwrap().expose(), want, "{text:?}");
+        }
+        let p = password_file(tmp.path(), "empty", b"\n\r\n", 0o600);
+        assert!(read_password_file(&p).is_err());
+    }
+
+    #[test]
+    fn pull_options_debug_hides_the_password() {
+        let options = PullOptions {
+            password: Some(Secret::new(b"Qv7-hidden".to_vec())),
+            ..PullOptions::default()
+        };
+        let shown = format!("{options:?} {options:#?}");
+        let as_list = format!("{:?}", b"Qv7-hidden".to_vec());
+        assert!(!shown.contains("Qv7-hidden"), "{shown}");
+        assert!(!shown.contains(&as_list[1..as_list.len() - 1]), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

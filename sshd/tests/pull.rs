@@ -239,6 +239,7 @@ fn refusals_are_clear_and_make_no_snapshot() {
     // The password file form works.
     let pw = tmp.path().join("pw");
     fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = turku(&store)
         .args([
             "pull",
