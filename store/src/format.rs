@@ -137,13 +137,16 @@ pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
 /// blob inserts (a few thousand leaf pages) without spilling mid-transaction.
 pub const SQLITE_CACHE_KIB: i64 = 32_768;
 /// Schema version of the index (PRAGMA user_version).
-pub const INDEX_SCHEMA_VERSION: i32 = 3;
+pub const INDEX_SCHEMA_VERSION: i32 = 4;
 
 /// GC: a pack whose dead bytes reach this fraction (in percent) is repacked.
 pub const REPACK_DEAD_PERCENT: u64 = 30;
 /// What a writer session's `pid_start` is set to when its commit failed half-way: no process
 /// matches it, so GC rolls back its snapshot record and then clears it as a dead session.
 pub const SESSION_ABANDONED_PID_START: i64 = -1;
+/// Snapshot names carry a 16-bit random suffix after the second; a commit draws again while
+/// its name is taken, at most this many times.
+pub const SNAPSHOT_NAME_ATTEMPTS: u32 = 4096;
 /// Bytes the store keeps allocated in `RESERVE_FILE` (recreated by every backup and `gc`
 /// when there is room): on a full disk `forget` and `gc` free it to make room for the index's
 /// write-ahead log and the snapshot log, then free space by deleting packs.

@@ -64,6 +64,14 @@ CREATE TABLE IF NOT EXISTS pins(
     PRIMARY KEY(session, blob)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pins_by_blob ON pins(blob);
+CREATE TABLE IF NOT EXISTS name_reservations(
+    machine TEXT NOT NULL,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    session INTEGER NOT NULL,
+    PRIMARY KEY(machine, source, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS name_reservations_by_session ON name_reservations(session);
 ";
 
 /// Opens an existing index, migrating an older schema. Never creates one: a missing or
@@ -176,6 +184,25 @@ fn migrate(conn: Connection, mut version: i32) -> Result<Connection> {
              COMMIT;",
         )?;
         version = 3;
+    }
+    if version == 3 {
+        // Version 4 reserves a snapshot's name before its record is logged, so two commits
+        // of one source in the same second never share a name (the loser's clean-up would
+        // forget the winner's record).
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE name_reservations(
+                 machine TEXT NOT NULL,
+                 source TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 session INTEGER NOT NULL,
+                 PRIMARY KEY(machine, source, name)
+             ) WITHOUT ROWID;
+             CREATE INDEX name_reservations_by_session ON name_reservations(session);
+             PRAGMA user_version = 4;
+             COMMIT;",
+        )?;
+        version = 4;
     }
     if version != INDEX_SCHEMA_VERSION {
         return Err(crate::StoreError::Config(format!(
@@ -471,6 +498,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(deferred, 0);
+        let reservations: i64 = conn
+            .query_row("SELECT COUNT(*) FROM name_reservations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(reservations, 0);
         drop(conn);
         // Opening again leaves a current index alone.
         open(&path).unwrap();

@@ -12,7 +12,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
-use crate::format::SESSION_ABANDONED_PID_START;
+use crate::format::{SESSION_ABANDONED_PID_START, SNAPSHOT_NAME_ATTEMPTS};
 
 /// Identifies this process across pid reuse: pid plus its start time in clock ticks.
 pub(crate) fn process_identity(pid: u32) -> Option<(u32, u64)> {
@@ -41,11 +41,58 @@ pub(crate) fn register(conn: &Connection) -> Result<i64> {
 pub(crate) fn end(conn: &Connection, session: i64) -> Result<()> {
     conn.execute("DELETE FROM pins WHERE session = ?1", [session])?;
     conn.execute(
+        "DELETE FROM name_reservations WHERE session = ?1",
+        [session],
+    )?;
+    conn.execute(
         "UPDATE packs SET session = NULL WHERE session = ?1",
         [session],
     )?;
     conn.execute("DELETE FROM sessions WHERE id = ?1", [session])?;
     Ok(())
+}
+
+/// Picks the name of the snapshot `session` is about to commit and reserves it, in one
+/// transaction: a name no snapshot row has and no other session reserved. The reservation
+/// lasts as long as the session (a failed commit whose record may stay in the log keeps it
+/// until `gc` rolls the record back), so the record this session logs under that name is
+/// the only live one: rapid or concurrent commits of one source never collide, and the
+/// forget line a failed commit appends can only take back its own record.
+pub(crate) fn reserve_snapshot_name(
+    conn: &mut Connection,
+    session: i64,
+    machine: &str,
+    source: &str,
+    time_end_ns: i64,
+    mut next_suffix: impl FnMut() -> [u8; 2],
+) -> Result<String> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut tried = 0u32;
+    let name = loop {
+        let name = crate::snapshot::snapshot_name_with_suffix(source, time_end_ns, next_suffix());
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM snapshots WHERE machine = ?1 AND source = ?2 AND name = ?3)
+                 OR EXISTS(SELECT 1 FROM name_reservations
+                           WHERE machine = ?1 AND source = ?2 AND name = ?3)",
+            params![machine, source, name],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            break name;
+        }
+        tried += 1;
+        if tried >= SNAPSHOT_NAME_ATTEMPTS {
+            return Err(crate::StoreError::InvalidArgument(format!(
+                "no free snapshot name for {machine}/{source} in this second after {tried} tries"
+            )));
+        }
+    };
+    tx.execute(
+        "INSERT INTO name_reservations(machine, source, name, session) VALUES (?1, ?2, ?3, ?4)",
+        params![machine, source, name, session],
+    )?;
+    tx.commit()?;
+    Ok(name)
 }
 
 /// Marks a session whose commit failed half-way (its snapshot record may be in the log, its

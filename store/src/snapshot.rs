@@ -467,6 +467,11 @@ fn from_record(rec: Record, path: &std::path::Path) -> Result<Snapshot> {
 
 /// Builds a Turku-style snapshot name from the finish time (UTC) and a random suffix.
 pub fn snapshot_name(source: &str, time_end_ns: i64) -> String {
+    snapshot_name_with_suffix(source, time_end_ns, rand::random())
+}
+
+/// [`snapshot_name`] with a chosen 16-bit suffix.
+pub(crate) fn snapshot_name_with_suffix(source: &str, time_end_ns: i64, suffix: [u8; 2]) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_end_ns))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let stamp = t
@@ -474,7 +479,7 @@ pub fn snapshot_name(source: &str, time_end_ns: i64) -> String {
             "[year][month][day]-[hour][minute][second]"
         ))
         .unwrap_or_else(|_| "00000000-000000".into());
-    let suffix = hex::encode(rand::random::<[u8; 2]>());
+    let suffix = hex::encode(suffix);
     format!("{source}_{stamp}_{suffix}")
 }
 
@@ -645,6 +650,85 @@ mod tests {
         drop(store);
         Store::repair(&path).unwrap();
         Store::open(&path).unwrap()
+    }
+
+    /// Two commits of one source in the same second drew the same name suffix: the second
+    /// takes another name, and both snapshots stay whole (before names were reserved, the
+    /// second's row insert failed and its clean-up forgot the first's record).
+    #[test]
+    fn commits_of_one_source_never_share_a_name() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        static DRAWS: AtomicU8 = AtomicU8::new(0);
+        // Draws 0000, 0001, 0002, …: the first writer's first draw and the second's clash.
+        fn counting() -> [u8; 2] {
+            [0, DRAWS.fetch_add(1, Ordering::SeqCst)]
+        }
+        let (_dir, store, first) = store_with_one_snapshot();
+        let stamp = |n: &str| n.rsplit_once('_').map(|(s, _)| s.to_string());
+        let mut clash = None;
+        // The clash needs both commits in one second; a few tries make that certain.
+        for _ in 0..5 {
+            let mut a = store.begin_snapshot("m", "s").unwrap();
+            let mut b = store.begin_snapshot("m", "s").unwrap();
+            a.name_suffix = || [0, 0];
+            b.name_suffix = counting;
+            DRAWS.store(0, Ordering::SeqCst);
+            let a = a.commit().unwrap();
+            let b = b.commit().unwrap();
+            if stamp(&a.name) == stamp(&b.name) {
+                clash = Some((a, b));
+                break;
+            }
+        }
+        let (a, b) = clash.expect("two commits in one second");
+        assert!(
+            a.name.ends_with("_0000") && b.name.ends_with("_0001"),
+            "{a:?} {b:?}"
+        );
+        assert!(store.verify(None).unwrap().is_clean());
+        store.gc().unwrap();
+        let store = repaired(store);
+        for snap in [&first, &a, &b] {
+            assert_eq!(&store.snapshot("m", "s", &snap.name).unwrap(), snap);
+        }
+    }
+
+    /// A name taken by a row or by another session's reservation is skipped.
+    #[test]
+    fn a_reserved_or_committed_name_is_drawn_again() {
+        let (_dir, store, first) = store_with_one_snapshot();
+        let time = first.time_end_ns;
+        let taken_suffix = first
+            .name
+            .rsplit_once('_')
+            .map(|(_, x)| x.to_string())
+            .unwrap();
+        let taken = <[u8; 2]>::try_from(hex::decode(&taken_suffix).unwrap()).unwrap();
+        let other = crate::session::register(&store.db()).unwrap();
+        let mut draws = vec![[0xab, 0xcd], [0xab, 0xcd], taken].into_iter();
+        let reserved =
+            crate::session::reserve_snapshot_name(&mut store.db(), other, "m", "s", time, || {
+                [0xab, 0xcd]
+            })
+            .unwrap();
+        assert!(reserved.ends_with("_abcd"));
+        let me = crate::session::register(&store.db()).unwrap();
+        let mut calls = 0;
+        let name =
+            crate::session::reserve_snapshot_name(&mut store.db(), me, "m", "s", time, || {
+                calls += 1;
+                draws.next().unwrap_or([0x12, 0x34])
+            })
+            .unwrap();
+        assert_eq!((name.rsplit_once('_').unwrap().1, calls), ("1234", 4));
+        // Ending a session frees its reservation.
+        crate::session::end(&store.db(), other).unwrap();
+        let again =
+            crate::session::reserve_snapshot_name(&mut store.db(), me, "m", "s", time, || {
+                [0xab, 0xcd]
+            })
+            .unwrap();
+        assert_eq!(again, reserved);
     }
 
     /// A session row for a process that is gone: our own pid with a start time it never had,

@@ -97,6 +97,8 @@ pub struct SnapshotWriter {
     time_begin_ns: i64,
     /// The file whose content is streaming in, if any.
     pending: Option<PendingFile>,
+    /// Draws the random suffix of the snapshot's name (tests make it collide on purpose).
+    pub(crate) name_suffix: fn() -> [u8; 2],
 }
 
 /// A regular file whose content is arriving: bounded to one max-size chunk in memory.
@@ -203,6 +205,7 @@ impl Store {
             stats: SnapshotStats::default(),
             time_begin_ns: now_ns(),
             pending: None,
+            name_suffix: rand::random,
         })
     }
 }
@@ -602,10 +605,18 @@ impl SnapshotWriter {
         self.packer.flush()?;
         self.stats.new_stored_bytes = self.packer.stored_bytes;
         let time_end_ns = now_ns().max(self.time_begin_ns);
+        let name = session::reserve_snapshot_name(
+            &mut self.store.db(),
+            self.session,
+            &self.machine,
+            &self.source,
+            time_end_ns,
+            self.name_suffix,
+        )?;
         let snap = Snapshot {
             machine: self.machine.clone(),
             source: self.source.clone(),
-            name: snapshot::snapshot_name(&self.source, time_end_ns),
+            name,
             root,
             root_meta: self.root_meta,
             base: self.base.as_ref().map(|b| b.name.clone()),
