@@ -88,6 +88,10 @@ enum Command {
         /// Seconds the whole pull may take (0 = no limit).
         #[arg(long, value_name = "SECONDS", default_value_t = 0)]
         deadline: u64,
+        /// Most memory the daemon's file list may cost (estimated: names, link targets and
+        /// a fixed overhead per entry); a bigger list fails the pull.
+        #[arg(long, value_name = "BYTES", default_value_t = turku_proto_rsync::Limits::default().max_file_list_bytes)]
+        max_file_list_bytes: u64,
         /// rsync://[USER@]HOST[:PORT]/MODULE/
         url: String,
     },
@@ -250,6 +254,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             contimeout,
             deadline,
+            max_file_list_bytes,
             url,
         } => {
             let store = open(&cli)?;
@@ -267,6 +272,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     io: turku_proto_rsync::Timeouts::from_secs(*timeout),
                     connect: turku_proto_rsync::Timeouts::from_secs(*contimeout),
                     deadline: turku_proto_rsync::Timeouts::from_secs(*deadline),
+                },
+                limits: turku_proto_rsync::Limits {
+                    max_file_list_bytes: *max_file_list_bytes,
+                    ..turku_proto_rsync::Limits::default()
                 },
             };
             let (snap, outcome, warnings) =

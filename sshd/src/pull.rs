@@ -13,8 +13,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use turku_proto_rsync::io::{pull_tcp, PullConfig};
 use turku_proto_rsync::{
-    Basis, EntryAction, FileEntry, FileKind, HardLink, MessageKind, Outcome, ReceiveSink, Secret,
-    SinkError, Timeouts,
+    Basis, EntryAction, FileEntry, FileKind, HardLink, Limits, MessageKind, Outcome, ReceiveSink,
+    Secret, SinkError, Timeouts,
 };
 use turku_store::{
     link_group_for, ChunkRef, EntryData, EntryKind, FileReader, Metadata, Snapshot, SnapshotWriter,
@@ -335,6 +335,9 @@ pub struct PullOptions {
     pub hard_links: bool,
     pub filter_rules: Vec<String>,
     pub timeouts: Timeouts,
+    /// Bounds on what the daemon may make us hold or redo (file-list bytes, rebuilt bytes
+    /// per file, messages kept): the agent's daemon is not trusted.
+    pub limits: Limits,
 }
 
 /// Pulls `url` into a new snapshot of `machine`/`source`.
@@ -354,6 +357,7 @@ pub fn pull_into_store(
     config.hard_links = options.hard_links;
     config.filter_rules = options.filter_rules;
     config.timeouts = options.timeouts;
+    config.limits = options.limits;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -453,3 +453,32 @@ fn an_unreadable_file_fails_the_pull_and_is_named() {
     export(&store, &first, &restored);
     assert_eq!(fs::read(restored.join("readable")).unwrap(), b"fine");
 }
+
+/// The daemon's file list is bounded by its estimated memory, per pull: over the bound
+/// the pull fails clearly and makes no snapshot.
+#[test]
+fn a_file_list_over_its_byte_bound_fails_the_pull() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("file-{i:02}")), b"x").unwrap();
+    }
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
+    let out = pull(
+        &store,
+        &daemon,
+        "data",
+        PASSWORD,
+        &["--max-file-list-bytes", "4096"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("file list would cost more than 4096 bytes"),
+        "{err}"
+    );
+    assert_eq!(snapshot_count(&store), 0);
+    pull_ok(&store, &daemon, "data", &[]);
+    assert_eq!(snapshot_count(&store), 1);
+}
