@@ -42,13 +42,13 @@ struct SourceArgs {
 enum Command {
     /// Create a new store.
     Init {
-        #[arg(long, default_value_t = turku_store::format::DEFAULT_CHUNK_MIN)]
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_CHUNK_MIN)]
         chunk_min: u32,
-        #[arg(long, default_value_t = turku_store::format::DEFAULT_CHUNK_AVG)]
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_CHUNK_AVG)]
         chunk_avg: u32,
-        #[arg(long, default_value_t = turku_store::format::DEFAULT_CHUNK_MAX)]
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_CHUNK_MAX)]
         chunk_max: u32,
-        #[arg(long, default_value_t = turku_store::format::DEFAULT_ZSTD_LEVEL)]
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_ZSTD_LEVEL)]
         zstd_level: i32,
         /// When new data is compressed: `inline` (always, before it is written), `adaptive`
         /// (with the CPU the transfer leaves; the rest is written raw and compressed by the

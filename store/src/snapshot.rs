@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, Result, StoreError};
+use crate::fault;
+use crate::format::id::Id;
+use crate::format::tree::{EntryData, EntryKind, Metadata, TreeEntry};
 use crate::format::*;
-use crate::id::Id;
+use crate::fsutil::sync_dir;
 use crate::index::{self, SnapshotRow};
-use crate::pack::{fault, sync_dir};
 use crate::store::Store;
-use crate::tree::{EntryData, EntryKind, Metadata, TreeEntry};
 
 /// What a backup stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -495,7 +496,7 @@ pub fn split_path(path: &[u8]) -> Result<Vec<&[u8]>> {
                     String::from_utf8_lossy(path)
                 )))
             }
-            _ if !crate::tree::valid_name(part) => {
+            _ if !crate::format::tree::valid_name(part) => {
                 return Err(StoreError::InvalidArgument(format!(
                     "invalid path component in {:?}",
                     String::from_utf8_lossy(path)
@@ -577,7 +578,7 @@ impl Store {
 pub(crate) fn interrupted_commits(store: &Store) -> Result<Vec<Snapshot>> {
     Ok(records_without_rows(store, &read_log(store)?)?
         .into_iter()
-        .filter(|(_, state)| *state == Some(crate::session::SessionState::Dead))
+        .filter(|(_, state)| *state == Some(crate::index::session::SessionState::Dead))
         .map(|(snap, _)| snap)
         .collect())
 }
@@ -587,7 +588,7 @@ pub(crate) fn interrupted_commits(store: &Store) -> Result<Vec<Snapshot>> {
 pub(crate) fn records_without_rows(
     store: &Store,
     logged: &Replayed,
-) -> Result<Vec<(Snapshot, Option<crate::session::SessionState>)>> {
+) -> Result<Vec<(Snapshot, Option<crate::index::session::SessionState>)>> {
     if logged.snapshots.is_empty() {
         return Ok(Vec::new());
     }
@@ -604,7 +605,7 @@ pub(crate) fn records_without_rows(
             continue;
         }
         let state = match logged.writers.get(&snap.key()) {
-            Some(w) => Some(crate::session::state(&tx, *w)?),
+            Some(w) => Some(crate::index::session::state(&tx, *w)?),
             None => None,
         };
         out.push((snap.clone(), state));
@@ -704,30 +705,44 @@ mod tests {
             .map(|(_, x)| x.to_string())
             .unwrap();
         let taken = <[u8; 2]>::try_from(hex::decode(&taken_suffix).unwrap()).unwrap();
-        let other = crate::session::register(&store.db()).unwrap();
+        let other = crate::index::session::register(&store.db()).unwrap();
         let mut draws = vec![[0xab, 0xcd], [0xab, 0xcd], taken].into_iter();
-        let reserved =
-            crate::session::reserve_snapshot_name(&mut store.db(), other, "m", "s", time, || {
-                [0xab, 0xcd]
-            })
-            .unwrap();
+        let reserved = crate::index::session::reserve_snapshot_name(
+            &mut store.db(),
+            other,
+            "m",
+            "s",
+            time,
+            || [0xab, 0xcd],
+        )
+        .unwrap();
         assert!(reserved.ends_with("_abcd"));
-        let me = crate::session::register(&store.db()).unwrap();
+        let me = crate::index::session::register(&store.db()).unwrap();
         let mut calls = 0;
-        let name =
-            crate::session::reserve_snapshot_name(&mut store.db(), me, "m", "s", time, || {
+        let name = crate::index::session::reserve_snapshot_name(
+            &mut store.db(),
+            me,
+            "m",
+            "s",
+            time,
+            || {
                 calls += 1;
                 draws.next().unwrap_or([0x12, 0x34])
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         assert_eq!((name.rsplit_once('_').unwrap().1, calls), ("1234", 4));
         // Ending a session frees its reservation.
-        crate::session::end(&store.db(), other).unwrap();
-        let again =
-            crate::session::reserve_snapshot_name(&mut store.db(), me, "m", "s", time, || {
-                [0xab, 0xcd]
-            })
-            .unwrap();
+        crate::index::session::end(&store.db(), other).unwrap();
+        let again = crate::index::session::reserve_snapshot_name(
+            &mut store.db(),
+            me,
+            "m",
+            "s",
+            time,
+            || [0xab, 0xcd],
+        )
+        .unwrap();
         assert_eq!(again, reserved);
     }
 

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 use crate::error::{IoContext, Result, StoreError};
+use crate::format::id::Id;
+use crate::format::pack::{self, pack_path, BlobLocation};
+use crate::format::tree::{self, TreeEntry, TreeNode};
 use crate::format::*;
-use crate::id::Id;
 use crate::index;
-use crate::pack::{self, pack_path, BlobLocation};
-use crate::tree::{self, TreeEntry, TreeNode};
+use crate::tuning::*;
 
 /// Parameters fixed when a store is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +260,7 @@ impl Store {
         }
         index::create(&path.join(INDEX_FILE))?;
         fs::rename(&tmp, &config_path).io_ctx("rename config", &config_path)?;
-        pack::sync_dir(path)?;
+        crate::fsutil::sync_dir(path)?;
         Store::open(path)
     }
 
@@ -275,7 +276,9 @@ impl Store {
         // On a full disk SQLite cannot even map its shared memory: the space reserve makes
         // room, so that `forget` and `gc` can run and free more.
         let conn = match index::open(&index_path) {
-            Err(e) if e.is_disk_full() && pack::release_reserve(path) => index::open(&index_path)?,
+            Err(e) if e.is_disk_full() && crate::space::release_reserve(path) => {
+                index::open(&index_path)?
+            }
             opened => opened?,
         };
         Self::assemble(path, config, id, conn, lock)

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{IoContext, Result, StoreError};
+use crate::format::tree::{link_group_for, ChunkRef, EntryKind, Metadata};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
-use crate::tree::{ChunkRef, EntryKind, Metadata};
-use crate::writer::SnapshotWriter;
+use crate::write::writer::SnapshotWriter;
 
 /// Counters reported while an ingest runs and at its end.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,15 +27,6 @@ pub struct IngestProgress {
     pub bytes_read: u64,
     /// Files skipped because they vanished or could not be read, with the reason.
     pub warnings: Vec<String>,
-}
-
-/// Stable non-zero group id for a hard-link set, derived from its first member's path, so
-/// unchanged directories keep their tree ids between snapshots.
-pub fn link_group_for(first_path: &[u8]) -> u64 {
-    let h = blake3::hash(first_path);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(b) | 1
 }
 
 pub fn metadata_of(m: &fs::Metadata) -> Metadata {
@@ -157,7 +148,7 @@ impl Ingest<'_> {
         if self.writer.reuse_unchanged(rel, meta, m.size(), group)? {
             if group != 0 {
                 if let Some(e) = self.writer.base_entry(rel)? {
-                    if let crate::tree::EntryData::File { chunks, .. } = e.data {
+                    if let crate::format::tree::EntryData::File { chunks, .. } = e.data {
                         self.links.insert(key, (group, chunks));
                     }
                 }

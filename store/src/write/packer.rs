@@ -28,11 +28,12 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
+use crate::format::id::Id;
+use crate::format::pack::{Compressor, FinishedPack, PackWriter, WrittenPack};
 use crate::format::*;
-use crate::id::Id;
 use crate::index;
-use crate::pack::{Compressor, FinishedPack, PackWriter, WrittenPack};
 use crate::store::{CompressionMode, Store};
+use crate::tuning::*;
 
 /// A blob on its way into a pack: raw before the compression threads, stored after.
 struct Blob {

@@ -12,7 +12,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::Result;
-use crate::format::{SESSION_ABANDONED_PID_START, SNAPSHOT_NAME_ATTEMPTS};
+use crate::format::SESSION_ABANDONED_PID_START;
+use crate::tuning::SNAPSHOT_NAME_ATTEMPTS;
 
 /// Identifies this process across pid reuse: pid plus its start time in clock ticks.
 pub(crate) fn process_identity(pid: u32) -> Option<(u32, u64)> {

@@ -24,12 +24,12 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use crate::error::{IoContext, Result, StoreError};
-use crate::export::{join, ExportStats};
-use crate::format::SPARSE_MIN_HOLE;
-use crate::reader::FileReader;
+use crate::format::tree::{valid_name, EntryData, EntryKind, Metadata, TreeEntry};
+use crate::read::reader::FileReader;
+use crate::read::{join, ExportStats};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
-use crate::tree::{valid_name, EntryData, EntryKind, Metadata, TreeEntry};
+use crate::tuning::SPARSE_MIN_HOLE;
 
 /// Permission bits a restore may set: `st_mode & 0o7777`.
 const PERMISSION_BITS: u32 = 0o7777;

@@ -11,10 +11,13 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::codec::Reader;
 use crate::error::{DecodeError, IoContext, Result, StoreError};
+use crate::fault;
+use crate::format::codec::Reader;
+use crate::format::id::Id;
 use crate::format::*;
-use crate::id::Id;
+use crate::fsutil::sync_dir;
+use crate::tuning::*;
 
 /// Where one blob sits in its pack and how it is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,49 +278,6 @@ impl Drop for PackWriter {
     }
 }
 
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .io_ctx("fsync folder", dir)
-}
-
-/// Makes sure the store's space reserve exists (see `FULL_DISK_RESERVE_BYTES`); fails with
-/// [`StoreError::DiskFull`] when there is no room for it.
-pub(crate) fn ensure_reserve(store_root: &Path) -> Result<()> {
-    let path = store_root.join(RESERVE_FILE);
-    if fs::metadata(&path).is_ok_and(|m| m.len() >= FULL_DISK_RESERVE_BYTES) {
-        return Ok(());
-    }
-    let made = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .and_then(|f| {
-            // Allocated, not merely sized: a sparse file would hold nothing back.
-            nix::fcntl::posix_fallocate(&f, 0, FULL_DISK_RESERVE_BYTES as libc::off_t)
-                .map_err(std::io::Error::from)
-        });
-    if let Err(e) = made {
-        let _ = fs::remove_file(&path);
-        return Err(StoreError::io("reserve space in", path, e));
-    }
-    Ok(())
-}
-
-/// Frees the store's space reserve; returns whether there was one to free.
-pub(crate) fn release_reserve(store_root: &Path) -> bool {
-    let path = store_root.join(RESERVE_FILE);
-    let released = fs::remove_file(&path).is_ok();
-    if released {
-        tracing::warn!(
-            "the disk is full: released the space reserve {}",
-            path.display()
-        );
-    }
-    released
-}
-
 /// Decodes a pack trailer from the pack's full length and a function reading byte ranges.
 /// Every record is checked to lie inside the blob area.
 pub fn decode_trailer(
@@ -484,101 +444,29 @@ fn plaintext<'a>(
     Ok(raw)
 }
 
-/// Injected I/O errors, for tests of what a failing disk does to the store.
-///
-/// A test arms a fault with [`crate::Store::inject_write_error`]: the `nth` call (from 1)
-/// of the named site in that store fails with `errno`, once. Faults are kept per store
-/// folder, so tests running in parallel in one process do not see each other's. When none is
-/// armed a site costs one relaxed atomic load. The sites:
-/// - [`PACK_WRITE`]: appending a blob to a pack under `tmp/`;
-/// - [`SNAPSHOT_LOG_WRITE`]: appending a line to the snapshot log: half the line is written,
-///   then the write fails (a torn append, as a full disk or a crash leaves);
-/// - [`SNAPSHOT_LOG_TRUNCATE`]: cutting a failed append back off the log;
-/// - [`COMMIT_ROW`]: the transaction that inserts a committed snapshot's row.
-pub(crate) mod fault {
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
-
-    pub(crate) const PACK_WRITE: &str = "pack-write";
-    pub(crate) const SNAPSHOT_LOG_WRITE: &str = "snapshot-log-write";
-    pub(crate) const SNAPSHOT_LOG_TRUNCATE: &str = "snapshot-log-truncate";
-    pub(crate) const COMMIT_ROW: &str = "commit-row";
-    pub(crate) const SITES: [&str; 4] = [
-        PACK_WRITE,
-        SNAPSHOT_LOG_WRITE,
-        SNAPSHOT_LOG_TRUNCATE,
-        COMMIT_ROW,
-    ];
-
-    struct Fault {
-        store: PathBuf,
-        site: &'static str,
-        /// Calls of the site still to pass before the failing one.
-        pass: u64,
-        errno: i32,
-    }
-
-    static ARMED: AtomicBool = AtomicBool::new(false);
-    static FAULTS: Mutex<Vec<Fault>> = Mutex::new(Vec::new());
-
-    pub(crate) fn arm(store: &Path, site: &'static str, nth: u64, errno: i32) {
-        let mut faults = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
-        faults.push(Fault {
-            store: store.to_path_buf(),
-            site,
-            pass: nth.saturating_sub(1),
-            errno,
-        });
-        ARMED.store(true, Ordering::Release);
-    }
-
-    /// The injected error for this call of `site` in the store at `store`, if one is due.
-    pub(crate) fn check(store: Option<&Path>, site: &'static str) -> std::io::Result<()> {
-        if !ARMED.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let Some(store) = store else {
-            return Ok(());
-        };
-        let mut faults = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(at) = faults
-            .iter()
-            .position(|f| f.site == site && f.store == store)
-        else {
-            return Ok(());
-        };
-        if faults[at].pass > 0 {
-            faults[at].pass -= 1;
-            return Ok(());
-        }
-        let fault = faults.swap_remove(at);
-        tracing::warn!(
-            "injected error {} at {site} in {}",
-            fault.errno,
-            store.display()
-        );
-        Err(std::io::Error::from_raw_os_error(fault.errno))
-    }
+/// The pack name of a file under `packs/`, if its name is one.
+pub(crate) fn pack_name_of(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let name = file.strip_suffix(PACK_SUFFIX)?;
+    (name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_string())
 }
 
-impl crate::store::Store {
-    /// Arms an injected I/O error (a test seam, see the `fault` module of `pack.rs`): the
-    /// `nth` call (from 1) of `site` in this store fails with `errno`, once.
-    #[doc(hidden)]
-    pub fn inject_write_error(&self, site: &str, nth: u64, errno: i32) -> Result<()> {
-        let known = fault::SITES
-            .into_iter()
-            .find(|s| *s == site)
-            .ok_or_else(|| {
-                StoreError::InvalidArgument(format!(
-                    "no fault site {site:?} (known: {})",
-                    fault::SITES.join(", ")
-                ))
-            })?;
-        fault::arm(self.path(), known, nth, errno);
-        Ok(())
+pub(crate) fn list_pack_files(packs_dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for shard in fs::read_dir(packs_dir).io_ctx("list", packs_dir)? {
+        let shard = shard.io_ctx("list", packs_dir)?.path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(&shard).io_ctx("list", &shard)? {
+            let f = f.io_ctx("list", &shard)?.path();
+            if f.extension().is_some_and(|e| e == "pack") {
+                out.push(f);
+            }
+        }
     }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,13 +6,16 @@
 //! snapshot counts its root. GC frees blobs whose `refs` is 0 and that no live session has
 //! pinned, then decrements their children: its cost follows what is freed, not the store.
 
+pub(crate) mod session;
+
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 
 use crate::error::{IoContext, Result};
+use crate::format::id::Id;
+use crate::format::pack::BlobLocation;
 use crate::format::*;
-use crate::id::Id;
-use crate::pack::BlobLocation;
+use crate::tuning::*;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS packs(

@@ -5,10 +5,10 @@
 //! canonical, so an unchanged directory hashes to the same id and costs nothing in a new
 //! snapshot.
 
-use crate::codec::{put_bytes, put_ivarint, put_uvarint, Reader};
 use crate::error::DecodeError;
+use crate::format::codec::{put_bytes, put_ivarint, put_uvarint, Reader};
+use crate::format::id::Id;
 use crate::format::*;
-use crate::id::Id;
 
 /// What kind of file system object an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -365,6 +365,31 @@ pub fn decode(bytes: &[u8]) -> Result<TreeNode, DecodeError> {
     }
 }
 
+/// Stable non-zero group id for a hard-link set, derived from its first member's path, so
+/// unchanged directories keep their tree ids between snapshots.
+pub fn link_group_for(first_path: &[u8]) -> u64 {
+    let h = blake3::hash(first_path);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b) | 1
+}
+
+/// Linux `dev_t` encoding.
+pub fn dev_major(rdev: u64) -> u64 {
+    ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff)
+}
+
+pub fn dev_minor(rdev: u64) -> u64 {
+    ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)
+}
+
+pub fn make_dev(major: u64, minor: u64) -> u64 {
+    ((major & 0xffff_f000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffff_ff00) << 12)
+        | (minor & 0xff)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +507,14 @@ mod tests {
         assert!(decode(&encode_leaf(&[e(b"..")])).is_err());
         assert!(decode(&encode_leaf(&[e(b"a/b")])).is_err());
         assert!(decode(b"TRKT\x01\x00\xff\xff\xff\xff\x0f").is_err());
+    }
+
+    #[test]
+    fn device_numbers_round_trip() {
+        for (ma, mi) in [(0, 0), (8, 1), (259, 65536), (4095, 1 << 19)] {
+            let d = make_dev(ma, mi);
+            assert_eq!((dev_major(d), dev_minor(d)), (ma, mi));
+        }
+        assert_eq!(make_dev(8, 1), 0x801);
     }
 }

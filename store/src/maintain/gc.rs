@@ -5,7 +5,7 @@
 //! cascading into the children of freed trees, deletes packs that became empty and repacks
 //! those with enough garbage, or with enough blobs whose compression a writer deferred
 //! (compressing them on the way). Each step costs in proportion to what it frees or moves.
-//! See `session.rs` for why this is safe while backups run.
+//! See `index/session.rs` for why this is safe while backups run.
 
 use std::fs::{self, OpenOptions};
 use std::path::Path;
@@ -15,14 +15,18 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use crate::error::{IoContext, Result, StoreError};
+use crate::format::id::Id;
+use crate::format::pack::{
+    self, list_pack_files, pack_name_of, pack_path, BlobLocation, Compressor, PackWriter,
+};
+use crate::format::tree;
 use crate::format::*;
-use crate::id::Id;
+use crate::fsutil::remove_if_exists;
 use crate::index;
-use crate::pack::{self, pack_path, BlobLocation, Compressor, PackWriter};
-use crate::session;
+use crate::index::session;
 use crate::snapshot::{self, Snapshot};
 use crate::store::{check_stored, new_decompressor, Store};
-use crate::tree;
+use crate::tuning::*;
 
 /// What a GC run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -83,7 +87,7 @@ impl Store {
         // Every step is safe to run again, so a run cut short by a full disk starts over
         // once the reserve is freed.
         let stats = self.with_room(|| self.collect())?;
-        if let Err(e) = pack::ensure_reserve(self.path()) {
+        if let Err(e) = crate::space::ensure_reserve(self.path()) {
             tracing::warn!("gc: the space reserve is not restored: {e}");
         }
         drop(lock);
@@ -94,7 +98,7 @@ impl Store {
     /// free, frees it and runs `step` once more.
     fn with_room<T>(&self, mut step: impl FnMut() -> Result<T>) -> Result<T> {
         match step() {
-            Err(e) if e.is_disk_full() && pack::release_reserve(self.path()) => step(),
+            Err(e) if e.is_disk_full() && crate::space::release_reserve(self.path()) => step(),
             result => result,
         }
     }
@@ -448,7 +452,7 @@ impl Store {
             .into_iter()
             .map(|(location, stored)| (location, location.compression, stored))
             .collect();
-        let threads = crate::packer::compression_threads();
+        let threads = crate::write::packer::compression_threads();
         let level = self.config().zstd_level;
         // Parts of about equal bytes: a pack mixes many small files with big chunks.
         let total: usize = encoded.iter().map(|(_, _, b)| b.len()).sum();
@@ -510,36 +514,4 @@ fn held_by_a_writer(path: &Path) -> bool {
         // Gone already, or not ours to judge: leave it to the removal, which says why.
         Err(_) => false,
     }
-}
-
-pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).io_ctx("remove", path),
-    }
-}
-
-pub(crate) fn pack_name_of(path: &Path) -> Option<String> {
-    let file = path.file_name()?.to_str()?;
-    let name = file.strip_suffix(PACK_SUFFIX)?;
-    (name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_string())
-}
-
-pub(crate) fn list_pack_files(packs_dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut out = Vec::new();
-    for shard in fs::read_dir(packs_dir).io_ctx("list", packs_dir)? {
-        let shard = shard.io_ctx("list", packs_dir)?.path();
-        if !shard.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(&shard).io_ctx("list", &shard)? {
-            let f = f.io_ctx("list", &shard)?.path();
-            if f.extension().is_some_and(|e| e == "pack") {
-                out.push(f);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }

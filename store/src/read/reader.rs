@@ -3,9 +3,9 @@
 use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::error::{Result, StoreError};
-use crate::id::Id;
+use crate::format::id::Id;
+use crate::format::tree::{ChunkRef, EntryData, TreeEntry};
 use crate::store::Store;
-use crate::tree::{ChunkRef, EntryData, TreeEntry};
 
 /// Reads a stored file; implements `Read` and `Seek` and random access with `read_at`.
 pub struct FileReader {

@@ -12,73 +12,15 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
+use crate::format::id::Id;
+use crate::format::tree::{self, ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
 use crate::format::*;
-use crate::id::Id;
 use crate::index;
-use crate::packer::Packer;
-use crate::session::{self, now_ns};
+use crate::index::session::{self, now_ns};
 use crate::snapshot::{self, split_path, Snapshot, SnapshotStats};
 use crate::store::Store;
-use crate::tree::{self, ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
-
-/// FastCDC v2020 parameters with the normalised masks precomputed.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Chunker {
-    min: usize,
-    avg: usize,
-    max: usize,
-    mask_s: u64,
-    mask_l: u64,
-}
-
-impl Chunker {
-    pub(crate) fn new(config: &crate::StoreConfig) -> Self {
-        let avg = config.chunk_avg as usize;
-        let (mask_s, mask_l) =
-            fastcdc::v2020::select_masks(avg, fastcdc::v2020::Normalization::Level1);
-        Chunker {
-            min: config.chunk_min as usize,
-            avg,
-            max: config.chunk_max as usize,
-            mask_s,
-            mask_l,
-        }
-    }
-
-    /// Length of the next chunk at the start of `data`. With fewer than `max` bytes this may
-    /// return `data.len()`, so callers only ask with `max` bytes buffered or at end of file.
-    pub(crate) fn cut(&self, data: &[u8]) -> usize {
-        let (_, len) = fastcdc::v2020::cut(
-            data,
-            self.min,
-            self.avg,
-            self.max,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-        );
-        len.max(1).min(data.len())
-    }
-
-    pub(crate) fn max(&self) -> usize {
-        self.max
-    }
-}
-
-/// Lengths of the chunks FastCDC cuts `data` into under `config` (for benchmarks and tools;
-/// the writer applies the same cuts as bytes stream in).
-pub fn chunk_lengths(config: &crate::StoreConfig, data: &[u8]) -> Vec<usize> {
-    let chunker = Chunker::new(config);
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let len = chunker.cut(&data[at..]);
-        out.push(len);
-        at += len;
-    }
-    out
-}
+use crate::write::chunker::Chunker;
+use crate::write::packer::Packer;
 
 /// Writes one snapshot. See the module documentation.
 pub struct SnapshotWriter {
@@ -164,7 +106,7 @@ impl Store {
         check_label("source", source)?;
         // A backup never takes the space reserve, which lets `forget` and `gc` make room on
         // a full disk: without room for it the disk is full already.
-        match crate::pack::ensure_reserve(self.path()) {
+        match crate::space::ensure_reserve(self.path()) {
             Err(e) if e.is_disk_full() => return Err(e),
             Err(e) => tracing::warn!("no space reserve: {e}"),
             Ok(()) => {}
@@ -632,7 +574,7 @@ impl SnapshotWriter {
             return Err(failure.error);
         }
         let result = (|| -> Result<()> {
-            crate::pack::fault::check(Some(self.store.path()), crate::pack::fault::COMMIT_ROW)
+            crate::fault::check(Some(self.store.path()), crate::fault::COMMIT_ROW)
                 .map_err(|e| StoreError::io("insert snapshot row", INDEX_FILE, e))?;
             let mut db = self.store.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -1,55 +1,16 @@
-//! Materialising a snapshot (or a sub-path of it) as a POSIX/PAX tar stream, and what the
-//! directory export (`export_dir.rs`) shares with it. Every chunk read is verified.
+//! Materialising a snapshot (or a sub-path of it) as a POSIX/PAX tar stream. Every chunk
+//! read is verified.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use crate::error::{Result, StoreError};
-pub use crate::export_dir::{ExportOptions, ExportStep};
+use crate::format::tree::{dev_major, dev_minor};
+use crate::format::tree::{EntryData, EntryKind, TreeEntry};
+use crate::read::{join, ExportStats};
 use crate::snapshot::{split_path, Snapshot};
 use crate::store::Store;
-use crate::tree::{EntryData, EntryKind, TreeEntry};
-
-/// What an export wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ExportStats {
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub hard_links: u64,
-    pub specials: u64,
-    pub bytes: u64,
-    /// Devices (and, without privileges, owners) that could not be restored.
-    pub skipped: u64,
-}
-
-/// Linux `dev_t` encoding.
-pub fn dev_major(rdev: u64) -> u64 {
-    ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff)
-}
-
-pub fn dev_minor(rdev: u64) -> u64 {
-    ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff)
-}
-
-pub fn make_dev(major: u64, minor: u64) -> u64 {
-    ((major & 0xffff_f000) << 32)
-        | ((major & 0xfff) << 8)
-        | ((minor & 0xffff_ff00) << 12)
-        | (minor & 0xff)
-}
-
-pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.is_empty() {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
 
 impl Store {
     /// Writes `sub_path` of `snap` as a POSIX (ustar + PAX) tar stream.
@@ -315,14 +276,5 @@ mod tests {
         assert_eq!(pax_time(-2, 500_000_000), "-1.500000000");
         assert_eq!(pax_time(-1, 250_000_000), "-0.750000000");
         assert_eq!(pax_time(-3, 0), "-3");
-    }
-
-    #[test]
-    fn device_numbers_round_trip() {
-        for (ma, mi) in [(0, 0), (8, 1), (259, 65536), (4095, 1 << 19)] {
-            let d = make_dev(ma, mi);
-            assert_eq!((dev_major(d), dev_minor(d)), (ma, mi));
-        }
-        assert_eq!(make_dev(8, 1), 0x801);
     }
 }

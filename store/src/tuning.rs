@@ -1,0 +1,89 @@
+//! Tuning knobs: defaults recorded at `init`, the bounds `init` accepts, and the sizes,
+//! batches, timeouts and thresholds of writing, packing, GC and SQLite. Changing one changes
+//! how the store behaves, never how existing stores are read.
+
+/// A pack is closed once it reaches this size; blobs never straddle packs.
+pub const PACK_TARGET_SIZE: u64 = 32 * 1024 * 1024;
+
+/// A compressed blob is kept only if it saves at least 1/32 of the raw size.
+pub const COMPRESSION_MIN_SAVING_SHIFT: u32 = 5;
+
+/// Chunker defaults (DESIGN.md §4) and the bounds `init` accepts (those of fastcdc v2020).
+pub const DEFAULT_CHUNK_MIN: u32 = 256 * 1024;
+pub const DEFAULT_CHUNK_AVG: u32 = 1024 * 1024;
+pub const DEFAULT_CHUNK_MAX: u32 = 4 * 1024 * 1024;
+pub const CHUNK_MIN_RANGE: (u32, u32) = (64, 1024 * 1024);
+pub const CHUNK_AVG_RANGE: (u32, u32) = (256, 4 * 1024 * 1024);
+pub const CHUNK_MAX_RANGE: (u32, u32) = (1024, 16 * 1024 * 1024);
+
+/// zstd level 1 by default: on two cores level 3 costs ~40% more compression CPU for ~5%
+/// less space (see docs/DESIGN.md, living notes); `init --zstd-level` chooses per store.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+pub const ZSTD_LEVEL_RANGE: (i32, i32) = (1, 19);
+
+/// A snapshot writer runs one compression thread per core, up to this many.
+pub const MAX_COMPRESSION_THREADS: usize = 4;
+
+/// Compression threads run at this nice value, so the transfer they serve comes first and
+/// compression takes the CPU left over; in adaptive mode what it cannot take is deferred.
+pub const COMPRESSION_THREAD_NICE: i32 = 19;
+
+/// `gc` compresses a pack's deferred blobs once they are at least this share of its data.
+pub const COMPACT_DEFERRED_PERCENT: u64 = 10;
+
+/// A writer hands blobs to its compression threads in batches of about this many bytes.
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
+/// Bytes of blobs a writer keeps queued for compression and packing (bounds its memory).
+pub const IN_FLIGHT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What each queued blob counts against that budget beyond its size.
+pub const IN_FLIGHT_BLOB_OVERHEAD: u64 = 512;
+
+/// Written packs a writer lets wait for their fsync before it stops packing more.
+pub const PACKS_AWAITING_SYNC: usize = 2;
+
+/// A writer pins the stored chunks it reuses in one transaction per this many chunks or
+/// bytes, keeping their bytes until then in case GC freed one meanwhile.
+pub const TENTATIVE_REUSE_CHUNKS: usize = 1024;
+pub const TENTATIVE_REUSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How often a writer waiting for room in that budget indexes packs that became durable.
+pub const IN_FLIGHT_POLL_MS: u64 = 5;
+
+/// How long `repair` waits for the store lock before calling the store busy, and how often it
+/// tries. A holder can be transient: a child some process forked holds copies of that
+/// process's descriptors until it execs.
+pub const EXCLUSIVE_LOCK_PATIENCE_MS: u64 = 2_000;
+pub const EXCLUSIVE_LOCK_RETRY_MS: u64 = 20;
+
+/// Export leaves a hole for an all-zero chunk at least this long.
+pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
+
+/// SQLite: how long a writer waits for another process's transaction.
+pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
+
+/// SQLite page cache per connection, in KiB: room for one pack's worth of random-order
+/// blob inserts (a few thousand leaf pages) without spilling mid-transaction.
+pub const SQLITE_CACHE_KIB: i64 = 32_768;
+
+/// GC: a pack whose dead bytes reach this fraction (in percent) is repacked.
+pub const REPACK_DEAD_PERCENT: u64 = 30;
+
+/// Snapshot names carry a 16-bit random suffix after the second; a commit draws again while
+/// its name is taken, at most this many times.
+pub const SNAPSHOT_NAME_ATTEMPTS: u32 = 4096;
+
+/// Bytes the store keeps allocated in `RESERVE_FILE` (recreated by every backup and `gc`
+/// when there is room): on a full disk `forget` and `gc` free it to make room for the index's
+/// write-ahead log and the snapshot log, then free space by deleting packs.
+pub const FULL_DISK_RESERVE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// GC frees blobs in transactions of this many; on a full disk, of `FREE_BATCH_FULL_DISK`,
+/// checkpointing the index in between so its write-ahead log stays small.
+pub const FREE_BATCH: usize = 2000;
+pub const FREE_BATCH_FULL_DISK: usize = 64;
+
+/// Pack files on disk that no index row knows are removed by GC only after this long,
+/// since a writer renames its pack into place just before indexing it.
+pub const ORPHAN_PACK_GRACE_SECS: u64 = 3600;
