@@ -688,10 +688,11 @@ async fn separators_in_names_are_refused_before_sending() {
 // ------------------------------------------------------------------ stock rsync below 30
 
 /// Below protocol 30 a stock sender says nothing about a file that vanished after listing
-/// (no notice, no warning, no io_error), so the client cannot tell it from a truncated
-/// run: the file is failed and the run partial (23, not a success), never a silent 0.
+/// (no notice, no warning, no io_error): the file is named as not sent and the run counts
+/// as one with vanished files (24), never a silent 0, and never a failed backup for a
+/// file a live system removed.
 #[tokio::test]
-async fn stock_vanished_file_below_protocol_30_is_a_partial_run() {
+async fn stock_vanished_file_below_protocol_30_is_a_vanished_file() {
     for protocol in [28, 29] {
         let src = tempfile::tempdir().expect("src");
         std::fs::write(src.path().join("a-stays"), b"a").expect("write");
@@ -711,9 +712,10 @@ async fn stock_vanished_file_below_protocol_30_is_a_partial_run() {
             .await
             .expect("bounded")
             .unwrap_or_else(|e| panic!("protocol {protocol}: {e}"));
-        assert_eq!(o.exit_code, RERR_PARTIAL, "{protocol}: {o:?}");
-        assert!(!o.is_success());
+        assert_eq!(o.exit_code, RERR_VANISHED, "{protocol}: {o:?}");
+        assert!(o.is_success());
         assert_eq!(o.failed, ["b-goes"]);
+        assert!(o.warnings.iter().any(|w| w.contains("b-goes")), "{o:?}");
         assert_eq!(sink.inner.files["a-stays"], b"a");
     }
 }

@@ -815,9 +815,12 @@ impl<S: ReceiveSink> ClientReceiver<S> {
     /// Every phase is closed: each file we requested must have arrived or been reported
     /// as not sent. At 30+ a sender reports every file it does not send (`MSG_NO_SEND`),
     /// so a silent gap means it cut the run short. Below 30 it has no such notice (a
-    /// stock sender says nothing at all about a file that vanished after listing), so a
-    /// gap cannot be told from truncation: the files count as failed and the run as
-    /// partial (23), which callers do not accept as a snapshot.
+    /// stock sender says nothing at all about a file that vanished after listing, and a
+    /// stock receiver exits 0): the files count as vanished (24, a success as Turku counts
+    /// it) and each is named in a warning. A sender that closes its phases early is caught
+    /// before this, at every protocol, so what remains below 30 is a file the sender left
+    /// out: a vanished file on a live system far more often than a lie, and a lying agent
+    /// can only omit its own machine's data.
     fn check_complete(&mut self, sink: &mut S) -> Result<(), Error> {
         let missing: Vec<usize> = (0..self.state.len())
             .filter(|&i| self.state[i] == FileState::Requested)
@@ -831,18 +834,22 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                 first: self.entries[first].name_lossy(),
             });
         }
-        self.outcome.io_error |= IOERR_GENERAL;
+        self.outcome.io_error |= IOERR_VANISHED;
         for i in missing {
             self.state[i] = FileState::Failed;
             let name = self.entries[i].name_lossy();
             self.outcome.failed.push(name.clone());
             if self.outcome.warnings.len() < self.opts.limits.max_messages_kept {
-                self.outcome
-                    .warnings
-                    .push(format!("{name}: requested but not sent"));
+                self.outcome.warnings.push(format!(
+                    "{name}: requested but not sent (vanished? below protocol 30 the sender does not say)"
+                ));
             }
-            sink.file_failed(i as u32, &self.entries[i], "the sender did not send it")
-                .map_err(Error::Sink)?;
+            sink.file_failed(
+                i as u32,
+                &self.entries[i],
+                "the sender did not send it (vanished?)",
+            )
+            .map_err(Error::Sink)?;
         }
         Ok(())
     }
