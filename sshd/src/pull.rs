@@ -21,7 +21,10 @@ use turku_store::{
     Store,
 };
 
-use crate::constants::{MAX_PASSWORD_FILE_BYTES, MAX_REASONS_SHOWN, RSYNC_DEFAULT_PORT};
+use crate::constants::{
+    BASIS_FETCH_FACTOR, BASIS_FETCH_SLACK, MAX_PASSWORD_FILE_BYTES, MAX_REASONS_SHOWN,
+    RSYNC_DEFAULT_PORT,
+};
 
 /// Where to pull from: `rsync://[USER@]HOST[:PORT]/MODULE[/PATH]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +86,29 @@ pub fn turku_filter_rules(filters: &[String], excludes: &[String]) -> Vec<String
 }
 
 /// A previous version of a file, read from the store, as the rsync basis.
+///
+/// The sender chooses which basis blocks to reference. A stock sender references them
+/// mostly in order, so each stored chunk is fetched about once; a hostile one can jump
+/// between chunks so that every 4-byte token costs a whole chunk's read, decompression and
+/// hash. The chunks fetched for one basis are therefore bounded by a multiple of the sizes
+/// involved (`BASIS_FETCH_FACTOR`, `BASIS_FETCH_SLACK`), and past that the pull fails.
 pub struct StoreBasis {
     reader: FileReader,
+    name: String,
+    fetch_budget: u64,
+}
+
+impl StoreBasis {
+    fn new(reader: FileReader, e: &FileEntry) -> Self {
+        let sizes = reader.size().saturating_add(e.size.max(0) as u64);
+        Self {
+            fetch_budget: sizes
+                .saturating_mul(BASIS_FETCH_FACTOR)
+                .saturating_add(BASIS_FETCH_SLACK),
+            name: e.name_lossy(),
+            reader,
+        }
+    }
 }
 
 impl Basis for StoreBasis {
@@ -102,6 +126,15 @@ impl Basis for StoreBasis {
                 return Err("read past the end of the basis".into());
             }
             done += n;
+        }
+        if self.reader.loaded_bytes() > self.fetch_budget {
+            return Err(format!(
+                "{}: the sender's block references made the store fetch {} bytes of the previous version (more than {}): refusing the work",
+                self.name,
+                self.reader.loaded_bytes(),
+                self.fetch_budget
+            )
+            .into());
         }
         Ok(())
     }
@@ -233,9 +266,7 @@ impl ReceiveSink for StoreSink {
     fn basis(&mut self, _ndx: u32, e: &FileEntry) -> Result<Option<StoreBasis>, SinkError> {
         Ok(match self.writer.base_entry(path_of(e))? {
             Some(entry) if entry.kind == EntryKind::File && entry.file_size() > 0 => {
-                Some(StoreBasis {
-                    reader: self.store.open_file(&entry)?,
-                })
+                Some(StoreBasis::new(self.store.open_file(&entry)?, e))
             }
             _ => None,
         })
@@ -395,6 +426,81 @@ pub fn pull_into_store(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pseudo_random(len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// Block references that jump between stored chunks make every small read fetch a
+    /// whole chunk; the basis refuses past its budget, while reading in order stays far
+    /// below it.
+    #[test]
+    fn a_basis_bounds_the_chunks_a_sender_makes_it_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let size = 6 * 1024 * 1024;
+        std::fs::write(src.join("f"), pseudo_random(size)).unwrap();
+        let store = Store::init(&dir.path().join("store"), Default::default()).unwrap();
+        let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
+        let entry = store.lookup(&snap, b"f").unwrap();
+        let EntryData::File { chunks, .. } = &entry.data else {
+            panic!("not a file: {entry:?}");
+        };
+        assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+        let last_chunk_at = size as u64 - u64::from(chunks[chunks.len() - 1].len);
+        let new_file = FileEntry {
+            name: b"f".to_vec(),
+            mode: 0o100644,
+            size: size as i64,
+            mtime: 0,
+            mtime_nsec: 0,
+            uid: 0,
+            gid: 0,
+            user_name: None,
+            group_name: None,
+            rdev: None,
+            symlink: None,
+            hard_link: HardLink::None,
+            checksum: None,
+            top_dir: false,
+            no_content_dir: false,
+        };
+        let mut block = vec![0u8; 700];
+
+        let mut in_order = StoreBasis::new(store.open_file(&entry).unwrap(), &new_file);
+        for offset in (0..size as u64 - 700).step_by(700) {
+            in_order.read_at(offset, &mut block).unwrap();
+        }
+        assert_eq!(in_order.reader.loaded_bytes(), size as u64);
+
+        let mut jumping = StoreBasis::new(store.open_file(&entry).unwrap(), &new_file);
+        let budget = jumping.fetch_budget;
+        let mut reads = 0u64;
+        let refused = loop {
+            let offset = if reads % 2 == 0 { 0 } else { last_chunk_at };
+            if let Err(e) = jumping.read_at(offset, &mut block) {
+                break e;
+            }
+            reads += 1;
+            assert!(reads < 10_000, "never refused");
+        };
+        assert!(
+            refused.to_string().contains("refusing the work"),
+            "{refused}"
+        );
+        assert!(jumping.reader.loaded_bytes() > budget);
+        assert!(jumping.reader.loaded_bytes() <= budget + 4 * 1024 * 1024);
+    }
 
     #[test]
     fn urls_parse() {

@@ -17,6 +17,9 @@ pub struct FileReader {
     pos: u64,
     /// The last chunk read, by id: runs of one chunk (zeros) are fetched once.
     cached: Option<(Id, Vec<u8>)>,
+    /// Plaintext bytes of the chunks fetched so far (each fetch reads, decompresses and
+    /// hashes a whole chunk, however little of it the caller wanted).
+    loaded: u64,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -33,6 +36,13 @@ impl FileReader {
         self.size
     }
 
+    /// Plaintext bytes of the chunks this reader has fetched (read, decompressed and
+    /// verified). Reads that jump between chunks fetch a whole chunk each time: a caller
+    /// serving a peer's random accesses (an rsync basis) bounds its work with this.
+    pub fn loaded_bytes(&self) -> u64 {
+        self.loaded
+    }
+
     fn chunk(&mut self, index: usize) -> Result<&[u8]> {
         let c = self.chunks[index];
         if self.cached.as_ref().map(|(id, _)| *id) != Some(c.id) {
@@ -45,6 +55,7 @@ impl FileReader {
                     reason: "chunk length differs from the tree".into(),
                 });
             }
+            self.loaded += data.len() as u64;
             self.cached = Some((c.id, data));
         }
         Ok(self
@@ -133,6 +144,7 @@ impl Store {
             size,
             pos: 0,
             cached: None,
+            loaded: 0,
         }
     }
 
