@@ -153,7 +153,10 @@ fn configure(conn: &Connection, journal_mode: &str) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS))?;
     conn.pragma_update(None, "journal_mode", journal_mode)?;
     // WAL with synchronous=NORMAL keeps every committed transaction atomic and consistent
-    // across a crash; packs and snapshot records are fsynced by us before rows point at them.
+    // across a process crash; packs and snapshot records are fsynced by us before rows point
+    // at them. A power cut may still lose the last transactions, so those that a later step
+    // acts on run under `durably` (a commit reported done, a session its record names,
+    // rows moved or freed before pack files are unlinked).
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Every lookup is a key probe whose plan cannot depend on the bound value; without the
@@ -213,6 +216,21 @@ fn migrate(conn: Connection, mut version: i32) -> Result<Connection> {
         )));
     }
     Ok(conn)
+}
+
+/// Runs `f` with every commit on `conn` synced to disk before it returns (WAL with
+/// synchronous=FULL), then goes back to the default. In WAL mode syncing one commit makes
+/// every earlier one durable too, whichever connection wrote it.
+pub(crate) fn durably<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> Result<T>,
+) -> Result<T> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let result = f(conn);
+    let restored = conn.pragma_update(None, "synchronous", "NORMAL");
+    let value = result?;
+    restored?;
+    Ok(value)
 }
 
 /// Where a blob is, with its pack's file name.
@@ -508,5 +526,25 @@ mod tests {
         drop(conn);
         // Opening again leaves a current index alone.
         open(&path).unwrap();
+    }
+
+    /// `durably` syncs the commits made inside it (synchronous=FULL is 2) and goes back to
+    /// the default (NORMAL is 1) afterwards, also when the work inside fails.
+    #[test]
+    fn durably_syncs_commits_inside_and_restores_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = create(&dir.path().join("index.sqlite")).unwrap();
+        let level = |c: &Connection| -> i64 {
+            c.pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(level(&conn), 1);
+        let inside = durably(&mut conn, |c| Ok(level(c))).unwrap();
+        assert_eq!((inside, level(&conn)), (2, 1));
+        let failed: Result<()> = durably(&mut conn, |_| {
+            Err(crate::StoreError::InvalidArgument("fails".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(level(&conn), 1);
     }
 }

@@ -111,7 +111,8 @@ impl Store {
             Err(e) => tracing::warn!("no space reserve: {e}"),
             Ok(()) => {}
         }
-        let session = session::register(&self.db())?;
+        // Durable: a power cut must not lose a session that a logged record may name.
+        let session = index::durably(&mut self.db(), |db| session::register(db))?;
         let mut known = HashSet::new();
         let mut base = self.latest_snapshot(machine, source)?;
         if let Some(b) = &base {
@@ -576,12 +577,14 @@ impl SnapshotWriter {
         let result = (|| -> Result<()> {
             crate::fault::check(Some(self.store.path()), crate::fault::COMMIT_ROW)
                 .map_err(|e| StoreError::io("insert snapshot row", INDEX_FILE, e))?;
-            let mut db = self.store.db();
-            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            index::insert_snapshot(&tx, &snap.to_row())?;
-            session::end(&tx, self.session)?;
-            tx.commit()?;
-            Ok(())
+            // Durable before commit returns: the snapshot is reported done from here on.
+            index::durably(&mut self.store.db(), |db| {
+                let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                index::insert_snapshot(&tx, &snap.to_row())?;
+                session::end(&tx, self.session)?;
+                tx.commit()?;
+                Ok(())
+            })
         })();
         if let Err(e) = result {
             if let Err(removal) = snapshot::remove_record(&self.store, &snap) {
