@@ -391,6 +391,54 @@ fn the_destination_must_be_the_exporters_own_empty_folder_and_no_symlink() {
     assert_eq!(mode_of(&single.join("f")), 0o666);
 }
 
+/// As root, the folders above the destination must be ones only root can change: a user
+/// who owns one (or may write to one that is not sticky) could swap a folder on the path for
+/// a symlink mid-export. A symlink on a path of root's own folders is fine.
+#[test]
+fn as_root_the_folders_above_the_destination_must_be_roots() {
+    let fx = fixture();
+    let snap = nested_snapshot(&fx.store);
+    let base = fx.dest.with_file_name("parents");
+    fs::create_dir(&base).unwrap();
+
+    let users = base.join("users");
+    fs::create_dir(&users).unwrap();
+    std::os::unix::fs::chown(&users, Some(SNAPSHOT_UID), Some(SNAPSHOT_GID)).unwrap();
+    let err = fx
+        .store
+        .export_to_dir(&snap, b"", &users.join("sub").join("dest"))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("can be changed by uid 4242"),
+        "{err}"
+    );
+    assert!(!users.join("sub").join("dest").exists());
+
+    let open = base.join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = fx
+        .store
+        .export_to_dir(&snap, b"", &open.join("dest"))
+        .unwrap_err();
+    assert!(err.to_string().contains("can be changed"), "{err}");
+
+    let sticky = base.join("sticky");
+    fs::create_dir(&sticky).unwrap();
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    fx.store
+        .export_to_dir(&snap, b"", &sticky.join("dest"))
+        .unwrap();
+
+    let real = base.join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, base.join("link")).unwrap();
+    fx.store
+        .export_to_dir(&snap, b"", &base.join("link").join("dest"))
+        .unwrap();
+    assert!(real.join("dest").join("d").is_dir());
+}
+
 const CHILD_ENV: &str = "TURKU_EXPORT_SAFETY_CHILD";
 
 /// Runs in a process of its own as `nobody` (started by the test below), exporting with the

@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag};
@@ -149,9 +149,35 @@ fn folder_is_empty(fd: BorrowedFd<'_>, path: &Path) -> Result<bool> {
 /// Creates `dest` (or takes it if it exists, is empty and is the exporting user's own) and
 /// makes it private. Returns it open, with the mode it had, which a single-entry export gives
 /// back at the end (a folder export gives it the snapshot folder's mode instead).
+/// As root, every folder above the destination must be one only root can change: owned by
+/// root and not writable by group or others (unless sticky, like `/tmp`, where others cannot
+/// rename or remove root's entries). Otherwise its owner could swap a folder on the path for
+/// a symlink between our checks and our writes and steer the export anywhere. Symlinks on
+/// the path itself are fine (resolved once here), as long as what they lead to is root's.
+fn check_parents_only_root_can_change(parent: &Path) -> Result<()> {
+    let resolved = fs::canonicalize(parent).io_ctx("resolve folder", parent)?;
+    for folder in resolved.ancestors() {
+        let meta = fs::metadata(folder).io_ctx("stat", folder)?;
+        let writable_by_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+        if meta.uid() != 0 || writable_by_others {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} (on the way to the destination) can be changed by uid {} or others, who \
+                 could redirect an export running as root; export under folders only root \
+                 can change",
+                folder.display(),
+                meta.uid()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn open_destination(dest: &Path) -> Result<(OwnedFd, Mode)> {
     if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).io_ctx("create folder", parent)?;
+        if nix::unistd::geteuid().is_root() {
+            check_parents_only_root_can_change(parent)?;
+        }
     }
     // The usual mode (umask applied) is learned here and given back to a single-entry export;
     // the folder is empty until it is made private below, and checked empty after that.
