@@ -143,20 +143,21 @@ fn process_alive(pid: u32, start: i64) -> bool {
     }
 }
 
-/// Removes sessions whose process is gone; returns how many.
-pub(crate) fn clear_dead(conn: &Connection) -> Result<usize> {
+/// The sessions whose process is gone (it crashed, or its writer abandoned the session after
+/// a failed commit), as of now. `gc` decides this set once, rolls back the records of these
+/// sessions and then ends exactly these: judging again when ending them would end a writer
+/// that died in between with its record still in the log, which would then look like a
+/// snapshot whose row the index lost while `gc` frees its data.
+pub(crate) fn dead_sessions(conn: &Connection) -> Result<Vec<i64>> {
     let mut stmt = conn.prepare("SELECT id, pid, pid_start FROM sessions")?;
     let rows: Vec<(i64, u32, i64)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut cleared = 0;
-    for (id, pid, start) in rows {
-        if !process_alive(pid, start) {
-            end(conn, id)?;
-            cleared += 1;
-        }
-    }
-    Ok(cleared)
+    Ok(rows
+        .into_iter()
+        .filter(|&(_, pid, start)| !process_alive(pid, start))
+        .map(|(id, _, _)| id)
+        .collect())
 }
 
 pub(crate) fn live_count(conn: &Connection) -> Result<i64> {

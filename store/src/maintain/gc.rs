@@ -51,6 +51,9 @@ pub struct GcStats {
     /// Tree blobs that could not be decoded while freeing (their children may leak until
     /// `repair`); a non-zero value is worth an operator's look.
     pub unreadable_trees: u64,
+    /// Packs due for repacking that could not be (a live blob failed its check, or the pack
+    /// could not be read): left untouched, each named in a warning; `verify` names the damage.
+    pub packs_not_repacked: u64,
 }
 
 impl Store {
@@ -105,18 +108,13 @@ impl Store {
 
     /// One GC run, under the GC lock.
     fn collect(&self) -> Result<GcStats> {
-        // Before the dead sessions that identify them are cleared, and before anything is
-        // freed: a rolled-back commit must never be resurrected by a repair once its blobs
-        // are gone.
-        let rolled_back_commits = snapshot::roll_back_interrupted_commits(self)? as u64;
-        let completed_forgets =
-            self.complete_interrupted_forgets(&snapshot::read_log(self)?)? as u64;
-        let mut stats = GcStats {
-            dead_sessions: session::clear_dead(&self.db())? as u64,
-            rolled_back_commits,
-            completed_forgets,
-            ..GcStats::default()
-        };
+        let mut stats = GcStats::default();
+        // Before anything is freed: a rolled-back commit must never be resurrected by a
+        // repair once its blobs are gone.
+        let dead = self.roll_back_dead_writers(&mut stats)?;
+        let logged = snapshot::read_log(self)?;
+        stats.completed_forgets = self.complete_interrupted_forgets(&logged)? as u64;
+        self.end_dead_sessions(&dead, &logged, &mut stats)?;
         // Packs whose every blob is freed are deleted batch by batch, before anything is
         // repacked: on a full disk that is what makes room (repacking needs some first).
         let mut batch = FREE_BATCH;
@@ -146,6 +144,57 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// Decides which writer sessions are dead, once, and rolls back their interrupted
+    /// commits; returns those sessions, the only ones [`Self::end_dead_sessions`] may end.
+    /// The set is taken before the rollback: a writer that dies during this run is seen
+    /// alive here, so its record and its session both wait for the next run.
+    fn roll_back_dead_writers(&self, stats: &mut GcStats) -> Result<Vec<i64>> {
+        let dead = session::dead_sessions(&self.db())?;
+        stats.rolled_back_commits += snapshot::roll_back_interrupted_commits(self)? as u64;
+        Ok(dead)
+    }
+
+    /// Ends the sessions `dead` (from [`Self::roll_back_dead_writers`]), dropping their pins,
+    /// name reservations and pack ownership, after taking back any record of theirs still
+    /// without a row in `logged` (the log as replayed after the rollback): once a session is
+    /// ended, its record would read as a snapshot whose row the index lost, and `repair`
+    /// would bring it back with its data freed.
+    fn end_dead_sessions(
+        &self,
+        dead: &[i64],
+        logged: &snapshot::Replayed,
+        stats: &mut GcStats,
+    ) -> Result<()> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let dead_set: std::collections::HashSet<i64> = dead.iter().copied().collect();
+        for (snap, _) in snapshot::records_without_rows(self, logged)? {
+            if logged
+                .writers
+                .get(&snap.key())
+                .is_some_and(|writer| dead_set.contains(writer))
+            {
+                tracing::info!(
+                    "rolling back the interrupted commit of {}/{}/{}",
+                    snap.machine,
+                    snap.source,
+                    snap.name
+                );
+                snapshot::remove_record(self, &snap)?;
+                stats.rolled_back_commits += 1;
+            }
+        }
+        for &id in dead {
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            session::end(&tx, id)?;
+            tx.commit()?;
+            stats.dead_sessions += 1;
+        }
+        Ok(())
     }
 
     /// Deletes those of `packs` whose every blob is freed.
@@ -296,7 +345,14 @@ impl Store {
                         tracing::warn!("gc: no room to repack pack {name}; left for later: {e}");
                         break;
                     }
-                    result => result?,
+                    // One unreadable pack (a corrupt live blob, a damaged trailer) must not
+                    // stop every later gc: it stays as it is, for `verify` to name and the
+                    // operator to deal with, and the rest of the run goes on.
+                    Err(e) => {
+                        tracing::warn!("gc: pack {name} not repacked; left as it is: {e}");
+                        stats.packs_not_repacked += 1;
+                    }
+                    Ok(()) => {}
                 }
             }
         }
@@ -513,5 +569,186 @@ fn held_by_a_writer(path: &Path) -> bool {
         Ok(_) => false,
         // Gone already, or not ours to judge: leave it to the removal, which says why.
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::tree::EntryData;
+    use crate::store::StoreConfig;
+
+    fn new_store(dir: &Path) -> Store {
+        Store::init(&dir.join("store"), StoreConfig::default()).unwrap()
+    }
+
+    /// Backs up a folder holding `files` (name, seed, length of pseudo-random content).
+    fn backup(store: &Store, dir: &Path, source: &str, files: &[(&str, u64, usize)]) -> Snapshot {
+        let src = dir.join(format!("src-{source}-{}", files.len()));
+        fs::create_dir_all(&src).unwrap();
+        for (name, seed, len) in files {
+            fs::write(src.join(name), turku_testkit::random_bytes(*seed, *len)).unwrap();
+        }
+        store.ingest_dir("m", source, &src, None).unwrap().0
+    }
+
+    fn repaired(store: Store) -> Store {
+        let path = store.path().to_path_buf();
+        drop(store);
+        Store::repair(&path).unwrap();
+        Store::open(&path).unwrap()
+    }
+
+    /// A writer that dies while gc runs, after gc decided which writers are dead and before
+    /// it ends their sessions (SIGKILL, or a failed commit marking its session abandoned):
+    /// its session must outlive this run, or its record would read as a snapshot whose row
+    /// the index lost while its data is freed, and `repair` would bring that back.
+    #[test]
+    fn a_writer_dying_during_gc_keeps_its_session_until_its_commit_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = new_store(dir.path());
+        let done = backup(&store, dir.path(), "s", &[("f", 1, 100_000)]);
+        // A writer between appending its record and inserting its row, built by hand: its
+        // data is the forgotten snapshot's (every pack owned by its session), its record
+        // logged under another name, its session registered to this (running) process.
+        store.forget(&done).unwrap();
+        let writer = session::register(&store.db()).unwrap();
+        store
+            .db()
+            .execute("UPDATE packs SET session = ?1", [writer])
+            .unwrap();
+        let mut committing = done.clone();
+        committing.name = format!("{}-committing", done.name);
+        snapshot::write_record(&store, &committing, writer).unwrap();
+
+        let mut stats = GcStats::default();
+        let dead = store.roll_back_dead_writers(&mut stats).unwrap();
+        assert_eq!(stats.rolled_back_commits, 0, "the writer was alive");
+        // It dies now: the start time no process has, as a kill then a reused pid show.
+        store
+            .db()
+            .execute("UPDATE sessions SET pid_start = -1 WHERE id = ?1", [writer])
+            .unwrap();
+        let logged = snapshot::read_log(&store).unwrap();
+        store.end_dead_sessions(&dead, &logged, &mut stats).unwrap();
+        let state = session::state(&store.db(), writer).unwrap();
+        let record_left = snapshot::read_log(&store)
+            .unwrap()
+            .snapshots
+            .iter()
+            .any(|s| s.name == committing.name);
+        assert!(
+            state != session::SessionState::Ended || !record_left,
+            "the session ended with its record still logged"
+        );
+        let report = store.verify(None).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+
+        // The next run rolls the commit back, ends the session and frees the data.
+        let gc = store.gc().unwrap();
+        assert_eq!((gc.rolled_back_commits, gc.dead_sessions), (1, 1), "{gc:?}");
+        assert!(gc.deleted_packs >= 1, "{gc:?}");
+        let report = store.verify(None).unwrap();
+        assert!(
+            report.is_clean() && report.interrupted_commits.is_empty(),
+            "{report:?}"
+        );
+        let store = repaired(store);
+        assert_eq!(store.snapshots(None, None).unwrap(), Vec::new());
+        assert!(store.verify(None).unwrap().is_clean());
+    }
+
+    /// Ending a dead session takes back any record of its that is still without a row, even
+    /// when the rollback pass missed it.
+    #[test]
+    fn a_dead_session_is_never_ended_with_its_record_still_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = new_store(dir.path());
+        let done = backup(&store, dir.path(), "s", &[("f", 2, 100_000)]);
+        let writer = session::register(&store.db()).unwrap();
+        let mut committing = done.clone();
+        committing.name = format!("{}-committing", done.name);
+        snapshot::write_record(&store, &committing, writer).unwrap();
+
+        let mut stats = GcStats::default();
+        let logged = snapshot::read_log(&store).unwrap();
+        store
+            .end_dead_sessions(&[writer], &logged, &mut stats)
+            .unwrap();
+        assert_eq!((stats.rolled_back_commits, stats.dead_sessions), (1, 1));
+        assert_eq!(
+            session::state(&store.db(), writer).unwrap(),
+            session::SessionState::Ended
+        );
+        let report = store.verify(None).unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        let store = repaired(store);
+        assert_eq!(store.snapshots(None, None).unwrap(), vec![done]);
+    }
+
+    /// One corrupt live blob in a pack due for repacking: gc leaves that pack as it is,
+    /// reports it, and does the rest of its work, run after run.
+    #[test]
+    fn a_corrupt_blob_in_a_pack_due_for_repacking_does_not_stop_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = new_store(dir.path());
+        let both = backup(
+            &store,
+            dir.path(),
+            "s",
+            &[("keep", 3, 100_000), ("gone", 4, 200_000)],
+        );
+        let kept = backup(&store, dir.path(), "s", &[("keep", 3, 100_000)]);
+        let other = backup(&store, dir.path(), "other", &[("x", 5, 50_000)]);
+        store.forget(&both).unwrap();
+        store.forget(&other).unwrap();
+        let EntryData::File { chunks, .. } = store.lookup(&kept, b"keep").unwrap().data else {
+            panic!("keep is a file");
+        };
+        let (pack_name, offset, stored_len): (String, i64, i64) = store
+            .db()
+            .query_row(
+                "SELECT p.name, b.offset, b.stored_len FROM blobs b JOIN packs p ON p.id = b.pack
+                 WHERE b.id = ?1",
+                [chunks[0].id.as_bytes().as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        let damaged = pack_path(&store.packs_dir(), &pack_name);
+        let mut bytes = fs::read(&damaged).unwrap();
+        bytes[(offset + stored_len / 2) as usize] ^= 0xff;
+        fs::write(&damaged, &bytes).unwrap();
+
+        let gc = store.gc().unwrap();
+        assert_eq!(gc.packs_not_repacked, 1, "{gc:?}");
+        assert_eq!(gc.repacked_packs, 0, "{gc:?}");
+        assert!(
+            gc.deleted_packs >= 1,
+            "the other snapshot's pack went: {gc:?}"
+        );
+        assert!(gc.freed_bytes >= 250_000, "{gc:?}");
+        assert_eq!(
+            fs::read(&damaged).unwrap(),
+            bytes,
+            "the pack is left as it was"
+        );
+        let again = store.gc().unwrap();
+        assert_eq!(again.packs_not_repacked, 1, "{again:?}");
+
+        let report = store.verify(None).unwrap();
+        assert!(
+            report
+                .affected
+                .iter()
+                .any(|a| a.contains(&kept.name) && a.ends_with(": keep")),
+            "{report:?}"
+        );
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.subject.contains(&chunks[0].id.to_string())),
+            "{report:?}"
+        );
     }
 }
