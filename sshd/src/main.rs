@@ -493,6 +493,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for s in &report.damaged_snapshots {
                 println!("damaged snapshot (kept; see `verify`): {s}");
             }
+            for s in &report.unreadable_trees {
+                println!("unreadable tree (nothing below it referenced; see `verify`): {s}");
+            }
             println!(
                 "rebuilt index: {} packs, {} blobs ({} duplicates), {} snapshots",
                 report.packs, report.blobs, report.duplicate_blobs, report.snapshots

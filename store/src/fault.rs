@@ -8,7 +8,8 @@
 //! - [`SNAPSHOT_LOG_WRITE`]: appending a line to the snapshot log: half the line is written,
 //!   then the write fails (a torn append, as a full disk or a crash leaves);
 //! - [`SNAPSHOT_LOG_TRUNCATE`]: cutting a failed append back off the log;
-//! - [`COMMIT_ROW`]: the transaction that inserts a committed snapshot's row.
+//! - [`COMMIT_ROW`]: the transaction that inserts a committed snapshot's row;
+//! - [`TREE_READ`]: `repair` reading a tree blob from its pack (a read site).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +19,13 @@ pub(crate) const PACK_WRITE: &str = "pack-write";
 pub(crate) const SNAPSHOT_LOG_WRITE: &str = "snapshot-log-write";
 pub(crate) const SNAPSHOT_LOG_TRUNCATE: &str = "snapshot-log-truncate";
 pub(crate) const COMMIT_ROW: &str = "commit-row";
-pub(crate) const SITES: [&str; 4] = [
+pub(crate) const TREE_READ: &str = "tree-read";
+pub(crate) const SITES: [&str; 5] = [
     PACK_WRITE,
     SNAPSHOT_LOG_WRITE,
     SNAPSHOT_LOG_TRUNCATE,
     COMMIT_ROW,
+    TREE_READ,
 ];
 
 struct Fault {

@@ -1,20 +1,22 @@
 //! `repair`: rebuild the index from packs and snapshot records alone, under a temporary
 //! name swapped in only when complete; unreadable packs go to quarantine.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use rusqlite::TransactionBehavior;
 use serde::Serialize;
 
-use crate::error::{IoContext, Result};
+use crate::error::{IoContext, Result, StoreError};
 use crate::format::id::Id;
 use crate::format::pack;
-use crate::format::pack::{list_pack_files, pack_name_of};
+use crate::format::pack::{list_pack_files, pack_name_of, pack_path, BlobLocation};
 use crate::format::tree::{self};
 use crate::format::*;
 use crate::fsutil::remove_if_exists;
 use crate::index;
+use crate::index::IndexedBlob;
 use crate::snapshot::{self};
 use crate::store::{LockMode, Store};
 
@@ -32,6 +34,21 @@ pub struct RepairReport {
     /// Snapshots whose root tree is in no readable pack: kept, for `verify` to name and
     /// the operator to forget or restore.
     pub damaged_snapshots: Vec<String>,
+    /// Blobs whose first listed copy failed its hash check and which are now indexed at a
+    /// duplicate copy that passed it.
+    pub blobs_moved_to_good_copy: u64,
+    /// Trees no stored copy of which passes its hash check (id, why, packs, and the
+    /// snapshots whose root it is): their children get no reference from them. `verify`
+    /// names the paths they affect.
+    pub unreadable_trees: Vec<String>,
+}
+
+/// What reading every stored copy of one blob found.
+struct CopyCheck {
+    /// The first copy that passed its hash check: its index among the copies, and the plaintext.
+    good: Option<(usize, Vec<u8>)>,
+    /// The first copy that could not be read at all (not a hash mismatch), with why.
+    io_error: Option<(usize, StoreError)>,
 }
 
 impl Store {
@@ -90,6 +107,9 @@ impl Store {
         let mut report = RepairReport::default();
         let mut damaged = Vec::new();
         let mut trees: Vec<Id> = Vec::new();
+        // Every copy of each blob stored more than once, the indexed one first: a corrupt
+        // first copy must not hide a good one (nor a repack discard that as dead bytes).
+        let mut duplicates: BTreeMap<Id, Vec<IndexedBlob>> = BTreeMap::new();
         for file in list_pack_files(&self.packs_dir())? {
             let Some(name) = pack_name_of(&file) else {
                 continue;
@@ -107,8 +127,26 @@ impl Store {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let before: i64 = tx.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
-            index::insert_pack(&tx, &name, size, &blobs, &|_| None, None)?;
+            let pack_id = index::insert_pack(&tx, &name, size, &blobs, &|_| None, None)?;
             let after: i64 = tx.query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))?;
+            if ((after - before) as usize) < blobs.len() {
+                for b in &blobs {
+                    let Some(indexed) = index::find_blob(&tx, &b.id)? else {
+                        continue;
+                    };
+                    if indexed.pack_id == pack_id && indexed.location.offset == b.offset {
+                        continue;
+                    }
+                    duplicates
+                        .entry(b.id)
+                        .or_insert_with(|| vec![indexed])
+                        .push(IndexedBlob {
+                            location: *b,
+                            pack_id,
+                            pack_name: name.clone(),
+                        });
+                }
+            }
             tx.commit()?;
             report.packs += 1;
             report.blobs += (after - before) as u64;
@@ -120,22 +158,53 @@ impl Store {
                     .map(|b| b.id),
             );
         }
+        self.settle_duplicate_chunks(&duplicates, &mut report)?;
         trees.sort();
         trees.dedup();
+        // Trees no copy of which verifies: why, and the packs holding them.
+        let mut unreadable_trees: BTreeMap<Id, String> = BTreeMap::new();
         for batch in trees.chunks(1024) {
             let mut children = Vec::new();
+            let mut moves = Vec::new();
             for id in batch {
-                match self
-                    .read_blob(id)
-                    .ok()
-                    .and_then(|raw| tree::decode(&raw).ok())
-                {
-                    Some(node) => children.extend(node.children()),
-                    None => tracing::warn!("repair: tree {id} is unreadable"),
+                let copies = match duplicates.get(id) {
+                    Some(copies) => copies.clone(),
+                    None => index::find_blob(&self.db(), id)?.into_iter().collect(),
+                };
+                let check = self.check_copies(&copies, true)?;
+                let decoded = match check.good {
+                    Some((at, raw)) => {
+                        if at > 0 {
+                            moves.push((copies[0].clone(), copies[at].clone()));
+                        }
+                        tree::decode(&raw).map_err(|e| format!("does not decode: {e}"))
+                    }
+                    None => match check.io_error {
+                        // Skipping it would leave its children unreferenced, and the next
+                        // `gc` would free them although the tree may be intact on disk.
+                        Some((at, error)) => return Err(tree_read_failed(&copies[at], error)),
+                        None => Err("no stored copy passes its hash check".to_string()),
+                    },
+                };
+                match decoded {
+                    Ok(node) => children.extend(node.children()),
+                    Err(why) => {
+                        let packs: Vec<&str> =
+                            copies.iter().map(|c| c.pack_name.as_str()).collect();
+                        let what = format!("{why} (pack {})", packs.join(", "));
+                        tracing::error!(
+                            "repair: tree {id}: {what}; nothing below it gets a reference from it"
+                        );
+                        unreadable_trees.insert(*id, what);
+                    }
                 }
             }
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (from, to) in &moves {
+                move_blob_row(&tx, from, to)?;
+            }
+            report.blobs_moved_to_good_copy += moves.len() as u64;
             {
                 let mut inc =
                     tx.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE id = ?1")?;
@@ -145,6 +214,7 @@ impl Store {
             }
             tx.commit()?;
         }
+        let mut roots_of: BTreeMap<Id, Vec<String>> = BTreeMap::new();
         let logged = snapshot::read_log(self)?;
         if logged.bad_lines > 0 {
             tracing::warn!(
@@ -155,10 +225,13 @@ impl Store {
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for snap in logged.snapshots {
+            let label = format!("{}/{}/{}", snap.machine, snap.source, snap.name);
+            if unreadable_trees.contains_key(&snap.root) {
+                roots_of.entry(snap.root).or_default().push(label.clone());
+            }
             // A snapshot whose root is in no readable pack keeps its row: `verify` names it
             // and the operator decides (dropping it would also hide it from them).
             if !index::insert_snapshot_row(&tx, &snap.to_row())? {
-                let label = format!("{}/{}/{}", snap.machine, snap.source, snap.name);
                 tracing::warn!(
                     "repair: snapshot {label}: root tree {} is in no pack",
                     snap.root
@@ -170,7 +243,156 @@ impl Store {
             report.snapshots += 1;
         }
         tx.commit()?;
+        for (id, what) in unreadable_trees {
+            let roots = match roots_of.get(&id) {
+                Some(snaps) => format!("; root of {}", snaps.join(", ")),
+                None => String::new(),
+            };
+            report.unreadable_trees.push(format!("{id}: {what}{roots}"));
+        }
         Ok((report, damaged))
+    }
+
+    /// Indexes each chunk stored more than once at a copy that passes its hash check, when
+    /// the first listed one does not. (Trees are settled as the reference walk reads them.)
+    fn settle_duplicate_chunks(
+        &self,
+        duplicates: &BTreeMap<Id, Vec<IndexedBlob>>,
+        report: &mut RepairReport,
+    ) -> Result<()> {
+        let chunks: Vec<&Vec<IndexedBlob>> = duplicates
+            .values()
+            .filter(|copies| copies[0].location.kind != BLOB_KIND_TREE)
+            .collect();
+        for batch in chunks.chunks(1024) {
+            let mut moves = Vec::new();
+            for copies in batch {
+                let check = self.check_copies(copies, false)?;
+                match check.good {
+                    Some((0, _)) => {}
+                    Some((at, _)) => moves.push((copies[0].clone(), copies[at].clone())),
+                    // A chunk refers to nothing: whichever copy stays indexed, no reference
+                    // is lost, and `verify` names the files that need it.
+                    None => tracing::warn!(
+                        "repair: no copy of chunk {} passes its hash check",
+                        copies[0].location.id
+                    ),
+                }
+            }
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (from, to) in &moves {
+                move_blob_row(&tx, from, to)?;
+            }
+            tx.commit()?;
+            report.blobs_moved_to_good_copy += moves.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads the copies of one blob in order until one passes its hash check.
+    fn check_copies(&self, copies: &[IndexedBlob], is_tree: bool) -> Result<CopyCheck> {
+        let mut io_error = None;
+        for (at, copy) in copies.iter().enumerate() {
+            let injected = if is_tree {
+                crate::fault::check(Some(self.path()), crate::fault::TREE_READ)
+                    .io_ctx("read pack", pack_path(&self.packs_dir(), &copy.pack_name))
+            } else {
+                Ok(())
+            };
+            let decoded = injected
+                .and_then(|()| self.read_stored(&copy.pack_name, &copy.location))
+                .and_then(|stored| self.decode_stored(&copy.pack_name, &copy.location, &stored));
+            match decoded {
+                Ok(raw) => {
+                    if at > 0 {
+                        tracing::warn!(
+                            "repair: blob {} is now indexed at its copy in pack {}: the one in pack {} fails its hash check",
+                            copy.location.id,
+                            copy.pack_name,
+                            copies[0].pack_name
+                        );
+                    }
+                    return Ok(CopyCheck {
+                        good: Some((at, raw)),
+                        io_error: None,
+                    });
+                }
+                Err(StoreError::CorruptBlob { .. }) => {}
+                Err(e) => {
+                    if io_error.is_none() {
+                        io_error = Some((at, e));
+                    }
+                }
+            }
+        }
+        Ok(CopyCheck {
+            good: None,
+            io_error,
+        })
+    }
+}
+
+/// Points a blob's row at another copy, moving its bytes between the packs' dead (and
+/// deferred) counts so a repack drops the bad copy, not the good one.
+fn move_blob_row(
+    tx: &rusqlite::Transaction<'_>,
+    from: &IndexedBlob,
+    to: &IndexedBlob,
+) -> Result<()> {
+    let (old, new): (&BlobLocation, &BlobLocation) = (&from.location, &to.location);
+    tx.prepare_cached(
+        "UPDATE blobs SET kind = ?2, pack = ?3, offset = ?4, stored_len = ?5, raw_len = ?6,
+         compression = ?7 WHERE id = ?1",
+    )?
+    .execute(rusqlite::params![
+        new.id.as_bytes().as_slice(),
+        new.kind,
+        to.pack_id,
+        new.offset as i64,
+        new.stored_len,
+        new.raw_len,
+        new.compression
+    ])?;
+    let mut counts = tx.prepare_cached(
+        "UPDATE packs SET dead_bytes = dead_bytes + ?2, deferred_bytes = deferred_bytes + ?3
+         WHERE id = ?1",
+    )?;
+    let deferred = |l: &BlobLocation| {
+        if l.compression == COMPRESSION_DEFERRED {
+            i64::from(l.stored_len)
+        } else {
+            0
+        }
+    };
+    counts.execute(rusqlite::params![
+        from.pack_id,
+        i64::from(old.stored_len),
+        -deferred(old)
+    ])?;
+    counts.execute(rusqlite::params![
+        to.pack_id,
+        -i64::from(new.stored_len),
+        deferred(new)
+    ])?;
+    Ok(())
+}
+
+/// The error that stops a repair when a tree cannot be read (rather than failing its hash
+/// check), naming the blob and its pack.
+fn tree_read_failed(copy: &IndexedBlob, error: StoreError) -> StoreError {
+    let kind = match &error {
+        StoreError::Io { source, .. } | StoreError::DiskFull { source, .. } => source.kind(),
+        _ => std::io::ErrorKind::Other,
+    };
+    let what = format!(
+        "tree {} at offset {}: {error}",
+        copy.location.id, copy.location.offset
+    );
+    StoreError::Io {
+        op: "repair stopped, the old index stays in place: cannot read a tree in pack",
+        path: PathBuf::from(&copy.pack_name),
+        source: std::io::Error::new(kind, what),
     }
 }
 
