@@ -241,8 +241,9 @@ impl From<AppendFailure> for StoreError {
 /// of an unchanged tree add no inodes.
 ///
 /// A torn last line (an append cut short by a full disk, an I/O error or a crash) is ended
-/// with a newline first, under the log's lock, so it can never swallow this line: replay
-/// skips the fragment and reads this one. A failed append is cut back off (the log's length
+/// with a newline first (after `SNAPSHOT_LOG_TORN_MARK` when it is a cut-short object),
+/// under the log's lock, so it can never swallow this line: replay skips the fragment and
+/// reads this one. A failed append is cut back off (the log's length
 /// before it is restored), so it leaves no fragment behind when it can help it.
 fn append_log(store: &Store, line: &LogLine) -> std::result::Result<(), AppendFailure> {
     let untouched = |error| AppendFailure {
@@ -266,6 +267,16 @@ fn append_log(store: &Store, line: &LogLine) -> std::result::Result<(), AppendFa
             .map_err(untouched)?;
         if last[0] != b'\n' {
             tracing::warn!("{}: ending a torn last line", path.display());
+            let log = fs::read(&path)
+                .io_ctx("read snapshot log", &path)
+                .map_err(untouched)?;
+            if let Some(torn) = parse_lines(&log).last() {
+                // Marked, so it reads as a torn append once it is no longer last, not as
+                // damage; a whole line that only lacks its newline stays a record.
+                if matches!(torn.parsed, Parsed::Bad(BadLineKind::TornTail, _)) {
+                    bytes.extend_from_slice(SNAPSHOT_LOG_TORN_MARK);
+                }
+            }
             bytes.push(b'\n');
         }
     }
@@ -331,82 +342,213 @@ pub(crate) fn remove_record(store: &Store, snap: &Snapshot) -> Result<()> {
     )?)
 }
 
-/// What replaying the log gives: live snapshots, and how much of the log is dead.
+/// Why a line of the log gives no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadLineKind {
+    /// The last line, without its newline, cut short mid-object: what a crash or a failed
+    /// append leaves. Expected; compaction drops it.
+    TornTail,
+    /// A torn append that a later append ended, marked with `SNAPSHOT_LOG_TORN_MARK`.
+    /// Expected; compaction drops it.
+    EndedFragment,
+    /// Anything else (a flipped bit, a bad edit): it may be a committed snapshot's record,
+    /// so it is never dropped, only reported, and an operator can mend it by hand.
+    Damaged,
+}
+
+/// A line of the log that gives no record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadLine {
+    /// 1-based, counting every line of the file.
+    pub number: usize,
+    pub kind: BadLineKind,
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.number, self.reason)
+    }
+}
+
+/// What replaying the log gives: live snapshots, the forgotten ones, and bad lines.
 pub(crate) struct Replayed {
     pub snapshots: Vec<Snapshot>,
     /// The writer session each record names, by (machine, source, name).
     pub writers: HashMap<(String, String, String), i64>,
-    pub forgets: usize,
     /// Snapshots whose last line is a forget, with the root their record named: a row of one
     /// with that root is a forget cut short.
     pub forgotten: HashMap<(String, String, String), Id>,
-    /// Lines that did not parse (a torn last line after a crash is expected).
-    pub bad_lines: usize,
+    /// Lines that give no record, in log order.
+    pub bad_lines: Vec<BadLine>,
 }
 
-fn replay(bytes: &[u8], path: &std::path::Path) -> Result<Replayed> {
+impl Replayed {
+    /// Bad lines that are not what a torn append leaves: possibly lost records.
+    pub fn damaged_lines(&self) -> impl Iterator<Item = &BadLine> {
+        self.bad_lines
+            .iter()
+            .filter(|l| l.kind == BadLineKind::Damaged)
+    }
+}
+
+/// One line of the log, decoded.
+enum Parsed {
+    Add(Box<Snapshot>, Option<i64>),
+    Forget((String, String, String)),
+    Bad(BadLineKind, String),
+}
+
+/// One line of the log: its bytes without the newline, and whether it had one.
+struct Line<'a> {
+    number: usize,
+    text: &'a [u8],
+    ended: bool,
+    parsed: Parsed,
+}
+
+/// Splits the log into its non-empty lines and decodes each; never fails, so one damaged
+/// line cannot stop the others from being read.
+fn parse_lines(bytes: &[u8]) -> Vec<Line<'_>> {
+    let pieces: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let last = pieces.len() - 1;
+    pieces
+        .into_iter()
+        .enumerate()
+        .filter(|(_, text)| !text.is_empty())
+        .map(|(i, text)| Line {
+            number: i + 1,
+            text,
+            ended: i < last,
+            parsed: parse_line(text, i < last),
+        })
+        .collect()
+}
+
+fn parse_line(text: &[u8], ended: bool) -> Parsed {
+    match serde_json::from_slice::<LogLine>(text) {
+        Ok(LogLine::Add { record }) => {
+            let writer = record.writer_session;
+            match from_record(*record) {
+                Ok(snap) => Parsed::Add(Box::new(snap), writer),
+                Err(reason) => Parsed::Bad(BadLineKind::Damaged, reason),
+            }
+        }
+        Ok(LogLine::Forget {
+            machine,
+            source,
+            name,
+        }) => Parsed::Forget((machine, source, name)),
+        Err(_) if text.ends_with(SNAPSHOT_LOG_TORN_MARK) => Parsed::Bad(
+            BadLineKind::EndedFragment,
+            "a torn append, ended by the next".into(),
+        ),
+        // Only a prefix of a line (the object never closed) is a torn append; a flipped
+        // byte at the end of the last line (its newline, say) is damage like any other.
+        Err(e) if !ended && e.is_eof() => {
+            Parsed::Bad(BadLineKind::TornTail, "a torn last line".into())
+        }
+        Err(e) => Parsed::Bad(
+            BadLineKind::Damaged,
+            format!(
+                "not a log line ({:?} error at column {})",
+                e.classify(),
+                e.column()
+            ),
+        ),
+    }
+}
+
+fn replay(lines: &[Line<'_>]) -> Replayed {
     let mut live: std::collections::BTreeMap<(String, String, String), Snapshot> =
         Default::default();
     let mut writers = HashMap::new();
     let mut forgotten = HashMap::new();
-    let (mut forgets, mut bad_lines) = (0, 0);
-    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<LogLine>(line) {
-            Ok(LogLine::Add { record }) => {
-                let writer = record.writer_session;
-                let snap = from_record(*record, path)?;
+    let mut bad_lines = Vec::new();
+    for line in lines {
+        match &line.parsed {
+            Parsed::Add(snap, writer) => {
                 if let Some(w) = writer {
-                    writers.insert(snap.key(), w);
+                    writers.insert(snap.key(), *w);
                 }
                 forgotten.remove(&snap.key());
-                live.insert(snap.key(), snap);
+                live.insert(snap.key(), (**snap).clone());
             }
-            Ok(LogLine::Forget {
-                machine,
-                source,
-                name,
-            }) => {
-                forgets += 1;
-                let key = (machine, source, name);
-                if let Some(snap) = live.remove(&key) {
-                    forgotten.insert(key, snap.root);
+            Parsed::Forget(key) => {
+                if let Some(snap) = live.remove(key) {
+                    forgotten.insert(key.clone(), snap.root);
                 }
             }
-            Err(_) => bad_lines += 1,
+            Parsed::Bad(kind, reason) => bad_lines.push(BadLine {
+                number: line.number,
+                kind: *kind,
+                reason: reason.clone(),
+            }),
         }
     }
     writers.retain(|k, _| live.contains_key(k));
-    Ok(Replayed {
+    Replayed {
         snapshots: live.into_values().collect(),
         writers,
-        forgets,
         forgotten,
         bad_lines,
-    })
+    }
 }
 
 /// Decodes a snapshot log's bytes into its live snapshots (for fuzzing: never panics; a
-/// torn or unparsable line is skipped, a malformed record is a typed error).
+/// line that gives no record, torn, unparsable or malformed, is skipped, never an error).
 pub fn decode_log(bytes: &[u8]) -> Result<Vec<Snapshot>> {
-    Ok(replay(bytes, std::path::Path::new(SNAPSHOT_LOG_FILE))?.snapshots)
+    Ok(replay(&parse_lines(bytes)).snapshots)
 }
 
 pub(crate) fn read_log(store: &Store) -> Result<Replayed> {
     let path = log_path(store);
-    match fs::read(&path) {
-        Ok(bytes) => replay(&bytes, &path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Replayed {
-            snapshots: Vec::new(),
-            writers: HashMap::new(),
-            forgets: 0,
-            forgotten: Default::default(),
-            bad_lines: 0,
-        }),
-        Err(e) => Err(e).io_ctx("read snapshot log", path),
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).io_ctx("read snapshot log", path),
+    };
+    let replayed = replay(&parse_lines(&bytes));
+    for line in replayed.damaged_lines() {
+        tracing::warn!("{}: {line} (kept as is)", path.display());
     }
+    Ok(replayed)
 }
 
-/// Rewrites the log with only live snapshots once forgotten ones dominate it.
+/// Which lines compaction keeps (`true`), in log order. Live records stay, and damaged lines
+/// stay verbatim in place: one may be a committed snapshot's record that an operator can
+/// mend. Forgets and the records they forgot go, and so do fragments of torn appends.
+fn lines_to_keep(lines: &[Line<'_>]) -> Vec<bool> {
+    let mut latest_add: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut keep = vec![false; lines.len()];
+    let mut damage_seen = false;
+    for (i, line) in lines.iter().enumerate() {
+        match &line.parsed {
+            Parsed::Add(snap, _) => {
+                if let Some(earlier) = latest_add.insert(snap.key(), i) {
+                    keep[earlier] = false;
+                }
+                keep[i] = true;
+            }
+            // A forget goes with the record it forgot. One that forgot nothing after a
+            // damaged line stays: that line may be its record, which must stay forgotten
+            // if someone mends it.
+            Parsed::Forget(key) => match latest_add.remove(key) {
+                Some(record) => keep[record] = false,
+                None => keep[i] = damage_seen,
+            },
+            Parsed::Bad(BadLineKind::Damaged, _) => {
+                damage_seen = true;
+                keep[i] = true;
+            }
+            Parsed::Bad(BadLineKind::TornTail | BadLineKind::EndedFragment, _) => {}
+        }
+    }
+    keep
+}
+
+/// Rewrites the log without forgotten snapshots once their forget lines outnumber the live
+/// records (lines kept for damage do not count, or every `gc` would rewrite the log).
 pub(crate) fn compact_log(store: &Store) -> Result<bool> {
     let path = log_path(store);
     if !path.exists() {
@@ -414,8 +556,15 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
     }
     let locked = open_log_locked(store)?;
     let bytes = fs::read(&path).io_ctx("read snapshot log", &path)?;
-    let replayed = replay(&bytes, &path)?;
-    if replayed.forgets + replayed.bad_lines <= replayed.snapshots.len() {
+    let lines = parse_lines(&bytes);
+    let keep = lines_to_keep(&lines);
+    let dropped_forgets = lines
+        .iter()
+        .zip(&keep)
+        .filter(|(line, kept)| matches!(line.parsed, Parsed::Forget(_)) && !**kept)
+        .count();
+    let replayed = replay(&lines);
+    if dropped_forgets <= replayed.snapshots.len() {
         return Ok(false);
     }
     // The forget lines are about to go: no row may outlive its own (a forget cut short).
@@ -423,14 +572,16 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
     let tmp = path.with_extension("compact");
     let written = (|| -> Result<()> {
         let mut f = fs::File::create(&tmp).io_ctx("write snapshot log", &tmp)?;
-        for snap in &replayed.snapshots {
-            let mut line = serde_json::to_vec(&LogLine::Add {
-                record: Box::new(snap.record(replayed.writers.get(&snap.key()).copied())),
-            })
-            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-            line.push(b'\n');
-            f.write_all(&line).io_ctx("write snapshot log", &tmp)?;
+        let mut out = Vec::with_capacity(bytes.len());
+        // Verbatim, so a kept damaged line keeps its exact bytes (and a damaged last line
+        // without its newline stays so).
+        for (line, _) in lines.iter().zip(&keep).filter(|(_, kept)| **kept) {
+            out.extend_from_slice(line.text);
+            if line.ended {
+                out.push(b'\n');
+            }
         }
+        f.write_all(&out).io_ctx("write snapshot log", &tmp)?;
         f.sync_all().io_ctx("fsync snapshot log", &tmp)
     })();
     if let Err(e) = written {
@@ -444,15 +595,21 @@ pub(crate) fn compact_log(store: &Store) -> Result<bool> {
     Ok(true)
 }
 
-fn from_record(rec: Record, path: &std::path::Path) -> Result<Snapshot> {
-    let bad = |reason: String| StoreError::CorruptSnapshotRecord {
-        path: path.to_path_buf(),
-        reason,
-    };
+/// Checks a record; a malformed one is a damaged line (why, as the error).
+fn from_record(rec: Record) -> std::result::Result<Snapshot, String> {
     if rec.format != SNAPSHOT_RECORD_MAGIC {
-        return Err(bad("unknown record format".into()));
+        return Err("unknown record format".into());
     }
-    let root = Id::from_hex(&rec.root).ok_or_else(|| bad("bad root id".into()))?;
+    let root = Id::from_hex(&rec.root).ok_or("bad root id")?;
+    for (what, value) in [
+        ("machine", &rec.machine),
+        ("source", &rec.source),
+        ("name", &rec.name),
+    ] {
+        if !valid_label(value) {
+            return Err(format!("bad {what} {value:?}"));
+        }
+    }
     Ok(Snapshot {
         machine: rec.machine,
         source: rec.source,
@@ -464,6 +621,12 @@ fn from_record(rec: Record, path: &std::path::Path) -> Result<Snapshot> {
         time_end_ns: rec.time_end_ns,
         stats: rec.stats,
     })
+}
+
+/// What a writer accepts in a machine, source or snapshot name: not empty, no `/`, no
+/// control characters (a row with one would make paths and listings ambiguous).
+fn valid_label(value: &str) -> bool {
+    !value.is_empty() && !value.contains('/') && !value.chars().any(char::is_control)
 }
 
 /// Builds a Turku-style snapshot name from the finish time (UTC) and a random suffix.
@@ -782,6 +945,95 @@ mod tests {
         // A repair now cannot resurrect it.
         let store = repaired(store);
         assert_eq!(store.snapshots(None, None).unwrap(), vec![committed]);
+    }
+
+    fn kinds(log: &[u8]) -> Vec<(usize, BadLineKind)> {
+        replay(&parse_lines(log))
+            .bad_lines
+            .into_iter()
+            .map(|l| (l.number, l.kind))
+            .collect()
+    }
+
+    /// Only a cut-short object at the very end, or one an append marked as such, reads as a
+    /// torn append; anything else that gives no record is damage (reported, never dropped).
+    #[test]
+    fn bad_lines_are_told_apart_from_torn_appends() {
+        let (_dir, _store, snap) = store_with_one_snapshot();
+        let line = serde_json::to_vec(&LogLine::Add {
+            record: Box::new(snap.record(Some(1))),
+        })
+        .unwrap();
+        let half = &line[..line.len() / 2];
+        let joined = |parts: &[&[u8]]| parts.concat();
+        let nl: &[u8] = b"\n";
+        // A fragment at the end; marked in the middle; unmarked in the middle.
+        let log = joined(&[
+            half,
+            nl,
+            &line,
+            nl,
+            half,
+            SNAPSHOT_LOG_TORN_MARK,
+            nl,
+            &line,
+            nl,
+            half,
+        ]);
+        assert_eq!(
+            kinds(&log),
+            vec![
+                (1, BadLineKind::Damaged),
+                (3, BadLineKind::EndedFragment),
+                (5, BadLineKind::TornTail)
+            ]
+        );
+        assert_eq!(decode_log(&log).unwrap(), vec![snap.clone()]);
+        // A whole line whose newline flipped is damage, though it is last.
+        assert_eq!(
+            kinds(&joined(&[&line, b"\x0b"])),
+            vec![(1, BadLineKind::Damaged)]
+        );
+        // A whole line that only lacks its newline is a record.
+        assert_eq!(decode_log(&line).unwrap(), vec![snap]);
+    }
+
+    /// An append after a torn fragment marks it, so `verify` does not call it damage, and
+    /// compaction drops it; after a whole line that only lacks its newline it adds just the
+    /// newline, keeping the record.
+    #[test]
+    fn an_append_marks_the_torn_fragment_it_ends() {
+        let (_dir, store, snap) = store_with_one_snapshot();
+        let path = log_path(&store);
+        let whole = fs::read(&path).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&whole[..whole.len() / 2]);
+        fs::write(&path, &torn).unwrap();
+        let mut other = snap.clone();
+        other.name = format!("{}-other", snap.name);
+        write_record(&store, &other, 999_999).unwrap();
+        let replayed = read_log(&store).unwrap();
+        assert_eq!(replayed.snapshots.len(), 2);
+        assert_eq!(
+            replayed
+                .bad_lines
+                .iter()
+                .map(|l| l.kind)
+                .collect::<Vec<_>>(),
+            vec![BadLineKind::EndedFragment]
+        );
+        assert!(fs::read(&path)
+            .unwrap()
+            .windows(SNAPSHOT_LOG_TORN_MARK.len() + 1)
+            .any(|w| w == [SNAPSHOT_LOG_TORN_MARK, b"\n"].concat()));
+
+        // A record missing only its newline.
+        let log = fs::read(&path).unwrap();
+        fs::write(&path, &log[..log.len() - 1]).unwrap();
+        let mut third = snap.clone();
+        third.name = format!("{}-third", snap.name);
+        write_record(&store, &third, 999_999).unwrap();
+        assert_eq!(read_log(&store).unwrap().snapshots.len(), 3);
     }
 
     /// A record without a row whose writer ended normally means the index lost the row:

@@ -40,6 +40,11 @@ pub const PACK_SUFFIX: &str = ".pack";
 /// Append-only log of snapshot records (adds and forgets), one JSON object per line.
 pub const SNAPSHOT_LOG_FILE: &str = "records.log";
 
+/// What an append writes after a torn fragment it finds at the end of the snapshot log,
+/// before its newline: marks the line as a cut-short append, not damage. No single flipped
+/// byte turns a record line (ending in `}`) into one ending with it.
+pub const SNAPSHOT_LOG_TORN_MARK: &[u8] = b" #torn";
+
 /// Space held back for `forget` and `gc` on a full disk (see `FULL_DISK_RESERVE_BYTES`).
 pub const RESERVE_FILE: &str = "space.reserve";
 

@@ -27,6 +27,9 @@ pub struct RepairReport {
     pub blobs: u64,
     pub duplicate_blobs: u64,
     pub snapshots: u64,
+    /// Lines of the snapshot log that are no record and no torn append (`line N: why`):
+    /// damage that may have cost a snapshot, kept in the log for an operator to mend.
+    pub damaged_log_lines: Vec<String>,
     /// Pack files whose trailer could not be read, with why (nothing in them is indexed).
     pub unreadable_packs: Vec<String>,
     /// Where those were moved, under `quarantine/`.
@@ -216,12 +219,7 @@ impl Store {
         }
         let mut roots_of: BTreeMap<Id, Vec<String>> = BTreeMap::new();
         let logged = snapshot::read_log(self)?;
-        if logged.bad_lines > 0 {
-            tracing::warn!(
-                "repair: {} unreadable snapshot log lines ignored",
-                logged.bad_lines
-            );
-        }
+        report.damaged_log_lines = logged.damaged_lines().map(|l| l.to_string()).collect();
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for snap in logged.snapshots {

@@ -167,6 +167,15 @@ impl Store {
     fn verify_records(&self, report: &mut VerifyReport) -> Result<()> {
         let rows = self.snapshots(None, None)?;
         let logged = snapshot::read_log(self)?;
+        for line in logged.damaged_lines() {
+            report.problems.push(Problem {
+                subject: format!("snapshot log line {}", line.number),
+                reason: format!(
+                    "{} (a damaged record? kept as is: mend it by hand, then run repair)",
+                    line.reason
+                ),
+            });
+        }
         let in_log: HashMap<_, _> = logged.snapshots.iter().map(|s| (s.key(), s.root)).collect();
         for s in &rows {
             let subject = format!("snapshot {}/{}/{}", s.machine, s.source, s.name);
