@@ -128,6 +128,20 @@ fn a_corrupt_first_copy_does_not_hide_a_good_duplicate() {
 
     let gc = Store::open(&root).unwrap().gc().unwrap();
     assert_eq!(gc.freed_blobs, 0, "{gc:?}");
+    let left: Vec<PathBuf> = pack_files(&root)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("000000")
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "gc keeps the damaged copies: {left:?} {gc:?}"
+    );
     assert_verifies_and_exports(&root, &snaps, &dir.path().join("out2"));
 }
 
