@@ -87,9 +87,16 @@ impl Store {
         if lock.try_lock().is_err() {
             return Err(StoreError::Busy("another gc is running".into()));
         }
+        // GC unlinks pack files once rows no longer point at them: those row changes must be
+        // on disk first, or a power cut could bring back rows naming deleted packs. Every
+        // commit of this run is synced (a few per batch, off the backup's path).
+        self.db().pragma_update(None, "synchronous", "FULL")?;
         // Every step is safe to run again, so a run cut short by a full disk starts over
         // once the reserve is freed.
-        let stats = self.with_room(|| self.collect())?;
+        let collected = self.with_room(|| self.collect());
+        let restored = self.db().pragma_update(None, "synchronous", "NORMAL");
+        let stats = collected?;
+        restored?;
         if let Err(e) = crate::space::ensure_reserve(self.path()) {
             tracing::warn!("gc: the space reserve is not restored: {e}");
         }
