@@ -270,12 +270,14 @@ fn append_log(store: &Store, line: &LogLine) -> std::result::Result<(), AppendFa
             let log = fs::read(&path)
                 .io_ctx("read snapshot log", &path)
                 .map_err(untouched)?;
-            if let Some(torn) = parse_lines(&log).last() {
-                // Marked, so it reads as a torn append once it is no longer last, not as
-                // damage; a whole line that only lacks its newline stays a record.
-                if matches!(torn.parsed, Parsed::Bad(BadLineKind::TornTail, _)) {
-                    bytes.extend_from_slice(SNAPSHOT_LOG_TORN_MARK);
-                }
+            let torn = log.rsplit(|&b| b == b'\n').next().unwrap_or_default();
+            // Marked, so it reads as a torn append once it is no longer last, not as damage;
+            // a whole line that only lacks its newline stays a record.
+            if matches!(
+                parse_line(torn, false),
+                Parsed::Bad(BadLineKind::TornTail, _)
+            ) {
+                bytes.extend_from_slice(SNAPSHOT_LOG_TORN_MARK);
             }
             bytes.push(b'\n');
         }
