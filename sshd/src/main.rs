@@ -479,6 +479,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     stats.moved_blobs, stats.compressed_blobs, stats.compression_saved_bytes,
                     stats.removed_orphans, stats.dead_sessions, stats.rolled_back_commits
                 );
+                // What needs an operator: said apart, so it is not lost in the summary.
+                if stats.unindexed_packs > 0 {
+                    println!(
+                        "left {} pack files the index does not know (run `repair` to index them)",
+                        stats.unindexed_packs
+                    );
+                }
+                if stats.packs_not_repacked > 0 {
+                    println!(
+                        "could not repack {} packs (damaged blobs; run `verify`)",
+                        stats.packs_not_repacked
+                    );
+                }
+                if stats.unreadable_trees > 0 {
+                    println!(
+                        "{} freed trees could not be read (their children stay until `repair`)",
+                        stats.unreadable_trees
+                    );
+                }
             }
         }
         Command::Repair => {
@@ -495,6 +514,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             for s in &report.unreadable_trees {
                 println!("unreadable tree (nothing below it referenced; see `verify`): {s}");
+            }
+            for s in &report.damaged_log_lines {
+                println!("damaged snapshot log line (kept as it is; see `verify`): {s}");
             }
             println!(
                 "rebuilt index: {} packs, {} blobs ({} duplicates), {} snapshots",
