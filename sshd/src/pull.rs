@@ -487,7 +487,11 @@ mod tests {
         let budget = jumping.fetch_budget;
         let mut reads = 0u64;
         let refused = loop {
-            let offset = if reads.is_multiple_of(2) { 0 } else { last_chunk_at };
+            let offset = if reads.is_multiple_of(2) {
+                0
+            } else {
+                last_chunk_at
+            };
             if let Err(e) = jumping.read_at(offset, &mut block) {
                 break e;
             }
