@@ -19,7 +19,8 @@ pub struct ServerArgs {
     pub client_info: String,
     /// Ask the server to use this checksum seed instead of a time-based one.
     pub checksum_seed: Option<i32>,
-    /// Our I/O timeout in whole seconds, passed on so the sender keeps an idle link alive.
+    /// Our I/O timeout in whole seconds, passed on so the sender keeps an idle link alive
+    /// (only at protocol ≥30, where we can send keep-alives back).
     pub io_timeout: Option<u32>,
 }
 
@@ -61,7 +62,10 @@ impl ServerArgs {
         if let Some(seed) = self.checksum_seed {
             v.push(format!("{ARG_CHECKSUM_SEED}{seed}"));
         }
-        if let Some(secs) = self.io_timeout {
+        // A sender told our timeout enforces it on us, and we can keep an idle link alive
+        // only with the empty data frames of protocol 30+ (our output is not multiplexed
+        // below): there, a long stretch without requests would make the sender quit.
+        if let Some(secs) = self.io_timeout.filter(|_| protocol >= 30) {
             v.push(format!("{ARG_TIMEOUT}{secs}"));
         }
         if self.numeric_ids {
@@ -157,6 +161,39 @@ mod tests {
         assert_eq!(
             ServerArgs::pull("m", "", false).encode(32),
             b"--server\0--sender\0-logDtpre.LsfxCIvu\0--numeric-ids\0.\0m/\0\0"
+        );
+    }
+
+    /// Below protocol 30 we cannot send keep-alives, so a sender must not be told to time
+    /// us out: an unchanged tree (no requests for a long time) would end the run.
+    #[test]
+    fn timeout_is_passed_on_only_where_we_can_keep_the_link_alive() {
+        let timed = ServerArgs {
+            io_timeout: Some(600),
+            ..ServerArgs::pull("m", "", false)
+        };
+        let has_timeout = |protocol: u32| {
+            let sent = timed.encode(protocol);
+            let sent = String::from_utf8_lossy(&sent).into_owned();
+            sent.contains("--timeout=600")
+        };
+        for protocol in 27..=29 {
+            assert!(!has_timeout(protocol), "protocol {protocol}");
+            assert!(!timed
+                .argv(protocol)
+                .iter()
+                .any(|a| a.starts_with("--timeout")));
+        }
+        for protocol in 30..=32 {
+            assert!(has_timeout(protocol), "protocol {protocol}");
+        }
+        assert_eq!(
+            timed.encode(29),
+            b"--server\n--sender\n-logDtpr\n--numeric-ids\n.\nm/\n\n"
+        );
+        assert_eq!(
+            timed.encode(31),
+            b"--server\0--sender\0-logDtpre.LsfxCIvu\0--timeout=600\0--numeric-ids\0.\0m/\0\0"
         );
     }
 
