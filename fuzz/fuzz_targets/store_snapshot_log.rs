@@ -1,5 +1,5 @@
-//! Arbitrary bytes as the snapshot record log: torn or unparsable lines are skipped, a
-//! malformed record is a typed error, nothing panics; what decodes has its metadata brought
+//! Arbitrary bytes as the snapshot record log: torn, unparsable and malformed lines are
+//! set aside as damage (never fatal), nothing panics; what decodes has its metadata brought
 //! into range (permission bits only, nanoseconds below one second).
 #![no_main]
 

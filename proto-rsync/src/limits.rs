@@ -33,11 +33,13 @@ pub struct Limits {
     pub max_literal: u32,
     /// Most entries in a uid or gid name list.
     pub max_id_entries: usize,
-    /// A file's reconstructed content may reach its announced size times this, plus
-    /// `rebuilt_slack`: a file may grow between listing and sending, but a peer must not
-    /// make us read and hash the basis without end (one 4-byte token names a whole block).
+    /// The bytes a file copies from its basis by block tokens may reach this many times the
+    /// larger of its announced size and the basis size, plus `rebuilt_slack`: one 4-byte
+    /// token names a whole block, so a peer must not make us read and hash the basis without
+    /// end. Literal bytes are not counted (each costs the sender a byte on the wire), so a
+    /// file that grew between listing and sending still arrives.
     pub rebuilt_size_factor: u64,
-    /// Bytes a file may reconstruct beyond `rebuilt_size_factor` times its announced size.
+    /// Bytes a file may copy from its basis beyond `rebuilt_size_factor` times those sizes.
     pub rebuilt_slack: u64,
     /// Warning and error messages kept in the outcome and passed to the sink; later ones
     /// are counted in `Outcome::messages_dropped` and otherwise ignored.
@@ -76,10 +78,11 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The most reconstructed bytes a file announced at `size` may deliver.
-    pub fn max_rebuilt(&self, size: i64) -> u64 {
+    /// The most bytes a file announced at `size` may copy from a basis of `basis_len` bytes.
+    pub fn max_rebuilt(&self, size: i64, basis_len: u64) -> u64 {
         u64::try_from(size)
             .unwrap_or(0)
+            .max(basis_len)
             .saturating_mul(self.rebuilt_size_factor)
             .saturating_add(self.rebuilt_slack)
     }

@@ -10,8 +10,9 @@ pub const MAX_REASONS_SHOWN: usize = 5;
 /// mistaken path (a log, a device) from being read whole.
 pub const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
 
-/// Chunk bytes one rsync basis may fetch from the store: this many times the basis and the
-/// new file's sizes together, plus `BASIS_FETCH_SLACK`. An in-order reader fetches each
-/// chunk once; a sender that jumps between chunks on purpose hits the bound.
-pub const BASIS_FETCH_FACTOR: u64 = 4;
-pub const BASIS_FETCH_SLACK: u64 = 64 * 1024 * 1024;
+/// Chunk bytes one rsync basis may fetch from the store, in this many times its size plus
+/// `BASIS_SPILL_SLACK`, before it is copied once to a temporary file and read from there:
+/// an in-order reader fetches each chunk once; a sender that jumps between chunks would
+/// otherwise cost a whole chunk per 4-byte block token.
+pub const BASIS_SPILL_FACTOR: u64 = 2;
+pub const BASIS_SPILL_SLACK: u64 = 64 * 1024 * 1024;

@@ -6,9 +6,10 @@
 //! Nothing is committed unless the pull succeeds (exit 0, or 24: files vanished).
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use turku_proto_rsync::io::{pull_tcp, PullConfig};
@@ -22,7 +23,7 @@ use turku_store::{
 };
 
 use crate::constants::{
-    BASIS_FETCH_FACTOR, BASIS_FETCH_SLACK, MAX_PASSWORD_FILE_BYTES, MAX_REASONS_SHOWN,
+    BASIS_SPILL_FACTOR, BASIS_SPILL_SLACK, MAX_PASSWORD_FILE_BYTES, MAX_REASONS_SHOWN,
     RSYNC_DEFAULT_PORT,
 };
 
@@ -88,26 +89,44 @@ pub fn turku_filter_rules(filters: &[String], excludes: &[String]) -> Vec<String
 /// A previous version of a file, read from the store, as the rsync basis.
 ///
 /// The sender chooses which basis blocks to reference. A stock sender references them
-/// mostly in order, so each stored chunk is fetched about once; a hostile one can jump
-/// between chunks so that every 4-byte token costs a whole chunk's read, decompression and
-/// hash. The chunks fetched for one basis are therefore bounded by a multiple of the sizes
-/// involved (`BASIS_FETCH_FACTOR`, `BASIS_FETCH_SLACK`), and past that the pull fails.
+/// mostly in order, so each stored chunk is fetched about once; a sender that jumps between
+/// chunks (a hostile one, or a reordered VM image) would make every 4-byte token cost a
+/// whole chunk's read, decompression and hash. Once the chunks fetched pass a multiple of
+/// the basis size (`BASIS_SPILL_FACTOR`, `BASIS_SPILL_SLACK`), the basis is copied once, in
+/// order, to an unnamed file beside the store's packs and read from there: the work stays
+/// bounded by our own data, whatever the sender does, and the backup still completes.
 pub struct StoreBasis {
     reader: FileReader,
-    name: String,
-    fetch_budget: u64,
+    spill_after: u64,
+    spill_dir: PathBuf,
+    spilled: Option<std::fs::File>,
 }
 
 impl StoreBasis {
-    fn new(reader: FileReader, e: &FileEntry) -> Self {
-        let sizes = reader.size().saturating_add(e.size.max(0) as u64);
+    fn new(reader: FileReader, store: &Store) -> Self {
         Self {
-            fetch_budget: sizes
-                .saturating_mul(BASIS_FETCH_FACTOR)
-                .saturating_add(BASIS_FETCH_SLACK),
-            name: e.name_lossy(),
+            spill_after: reader
+                .size()
+                .saturating_mul(BASIS_SPILL_FACTOR)
+                .saturating_add(BASIS_SPILL_SLACK),
+            spill_dir: store.path().join(turku_store::format::TMP_DIR),
+            spilled: None,
             reader,
         }
+    }
+
+    /// Copies the whole basis, in order, to an unnamed temporary file.
+    fn spill(&mut self) -> Result<(), SinkError> {
+        let mut file = tempfile::tempfile_in(&self.spill_dir)?;
+        self.reader.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut self.reader, &mut file)?;
+        tracing::info!(
+            "basis of {} bytes read out of order: copied to a temporary file after fetching {} bytes",
+            self.reader.size(),
+            self.reader.loaded_bytes()
+        );
+        self.spilled = Some(file);
+        Ok(())
     }
 }
 
@@ -117,6 +136,12 @@ impl Basis for StoreBasis {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SinkError> {
+        if self.spilled.is_none() && self.reader.loaded_bytes() > self.spill_after {
+            self.spill()?;
+        }
+        if let Some(file) = &self.spilled {
+            return Ok(file.read_exact_at(buf, offset)?);
+        }
         let mut done = 0;
         while done < buf.len() {
             let n = self
@@ -126,15 +151,6 @@ impl Basis for StoreBasis {
                 return Err("read past the end of the basis".into());
             }
             done += n;
-        }
-        if self.reader.loaded_bytes() > self.fetch_budget {
-            return Err(format!(
-                "{}: the sender's block references made the store fetch {} bytes of the previous version (more than {}): refusing the work",
-                self.name,
-                self.reader.loaded_bytes(),
-                self.fetch_budget
-            )
-            .into());
         }
         Ok(())
     }
@@ -266,7 +282,7 @@ impl ReceiveSink for StoreSink {
     fn basis(&mut self, _ndx: u32, e: &FileEntry) -> Result<Option<StoreBasis>, SinkError> {
         Ok(match self.writer.base_entry(path_of(e))? {
             Some(entry) if entry.kind == EntryKind::File && entry.file_size() > 0 => {
-                Some(StoreBasis::new(self.store.open_file(&entry)?, e))
+                Some(StoreBasis::new(self.store.open_file(&entry)?, &self.store))
             }
             _ => None,
         })
@@ -318,9 +334,21 @@ impl ReceiveSink for StoreSink {
 ///
 /// Refused like stock refuses it: a file others may read or write. Stricter than stock, a
 /// file open to its group is refused too: the storage unit has no reason to share it, and a
-/// group member could then pull any machine's data.
+/// group member could then pull any machine's data. Anything but a regular file is refused
+/// without waiting on it: a FIFO's open would otherwise block until some writer came.
+///
+/// A symlink is followed, as stock follows it, and judged by its target: the path is the
+/// operator's, whoever can plant a link there could as well replace the file, and secret
+/// mounts (Kubernetes, some configuration tools) hand out symlinks.
 pub fn read_password_file(path: &Path) -> Result<Secret> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking so a FIFO or device opens at once and is refused below; regular files
+    // read the same either way.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     // Checked on the open file, so a swap after the check cannot change what is read.
     let meta = file
         .metadata()
@@ -440,16 +468,18 @@ mod tests {
         out
     }
 
-    /// Block references that jump between stored chunks make every small read fetch a
-    /// whole chunk; the basis refuses past its budget, while reading in order stays far
-    /// below it.
+    /// Block references that jump between stored chunks would make every small read fetch
+    /// a whole chunk: past its budget the basis is copied once to a temporary file, so the
+    /// chunks fetched stay bounded by the basis size and every read still returns the right
+    /// bytes. Reading in order fetches each chunk once and never spills.
     #[test]
-    fn a_basis_bounds_the_chunks_a_sender_makes_it_fetch() {
+    fn a_basis_read_out_of_order_is_copied_once_and_its_fetches_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir(&src).unwrap();
         let size = 6 * 1024 * 1024;
-        std::fs::write(src.join("f"), pseudo_random(size)).unwrap();
+        let content = pseudo_random(size);
+        std::fs::write(src.join("f"), &content).unwrap();
         let store = Store::init(&dir.path().join("store"), Default::default()).unwrap();
         let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
         let entry = store.lookup(&snap, b"f").unwrap();
@@ -458,52 +488,35 @@ mod tests {
         };
         assert!(chunks.len() >= 2, "{} chunks", chunks.len());
         let last_chunk_at = size as u64 - u64::from(chunks[chunks.len() - 1].len);
-        let new_file = FileEntry {
-            name: b"f".to_vec(),
-            mode: 0o100644,
-            size: size as i64,
-            mtime: 0,
-            mtime_nsec: 0,
-            uid: 0,
-            gid: 0,
-            user_name: None,
-            group_name: None,
-            rdev: None,
-            symlink: None,
-            hard_link: HardLink::None,
-            checksum: None,
-            top_dir: false,
-            no_content_dir: false,
-        };
         let mut block = vec![0u8; 700];
 
-        let mut in_order = StoreBasis::new(store.open_file(&entry).unwrap(), &new_file);
+        let mut in_order = StoreBasis::new(store.open_file(&entry).unwrap(), &store);
         for offset in (0..size as u64 - 700).step_by(700) {
             in_order.read_at(offset, &mut block).unwrap();
         }
         assert_eq!(in_order.reader.loaded_bytes(), size as u64);
+        assert!(in_order.spilled.is_none());
 
-        let mut jumping = StoreBasis::new(store.open_file(&entry).unwrap(), &new_file);
-        let budget = jumping.fetch_budget;
-        let mut reads = 0u64;
-        let refused = loop {
+        let mut jumping = StoreBasis::new(store.open_file(&entry).unwrap(), &store);
+        let spill_after = jumping.spill_after;
+        for reads in 0..100_000u64 {
             let offset = if reads.is_multiple_of(2) {
                 0
             } else {
                 last_chunk_at
-            };
-            if let Err(e) = jumping.read_at(offset, &mut block) {
-                break e;
-            }
-            reads += 1;
-            assert!(reads < 10_000, "never refused");
-        };
+            } + reads % 1000;
+            jumping.read_at(offset, &mut block).unwrap();
+            let at = offset as usize;
+            assert_eq!(block, content[at..at + 700], "read {reads} at {offset}");
+        }
+        assert!(jumping.spilled.is_some());
+        // What was fetched before the copy, one more chunk, and the copy itself.
+        let bound = spill_after + 4 * 1024 * 1024 + size as u64;
         assert!(
-            refused.to_string().contains("refusing the work"),
-            "{refused}"
+            jumping.reader.loaded_bytes() <= bound,
+            "{}",
+            jumping.reader.loaded_bytes()
         );
-        assert!(jumping.reader.loaded_bytes() > budget);
-        assert!(jumping.reader.loaded_bytes() <= budget + 4 * 1024 * 1024);
     }
 
     #[test]

@@ -75,7 +75,8 @@ enum Rx<B> {
         basis: Option<B>,
         hasher: Box<FileHasher>,
         literal: u32,
-        /// Content delivered so far, against `Limits::max_rebuilt` of the announced size.
+        /// Bytes copied from the basis by block tokens so far, against `Limits::max_rebuilt`
+        /// (literal bytes cost the sender one wire byte each and are not counted).
         rebuilt: u64,
     },
     FileSum {
@@ -600,7 +601,7 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                 basis,
                                 hasher,
                                 literal: n,
-                                rebuilt: self.check_rebuilt(ndx, rebuilt, n)?,
+                                rebuilt,
                             },
                             Some(Token::Block(k)) => {
                                 let b = basis.as_mut().ok_or(DecodeError::BadToken {
@@ -609,7 +610,8 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                                 })?;
                                 let len = head.block_len(k) as usize;
                                 // Before reading: one 4-byte token names a whole block.
-                                let rebuilt = self.check_rebuilt(ndx, rebuilt, len as u32)?;
+                                let rebuilt =
+                                    self.check_rebuilt(ndx, b.len(), rebuilt, len as u32)?;
                                 let off = u64::from(k) * u64::from(head.blength);
                                 self.scratch.resize(len, 0);
                                 b.read_at(off, &mut self.scratch).map_err(Error::Sink)?;
@@ -797,10 +799,17 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         Ok(())
     }
 
-    /// Adds `more` reconstructed bytes to file `ndx`'s `rebuilt`, within its bound.
-    fn check_rebuilt(&self, ndx: u32, rebuilt: u64, more: u32) -> Result<u64, Error> {
+    /// Adds `more` bytes copied from the basis (of `basis_len` bytes) to file `ndx`'s
+    /// `rebuilt`, within its bound.
+    fn check_rebuilt(
+        &self,
+        ndx: u32,
+        basis_len: u64,
+        rebuilt: u64,
+        more: u32,
+    ) -> Result<u64, Error> {
         let e = &self.entries[ndx as usize];
-        let max = self.opts.limits.max_rebuilt(e.size);
+        let max = self.opts.limits.max_rebuilt(e.size, basis_len);
         let total = rebuilt.saturating_add(u64::from(more));
         if total > max {
             return Err(Error::RebuiltTooLarge {
