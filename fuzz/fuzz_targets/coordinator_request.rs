@@ -33,7 +33,11 @@ fn state() -> &'static AppState {
         let now = chrono::Utc::now();
         admin::auth_create(&db, AuthKind::MachineReg, Some("m"), true, params, now).expect("auth");
         admin::auth_create(&db, AuthKind::StorageReg, Some("st"), true, params, now).expect("auth");
-        let state = AppState::new(db, Config { hash_params: params, ..Config::default() });
+        // No failure throttle: wrong secrets must keep reaching every handler path.
+        let state = AppState::new(
+            db,
+            Config { hash_params: params, auth_failure_burst: 0, ..Config::default() },
+        );
         // Registration secrets are random; give both a known one so inputs can use them.
         let hash = turku_coordinator::secrets::hash("s", params).expect("hash");
         state.db.conn().execute("UPDATE turku_api_auth SET secret_hash = ?1", [&hash]).expect("seed");
