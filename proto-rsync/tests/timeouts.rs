@@ -265,9 +265,12 @@ async fn the_greeting_is_bounded_on_any_stream() {
 }
 
 /// The daemon sends its file list, reads our requests (and keep-alives) and never answers:
-/// our keep-alives move bytes but are not data, so the inactivity timeout fires.
+/// our keep-alives move bytes but are not data, so the inactivity timeout fires. The
+/// keep-alive interval is a small fraction of the timeout, so several flow even on a busy
+/// machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_stalls_mid_transfer_hits_the_inactivity_timeout() {
+    const IDLE: Duration = Duration::from_secs(2);
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (rd, mut wr) = tokio::io::split(server);
     let got = drain(rd);
@@ -275,7 +278,7 @@ async fn a_daemon_that_stalls_mid_transfer_hits_the_inactivity_timeout() {
     script.extend(file_list(&[entry("f", S_IFREG | 0o644, 5)]));
     wr.write_all(&script).await.unwrap();
     let mut cfg = config(Timeouts {
-        io: Some(Duration::from_secs(1)),
+        io: Some(IDLE),
         connect: None,
         deadline: None,
     });
@@ -284,23 +287,31 @@ async fn a_daemon_that_stalls_mid_transfer_hits_the_inactivity_timeout() {
     let r = bounded(pull(client, &cfg, &mut TestSink::default())).await;
     match r {
         Err(Error::Timeout(t @ Timeout::Idle(d))) => {
-            assert_eq!(d, Duration::from_secs(1));
-            assert_eq!(t.to_string(), "no data from the rsync daemon for 1 s");
+            assert_eq!(d, IDLE);
+            assert_eq!(t.to_string(), "no data from the rsync daemon for 2 s");
         }
         other => panic!("expected the inactivity timeout, got {other:?}"),
     }
-    assert!(started.elapsed() >= Duration::from_secs(1));
-    // Let the drain see our close, then check that keep-alives did flow meanwhile.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(started.elapsed() >= IDLE);
+    // Keep-alives did flow meanwhile; the drain may still be catching up, so wait for it
+    // (bounded) rather than for a fixed time.
+    let seen_by = std::time::Instant::now() + Duration::from_secs(5);
+    while keepalives_in(&got.lock().unwrap()) < 2 && std::time::Instant::now() < seen_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sent = got.lock().unwrap().clone();
     assert!(keepalives_in(&sent) >= 2, "{sent:?}");
     drop(wr);
 }
 
-/// The daemon sends its file list, then one byte of a keep-alive frame every 400 ms
-/// forever: always under the 1 s inactivity timeout, so only the overall deadline ends it.
+/// The daemon sends its file list, then one byte of a keep-alive frame every 500 ms
+/// forever: always well under the 3 s inactivity timeout, so only the overall deadline of
+/// 6 s ends it (without the trickle, the inactivity timeout would have fired 3 s earlier).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_daemon_hits_the_overall_deadline() {
+    const TRICKLE: Duration = Duration::from_millis(500);
+    const IDLE: Duration = Duration::from_secs(3);
+    const DEADLINE: Duration = Duration::from_secs(6);
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (rd, mut wr) = tokio::io::split(server);
     let _got = drain(rd);
@@ -309,38 +320,39 @@ async fn a_trickling_daemon_hits_the_overall_deadline() {
     let trickler = tokio::spawn(async move {
         wr.write_all(&script).await?;
         for b in keepalive_frame().iter().cycle() {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(TRICKLE).await;
             wr.write_all(std::slice::from_ref(b)).await?;
         }
         Ok::<(), std::io::Error>(())
     });
     let cfg = config(Timeouts {
-        io: Some(Duration::from_secs(1)),
-        connect: Some(Duration::from_secs(1)),
-        deadline: Some(Duration::from_secs(3)),
+        io: Some(IDLE),
+        connect: Some(IDLE),
+        deadline: Some(DEADLINE),
     });
     let started = std::time::Instant::now();
     let r = bounded(pull(client, &cfg, &mut TestSink::default())).await;
     match r {
         Err(Error::Timeout(t @ Timeout::Deadline(d))) => {
-            assert_eq!(d, Duration::from_secs(3));
-            assert!(t.to_string().contains("deadline of 3 s"), "{t}");
+            assert_eq!(d, DEADLINE);
+            assert!(t.to_string().contains("deadline of 6 s"), "{t}");
         }
         other => panic!("expected the overall deadline, got {other:?}"),
     }
-    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(started.elapsed() >= DEADLINE);
     assert!(
         bounded(trickler).await.unwrap().is_err(),
         "the trickler saw us go"
     );
 }
 
-/// The daemon pauses 2.3 s while our sink spends 2 s on one message: the peer was silent
-/// for longer than the 1 s timeout, but we waited on it for only 0.3 s of that. Time spent
-/// on local work is not the peer's stall, so the run completes.
+/// The daemon pauses 4.3 s while our sink spends 4 s on one message: the peer was silent
+/// for more than twice the 2 s timeout, but we waited on it for only 0.3 s of that. Time
+/// spent on local work is not the peer's stall, so the run completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_work_does_not_count_as_the_peer_stalling() {
-    const WORK: Duration = Duration::from_secs(2);
+    const WORK: Duration = Duration::from_secs(4);
+    const IDLE: Duration = Duration::from_secs(2);
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (mut rd, mut wr) = tokio::io::split(server);
     let peer = tokio::spawn(async move {
@@ -361,7 +373,7 @@ async fn local_work_does_not_count_as_the_peer_stalling() {
         Ok::<(), std::io::Error>(())
     });
     let cfg = config(Timeouts {
-        io: Some(Duration::from_secs(1)),
+        io: Some(IDLE),
         connect: Some(Duration::from_secs(5)),
         deadline: Some(Duration::from_secs(15)),
     });
