@@ -402,6 +402,7 @@ fn main() -> anyhow::Result<()> {
         let name = path.trim_start_matches("/v1/");
         let reply = turku_coordinator::handlers::try_handle_fast(
             &state,
+            None,
             name,
             Some("application/json"),
             body.as_bytes(),

@@ -82,23 +82,34 @@ pub mod admission {
     pub const MAX_QUEUED_HASHES: usize = 32;
     /// `Retry-After` of a 503 for a full queue.
     pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
+    /// Requests allowed on blocking threads outside the hash path at once (the fast path:
+    /// cached check-ins and everything that needs no hash). They all wait on the one
+    /// database connection, for up to the busy timeout while a CLI writer holds the lock;
+    /// unbounded, a flood would fill the blocking pool (512 threads) and delay admitted
+    /// hashes. Beyond it the answer is 503 at once, never a queue.
+    pub const MAX_FAST_PATH_TASKS: usize = 64;
     /// Body of a 503 (text, like every other error answer of the API).
     pub const BUSY_BODY: &str = "Service Unavailable (busy, retry later)";
 }
 
-/// Throttling of failed secrets, per principal (a machine, a storage, a registration Auth).
+/// Throttling of failed secrets, per principal (a machine, a storage, a registration Auth) and
+/// client address.
 pub mod throttle {
     use super::Duration;
-    /// Verifications from scratch a principal may fail in a row before it is refused
-    /// without hashing. A legitimate client fails at most once (its secret changed).
+    /// Verifications from scratch a principal may fail in a row from one client address
+    /// before it is refused there without hashing. A legitimate client fails at most once
+    /// (its secret changed).
     pub const FAILURE_BURST: u32 = 10;
     /// One more try is allowed per this interval once the burst is spent: a guesser gets two
     /// hashes a minute per principal. A successful verification forgives every failure.
     pub const FAILURE_REFILL: Duration = Duration::from_secs(30);
-    /// Principals tracked at once. Only principals that exist in the database and failed
-    /// recently are tracked, so this is far above any fleet; past it the least recently
-    /// refilled entry goes.
+    /// (Principal, client) pairs tracked at once. Only principals that exist in the database
+    /// and failed recently are tracked, so this is far above any fleet; past it buckets that
+    /// refilled go first, then the least recently refilled.
     pub const CAPACITY: usize = 100_000;
+    /// IPv6 clients share a bucket per prefix of this length: hosts are usually given a
+    /// whole /64 and could otherwise rotate through it for fresh bursts.
+    pub const IPV6_PREFIX_BITS: u32 = 64;
 }
 
 /// Verified-secret cache defaults.

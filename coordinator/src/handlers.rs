@@ -6,6 +6,8 @@
 //! answer; where the original crashes with a 500 on malformed input, the answer is a 400 or
 //! 403 instead (B12).
 
+use std::net::IpAddr;
+
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, TimeZone as _, Utc};
 use rusqlite::Connection;
@@ -96,6 +98,8 @@ struct Ctx<'a> {
     slow_ok: bool,
     /// Set by the server when the client goes away: hashes not yet started are skipped.
     abandoned: Option<&'a Abandoned>,
+    /// The peer's address, when known: the failure throttle keys on it.
+    client: Option<IpAddr>,
 }
 
 impl std::ops::Deref for Ctx<'_> {
@@ -107,15 +111,17 @@ impl std::ops::Deref for Ctx<'_> {
 
 /// Handle one POST to `/v1/<name>` whose method was already checked. May run Argon2
 /// (~170 ms at Django's cost): call it from a thread that can block.
+/// Without a client address, failed secrets are throttled per principal alone.
 pub fn handle(state: &AppState, name: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
-    handle_unless_abandoned(state, name, content_type, body, None)
+    handle_unless_abandoned(state, None, name, content_type, body, None)
 }
 
 /// [`handle`] for a request whose client may go away while it waits for a hash slot: once
 /// `abandoned` is set, no further hash starts and the request stops before writing anything
-/// that needed one (its answer, a 503, goes nowhere).
+/// that needed one (its answer, a 503, goes nowhere). `client` is the peer's address.
 pub fn handle_unless_abandoned(
     state: &AppState,
+    client: Option<IpAddr>,
     name: &str,
     content_type: Option<&str>,
     body: &[u8],
@@ -126,6 +132,7 @@ pub fn handle_unless_abandoned(
             state,
             slow_ok: true,
             abandoned,
+            client,
         },
         name,
         content_type,
@@ -140,9 +147,10 @@ pub fn handle_unless_abandoned(
 /// The fast path: everything but Argon2. `None` means the request needs a secret hashed or
 /// verified from scratch and must go through [`handle`] instead; nothing was written then.
 /// Cached check-ins (the bulk of the traffic) complete here, without passing the hash queue.
-/// Takes SQLite locks: call it from a thread that can block.
+/// Takes SQLite locks: call it from a thread that can block. `client` is the peer's address.
 pub fn try_handle_fast(
     state: &AppState,
+    client: Option<IpAddr>,
     name: &str,
     content_type: Option<&str>,
     body: &[u8],
@@ -152,6 +160,7 @@ pub fn try_handle_fast(
             state,
             slow_ok: false,
             abandoned: None,
+            client,
         },
         name,
         content_type,
@@ -210,8 +219,8 @@ fn dispatch(
 
 // --- Authentication -----------------------------------------------------------------------
 
-/// Check a presented secret against a stored hash: cache first, then the failure throttle,
-/// then Argon2/PBKDF2 under a hash slot, rehashing outdated hashes as Django's
+/// Check a presented secret against a stored hash: cache first, then the failure throttle
+/// (per principal and client address), then Argon2/PBKDF2 under a hash slot, rehashing outdated hashes as Django's
 /// `check_password` setter does.
 fn check_secret(
     state: &Ctx<'_>,
@@ -234,13 +243,13 @@ fn check_secret(
         // Refuse a throttled principal here, before it takes a place in the hash queue.
         state
             .throttle
-            .check(kind, id)
+            .check(kind, id, state.client)
             .map_err(|retry_after| ApiError::Busy { retry_after })?;
         return Err(ApiError::WouldBlock);
     }
     state
         .throttle
-        .take(kind, id)
+        .take(kind, id, state.client)
         .map_err(|retry_after| ApiError::Busy { retry_after })?;
     let params = state.config.hash_params;
     let verdict = state
@@ -249,12 +258,12 @@ fn check_secret(
     match verdict {
         Verified::No => Ok(false),
         Verified::Yes => {
-            state.throttle.succeeded(kind, id);
+            state.throttle.succeeded(kind, id, state.client);
             state.cache.insert(kind, id, stored, secret);
             Ok(true)
         }
         Verified::YesRehash => {
-            state.throttle.succeeded(kind, id);
+            state.throttle.succeeded(kind, id, state.client);
             match state.with_hash_slot_unless(state.abandoned, || secrets::hash(secret, params)) {
                 Some(Ok(new_hash)) => {
                     store_rehash(state, kind, table, id, stored, &new_hash, secret)?
@@ -1151,6 +1160,7 @@ mod tests {
             state: &state,
             slow_ok: true,
             abandoned: None,
+            client: None,
         };
         let read = db::auth_for_registration(&state.db.conn(), "a", secret_type::MACHINE_REG)
             .expect("query")

@@ -77,12 +77,16 @@ enum Command {
         /// Requests that may wait for a hash slot; beyond them the answer is 503.
         #[arg(long, default_value_t = k::admission::MAX_QUEUED_HASHES)]
         hash_queue: usize,
-        /// Failed secrets in a row before a principal is refused unhashed (0: never).
+        /// Failed secrets in a row from one client address before a principal is refused
+        /// there unhashed (0: never).
         #[arg(long, default_value_t = k::throttle::FAILURE_BURST)]
         auth_failure_burst: u32,
-        /// Seconds per further try once a principal's failures are spent.
+        /// Seconds per further try once a principal's failures from an address are spent.
         #[arg(long, default_value_t = k::throttle::FAILURE_REFILL.as_secs())]
         auth_failure_refill: u64,
+        /// Requests served at once outside the hash path; beyond them the answer is 503.
+        #[arg(long, default_value_t = k::admission::MAX_FAST_PATH_TASKS)]
+        fast_path_slots: usize,
         #[command(flatten)]
         db: DbArg,
     },
@@ -206,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             hash_queue,
             auth_failure_burst,
             auth_failure_refill,
+            fast_path_slots,
             db,
         } => {
             let config = Config {
@@ -216,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 max_queued_hashes: hash_queue,
                 auth_failure_burst,
                 auth_failure_refill: Duration::from_secs(auth_failure_refill),
+                max_fast_path_tasks: fast_path_slots,
                 ..Config::default()
             };
             let state = Arc::new(AppState::new(open(&db)?, config));

@@ -3,18 +3,21 @@
 //!
 //! No SQLite call runs on an async worker: a statement can wait up to the busy timeout for a
 //! CLI writer's lock (and the connection mutex behind it), which would stall every request on
-//! that worker. Requests that need Argon2 then pass a bounded admission: a full queue answers
-//! 503 with `Retry-After`, and a client that goes away while queued never gets its hash run.
+//! that worker. The fast path (everything but Argon2) has a bound on requests in flight, and
+//! requests that need Argon2 then pass a bounded admission: either full answers 503 with
+//! `Retry-After` at once, and a client that goes away while queued never gets its hash run.
+//! The peer's address goes to the handlers, whose failure throttle keys on it.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::Router;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use turku_api_types::constants::{
     endpoint, error_body, ALLOWED_METHOD, CONTENT_TYPE_ERROR, CONTENT_TYPE_JSON,
@@ -34,15 +37,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serve until `shutdown` resolves, then finish in-flight requests.
+/// Serve until `shutdown` resolves, then finish in-flight requests. Requests carry their
+/// peer's address (for the failure throttle).
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response {
@@ -64,6 +71,9 @@ async fn not_found() -> Response {
 async fn v1(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    // Absent when the router is served without connect info: failures are then throttled
+    // per principal alone.
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -85,8 +95,13 @@ async fn v1(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     // Everything but Argon2 (cached check-ins, the bulk of the traffic) first, on a blocking
     // thread too: a statement may wait for another process's lock on the database.
+    let Some(fast_ticket) = state.admit_fast() else {
+        tracing::debug!(endpoint = %name, "fast path full");
+        return into_response(handlers::busy_reply(state.config.busy_retry_after));
+    };
     let fast = {
         let (state, name, content_type, body) = (
             Arc::clone(&state),
@@ -94,8 +109,11 @@ async fn v1(
             content_type.clone(),
             body.clone(),
         );
+        // The ticket moves to the thread: a client that goes away does not free the place
+        // of a statement still waiting for the database.
         tokio::task::spawn_blocking(move || {
-            handlers::try_handle_fast(&state, &name, content_type.as_deref(), &body)
+            let _ticket = fast_ticket;
+            handlers::try_handle_fast(&state, client, &name, content_type.as_deref(), &body)
         })
         .await
     };
@@ -120,6 +138,7 @@ async fn v1(
         let _ticket = ticket;
         handlers::handle_unless_abandoned(
             &state,
+            client,
             &name,
             content_type.as_deref(),
             &body,

@@ -29,13 +29,16 @@ pub struct Config {
     pub max_queued_hashes: usize,
     /// `Retry-After` sent with a 503 for a full hash queue.
     pub busy_retry_after: Duration,
-    /// Failed verifications in a row a principal may have before it is refused unhashed
-    /// (0 disables the throttle).
+    /// Failed verifications in a row a principal may have from one client address before
+    /// it is refused there unhashed (0 disables the throttle).
     pub auth_failure_burst: u32,
-    /// After the burst, one more try per principal per this interval.
+    /// After the burst, one more try per principal and client per this interval.
     pub auth_failure_refill: Duration,
-    /// Principals the failure throttle tracks at once.
+    /// (Principal, client) pairs the failure throttle tracks at once.
     pub auth_throttle_capacity: usize,
+    /// Requests served on blocking threads outside the hash path at once; more get a 503
+    /// with `busy_retry_after` at once (at least 1).
+    pub max_fast_path_tasks: usize,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
             auth_failure_burst: constants::throttle::FAILURE_BURST,
             auth_failure_refill: constants::throttle::FAILURE_REFILL,
             auth_throttle_capacity: constants::throttle::CAPACITY,
+            max_fast_path_tasks: constants::admission::MAX_FAST_PATH_TASKS,
         }
     }
 }
@@ -62,12 +66,13 @@ pub struct AppState {
     pub db: Db,
     /// Verified-secret cache.
     pub cache: SecretCache,
-    /// Failed-secret throttle, per principal.
+    /// Failed-secret throttle, per principal and client address.
     pub throttle: FailureThrottle,
     /// Configuration.
     pub config: Config,
     gate: HashGate,
     admission: Admission,
+    fast_path: Admission,
 }
 
 impl AppState {
@@ -84,6 +89,7 @@ impl AppState {
             ),
             gate: HashGate::new(slots),
             admission: Admission::new(slots.saturating_add(config.max_queued_hashes)),
+            fast_path: Admission::new(config.max_fast_path_tasks),
             config,
         }
     }
@@ -116,6 +122,21 @@ impl AppState {
         })
     }
 
+    /// Admit one request to the fast path, or `None` when the limit of fast-path requests in
+    /// flight is reached (the caller answers 503 rather than queue: while a CLI writer holds
+    /// the database every one of them would hold a blocking thread for the busy timeout).
+    /// The place is held until the ticket drops.
+    pub fn admit_fast(self: &Arc<Self>) -> Option<FastPathTicket> {
+        self.fast_path.try_enter().then(|| FastPathTicket {
+            state: Arc::clone(self),
+        })
+    }
+
+    /// Requests on the fast path and not finished.
+    pub fn fast_requests_in_flight(&self) -> usize {
+        self.fast_path.in_flight()
+    }
+
     /// Requests admitted to the hash path and not finished (running or queued).
     pub fn hash_requests_in_flight(&self) -> usize {
         self.admission.in_flight()
@@ -136,5 +157,17 @@ pub struct HashTicket {
 impl Drop for HashTicket {
     fn drop(&mut self) {
         self.state.admission.leave();
+    }
+}
+
+/// A place on the fast path; gives it back on drop.
+#[derive(Debug)]
+pub struct FastPathTicket {
+    state: Arc<AppState>,
+}
+
+impl Drop for FastPathTicket {
+    fn drop(&mut self) {
+        self.state.fast_path.leave();
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,5 +270,141 @@ async fn database_lock_does_not_stall_the_runtime() {
         .await
         .expect("check-in done once the lock went")
         .expect("task");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A guesser spending a principal's failures from one address (then polling for each refilled
+/// token) does not lock out its legitimate clients elsewhere: a registration with the right
+/// secret from another address is verified, while the guesser stays refused unhashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_throttle_is_per_client_address() {
+    let srv = start_with(Config {
+        auth_failure_burst: 3,
+        auth_failure_refill: Duration::from_secs(3600),
+        ..fast_config()
+    })
+    .await;
+    let guesser: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
+    let mut wrong = new_storage(&srv, "s1");
+    wrong["auth"]["secret"] = json!("guess");
+    for _ in 0..3 {
+        let r = post_from(guesser, srv.addr, "storage_update_config", &wrong).await;
+        assert_eq!((r.status, r.body.as_str()), (403, "Bad auth"));
+    }
+    let r = post_from(guesser, srv.addr, "storage_update_config", &wrong).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(srv.state.hashes_started(), 3);
+
+    // The real registrant, from 127.0.0.1.
+    let r = post(srv.addr, "storage_update_config", &new_storage(&srv, "s2")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        srv.state.hashes_started(),
+        5,
+        "registration secret + new storage secret"
+    );
+
+    // Its success does not give the guesser a fresh burst.
+    let r = post_from(guesser, srv.addr, "storage_update_config", &wrong).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(srv.state.hashes_started(), 5, "the guesser was hashed");
+}
+
+/// Takes the database's write lock from a second connection, as a CLI command does, until
+/// dropped or released.
+struct DbWriter(Option<rusqlite::Connection>);
+
+impl DbWriter {
+    fn lock(state: &AppState) -> Self {
+        let path: String = state
+            .db
+            .conn()
+            .query_row(
+                "SELECT file FROM pragma_database_list WHERE name = 'main'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("database path");
+        let writer = rusqlite::Connection::open(&path).expect("second connection");
+        writer
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        Self(Some(writer))
+    }
+
+    fn release(mut self) {
+        if let Some(w) = self.0.take() {
+            w.execute_batch("COMMIT").expect("release the lock");
+        }
+    }
+}
+
+/// While a CLI writer holds the database, fast-path requests beyond the limit are shed with
+/// 503 and `Retry-After` at once instead of each holding a blocking thread; once the lock
+/// goes, the waiting ones complete and new ones are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_sheds_load_while_the_database_is_locked() {
+    let srv = start_with(Config {
+        max_fast_path_tasks: 2,
+        ..fast_config()
+    })
+    .await;
+    for (endpoint, body) in [
+        ("storage_update_config", storage_config(&srv, true)),
+        ("update_config", machine_config(&srv, true)),
+        ("agent_ping_checkin", agent_creds()),
+    ] {
+        let r = post(srv.addr, endpoint, &body).await;
+        assert_eq!(r.status, 200, "{endpoint}: {}", r.body);
+    }
+    // Far beyond this test's own bound, so the held check-ins are still waiting when it ends.
+    srv.state
+        .db
+        .set_busy_timeout(Duration::from_secs(60))
+        .expect("busy timeout");
+    let writer = DbWriter::lock(&srv.state);
+
+    let addr = srv.addr;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move { post(addr, "agent_ping_checkin", &agent_creds()).await })
+        })
+        .collect();
+    wait_until("both check-ins wait for the database", || {
+        srv.state.fast_requests_in_flight() == 2
+    })
+    .await;
+    let extra: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move { post(addr, "agent_ping_checkin", &agent_creds()).await })
+        })
+        .collect();
+    for task in extra {
+        let r = tokio::time::timeout(BOUND, task)
+            .await
+            .expect("an extra request was answered in time (not queued)")
+            .expect("task");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.header("retry-after"), Some("5"));
+    }
+    assert!(
+        held.iter().all(|t| !t.is_finished()),
+        "a check-in finished while the lock was held"
+    );
+
+    writer.release();
+    for task in held {
+        let r = tokio::time::timeout(BOUND, task)
+            .await
+            .expect("check-in done once the lock went")
+            .expect("task");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    wait_until("the fast path drains", || {
+        srv.state.fast_requests_in_flight() == 0
+    })
+    .await;
+    let r = post(addr, "agent_ping_checkin", &agent_creds()).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }

@@ -3,13 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use turku_coordinator::admin::{self, AuthKind};
 use turku_coordinator::db::Db;
 use turku_coordinator::secrets::HashParams;
@@ -94,7 +94,31 @@ pub async fn raw(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Resp {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
+    raw_from(None, addr, method, path, content_type, body).await
+}
+
+/// [`raw`] from a chosen local address (on Linux all of 127/8 reaches a loopback listener,
+/// so 127.0.0.2 is a second client).
+pub async fn raw_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Resp {
+    let mut s = match source {
+        None => TcpStream::connect(addr).await.expect("connect"),
+        Some(ip) => {
+            let socket = match ip {
+                IpAddr::V4(_) => TcpSocket::new_v4(),
+                IpAddr::V6(_) => TcpSocket::new_v6(),
+            }
+            .expect("socket");
+            socket.bind(SocketAddr::new(ip, 0)).expect("bind source");
+            socket.connect(addr).await.expect("connect")
+        }
+    };
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -124,6 +148,19 @@ pub async fn raw(
         headers,
         body: body.to_owned(),
     }
+}
+
+/// POST JSON to `/v1/<endpoint>` from a chosen local address.
+pub async fn post_from(source: IpAddr, addr: SocketAddr, endpoint: &str, body: &Value) -> Resp {
+    raw_from(
+        Some(source),
+        addr,
+        "POST",
+        &format!("/v1/{endpoint}"),
+        Some("application/json"),
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 /// POST JSON to `/v1/<endpoint>`.
