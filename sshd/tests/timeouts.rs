@@ -1,7 +1,9 @@
 //! `turku-storage pull` time bounds and password-file checks, as a user meets them: hostile
 //! daemons written here (silent, stalling, trickling) end the run with a clear message and
 //! no new snapshot, earlier snapshots intact; a real stock `rsync --daemon` pulled with a
-//! short `--timeout` still succeeds. Every child process and peer thread is bounded.
+//! short `--timeout` still succeeds; a password file that is no regular file (a FIFO) is
+//! refused at once, a symlinked one judged by its target. Every child process and peer
+//! thread is bounded.
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
@@ -34,7 +36,12 @@ fn turku(store: &Path) -> Command {
 }
 
 /// Runs `cmd` to completion within [`CHILD_BOUND`], killing it (and failing) past that.
-fn run_bounded(mut cmd: Command) -> Output {
+fn run_bounded(cmd: Command) -> Output {
+    run_within(cmd, CHILD_BOUND)
+}
+
+/// Runs `cmd` to completion within `bound`, killing it (and failing) past that.
+fn run_within(mut cmd: Command, bound: Duration) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -42,11 +49,11 @@ fn run_bounded(mut cmd: Command) -> Output {
         .unwrap();
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > CHILD_BOUND {
+        if started.elapsed() > bound {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
             panic!(
-                "turku-storage ran past {CHILD_BOUND:?}: {}",
+                "turku-storage ran past {bound:?}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -251,21 +258,22 @@ fn a_daemon_trickling_keepalives_hits_the_deadline() {
     let (_daemon, store, _) = store_with_one_snapshot(tmp.path(), &src);
     let port = fake_daemon(|sock| {
         sock.write_all(&greeting_and_file_list()).unwrap();
-        // One byte of an empty data frame (a keep-alive) every 400 ms, under the timeout,
-        // until the client hangs up.
+        // One byte of an empty data frame (a keep-alive) every 500 ms, well under the 3 s
+        // timeout, until the client hangs up. Without the trickle the timeout would fire
+        // 3 s before the 6 s deadline.
         let mut keepalive = Vec::new();
         encode_frame(MsgTag::Data, &[], &mut keepalive);
         for b in keepalive.iter().cycle() {
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(Duration::from_millis(500));
             if sock.write_all(std::slice::from_ref(b)).is_err() {
                 return;
             }
         }
     });
-    let out = pull(&store, port, &["--timeout", "1", "--deadline", "3"]);
+    let out = pull(&store, port, &["--timeout", "3", "--deadline", "6"]);
     assert_failed_cleanly(
         &out,
-        "the pull did not finish within its deadline of 3 s",
+        "the pull did not finish within its deadline of 6 s",
         tmp.path(),
         &store,
         &src,
@@ -334,14 +342,18 @@ impl SlowDaemon {
     }
 }
 
-/// A stock daemon, told our 1 s timeout (so it enforces it on us as well), sending at a
-/// limited rate: the first pull lasts several times the timeout, with our local work
-/// (chunking, compressing, the store) between waits; the second pulls a delta against
-/// the previous version read back from the store. No false timeout on either side.
+/// A stock daemon, told our 5 s timeout (so it enforces it on us as well: it needs our
+/// keep-alives while it streams and we have nothing to ask), sending at a limited rate: the
+/// first pull lasts longer than the timeout, with our local work (chunking, compressing,
+/// the store) between waits; the second pulls a delta against the previous version read
+/// back from the store. No false timeout on either side. The timeout is short but not so
+/// short that a busy machine stalling either process for a moment would trip it.
 #[test]
 fn a_short_timeout_against_stock_rsync_is_no_false_positive() {
-    const SIZE: usize = 6 * 1024 * 1024;
-    const BWLIMIT_KIB: u32 = 2048;
+    const SIZE: usize = 4 * 1024 * 1024;
+    /// About 8 s for `SIZE`: comfortably past the timeout.
+    const BWLIMIT_KIB: u32 = 512;
+    const TIMEOUT_SECS: u64 = 5;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     small_tree(&src);
@@ -353,7 +365,15 @@ fn a_short_timeout_against_stock_rsync_is_no_false_positive() {
     let daemon = SlowDaemon::start(&tmp.path().join("daemon"), &src, BWLIMIT_KIB);
     let store = tmp.path().join("store");
     init(&store);
-    let flags = ["--timeout", "1", "--contimeout", "1", "--deadline", "300"];
+    let timeout = TIMEOUT_SECS.to_string();
+    let flags = [
+        "--timeout",
+        &timeout,
+        "--contimeout",
+        &timeout,
+        "--deadline",
+        "300",
+    ];
     let started = Instant::now();
     let out = pull(&store, daemon.port, &flags);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -361,7 +381,7 @@ fn a_short_timeout_against_stock_rsync_is_no_false_positive() {
     // Not a speed check: the run must have outlasted the timeout for the test to mean
     // anything (the rate limit guarantees it).
     assert!(
-        started.elapsed() > Duration::from_secs(2),
+        started.elapsed() > Duration::from_secs(TIMEOUT_SECS),
         "{:?}",
         started.elapsed()
     );
@@ -396,4 +416,105 @@ fn a_password_file_open_to_others_is_refused() {
         "{err}"
     );
     assert!(snapshot_names(&store).is_empty());
+}
+
+/// Refused before any connection: a pull with `--password-file pw` to a port nobody serves.
+fn pull_with_password_file(store: &Path, pw: &Path, bound: Duration) -> Output {
+    let mut c = turku(store);
+    c.args([
+        "pull",
+        "--machine",
+        "m",
+        "--source",
+        "data",
+        "--password-file",
+    ])
+    .arg(pw)
+    .arg("rsync://127.0.0.1:9/data/");
+    run_within(c, bound)
+}
+
+/// A FIFO as password file (directly or behind a symlink) is refused at once: opening it
+/// must not wait for a writer that never comes.
+#[test]
+fn a_fifo_as_password_file_is_refused_promptly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    init(&store);
+    let fifo = tmp.path().join("fifo");
+    let made = Command::new("mkfifo")
+        .arg("-m")
+        .arg("600")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let link = tmp.path().join("link-to-fifo");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    for pw in [&fifo, &link] {
+        // Generous for a loaded machine, yet far shorter than forever.
+        let out = pull_with_password_file(&store, pw, Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("is not a regular file"), "{err}");
+    }
+    assert!(snapshot_names(&store).is_empty());
+}
+
+/// A symlink is followed, as stock rsync follows it (secret mounts hand out symlinks), and
+/// judged by its target: a link to a 0600 file authenticates, a link to a file open to
+/// others is refused although the link itself shows mode 0777.
+#[test]
+fn a_symlinked_password_file_is_judged_by_its_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    let daemon = RsyncDaemon::start(
+        &tmp.path().join("daemon"),
+        &[("data", &src)],
+        Some(("backup", "Pw-8a1")),
+    );
+    let store = tmp.path().join("store");
+    init(&store);
+
+    let open_to_others = tmp.path().join("pw-644");
+    fs::write(&open_to_others, "Pw-8a1\n").unwrap();
+    fs::set_permissions(&open_to_others, fs::Permissions::from_mode(0o644)).unwrap();
+    let link = tmp.path().join("link-644");
+    std::os::unix::fs::symlink(&open_to_others, &link).unwrap();
+    let out = pull_with_password_file(&store, &link, CHILD_BOUND);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("must not be accessible by group or others"),
+        "{err}"
+    );
+
+    let private = tmp.path().join("secrets").join("pw");
+    fs::create_dir_all(private.parent().unwrap()).unwrap();
+    fs::write(&private, "Pw-8a1\n").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+    let link = tmp.path().join("link-600");
+    std::os::unix::fs::symlink(&private, &link).unwrap();
+    let mut c = turku(&store);
+    c.args([
+        "pull",
+        "--machine",
+        "m",
+        "--source",
+        "data",
+        "--password-file",
+    ])
+    .arg(&link)
+    .arg(format!("rsync://backup@127.0.0.1:{}/data/", daemon.port));
+    let out = run_bounded(c);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let restored = tmp.path().join("restored");
+    export(&store, &name, &restored);
+    assert_same_tree(&src, &restored);
 }
