@@ -86,8 +86,10 @@ pub mod admission {
     /// cached check-ins and everything that needs no hash). They all wait on the one
     /// database connection, for up to the busy timeout while a CLI writer holds the lock;
     /// unbounded, a flood would fill the blocking pool (512 threads) and delay admitted
-    /// hashes. Beyond it the answer is 503 at once, never a queue.
-    pub const MAX_FAST_PATH_TASKS: usize = 64;
+    /// hashes. Beyond it the answer is 503 at once, never a queue. Generous: agents ping
+    /// from cron on the same minutes, so thousands of check-ins (~0.1 ms each) can arrive
+    /// within a second, and half the pool still stays free for admitted hashes.
+    pub const MAX_FAST_PATH_TASKS: usize = 256;
     /// Body of a 503 (text, like every other error answer of the API).
     pub const BUSY_BODY: &str = "Service Unavailable (busy, retry later)";
 }
