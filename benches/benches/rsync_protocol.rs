@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use turku_proto_rsync::checksum::{ChecksumKind, RollingChecksum};
 use turku_proto_rsync::codec::flist::{
-    FileEntry, FlistDecoder, FlistEncoder, FlistItem, FlistOptions, HardLink,
+    FileEntry, FlistDecoder, FlistEncoder, FlistItem, FlistOptions,
 };
 use turku_proto_rsync::codec::sums::SumHead;
 use turku_proto_rsync::codec::token::{
@@ -135,21 +135,15 @@ fn file_list(c: &mut Criterion) {
     let mut bytes = Vec::new();
     for i in 0..ENTRIES {
         let e = FileEntry {
-            name: format!("dir{:03}/sub/file-{i:06}.dat", i / 100).into_bytes(),
-            mode: 0o100644,
-            size: (i * 1234) as i64,
             mtime: 1_700_000_000 + (i % 7) as i64,
             mtime_nsec: (i * 7919 % 1_000_000_000) as u32,
             uid: 1000,
             gid: 1000,
-            user_name: None,
-            group_name: None,
-            rdev: None,
-            symlink: None,
-            hard_link: HardLink::None,
-            checksum: None,
-            top_dir: false,
-            no_content_dir: false,
+            ..FileEntry::new(
+                format!("dir{:03}/sub/file-{i:06}.dat", i / 100).into_bytes(),
+                0o100644,
+                (i * 1234) as i64,
+            )
         };
         enc.encode(&e, &mut bytes);
     }

@@ -29,8 +29,8 @@ use turku_proto_rsync::io::{pull, PullConfig};
 use turku_proto_rsync::session::demux::Demux;
 use turku_proto_rsync::sort::sort_order;
 use turku_proto_rsync::{
-    DecodeError, Decoded, EntryAction, Error, FileEntry, HardLink, Limits, MessageKind, Outcome,
-    ReceiveSink, SinkError,
+    DecodeError, Decoded, EntryAction, Error, FileEntry, Limits, MessageKind, Outcome, ReceiveSink,
+    SinkError,
 };
 
 /// Every wait of a scripted daemon and of a pull is bounded by this.
@@ -365,21 +365,9 @@ impl Peer {
 
 fn entry(name: &str, mode: u32, size: usize) -> FileEntry {
     FileEntry {
-        name: name.as_bytes().to_vec(),
-        mode,
-        size: size as i64,
         mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        uid: 0,
-        gid: 0,
-        user_name: None,
-        group_name: None,
-        rdev: None,
-        symlink: None,
-        hard_link: HardLink::None,
-        checksum: None,
         top_dir: name == ".",
-        no_content_dir: false,
+        ..FileEntry::new(name.as_bytes().to_vec(), mode, size as i64)
     }
 }
 

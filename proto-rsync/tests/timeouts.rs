@@ -16,8 +16,7 @@ use turku_proto_rsync::codec::prim::{put_i32, put_varint, put_varlong};
 use turku_proto_rsync::constants::{NDX_DONE, S_IFDIR, S_IFREG};
 use turku_proto_rsync::io::{pull, pull_tcp, PullConfig};
 use turku_proto_rsync::{
-    EntryAction, Error, FileEntry, HardLink, MessageKind, Outcome, ReceiveSink, SinkError, Timeout,
-    Timeouts,
+    EntryAction, Error, FileEntry, MessageKind, Outcome, ReceiveSink, SinkError, Timeout, Timeouts,
 };
 
 /// The protocol the fake daemons speak: multiplexed, without varint flags (no checksum
@@ -65,21 +64,9 @@ fn config(timeouts: Timeouts) -> PullConfig {
 
 fn entry(name: &str, mode: u32, size: i64) -> FileEntry {
     FileEntry {
-        name: name.as_bytes().to_vec(),
-        mode,
-        size,
         mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        uid: 0,
-        gid: 0,
-        user_name: None,
-        group_name: None,
-        rdev: None,
-        symlink: None,
-        hard_link: HardLink::None,
-        checksum: None,
         top_dir: name == ".",
-        no_content_dir: false,
+        ..FileEntry::new(name.as_bytes().to_vec(), mode, size)
     }
 }
 

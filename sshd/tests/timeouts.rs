@@ -18,7 +18,7 @@ use turku_proto_rsync::codec::flist::{FlistEncoder, FlistOptions};
 use turku_proto_rsync::codec::mux::{encode_data, encode_frame, MsgTag};
 use turku_proto_rsync::codec::prim::{put_i32, put_varint};
 use turku_proto_rsync::constants::{S_IFDIR, S_IFREG};
-use turku_proto_rsync::{FileEntry, HardLink};
+use turku_proto_rsync::FileEntry;
 use turku_testkit::{assert_same_tree, random_bytes, RsyncDaemon};
 
 /// The protocol the fake daemons speak: multiplexed, without checksum negotiation.
@@ -163,21 +163,9 @@ fn small_tree(src: &Path) {
 
 fn entry(name: &str, mode: u32, size: i64) -> FileEntry {
     FileEntry {
-        name: name.as_bytes().to_vec(),
-        mode,
-        size,
         mtime: 1_700_000_000,
-        mtime_nsec: 0,
-        uid: 0,
-        gid: 0,
-        user_name: None,
-        group_name: None,
-        rdev: None,
-        symlink: None,
-        hard_link: HardLink::None,
-        checksum: None,
         top_dir: name == ".",
-        no_content_dir: false,
+        ..FileEntry::new(name.as_bytes().to_vec(), mode, size)
     }
 }
 

@@ -119,6 +119,28 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
+    /// An entry with only its name, mode and size set: no times, ownership, device, link
+    /// target, checksum or hard-link membership, and not a top directory. Callers that build
+    /// entries (decoders, senders, tests) set whatever else they know afterwards.
+    pub fn new(name: Vec<u8>, mode: u32, size: i64) -> FileEntry {
+        FileEntry {
+            name,
+            mode,
+            size,
+            mtime: 0,
+            mtime_nsec: 0,
+            uid: 0,
+            gid: 0,
+            user_name: None,
+            group_name: None,
+            rdev: None,
+            symlink: None,
+            hard_link: HardLink::None,
+            checksum: None,
+            top_dir: false,
+            no_content_dir: false,
+        }
+    }
     pub fn kind(&self) -> FileKind {
         // Decoders reject unknown types, so this only falls back for hand-built entries.
         FileKind::from_mode(self.mode).unwrap_or(FileKind::Regular)
@@ -283,21 +305,8 @@ impl FlistDecoder {
 
             let top_dir = flags & XMIT_TOP_DIR != 0;
             let mut e = FileEntry {
-                name,
-                mode: 0,
-                size: 0,
-                mtime: 0,
-                mtime_nsec: 0,
-                uid: 0,
-                gid: 0,
-                user_name: None,
-                group_name: None,
-                rdev: None,
-                symlink: None,
-                hard_link: HardLink::None,
-                checksum: None,
                 top_dir,
-                no_content_dir: false,
+                ..FileEntry::new(name, 0, 0)
             };
 
             if p >= 30 && o.preserve_hard_links && flags & XMIT_HLINKED != 0 {
@@ -857,21 +866,9 @@ mod tests {
     #[test]
     fn file_list_is_bounded_by_estimated_bytes() {
         let entry = |name: &str| FileEntry {
-            name: name.as_bytes().to_vec(),
-            mode: S_IFLNK | 0o777,
-            size: 0,
             mtime: 1,
-            mtime_nsec: 0,
-            uid: 0,
-            gid: 0,
-            user_name: None,
-            group_name: None,
-            rdev: None,
             symlink: Some(vec![b't'; 1000]),
-            hard_link: HardLink::None,
-            checksum: None,
-            top_dir: false,
-            no_content_dir: false,
+            ..FileEntry::new(name.as_bytes().to_vec(), S_IFLNK | 0o777, 0)
         };
         let mut enc = FlistEncoder::new(opts());
         let mut b = Vec::new();
@@ -942,25 +939,18 @@ mod tests {
         )
             .prop_map(
                 |(name, kind, perm, size, mtime, nsec, uid, gid, rdev, target, top)| FileEntry {
-                    name,
-                    mode: kind | perm,
-                    size,
                     mtime,
                     mtime_nsec: nsec,
                     uid,
                     gid,
-                    user_name: None,
-                    group_name: None,
                     rdev: if kind == S_IFCHR || kind == S_IFBLK {
                         Some(rdev)
                     } else {
                         None
                     },
                     symlink: if kind == S_IFLNK { Some(target) } else { None },
-                    hard_link: HardLink::None,
-                    checksum: None,
                     top_dir: top && kind == S_IFDIR,
-                    no_content_dir: false,
+                    ..FileEntry::new(name, kind | perm, size)
                 },
             )
     }

@@ -1215,25 +1215,15 @@ mod tests {
 
     fn entry(name: &str, mode: u32, size: i64) -> FileEntry {
         FileEntry {
-            name: name.as_bytes().to_vec(),
-            mode,
-            size,
             mtime: 1_700_000_000,
             mtime_nsec: 5,
-            uid: 0,
-            gid: 0,
-            user_name: None,
-            group_name: None,
-            rdev: None,
             symlink: if mode & S_IFMT == S_IFLNK {
                 Some(b"a".to_vec())
             } else {
                 None
             },
-            hard_link: HardLink::None,
-            checksum: None,
             top_dir: name == ".",
-            no_content_dir: false,
+            ..FileEntry::new(name.as_bytes().to_vec(), mode, size)
         }
     }
 
