@@ -3,28 +3,18 @@
 //! under GC. Errors are injected through the store's test seam (`inject_write_error`).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use turku_store::{Metadata, Snapshot, Store, StoreConfig, StoreError};
+use common::{new_store, tar_of};
+use turku_store::{Metadata, Snapshot, Store, StoreError};
 use turku_testkit::random_bytes;
 
 const ENOSPC: i32 = 28;
 const EIO: i32 = 5;
-
-fn small_chunks() -> StoreConfig {
-    StoreConfig {
-        chunk_min: 16 * 1024,
-        chunk_avg: 64 * 1024,
-        chunk_max: 256 * 1024,
-        ..StoreConfig::default()
-    }
-}
-
-fn new_store(dir: &Path) -> Store {
-    Store::init(&dir.join("store"), small_chunks()).unwrap()
-}
 
 fn log_path(store: &Store) -> PathBuf {
     store.path().join("snapshots").join("records.log")
@@ -37,12 +27,6 @@ fn commit_file(store: &Store, seed: u64, len: usize) -> Result<Snapshot, StoreEr
     f.write_content(&random_bytes(seed, len))?;
     f.finish()?;
     w.commit()
-}
-
-fn tar_of(store: &Store, snap: &Snapshot) -> Vec<u8> {
-    let mut out = Vec::new();
-    store.export_to_tar(snap, b"", &mut out).unwrap();
-    out
 }
 
 /// Closes `store`, rebuilds its index from packs and records, and opens it again.

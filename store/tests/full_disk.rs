@@ -2,12 +2,15 @@
 //! in CI; without root this test fails loudly rather than skip).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use turku_store::{Metadata, Snapshot, Store, StoreConfig, StoreError};
+use common::{small_chunks, tar_of};
+use turku_store::{Metadata, Snapshot, Store, StoreError};
 use turku_testkit::{is_root, random_bytes};
 
 /// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
@@ -50,21 +53,6 @@ impl Drop for Tmpfs {
                 .status();
         }
     }
-}
-
-fn small_chunks() -> StoreConfig {
-    StoreConfig {
-        chunk_min: 16 * 1024,
-        chunk_avg: 64 * 1024,
-        chunk_max: 256 * 1024,
-        ..StoreConfig::default()
-    }
-}
-
-fn tar_of(store: &Store, snap: &Snapshot) -> Vec<u8> {
-    let mut out = Vec::new();
-    store.export_to_tar(snap, b"", &mut out).unwrap();
-    out
 }
 
 /// Backs up files `(name, seed, len)` of random bytes, streamed a MiB at a time.

@@ -3,21 +3,14 @@
 //! the record it may be is not lost for good.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use turku_store::{Metadata, Snapshot, Store, StoreConfig};
+use common::new_store;
+use turku_store::{Metadata, Snapshot, Store};
 use turku_testkit::random_bytes;
-
-fn new_store(dir: &Path) -> Store {
-    let config = StoreConfig {
-        chunk_min: 16 * 1024,
-        chunk_avg: 64 * 1024,
-        chunk_max: 256 * 1024,
-        ..StoreConfig::default()
-    };
-    Store::init(&dir.join("store"), config).unwrap()
-}
 
 fn log_path(root: &Path) -> PathBuf {
     root.join("snapshots").join("records.log")

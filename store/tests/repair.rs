@@ -2,33 +2,15 @@
 //! nothing it or `gc` does afterwards deletes a pack file the index does not account for.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use turku_store::{Store, StoreConfig, StoreError};
+use common::{pack_files, small_chunks_fast};
+use turku_store::{Store, StoreError};
 use turku_testkit::{assert_same_tree, random_bytes};
-
-fn small_chunks() -> StoreConfig {
-    StoreConfig {
-        chunk_min: 16 * 1024,
-        chunk_avg: 64 * 1024,
-        chunk_max: 256 * 1024,
-        zstd_level: 1,
-        ..StoreConfig::default()
-    }
-}
-
-fn pack_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for shard in fs::read_dir(root.join("packs")).unwrap() {
-        for f in fs::read_dir(shard.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
 
 /// Sets every pack's mtime two hours back: older than GC's grace period for files the
 /// index does not know, as in any store that has been running a while.
@@ -62,7 +44,7 @@ fn damage_trailer(path: &Path) {
 /// the store, each source's snapshot name and folder, and the packs source `a` wrote.
 fn store_with_two_sources(dir: &Path) -> (PathBuf, Vec<(String, PathBuf)>, Vec<PathBuf>) {
     let root = dir.join("store");
-    let store = Store::init(&root, small_chunks()).unwrap();
+    let store = Store::init(&root, small_chunks_fast()).unwrap();
     let mut snaps = Vec::new();
     let mut packs_of_a = Vec::new();
     for (i, source) in ["a", "b"].into_iter().enumerate() {
@@ -93,7 +75,7 @@ fn a_repair_that_stops_part_way_changes_nothing() {
         fs::write(src.join(format!("f{j}")), random_bytes(j, 100_000)).unwrap();
     }
     let snap = {
-        let store = Store::init(&root, small_chunks()).unwrap();
+        let store = Store::init(&root, small_chunks_fast()).unwrap();
         store.ingest_dir("m", "s", &src, None).unwrap().0
     };
     let log = root.join("snapshots/records.log");
@@ -126,7 +108,7 @@ fn a_repair_that_stops_part_way_changes_nothing() {
 fn a_store_without_its_index_does_not_open() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    drop(Store::init(&root, small_chunks()).unwrap());
+    drop(Store::init(&root, small_chunks_fast()).unwrap());
     let index = root.join("index.sqlite");
     for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
         let _ = fs::remove_file(root.join(f));
@@ -155,7 +137,7 @@ fn a_killed_repairs_leftovers_are_ignored_then_removed() {
     let src = dir.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), random_bytes(5, 300_000)).unwrap();
-    let store = Store::init(&root, small_chunks()).unwrap();
+    let store = Store::init(&root, small_chunks_fast()).unwrap();
     let (snap, _) = store.ingest_dir("m", "s", &src, None).unwrap();
     drop(store);
     let rebuild = root.join("index.sqlite.rebuild");
@@ -283,7 +265,7 @@ fn gc_leaves_an_unindexed_pack_for_repair() {
     let src = dir.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), random_bytes(8, 500_000)).unwrap();
-    let store = Store::init(&root, small_chunks()).unwrap();
+    let store = Store::init(&root, small_chunks_fast()).unwrap();
     store.ingest_dir("m", "s", &src, None).unwrap();
     let packs = pack_files(&root);
     assert_eq!(packs.len(), 1);

@@ -2,35 +2,17 @@
 //! hide a good one, and never drops the references below a tree it merely failed to read.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use turku_store::{Store, StoreConfig};
+use common::{pack_files, small_chunks_fast};
+use turku_store::Store;
 use turku_testkit::{assert_same_tree, random_bytes};
 
 const TRAILER_RECORD_LEN: usize = 50;
 const FOOTER_LEN: usize = 28;
-
-fn small_chunks() -> StoreConfig {
-    StoreConfig {
-        chunk_min: 16 * 1024,
-        chunk_avg: 64 * 1024,
-        chunk_max: 256 * 1024,
-        zstd_level: 1,
-        ..StoreConfig::default()
-    }
-}
-
-fn pack_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for shard in fs::read_dir(root.join("packs")).unwrap() {
-        for f in fs::read_dir(shard.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
 
 /// A pack's trailer records as (kind, offset, stored length), read by the layout
 /// docs/store.md gives: 50-byte records (id, kind, compression, offset, stored length, raw
@@ -68,7 +50,7 @@ fn corrupt_blobs(path: &Path, kind: Option<u8>) -> usize {
 /// store's folder and each snapshot's name with its source.
 fn store_with_snapshots(dir: &Path) -> (PathBuf, Vec<(String, PathBuf)>) {
     let root = dir.join("store");
-    let store = Store::init(&root, small_chunks()).unwrap();
+    let store = Store::init(&root, small_chunks_fast()).unwrap();
     let mut snaps = Vec::new();
     for round in 0..2u64 {
         let src = dir.join(format!("src-{round}"));
