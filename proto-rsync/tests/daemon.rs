@@ -5,6 +5,8 @@
 //!
 //! These tests never skip: without rsync they fail and say how to install it.
 
+mod common;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -12,9 +14,10 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::{is_root, StockDaemon};
 use turku_proto_rsync::io::{pull, PullConfig};
 use turku_proto_rsync::{
     Basis, EntryAction, Error, FileEntry, FileKind, HardLink, Outcome, ReceiveSink, SinkError,
@@ -31,29 +34,16 @@ fn rsync_binary() -> PathBuf {
     panic!("stock rsync is required for the interop tests and was not found: run `apt-get install -y rsync`");
 }
 
-struct Daemon {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
+impl StockDaemon {
     /// Starts a daemon exporting `src` as `pub`, `auth` (alice / s3cret), `nobody` (runs as
     /// uid 65534), `strict` (refuses hard links) and `timed` (`timeout = 2`).
-    fn start(src: &Path) -> Daemon {
+    fn start(src: &Path) -> StockDaemon {
         let rsync = rsync_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let secrets = dir.path().join("secrets");
         fs::write(&secrets, "alice:s3cret\n").expect("write secrets");
         fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).expect("chmod secrets");
-        let root = unsafe_free_is_root();
+        let root = is_root();
         let ids = if root { "uid = 0\ngid = 0\n" } else { "" };
         let conf = format!(
             "use chroot = no\nlog file = {log}\n{ids}motd file = {motd}\n\
@@ -68,32 +58,7 @@ impl Daemon {
             secrets = secrets.display(),
         );
         fs::write(dir.path().join("motd"), "Welcome to the test daemon\n").expect("motd");
-        let conf_path = dir.path().join("rsyncd.conf");
-        fs::write(&conf_path, conf).expect("write conf");
-        // Take an ephemeral port from the kernel; the window before rsync binds it is tiny.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let child = Command::new(rsync)
-            .arg("--daemon")
-            .arg("--no-detach")
-            .arg("--address=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(format!("--config={}", conf_path.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn rsync --daemon");
-        let d = Daemon { child, port, dir };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("rsync daemon did not start; log: {}", d.log());
+        StockDaemon::launch(&rsync, dir, &conf)
     }
 
     fn log(&self) -> String {
@@ -137,12 +102,6 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-fn unsafe_free_is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }
 
 // ------------------------------------------------------------------ directory sink
@@ -584,7 +543,7 @@ async fn full_pull_opts(protocol: u32, negotiate: bool, numeric_ids: bool) {
         // Below 30 mtimes are unsigned 32-bit seconds: a pre-1970 time cannot travel.
         fs::remove_file(src.path().join("old")).expect("rm old");
     }
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("pub", protocol);
     cfg.negotiate = negotiate;
@@ -674,7 +633,7 @@ async fn checksum_mismatch_is_redone() {
     let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
     let data = pseudo_random(100_000, 11);
     write_file(&src.path().join("f"), &data, 0o644, when);
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     // Seed the destination with an older version so the first pass is a delta.
     let mut old = data.clone();
     old[50_000..50_100].fill(0);
@@ -709,7 +668,7 @@ async fn delta_with_fixed_negative_seed_matches_blocks() {
     let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
     let data = pseudo_random(500_000, 21);
     write_file(&src.path().join("f"), &data, 0o644, when);
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     for (protocol, negotiate, sum) in [(32, true, "xxh128"), (32, false, "md5"), (29, false, "md4")]
     {
         let mut old = data.clone();
@@ -746,7 +705,7 @@ async fn second_pull_sends_only_the_delta() {
     let when = UNIX_EPOCH + Duration::new(1_600_000_000, 5);
     write_file(&src.path().join("big"), &big, 0o644, when);
     write_file(&src.path().join("same"), b"unchanged", 0o644, when);
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let first = d
         .pull(&config("pub", 32), &mut sink)
@@ -807,7 +766,7 @@ async fn hard_links_with_dash_h() {
         0o644,
         UNIX_EPOCH + Duration::new(1_600_000_000, 1),
     );
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     // 30+ send "index of the first member"; 28–29 send dev/ino for linked files only, 27
     // for every file.
     for protocol in [32, 30, 29, 28, 27] {
@@ -844,7 +803,7 @@ async fn auth_success_with_sha512_digest() {
         0o644,
         UNIX_EPOCH + Duration::new(1_600_000_000, 0),
     );
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("auth", 32);
     cfg.user = "alice".into();
@@ -867,7 +826,7 @@ async fn auth_success_with_sha512_digest() {
 async fn wrong_password_is_refused() {
     let src = tempfile::tempdir().expect("src");
     let dst = tempfile::tempdir().expect("dst");
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("auth", 32);
     cfg.user = "alice".into();
@@ -887,7 +846,7 @@ async fn wrong_password_is_refused() {
 async fn unknown_module_is_refused() {
     let src = tempfile::tempdir().expect("src");
     let dst = tempfile::tempdir().expect("dst");
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     match d.pull(&config("nosuch", 32), &mut sink).await {
         Err(Error::Daemon(m)) => assert_eq!(m, "Unknown module 'nosuch'"),
@@ -899,7 +858,7 @@ async fn unknown_module_is_refused() {
 async fn refused_option_arrives_multiplexed_after_ok() {
     let src = tempfile::tempdir().expect("src");
     let dst = tempfile::tempdir().expect("dst");
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("strict", 32);
     cfg.hard_links = true;
@@ -922,7 +881,7 @@ async fn filters_exclude_files() {
     write_file(&src.path().join("keep.txt"), b"k", 0o644, when);
     write_file(&src.path().join("drop.tmp"), b"d", 0o644, when);
     write_file(&src.path().join("cache/x"), b"x", 0o644, when);
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("pub", 32);
     cfg.filter_rules = vec!["- *.tmp".into(), "- /cache/".into()];
@@ -945,7 +904,7 @@ async fn vanished_file_is_success_with_warning() {
     write_file(&src.path().join("a-stays"), b"a", 0o644, when);
     write_file(&src.path().join("b-goes"), b"b", 0o644, when);
     write_file(&src.path().join("c-stays"), b"c", 0o644, when);
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     // Delete the file after the sender listed it and before it is requested.
     let victim = src.path().join("b-goes");
@@ -970,7 +929,7 @@ async fn vanished_file_is_success_with_warning() {
 
 #[tokio::test]
 async fn unreadable_file_is_a_partial_transfer() {
-    if !unsafe_free_is_root() {
+    if !is_root() {
         panic!("this test needs root to run the daemon module as another uid");
     }
     let src = tempfile::tempdir().expect("src");
@@ -979,7 +938,7 @@ async fn unreadable_file_is_a_partial_transfer() {
     let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
     write_file(&src.path().join("ok"), b"fine", 0o644, when);
     write_file(&src.path().join("locked"), b"no", 0o600, when);
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let o = d
         .pull(&config("nobody", 32), &mut sink)
@@ -1009,7 +968,7 @@ async fn many_small_files_do_not_deadlock() {
             );
         }
     }
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let o = d.pull(&config("pub", 32), &mut sink).await.expect("pull");
     sink.finish();
@@ -1032,7 +991,7 @@ async fn many_small_files_do_not_deadlock() {
 
 #[tokio::test]
 async fn device_nodes_arrive_with_their_numbers() {
-    if !unsafe_free_is_root() {
+    if !is_root() {
         panic!("this test needs root to create device nodes");
     }
     let src = tempfile::tempdir().expect("src");
@@ -1051,7 +1010,7 @@ async fn device_nodes_arrive_with_their_numbers() {
             .expect("mknod");
         assert!(st.success());
     }
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     for protocol in [30, 31, 32] {
         let mut sink = DirSink::new(dst.path());
         let o = d
@@ -1130,7 +1089,7 @@ async fn file_over_4_gib_streams_and_verifies() {
     f.write_all_at(b"THE-END-MARKER!!", len - 16)
         .expect("marker");
     drop(f);
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
         .await
         .expect("connect");
@@ -1175,7 +1134,7 @@ async fn daemon_killed_mid_transfer_is_a_clean_error() {
     let f = fs::File::create(src.path().join("big")).expect("create");
     f.set_len(1 << 30).expect("sparse");
     drop(f);
-    let mut d = Daemon::start(src.path());
+    let mut d = StockDaemon::start(src.path());
     let daemon_pid = d.child.id();
     let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
         .await
@@ -1214,7 +1173,7 @@ async fn pull_subdirectory_of_module() {
     let src = tempfile::tempdir().expect("src");
     let dst = tempfile::tempdir().expect("dst");
     build_tree(src.path());
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     let mut cfg = config("pub", 32);
     cfg.path = "deep/a/".into();
@@ -1244,7 +1203,7 @@ async fn delta_heavy_pull_does_not_deadlock() {
             when,
         );
     }
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let mut sink = DirSink::new(dst.path());
     d.pull(&config("pub", 32), &mut sink)
         .await
@@ -1289,7 +1248,7 @@ async fn hundred_thousand_small_files() {
             fs::write(dir.join(format!("{f:04}")), format!("{d}/{f}")).expect("write");
         }
     }
-    let d = Daemon::start(src.path());
+    let d = StockDaemon::start(src.path());
     let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
         .await
         .expect("connect");
@@ -1377,7 +1336,7 @@ impl ReceiveSink for SlowSink {
 async fn pull_with_slow_sink(src: &Path, sink: &mut SlowSink) -> Outcome {
     let when = UNIX_EPOCH + Duration::new(1_600_000_000, 0);
     write_file(&src.join("a-big"), &pseudo_random(64 << 20, 9), 0o644, when);
-    let d = Daemon::start(src);
+    let d = StockDaemon::start(src);
     let s = tokio::net::TcpStream::connect(("127.0.0.1", d.port))
         .await
         .expect("connect");

@@ -8,15 +8,17 @@
 //! tokens a case scripts), echoes every phase DONE, sends its statistics and takes part
 //! in the 31+ goodbye. A stock daemon covers the legitimate counterpart below 30.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::{entry, is_root, StockDaemon};
 use turku_proto_rsync::checksum::{ChecksumKind, FileHasher};
 use turku_proto_rsync::codec::flist::{FlistEncoder, FlistOptions};
 use turku_proto_rsync::codec::mux::{encode_data, encode_frame, MsgTag};
@@ -363,14 +365,6 @@ impl Peer {
 
 // ------------------------------------------------------------------ entries and the sink
 
-fn entry(name: &str, mode: u32, size: usize) -> FileEntry {
-    FileEntry {
-        mtime: 1_700_000_000,
-        top_dir: name == ".",
-        ..FileEntry::new(name.as_bytes().to_vec(), mode, size as i64)
-    }
-}
-
 fn root() -> FileEntry {
     entry(".", S_IFDIR | 0o755, 0)
 }
@@ -380,13 +374,13 @@ fn dir(name: &str) -> FileEntry {
 }
 
 fn file(name: &str, size: usize) -> FileEntry {
-    entry(name, S_IFREG | 0o644, size)
+    entry(name, S_IFREG | 0o644, size as i64)
 }
 
 fn symlink(name: &str, target: &[u8]) -> FileEntry {
     FileEntry {
         symlink: Some(target.to_vec()),
-        ..entry(name, S_IFLNK | 0o777, target.len())
+        ..entry(name, S_IFLNK | 0o777, target.len() as i64)
     }
 }
 
@@ -738,19 +732,6 @@ impl ReceiveSink for VanishSink {
     }
 }
 
-struct StockDaemon {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for StockDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl StockDaemon {
     fn start(src: &Path) -> StockDaemon {
         let rsync = Path::new("/usr/bin/rsync");
@@ -765,41 +746,6 @@ impl StockDaemon {
             "use chroot = no\n{ids}[pub]\npath = {}\nread only = yes\n",
             src.display()
         );
-        let conf_path = dir.path().join("rsyncd.conf");
-        std::fs::write(&conf_path, conf).expect("conf");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let child = Command::new(rsync)
-            .arg("--daemon")
-            .arg("--no-detach")
-            .arg("--address=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(format!("--config={}", conf_path.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn rsync --daemon");
-        let d = StockDaemon {
-            child,
-            port,
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("rsync daemon did not start");
+        StockDaemon::launch(rsync, dir, &conf)
     }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }

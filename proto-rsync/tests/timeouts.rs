@@ -5,9 +5,12 @@
 //! timeout, so a missing bound fails instead of hanging.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::entry;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use turku_proto_rsync::codec::flist::{FlistEncoder, FlistOptions};
 use turku_proto_rsync::codec::mux::{encode_data, encode_frame, MsgTag};
@@ -60,14 +63,6 @@ fn config(timeouts: Timeouts) -> PullConfig {
     let mut c = PullConfig::new("m");
     c.timeouts = timeouts;
     c
-}
-
-fn entry(name: &str, mode: u32, size: i64) -> FileEntry {
-    FileEntry {
-        mtime: 1_700_000_000,
-        top_dir: name == ".",
-        ..FileEntry::new(name.as_bytes().to_vec(), mode, size)
-    }
 }
 
 /// Greeting, `OK`, compat flags and seed: everything up to the multiplexed stream.
