@@ -703,10 +703,9 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
         fs::write(tree.join("own"), random_bytes(100 + k, 30_000)).unwrap();
         keepers.push(ingest_in_process(&store, "keep", &tree));
     }
-    // One source per round, its batch the snapshots `last 1 snapshot` forgets. Sources take
-    // turns, so few snapshots of one source share a second (names are second + 16 bits).
+    // One source per round, its batch the snapshots `last 1 snapshot` forgets.
     const ROUNDS: usize = 13;
-    const PER_SOURCE: usize = 21;
+    const PER_SOURCE: usize = 61;
     let mut by_source: Vec<Vec<Captured>> = (0..ROUNDS).map(|_| Vec::new()).collect();
     for i in 0..PER_SOURCE {
         for (round, snaps) in by_source.iter_mut().enumerate() {
@@ -734,6 +733,7 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
         cmd
     };
     let mut interrupted = 0;
+    let mut mid_work = 0;
     let mut whole = Duration::ZERO;
     for round in 0..ROUNDS {
         let (batch, newest) = by_source[round].split_at(PER_SOURCE - 1);
@@ -756,6 +756,20 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
             // the measured one, and a kill after it ended proves nothing.
             let fraction = 0.05 + 0.6 * (round - 1) as f64 / (ROUNDS - 2) as f64;
             interrupted += usize::from(kill_after(forget(round), whole.mul_f64(fraction)));
+            // Some of the batch forgotten and some not: the kill landed in the forget's
+            // work, not in the process's start-up.
+            let listed = ok(
+                &store,
+                &[
+                    "snapshots",
+                    "--machine",
+                    "m",
+                    "--source",
+                    &format!("d{round}"),
+                ],
+            );
+            let left = batch.iter().filter(|c| listed.contains(&c.name)).count();
+            mid_work += usize::from(left > 0 && left < batch.len());
         }
         collect_and_check(&store, &must, &may, &scratch);
         // A forget that completes removes the whole batch.
@@ -781,12 +795,16 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
         assert!(listed.contains(&newest[0].name));
     }
     eprintln!(
-        "forget: {} kill points over {whole:?}, {interrupted} interrupted",
+        "forget: {} kill points over {whole:?}, {interrupted} interrupted, {mid_work} mid-batch",
         ROUNDS - 1
     );
     assert!(
         interrupted * 2 >= ROUNDS - 1,
         "only {interrupted} of {} forgets were interrupted",
         ROUNDS - 1
+    );
+    assert!(
+        mid_work >= 2,
+        "only {mid_work} kills landed inside a forget's batch"
     );
 }
