@@ -102,6 +102,16 @@ pub struct StoreBasis {
     spilled: Option<std::fs::File>,
 }
 
+// By hand: the store reader and the spill file have nothing worth printing.
+impl std::fmt::Debug for StoreBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBasis")
+            .field("spill_after", &self.spill_after)
+            .field("spilled", &self.spilled.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl StoreBasis {
     fn new(reader: FileReader, store: &Store) -> Self {
         Self {
@@ -188,6 +198,17 @@ fn path_of(e: &FileEntry) -> &[u8] {
         b""
     } else {
         e.name.strip_prefix(b"./").unwrap_or(&e.name)
+    }
+}
+
+// By hand: the store and the snapshot writer have nothing worth printing.
+impl std::fmt::Debug for StoreSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSink")
+            .field("leaders", &self.leaders.len())
+            .field("followers", &self.followers.len())
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
     }
 }
 

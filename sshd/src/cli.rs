@@ -1,0 +1,545 @@
+//! The command line: the clap types and [`run`], which opens the store and hands each
+//! command to the library ([`crate::backup`] for pulls and retention, [`crate::output`] for
+//! what is shown). This is the binary's layer, so its errors are `anyhow` chains printed
+//! once by [`exit_code`].
+
+use std::io::{self, IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use turku_store::{CompressionMode, Store, StoreConfig};
+
+use crate::{backup, output, pull};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "turku-storage",
+    version,
+    about = "turku storage unit: the deduplicating snapshot store"
+)]
+pub struct Cli {
+    /// The store directory.
+    #[arg(long, env = "TURKU_STORE", global = true)]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct SourceArgs {
+    #[arg(long)]
+    pub machine: String,
+    #[arg(long)]
+    pub source: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new store.
+    Init {
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_CHUNK_MIN)]
+        chunk_min: u32,
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_CHUNK_AVG)]
+        chunk_avg: u32,
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_CHUNK_MAX)]
+        chunk_max: u32,
+        #[arg(long, default_value_t = turku_store::tuning::DEFAULT_ZSTD_LEVEL)]
+        zstd_level: i32,
+        /// When new data is compressed: `inline` (always, before it is written), `adaptive`
+        /// (with the CPU the transfer leaves; the rest is written raw and compressed by the
+        /// next `gc`), or `deferred` (always by `gc`).
+        #[arg(long, default_value_t = CompressionMode::default())]
+        compression: CompressionMode,
+    },
+    /// Back up a local directory tree; prints the new snapshot's name.
+    Ingest {
+        #[command(flatten)]
+        src: SourceArgs,
+        dir: PathBuf,
+    },
+    /// Back up a tree from a stock rsync daemon (password from RSYNC_PASSWORD or
+    /// --password-file); prints the snapshot name and transfer stats.
+    Pull {
+        #[command(flatten)]
+        src: SourceArgs,
+        /// A filter rule in rsync syntax (repeatable); `merge` and `:` rules are dropped.
+        #[arg(long = "filter", allow_hyphen_values = true)]
+        filters: Vec<String>,
+        /// An exclude pattern (repeatable), sent as `- PATTERN` after the filters.
+        #[arg(long = "exclude", allow_hyphen_values = true)]
+        excludes: Vec<String>,
+        #[arg(long)]
+        hard_links: bool,
+        /// The password's file: its first line; refused when group or others may access it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Seconds without data either way before the pull fails, as rsync's --timeout
+        /// (0 = no limit). Time spent on local work does not count.
+        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_IO_TIMEOUT.as_secs())]
+        timeout: u64,
+        /// Seconds for connecting and the daemon's greeting and authentication (0 = no limit).
+        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_CONNECT_TIMEOUT.as_secs())]
+        contimeout: u64,
+        /// Seconds the whole pull may take (0 = no limit).
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        deadline: u64,
+        /// Most memory the daemon's file list may cost (estimated: names, link targets and
+        /// a fixed overhead per entry); a bigger list fails the pull.
+        #[arg(long, value_name = "BYTES", default_value_t = turku_proto_rsync::Limits::default().max_file_list_bytes)]
+        max_file_list_bytes: u64,
+        // Given as `help`, not a doc comment: rustdoc would read the brackets as links.
+        #[arg(help = "rsync://[USER@]HOST[:PORT]/MODULE/")]
+        url: String,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[arg(long)]
+        machine: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory of a snapshot.
+    Ls {
+        #[command(flatten)]
+        src: SourceArgs,
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Path inside the snapshot (default: its root).
+        path: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot (or part of it) to a directory or a tar stream.
+    Export {
+        #[command(flatten)]
+        src: SourceArgs,
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Sub-path inside the snapshot.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Restore into this (new or empty) directory.
+        #[arg(long, conflicts_with = "tar", required_unless_present = "tar")]
+        to: Option<PathBuf>,
+        /// Write a POSIX tar to this file, or `-` for standard output.
+        #[arg(long)]
+        tar: Option<PathBuf>,
+    },
+    /// Re-hash every blob and check every snapshot (or only one snapshot).
+    Verify {
+        #[arg(long, requires_all = ["source", "snapshot"])]
+        machine: Option<String>,
+        #[arg(long, requires_all = ["machine", "snapshot"])]
+        source: Option<String>,
+        #[arg(long, requires_all = ["machine", "source"])]
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget snapshots not kept by a Turku retention policy (times in UTC).
+    Forget {
+        #[command(flatten)]
+        src: SourceArgs,
+        #[arg(long)]
+        retention: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Reclaim the space of forgotten snapshots (safe while backups run).
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the index from the packs and snapshot records.
+    Repair,
+    /// Show what the store holds.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Logs go to standard error, filtered by `TURKU_LOG` (default: warnings and errors), so
+/// they never mix with the output scripts parse.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TURKU_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(io::stderr)
+        .init();
+}
+
+/// The process's exit code for what [`run`] returned, an error printed on the way. A
+/// closed standard output (`| head`) is a normal end, not a failure.
+pub fn exit_code(result: Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("turku-storage: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn store_path(cli: &Cli) -> Result<PathBuf> {
+    cli.store
+        .clone()
+        .context("no store given: pass --store PATH or set TURKU_STORE")
+}
+
+fn open(cli: &Cli) -> Result<Store> {
+    let path = store_path(cli)?;
+    Store::open(&path).with_context(|| format!("opening store {}", path.display()))
+}
+
+/// Runs one command; `Ok` carries the exit code of a command that ran to its end (`verify`
+/// fails with problems found).
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init {
+            chunk_min,
+            chunk_avg,
+            chunk_max,
+            zstd_level,
+            compression,
+        } => {
+            let path = store_path(&cli)?;
+            let config = StoreConfig {
+                chunk_min: *chunk_min,
+                chunk_avg: *chunk_avg,
+                chunk_max: *chunk_max,
+                zstd_level: *zstd_level,
+                compression: *compression,
+            };
+            Store::init(&path, config)?;
+            println!("initialised store {}", path.display());
+        }
+        Command::Ingest { src, dir } => {
+            let store = open(&cli)?;
+            let tty = io::stderr().is_terminal();
+            let mut show = |p: &turku_store::IngestProgress| {
+                eprint!("\r{} entries, {} MiB read", p.entries, p.bytes_read >> 20);
+            };
+            let progress: Option<&mut dyn FnMut(&turku_store::IngestProgress)> =
+                if tty { Some(&mut show) } else { None };
+            let (snap, report) = store
+                .ingest_dir(&src.machine, &src.source, dir, progress)
+                .with_context(|| format!("ingesting {}", dir.display()))?;
+            if tty {
+                eprintln!();
+            }
+            for w in &report.warnings {
+                eprintln!("turku-storage: warning: {w}");
+            }
+            println!("{}", snap.name);
+            let s = snap.stats;
+            eprintln!(
+                "files {} dirs {} bytes {} reused-files {} read {} new-bytes {} stored {} new-chunks {}",
+                s.files, s.dirs, s.bytes, s.reused_files, report.bytes_read, s.new_bytes,
+                s.new_stored_bytes, s.new_chunks
+            );
+        }
+        Command::Pull {
+            src,
+            filters,
+            excludes,
+            hard_links,
+            password_file,
+            timeout,
+            contimeout,
+            deadline,
+            max_file_list_bytes,
+            url,
+        } => {
+            let store = open(&cli)?;
+            let url = pull::RsyncUrl::parse(url)?;
+            let password = match password_file {
+                Some(f) => Some(pull::read_password_file(f)?),
+                None => std::env::var_os("RSYNC_PASSWORD")
+                    .map(|p| turku_proto_rsync::Secret::new(p.as_bytes().to_vec())),
+            };
+            let options = pull::PullOptions {
+                password,
+                hard_links: *hard_links,
+                filter_rules: pull::turku_filter_rules(filters, excludes),
+                timeouts: turku_proto_rsync::Timeouts {
+                    io: turku_proto_rsync::Timeouts::from_secs(*timeout),
+                    connect: turku_proto_rsync::Timeouts::from_secs(*contimeout),
+                    deadline: turku_proto_rsync::Timeouts::from_secs(*deadline),
+                },
+                limits: turku_proto_rsync::Limits {
+                    max_file_list_bytes: *max_file_list_bytes,
+                    ..turku_proto_rsync::Limits::default()
+                },
+            };
+            let backup::PullReport {
+                snapshot: snap,
+                outcome,
+                warnings,
+            } = backup::pull_source(&store, &src.machine, &src.source, &url, options)?;
+            for w in &warnings {
+                eprintln!("turku-storage: warning: {w}");
+            }
+            println!("{}", snap.name);
+            let s = snap.stats;
+            eprintln!(
+                "files {} dirs {} bytes {} unchanged {} transferred {} wire-read {} wire-written {} literal {} matched {} new-bytes {} stored {} exit-code {}",
+                s.files, s.dirs, s.bytes, s.reused_files, outcome.files_received,
+                outcome.wire_bytes_read, outcome.wire_bytes_written, outcome.literal_bytes,
+                outcome.matched_bytes, s.new_bytes, s.new_stored_bytes, outcome.exit_code
+            );
+        }
+        Command::Snapshots {
+            machine,
+            source,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let snaps = store.snapshots(machine.as_deref(), source.as_deref())?;
+            let mut out = io::stdout().lock();
+            if *json {
+                let list: Vec<_> = snaps.iter().map(output::snapshot_json).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                for s in &snaps {
+                    output::write_snapshot_line(&mut out, s)?;
+                }
+            }
+        }
+        Command::Ls {
+            src,
+            snapshot,
+            path,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let snap = store.snapshot(&src.machine, &src.source, snapshot)?;
+            let path = path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
+            let entries = store.list_dir(&snap, &path)?;
+            let mut out = io::stdout().lock();
+            if *json {
+                let list: Vec<_> = entries.iter().map(output::entry_json).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                for e in &entries {
+                    output::write_ls_line(&mut out, e)?;
+                }
+            }
+        }
+        Command::Export {
+            src,
+            snapshot,
+            path,
+            to,
+            tar,
+        } => {
+            let store = open(&cli)?;
+            let snap = store.snapshot(&src.machine, &src.source, snapshot)?;
+            let sub = path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
+            let stats = if let Some(dir) = to {
+                store.export_to_dir(&snap, &sub, dir)?
+            } else if let Some(file) = tar {
+                if file.as_os_str() == "-" {
+                    let stdout = io::stdout().lock();
+                    store.export_to_tar(&snap, &sub, io::BufWriter::new(stdout))?
+                } else {
+                    let f = std::fs::File::create(file)
+                        .with_context(|| format!("creating {}", file.display()))?;
+                    let stats = store.export_to_tar(&snap, &sub, io::BufWriter::new(&f))?;
+                    f.sync_all()?;
+                    stats
+                }
+            } else {
+                bail!("give --to DIR or --tar FILE");
+            };
+            eprintln!(
+                "exported {} files, {} dirs, {} symlinks, {} hard links, {} specials, {} bytes{}",
+                stats.files,
+                stats.dirs,
+                stats.symlinks,
+                stats.hard_links,
+                stats.specials,
+                stats.bytes,
+                if stats.skipped > 0 {
+                    format!(" ({} skipped: devices need root)", stats.skipped)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        Command::Verify {
+            machine,
+            source,
+            snapshot,
+            json,
+        } => {
+            let store = open(&cli)?;
+            let only = match (machine, source, snapshot) {
+                (Some(m), Some(s), Some(n)) => Some(store.snapshot(m, s, n)?),
+                _ => None,
+            };
+            let report = store.verify(only.as_ref())?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for p in &report.problems {
+                    println!("problem: {}: {}", p.subject, p.reason);
+                }
+                for a in &report.affected {
+                    println!("affected: {a}");
+                }
+                for c in &report.interrupted_commits {
+                    println!(
+                        "note: {c}: commit interrupted by a crash, never visible; gc rolls it back"
+                    );
+                }
+                for f in &report.interrupted_forgets {
+                    println!("note: {f}: forget interrupted by a crash; gc completes it");
+                }
+                println!(
+                    "verified {} packs, {} blobs, {} snapshots: {}",
+                    report.packs,
+                    report.blobs,
+                    report.snapshots,
+                    if report.is_clean() {
+                        "ok"
+                    } else {
+                        "PROBLEMS FOUND"
+                    }
+                );
+            }
+            if !report.is_clean() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Forget {
+            src,
+            retention,
+            dry_run,
+        } => {
+            let store = open(&cli)?;
+            let report = backup::apply_retention(
+                &store,
+                &src.machine,
+                &src.source,
+                retention,
+                time::OffsetDateTime::now_utc(),
+                *dry_run,
+                |s| {
+                    if *dry_run {
+                        println!("would forget {}", s.name);
+                    } else {
+                        println!("forgot {}", s.name);
+                    }
+                },
+            )?;
+            eprintln!(
+                "{} of {} snapshots {}; run `gc` to reclaim space",
+                report.selected.len(),
+                report.considered,
+                if *dry_run {
+                    "would be forgotten"
+                } else {
+                    "forgotten"
+                }
+            );
+        }
+        Command::Gc { json } => {
+            let store = open(&cli)?;
+            let stats = store.gc()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "freed {} blobs ({} bytes), deleted {} packs, repacked {} packs ({} blobs moved), compressed {} deferred blobs (saving {} bytes), removed {} orphans, cleared {} dead sessions, rolled back {} interrupted commits",
+                    stats.freed_blobs, stats.freed_bytes, stats.deleted_packs, stats.repacked_packs,
+                    stats.moved_blobs, stats.compressed_blobs, stats.compression_saved_bytes,
+                    stats.removed_orphans, stats.dead_sessions, stats.rolled_back_commits
+                );
+                // What needs an operator: said apart, so it is not lost in the summary.
+                if stats.unindexed_packs > 0 {
+                    println!(
+                        "left {} pack files the index does not know (run `repair` to index them)",
+                        stats.unindexed_packs
+                    );
+                }
+                if stats.packs_not_repacked > 0 {
+                    println!(
+                        "could not repack {} packs (damaged blobs; run `verify`)",
+                        stats.packs_not_repacked
+                    );
+                }
+                if stats.unreadable_trees > 0 {
+                    println!(
+                        "{} freed trees could not be read (their children stay until `repair`)",
+                        stats.unreadable_trees
+                    );
+                }
+            }
+        }
+        Command::Repair => {
+            let path = store_path(&cli)?;
+            let report = Store::repair(&path)?;
+            for s in &report.unreadable_packs {
+                println!("unreadable pack: {s}");
+            }
+            for s in &report.quarantined_packs {
+                println!("quarantined: {s}");
+            }
+            for s in &report.damaged_snapshots {
+                println!("damaged snapshot (kept; see `verify`): {s}");
+            }
+            for s in &report.unreadable_trees {
+                println!("unreadable tree (nothing below it referenced; see `verify`): {s}");
+            }
+            for s in &report.damaged_log_lines {
+                println!("damaged snapshot log line (kept as it is; see `verify`): {s}");
+            }
+            println!(
+                "rebuilt index: {} packs, {} blobs ({} duplicates), {} snapshots",
+                report.packs, report.blobs, report.duplicate_blobs, report.snapshots
+            );
+        }
+        Command::Stats { json } => {
+            let store = open(&cli)?;
+            let s = store.stats()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("snapshots        {}", s.snapshots);
+                println!("machines         {}", s.machines);
+                println!("sources          {}", s.sources);
+                println!("logical bytes    {}", s.logical_bytes);
+                println!("chunks           {}", s.chunks);
+                println!("trees            {}", s.trees);
+                println!("chunk bytes      {}", s.chunk_bytes);
+                println!("stored bytes     {}", s.stored_bytes);
+                println!("packs            {}", s.packs);
+                println!("pack bytes       {}", s.pack_bytes);
+                println!("reclaimable      {}", s.dead_bytes);
+                println!("to compress      {}", s.deferred_bytes);
+                println!("live sessions    {}", s.live_sessions);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
