@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use turku_storage::ping::{PingError, PingRequest, PingRequestReader, MAX_PING_SOURCES};
+use turku_storage::constants::MAX_PING_SOURCES;
+use turku_storage::ping::{PingError, PingRequest, PingRequestReader};
 
 const MACHINE_UUID: &str = "5a3b1a0e-6f0e-4c1e-9a43-0d2a8c1f7b11";
 

@@ -17,10 +17,12 @@
 //!
 //! Modules: [`cli`] (the command line; the binary only calls it), [`backup`] (the backup
 //! job every entry point shares), [`pull`] (the store-backed rsync receiver), [`output`]
-//! (how snapshots and entries are shown) and [`constants`] (wire constants and limits).
+//! (how snapshots and entries are shown), [`ping`] (the agent's ping request, sans-io) and
+//! [`constants`] (wire constants and limits).
 
 pub mod backup;
 pub mod cli;
 pub mod constants;
 pub mod output;
+pub mod ping;
 pub mod pull;

@@ -21,21 +21,10 @@ use std::fmt;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-// ---- limits (to move to constants.rs) -------------------------------------------------------
-/// Largest ping request, counting every byte up to and including the terminating `.` line.
-/// A real agent sends well under 1 KiB per source.
-pub const MAX_PING_REQUEST_BYTES: usize = 1 << 20;
-/// Most sources one request may carry credentials for.
-pub const MAX_PING_SOURCES: usize = 4096;
-/// Longest source name, in characters: the API stores names in a 255-character column.
-pub const MAX_SOURCE_NAME_CHARS: usize = 255;
-/// Longest machine uuid accepted from the forced command (canonical form is 36).
-pub const MAX_MACHINE_UUID_BYTES: usize = 64;
-/// Longest per-session rsync username (the agent sends a 36-character uuid4).
-pub const MAX_RSYNC_USERNAME_BYTES: usize = 256;
-/// Longest per-session rsync password (the agent sends 30 alphanumerics).
-pub const MAX_RSYNC_PASSWORD_BYTES: usize = 1024;
-// ---------------------------------------------------------------------------------------------
+use crate::constants::{
+    MAX_MACHINE_UUID_BYTES, MAX_PING_REQUEST_BYTES, MAX_PING_SOURCES, MAX_RSYNC_PASSWORD_BYTES,
+    MAX_RSYNC_USERNAME_BYTES, MAX_SOURCE_NAME_CHARS,
+};
 
 /// How many characters of a hostile name an error message quotes.
 const QUOTED_NAME_CHARS: usize = 64;
