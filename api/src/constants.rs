@@ -105,3 +105,16 @@ pub mod defaults {
     /// Default Auth name for storage registration secrets.
     pub const STORAGE_AUTH_NAME: &str = "Storage Registrations";
 }
+
+/// Config directories as the original agent and storage read them (`config_dir`).
+pub mod config {
+    /// Largest config file read: real ones are a few hundred bytes, and a bound keeps a
+    /// mistaken file (a log, a core dump) from being read and parsed whole.
+    pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+    /// The subdirectory of a config dir that holds the files to merge.
+    pub const CONFIG_SUBDIR: &str = "config.d";
+    /// Suffix of JSON config files.
+    pub const JSON_SUFFIX: &str = ".json";
+    /// Suffix of YAML config files: the original globs `*.yaml` only, never `*.yml`.
+    pub const YAML_SUFFIX: &str = ".yaml";
+}

@@ -7,6 +7,8 @@
 //! - [`constants`]: endpoint names, content types, error bodies, secret types.
 //! - [`v1`]: one request/response type per endpoint.
 //! - [`pyjson`]: JSON text exactly as Python's `json.dumps` writes it.
+//! - [`config_dir`]: the `config.d/*.json|*.yaml` directories the original agent and storage
+//!   read, deep-merged in file name order.
 //!
 //! ```
 //! use turku_api_types::v1::{AgentPingRequest, MachineCredentials};
@@ -19,6 +21,7 @@
 //! );
 //! ```
 
+pub mod config_dir;
 pub mod constants;
 pub mod pyjson;
 pub mod v1;
