@@ -31,3 +31,31 @@ pub const MAX_MACHINE_UUID_BYTES: usize = 64;
 pub const MAX_RSYNC_USERNAME_BYTES: usize = 256;
 /// Longest per-session rsync password (the agent sends 30 alphanumerics).
 pub const MAX_RSYNC_PASSWORD_BYTES: usize = 1024;
+
+/// Defaults of the configuration (`config.rs`): the original turku-storage's (spec
+/// `turku.md` §2.2) and our own keys'.
+pub mod config {
+    /// The config directory when `--config-dir` names none.
+    pub const DEFAULT_CONFIG_DIR: &str = "/etc/turku-storage";
+    /// No new machines on a volume used above this percentage.
+    pub const ACCEPT_NEW_HIGH_WATER_PCT: f64 = 80.0;
+    pub const VAR_DIR: &str = "/var/lib/turku-storage";
+    /// The only `snapshot_mode` that keeps earlier snapshots as a basis.
+    pub const SNAPSHOT_MODE_LINK_DEST: &str = "link-dest";
+    pub const SSH_PING_PORT: u16 = 22;
+    pub const SSH_PING_USER: &str = "root";
+    pub const SSH_PING_HOST_KEYS_GLOB: &str = "/etc/ssh/ssh_host_*_key.pub";
+    pub const AUTHORIZED_KEYS_COMMAND: &str = "turku-storage-ping";
+    pub const TIMEZONE: &str = "UTC";
+    /// Lock directories tried in order when `lock_dir` is not set.
+    pub const LOCK_DIR_CANDIDATES: [&str; 5] =
+        ["/run/lock", "/var/lock", "/run", "/var/run", "/tmp"];
+    pub const LOCK_DIR_LAST_RESORT: &str = "/tmp";
+    /// The store's directory under the first volume's path when `store` is not set.
+    pub const STORE_SUBDIR: &str = "turku-store";
+    /// The host keys' directory under `var_dir` when `host_key_dir` is not set.
+    pub const HOST_KEY_SUBDIR: &str = "host_keys";
+    /// Where the kernel keeps the host name advertised as `ssh_ping_host` by default.
+    pub const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
+    pub const FALLBACK_HOSTNAME: &str = "localhost";
+}

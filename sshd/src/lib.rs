@@ -16,12 +16,13 @@
 //! through the same session.
 //!
 //! Modules: [`cli`] (the command line; the binary only calls it), [`backup`] (the backup
-//! job every entry point shares), [`pull`] (the store-backed rsync receiver), [`output`]
+//! job every entry point shares), [`config`] (turku-storage's `config.d`, typed), [`pull`] (the store-backed rsync receiver), [`output`]
 //! (how snapshots and entries are shown), [`ping`] (the agent's ping request, sans-io) and
 //! [`constants`] (wire constants and limits).
 
 pub mod backup;
 pub mod cli;
+pub mod config;
 pub mod constants;
 pub mod output;
 pub mod ping;
