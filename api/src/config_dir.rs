@@ -18,13 +18,13 @@ use crate::constants::config::{CONFIG_SUBDIR, JSON_SUFFIX, MAX_CONFIG_FILE_BYTES
 /// Why a config directory or file could not be used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot list config directory {}: {source}", .dir.display())]
+    #[error("cannot list config directory {}", .dir.display())]
     ReadDir {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read config file {}: {source}", .path.display())]
+    #[error("cannot read config file {}", .path.display())]
     Read {
         path: PathBuf,
         #[source]
