@@ -38,6 +38,12 @@ pub struct SourceArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Parse the storage daemon's configuration and print it, secrets redacted.
+    #[command(hide = true)]
+    ConfigCheck {
+        #[arg(long, value_name = "DIR", default_value = crate::constants::config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
     /// Create a new store.
     Init {
         #[arg(long, default_value_t = turku_store::tuning::DEFAULT_CHUNK_MIN)]
@@ -209,6 +215,14 @@ fn open(cli: &Cli) -> Result<Store> {
 /// fails with problems found).
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
+        Command::ConfigCheck { config_dir } => {
+            let loaded = crate::config::load(config_dir, &crate::config::HostFacts::detect())
+                .with_context(|| format!("configuration in {}", config_dir.display()))?;
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{:#?}", loaded.config);
+        }
         Command::Init {
             chunk_min,
             chunk_avg,
