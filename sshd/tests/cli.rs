@@ -732,6 +732,19 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
         ]);
         cmd
     };
+    // What `snapshots` lists of round's source.
+    let listed = |round: usize| {
+        ok(
+            &store,
+            &[
+                "snapshots",
+                "--machine",
+                "m",
+                "--source",
+                &format!("d{round}"),
+            ],
+        )
+    };
     let mut interrupted = 0;
     let mut mid_work = 0;
     let mut whole = Duration::ZERO;
@@ -762,16 +775,7 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
             interrupted += usize::from(killed);
             // Some of the batch forgotten and some not: the kill landed in the forget's
             // work, not in the process's start-up.
-            let listed = ok(
-                &store,
-                &[
-                    "snapshots",
-                    "--machine",
-                    "m",
-                    "--source",
-                    &format!("d{round}"),
-                ],
-            );
+            let listed = listed(round);
             let left = batch.iter().filter(|c| listed.contains(&c.name)).count();
             mid_work += usize::from(left > 0 && left < batch.len());
             delay = if !killed || left == 0 {
@@ -786,16 +790,7 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
         // A forget that completes removes the whole batch.
         let out = forget(round).output().unwrap();
         assert!(out.status.success());
-        let listed = ok(
-            &store,
-            &[
-                "snapshots",
-                "--machine",
-                "m",
-                "--source",
-                &format!("d{round}"),
-            ],
-        );
+        let listed = listed(round);
         for gone in batch {
             assert!(
                 !listed.contains(&gone.name),

@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS pins(
     PRIMARY KEY(session, blob)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pins_by_blob ON pins(blob);
+";
+
+/// Schema version 4: a snapshot's name, reserved by its writer's session before the record
+/// is logged. Part of every new index, and what migrating a version 3 index adds.
+const NAME_RESERVATIONS: &str = "
 CREATE TABLE IF NOT EXISTS name_reservations(
     machine TEXT NOT NULL,
     source TEXT NOT NULL,
@@ -111,7 +116,7 @@ pub(crate) fn side_file(db: &std::path::Path, suffix: &str) -> std::path::PathBu
 pub fn create(path: &std::path::Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     configure(&conn, "WAL")?;
-    conn.execute_batch(SCHEMA)?;
+    create_schema(&conn)?;
     conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
     Ok(conn)
 }
@@ -124,7 +129,7 @@ pub fn create_for_rebuild(path: &std::path::Path) -> Result<Connection> {
     // In memory, not off: a failed statement must still roll back.
     configure(&conn, "MEMORY")?;
     conn.pragma_update(None, "synchronous", "OFF")?;
-    conn.execute_batch(SCHEMA)?;
+    create_schema(&conn)?;
     conn.pragma_update(None, "user_version", INDEX_SCHEMA_VERSION)?;
     Ok(conn)
 }
@@ -147,6 +152,13 @@ pub fn finish_rebuild(conn: Connection, path: &std::path::Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .io_ctx("fsync rebuilt index", path)
+}
+
+/// Every table and index of the current schema, in a new index.
+fn create_schema(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(NAME_RESERVATIONS)?;
+    Ok(())
 }
 
 fn configure(conn: &Connection, journal_mode: &str) -> Result<()> {
@@ -195,19 +207,9 @@ fn migrate(conn: Connection, mut version: i32) -> Result<Connection> {
         // Version 4 reserves a snapshot's name before its record is logged, so two commits
         // of one source in the same second never share a name (the loser's clean-up would
         // forget the winner's record).
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE name_reservations(
-                 machine TEXT NOT NULL,
-                 source TEXT NOT NULL,
-                 name TEXT NOT NULL,
-                 session INTEGER NOT NULL,
-                 PRIMARY KEY(machine, source, name)
-             ) WITHOUT ROWID;
-             CREATE INDEX name_reservations_by_session ON name_reservations(session);
-             PRAGMA user_version = 4;
-             COMMIT;",
-        )?;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {NAME_RESERVATIONS} PRAGMA user_version = 4; COMMIT;"
+        ))?;
         version = 4;
     }
     if version != INDEX_SCHEMA_VERSION {
