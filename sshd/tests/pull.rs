@@ -10,17 +10,13 @@ use turku_testkit::{
     assert_rsync_sees_no_difference, assert_same_tree, make_awkward_tree, random_bytes, RsyncDaemon,
 };
 
+mod common;
+use common::{export_within, init, turku};
+
+/// Exports here include 1 GiB and sparse 4 GiB files: generous, but never endless.
+const EXPORT_BOUND: Duration = Duration::from_secs(600);
 const USER: &str = "turku";
 const PASSWORD: &str = "s3cret-pw";
-
-fn turku(store: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_turku-storage"));
-    c.env_remove("TURKU_STORE")
-        .env_remove("RSYNC_PASSWORD")
-        .arg("--store")
-        .arg(store);
-    c
-}
 
 /// `turku-storage pull` of `module` from `daemon`, not yet run.
 fn pull_command(
@@ -80,11 +76,6 @@ fn stat(stderr: &str, key: &str) -> u64 {
     words[i + 1].parse().unwrap()
 }
 
-fn init(store: &Path) {
-    let out = turku(store).arg("init").output().unwrap();
-    assert!(out.status.success());
-}
-
 /// A daemon serving `src` as module `data` (with auth) and a new store, both under `dir`.
 fn serve_and_init(dir: &Path, src: &Path) -> (RsyncDaemon, PathBuf) {
     serve_with_and_init(dir, src, "")
@@ -103,28 +94,6 @@ fn serve_with_and_init(dir: &Path, src: &Path, module_conf: &str) -> (RsyncDaemo
     (daemon, store)
 }
 
-fn export(store: &Path, snapshot: &str, to: &Path) {
-    let out = turku(store)
-        .args([
-            "export",
-            "--machine",
-            "m",
-            "--source",
-            "data",
-            "--snapshot",
-            snapshot,
-            "--to",
-        ])
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn snapshot_count(store: &Path) -> usize {
     let out = turku(store).arg("snapshots").output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().count()
@@ -140,7 +109,7 @@ fn pulled_tree_exports_identical_and_an_unchanged_pull_moves_nothing() {
     assert!(first.starts_with("data_"), "{first}");
     assert!(stat(&err, "literal") > 5_000_000, "{err}");
     let out = tmp.path().join("out");
-    export(&store, &first, &out);
+    export_within(&store, &first, &out, EXPORT_BOUND);
     assert_same_tree(&src, &out);
     assert_rsync_sees_no_difference(&src, &out);
 
@@ -150,7 +119,7 @@ fn pulled_tree_exports_identical_and_an_unchanged_pull_moves_nothing() {
     assert_eq!(stat(&err, "stored"), 0, "{err}");
     assert!(stat(&err, "wire-read") < 20_000, "{err}");
     let out2 = tmp.path().join("out2");
-    export(&store, &second, &out2);
+    export_within(&store, &second, &out2, EXPORT_BOUND);
     assert_same_tree(&src, &out2);
     let verify = turku(&store).arg("verify").output().unwrap();
     assert!(verify.status.success());
@@ -175,7 +144,7 @@ fn a_rewrite_in_the_middle_of_a_big_file_moves_a_small_delta() {
     assert!(stat(&err, "matched") > (SIZE - 4 * REWRITE) as u64, "{err}");
     assert!(stat(&err, "new-bytes") < 16 * 1024 * 1024, "{err}");
     let out = tmp.path().join("out");
-    export(&store, &second, &out);
+    export_within(&store, &second, &out, EXPORT_BOUND);
     assert!(fs::read(out.join("big")).unwrap() == data);
 }
 
@@ -203,7 +172,7 @@ fn filters_and_excludes_are_applied() {
         ],
     );
     let out = tmp.path().join("out");
-    export(&store, &snap, &out);
+    export_within(&store, &snap, &out, EXPORT_BOUND);
     assert!(out.join("keep/b.txt").exists());
     assert!(!out.join("keep/a.tmp").exists());
     assert!(!out.join("cache").exists());
@@ -301,7 +270,7 @@ fn daemon_killed_mid_transfer_fails_cleanly_and_keeps_earlier_snapshots() {
         String::from_utf8_lossy(&verify.stdout)
     );
     let out = tmp.path().join("out");
-    export(&store, &first, &out);
+    export_within(&store, &first, &out, EXPORT_BOUND);
     assert_eq!(fs::read(out.join("small")).unwrap(), b"first version");
 }
 
@@ -343,7 +312,7 @@ fn a_file_over_4_gib_round_trips_and_its_edit_moves_a_delta() {
     let (first, err) = pull_ok(&store, &daemon, "data", &[]);
     assert_eq!(stat(&err, "bytes"), len, "{err}");
     let out = tmp.path().join("out");
-    export(&store, &first, &out);
+    export_within(&store, &first, &out, EXPORT_BOUND);
     assert!(same_content(&src.join("huge"), &out.join("huge")));
     let allocated = fs::metadata(out.join("huge")).unwrap().blocks() * 512;
     assert!(
@@ -362,7 +331,7 @@ fn a_file_over_4_gib_round_trips_and_its_edit_moves_a_delta() {
     let (second, err) = pull_ok(&store, &daemon, "data", &[]);
     assert!(stat(&err, "wire-read") < len / 20, "{err}");
     assert!(stat(&err, "matched") > len - (64 << 20), "{err}");
-    export(&store, &second, &out);
+    export_within(&store, &second, &out, EXPORT_BOUND);
     assert!(same_content(&src.join("huge"), &out.join("huge")));
 }
 
@@ -381,7 +350,7 @@ fn a_hundred_thousand_files_pull_identical_and_then_move_nothing() {
     let (first, err) = pull_ok(&store, &daemon, "data", &[]);
     assert_eq!(stat(&err, "files"), 100_000, "{err}");
     let out = tmp.path().join("out");
-    export(&store, &first, &out);
+    export_within(&store, &first, &out, EXPORT_BOUND);
     assert_same_tree(&src, &out);
     let (_, err) = pull_ok(&store, &daemon, "data", &[]);
     assert_eq!(stat(&err, "transferred"), 0, "{err}");
@@ -415,7 +384,7 @@ fn a_file_vanishing_mid_transfer_is_a_warning_not_a_failure() {
     assert_eq!(stat(&err, "exit-code"), 24, "{err}");
     let snap = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let restored = tmp.path().join("out");
-    export(&store, &snap, &restored);
+    export_within(&store, &snap, &restored, EXPORT_BOUND);
     assert!(restored.join("a-big").exists());
     assert!(!restored.join("z-victim").exists());
 }
@@ -450,7 +419,7 @@ fn an_unreadable_file_fails_the_pull_and_is_named() {
     assert!(err.contains("Permission denied"), "{err}");
     assert_eq!(snapshot_count(&store), 1);
     let restored = tmp.path().join("out");
-    export(&store, &first, &restored);
+    export_within(&store, &first, &restored, EXPORT_BOUND);
     assert_eq!(fs::read(restored.join("readable")).unwrap(), b"fine");
 }
 

@@ -21,55 +21,11 @@ use turku_proto_rsync::constants::{S_IFDIR, S_IFREG};
 use turku_proto_rsync::FileEntry;
 use turku_testkit::{assert_same_tree, random_bytes, RsyncDaemon};
 
+mod common;
+use common::{export_within, init, run_bounded, run_within, turku, CHILD_BOUND};
+
 /// The protocol the fake daemons speak: multiplexed, without checksum negotiation.
 const PROTOCOL: u32 = 31;
-/// Longest a `turku-storage` child may run before the test kills it and fails.
-const CHILD_BOUND: Duration = Duration::from_secs(60);
-
-fn turku(store: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_turku-storage"));
-    c.env_remove("TURKU_STORE")
-        .env_remove("RSYNC_PASSWORD")
-        .arg("--store")
-        .arg(store);
-    c
-}
-
-/// Runs `cmd` to completion within [`CHILD_BOUND`], killing it (and failing) past that.
-fn run_bounded(cmd: Command) -> Output {
-    run_within(cmd, CHILD_BOUND)
-}
-
-/// Runs `cmd` to completion within `bound`, killing it (and failing) past that.
-fn run_within(mut cmd: Command, bound: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > bound {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "turku-storage ran past {bound:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn init(store: &Path) {
-    let out = run_bounded({
-        let mut c = turku(store);
-        c.arg("init");
-        c
-    });
-    assert!(out.status.success());
-}
 
 /// `turku-storage pull` of machine `m`, source `data`, from `rsync://127.0.0.1:PORT/data/`.
 fn pull(store: &Path, port: u16, extra: &[&str]) -> Output {
@@ -89,27 +45,6 @@ fn snapshot_names(store: &Path) -> Vec<String> {
         .lines()
         .map(|l| l.split('\t').nth(2).unwrap().to_owned())
         .collect()
-}
-
-fn export(store: &Path, snapshot: &str, to: &Path) {
-    let mut c = turku(store);
-    c.args([
-        "export",
-        "--machine",
-        "m",
-        "--source",
-        "data",
-        "--snapshot",
-        snapshot,
-        "--to",
-    ])
-    .arg(to);
-    let out = run_bounded(c);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn verify(store: &Path) {
@@ -149,7 +84,7 @@ fn assert_failed_cleanly(out: &Output, expect: &str, dir: &Path, store: &Path, s
     assert_eq!(names.len(), 1, "{names:?}");
     verify(store);
     let restored = dir.join(format!("restored-{}", names.len()));
-    export(store, &names[0], &restored);
+    export_within(store, &names[0], &restored, CHILD_BOUND);
     assert_same_tree(src, &restored);
 }
 
@@ -382,7 +317,7 @@ fn a_short_timeout_against_stock_rsync_is_no_false_positive() {
     assert!(out.status.success(), "false timeout? {err}");
     let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let restored = tmp.path().join("restored");
-    export(&store, &name, &restored);
+    export_within(&store, &name, &restored, CHILD_BOUND);
     assert_same_tree(&src, &restored);
     assert_eq!(snapshot_names(&store).len(), 2);
 }
@@ -503,6 +438,6 @@ fn a_symlinked_password_file_is_judged_by_its_target() {
     );
     let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let restored = tmp.path().join("restored");
-    export(&store, &name, &restored);
+    export_within(&store, &name, &restored, CHILD_BOUND);
     assert_same_tree(&src, &restored);
 }
