@@ -48,6 +48,16 @@ fn assert_clean(store: &Store) {
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
+/// After a `repair`, the store holds exactly `expected` and verifies clean.
+fn assert_repair_keeps_exactly(store: Store, expected: &[Snapshot]) {
+    let store = repaired(store);
+    assert_eq!(
+        names(&store.snapshots(None, None).unwrap()),
+        names(expected)
+    );
+    assert_clean(&store);
+}
+
 /// A log ending with a torn fragment (what a crash or a full disk leaves mid-append) must
 /// not swallow the record appended after it.
 #[test]
@@ -63,12 +73,7 @@ fn a_torn_fragment_does_not_swallow_the_next_record() {
     drop(log);
     let second = commit_file(&store, 2, 100_000).unwrap();
     assert_clean(&store);
-    let store = repaired(store);
-    assert_eq!(
-        names(&store.snapshots(None, None).unwrap()),
-        names(&[first, second])
-    );
-    assert_clean(&store);
+    assert_repair_keeps_exactly(store, &[first, second]);
 }
 
 /// A record append that fails half-way (a full disk) is cut back off: the commit fails with
@@ -90,12 +95,7 @@ fn a_torn_record_append_is_cut_back_off() {
     assert_clean(&store);
     let third = commit_file(&store, 3, 100_000).unwrap();
     store.gc().unwrap();
-    let store = repaired(store);
-    assert_eq!(
-        names(&store.snapshots(None, None).unwrap()),
-        names(&[first, third])
-    );
-    assert_clean(&store);
+    assert_repair_keeps_exactly(store, &[first, third]);
 }
 
 /// When the torn append cannot be cut back off either, the fragment stays; the next append
@@ -116,12 +116,7 @@ fn a_torn_append_that_cannot_be_cut_back_is_ended_by_the_next() {
     let third = commit_file(&store, 3, 100_000).unwrap();
     let gc = store.gc().unwrap();
     assert_eq!(gc.dead_sessions, 1);
-    let store = repaired(store);
-    assert_eq!(
-        names(&store.snapshots(None, None).unwrap()),
-        names(&[first, third])
-    );
-    assert_clean(&store);
+    assert_repair_keeps_exactly(store, &[first, third]);
 }
 
 /// The row insert fails and so does the record's removal (a full disk): the record stays in
