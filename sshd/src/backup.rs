@@ -9,7 +9,7 @@
 use turku_proto_rsync::Outcome;
 use turku_store::{Snapshot, Store, StoreError};
 
-use crate::pull::{pull_into_store, PullOptions, RsyncUrl};
+use crate::pull::{pull_into_store, Connection, PullOptions, RsyncUrl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -33,17 +33,19 @@ pub struct PullReport {
     pub warnings: Vec<String>,
 }
 
-/// Pulls `url` into a new snapshot of `machine`/`source` and commits it; nothing is
-/// committed when the pull fails.
+/// Pulls `url` (over `connection`) into a new snapshot of `machine`/`source` and commits
+/// it; nothing is committed when the pull fails.
 pub fn pull_source(
     store: &Store,
     machine: &str,
     source: &str,
     url: &RsyncUrl,
+    connection: Connection,
     options: PullOptions,
 ) -> Result<PullReport, BackupError> {
     let (snapshot, outcome, warnings) =
-        pull_into_store(store, machine, source, url, options).map_err(BackupError::Pull)?;
+        pull_into_store(store, machine, source, url, connection, options)
+            .map_err(BackupError::Pull)?;
     Ok(PullReport {
         snapshot,
         outcome,

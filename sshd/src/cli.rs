@@ -303,7 +303,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 snapshot: snap,
                 outcome,
                 warnings,
-            } = backup::pull_source(&store, &src.machine, &src.source, &url, options)?;
+            } = backup::pull_source(
+                &store,
+                &src.machine,
+                &src.source,
+                &url,
+                pull::Connection::Tcp,
+                options,
+            )?;
             for w in &warnings {
                 eprintln!("turku-storage: warning: {w}");
             }

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use turku_proto_rsync::io::{pull_tcp, PullConfig};
+use turku_proto_rsync::io::{pull, pull_tcp, PullConfig};
 use turku_proto_rsync::{
     Basis, EntryAction, FileEntry, FileKind, HardLink, Limits, MessageKind, Outcome, ReceiveSink,
     Secret, SinkError, Timeouts,
@@ -420,12 +420,36 @@ pub struct PullOptions {
     pub limits: Limits,
 }
 
-/// Pulls `url` into a new snapshot of `machine`/`source`.
+/// A byte stream to an rsync daemon that is already connected: the daemon's SSH tunnel
+/// hands the pull one end of an in-memory pipe whose other end it copies to the
+/// forwarded channel, so the pull's own runtime never owns the SSH channel.
+pub trait DaemonStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> DaemonStream for T {}
+
+/// How the pull reaches the rsync daemon.
+pub enum Connection {
+    /// Connect to `url`'s host and port.
+    Tcp,
+    /// Speak to the daemon over this stream; `url`'s host and port only name it in errors.
+    Stream(Box<dyn DaemonStream>),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connection::Tcp => "Tcp",
+            Connection::Stream(_) => "Stream",
+        })
+    }
+}
+
+/// Pulls `url` into a new snapshot of `machine`/`source`, over `connection`.
 pub fn pull_into_store(
     store: &Store,
     machine: &str,
     source: &str,
     url: &RsyncUrl,
+    connection: Connection,
     options: PullOptions,
 ) -> Result<(Snapshot, Outcome, Vec<String>)> {
     let mut config = PullConfig::new(&url.module);
@@ -443,14 +467,18 @@ pub fn pull_into_store(
         .build()
         .context("starting the I/O runtime")?;
     let mut sink = StoreSink::new(store, machine, source)?;
-    let outcome = runtime
-        .block_on(pull_tcp(&url.host, url.port, &config, &mut sink))
-        .with_context(|| {
-            format!(
-                "pulling rsync://{}:{}/{} (no snapshot was made)",
-                url.host, url.port, url.module
-            )
-        })?;
+    let transfer = async {
+        match connection {
+            Connection::Tcp => pull_tcp(&url.host, url.port, &config, &mut sink).await,
+            Connection::Stream(stream) => pull(stream, &config, &mut sink).await,
+        }
+    };
+    let outcome = runtime.block_on(transfer).with_context(|| {
+        format!(
+            "pulling rsync://{}:{}/{} (no snapshot was made)",
+            url.host, url.port, url.module
+        )
+    })?;
     if !outcome.is_success() {
         // The peer's own words say why (permission denied, I/O error...).
         let reasons: Vec<&str> = outcome
