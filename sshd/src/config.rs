@@ -10,12 +10,17 @@
 //!   taken in name order (the original has no store; name order does not depend on which
 //!   file declared a volume first);
 //! - `host_key_dir`: where the SSH host keys are generated and kept, default
-//!   `<var_dir>/host_keys`.
+//!   `<var_dir>/host_keys`;
+//! - `authorized_keys_static`: an operator's authorized_keys-format file of extra agent keys,
+//!   each line with `command="... <machine uuid>"` naming its machine;
+//! - the daemon's limits and timers ([`DaemonSettings`]; seconds for durations, each key the
+//!   field's name).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -36,6 +41,112 @@ pub enum ConfigError {
     NoVolumes,
     #[error("config key listen is not an address and port: {value:?}")]
     BadListen { value: String },
+}
+
+/// The daemon's limits and timers: our own config keys, each named as its field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    /// Open SSH connections, authenticated or not; more are closed at once.
+    pub max_connections: usize,
+    /// Agent sessions doing work at once; a session over the cap is told it is busy and
+    /// its sources stay due.
+    pub max_sessions: usize,
+    /// Backups running at once across all sessions.
+    pub max_backups: usize,
+    /// How long a due source waits for a backup slot before it is left due.
+    pub backup_queue_timeout: Duration,
+    /// From connect to authenticated.
+    pub login_timeout: Duration,
+    /// Silence from the agent before its request arrives, and of the SSH connection at any
+    /// time (answered keepalives count as life).
+    pub idle_timeout: Duration,
+    /// Whole session, backups included.
+    pub session_timeout: Duration,
+    /// How often the authorized keys are fetched from the coordinator.
+    pub refresh_interval: Duration,
+    /// Least time between two refreshes caused by unknown keys.
+    pub refresh_min_interval: Duration,
+    /// The rsync daemon's silence during a pull, and its greeting and authentication.
+    pub rsync_io_timeout: Duration,
+    pub rsync_connect_timeout: Duration,
+    /// Least time between two garbage collections started after backups.
+    pub gc_min_interval: Duration,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_sessions: defaults::MAX_SESSIONS,
+            max_backups: defaults::MAX_BACKUPS,
+            backup_queue_timeout: Duration::from_secs(defaults::BACKUP_QUEUE_TIMEOUT_SECS),
+            login_timeout: Duration::from_secs(defaults::LOGIN_TIMEOUT_SECS),
+            idle_timeout: Duration::from_secs(defaults::IDLE_TIMEOUT_SECS),
+            session_timeout: Duration::from_secs(defaults::SESSION_TIMEOUT_SECS),
+            refresh_interval: Duration::from_secs(defaults::REFRESH_INTERVAL_SECS),
+            refresh_min_interval: Duration::from_secs(defaults::REFRESH_MIN_INTERVAL_SECS),
+            rsync_io_timeout: Duration::from_secs(defaults::RSYNC_IO_TIMEOUT_SECS),
+            rsync_connect_timeout: Duration::from_secs(defaults::RSYNC_CONNECT_TIMEOUT_SECS),
+            gc_min_interval: Duration::from_secs(defaults::GC_MIN_INTERVAL_SECS),
+        }
+    }
+}
+
+/// Our count keys: at least 1.
+const DAEMON_COUNT_KEYS: &[&str] = &["max_connections", "max_sessions", "max_backups"];
+/// Our duration keys, in seconds (fractions allowed): more than 0.
+const DAEMON_DURATION_KEYS: &[&str] = &[
+    "backup_queue_timeout",
+    "login_timeout",
+    "idle_timeout",
+    "session_timeout",
+    "refresh_interval",
+    "refresh_min_interval",
+    "rsync_io_timeout",
+    "rsync_connect_timeout",
+    "gc_min_interval",
+];
+
+fn daemon_settings(map: &Map<String, Value>) -> Result<DaemonSettings, ConfigError> {
+    let mut settings = DaemonSettings::default();
+    for key in DAEMON_COUNT_KEYS {
+        let Some(value) = present(map, key) else {
+            continue;
+        };
+        let count = value
+            .as_u64()
+            .filter(|n| (1..=defaults::MAX_COUNT_SETTING).contains(n))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| wrong_type(key, "a whole number from 1 to 1000000"))?;
+        match *key {
+            "max_connections" => settings.max_connections = count,
+            "max_sessions" => settings.max_sessions = count,
+            _ => settings.max_backups = count,
+        }
+    }
+    for key in DAEMON_DURATION_KEYS {
+        let Some(value) = present(map, key) else {
+            continue;
+        };
+        let seconds = value
+            .as_f64()
+            .filter(|secs| *secs > 0.0 && *secs <= defaults::MAX_DURATION_SETTING_SECS)
+            .ok_or_else(|| wrong_type(key, "a number of seconds above 0 (at most 10 years)"))?;
+        let duration = Duration::from_secs_f64(seconds);
+        let field = match *key {
+            "backup_queue_timeout" => &mut settings.backup_queue_timeout,
+            "login_timeout" => &mut settings.login_timeout,
+            "idle_timeout" => &mut settings.idle_timeout,
+            "session_timeout" => &mut settings.session_timeout,
+            "refresh_interval" => &mut settings.refresh_interval,
+            "refresh_min_interval" => &mut settings.refresh_min_interval,
+            "rsync_io_timeout" => &mut settings.rsync_io_timeout,
+            "rsync_connect_timeout" => &mut settings.rsync_connect_timeout,
+            _ => &mut settings.gc_min_interval,
+        };
+        *field = duration;
+    }
+    Ok(settings)
 }
 
 /// A secret from the configuration: kept out of `Debug` output (and so out of logs).
@@ -146,6 +257,8 @@ pub struct StorageConfig {
     pub listen: SocketAddr,
     pub store: PathBuf,
     pub host_key_dir: PathBuf,
+    pub authorized_keys_static: Option<PathBuf>,
+    pub daemon: DaemonSettings,
 }
 
 /// A configuration and the warnings (unknown keys) the caller should log.
@@ -182,6 +295,7 @@ const KNOWN_KEYS: &[&str] = &[
     "listen",
     "store",
     "host_key_dir",
+    "authorized_keys_static",
 ];
 
 const VOLUME_KEYS: &[&str] = &["path", "accept_new", "accept_new_high_water_pct"];
@@ -251,7 +365,11 @@ impl StorageConfig {
         };
         let mut warnings: Vec<String> = map
             .keys()
-            .filter(|key| !KNOWN_KEYS.contains(&key.as_str()))
+            .filter(|key| {
+                !KNOWN_KEYS.contains(&key.as_str())
+                    && !DAEMON_COUNT_KEYS.contains(&key.as_str())
+                    && !DAEMON_DURATION_KEYS.contains(&key.as_str())
+            })
             .map(|key| match key.as_str() {
                 "api_auth" => "config key api_auth is no longer read (the original dropped it \
                                in 2023): use api_auth_name and api_auth_secret"
@@ -377,6 +495,8 @@ impl StorageConfig {
             listen,
             store,
             host_key_dir,
+            authorized_keys_static: string(&map, "authorized_keys_static")?.map(PathBuf::from),
+            daemon: daemon_settings(&map)?,
         };
         warnings.sort();
         Ok(LoadedConfig { config, warnings })
@@ -712,6 +832,41 @@ mod tests {
             StorageConfig::from_value(value, &host()),
             Err(ConfigError::BadListen { .. })
         ));
+    }
+
+    #[test]
+    fn daemon_settings_are_read_and_bounded() {
+        let mut value = minimal();
+        let loaded = StorageConfig::from_value(value.clone(), &host()).unwrap();
+        assert_eq!(loaded.config.daemon, DaemonSettings::default());
+        value["max_backups"] = json!(2);
+        value["idle_timeout"] = json!(2.5);
+        value["authorized_keys_static"] = json!("/etc/turku-storage/static_keys");
+        let loaded = StorageConfig::from_value(value.clone(), &host()).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.config.daemon.max_backups, 2);
+        assert_eq!(
+            loaded.config.daemon.idle_timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            loaded.config.authorized_keys_static.as_deref(),
+            Some(Path::new("/etc/turku-storage/static_keys"))
+        );
+        for (key, bad) in [
+            ("max_backups", json!(0)),
+            ("max_sessions", json!(-1)),
+            ("max_connections", json!("many")),
+            ("idle_timeout", json!(0)),
+            ("session_timeout", json!(1e12)),
+        ] {
+            let mut v = value.clone();
+            v[key] = bad;
+            let e = StorageConfig::from_value(v, &host())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -58,4 +58,28 @@ pub mod config {
     /// Where the kernel keeps the host name advertised as `ssh_ping_host` by default.
     pub const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
     pub const FALLBACK_HOSTNAME: &str = "localhost";
+
+    // The daemon's limits and timers (`DaemonSettings`).
+    pub const MAX_CONNECTIONS: usize = 256;
+    pub const MAX_SESSIONS: usize = 64;
+    /// Each backup keeps one core busy hashing and compressing; more than a few at once only
+    /// share the same disks.
+    pub const MAX_BACKUPS: usize = 4;
+    /// A due source waits this long for a backup slot; an agent pings every ~5 minutes, so
+    /// a source left due is retried soon.
+    pub const BACKUP_QUEUE_TIMEOUT_SECS: u64 = 120;
+    /// OpenSSH's LoginGraceTime.
+    pub const LOGIN_TIMEOUT_SECS: u64 = 120;
+    pub const IDLE_TIMEOUT_SECS: u64 = 300;
+    /// A whole session; a first backup of a large machine takes hours.
+    pub const SESSION_TIMEOUT_SECS: u64 = 24 * 3600;
+    /// The original storage's cron refreshes every 5 minutes.
+    pub const REFRESH_INTERVAL_SECS: u64 = 300;
+    pub const REFRESH_MIN_INTERVAL_SECS: u64 = 10;
+    pub const RSYNC_IO_TIMEOUT_SECS: u64 = 600;
+    pub const RSYNC_CONNECT_TIMEOUT_SECS: u64 = 60;
+    pub const GC_MIN_INTERVAL_SECS: u64 = 600;
+    /// Bounds on what a count or duration key may say.
+    pub const MAX_COUNT_SETTING: u64 = 1_000_000;
+    pub const MAX_DURATION_SETTING_SECS: f64 = 10.0 * 365.0 * 86400.0;
 }
