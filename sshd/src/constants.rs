@@ -83,3 +83,107 @@ pub mod config {
     pub const MAX_COUNT_SETTING: u64 = 1_000_000;
     pub const MAX_DURATION_SETTING_SECS: f64 = 10.0 * 365.0 * 86400.0;
 }
+
+/// The SSH host keys (`hostkeys.rs`): OpenSSH's file names and modes, so an operator's tools
+/// and habits apply unchanged.
+pub mod hostkeys {
+    /// The ed25519 host key in the host key directory; its public half adds
+    /// [`PUBLIC_KEY_SUFFIX`].
+    pub const ED25519_KEY_FILE: &str = "ssh_host_ed25519_key";
+    pub const PUBLIC_KEY_SUFFIX: &str = ".pub";
+    /// Prefix of the comment a generated key carries, followed by the host name, so a pinned
+    /// known_hosts line says where it came from.
+    pub const KEY_COMMENT_PREFIX: &str = "turku-storage@";
+    /// Only the daemon may list or read its keys.
+    pub const DIR_MODE: u32 = 0o700;
+    pub const PRIVATE_KEY_MODE: u32 = 0o600;
+    pub const PUBLIC_KEY_MODE: u32 = 0o644;
+    /// Group and other permission bits: any of them on a private key makes OpenSSH refuse it,
+    /// and so do we.
+    pub const UNPROTECTED_MODE_BITS: u32 = 0o077;
+    /// Largest host key file read: an ed25519 key is about 400 bytes, RSA-16384 under 13 KiB;
+    /// a bound keeps a mistaken path (a log, a device) from being read whole.
+    pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+}
+
+/// The authorized machines registry (`authorized.rs`).
+pub mod authorized {
+    /// The last coordinator reply's machines, kept under `var_dir` so that a restart while
+    /// the coordinator is down still accepts known agents.
+    pub const CACHE_FILE: &str = "authorized-machines.json";
+    /// Written into the cache file; a file of another version is refused, not guessed at.
+    pub const CACHE_FORMAT_VERSION: u32 = 1;
+    /// Largest cache file read. One machine takes at most about 1.5 KiB (an RSA-4096 key
+    /// and its names), so this holds over 20,000 machines.
+    pub const MAX_CACHE_FILE_BYTES: u64 = 32 * 1024 * 1024;
+    /// Largest operator static key file read (OpenSSH authorized_keys syntax).
+    pub const MAX_STATIC_FILE_BYTES: u64 = 4 * 1024 * 1024;
+    /// Static file options our fixed channel policy already supersedes (no shell, no pty,
+    /// loopback `-R` only), so accepting the line loses nothing the operator asked for.
+    pub const SUPERSEDED_OPTIONS: &[&str] = &[
+        "command",
+        "no-pty",
+        "pty",
+        "no-agent-forwarding",
+        "agent-forwarding",
+        "no-x11-forwarding",
+        "x11-forwarding",
+        "no-user-rc",
+        "user-rc",
+        "no-port-forwarding",
+        "port-forwarding",
+        "permitopen",
+        "permitlisten",
+        "restrict",
+        "environment",
+        "tunnel",
+    ];
+    /// Any other option (`from=`, `expiry-time=`, `cert-authority`, ...) restricts or changes
+    /// who may log in in a way we do not enforce: such a line is refused, as OpenSSH refuses
+    /// a line with options it does not know.
+    pub const FORCED_COMMAND_OPTION: &str = "command";
+}
+
+// One agent session (`session.rs`).
+/// Lines queued for the agent's stderr; a client that does not read loses lines beyond
+/// this, and the backup never waits for it.
+pub const CONSOLE_QUEUE_LINES: usize = 256;
+/// Longest summary sent to the coordinator (it keeps it in a text column shown in lists).
+pub const MAX_SUMMARY_BYTES: usize = 8192;
+/// Snapshot mode `none` keeps one copy, as the original's single `--inplace` tree.
+pub const NONE_MODE_RETENTION: &str = "last 1 snapshot";
+
+/// What a session tells the agent, in the original's words where it has them.
+pub mod session {
+    pub const SOURCES_DUE: &str = "Sources to back up: ";
+    pub const NOTHING_DUE: &str = "No sources to back up now";
+    pub const DONE: &str = "Done";
+    pub const RESTORE_FINISHED: &str = "Restore mode finished";
+    pub const CHECKIN_FAILED: &str = "Cannot check in with the coordinator; nothing was backed up";
+    pub const BUSY: &str = "Storage busy";
+    pub const ALREADY_RUNNING: &str =
+        "Another session of this machine is running on this storage; try again later";
+    pub const REQUEST_TIMED_OUT: &str = "No complete ping request arrived in time";
+    pub const SESSION_TIMED_OUT: &str = "Session time limit reached; unfinished sources stay due";
+    pub const GONE: &str = "The session closed before its request arrived";
+}
+
+/// The SSH server (`server/`).
+pub mod daemon {
+    use std::time::Duration;
+
+    pub const SERVER_ID: &str = "SSH-2.0-turku-storage";
+    /// Every refused login takes this long, so timing tells nothing about which keys exist.
+    pub const AUTH_REJECTION_TIME: Duration = Duration::from_millis(200);
+    /// Probing a silent client; `KEEPALIVE_MAX` unanswered probes end the connection.
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+    pub const KEEPALIVE_MAX: usize = 4;
+    /// Remote forwards one connection may record (the agent asks for one).
+    pub const MAX_FORWARDS_PER_CONNECTION: usize = 16;
+    /// Where ports for `-R 0:...` forwards are numbered from (never bound: only a number).
+    pub const FIRST_VIRTUAL_PORT: u32 = 40000;
+    /// The in-memory pipe between a forwarded channel and its pull.
+    pub const BRIDGE_BUFFER_BYTES: usize = 256 * 1024;
+    /// How long the last lines for the agent may take before the exit status goes out.
+    pub const CONSOLE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+}

@@ -19,11 +19,13 @@
 //! job every entry point shares), [`config`] (turku-storage's `config.d`, typed), [`pull`] (the store-backed rsync receiver), [`output`]
 //! (how snapshots and entries are shown), [`ping`] (the agent's ping request, sans-io) and
 //! [`constants`] (wire constants and limits).
+//! [`hostkeys`]: the daemon's SSH host keys, generated on first start and kept forever after.
 
 pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod constants;
+pub mod hostkeys;
 pub mod output;
 pub mod ping;
 pub mod pull;
