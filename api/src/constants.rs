@@ -118,3 +118,32 @@ pub mod config {
     /// Suffix of YAML config files: the original globs `*.yaml` only, never `*.yml`.
     pub const YAML_SUFFIX: &str = ".yaml";
 }
+
+/// The blocking `/v1` HTTP client (`client`).
+pub mod client {
+    use std::time::Duration;
+
+    /// Default bound on establishing a connection (DNS, TCP and TLS): long enough for a
+    /// coordinator across the world, short enough that a dead one is noticed within a ping.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default bound on one whole call, connect to last body byte: a `storage_update_config`
+    /// reply listing every machine of a large site must still arrive over a slow link.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+    /// Largest success body read. A `storage_update_config` reply for 10,000 machines with
+    /// 4096-bit RSA keys and long comments is about 12 MiB; the bound keeps a broken or hostile coordinator from
+    /// making the daemon buffer without limit.
+    pub const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+    /// Most of an error body read: the coordinator's are a few words, a proxy's HTML page a
+    /// few KiB; the rest is never read.
+    pub const MAX_ERROR_BODY_READ: u64 = 16 << 10;
+    /// Longest coordinator message kept in an error (it ends up in logs and on the agent's
+    /// terminal).
+    pub const MAX_ERROR_MESSAGE_BYTES: usize = 512;
+    /// Longest redirect target kept in an error.
+    pub const MAX_REDIRECT_LOCATION_BYTES: usize = 256;
+    /// The User-Agent: names the product and the client's version for the coordinator's logs.
+    pub const USER_AGENT: &str = concat!("turku/", env!("CARGO_PKG_VERSION"));
+    /// Keys under which JSON error bodies (from proxies or future coordinators) usually carry
+    /// their message; our coordinator sends plain text.
+    pub const ERROR_MESSAGE_KEYS: [&str; 3] = ["error", "message", "detail"];
+}
