@@ -48,6 +48,12 @@ pub const PACKS_AWAITING_SYNC: usize = 2;
 pub const TENTATIVE_REUSE_CHUNKS: usize = 1024;
 pub const TENTATIVE_REUSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Entries of the base snapshot's directories a writer keeps decoded (more when one
+/// directory alone is larger). Past it the cache starts afresh: a backup visits directories
+/// in tree order, so it rarely returns to one it has left, and a whole base tree in memory
+/// cost ~170 bytes a file.
+pub const BASE_CACHE_ENTRIES: usize = 16 * 1024;
+
 /// How often a writer waiting for room in that budget indexes packs that became durable.
 pub const IN_FLIGHT_POLL_MS: u64 = 5;
 

@@ -7,7 +7,7 @@
 //! snapshot record and then, in one transaction, makes the snapshot visible. Dropping the
 //! writer without committing leaves nothing visible; GC later reclaims what it stored.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use crate::index;
 use crate::index::session::{self, now_ns};
 use crate::snapshot::{self, split_path, Snapshot, SnapshotStats};
 use crate::store::Store;
+use crate::tuning::BASE_CACHE_ENTRIES;
 use crate::write::chunker::Chunker;
 use crate::write::packer::Packer;
 
@@ -30,8 +31,15 @@ pub struct SnapshotWriter {
     machine: String,
     source: String,
     base: Option<Snapshot>,
+    /// Base directories read lately (`None`: absent from the base). Bounded: a backup walks
+    /// the tree in order, so a directory it has left is rarely wanted again.
     base_dirs: HashMap<Vec<u8>, Option<Arc<Vec<TreeEntry>>>>,
-    dirs: HashMap<Vec<u8>, BTreeMap<Vec<u8>, TreeEntry>>,
+    /// Entries held by `base_dirs`, against [`BASE_CACHE_ENTRIES`].
+    base_dirs_entries: usize,
+    /// Each directory's entries as added (a name added again replaces the earlier one):
+    /// sorted only at commit, since a sorted map of every entry of a large tree took twice
+    /// the memory.
+    dirs: HashMap<Vec<u8>, Vec<TreeEntry>>,
     root_meta: Metadata,
     packer: Packer,
     chunker: Chunker,
@@ -99,6 +107,21 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A directory's entries sorted by name; of entries added under one name, the last.
+fn sorted_last_wins(mut entries: Vec<TreeEntry>) -> Vec<TreeEntry> {
+    // Stable, so equal names stay in the order they were added.
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    entries.dedup_by(|later, kept| {
+        let same = later.name == kept.name;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    entries.shrink_to_fit();
+    entries
+}
+
 impl Store {
     /// Starts a snapshot of `source` on `machine`, based on the newest existing one.
     pub fn begin_snapshot(&self, machine: &str, source: &str) -> Result<SnapshotWriter> {
@@ -138,7 +161,8 @@ impl Store {
             source: source.to_string(),
             base,
             base_dirs: HashMap::new(),
-            dirs: HashMap::from([(Vec::new(), BTreeMap::new())]),
+            base_dirs_entries: 0,
+            dirs: HashMap::from([(Vec::new(), Vec::new())]),
             root_meta: Metadata {
                 perm: 0o755,
                 ..Metadata::default()
@@ -203,19 +227,19 @@ impl SnapshotWriter {
             }
             None => None,
         };
+        let entries = loaded.as_ref().map_or(0, |e| e.len());
+        if self.base_dirs_entries + entries > BASE_CACHE_ENTRIES {
+            self.base_dirs.clear();
+            self.base_dirs_entries = 0;
+        }
+        self.base_dirs_entries += entries;
         self.base_dirs.insert(dir.to_vec(), loaded.clone());
         Ok(loaded)
     }
 
     /// The base snapshot's entry at `path`, if any: the rsync basis for that file.
     pub fn base_entry(&mut self, path: &[u8]) -> Result<Option<TreeEntry>> {
-        let (parent, name) = parent_and_name(path)?;
-        let found = self.base_dir(&parent)?.and_then(|entries| {
-            entries
-                .binary_search_by(|e| e.name.as_slice().cmp(&name))
-                .ok()
-                .map(|i| entries[i].clone())
-        });
+        let found = self.base_lookup(path)?;
         if let Some(TreeEntry {
             data: EntryData::File { chunks, .. },
             ..
@@ -224,6 +248,19 @@ impl SnapshotWriter {
             self.packer.known.extend(chunks.iter().map(|c| c.id));
         }
         Ok(found)
+    }
+
+    /// The base snapshot's entry at `path`, leaving `known` as it is: a file reused whole
+    /// needs no record of its chunks (the pinned base keeps them), and recording every
+    /// chunk of an unchanged tree cost memory for nothing.
+    fn base_lookup(&mut self, path: &[u8]) -> Result<Option<TreeEntry>> {
+        let (parent, name) = parent_and_name(path)?;
+        Ok(self.base_dir(&parent)?.and_then(|entries| {
+            entries
+                .binary_search_by(|e| e.name.as_slice().cmp(&name))
+                .ok()
+                .map(|i| entries[i].clone())
+        }))
     }
 
     fn ensure_dir(&mut self, dir: &[u8]) -> Result<()> {
@@ -249,7 +286,7 @@ impl SnapshotWriter {
         let (parent, name) = parent_and_name(path)?;
         self.ensure_dir(&parent)?;
         let entry = TreeEntry {
-            name: name.clone(),
+            name,
             kind,
             meta: Metadata {
                 perm: meta.perm & 0o7777,
@@ -259,7 +296,7 @@ impl SnapshotWriter {
             data,
         };
         if let Some(dir) = self.dirs.get_mut(&parent) {
-            dir.insert(name, entry);
+            dir.push(entry);
         }
         Ok(())
     }
@@ -359,7 +396,7 @@ impl SnapshotWriter {
         size: u64,
         link_group: u64,
     ) -> Result<bool> {
-        let Some(base) = self.base_entry(path)? else {
+        let Some(base) = self.base_lookup(path)? else {
             return Ok(false);
         };
         let EntryData::File {
@@ -519,12 +556,11 @@ impl SnapshotWriter {
         });
         let mut built: HashMap<Vec<u8>, Id> = HashMap::new();
         for path in paths {
-            let entries = self.dirs.remove(&path).unwrap_or_default();
-            let mut list = Vec::with_capacity(entries.len());
-            for (name, mut e) in entries {
+            let mut list = sorted_last_wins(self.dirs.remove(&path).unwrap_or_default());
+            for e in &mut list {
                 match &mut e.data {
                     EntryData::Dir { tree } => {
-                        let child = join(&path, &name);
+                        let child = join(&path, &e.name);
                         *tree = built.remove(&child).ok_or_else(|| {
                             StoreError::InvalidArgument("directory built out of order".into())
                         })?;
@@ -537,7 +573,6 @@ impl SnapshotWriter {
                     EntryData::Symlink { .. } => self.stats.symlinks += 1,
                     _ => self.stats.specials += 1,
                 }
-                list.push(e);
             }
             let id = self.store_dir(list)?;
             built.insert(path, id);
@@ -694,5 +729,90 @@ impl Write for FileWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link_meta() -> Metadata {
+        Metadata {
+            perm: 0o777,
+            ..Metadata::default()
+        }
+    }
+
+    /// A backup of a large tree looks up every path of its base: the decoded base
+    /// directories it keeps stay within the cache's bound (a whole base tree in memory was
+    /// most of an unchanged pull's peak), and every lookup still finds its entry.
+    #[test]
+    fn base_lookups_keep_a_bounded_cache_and_still_find_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("store"), Default::default()).unwrap();
+        let (dirs, per_dir) = (40usize, 1000usize);
+        assert!(dirs * per_dir > 2 * BASE_CACHE_ENTRIES);
+        let path = |d: usize, f: usize| format!("d{d:02}/l{f:04}").into_bytes();
+        let mut w = store.begin_snapshot("m", "s").unwrap();
+        for d in 0..dirs {
+            w.add_dir(format!("d{d:02}").as_bytes(), Metadata::default())
+                .unwrap();
+            for f in 0..per_dir {
+                w.add_symlink(&path(d, f), link_meta(), &path(f, d))
+                    .unwrap();
+            }
+        }
+        w.commit().unwrap();
+        let mut w = store.begin_snapshot("m", "s").unwrap();
+        let mut most_cached = 0;
+        for d in 0..dirs {
+            for f in 0..per_dir {
+                let entry = w.base_entry(&path(d, f)).unwrap().unwrap();
+                assert_eq!(entry.data, EntryData::Symlink { target: path(f, d) });
+                most_cached = most_cached.max(w.base_dirs_entries);
+            }
+        }
+        assert!(
+            most_cached <= BASE_CACHE_ENTRIES + per_dir,
+            "{most_cached} base entries cached"
+        );
+        w.abort();
+    }
+
+    /// Entries are kept unsorted until commit: the snapshot still lists each directory in
+    /// name order, and a name added twice keeps what was added last.
+    #[test]
+    fn entries_added_in_any_order_commit_sorted_and_the_last_of_a_name_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("store"), Default::default()).unwrap();
+        let mut w = store.begin_snapshot("m", "s").unwrap();
+        for name in ["c", "a", "b/x", "a", "d"] {
+            w.add_symlink(
+                name.as_bytes(),
+                link_meta(),
+                format!("first {name}").as_bytes(),
+            )
+            .unwrap();
+        }
+        w.add_symlink(b"a", link_meta(), b"second a").unwrap();
+        w.add_dir(b"b", link_meta()).unwrap();
+        let snap = w.commit().unwrap();
+        let root = store.read_tree(&snap.root).unwrap();
+        let names: Vec<&[u8]> = root.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names, [&b"a"[..], b"b", b"c", b"d"]);
+        assert_eq!(
+            root[0].data,
+            EntryData::Symlink {
+                target: b"second a".to_vec()
+            }
+        );
+        assert_eq!(
+            root[1].meta.perm, 0o777,
+            "the announced directory replaced the implied one"
+        );
+        assert_eq!(
+            store.lookup(&snap, b"b/x").unwrap().kind,
+            EntryKind::Symlink
+        );
     }
 }
