@@ -113,6 +113,8 @@ pub mod authorized {
     pub const CACHE_FILE: &str = "authorized-machines.json";
     /// Written into the cache file; a file of another version is refused, not guessed at.
     pub const CACHE_FORMAT_VERSION: u32 = 1;
+    /// The cache names every machine and its key: for the daemon's eyes only.
+    pub const CACHE_FILE_MODE: u32 = 0o600;
     /// Largest cache file read. One machine takes at most about 1.5 KiB (an RSA-4096 key
     /// and its names), so this holds over 20,000 machines.
     pub const MAX_CACHE_FILE_BYTES: u64 = 32 * 1024 * 1024;
@@ -186,4 +188,10 @@ pub mod daemon {
     pub const BRIDGE_BUFFER_BYTES: usize = 256 * 1024;
     /// How long the last lines for the agent may take before the exit status goes out.
     pub const CONSOLE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// The registration request (`registration.rs`).
+pub mod registration {
+    /// The original reports space in MiB (`f_bsize * f_blocks / 1048576`, as floats).
+    pub const BYTES_PER_MIB: f64 = 1_048_576.0;
 }

@@ -19,8 +19,12 @@
 //! job every entry point shares), [`config`] (turku-storage's `config.d`, typed), [`pull`] (the store-backed rsync receiver), [`output`]
 //! (how snapshots and entries are shown), [`ping`] (the agent's ping request, sans-io) and
 //! [`constants`] (wire constants and limits).
-//! [`hostkeys`]: the daemon's SSH host keys, generated on first start and kept forever after.
+//! [`hostkeys`] keeps the daemon's SSH host keys, generated on first start and never changed.
+//! [`authorized`] maps each agent key to the one machine it names, from the coordinator's
+//! reply and an operator's static file, cached for restarts.
+//! [`registration`] builds the `storage_update_config` request: our host keys and free space.
 
+pub mod authorized;
 pub mod backup;
 pub mod cli;
 pub mod config;
@@ -29,3 +33,4 @@ pub mod hostkeys;
 pub mod output;
 pub mod ping;
 pub mod pull;
+pub mod registration;
