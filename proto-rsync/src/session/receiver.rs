@@ -108,6 +108,34 @@ struct SigJob<B> {
     next: u32,
 }
 
+/// Puts `entries` in sorted order in place: position `i` gets the entry at `order[i]`.
+/// In place, because a second list of every entry was most of the receiver's peak memory
+/// on a large tree. `order` is used up. A repeated index in `order` is an error.
+fn sort_in_place(entries: &mut [FileEntry], order: &mut [usize]) -> Result<(), Error> {
+    const PLACED: usize = usize::MAX;
+    let bad = || Error::Protocol("sort produced a duplicate slot".into());
+    if order.len() != entries.len() {
+        return Err(bad());
+    }
+    // Each cycle of the permutation is followed once, swapping every entry into its place.
+    for start in 0..order.len() {
+        let mut at = start;
+        while order[at] != PLACED {
+            let from = order[at];
+            order[at] = PLACED;
+            if from == start {
+                break;
+            }
+            if from >= entries.len() || order[from] == PLACED {
+                return Err(bad());
+            }
+            entries.swap(at, from);
+            at = from;
+        }
+    }
+    Ok(())
+}
+
 /// Status after a [`ClientReceiver::step`].
 #[derive(Debug)]
 pub enum Status {
@@ -717,30 +745,29 @@ impl<S: ReceiveSink> ClientReceiver<S> {
 
     fn finish_file_list(&mut self) -> Result<(), Error> {
         let p = self.neg.protocol;
-        let wire = std::mem::take(&mut self.wire);
-        let order = sort_order(&wire, p);
-        let mut wire_to_sorted = vec![0u32; wire.len()];
+        let mut entries = std::mem::take(&mut self.wire);
+        let mut order = sort_order(&entries, p);
+        let mut wire_to_sorted = vec![0u32; entries.len()];
         for (sorted, &w) in order.iter().enumerate() {
             wire_to_sorted[w] = sorted as u32;
         }
-        let mut slots: Vec<Option<FileEntry>> = wire.into_iter().map(Some).collect();
-        let mut entries = Vec::with_capacity(slots.len());
-        for &w in &order {
-            let mut e = slots[w]
-                .take()
-                .ok_or(Error::Protocol("sort produced a duplicate slot".into()))?;
+        sort_in_place(&mut entries, &mut order)?;
+        drop(order);
+        // The list is complete: give back what its growth reserved.
+        entries.shrink_to_fit();
+        for e in &mut entries {
             if let HardLink::Follower { first } = e.hard_link {
                 let s = wire_to_sorted.get(first as usize).copied().ok_or(
                     DecodeError::BadHardLink {
                         index: first.into(),
-                        count: order.len(),
+                        count: wire_to_sorted.len(),
                     },
                 )?;
                 e.hard_link = HardLink::Follower { first: s };
             }
-            validate_name(&e)?;
-            entries.push(e);
+            validate_name(e)?;
         }
+        drop(wire_to_sorted);
         // Below 30 groups are identified by (dev, ino): present them like 30+ groups, the
         // first member in sorted order leading, so sinks see one model.
         let mut groups: std::collections::HashMap<(i64, i64), u32> =
@@ -1480,6 +1507,56 @@ mod tests {
                 }
                 proptest::prop_assert!(rx.data.len() <= 64 * 1024);
             }
+        }
+    }
+
+    /// Sorting a finished file list must not build a second list of every entry: on a tree
+    /// of 110,000 files that copy was the receiver's largest allocation.
+    #[test]
+    fn finishing_a_large_file_list_sorts_it_without_a_second_copy() {
+        let count = 40_000;
+        let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
+        // Exactly as large as the list, so only a copy could move it.
+        rx.wire = Vec::with_capacity(count + 41);
+        rx.wire.push(entry(".", S_IFDIR | 0o755, 1));
+        for d in 0..40 {
+            rx.wire.push(entry(&format!("d{d:02}"), S_IFDIR | 0o755, 1));
+        }
+        // Wire order is not sorted order: the list is permuted, not just taken over.
+        for i in (0..count).rev() {
+            let name = format!("d{:02}/f{i:05}", i % 40);
+            rx.wire.push(entry(&name, S_IFREG | 0o644, 10));
+        }
+        let received = rx.wire.as_ptr();
+        rx.finish_file_list().unwrap();
+        assert!(
+            std::ptr::eq(rx.entries.as_ptr(), received),
+            "the sorted list is a second copy of the received one"
+        );
+        assert_eq!(rx.entries.len(), count + 41);
+        let names: Vec<&[u8]> = rx.entries.iter().map(|e| e.name.as_slice()).collect();
+        let order = crate::sort::sort_order(&rx.entries, 31);
+        assert!(order.iter().enumerate().all(|(i, &o)| i == o), "sorted");
+        assert_eq!(names[0], b".");
+        assert_eq!(names[1], b"d00");
+        assert_eq!(names[2], b"d00/f00000");
+    }
+
+    #[test]
+    fn sorting_in_place_follows_the_order_and_refuses_a_repeated_index() {
+        let mut entries: Vec<FileEntry> = (0..7)
+            .map(|i| entry(&format!("f{i}"), S_IFREG | 0o644, i))
+            .collect();
+        let mut order = vec![3, 0, 6, 1, 2, 5, 4];
+        let want: Vec<i64> = order.iter().map(|&i| i as i64).collect();
+        sort_in_place(&mut entries, &mut order).unwrap();
+        assert_eq!(entries.iter().map(|e| e.size).collect::<Vec<_>>(), want);
+        for bad in [vec![1, 1, 0], vec![0, 2, 2], vec![0, 1, 7], vec![0, 1]] {
+            let mut entries: Vec<FileEntry> = (0..3)
+                .map(|i| entry(&format!("f{i}"), S_IFREG | 0o644, i))
+                .collect();
+            let mut order = bad.clone();
+            assert!(sort_in_place(&mut entries, &mut order).is_err(), "{bad:?}");
         }
     }
 }
