@@ -21,9 +21,12 @@ use crate::{backup, output, pull};
     about = "turku storage unit: the deduplicating snapshot store"
 )]
 pub struct Cli {
-    /// The store directory.
+    /// The store directory (default: the one the configuration names).
     #[arg(long, env = "TURKU_STORE", global = true)]
     pub store: Option<PathBuf>,
+    /// The storage daemon's configuration: `DIR/config.d/*.json|*.yaml`.
+    #[arg(long, short = 'c', value_name = "DIR", global = true, default_value = crate::constants::config::DEFAULT_CONFIG_DIR)]
+    pub config_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,9 +43,29 @@ pub struct SourceArgs {
 pub enum Command {
     /// Parse the storage daemon's configuration and print it, secrets redacted.
     #[command(hide = true)]
-    ConfigCheck {
-        #[arg(long, value_name = "DIR", default_value = crate::constants::config::DEFAULT_CONFIG_DIR)]
-        config_dir: PathBuf,
+    ConfigCheck,
+    /// Run the storage daemon: the SSH server agents call into, their backups, key
+    /// refreshes and GC. Prints `listening on ADDRESS` once it accepts connections.
+    Serve,
+    /// One agent session on stdin/stderr, as an OpenSSH forced command
+    /// (`command="turku-storage ping UUID"`): the machine's rsync daemon is reached on
+    /// 127.0.0.1 at the port the agent forwarded.
+    Ping {
+        /// The machine the key belongs to (from the forced command, never from the agent).
+        uuid: String,
+    },
+    /// Register with the coordinator (publishing host keys and free space) and save the
+    /// machines it assigns here; then exit.
+    UpdateConfig {
+        /// Sleep a random time up to this many seconds first (spreads cron jobs).
+        #[arg(long, short = 'w', value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// Registration name for the first registration (overrides api_auth_name).
+        #[arg(long)]
+        api_auth_name: Option<String>,
+        /// Registration secret for the first registration (overrides api_auth_secret).
+        #[arg(long)]
+        api_auth_secret: Option<String>,
     },
     /// Create a new store.
     Init {
@@ -172,12 +195,18 @@ pub enum Command {
 
 /// Logs go to standard error, filtered by `TURKU_LOG` (default: warnings and errors), so
 /// they never mix with the output scripts parse.
-pub fn init_logging() {
+pub fn init_logging(cli: &Cli) {
+    // The daemon says what it does; one-shot commands only what went wrong.
+    let default = match cli.command {
+        Command::Serve | Command::UpdateConfig { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TURKU_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
+        .with_ansi(io::stderr().is_terminal())
         .with_writer(io::stderr)
         .init();
 }
@@ -201,9 +230,25 @@ pub fn exit_code(result: Result<ExitCode>) -> ExitCode {
 }
 
 fn store_path(cli: &Cli) -> Result<PathBuf> {
-    cli.store
-        .clone()
-        .context("no store given: pass --store PATH or set TURKU_STORE")
+    if let Some(store) = &cli.store {
+        return Ok(store.clone());
+    }
+    if cli.config_dir.join("config.d").is_dir() {
+        return Ok(load_config(cli)?.store);
+    }
+    bail!(
+        "no store given: pass --store PATH, set TURKU_STORE, or configure one in {}",
+        cli.config_dir.display()
+    )
+}
+
+fn load_config(cli: &Cli) -> Result<crate::config::StorageConfig> {
+    let loaded = crate::config::load(&cli.config_dir, &crate::config::HostFacts::detect())
+        .with_context(|| format!("configuration in {}", cli.config_dir.display()))?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded.config)
 }
 
 fn open(cli: &Cli) -> Result<Store> {
@@ -215,13 +260,64 @@ fn open(cli: &Cli) -> Result<Store> {
 /// fails with problems found).
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
-        Command::ConfigCheck { config_dir } => {
+        Command::ConfigCheck => {
+            let config_dir = &cli.config_dir;
             let loaded = crate::config::load(config_dir, &crate::config::HostFacts::detect())
                 .with_context(|| format!("configuration in {}", config_dir.display()))?;
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
             println!("{:#?}", loaded.config);
+        }
+        Command::Serve => {
+            let config = load_config(&cli)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(crate::server::run(config, |addr| {
+                println!("listening on {addr}");
+                let _ = io::stdout().flush();
+            }))?;
+        }
+        Command::Ping { uuid } => {
+            let config = load_config(&cli)?;
+            let status = crate::forced::run(config, uuid)?;
+            return Ok(ExitCode::from(status));
+        }
+        Command::UpdateConfig {
+            wait,
+            api_auth_name,
+            api_auth_secret,
+        } => {
+            let config = load_config(&cli)?;
+            if let Some(max) = wait.filter(|max| *max > 0) {
+                use rand::Rng;
+                let secs = rand::thread_rng().gen_range(0..=max.saturating_mul(1000));
+                std::thread::sleep(std::time::Duration::from_millis(secs));
+            }
+            let auth_override = match (api_auth_name, api_auth_secret) {
+                (Some(name), Some(secret)) => Some(crate::registration::RegistrationAuth {
+                    name: name.clone(),
+                    secret: crate::config::Secret::new(secret.clone()),
+                }),
+                (None, None) => None,
+                _ => bail!("--api-auth-name and --api-auth-secret go together"),
+            };
+            let host_keys = crate::hostkeys::HostKeys::load_or_generate(&config.host_key_dir)?;
+            let link = crate::coordinator::CoordinatorLink::new(&config)?;
+            let machines = crate::upkeep::register(
+                &config,
+                &link,
+                &host_keys.public_lines(),
+                auth_override.as_ref(),
+            )?;
+            println!(
+                "registered storage {} with {}; {} machines assigned",
+                config.name,
+                config.api_url,
+                machines.len()
+            );
         }
         Command::Init {
             chunk_min,

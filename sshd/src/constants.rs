@@ -190,6 +190,9 @@ pub mod daemon {
     pub const CONSOLE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
+/// Read size for the forced command's stdin (the request, then whatever follows).
+pub const FORCED_STDIN_READ_BYTES: usize = 64 * 1024;
+
 /// The registration request (`registration.rs`).
 pub mod registration {
     /// The original reports space in MiB (`f_bsize * f_blocks / 1048576`, as floats).

@@ -6,6 +6,7 @@ use clap::Parser;
 use turku_storage::cli::{exit_code, init_logging, run, Cli};
 
 fn main() -> ExitCode {
-    init_logging();
-    exit_code(run(Cli::parse()))
+    let cli = Cli::parse();
+    init_logging(&cli);
+    exit_code(run(cli))
 }

@@ -3,6 +3,8 @@
 //! Test-only code: it panics with a clear message instead of returning errors.
 #![allow(clippy::unwrap_used)]
 
+pub mod system;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;

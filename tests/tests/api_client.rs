@@ -5,231 +5,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use turku_api_types::client::{ApiClient, ApiError, ApiErrorKind, ClientOptions};
+use turku_api_types::client::{ApiClient, ApiError, ApiErrorKind};
 use turku_api_types::constants::{defaults, error_body};
 use turku_api_types::v1::{
     AuthCredentials, MachineConfig, MachineRef, MachineSourceReports, SourceConfig, SourceReport,
     StorageConfig, StorageCredentials, StoragePingCheckinRequest, StoragePingSourceUpdateRequest,
     StorageUpdateConfigRequest, UpdateConfigRequest,
 };
+use turku_testkit::system::Coordinator;
 
 const UUID: &str = "0f4b5e0e-6d1f-4c8e-9a65-3f0c2b7d9e11";
 const STORAGE_SECRET: &str = "storage-secret-1";
 const MACHINE_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHxUdRe0FRz8SELy3nByH8ZR7jc0rjXoUTbL0hGsrwYx turku";
-/// Bound on building the coordinator when the workspace build has not (a cold build).
-const BUILD_BOUND: Duration = Duration::from_secs(900);
-/// Bound on the coordinator starting to answer.
-const START_BOUND: Duration = Duration::from_secs(30);
-/// Bound on one management command.
-const COMMAND_BOUND: Duration = Duration::from_secs(60);
-
-/// Wait for `child` with a bound; kill it and fail when the bound passes.
-fn wait_bounded(mut child: Child, bound: Duration, what: &str) -> Output {
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.read_to_end(&mut out);
-        out
-    });
-    let deadline = Instant::now() + bound;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {bound:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = Vec::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_end(&mut stderr);
-    }
-    Output {
-        status,
-        stdout: reader.join().expect("stdout reader"),
-        stderr,
-    }
-}
-
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let meta = entry.metadata().expect("metadata");
-        let t = if meta.is_dir() {
-            newest_mtime(&entry.path())
-        } else {
-            meta.modified().expect("mtime")
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// The `turku-api` binary. `cargo test --workspace` has just built it next to our own
-/// executable; when it is missing or older than its sources (this crate tested alone), cargo
-/// builds it. Building it always would compile its dependencies a second time with the
-/// feature set of one package instead of the workspace's.
-fn turku_api_binary() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let own = std::env::current_exe().expect("current_exe");
-    let profile_dir = own
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let built = profile_dir.join("turku-api");
-    let sources = [
-        root.join("coordinator"),
-        root.join("api/src"),
-        root.join("api/Cargo.toml"),
-        root.join("Cargo.lock"),
-    ];
-    let newest_source = sources
-        .iter()
-        .map(|p| {
-            if p.is_dir() {
-                newest_mtime(p)
-            } else {
-                std::fs::metadata(p)
-                    .and_then(|m| m.modified())
-                    .expect("mtime")
-            }
-        })
-        .max()
-        .expect("sources");
-    if let Ok(t) = std::fs::metadata(&built).and_then(|m| m.modified()) {
-        if t >= newest_source {
-            return built;
-        }
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let child = Command::new(cargo)
-        .args([
-            "build",
-            "--locked",
-            "-p",
-            "turku-coordinator",
-            "--bin",
-            "turku-api",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(&root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run cargo build");
-    let out = wait_bounded(child, BUILD_BOUND, "cargo build -p turku-coordinator");
-    assert!(out.status.success(), "building turku-api failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "turku-api")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no turku-api executable")
-}
-
-/// `turku-api serve`, killed when dropped.
-struct Coordinator {
-    child: Child,
-    binary: PathBuf,
-    db: PathBuf,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Coordinator {
-    fn start() -> Self {
-        let binary = turku_api_binary();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("turku.sqlite3");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("probe port")
-            .port();
-        let log = std::fs::File::create(dir.path().join("serve.log")).expect("log");
-        let child = Command::new(&binary)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
-            .arg(&db)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn turku-api serve");
-        let coordinator = Self {
-            child,
-            binary,
-            db,
-            url: format!("http://127.0.0.1:{port}/v1/"),
-            _dir: dir,
-        };
-        let probe = ApiClient::new(
-            &coordinator.url,
-            ClientOptions {
-                connect_timeout: Duration::from_secs(2),
-                request_timeout: Duration::from_secs(5),
-                ..ClientOptions::default()
-            },
-        )
-        .expect("client");
-        let deadline = Instant::now() + START_BOUND;
-        loop {
-            match probe.health() {
-                Ok(h) => {
-                    assert!(h.healthy);
-                    break;
-                }
-                Err(e) if e.is_unavailable() && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => panic!(
-                    "turku-api serve did not answer: {e:?}; log: {}",
-                    std::fs::read_to_string(coordinator._dir.path().join("serve.log"))
-                        .unwrap_or_default()
-                ),
-            }
-        }
-        coordinator
-    }
-
-    /// A management command against the same database; its stdout.
-    fn manage(&self, args: &[&str]) -> String {
-        let child = Command::new(&self.binary)
-            .args(args)
-            .arg("--db")
-            .arg(&self.db)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn turku-api");
-        let out = wait_bounded(child, COMMAND_BOUND, &format!("turku-api {args:?}"));
-        assert!(
-            out.status.success(),
-            "turku-api {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-}
-
 fn storage_credentials(secret: &str) -> StorageCredentials {
     StorageCredentials {
         name: "primary".into(),
@@ -276,15 +66,7 @@ fn storage_and_machine_lifecycle_against_the_real_coordinator() {
         .manage(&["auth-create", "machine_reg", "--raw"])
         .trim()
         .to_owned();
-    let client = ApiClient::new(
-        &coordinator.url,
-        ClientOptions {
-            // Argon2 on a loaded 2-core machine: generous, and still bounded.
-            request_timeout: Duration::from_secs(60),
-            ..ClientOptions::default()
-        },
-    )
-    .expect("client");
+    let client = coordinator.client();
 
     // The storage registers with its registration secret; no machines yet.
     let reply = client

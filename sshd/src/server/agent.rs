@@ -1,0 +1,252 @@
+//! An agent's session channel: the ping request on stdin, then the session's work, then
+//! the exit status. Runs as its own task so the connection's loop never waits on a backup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelMsg};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::authorized::MachineEntry;
+use crate::constants::daemon::{BRIDGE_BUFFER_BYTES, CONSOLE_FLUSH_TIMEOUT};
+use crate::constants::session as text;
+use crate::ping::{PingAction, PingRequest, PingRequestReader};
+use crate::pull::Connection;
+use crate::server::handler::Forwards;
+use crate::server::{Daemon, RestoreSession};
+use crate::session::{run_checkin, BoxFuture, Console, SessionEnd, Tunnel};
+
+/// What the agent's side of the session channel did after its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentInput {
+    Open,
+    /// Stdin closed (the agent's ssh got EOF or the operator pressed Ctrl-C).
+    Eof,
+    /// The channel or the connection is gone.
+    Closed,
+}
+
+pub async fn run_agent_channel(
+    daemon: Arc<Daemon>,
+    machine: MachineEntry,
+    channel: Channel<Msg>,
+    handle: Handle,
+    forwards: Forwards,
+) {
+    let config = Arc::clone(&daemon.ctx.config);
+    let (mut console, lines) = Console::new(&config.name, &machine.uuid);
+    let (mut read, write) = channel.split();
+    let stderr = write.make_writer_ext(Some(1));
+    let printer = tokio::spawn(print_lines(lines, stderr));
+
+    let request = read_request(&mut read, &machine.uuid, config.daemon.idle_timeout).await;
+    // Whatever the agent sends from here on is drained (a full channel queue would stall
+    // the whole connection, the tunnel included) and only its end is noticed.
+    let (input_tx, input) = watch::channel(AgentInput::Open);
+    let drain = tokio::spawn(drain_input(read, input_tx));
+
+    let end = match request {
+        Err(why) => {
+            console.error(&why);
+            SessionEnd::Failed
+        }
+        Ok(request) => {
+            console.set_verbose(request.verbose);
+            let tunnel = Arc::new(SshTunnel::new(
+                handle.clone(),
+                forwards,
+                config.daemon.rsync_connect_timeout,
+            ));
+            let work = run_request(&daemon, &request, &tunnel, &console, input.clone());
+            match tokio::time::timeout(config.daemon.session_timeout, work).await {
+                Ok(end) => end,
+                Err(_) => {
+                    console.error(text::SESSION_TIMED_OUT);
+                    SessionEnd::Failed
+                }
+            }
+            // The last `tunnel` drops here (a restore registration let go of its copy):
+            // its bridges close every forwarded channel, or OpenSSH would wait for them
+            // before it exits.
+        }
+    };
+    drop(console);
+    let _ = tokio::time::timeout(CONSOLE_FLUSH_TIMEOUT, printer).await;
+    let _ = write.exit_status(end.exit_status()).await;
+    let _ = write.eof().await;
+    let _ = write.close().await;
+    drain.abort();
+}
+
+async fn run_request(
+    daemon: &Arc<Daemon>,
+    request: &PingRequest,
+    tunnel: &Arc<SshTunnel>,
+    console: &Console,
+    mut input: watch::Receiver<AgentInput>,
+) -> SessionEnd {
+    let Some(_session_slot) = daemon.try_session_slot() else {
+        console.error(&format!(
+            "{} ({} sessions running): sources stay due",
+            text::BUSY,
+            daemon.ctx.config.daemon.max_sessions
+        ));
+        return SessionEnd::Failed;
+    };
+    let Some(_machine_guard) = daemon.claim_machine(&request.machine_uuid) else {
+        console.error(text::ALREADY_RUNNING);
+        return SessionEnd::Failed;
+    };
+    match request.action {
+        PingAction::Restore => {
+            console.info(&format!(
+                "Restore mode active on port {}.  Good luck.",
+                request.port
+            ));
+            let session = RestoreSession {
+                port: request.port,
+                tunnel: Arc::clone(tunnel) as Arc<dyn Tunnel>,
+            };
+            let _registered = daemon.register_restore(&request.machine_uuid, session);
+            let _ = input.wait_for(|state| *state != AgentInput::Open).await;
+            console.info(text::RESTORE_FINISHED);
+            SessionEnd::Done
+        }
+        PingAction::Checkin => {
+            let checkin = run_checkin(&daemon.ctx, request, tunnel.as_ref(), console);
+            tokio::select! {
+                end = checkin => end,
+                _ = input.wait_for(|state| *state == AgentInput::Closed) => {
+                    tracing::warn!(machine = %request.machine_uuid, "agent went away mid-session");
+                    SessionEnd::Failed
+                }
+            }
+        }
+    }
+}
+
+/// Reads the exec and the request. The agent has `idle` between messages.
+async fn read_request(
+    read: &mut russh::ChannelReadHalf,
+    machine_uuid: &str,
+    idle: Duration,
+) -> Result<PingRequest, String> {
+    let mut reader = PingRequestReader::new(machine_uuid).map_err(|e| e.to_string())?;
+    loop {
+        let msg = match tokio::time::timeout(idle, read.wait()).await {
+            Err(_) => {
+                return Err(format!(
+                    "{} ({} s)",
+                    text::REQUEST_TIMED_OUT,
+                    idle.as_secs()
+                ))
+            }
+            Ok(None) | Ok(Some(ChannelMsg::Close)) => return Err(text::GONE.to_owned()),
+            Ok(Some(msg)) => msg,
+        };
+        match msg {
+            ChannelMsg::Data { data } => {
+                if let Some(request) = reader.feed(&data).map_err(|e| e.to_string())? {
+                    return Ok(request);
+                }
+            }
+            ChannelMsg::Eof => return reader.finish().map_err(|e| e.to_string()),
+            // Exec, env and refused requests: the handler answered them.
+            _ => {}
+        }
+    }
+}
+
+async fn drain_input(mut read: russh::ChannelReadHalf, state: watch::Sender<AgentInput>) {
+    loop {
+        match read.wait().await {
+            Some(ChannelMsg::Eof) => {
+                state.send_replace(AgentInput::Eof);
+            }
+            None | Some(ChannelMsg::Close) => {
+                state.send_replace(AgentInput::Closed);
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+async fn print_lines(
+    mut lines: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut stderr: impl tokio::io::AsyncWrite + Unpin,
+) {
+    while let Some(line) = lines.recv().await {
+        if stderr.write_all(&line).await.is_err() {
+            return;
+        }
+    }
+    let _ = stderr.flush().await;
+}
+
+/// Dials the agent's forwarded ports over its own connection. Each pull gets one end of an
+/// in-memory pipe and a task here copies between the pipe and the SSH channel, so the
+/// channel lives and dies on the daemon's runtime while the pull runs on its own thread.
+struct SshTunnel {
+    handle: Handle,
+    forwards: Forwards,
+    open_timeout: Duration,
+    bridges: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl SshTunnel {
+    fn new(handle: Handle, forwards: Forwards, open_timeout: Duration) -> Self {
+        SshTunnel {
+            handle,
+            forwards,
+            open_timeout,
+            bridges: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Drop for SshTunnel {
+    fn drop(&mut self) {
+        if let Ok(bridges) = self.bridges.lock() {
+            for bridge in bridges.iter() {
+                bridge.abort();
+            }
+        }
+    }
+}
+
+impl Tunnel for SshTunnel {
+    fn open(&self, port: u16) -> BoxFuture<'_, Result<(String, Connection), String>> {
+        Box::pin(async move {
+            let forward = self
+                .forwards
+                .lock()
+                .ok()
+                .and_then(|f| f.iter().find(|f| f.port == u32::from(port)).cloned())
+                .ok_or_else(|| format!("port {port} was never forwarded by this session (-R)"))?;
+            let open = self.handle.channel_open_forwarded_tcpip(
+                forward.address.clone(),
+                forward.port,
+                "127.0.0.1",
+                0,
+            );
+            let channel = tokio::time::timeout(self.open_timeout, open)
+                .await
+                .map_err(|_| format!("the agent did not open forwarded port {port} in time"))?
+                .map_err(|e| format!("the agent refused forwarded port {port}: {e}"))?;
+            let mut remote = channel.into_stream();
+            let (mut near, far) = tokio::io::duplex(BRIDGE_BUFFER_BYTES);
+            let bridge = tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut near, &mut remote).await;
+            });
+            if let Ok(mut bridges) = self.bridges.lock() {
+                bridges.retain(|b| !b.is_finished());
+                bridges.push(bridge);
+            }
+            Ok((forward.address, Connection::Stream(Box::new(far))))
+        })
+    }
+}
