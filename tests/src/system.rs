@@ -166,6 +166,8 @@ pub struct Coordinator {
     /// `http://127.0.0.1:PORT/v1/`
     pub url: String,
     dir: tempfile::TempDir,
+    machine_registration: std::sync::OnceLock<String>,
+    storage_registration: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -195,6 +197,8 @@ impl Coordinator {
             port,
             url: format!("http://127.0.0.1:{port}/v1/"),
             dir,
+            machine_registration: std::sync::OnceLock::new(),
+            storage_registration: std::sync::OnceLock::new(),
         };
         coordinator.restart();
         coordinator
@@ -266,6 +270,28 @@ impl Coordinator {
         .expect("client")
     }
 
+    /// The machine registration secret (created on first use, under the default name).
+    pub fn machine_registration(&self) -> String {
+        self.machine_registration
+            .get_or_init(|| {
+                self.manage(&["auth-create", "machine_reg", "--raw"])
+                    .trim()
+                    .to_owned()
+            })
+            .clone()
+    }
+
+    /// The storage registration secret (created on first use, under the default name).
+    pub fn storage_registration(&self) -> String {
+        self.storage_registration
+            .get_or_init(|| {
+                self.manage(&["auth-create", "storage_reg", "--raw"])
+                    .trim()
+                    .to_owned()
+            })
+            .clone()
+    }
+
     /// A management command against the same database; its stdout.
     pub fn manage(&self, args: &[&str]) -> String {
         let child = Command::new(&self.binary)
@@ -285,5 +311,518 @@ impl Coordinator {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).expect("utf-8")
+    }
+}
+
+/// Bound on the storage daemon starting to listen.
+const DAEMON_START_BOUND: Duration = Duration::from_secs(60);
+/// Bound on one agent ping (a whole session with its backups) in the tests.
+pub const PING_BOUND: Duration = Duration::from_secs(180);
+
+/// `turku-storage serve` with its own config dir, volume and var dir, registered with
+/// `coordinator`; killed when dropped.
+pub struct StorageDaemon {
+    child: Option<Child>,
+    pub binary: PathBuf,
+    pub config_dir: PathBuf,
+    pub store: PathBuf,
+    pub var_dir: PathBuf,
+    /// The SSH port agents connect to (kept across restarts).
+    pub port: u16,
+    pub name: String,
+    pub ping_user: String,
+    log: PathBuf,
+    /// Holds the config, volume and var dir until the daemon is dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for StorageDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageDaemon")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl StorageDaemon {
+    /// A storage named `name` with the original's keys plus ours; `overrides` (a JSON
+    /// object) is merged over the generated config, for limits and timers.
+    pub fn start(coordinator: &Coordinator, name: &str, overrides: serde_json::Value) -> Self {
+        let binary = turku_storage_binary();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_dir = dir.path().join("etc");
+        let volume = dir.path().join("volume");
+        let var_dir = dir.path().join("var");
+        for d in [config_dir.join("config.d"), volume.clone(), var_dir.clone()] {
+            std::fs::create_dir_all(&d).expect("mkdir");
+        }
+        let registration = coordinator.storage_registration();
+        let port = free_port();
+        let ping_user = "turku-ping".to_owned();
+        let mut config = serde_json::json!({
+            "name": name,
+            "secret": format!("{name}-secret-0123456789"),
+            "api_url": coordinator.url.trim_end_matches('/'),
+            "api_auth_name": turku_api_types::constants::defaults::STORAGE_AUTH_NAME,
+            "api_auth_secret": registration,
+            "volumes": {"primary": {"path": volume}},
+            "var_dir": var_dir,
+            "lock_dir": dir.path(),
+            "ssh_ping_host": "127.0.0.1",
+            "ssh_ping_port": port,
+            "ssh_ping_user": ping_user,
+            "listen": format!("127.0.0.1:{port}"),
+            "log_file": "",
+        });
+        if let (Some(config), serde_json::Value::Object(extra)) =
+            (config.as_object_mut(), overrides)
+        {
+            config.extend(extra);
+        }
+        std::fs::write(
+            config_dir.join("config.d/10-storage.json"),
+            serde_json::to_vec_pretty(&config).expect("json"),
+        )
+        .expect("write config");
+        let mut daemon = StorageDaemon {
+            child: None,
+            binary,
+            config_dir,
+            store: volume.join("turku-store"),
+            var_dir,
+            port,
+            name: name.to_owned(),
+            ping_user,
+            log: dir.path().join("serve.log"),
+            _dir: dir,
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// Starts the daemon (again), appending to its log; returns once it listens.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let mut child = Command::new(&self.binary)
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .arg("serve")
+            .env("TURKU_LOG", "info")
+            .env_remove("TURKU_STORE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn turku-storage serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(DAEMON_START_BOUND) {
+            Ok(line) if line.starts_with("listening on ") => {}
+            other => panic!(
+                "turku-storage serve did not start ({other:?}); log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's published host key line (what agents pin).
+    pub fn host_key_line(&self) -> String {
+        std::fs::read_to_string(self.var_dir.join("host_keys/ssh_host_ed25519_key.pub"))
+            .expect("host key")
+            .trim()
+            .to_owned()
+    }
+
+    /// A `turku-storage --store STORE ARGS...` command on this daemon's store, run to its
+    /// end within a bound.
+    pub fn store_command(&self, args: &[&str]) -> Output {
+        let child = Command::new(&self.binary)
+            .arg("--store")
+            .arg(&self.store)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn turku-storage");
+        wait_bounded(
+            child,
+            Duration::from_secs(300),
+            &format!("turku-storage {args:?}"),
+        )
+    }
+
+    /// The store's snapshots of `machine`/`source`, oldest first (their names).
+    pub fn snapshots(&self, machine: &str, source: &str) -> Vec<String> {
+        let out = self.store_command(&[
+            "snapshots",
+            "--machine",
+            machine,
+            "--source",
+            source,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        list.as_array()
+            .expect("a list")
+            .iter()
+            .map(|s| s["name"].as_str().expect("name").to_owned())
+            .collect()
+    }
+
+    /// `verify` of the whole store must find nothing.
+    pub fn assert_verifies_clean(&self) {
+        let out = self.store_command(&["verify"]);
+        assert!(
+            out.status.success(),
+            "verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Exports a snapshot to a fresh directory and returns it.
+    pub fn export(&self, machine: &str, source: &str, snapshot: &str) -> tempfile::TempDir {
+        let out_dir = tempfile::tempdir().expect("tempdir");
+        let to = out_dir.path().join("tree");
+        let out = self.store_command(&[
+            "export",
+            "--machine",
+            machine,
+            "--source",
+            source,
+            "--snapshot",
+            snapshot,
+            "--to",
+            to.to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "export: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out_dir
+    }
+}
+
+/// A machine as the original Python agent drives a backup: its SSH key, its registration
+/// with the coordinator, a private stock `rsync --daemon` with per-session credentials and
+/// stock `ssh -R` with the original's arguments.
+pub struct TestAgent {
+    pub uuid: String,
+    pub unit_name: String,
+    pub key: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for TestAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestAgent")
+            .field("uuid", &self.uuid)
+            .finish()
+    }
+}
+
+/// A random canonical uuid4 (the coordinator rejects low-entropy ones).
+pub fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    let mut h = blake3::Hasher::new();
+    h.update(&std::process::id().to_le_bytes());
+    h.update(
+        &SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos()
+            .to_le_bytes(),
+    );
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    h.update(
+        &COUNTER
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .to_le_bytes(),
+    );
+    h.finalize_xof().fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+impl TestAgent {
+    /// Generates a key and registers the machine with `sources` (name, path) on the
+    /// coordinator; the storage then learns the key at its next refresh (or at once, when
+    /// the key first knocks).
+    pub fn register(coordinator: &Coordinator, unit_name: &str, sources: &[(&str, &Path)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("ssh_key");
+        let out = Command::new(crate::require_binary("ssh-keygen"))
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "turku", "-f"])
+            .arg(&key)
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success(), "ssh-keygen failed");
+        let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+        let registration = coordinator.machine_registration();
+        let uuid = random_uuid();
+        let sources = sources
+            .iter()
+            .map(|(name, path)| {
+                (
+                    (*name).to_owned(),
+                    turku_api_types::v1::SourceConfig {
+                        path: Some(path.display().to_string()),
+                        frequency: Some("daily".into()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        coordinator
+            .client()
+            .update_config(&turku_api_types::v1::UpdateConfigRequest {
+                auth: Some(turku_api_types::v1::AuthCredentials {
+                    name: turku_api_types::constants::defaults::MACHINE_AUTH_NAME.into(),
+                    secret: registration,
+                }),
+                machine: turku_api_types::v1::MachineConfig {
+                    uuid: uuid.clone(),
+                    secret: format!("machine-secret-{uuid}"),
+                    unit_name: Some(unit_name.into()),
+                    ssh_public_key: Some(public.trim().to_owned()),
+                    sources,
+                    ..Default::default()
+                },
+            })
+            .expect("machine registration");
+        TestAgent {
+            uuid,
+            unit_name: unit_name.to_owned(),
+            key,
+            dir,
+        }
+    }
+
+    /// Makes `source` due now.
+    pub fn make_due(&self, coordinator: &Coordinator, source: &str) {
+        coordinator.manage(&["backup-now", &self.uuid, source]);
+    }
+
+    /// The agent's private rsync daemon for `sources`, configured as the original agent
+    /// writes it (fresh credentials per source). `daemon_args` go on its command line
+    /// (e.g. `--bwlimit=200` to make a transfer slow enough to interrupt).
+    pub fn start_rsyncd(&self, sources: &[(&str, &Path)], daemon_args: &[&str]) -> AgentRsyncd {
+        let rsync = crate::require_binary("rsync");
+        let port = free_port();
+        let conf_dir = tempfile::tempdir().expect("tempdir");
+        let secrets_path = conf_dir.path().join("secrets");
+        let mut conf = format!("address = 127.0.0.1\nport = {port}\nlog file = /dev/null\n");
+        if crate::is_root() {
+            conf.push_str("uid = root\ngid = *\n");
+        } else {
+            conf.push_str("use chroot = no\n");
+        }
+        conf.push_str("list = false\n\n");
+        let mut credentials = Vec::new();
+        let mut secrets = String::new();
+        for (i, (name, path)) in sources.iter().enumerate() {
+            let user = random_uuid();
+            let password: String = random_uuid().replace('-', "")[..30].to_owned();
+            conf.push_str(&format!(
+                "[{name}]\n    path = {}\n    auth users = {user}\n    secrets file = {}\n    read only = true\n\n",
+                path.display(),
+                secrets_path.display()
+            ));
+            secrets.push_str(&format!("{user}:{password}\n"));
+            credentials.push(((*name).to_owned(), user, password));
+            let _ = i;
+        }
+        std::fs::write(&secrets_path, secrets).expect("secrets");
+        let conf_path = conf_dir.path().join("rsyncd.conf");
+        std::fs::write(&conf_path, conf).expect("rsyncd.conf");
+        for p in [&secrets_path, &conf_path] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        let child = Command::new(rsync)
+            .args(["--no-detach", "--daemon"])
+            .args(daemon_args)
+            .arg(format!("--config={}", conf_path.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rsync --daemon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the agent's rsync daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        AgentRsyncd {
+            port,
+            credentials,
+            child,
+            _dir: conf_dir,
+        }
+    }
+
+    /// The ping request the original agent writes: JSON, a newline, `.`, a newline.
+    pub fn request(&self, rsyncd: &AgentRsyncd, action: &str) -> String {
+        let sources: serde_json::Map<String, serde_json::Value> = rsyncd
+            .credentials
+            .iter()
+            .map(|(name, user, password)| {
+                (
+                    name.clone(),
+                    serde_json::json!({"username": user, "password": password}),
+                )
+            })
+            .collect();
+        let request = serde_json::json!({
+            "verbose": true, "action": action, "port": rsyncd.port, "sources": sources,
+        });
+        format!("{request}\n.\n")
+    }
+
+    /// `ssh` with the original agent's arguments: `-R P:127.0.0.1:P` to `storage`, the host
+    /// key pinned. `extra` goes before the host (more `-o`, `-L`, ...). Not yet started.
+    pub fn ssh_command(
+        &self,
+        storage: &StorageDaemon,
+        forward_port: u16,
+        extra: &[&str],
+    ) -> Command {
+        let known_hosts = self.dir.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("[127.0.0.1]:{} {}\n", storage.port, storage.host_key_line()),
+        )
+        .expect("known_hosts");
+        let mut ssh = Command::new(crate::require_binary("ssh"));
+        ssh.arg("-T")
+            .args(["-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "CheckHostIP=no"])
+            .arg("-i")
+            .arg(&self.key)
+            .arg("-R")
+            .arg(format!("{forward_port}:127.0.0.1:{forward_port}"))
+            .args(["-p", &storage.port.to_string(), "-l", &storage.ping_user])
+            .args(extra)
+            .args(["127.0.0.1", "turku-ping-remote"])
+            .env_remove("SSH_AUTH_SOCK");
+        ssh
+    }
+
+    /// One whole ping as the original agent runs it: the request on stdin (left open until
+    /// the storage ends the session), wait for ssh.
+    pub fn ping(&self, storage: &StorageDaemon, rsyncd: &AgentRsyncd) -> Output {
+        let request = self.request(rsyncd, "checkin");
+        self.ping_with(storage, rsyncd.port, &request, &[])
+    }
+
+    /// A ping with any stdin text and extra ssh arguments.
+    pub fn ping_with(
+        &self,
+        storage: &StorageDaemon,
+        forward_port: u16,
+        stdin: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut child = self
+            .ssh_command(storage, forward_port, extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        let mut input = child.stdin.take().expect("stdin");
+        let text = stdin.as_bytes().to_vec();
+        // The original writes its request and keeps stdin open; the storage ends the session.
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = input.write_all(&text);
+            let _ = input.flush();
+            std::thread::sleep(PING_BOUND);
+            drop(input);
+        });
+        let out = wait_bounded(child, PING_BOUND, "ssh ping");
+        drop(writer);
+        out
+    }
+}
+
+/// The agent's rsync daemon, stopped when dropped.
+pub struct AgentRsyncd {
+    pub port: u16,
+    /// (source, username, password) as the request carries them.
+    pub credentials: Vec<(String, String, String)>,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for AgentRsyncd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRsyncd")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl Drop for AgentRsyncd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,413 @@
+//! `turku-storage serve` with its real peers, all on 127.0.0.1: our coordinator
+//! (`turku-api serve`), stock OpenSSH `ssh` as the original agent runs it, and a stock
+//! `rsync --daemon` configured as the original agent configures it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use turku_testkit::system::{Coordinator, StorageDaemon, TestAgent};
+use turku_testkit::{assert_same_tree, make_awkward_tree, random_file};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ping_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "ssh exit {:?}: {}",
+        out.status,
+        stderr(out)
+    );
+}
+
+/// `(success, snapshot, summary)` of the machine's backup logs, oldest first.
+fn backup_logs(
+    coordinator: &Coordinator,
+    uuid: &str,
+) -> Vec<(bool, Option<String>, Option<String>)> {
+    let db = rusqlite::Connection::open(&coordinator.db).unwrap();
+    let mut stmt = db
+        .prepare(
+            "SELECT l.success, l.snapshot, l.summary FROM turku_api_backuplog l \
+             JOIN turku_api_source s ON l.source_id = s.id \
+             JOIN turku_api_machine m ON s.machine_id = m.id \
+             WHERE m.uuid = ?1 OR m.uuid = replace(?1, '-', '') ORDER BY l.date_end, l.date",
+        )
+        .unwrap();
+    stmt.query_map([uuid], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Which of the machine's sources the coordinator says are due now.
+fn due(coordinator: &Coordinator, storage: &StorageDaemon, uuid: &str) -> Vec<String> {
+    let reply = coordinator
+        .client()
+        .storage_ping_checkin(&turku_api_types::v1::StoragePingCheckinRequest {
+            storage: turku_api_types::v1::StorageCredentials {
+                name: storage.name.clone(),
+                secret: format!("{}-secret-0123456789", storage.name),
+            },
+            machine: turku_api_types::v1::MachineRef { uuid: uuid.into() },
+        })
+        .unwrap();
+    reply.machine.scheduled_sources.keys().cloned().collect()
+}
+
+/// Waits (bounded) until `cond` holds.
+fn eventually(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} within {bound:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_backup_as_the_original_agent_drives_it_then_only_changes_move() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-a",
+        serde_json::json!({"preserve_hard_links": true}),
+    );
+    let src = tempfile::tempdir().unwrap();
+    let tree = src.path().join("data");
+    make_awkward_tree(&tree);
+    random_file(&tree.join("big.bin"), 7, 3 << 20);
+    let agent = TestAgent::register(&coordinator, "web-0", &[("data", &tree)]);
+    let rsyncd = agent.start_rsyncd(&[("data", &tree)], &[]);
+
+    // A new source waits for its first slot: the session checks in and does nothing.
+    let out = agent.ping(&storage, &rsyncd);
+    assert_ping_ok(&out);
+    assert!(
+        stderr(&out).contains("No sources to back up now"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(storage.snapshots(&agent.uuid, "data").is_empty());
+
+    agent.make_due(&coordinator, "data");
+    let out = agent.ping(&storage, &rsyncd);
+    assert_ping_ok(&out);
+    let said = stderr(&out);
+    // The original's lines, in its format, on the agent's stderr.
+    for line in [
+        "storage-a] INFO: Sources to back up: data",
+        "storage-a] INFO: Begin: web-0 data",
+        "storage-a] INFO: End: web-0 data",
+        "storage-a] INFO: Done",
+    ] {
+        assert!(said.contains(line), "{line:?} missing from:\n{said}");
+    }
+    let first = storage.snapshots(&agent.uuid, "data");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].starts_with("data_"), "{first:?}");
+    let exported = storage.export(&agent.uuid, "data", &first[0]);
+    assert_same_tree(&tree, &exported.path().join("tree"));
+    let logs = backup_logs(&coordinator, &agent.uuid);
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert!(logs[0].0, "{logs:?}");
+    assert_eq!(logs[0].1.as_deref(), Some(first[0].as_str()));
+    assert!(
+        due(&coordinator, &storage, &agent.uuid).is_empty(),
+        "the next backup moved on"
+    );
+
+    // Change a little; the second run moves only that.
+    std::fs::write(tree.join("new-file"), b"added").unwrap();
+    std::fs::remove_file(tree.join("big.bin")).unwrap();
+    random_file(&tree.join("big-renamed.bin"), 7, 3 << 20);
+    agent.make_due(&coordinator, "data");
+    let out = agent.ping(&storage, &rsyncd);
+    assert_ping_ok(&out);
+    let both = storage.snapshots(&agent.uuid, "data");
+    assert_eq!(both.len(), 2, "{both:?}");
+    let second = both.iter().find(|n| **n != first[0]).unwrap();
+    let listed = storage.store_command(&["snapshots", "--machine", &agent.uuid, "--json"]);
+    let snaps: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let stats = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == second.as_str())
+        .unwrap()["stats"]
+        .clone();
+    // The renamed 3 MiB file has the same content: stored once, so new data stays small.
+    assert!(stats["new_bytes"].as_u64().unwrap() < 64 * 1024, "{stats}");
+    let exported = storage.export(&agent.uuid, "data", second);
+    assert_same_tree(&tree, &exported.path().join("tree"));
+    let logs = backup_logs(&coordinator, &agent.uuid);
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    let summary = logs[1].2.clone().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("Base snapshot: {}", first[0])),
+        "{summary}"
+    );
+    storage.assert_verifies_clean();
+}
+
+#[test]
+fn eight_machines_back_up_at_once() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-b",
+        serde_json::json!({"max_backups": 8, "max_sessions": 8, "preserve_hard_links": true}),
+    );
+    // Identical trees on every machine: stored once.
+    let shared = tempfile::tempdir().unwrap();
+    let tree = shared.path().join("etc");
+    make_awkward_tree(&tree);
+    random_file(&tree.join("blob"), 11, 2 << 20);
+    let agents: Vec<TestAgent> = (0..8)
+        .map(|i| TestAgent::register(&coordinator, &format!("unit-{i}"), &[("etc", &tree)]))
+        .collect();
+    for agent in &agents {
+        agent.make_due(&coordinator, "etc");
+    }
+    let outputs: Vec<Output> = std::thread::scope(|scope| {
+        let runs: Vec<_> = agents
+            .iter()
+            .map(|agent| {
+                let storage = &storage;
+                let tree = &tree;
+                scope.spawn(move || {
+                    let rsyncd = agent.start_rsyncd(&[("etc", tree.as_path())], &[]);
+                    agent.ping(storage, &rsyncd)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for (agent, out) in agents.iter().zip(&outputs) {
+        assert_ping_ok(out);
+        let snaps = storage.snapshots(&agent.uuid, "etc");
+        assert_eq!(snaps.len(), 1, "{}: {snaps:?}\n{}", agent.uuid, stderr(out));
+        assert!(due(&coordinator, &storage, &agent.uuid).is_empty());
+    }
+    let stats = storage.store_command(&["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    // Eight copies of a >2 MiB tree, stored about once.
+    assert_eq!(stats["snapshots"], 8, "{stats}");
+    let stored = stats["chunk_bytes"].as_u64().unwrap();
+    let logical = stats["logical_bytes"].as_u64().unwrap();
+    assert!(logical > 8 * (2 << 20), "{stats}");
+    assert!(stored <= logical / 8 + (64 << 10), "{stats}");
+    storage.assert_verifies_clean();
+    let exported = storage.export(&agents[7].uuid, "etc", "latest");
+    assert_same_tree(&tree, &exported.path().join("tree"));
+}
+
+#[test]
+fn a_busy_storage_leaves_sources_due_and_one_machine_has_one_session() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-c",
+        serde_json::json!({"max_sessions": 1}),
+    );
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("f"), b"x").unwrap();
+    let holder = TestAgent::register(&coordinator, "holder", &[("data", tree.path())]);
+    let other = TestAgent::register(&coordinator, "other", &[("data", tree.path())]);
+    let holder_rsyncd = holder.start_rsyncd(&[("data", tree.path())], &[]);
+    let other_rsyncd = other.start_rsyncd(&[("data", tree.path())], &[]);
+    other.make_due(&coordinator, "data");
+    holder.make_due(&coordinator, "data");
+
+    // A restore session holds the only session slot while its stdin stays open.
+    let request = holder.request(&holder_rsyncd, "restore");
+    let mut restore = holder
+        .ssh_command(&storage, holder_rsyncd.port, &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = restore.stdin.as_mut().unwrap();
+        stdin.write_all(request.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    eventually(
+        "the restore session is registered",
+        Duration::from_secs(30),
+        || storage.log().contains("Restore mode active on port"),
+    );
+
+    let out = other.ping(&storage, &other_rsyncd);
+    assert!(!out.status.success(), "a session over the cap fails");
+    assert!(stderr(&out).contains("Storage busy"), "{}", stderr(&out));
+    assert_eq!(
+        due(&coordinator, &storage, &other.uuid),
+        ["data"],
+        "still due"
+    );
+    assert!(storage.snapshots(&other.uuid, "data").is_empty());
+
+    // The holder's machine already has a session: its own second one is refused too.
+    let out = holder.ping(&storage, &holder_rsyncd);
+    assert!(!out.status.success());
+    assert_eq!(due(&coordinator, &storage, &holder.uuid), ["data"]);
+
+    // Ending the restore (EOF on its stdin) frees the slot; the other machine backs up.
+    drop(restore.stdin.take());
+    let done =
+        turku_testkit::system::wait_bounded(restore, Duration::from_secs(30), "restore session");
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(
+        stderr(&done).contains("Restore mode finished"),
+        "{}",
+        stderr(&done)
+    );
+    let out = other.ping(&storage, &other_rsyncd);
+    assert_ping_ok(&out);
+    assert_eq!(storage.snapshots(&other.uuid, "data").len(), 1);
+}
+
+#[test]
+fn an_agent_that_disconnects_mid_backup_leaves_no_snapshot_and_its_source_due() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(&coordinator, "storage-d", serde_json::json!({}));
+    let tree = tempfile::tempdir().unwrap();
+    random_file(&tree.path().join("slow.bin"), 3, 4 << 20);
+    let agent = TestAgent::register(&coordinator, "flaky", &[("data", tree.path())]);
+    // 4 MiB at 256 KiB/s: about 16 s, time enough to cut it.
+    let rsyncd = agent.start_rsyncd(&[("data", tree.path())], &["--bwlimit=256"]);
+    agent.make_due(&coordinator, "data");
+    let mut ssh = agent
+        .ssh_command(&storage, rsyncd.port, &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = ssh.stdin.as_mut().unwrap();
+        stdin
+            .write_all(agent.request(&rsyncd, "checkin").as_bytes())
+            .unwrap();
+    }
+    eventually("the backup begins", Duration::from_secs(30), || {
+        storage.log().contains("Begin: flaky data")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    ssh.kill().unwrap();
+    ssh.wait().unwrap();
+    // The daemon notices, and the machine can start a new session.
+    eventually(
+        "the daemon ends the session",
+        Duration::from_secs(60),
+        || {
+            let log = storage.log();
+            log.contains("agent went away") || log.contains("End: flaky data")
+        },
+    );
+    assert!(storage.snapshots(&agent.uuid, "data").is_empty());
+    assert_eq!(due(&coordinator, &storage, &agent.uuid), ["data"]);
+    storage.assert_verifies_clean();
+    let gc = storage.store_command(&["gc"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    storage.assert_verifies_clean();
+}
+
+#[test]
+fn the_coordinator_down_is_a_clear_error_and_nothing_is_lost() {
+    let mut coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(&coordinator, "storage-e", serde_json::json!({}));
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("f"), b"content").unwrap();
+    let agent = TestAgent::register(&coordinator, "patient", &[("data", tree.path())]);
+    let rsyncd = agent.start_rsyncd(&[("data", tree.path())], &[]);
+    agent.make_due(&coordinator, "data");
+    // The daemon learns the key while the coordinator is up.
+    let out = agent.ping(&storage, &rsyncd);
+    assert_ping_ok(&out);
+    let first = storage.snapshots(&agent.uuid, "data");
+    assert_eq!(first.len(), 1);
+
+    coordinator.stop();
+    agent_ping_fails_clearly(&agent, &storage, &rsyncd);
+    assert_eq!(storage.snapshots(&agent.uuid, "data"), first);
+
+    coordinator.restart();
+    agent.make_due(&coordinator, "data");
+    let out = agent.ping(&storage, &rsyncd);
+    assert_ping_ok(&out);
+    assert_eq!(storage.snapshots(&agent.uuid, "data").len(), 2);
+}
+
+fn agent_ping_fails_clearly(
+    agent: &TestAgent,
+    storage: &StorageDaemon,
+    rsyncd: &turku_testkit::system::AgentRsyncd,
+) {
+    let out = agent.ping(storage, rsyncd);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("ERROR: Cannot check in with the coordinator"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_daemon_killed_mid_backup_restarts_clean_and_the_next_backup_lands() {
+    let coordinator = Coordinator::start();
+    let mut storage = StorageDaemon::start(
+        &coordinator,
+        "storage-f",
+        serde_json::json!({"preserve_hard_links": true}),
+    );
+    let tree = tempfile::tempdir().unwrap();
+    make_awkward_tree(&tree.path().join("t"));
+    random_file(&tree.path().join("slow.bin"), 5, 4 << 20);
+    let agent = TestAgent::register(&coordinator, "crashy", &[("data", tree.path())]);
+    let slow = agent.start_rsyncd(&[("data", tree.path())], &["--bwlimit=256"]);
+    agent.make_due(&coordinator, "data");
+    let mut ssh = agent
+        .ssh_command(&storage, slow.port, &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = ssh.stdin.as_mut().unwrap();
+        stdin
+            .write_all(agent.request(&slow, "checkin").as_bytes())
+            .unwrap();
+    }
+    eventually("the backup begins", Duration::from_secs(30), || {
+        storage.log().contains("Begin: crashy data")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    storage.kill();
+    let _ = turku_testkit::system::wait_bounded(
+        ssh,
+        Duration::from_secs(30),
+        "ssh after the daemon died",
+    );
+    storage.restart();
+    storage.assert_verifies_clean();
+    assert!(storage.snapshots(&agent.uuid, "data").is_empty());
+    assert_eq!(due(&coordinator, &storage, &agent.uuid), ["data"]);
+
+    drop(slow);
+    let rsyncd = agent.start_rsyncd(&[("data", tree.path())], &[]);
+    let out = agent.ping(&storage, &rsyncd);
+    assert_ping_ok(&out);
+    let snaps = storage.snapshots(&agent.uuid, "data");
+    assert_eq!(snaps.len(), 1);
+    let exported = storage.export(&agent.uuid, "data", &snaps[0]);
+    assert_same_tree(tree.path(), &exported.path().join("tree"));
+    storage.assert_verifies_clean();
+}
