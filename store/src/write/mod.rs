@@ -4,4 +4,5 @@
 pub(crate) mod chunker;
 pub(crate) mod ingest;
 pub(crate) mod packer;
+pub(crate) mod pool;
 pub(crate) mod writer;

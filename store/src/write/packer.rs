@@ -1,5 +1,5 @@
-//! The packing pipeline behind a snapshot writer: blobs are compressed on several threads,
-//! appended to packs in the order they were submitted by one pack thread, and each complete
+//! The packing pipeline behind a snapshot writer: blobs are compressed on the process's
+//! shared compression threads ([`super::pool`]), appended to packs in the order they were submitted by one pack thread, and each complete
 //! pack is made durable and then indexed (pinned for the writer's session) by a sync thread
 //! with its own index connection, so neither fsync nor indexing stalls chunking or zstd.
 //!
@@ -7,9 +7,10 @@
 //! otherwise cost several thread hand-offs per file.
 //!
 //! Compression threads run at a lower priority than the transfer they serve. In adaptive
-//! mode a batch that finds every compression thread already with work queued goes to the
-//! pack thread raw, marked deferred, for `gc` to compress; so does every batch in deferred
-//! mode. Compression then never holds up a backup: it takes the CPU left over.
+//! mode a batch that finds every compression thread already with work queued (by this or
+//! another writer of the process) goes to the pack thread raw, marked deferred, for `gc`
+//! to compress; so does every batch in deferred mode. Compression then never holds up a
+//! backup: it takes the CPU left over.
 //!
 //! Chunk batches are appended as they come out of compression, in any order, so a batch
 //! that a deprioritised compression thread still holds never keeps the ones behind it (and
@@ -29,27 +30,28 @@ use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
 use crate::format::id::Id;
-use crate::format::pack::{Compressor, FinishedPack, PackWriter, WrittenPack};
+use crate::format::pack::{FinishedPack, PackWriter, WrittenPack};
 use crate::format::*;
 use crate::index;
 use crate::store::{CompressionMode, Store};
 use crate::tuning::*;
+use crate::write::pool::{CompressionPool, Job};
 
 /// A blob on its way into a pack: raw before the compression threads, stored after.
-struct Blob {
+pub(crate) struct Blob {
     id: Id,
     kind: u8,
-    compression: u8,
-    bytes: Vec<u8>,
+    pub(crate) compression: u8,
+    pub(crate) bytes: Vec<u8>,
     raw_len: u32,
     /// What a tree blob references.
     children: Option<Vec<Id>>,
 }
 
 /// Work through the pipeline, numbered in submission order.
-struct Batch {
+pub(crate) struct Batch {
     seq: u64,
-    blobs: Vec<Blob>,
+    pub(crate) blobs: Vec<Blob>,
     /// What the batch counts against the in-flight budget.
     cost: u64,
     /// After this batch, finish the current pack and answer `Flushed`.
@@ -125,41 +127,13 @@ impl InFlight {
     }
 }
 
-/// How many compression threads a writer runs: one per core, within bounds (the caller's
-/// thread chunks and hashes meanwhile, so more would only contend).
+/// How many compression threads the process runs: one per core, within bounds (a writer's
+/// own thread chunks and hashes meanwhile, so more would only contend).
 pub(crate) fn compression_threads() -> usize {
     std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)
         .clamp(1, MAX_COMPRESSION_THREADS)
-}
-
-fn compression_worker(
-    mut compressor: Compressor,
-    batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
-    queued: Arc<AtomicUsize>,
-    compressed: mpsc::Sender<Batch>,
-) {
-    // Linux keeps a nice value per thread. Failing to lower our own priority is harmless.
-    let _ = rustix::process::setpriority_process(None, COMPRESSION_THREAD_NICE);
-    loop {
-        let next = match batches.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(mut batch) = next else {
-            return;
-        };
-        queued.fetch_sub(1, Ordering::AcqRel);
-        for blob in &mut batch.blobs {
-            let (compression, stored) = compressor.compress_owned(std::mem::take(&mut blob.bytes));
-            blob.compression = compression;
-            blob.bytes = stored;
-        }
-        if compressed.send(batch).is_err() {
-            return;
-        }
-    }
 }
 
 /// What the pack thread hands the sync thread, in order.
@@ -337,15 +311,15 @@ pub(crate) struct Packer {
     store: Store,
     session: i64,
     mode: CompressionMode,
-    batches: Option<mpsc::Sender<Batch>>,
-    /// Batches sent to the compression threads that none has taken yet.
-    queued: Arc<AtomicUsize>,
+    /// The process's compression threads, shared with every other writer.
+    pool: Arc<CompressionPool>,
+    level: i32,
+    /// This writer's pack thread: compressed batches come back to it through the pool,
+    /// deferred ones go straight to it. Dropped when the pipeline stops, once no job of
+    /// this writer is left in the pool the pack thread ends.
+    to_pack: Option<mpsc::Sender<Batch>>,
     /// Packs written but not yet durable and indexed.
     unsynced_packs: Arc<AtomicUsize>,
-    compression_threads: usize,
-    /// Straight to the pack thread, for batches stored deferred. Dropped with `batches`
-    /// when the pipeline stops, or the pack thread would wait for it forever.
-    deferred: Option<mpsc::Sender<Batch>>,
     in_flight: Arc<InFlight>,
     /// Blobs gathered for the next batch, and their raw bytes.
     batch: Vec<Blob>,
@@ -365,15 +339,10 @@ pub(crate) struct Packer {
 
 impl Packer {
     pub(crate) fn start(store: &Store, session: i64, known: HashSet<Id>) -> Result<Packer> {
-        let workers = compression_threads();
-        let compressors = (0..workers)
-            .map(|_| Compressor::new(store.config().zstd_level))
-            .collect::<Result<Vec<_>>>()?;
+        let pool = CompressionPool::get()?;
         let sync_db = store.open_index_connection()?;
         let in_flight = Arc::new(InFlight::default());
-        let (batches, batch_rx) = mpsc::channel();
-        let batch_rx = Arc::new(Mutex::new(batch_rx));
-        let (compressed_tx, compressed_rx) = mpsc::channel();
+        let (to_pack, to_pack_rx) = mpsc::channel();
         let (sync_tx, sync_rx) = mpsc::sync_channel(PACKS_AWAITING_SYNC);
         let (done_tx, done) = mpsc::channel();
         let spawn = |name: &str, work: Box<dyn FnOnce() + Send>| {
@@ -386,39 +355,27 @@ impl Packer {
                     source: e,
                 })
         };
-        let queued = Arc::new(AtomicUsize::new(0));
         let unsynced_packs = Arc::new(AtomicUsize::new(0));
-        let deferred = compressed_tx.clone();
-        let mut threads = Vec::with_capacity(workers + 2);
+        let mut threads = Vec::with_capacity(2);
         let (tmp, budget, pack_done) = (store.tmp_dir(), in_flight.clone(), done_tx.clone());
         let (written, synced) = (unsynced_packs.clone(), unsynced_packs.clone());
         threads.push(spawn(
             "turku-pack",
-            Box::new(move || {
-                pack_worker(tmp, compressed_rx, budget, (sync_tx, written), pack_done)
-            }),
+            Box::new(move || pack_worker(tmp, to_pack_rx, budget, (sync_tx, written), pack_done)),
         )?);
         let packs = store.packs_dir();
         threads.push(spawn(
             "turku-sync",
             Box::new(move || sync_worker(packs, sync_db, session, (sync_rx, synced), done_tx)),
         )?);
-        for compressor in compressors {
-            let (rx, tx, queue) = (batch_rx.clone(), compressed_tx.clone(), queued.clone());
-            threads.push(spawn(
-                "turku-compress",
-                Box::new(move || compression_worker(compressor, rx, queue, tx)),
-            )?);
-        }
         Ok(Packer {
             store: store.clone(),
             session,
             mode: store.config().compression,
-            batches: Some(batches),
-            queued,
+            pool,
+            level: store.config().zstd_level,
+            to_pack: Some(to_pack),
             unsynced_packs,
-            compression_threads: workers,
-            deferred: Some(deferred),
             in_flight,
             batch: Vec::new(),
             batch_bytes: 0,
@@ -544,20 +501,24 @@ impl Packer {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let batches = self.batches.as_ref().ok_or_else(Self::pipeline_gone)?;
+        let to_pack = self.to_pack.as_ref().ok_or_else(Self::pipeline_gone)?;
         let mut batch = Batch::new(seq, blobs, cost, flush);
-        let sent = if self.defers_next_batch() {
+        if self.defers_next_batch() {
             for blob in &mut batch.blobs {
                 blob.compression = COMPRESSION_DEFERRED;
             }
-            let deferred = self.deferred.as_ref().ok_or_else(Self::pipeline_gone)?;
-            deferred.send(batch)
-        } else {
-            self.queued.fetch_add(1, Ordering::AcqRel);
-            batches.send(batch)
+            if to_pack.send(batch).is_err() {
+                return Err(self.collect_failure());
+            }
+            return Ok(());
+        }
+        let job = Job {
+            batch,
+            level: self.level,
+            reply: to_pack.clone(),
         };
-        if sent.is_err() {
-            return Err(self.collect_failure());
+        if self.pool.submit(job).is_err() {
+            return Err(Self::pipeline_gone());
         }
         Ok(())
     }
@@ -572,7 +533,7 @@ impl Packer {
             // (every slot for packs awaiting their fsync is taken, and the pack thread is
             // about to wait too): raw bytes would only make it more so.
             CompressionMode::Adaptive => {
-                self.queued.load(Ordering::Acquire) >= self.compression_threads
+                self.pool.saturated()
                     && self.unsynced_packs.load(Ordering::Acquire) <= PACKS_AWAITING_SYNC
             }
         }
@@ -624,8 +585,7 @@ impl Packer {
 
     /// Stops the threads; an unfinished pack's temp file is removed.
     pub(crate) fn stop(&mut self) {
-        self.batches = None;
-        self.deferred = None;
+        self.to_pack = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
