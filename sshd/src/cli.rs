@@ -119,6 +119,10 @@ pub enum Command {
         /// a fixed overhead per entry); a bigger list fails the pull.
         #[arg(long, value_name = "BYTES", default_value_t = turku_proto_rsync::Limits::default().max_file_list_bytes)]
         max_file_list_bytes: u64,
+        /// Read from the daemon at most this fast, as rsync's --bwlimit: KiB per second, or
+        /// with a unit (`1.5m`, `500kb`); 0 = no limit.
+        #[arg(long, value_name = "RATE")]
+        bwlimit: Option<String>,
         // Given as `help`, not a doc comment: rustdoc would read the brackets as links.
         #[arg(help = "rsync://[USER@]HOST[:PORT]/MODULE/")]
         url: String,
@@ -372,6 +376,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             contimeout,
             deadline,
             max_file_list_bytes,
+            bwlimit,
             url,
         } => {
             let store = open(&cli)?;
@@ -393,6 +398,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 limits: turku_proto_rsync::Limits {
                     max_file_list_bytes: *max_file_list_bytes,
                     ..turku_proto_rsync::Limits::default()
+                },
+                bwlimit: match bwlimit {
+                    Some(text) => {
+                        crate::throttle::parse_bwlimit(text).map_err(anyhow::Error::msg)?
+                    }
+                    None => None,
                 },
             };
             let backup::PullReport {

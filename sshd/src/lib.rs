@@ -38,4 +38,5 @@ pub mod pull;
 pub mod registration;
 pub mod server;
 pub mod session;
+pub mod throttle;
 pub mod upkeep;

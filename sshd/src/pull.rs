@@ -26,6 +26,7 @@ use crate::constants::{
     BASIS_SPILL_FACTOR, BASIS_SPILL_SLACK, MAX_PASSWORD_FILE_BYTES, MAX_REASONS_SHOWN,
     RSYNC_DEFAULT_PORT,
 };
+use crate::throttle::Paced;
 
 /// Where to pull from: `rsync://[USER@]HOST[:PORT]/MODULE[/PATH]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -418,6 +419,8 @@ pub struct PullOptions {
     /// Bounds on what the daemon may make us hold or redo (file-list bytes, rebuilt bytes
     /// per file, messages kept): the agent's daemon is not trusted.
     pub limits: Limits,
+    /// Bytes per second read from the daemon at most (the source's `bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 /// A byte stream to an rsync daemon that is already connected: the daemon's SSH tunnel
@@ -467,10 +470,24 @@ pub fn pull_into_store(
         .build()
         .context("starting the I/O runtime")?;
     let mut sink = StoreSink::new(store, machine, source)?;
+    let bwlimit = options.bwlimit;
     let transfer = async {
-        match connection {
-            Connection::Tcp => pull_tcp(&url.host, url.port, &config, &mut sink).await,
-            Connection::Stream(stream) => pull(stream, &config, &mut sink).await,
+        match (connection, bwlimit) {
+            (Connection::Tcp, None) => pull_tcp(&url.host, url.port, &config, &mut sink).await,
+            (Connection::Tcp, Some(rate)) => {
+                let connect = tokio::net::TcpStream::connect((url.host.as_str(), url.port));
+                let stream = match config.timeouts.connect {
+                    Some(limit) => tokio::time::timeout(limit, connect).await.map_err(|_| {
+                        turku_proto_rsync::Error::from(turku_proto_rsync::Timeout::Connect(limit))
+                    })??,
+                    None => connect.await?,
+                };
+                pull(Paced::new(stream, rate), &config, &mut sink).await
+            }
+            (Connection::Stream(stream), None) => pull(stream, &config, &mut sink).await,
+            (Connection::Stream(stream), Some(rate)) => {
+                pull(Paced::new(stream, rate), &config, &mut sink).await
+            }
         }
     };
     let outcome = runtime.block_on(transfer).with_context(|| {

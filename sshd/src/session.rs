@@ -29,6 +29,7 @@ use crate::constants::{
 use crate::coordinator::CoordinatorLink;
 use crate::ping::{PingRequest, SourceCredentials};
 use crate::pull::{turku_filter_rules, Connection, PullOptions, RsyncUrl};
+use crate::throttle::parse_bwlimit;
 
 /// A future that a trait object can return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -272,7 +273,10 @@ async fn back_up_one(
     console.info(&format!("Begin: {} {name}", machine.unit_name));
     let time_begin = SystemTime::now();
     let report = match tunnel.open(request.port).await {
-        Err(why) => failure_report(&format!("cannot reach the agent's rsync daemon: {why}")),
+        Err(why) => {
+            drop(slot);
+            failure_report(&format!("cannot reach the agent's rsync daemon: {why}"))
+        }
         Ok((host, connection)) => {
             let job = BackupJob::new(&ctx.config, &machine.uuid, name, source, credentials);
             let url = RsyncUrl {
@@ -282,7 +286,13 @@ async fn back_up_one(
                 module: name.to_owned(),
                 path: String::new(),
             };
-            let outcome = tokio::task::spawn_blocking(move || job.run(&url, connection)).await;
+            // The slot goes with the job: a session cut short stops waiting for the job, but
+            // the slot stays taken until the job itself ends.
+            let outcome = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                job.run(&url, connection)
+            })
+            .await;
             match outcome {
                 Ok(Ok(done)) => {
                     for warning in &done.warnings {
@@ -301,7 +311,6 @@ async fn back_up_one(
             }
         }
     };
-    drop(slot);
     if !report.success {
         if let Some(summary) = &report.summary {
             console.error(&format!("{name}: {summary}"));
@@ -374,6 +383,14 @@ impl BackupJob {
         credentials: &SourceCredentials,
     ) -> BackupJob {
         let settings = &config.daemon;
+        let bwlimit = match source.bwlimit.as_deref().map(parse_bwlimit) {
+            None => None,
+            Some(Ok(rate)) => rate,
+            Some(Err(why)) => {
+                tracing::warn!(machine, source = name, "{why}: backing up without a limit");
+                None
+            }
+        };
         BackupJob {
             store: config.store.clone(),
             machine: machine.to_owned(),
@@ -392,6 +409,7 @@ impl BackupJob {
                     deadline: Some(settings.session_timeout),
                 },
                 limits: Limits::default(),
+                bwlimit,
             },
             timezone: config.timezone.clone(),
         }

@@ -451,3 +451,25 @@ fn a_file_list_over_its_byte_bound_fails_the_pull() {
     pull_ok(&store, &daemon, "data", &[]);
     assert_eq!(snapshot_count(&store), 1);
 }
+
+/// A source's `bwlimit` paces the pull: 384 KiB at 128 KiB/s cannot take under 2.5 s
+/// (only the lower bound is checked: a loaded machine may be slower, never faster), and
+/// the content still arrives whole.
+#[test]
+fn bwlimit_paces_the_pull() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    turku_testkit::random_file(&src.join("f"), 9, 384 * 1024);
+    let (daemon, store) = serve_and_init(tmp.path(), &src);
+    let started = std::time::Instant::now();
+    let (first, _) = pull_ok(&store, &daemon, "data", &["--bwlimit", "128"]);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    let out = tmp.path().join("out");
+    export_within(&store, &first, &out, EXPORT_BOUND);
+    assert_eq!(
+        std::fs::read(out.join("f")).unwrap(),
+        std::fs::read(src.join("f")).unwrap()
+    );
+}
