@@ -4,25 +4,28 @@
 //! (`turku-store`) and fills it by pulling from the agents with a native rsync receiver
 //! (`turku-proto-rsync`): no shell-out to rsync, no OpenSSH server, no sudo.
 //!
-//! Today it is a command line over the store: create it, ingest a local tree, pull a tree
-//! from a stock rsync daemon ([`pull`], through the one backup path in [`backup`]), list
-//! and export snapshots, forget them by a Turku retention policy, verify, repair and GC.
+//! The daemon, `turku-storage serve` ([`server`]), is an embedded SSH server that agents
+//! behind firewalls call into over `ssh -R`. The agent's key names its machine (the keys come
+//! from the coordinator, [`upkeep`] keeps them current); the channel policy allows one
+//! session with one `exec` and loopback `-R` forwards, which are recorded and never bound.
+//! Each session ([`session`]) reads the agent's request ([`ping`]), asks the coordinator what
+//! is due ([`coordinator`]) and backs up each due source through a channel opened back over
+//! the agent's own connection: pull, commit, retention per the source's policy, a report to
+//! the coordinator ([`backup`], the one backup path also used by the `pull` command); GC
+//! follows backups. A restore-mode session stays open and is registered for a restore to
+//! push through. The same session runs as an OpenSSH forced command ([`forced`]).
 //!
-//! Next it becomes the storage daemon: `serve`, an embedded SSH server that agents behind
-//! firewalls call into over `ssh -R`, with public-key auth per machine and a strict channel
-//! policy; the agent ping sessions (`ping`, also as an OpenSSH forced command), whose
-//! check-ins start backups through the tunnel — pull, commit, retention per the source's
-//! policy, a report to the coordinator — with GC between them; and restores pushed back
-//! through the same session.
+//! Around it, a command line over the store ([`cli`]; the binary only calls it): create it,
+//! ingest a local tree, pull from any stock rsync daemon, list and export snapshots, forget
+//! by a Turku retention policy, verify, repair and GC; and `update-config`, one registration
+//! with the coordinator ([`registration`]).
 //!
-//! Modules: [`cli`] (the command line; the binary only calls it), [`backup`] (the backup
-//! job every entry point shares), [`config`] (turku-storage's `config.d`, typed), [`pull`] (the store-backed rsync receiver), [`output`]
-//! (how snapshots and entries are shown), [`ping`] (the agent's ping request, sans-io) and
-//! [`constants`] (wire constants and limits).
-//! [`hostkeys`] keeps the daemon's SSH host keys, generated on first start and never changed.
-//! [`authorized`] maps each agent key to the one machine it names, from the coordinator's
-//! reply and an operator's static file, cached for restarts.
-//! [`registration`] builds the `storage_update_config` request: our host keys and free space.
+//! Other modules: [`config`] (turku-storage's `config.d`, typed, with our own keys),
+//! [`hostkeys`] (the SSH host key, generated on first start and kept), [`authorized`] (each
+//! agent key to the one machine it names, from the coordinator's reply and an operator's
+//! static file, cached for restarts), [`pull`] (the store-backed rsync receiver),
+//! [`throttle`] (a source's `bwlimit`), [`output`] (how snapshots and entries are shown) and
+//! [`constants`] (wire constants, limits and defaults).
 
 pub mod authorized;
 pub mod backup;
