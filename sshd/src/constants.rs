@@ -168,6 +168,10 @@ pub mod session {
     pub const REQUEST_TIMED_OUT: &str = "No complete ping request arrived in time";
     pub const SESSION_TIMED_OUT: &str = "Session time limit reached; unfinished sources stay due";
     pub const GONE: &str = "The session closed before its request arrived";
+    pub const NOT_A_SHELL: &str =
+        "Only the ping command runs here: no shell or subsystem; nothing was backed up";
+    pub const INPUT_BEFORE_COMMAND: &str =
+        "Input arrived before the command; nothing was backed up";
 }
 
 /// The SSH server (`server/`).
@@ -188,6 +192,9 @@ pub mod daemon {
     pub const BRIDGE_BUFFER_BYTES: usize = 256 * 1024;
     /// How long the last lines for the agent may take before the exit status goes out.
     pub const CONSOLE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The connection outlives `idle_timeout` by this much, so a session that timed out
+    /// waiting for its request can still tell the agent why before the connection drops.
+    pub const IDLE_DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 }
 
 /// Read size for the forced command's stdin (the request, then whatever follows).

@@ -129,12 +129,17 @@ async fn run_request(
 }
 
 /// Reads the exec and the request. The agent has `idle` between messages.
+///
+/// Forced-command semantics start at the exec: input before it, or a shell or subsystem in
+/// its place (the handler refused those), never becomes a request, whatever the client
+/// does after the refusal.
 async fn read_request(
     read: &mut russh::ChannelReadHalf,
     machine_uuid: &str,
     idle: Duration,
 ) -> Result<PingRequest, String> {
     let mut reader = PingRequestReader::new(machine_uuid).map_err(|e| e.to_string())?;
+    let mut exec_seen = false;
     loop {
         let msg = match tokio::time::timeout(idle, read.wait()).await {
             Err(_) => {
@@ -148,13 +153,20 @@ async fn read_request(
             Ok(Some(msg)) => msg,
         };
         match msg {
+            ChannelMsg::Exec { .. } => exec_seen = true,
+            ChannelMsg::RequestShell { .. } | ChannelMsg::RequestSubsystem { .. } if !exec_seen => {
+                return Err(text::NOT_A_SHELL.to_owned())
+            }
+            ChannelMsg::Data { .. } if !exec_seen => {
+                return Err(text::INPUT_BEFORE_COMMAND.to_owned())
+            }
             ChannelMsg::Data { data } => {
                 if let Some(request) = reader.feed(&data).map_err(|e| e.to_string())? {
                     return Ok(request);
                 }
             }
             ChannelMsg::Eof => return reader.finish().map_err(|e| e.to_string()),
-            // Exec, env and refused requests: the handler answered them.
+            // Env, pty and later requests: the handler answered them.
             _ => {}
         }
     }

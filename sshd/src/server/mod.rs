@@ -11,7 +11,6 @@ pub mod handler;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -23,11 +22,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::authorized::{AuthorizedMachines, MachineEntry};
 use crate::config::StorageConfig;
-use crate::constants::daemon::{AUTH_REJECTION_TIME, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, SERVER_ID};
+use crate::constants::daemon::{
+    AUTH_REJECTION_TIME, IDLE_DISCONNECT_GRACE, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, SERVER_ID,
+};
 use crate::hostkeys::HostKeys;
 use crate::session::SessionContext;
 use crate::upkeep;
-use handler::AgentConnection;
+use handler::{AgentConnection, Progress};
 
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +203,7 @@ impl Daemon {
             // OpenSSH's first `none` probe would otherwise pay the delay on every login.
             auth_rejection_time_initial: Some(std::time::Duration::ZERO),
             keys: self.host_keys.keys(),
-            inactivity_timeout: Some(settings.idle_timeout),
+            inactivity_timeout: Some(settings.idle_timeout.saturating_add(IDLE_DISCONNECT_GRACE)),
             keepalive_interval: Some(KEEPALIVE_INTERVAL),
             keepalive_max: KEEPALIVE_MAX,
             nodelay: true,
@@ -217,6 +218,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), Ser
     let connections = Arc::new(Semaphore::new(daemon.ctx.config.daemon.max_connections));
     let login_timeout = daemon.ctx.config.daemon.login_timeout;
     loop {
+        let settings = daemon.ctx.config.daemon.clone();
         let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -231,9 +233,8 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), Ser
             drop(socket);
             continue;
         };
-        let authenticated = Arc::new(AtomicBool::new(false));
-        let handler =
-            AgentConnection::new(Arc::clone(&daemon), Some(peer), Arc::clone(&authenticated));
+        let progress = Arc::new(Progress::default());
+        let handler = AgentConnection::new(Arc::clone(&daemon), Some(peer), Arc::clone(&progress));
         let ssh_config = Arc::clone(&ssh_config);
         tokio::spawn(async move {
             let _permit = permit;
@@ -254,19 +255,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), Ser
                 }
             };
             let handle = running.handle();
-            let watchdog = tokio::spawn(async move {
-                tokio::time::sleep(login_timeout).await;
-                if !authenticated.load(Ordering::SeqCst) {
-                    tracing::info!(%peer, "closed: not logged in within the login timeout");
-                    let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "login timeout".into(),
-                            String::new(),
-                        )
-                        .await;
-                }
-            });
+            let watchdog = tokio::spawn(watch_connection(handle, progress, settings, peer));
             if let Err(e) = running.await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
@@ -336,4 +325,37 @@ pub async fn run(
     upkeep::spawn(&daemon);
     on_listening(bound);
     serve(daemon, listener).await
+}
+
+/// Closes a connection that does not log in within `login_timeout`, does not start its
+/// session within `idle_timeout` after that (answered keepalives would otherwise keep an
+/// idle connection open forever), or outlives `session_timeout`.
+async fn watch_connection(
+    handle: russh::server::Handle,
+    progress: Arc<Progress>,
+    settings: crate::config::DaemonSettings,
+    peer: SocketAddr,
+) {
+    let close = |why: &'static str| {
+        let handle = handle.clone();
+        async move {
+            tracing::info!(%peer, "closed: {why}");
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
+                .await;
+        }
+    };
+    tokio::time::sleep(settings.login_timeout).await;
+    if !progress.authenticated() {
+        return close("not logged in within the login timeout").await;
+    }
+    tokio::time::sleep(settings.idle_timeout).await;
+    if !progress.in_session() {
+        return close("no session started within the idle timeout").await;
+    }
+    // The session ends itself at `session_timeout`; this is the backstop, after its last
+    // lines had time to go out.
+    tokio::time::sleep(settings.session_timeout + crate::constants::daemon::CONSOLE_FLUSH_TIMEOUT)
+        .await;
+    close("session time limit").await
 }
