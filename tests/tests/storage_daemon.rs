@@ -411,3 +411,40 @@ fn a_daemon_killed_mid_backup_restarts_clean_and_the_next_backup_lands() {
     assert_same_tree(tree.path(), &exported.path().join("tree"));
     storage.assert_verifies_clean();
 }
+
+#[test]
+fn unknown_keys_refresh_at_most_once_per_interval_and_sighup_refreshes() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-g",
+        serde_json::json!({"refresh_min_interval": 3600}),
+    );
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("f"), b"x").unwrap();
+    let first = TestAgent::register(&coordinator, "first", &[("data", tree.path())]);
+    let first_rsyncd = first.start_rsyncd(&[("data", tree.path())], &[]);
+    // Registered after the daemon's start: its first knock refreshes the keys, and it is in.
+    assert_ping_ok(&first.ping(&storage, &first_rsyncd));
+
+    // Another new machine inside the interval: no second refresh, so it is refused.
+    let second = TestAgent::register(&coordinator, "second", &[("data", tree.path())]);
+    let second_rsyncd = second.start_rsyncd(&[("data", tree.path())], &[]);
+    let out = second.ping(&storage, &second_rsyncd);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+
+    // SIGHUP refreshes at once.
+    let refreshes = storage.log().matches("authorized keys refreshed").count();
+    let pid = nix::unistd::Pid::from_raw(storage.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    eventually("the SIGHUP refresh", Duration::from_secs(30), || {
+        storage.log().matches("authorized keys refreshed").count() > refreshes
+    });
+    assert!(storage.log().contains("SIGHUP"));
+    assert_ping_ok(&second.ping(&storage, &second_rsyncd));
+}
