@@ -7,7 +7,7 @@
 //! agent forwarding, `direct-tcpip` (`-L`), streamlocal, a second session channel or exec.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use russh::keys::PublicKey;
@@ -32,6 +32,28 @@ pub struct Forward {
 /// The forwards of one connection, shared with its session task.
 pub type Forwards = Arc<Mutex<Vec<Forward>>>;
 
+/// How far a connection got, for the watchdog that closes connections stuck on the way.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU8);
+
+impl Progress {
+    const AUTHENTICATED: u8 = 1;
+    const SESSION: u8 = 2;
+
+    fn reach(&self, stage: u8) {
+        self.0.fetch_max(stage, Ordering::SeqCst);
+    }
+
+    pub fn authenticated(&self) -> bool {
+        self.0.load(Ordering::SeqCst) >= Self::AUTHENTICATED
+    }
+
+    /// An exec was accepted: the session's own timers take over.
+    pub fn in_session(&self) -> bool {
+        self.0.load(Ordering::SeqCst) >= Self::SESSION
+    }
+}
+
 #[derive(Debug)]
 pub struct AgentConnection {
     daemon: Arc<Daemon>,
@@ -40,17 +62,13 @@ pub struct AgentConnection {
     forwards: Forwards,
     session_channel: Option<ChannelId>,
     exec_accepted: bool,
-    /// Set once authenticated; the login watchdog closes connections that never get here.
-    authenticated: Arc<AtomicBool>,
+    /// Watched by the connection's watchdog (`server::serve`).
+    progress: Arc<Progress>,
     next_virtual_port: u32,
 }
 
 impl AgentConnection {
-    pub fn new(
-        daemon: Arc<Daemon>,
-        peer: Option<SocketAddr>,
-        authenticated: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(daemon: Arc<Daemon>, peer: Option<SocketAddr>, progress: Arc<Progress>) -> Self {
         AgentConnection {
             daemon,
             peer,
@@ -58,7 +76,7 @@ impl AgentConnection {
             forwards: Arc::new(Mutex::new(Vec::new())),
             session_channel: None,
             exec_accepted: false,
-            authenticated,
+            progress,
             next_virtual_port: FIRST_VIRTUAL_PORT,
         }
     }
@@ -151,7 +169,7 @@ impl Handler for AgentConnection {
             Some(machine) => {
                 tracing::info!(peer = %self.peer(), machine = %machine.uuid, unit = %machine.unit_name, "agent logged in");
                 self.machine = Some(machine);
-                self.authenticated.store(true, Ordering::SeqCst);
+                self.progress.reach(Progress::AUTHENTICATED);
                 Ok(Auth::Accept)
             }
             None => Ok(Auth::reject()),
@@ -191,6 +209,7 @@ impl Handler for AgentConnection {
         if self.session_channel == Some(channel) && !self.exec_accepted {
             // Forced-command semantics: whatever the agent asked to run, it gets the ping.
             self.exec_accepted = true;
+            self.progress.reach(Progress::SESSION);
             return session.channel_success(channel);
         }
         self.refuse("a second exec", channel, session)
