@@ -177,6 +177,9 @@ fn configure(conn: &Connection, journal_mode: &str) -> Result<()> {
     // A backup inserts blob ids in random key order: a larger page cache keeps a pack's
     // inserts from spilling to the WAL mid-transaction.
     conn.pragma_update(None, "cache_size", -SQLITE_CACHE_KIB)?;
+    // Process-wide, not per connection: every backup of a daemon opens connections, and
+    // past this much SQLite memory in all of them caches recycle pages instead of growing.
+    conn.pragma_update(None, "soft_heap_limit", SQLITE_SOFT_HEAP_LIMIT_BYTES)?;
     Ok(())
 }
 
@@ -486,6 +489,20 @@ pub fn delete_snapshot(tx: &Transaction<'_>, s: &SnapshotRow) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opening a store bounds SQLite's memory for the whole process: a connection that
+    /// has nothing to do with the store sees the same limit, so the page caches of every
+    /// backup of a daemon share one budget.
+    #[test]
+    fn opening_an_index_bounds_sqlite_memory_process_wide() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::Store::init(&dir.path().join("store"), Default::default()).unwrap();
+        let other = Connection::open_in_memory().unwrap();
+        let limit: i64 = other
+            .query_row("PRAGMA soft_heap_limit", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(limit, SQLITE_SOFT_HEAP_LIMIT_BYTES);
+    }
 
     #[test]
     fn a_version_1_index_is_migrated() {
