@@ -190,6 +190,15 @@ pub mod daemon {
     pub const FIRST_VIRTUAL_PORT: u32 = 40000;
     /// The in-memory pipe between a forwarded channel and its pull.
     pub const BRIDGE_BUFFER_BYTES: usize = 256 * 1024;
+    /// Connections not logged in yet, in all and from one address (OpenSSH's MaxStartups
+    /// idea): clients without a key cannot hold every connection.
+    pub const MAX_UNAUTHENTICATED: usize = 128;
+    pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 16;
+    /// Connections one machine may hold at once (a backup session and a restore session,
+    /// and one to spare while a dead one times out).
+    pub const MAX_CONNECTIONS_PER_MACHINE: usize = 3;
+    /// After its session ended, a connection gets this long to close by itself.
+    pub const SESSION_END_GRACE: Duration = Duration::from_secs(10);
     /// How long the last lines for the agent may take before the exit status goes out.
     pub const CONSOLE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
     /// The connection outlives `idle_timeout` by this much, so a session that timed out

@@ -48,19 +48,16 @@ impl Tunnel for LoopbackTunnel {
     }
 }
 
-/// The machine's session lock, removed when the session ends (as the original's).
+/// The machine's session lock: a POSIX record lock, the kind the original's `lockf` takes,
+/// so a Python turku-storage-ping on the same host is excluded too. Held while the file is
+/// open. The file is left in place: removing it would let a third session lock a new file
+/// while a second still holds the removed one.
 struct SessionLock {
     _file: File,
-    path: PathBuf,
-}
-
-impl Drop for SessionLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 fn lock_machine(config: &StorageConfig, uuid: &str) -> Result<SessionLock, ForcedError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = config
         .lock_dir()
         .join(format!("turku-storage-ping-{uuid}.lock"));
@@ -68,13 +65,17 @@ fn lock_machine(config: &StorageConfig, uuid: &str) -> Result<SessionLock, Force
         path: path.clone(),
         source,
     };
+    // Not through a symlink: the lock directory may be a shared one like /tmp.
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(lock_error)?;
-    if file.try_lock().is_err() {
+    if rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+    {
         return Err(ForcedError::Locked {
             uuid: uuid.to_owned(),
             path,
@@ -83,7 +84,7 @@ fn lock_machine(config: &StorageConfig, uuid: &str) -> Result<SessionLock, Force
     // The original writes its pid, right-aligned in 10 columns.
     file.set_len(0).map_err(lock_error)?;
     writeln!(file, "{:>10}", std::process::id()).map_err(lock_error)?;
-    Ok(SessionLock { _file: file, path })
+    Ok(SessionLock { _file: file })
 }
 
 /// Runs one session for `machine_uuid` on stdin/stderr; returns the exit status.

@@ -247,9 +247,9 @@ fn quote(text: &str) -> String {
 /// as with Python's `json.loads`.
 #[derive(Default)]
 struct WireRequest {
-    port: Option<serde_json::Value>,
-    verbose: Option<serde_json::Value>,
-    action: Option<serde_json::Value>,
+    port: Option<Shallow>,
+    verbose: Option<Shallow>,
+    action: Option<Shallow>,
     sources: Option<BoundedSources>,
 }
 
@@ -364,7 +364,7 @@ impl WireRequest {
     fn validate(self, machine_uuid: String) -> Result<PingRequest, PingError> {
         let port = validate_port(self.port)?;
         let action = match self.action {
-            Some(serde_json::Value::String(action)) if action == "restore" => PingAction::Restore,
+            Some(Shallow::String(action)) if action == "restore" => PingAction::Restore,
             _ => PingAction::Checkin,
         };
         let verbose = self.verbose.as_ref().is_some_and(python_truthy);
@@ -405,10 +405,10 @@ impl WireRequest {
     }
 }
 
-fn validate_port(port: Option<serde_json::Value>) -> Result<u16, PingError> {
+fn validate_port(port: Option<Shallow>) -> Result<u16, PingError> {
     let number = match port {
-        None | Some(serde_json::Value::Null) => return Err(PingError::MissingPort),
-        Some(serde_json::Value::Number(number)) => number,
+        None | Some(Shallow::Null) => return Err(PingError::MissingPort),
+        Some(Shallow::Number(number)) => number,
         Some(_) => return Err(PingError::PortNotInteger),
     };
     if !(number.is_u64() || number.is_i64()) {
@@ -421,14 +421,86 @@ fn validate_port(port: Option<serde_json::Value>) -> Result<u16, PingError> {
 }
 
 /// Python truthiness, which is how the original reads `verbose`.
-fn python_truthy(value: &serde_json::Value) -> bool {
+fn python_truthy(value: &Shallow) -> bool {
     match value {
-        serde_json::Value::Null => false,
-        serde_json::Value::Bool(b) => *b,
-        serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        serde_json::Value::String(s) => !s.is_empty(),
-        serde_json::Value::Array(a) => !a.is_empty(),
-        serde_json::Value::Object(o) => !o.is_empty(),
+        Shallow::Null => false,
+        Shallow::Bool(b) => *b,
+        Shallow::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Shallow::String(s) => !s.is_empty(),
+        Shallow::Container { non_empty } => *non_empty,
+    }
+}
+
+/// A JSON value with only what the request's scalar keys need: a list or an object is
+/// skipped without being built (a megabyte of `[0,0,...]` would otherwise cost tens of
+/// megabytes of values), remembering only whether it was empty.
+#[derive(Debug)]
+enum Shallow {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    Container { non_empty: bool },
+}
+
+impl<'de> Deserialize<'de> for Shallow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShallowVisitor;
+        impl<'de> Visitor<'de> for ShallowVisitor {
+            type Value = Shallow;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_unit<E>(self) -> Result<Shallow, E> {
+                Ok(Shallow::Null)
+            }
+
+            fn visit_none<E>(self) -> Result<Shallow, E> {
+                Ok(Shallow::Null)
+            }
+
+            fn visit_bool<E>(self, b: bool) -> Result<Shallow, E> {
+                Ok(Shallow::Bool(b))
+            }
+
+            fn visit_u64<E>(self, n: u64) -> Result<Shallow, E> {
+                Ok(Shallow::Number(n.into()))
+            }
+
+            fn visit_i64<E>(self, n: i64) -> Result<Shallow, E> {
+                Ok(Shallow::Number(n.into()))
+            }
+
+            fn visit_f64<E>(self, n: f64) -> Result<Shallow, E> {
+                Ok(serde_json::Number::from_f64(n).map_or(Shallow::Null, Shallow::Number))
+            }
+
+            fn visit_str<E>(self, s: &str) -> Result<Shallow, E> {
+                Ok(Shallow::String(s.to_owned()))
+            }
+
+            fn visit_string<E>(self, s: String) -> Result<Shallow, E> {
+                Ok(Shallow::String(s))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Shallow, A::Error> {
+                let non_empty = seq.next_element::<IgnoredAny>()?.is_some();
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Shallow::Container { non_empty })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shallow, A::Error> {
+                let non_empty = map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some();
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Shallow::Container { non_empty })
+            }
+        }
+        deserializer.deserialize_any(ShallowVisitor)
     }
 }
 
@@ -799,5 +871,26 @@ mod tests {
         assert!(!shown.contains("Xq3vT9kLmN2pR7sW4yZ8aB1cD5eF6g"));
         assert!(shown.contains("<redacted>"));
         assert!(shown.contains("0f8e7c52-3d1b-4b9a-8f4e-2c6d5e7a9b10"));
+    }
+
+    #[test]
+    fn scalar_keys_read_containers_by_emptiness_only() {
+        let many = format!(
+            "{{\"port\": 50000, \"verbose\": [{}0], \"action\": {{\"a\": [1]}}}}\n.\n",
+            "0,".repeat(200_000)
+        );
+        let request = expect_request(many.as_bytes());
+        assert!(request.verbose, "a non-empty list is true");
+        assert_eq!(request.action, PingAction::Checkin);
+        let request = expect_request(b"{\"port\": 50000, \"verbose\": []}\n.\n");
+        assert!(!request.verbose, "an empty list is false");
+        let request = expect_request(b"{\"port\": 50000, \"verbose\": {}}\n.\n");
+        assert!(!request.verbose);
+        let request = expect_request(b"{\"port\": 50000, \"verbose\": 0.5}\n.\n");
+        assert!(request.verbose);
+        assert!(matches!(
+            read_whole(b"{\"port\": [50000]}\n.\n"),
+            Err(PingError::PortNotInteger)
+        ));
     }
 }

@@ -113,14 +113,19 @@ impl Console {
         self.line(Level::Error, message);
     }
 
+    /// `message` may quote the agent's rsync daemon: its control characters are escaped,
+    /// so it can neither forge lines of its own nor drive a terminal.
     pub fn line(&self, level: Level, message: &str) {
+        let message = escape_controls(message);
+        let message = message.as_str();
         let machine = self.machine_uuid.as_str();
         match level {
             Level::Info => tracing::info!(machine, "{message}"),
             Level::Warning => tracing::warn!(machine, "{message}"),
             Level::Error => tracing::error!(machine, "{message}"),
         }
-        if level == Level::Info && !self.verbose {
+        // The original shows a quiet agent its errors only.
+        if level != Level::Error && !self.verbose {
             return;
         }
         let line = format!(
@@ -134,6 +139,22 @@ impl Console {
             tracing::debug!(machine, "agent console full or gone: line not sent");
         }
     }
+}
+
+/// `text` with control characters (newlines included) written as escapes.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `2024-01-10 12:34:56,789`: Python logging's default `asctime`, in UTC.
@@ -336,7 +357,7 @@ fn failure_report(why: &str) -> SourceReport {
     SourceReport {
         success: false,
         snapshot: None,
-        summary: Some(bounded(why)),
+        summary: Some(bounded(&escape_controls(why))),
         ..SourceReport::default()
     }
 }
@@ -572,6 +593,19 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, CONSOLE_QUEUE_LINES);
+    }
+
+    #[tokio::test]
+    async fn console_lines_cannot_be_forged_and_quiet_agents_see_errors_only() {
+        let (mut console, mut lines) = Console::new("s", "u");
+        console.warning("vanished");
+        assert!(lines.try_recv().is_err(), "a warning is not an error");
+        console.set_verbose(true);
+        console.warning("file\n[2024-01-01 00:00:00,000 s] ERROR: forged\x1b[2J");
+        let line = String::from_utf8(lines.try_recv().unwrap()).unwrap();
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        assert!(!line.contains('\x1b'), "{line:?}");
+        assert!(line.contains("file\\n[2024"), "{line:?}");
     }
 
     #[test]

@@ -84,66 +84,95 @@ pub fn load_saved(config: &StorageConfig) -> AuthorizedMachines {
     machines
 }
 
-/// One registration with the coordinator; returns the new authorized set (not yet in use),
-/// already saved for the next start.
+/// One registration with the coordinator; returns the authorized set its reply makes (with
+/// the static keys), not yet in use and not yet saved.
+pub fn fetch(
+    config: &StorageConfig,
+    link: &CoordinatorLink,
+    host_key_lines: &[String],
+    auth_override: Option<&RegistrationAuth>,
+) -> Result<AuthorizedMachines, RefreshError> {
+    let (mut request, warnings) = registration_request(config, host_key_lines, auth_override);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    // Agents pin what is published: it must be the keys this daemon presents, whatever an
+    // old OpenSSH-era config lists.
+    if config
+        .ssh_ping_host_keys
+        .as_ref()
+        .is_some_and(|listed| listed.as_slice() != host_key_lines)
+    {
+        tracing::warn!(
+            "ssh_ping_host_keys lists other keys than this daemon's: publishing the daemon's own"
+        );
+    }
+    request.storage.ssh_ping_host_keys = Some(host_key_lines.to_vec());
+    let reply = link.update_config(&request)?;
+    let (machines, warnings) = AuthorizedMachines::from_response(reply, &static_keys(config));
+    for warning in warnings {
+        tracing::warn!("authorized keys: {warning}");
+    }
+    Ok(machines)
+}
+
+/// [`fetch`], then saved for the daemon's next start (`update-config`).
 pub fn register(
     config: &StorageConfig,
     link: &CoordinatorLink,
     host_key_lines: &[String],
     auth_override: Option<&RegistrationAuth>,
 ) -> Result<AuthorizedMachines, RefreshError> {
-    let (request, warnings) = registration_request(config, host_key_lines, auth_override);
-    for warning in warnings {
-        tracing::warn!("{warning}");
-    }
-    let reply = link.update_config(&request)?;
-    let (machines, warnings) = AuthorizedMachines::from_response(reply, &static_keys(config));
-    for warning in warnings {
-        tracing::warn!("authorized keys: {warning}");
-    }
+    let machines = fetch(config, link, host_key_lines, auth_override)?;
     machines
         .save(&authorized_cache_path(config))
         .map_err(|e| RefreshError::Save(e.to_string()))?;
     Ok(machines)
 }
 
-/// Registers with the coordinator and puts the machines it lists in use.
+/// Registers with the coordinator and puts the machines it lists in use, then saves them
+/// (a failed save is only a warning: the new keys are in use either way). One refresh runs
+/// at a time, so an older reply never replaces a newer one.
 pub async fn refresh(daemon: &Arc<Daemon>) -> Result<usize, RefreshError> {
+    let _one_at_a_time = daemon.refreshing.lock().await;
     let config = Arc::clone(&daemon.ctx.config);
     let link = daemon.ctx.coordinator.clone();
     let host_key_lines = daemon.host_keys.public_lines();
     let machines =
-        tokio::task::spawn_blocking(move || register(&config, &link, &host_key_lines, None))
+        tokio::task::spawn_blocking(move || fetch(&config, &link, &host_key_lines, None))
             .await
             .map_err(|e| RefreshError::Task(e.to_string()))??;
     let count = machines.len();
+    let cache = authorized_cache_path(&daemon.ctx.config);
     daemon.replace_registry(machines);
     tracing::info!(machines = count, "authorized keys refreshed");
+    let registry = daemon.registry();
+    let saved = tokio::task::spawn_blocking(move || registry.save(&cache)).await;
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("saving the authorized keys for the next start: {e}"),
+        Err(e) => tracing::warn!("saving the authorized keys for the next start: {e}"),
+    }
     Ok(count)
 }
 
-/// Starts the refresh timer (and SIGHUP) and the GC that follows backups.
-pub fn spawn(daemon: &Arc<Daemon>) {
+/// Starts the key refreshes (one now, then every `refresh_interval` and on each of
+/// `hangups`) and the GC that follows backups.
+pub fn spawn(daemon: &Arc<Daemon>, mut hangups: tokio::signal::unix::Signal) {
     let refresher = Arc::clone(daemon);
     tokio::spawn(async move {
         let every = refresher.ctx.config.daemon.refresh_interval;
-        let mut hangups =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(signal) => Some(signal),
-                Err(e) => {
-                    tracing::warn!("SIGHUP will not refresh the keys: {e}");
-                    None
-                }
-            };
+        match refresh(&refresher).await {
+            Ok(count) => tracing::info!("registered with the coordinator; {count} keys"),
+            Err(e) => tracing::warn!(
+                "cannot register with the coordinator yet ({e}); serving the {} keys saved before",
+                refresher.registry().len()
+            ),
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                Some(()) = async {
-                    match hangups.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => tracing::info!("SIGHUP: refreshing the authorized keys"),
+                Some(()) = hangups.recv() => tracing::info!("SIGHUP: refreshing the authorized keys"),
             }
             if let Err(e) = refresh(&refresher).await {
                 tracing::warn!("refreshing the authorized keys (the last ones stay in use): {e}");

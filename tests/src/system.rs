@@ -436,6 +436,7 @@ impl StorageDaemon {
             for _ in lines {}
         });
         self.child = Some(child);
+        let first_refreshes = self.first_refreshes();
         match rx.recv_timeout(DAEMON_START_BOUND) {
             Ok(line) if line.starts_with("listening on ") => {}
             other => panic!(
@@ -443,6 +444,26 @@ impl StorageDaemon {
                 self.log()
             ),
         }
+        // The first registration runs beside the listener; the tests want it done (or
+        // failed), as a storage that has run for a while would be.
+        let deadline = Instant::now() + DAEMON_START_BOUND;
+        while self.first_refreshes() == first_refreshes {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not try to register; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many first registrations (successful or not) the log shows.
+    fn first_refreshes(&self) -> usize {
+        let log = self.log();
+        log.matches("registered with the coordinator").count()
+            + log
+                .matches("cannot register with the coordinator yet")
+                .count()
     }
 
     /// SIGKILL, as a crash.

@@ -15,7 +15,7 @@ use crate::constants::daemon::{BRIDGE_BUFFER_BYTES, CONSOLE_FLUSH_TIMEOUT};
 use crate::constants::session as text;
 use crate::ping::{PingAction, PingRequest, PingRequestReader};
 use crate::pull::Connection;
-use crate::server::handler::Forwards;
+use crate::server::handler::{Forwards, Progress, Stage};
 use crate::server::{Daemon, RestoreSession};
 use crate::session::{run_checkin, BoxFuture, Console, SessionEnd, Tunnel};
 
@@ -35,20 +35,26 @@ pub async fn run_agent_channel(
     channel: Channel<Msg>,
     handle: Handle,
     forwards: Forwards,
+    progress: Arc<Progress>,
 ) {
     let config = Arc::clone(&daemon.ctx.config);
     let (mut console, lines) = Console::new(&config.name, &machine.uuid);
     let (mut read, write) = channel.split();
     let stderr = write.make_writer_ext(Some(1));
-    let printer = tokio::spawn(print_lines(lines, stderr));
+    let mut printer = tokio::spawn(print_lines(lines, stderr));
 
     let request = read_request(&mut read, &machine.uuid, config.daemon.idle_timeout).await;
     // Whatever the agent sends from here on is drained (a full channel queue would stall
     // the whole connection, the tunnel included) and only its end is noticed.
-    let (input_tx, input) = watch::channel(AgentInput::Open);
+    let ended_at_eof = matches!(request, Ok((_, true)));
+    let (input_tx, input) = watch::channel(if ended_at_eof {
+        AgentInput::Eof
+    } else {
+        AgentInput::Open
+    });
     let drain = tokio::spawn(drain_input(read, input_tx));
 
-    let end = match request {
+    let end = match request.map(|(request, _)| request) {
         Err(why) => {
             console.error(&why);
             SessionEnd::Failed
@@ -74,11 +80,18 @@ pub async fn run_agent_channel(
         }
     };
     drop(console);
-    let _ = tokio::time::timeout(CONSOLE_FLUSH_TIMEOUT, printer).await;
+    if tokio::time::timeout(CONSOLE_FLUSH_TIMEOUT, &mut printer)
+        .await
+        .is_err()
+    {
+        // A client that never opens its window must not keep the printer alive.
+        printer.abort();
+    }
     let _ = write.exit_status(end.exit_status()).await;
     let _ = write.eof().await;
     let _ = write.close().await;
     drain.abort();
+    progress.reach(Stage::Over);
 }
 
 async fn run_request(
@@ -115,20 +128,15 @@ async fn run_request(
             console.info(text::RESTORE_FINISHED);
             SessionEnd::Done
         }
-        PingAction::Checkin => {
-            let checkin = run_checkin(&daemon.ctx, request, tunnel.as_ref(), console);
-            tokio::select! {
-                end = checkin => end,
-                _ = input.wait_for(|state| *state == AgentInput::Closed) => {
-                    tracing::warn!(machine = %request.machine_uuid, "agent went away mid-session");
-                    SessionEnd::Failed
-                }
-            }
-        }
+        // Not cut short when the agent goes away: its channels close, each remaining pull
+        // fails at once and is reported as failed (the source stays due), as the original's
+        // rsync runs fail and are reported.
+        PingAction::Checkin => run_checkin(&daemon.ctx, request, tunnel.as_ref(), console).await,
     }
 }
 
-/// Reads the exec and the request. The agent has `idle` between messages.
+/// Reads the exec and the request, which must be complete within `idle` of the channel's
+/// opening; `true` with the request when it ended at EOF (no `.` line, stdin closed).
 ///
 /// Forced-command semantics start at the exec: input before it, or a shell or subsystem in
 /// its place (the handler refused those), never becomes a request, whatever the client
@@ -137,11 +145,13 @@ async fn read_request(
     read: &mut russh::ChannelReadHalf,
     machine_uuid: &str,
     idle: Duration,
-) -> Result<PingRequest, String> {
+) -> Result<(PingRequest, bool), String> {
     let mut reader = PingRequestReader::new(machine_uuid).map_err(|e| e.to_string())?;
     let mut exec_seen = false;
+    // One bound for the whole request: a trickle of messages does not extend it.
+    let deadline = tokio::time::Instant::now() + idle;
     loop {
-        let msg = match tokio::time::timeout(idle, read.wait()).await {
+        let msg = match tokio::time::timeout_at(deadline, read.wait()).await {
             Err(_) => {
                 return Err(format!(
                     "{} ({} s)",
@@ -162,10 +172,15 @@ async fn read_request(
             }
             ChannelMsg::Data { data } => {
                 if let Some(request) = reader.feed(&data).map_err(|e| e.to_string())? {
-                    return Ok(request);
+                    return Ok((request, false));
                 }
             }
-            ChannelMsg::Eof => return reader.finish().map_err(|e| e.to_string()),
+            ChannelMsg::Eof => {
+                return reader
+                    .finish()
+                    .map(|request| (request, true))
+                    .map_err(|e| e.to_string())
+            }
             // Env, pty and later requests: the handler answered them.
             _ => {}
         }

@@ -17,9 +17,11 @@ use russh::server::{
 use russh::{Channel, ChannelId};
 
 use crate::authorized::MachineEntry;
-use crate::constants::daemon::{FIRST_VIRTUAL_PORT, MAX_FORWARDS_PER_CONNECTION};
+use crate::constants::daemon::{
+    FIRST_VIRTUAL_PORT, MAX_CONNECTIONS_PER_MACHINE, MAX_FORWARDS_PER_CONNECTION,
+};
 use crate::server::agent::run_agent_channel;
-use crate::server::Daemon;
+use crate::server::{Daemon, MachineConnection};
 
 /// A remote forward the agent asked for, exactly as it asked (the address string goes back
 /// byte for byte when we dial, or OpenSSH refuses the channel).
@@ -32,25 +34,46 @@ pub struct Forward {
 /// The forwards of one connection, shared with its session task.
 pub type Forwards = Arc<Mutex<Vec<Forward>>>;
 
-/// How far a connection got, for the watchdog that closes connections stuck on the way.
+/// The stages a connection goes through, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Connected = 0,
+    Authenticated = 1,
+    /// An exec was accepted: the session's own timers run.
+    InSession = 2,
+    /// The session channel's work is done.
+    Over = 3,
+}
+
+/// How far a connection got, for the watchdog that ends connections stuck on the way.
 #[derive(Debug, Default)]
-pub struct Progress(AtomicU8);
+pub struct Progress {
+    stage: AtomicU8,
+    changed: tokio::sync::Notify,
+}
 
 impl Progress {
-    const AUTHENTICATED: u8 = 1;
-    const SESSION: u8 = 2;
-
-    fn reach(&self, stage: u8) {
-        self.0.fetch_max(stage, Ordering::SeqCst);
+    pub fn reach(&self, stage: Stage) {
+        self.stage.fetch_max(stage as u8, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
-    pub fn authenticated(&self) -> bool {
-        self.0.load(Ordering::SeqCst) >= Self::AUTHENTICATED
+    pub fn reached(&self, stage: Stage) -> bool {
+        self.stage.load(Ordering::SeqCst) >= stage as u8
     }
 
-    /// An exec was accepted: the session's own timers take over.
-    pub fn in_session(&self) -> bool {
-        self.0.load(Ordering::SeqCst) >= Self::SESSION
+    /// Whether `stage` is reached within `limit`.
+    pub async fn wait_for(&self, stage: Stage, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            if self.reached(stage) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.reached(stage);
+            }
+        }
     }
 }
 
@@ -64,6 +87,8 @@ pub struct AgentConnection {
     exec_accepted: bool,
     /// Watched by the connection's watchdog (`server::serve`).
     progress: Arc<Progress>,
+    /// This connection's place among its machine's connections.
+    machine_connection: Option<MachineConnection>,
     next_virtual_port: u32,
 }
 
@@ -77,6 +102,7 @@ impl AgentConnection {
             session_channel: None,
             exec_accepted: false,
             progress,
+            machine_connection: None,
             next_virtual_port: FIRST_VIRTUAL_PORT,
         }
     }
@@ -167,9 +193,16 @@ impl Handler for AgentConnection {
         }
         match self.daemon.machine_for(key.public_key) {
             Some(machine) => {
+                // A key holding many connections (a compromised one, or an agent leaving
+                // `ssh` processes behind) must not crowd the other machines out.
+                let Some(slot) = self.daemon.connect_machine(&machine.uuid) else {
+                    tracing::warn!(peer = %self.peer(), machine = %machine.uuid, "refused login: the machine has {MAX_CONNECTIONS_PER_MACHINE} connections open");
+                    return Ok(Auth::reject());
+                };
                 tracing::info!(peer = %self.peer(), machine = %machine.uuid, unit = %machine.unit_name, "agent logged in");
+                self.machine_connection = Some(slot);
                 self.machine = Some(machine);
-                self.progress.reach(Progress::AUTHENTICATED);
+                self.progress.reach(Stage::Authenticated);
                 Ok(Auth::Accept)
             }
             None => Ok(Auth::reject()),
@@ -194,8 +227,9 @@ impl Handler for AgentConnection {
         let daemon = Arc::clone(&self.daemon);
         let forwards = Arc::clone(&self.forwards);
         let handle = session.handle();
+        let progress = Arc::clone(&self.progress);
         tokio::spawn(run_agent_channel(
-            daemon, machine, channel, handle, forwards,
+            daemon, machine, channel, handle, forwards, progress,
         ));
         Ok(())
     }
@@ -209,7 +243,7 @@ impl Handler for AgentConnection {
         if self.session_channel == Some(channel) && !self.exec_accepted {
             // Forced-command semantics: whatever the agent asked to run, it gets the ping.
             self.exec_accepted = true;
-            self.progress.reach(Progress::SESSION);
+            self.progress.reach(Stage::InSession);
             return session.channel_success(channel);
         }
         self.refuse("a second exec", channel, session)

@@ -10,25 +10,27 @@ pub mod agent;
 pub mod handler;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use russh::keys::PublicKey;
 use russh::server::Config as SshConfig;
 use russh::{MethodKind, MethodSet};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::authorized::{AuthorizedMachines, MachineEntry};
 use crate::config::StorageConfig;
 use crate::constants::daemon::{
-    AUTH_REJECTION_TIME, IDLE_DISCONNECT_GRACE, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, SERVER_ID,
+    AUTH_REJECTION_TIME, CONSOLE_FLUSH_TIMEOUT, IDLE_DISCONNECT_GRACE, KEEPALIVE_INTERVAL,
+    KEEPALIVE_MAX, MAX_CONNECTIONS_PER_MACHINE, MAX_UNAUTHENTICATED,
+    MAX_UNAUTHENTICATED_PER_ADDRESS, SERVER_ID, SESSION_END_GRACE,
 };
 use crate::hostkeys::HostKeys;
 use crate::session::SessionContext;
 use crate::upkeep;
-use handler::{AgentConnection, Progress};
+use handler::{AgentConnection, Progress, Stage};
 
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,26 @@ impl Drop for MachineGuard {
     fn drop(&mut self) {
         if let Ok(mut active) = self.daemon.active_machines.lock() {
             active.remove(&self.uuid);
+        }
+    }
+}
+
+/// One connection of a logged-in machine; the count goes down on drop.
+#[derive(Debug)]
+pub struct MachineConnection {
+    daemon: Arc<Daemon>,
+    uuid: String,
+}
+
+impl Drop for MachineConnection {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.daemon.machine_connections.lock() {
+            if let Some(n) = counts.get_mut(&self.uuid) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&self.uuid);
+                }
+            }
         }
     }
 }
@@ -104,6 +126,10 @@ pub struct Daemon {
     last_unknown_key_refresh: tokio::sync::Mutex<Option<Instant>>,
     sessions: Arc<Semaphore>,
     active_machines: Mutex<HashSet<String>>,
+    /// Open connections per logged-in machine.
+    machine_connections: Mutex<HashMap<String, usize>>,
+    /// One refresh of the keys at a time, so an older reply never replaces a newer one.
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
     /// Machines in restore mode: how to reach their writable `turku-restore` module.
     restores: Mutex<HashMap<String, RestoreSession>>,
     pub host_keys: HostKeys,
@@ -122,6 +148,8 @@ impl Daemon {
             last_unknown_key_refresh: tokio::sync::Mutex::new(None),
             sessions: Arc::new(Semaphore::new(max_sessions)),
             active_machines: Mutex::new(HashSet::new()),
+            machine_connections: Mutex::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
             restores: Mutex::new(HashMap::new()),
             host_keys,
         })
@@ -158,6 +186,19 @@ impl Daemon {
         if let Err(e) = upkeep::refresh(self).await {
             tracing::warn!("refreshing the authorized keys for an unknown key: {e}");
         }
+    }
+
+    fn connect_machine(self: &Arc<Self>, uuid: &str) -> Option<MachineConnection> {
+        let mut counts = self.machine_connections.lock().ok()?;
+        let n = counts.entry(uuid.to_owned()).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_MACHINE {
+            return None;
+        }
+        *n += 1;
+        Some(MachineConnection {
+            daemon: Arc::clone(self),
+            uuid: uuid.to_owned(),
+        })
     }
 
     fn try_session_slot(&self) -> Option<OwnedSemaphorePermit> {
@@ -212,13 +253,57 @@ impl Daemon {
     }
 }
 
-/// Accepts connections until the listener fails. `ready` hears the bound address.
+/// Connections not yet logged in, in all and per client address: OpenSSH's `MaxStartups`
+/// idea, so that clients without a key can hold only part of `max_connections`.
+#[derive(Debug, Default)]
+struct Startups {
+    by_address: HashMap<IpAddr, usize>,
+    total: usize,
+}
+
+/// One unauthenticated connection's place in [`Startups`], given back on drop.
+struct StartupSlot {
+    startups: Arc<Mutex<Startups>>,
+    address: IpAddr,
+}
+
+impl StartupSlot {
+    fn take(startups: &Arc<Mutex<Startups>>, address: IpAddr) -> Option<StartupSlot> {
+        let mut s = startups.lock().ok()?;
+        let mine = s.by_address.get(&address).copied().unwrap_or(0);
+        if s.total >= MAX_UNAUTHENTICATED || mine >= MAX_UNAUTHENTICATED_PER_ADDRESS {
+            return None;
+        }
+        s.total += 1;
+        s.by_address.insert(address, mine + 1);
+        Some(StartupSlot {
+            startups: Arc::clone(startups),
+            address,
+        })
+    }
+}
+
+impl Drop for StartupSlot {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.startups.lock() {
+            s.total = s.total.saturating_sub(1);
+            if let Some(n) = s.by_address.get_mut(&self.address) {
+                *n -= 1;
+                if *n == 0 {
+                    s.by_address.remove(&self.address);
+                }
+            }
+        }
+    }
+}
+
+/// Accepts connections until the process ends.
 pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), ServeError> {
     let ssh_config = Arc::new(daemon.ssh_config());
-    let connections = Arc::new(Semaphore::new(daemon.ctx.config.daemon.max_connections));
-    let login_timeout = daemon.ctx.config.daemon.login_timeout;
+    let settings = daemon.ctx.config.daemon.clone();
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let startups = Arc::new(Mutex::new(Startups::default()));
     loop {
-        let settings = daemon.ctx.config.daemon.clone();
         let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -229,39 +314,97 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), Ser
             }
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: {} connections open", daemon.ctx.config.daemon.max_connections);
-            drop(socket);
+            tracing::warn!(%peer, "connection refused: {} connections open", settings.max_connections);
             continue;
+        };
+        let Some(startup) = StartupSlot::take(&startups, peer.ip()) else {
+            tracing::warn!(%peer, "connection refused: too many connections not logged in yet");
+            continue;
+        };
+        // The watchdog ends a connection by shutting its socket down: russh ignores a
+        // disconnect request while a key exchange runs, which a client can keep running.
+        let (socket, closer) = match split_closer(socket) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(%peer, "accept: {e}");
+                continue;
+            }
         };
         let progress = Arc::new(Progress::default());
         let handler = AgentConnection::new(Arc::clone(&daemon), Some(peer), Arc::clone(&progress));
         let ssh_config = Arc::clone(&ssh_config);
+        let settings = settings.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let started = tokio::time::timeout(
-                login_timeout,
-                russh::server::run_stream(ssh_config, socket, handler),
-            )
-            .await;
-            let running = match started {
-                Ok(Ok(running)) => running,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "ssh handshake: {e}");
-                    return;
+            let watchdog = tokio::spawn(watch_connection(
+                closer,
+                Arc::clone(&progress),
+                settings,
+                peer,
+                startup,
+            ));
+            match russh::server::run_stream(ssh_config, socket, handler).await {
+                Ok(running) => {
+                    if let Err(e) = running.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
                 }
-                Err(_) => {
-                    tracing::info!(%peer, "closed: no ssh handshake within the login timeout");
-                    return;
-                }
-            };
-            let handle = running.handle();
-            let watchdog = tokio::spawn(watch_connection(handle, progress, settings, peer));
-            if let Err(e) = running.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+                Err(e) => tracing::debug!(%peer, "ssh handshake: {e}"),
             }
             watchdog.abort();
         });
     }
+}
+
+/// The socket for russh and a second handle on it that can shut it down.
+fn split_closer(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let socket = socket.into_std()?;
+    let closer = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, closer))
+}
+
+/// Ends a connection that does not log in within `login_timeout`, does not start its
+/// session within `idle_timeout` after that (answered keepalives would otherwise keep an
+/// idle connection open forever), outlives `session_timeout`, or stays open after its
+/// session ended (a forwarded channel the agent confirmed too late would keep OpenSSH
+/// waiting for ever).
+async fn watch_connection(
+    closer: std::net::TcpStream,
+    progress: Arc<Progress>,
+    settings: crate::config::DaemonSettings,
+    peer: SocketAddr,
+    startup: StartupSlot,
+) {
+    let close = |why: &str| {
+        tracing::info!(%peer, "closed: {why}");
+        let _ = closer.shutdown(std::net::Shutdown::Both);
+    };
+    if !progress
+        .wait_for(Stage::Authenticated, settings.login_timeout)
+        .await
+    {
+        return close("not logged in within the login timeout");
+    }
+    drop(startup);
+    if !progress
+        .wait_for(Stage::InSession, settings.idle_timeout)
+        .await
+    {
+        return close("no session started within the idle timeout");
+    }
+    // The session ends itself at `session_timeout`; this is the backstop, after its last
+    // lines had time to go out.
+    if !progress
+        .wait_for(
+            Stage::Over,
+            settings.session_timeout + CONSOLE_FLUSH_TIMEOUT,
+        )
+        .await
+    {
+        return close("session time limit");
+    }
+    tokio::time::sleep(SESSION_END_GRACE).await;
+    close("session over")
 }
 
 /// Opens the configured store, creating it on first start when its parent directory (the
@@ -305,13 +448,13 @@ pub async fn run(
         config,
     });
     let daemon = Daemon::new(ctx, registry, host_keys);
-    match upkeep::refresh(&daemon).await {
-        Ok(count) => tracing::info!("registered with the coordinator; {count} machines"),
-        Err(e) => tracing::warn!(
-            "cannot register with the coordinator yet ({e}); serving the {} machines saved before",
-            daemon.registry().len()
-        ),
-    }
+    // Before anything can take long: SIGHUP's default action would end the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
+        |source| ServeError::Listen {
+            addr: listen,
+            source,
+        },
+    )?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -322,40 +465,13 @@ pub async fn run(
         addr: listen,
         source,
     })?;
-    upkeep::spawn(&daemon);
+    tracing::info!(
+        "serving the {} keys saved before; registering with the coordinator",
+        daemon.registry().len()
+    );
+    // The first registration runs in the background: a slow coordinator must not keep
+    // known agents out.
+    upkeep::spawn(&daemon, hangups);
     on_listening(bound);
     serve(daemon, listener).await
-}
-
-/// Closes a connection that does not log in within `login_timeout`, does not start its
-/// session within `idle_timeout` after that (answered keepalives would otherwise keep an
-/// idle connection open forever), or outlives `session_timeout`.
-async fn watch_connection(
-    handle: russh::server::Handle,
-    progress: Arc<Progress>,
-    settings: crate::config::DaemonSettings,
-    peer: SocketAddr,
-) {
-    let close = |why: &'static str| {
-        let handle = handle.clone();
-        async move {
-            tracing::info!(%peer, "closed: {why}");
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
-                .await;
-        }
-    };
-    tokio::time::sleep(settings.login_timeout).await;
-    if !progress.authenticated() {
-        return close("not logged in within the login timeout").await;
-    }
-    tokio::time::sleep(settings.idle_timeout).await;
-    if !progress.in_session() {
-        return close("no session started within the idle timeout").await;
-    }
-    // The session ends itself at `session_timeout`; this is the backstop, after its last
-    // lines had time to go out.
-    tokio::time::sleep(settings.session_timeout + crate::constants::daemon::CONSOLE_FLUSH_TIMEOUT)
-        .await;
-    close("session time limit").await
 }
