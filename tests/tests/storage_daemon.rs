@@ -448,3 +448,122 @@ fn unknown_keys_refresh_at_most_once_per_interval_and_sighup_refreshes() {
     assert!(storage.log().contains("SIGHUP"));
     assert_ping_ok(&second.ping(&storage, &second_rsyncd));
 }
+
+/// An SSH binary packet as sent before keys are agreed: length, padding length, payload,
+/// padding to a multiple of 8.
+fn plain_packet(payload: &[u8]) -> Vec<u8> {
+    let mut padding = 8 - (5 + payload.len()) % 8;
+    if padding < 4 {
+        padding += 8;
+    }
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&((1 + payload.len() + padding) as u32).to_be_bytes());
+    packet.push(padding as u8);
+    packet.extend_from_slice(payload);
+    packet.extend(std::iter::repeat_n(0u8, padding));
+    packet
+}
+
+fn name_list(out: &mut Vec<u8>, names: &str) {
+    out.extend_from_slice(&(names.len() as u32).to_be_bytes());
+    out.extend_from_slice(names.as_bytes());
+}
+
+/// Whether the server closed `socket` within `bound`, while `keep_busy` is sent every
+/// half second.
+fn closed_within(socket: &mut std::net::TcpStream, bound: Duration, keep_busy: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let deadline = Instant::now() + bound;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+        if socket.write_all(keep_busy).is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// A client that starts a key exchange and never finishes it, sending IGNORE packets to look
+/// alive, is still closed at the login timeout; and one address cannot hold more than its
+/// share of the connections not logged in.
+#[test]
+fn clients_that_never_log_in_are_closed_and_capped() {
+    use std::io::{Read, Write};
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-h",
+        serde_json::json!({"login_timeout": 2}),
+    );
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", storage.port)).unwrap();
+    socket
+        .write_all(b"SSH-2.0-OpenSSH_9.2p1 stall\r\n")
+        .unwrap();
+    let mut kexinit = vec![20u8];
+    kexinit.extend_from_slice(&[7u8; 16]);
+    for names in [
+        "curve25519-sha256",
+        "ssh-ed25519",
+        "chacha20-poly1305@openssh.com",
+        "chacha20-poly1305@openssh.com",
+        "hmac-sha2-256",
+        "hmac-sha2-256",
+        "none",
+        "none",
+        "",
+        "",
+    ] {
+        name_list(&mut kexinit, names);
+    }
+    kexinit.extend_from_slice(&[0, 0, 0, 0, 0]);
+    socket.write_all(&plain_packet(&kexinit)).unwrap();
+    let mut ignore = vec![2u8];
+    name_list(&mut ignore, "still here");
+    let ignore = plain_packet(&ignore);
+    assert!(
+        closed_within(&mut socket, Duration::from_secs(20), &ignore),
+        "a stalled key exchange outlived the login timeout"
+    );
+    assert!(storage
+        .log()
+        .contains("not logged in within the login timeout"));
+
+    // Connections from one address that never log in: past the per-address cap, the
+    // daemon closes new ones before it says a word.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..24 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", storage.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut banner = [0u8; 8];
+        match s.read(&mut banner) {
+            Ok(n) if n > 0 => held.push(s),
+            _ => refused += 1,
+        }
+    }
+    assert!(refused >= 8, "held {} refused {refused}", held.len());
+    assert!(held.len() <= 16, "held {}", held.len());
+    // Once they time out, the address may connect again.
+    drop(held);
+    eventually(
+        "a new connection is served again",
+        Duration::from_secs(30),
+        || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", storage.port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut banner = [0u8; 8];
+            matches!(s.read(&mut banner), Ok(n) if n > 0)
+        },
+    );
+}
