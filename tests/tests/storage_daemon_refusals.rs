@@ -280,38 +280,51 @@ fn refusals_do_no_work_and_leave_the_daemon_healthy() {
         storage.log().contains("refused login: not the ping user")
     });
 
-    // A shell (no command), with a whole valid request on stdin: OpenSSH sends the request
-    // before it hears the refusal, and the daemon must not take it for one.
-    let before = checked_in(&coordinator, &agent.uuid);
-    let out = ssh.run(
-        ssh.command(&agent.key, user, &["-T", "-R", &forward], None),
-        &request,
-        REFUSAL_BOUND,
-    );
-    assert!(!out.status.success(), "a shell: {}", stderr(&out));
-    assert!(
-        stderr(&out).contains("shell request failed"),
-        "{}",
-        stderr(&out)
-    );
-    let shell_refused = "ERROR turku_storage::session: Only the ping command runs here";
-    eventually("the shell's session ends", REFUSAL_BOUND, || {
-        let log = storage.log();
-        log.contains(shell_refused) || log.contains("agent went away mid-session")
-    });
-    // A check-in already under way would land within moments: watch for one a while.
-    let quiet_until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < quiet_until {
-        assert_eq!(
-            checked_in(&coordinator, &agent.uuid),
-            before,
-            "the daemon checked in for a shell:\n{}",
-            storage.log()
+    // A shell (no command) and a subsystem, with a whole valid request on stdin: OpenSSH
+    // sends the request before it hears the refusal, and the daemon must not take it for one.
+    let not_a_shell = "ERROR turku_storage::session: Only the ping command runs here";
+    for (what, args, remote, says) in [
+        ("a shell", &["-T"][..], None, "shell request failed"),
+        (
+            "a subsystem",
+            &["-T", "-s"][..],
+            Some("sftp"),
+            "subsystem request failed",
+        ),
+    ] {
+        let before = checked_in(&coordinator, &agent.uuid);
+        let (refusals, ended) = (
+            count(&storage.log(), "refused"),
+            count(&storage.log(), not_a_shell),
         );
-        std::thread::sleep(Duration::from_millis(100));
+        let mut args = args.to_vec();
+        args.extend(["-R", &forward]);
+        let out = ssh.run(
+            ssh.command(&agent.key, user, &args, remote),
+            &request,
+            REFUSAL_BOUND,
+        );
+        assert!(!out.status.success(), "{what}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{what}: {}", stderr(&out));
+        eventually("the refusal logged", REFUSAL_BOUND, || {
+            count(&storage.log(), "refused") > refusals
+        });
+        // A check-in would follow the refusal within moments: watch for one a while.
+        let quiet_until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < quiet_until {
+            assert_eq!(
+                checked_in(&coordinator, &agent.uuid),
+                before,
+                "the daemon checked in for {what}:\n{}",
+                storage.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eventually("the session ends saying why", REFUSAL_BOUND, || {
+            count(&storage.log(), not_a_shell) > ended
+        });
+        assert_nothing_backed_up(&coordinator, &storage, &agent, what);
     }
-    assert!(storage.log().contains(shell_refused), "{}", storage.log());
-    assert_nothing_backed_up(&coordinator, &storage, &agent, "a shell");
 
     // A forward on every address, and on 0.0.0.0: refused, so ssh gives up.
     for bind in ["0.0.0.0", "*"] {
