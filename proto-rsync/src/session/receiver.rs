@@ -941,6 +941,8 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         // Kept compact from here on: the full entries of a large tree were the receiver's
         // largest allocation, and most of their fields are empty.
         let mut entries: Vec<ListedEntry> = wire.into_iter().map(ListedEntry::from).collect();
+        // The collect above reuses the received list's buffer, three times too large now.
+        entries.shrink_to_fit();
         sort_in_place(&mut entries, &mut order)?;
         drop(order);
         // Later duplicates are cleared but keep their slot so indexes stay aligned.
@@ -1700,6 +1702,11 @@ mod tests {
         rx.wire = wire.clone();
         rx.finish_file_list().unwrap();
         assert_eq!(rx.entry_count(), wire.len());
+        assert_eq!(
+            rx.entries.capacity(),
+            rx.entries.len(),
+            "no room kept for more"
+        );
         let got: Vec<FileEntry> = (0..wire.len() as u32)
             .map(|i| rx.entry(i).unwrap())
             .collect();
