@@ -66,6 +66,11 @@ pub enum Command {
         /// Registration secret for the first registration (overrides api_auth_secret).
         #[arg(long)]
         api_auth_secret: Option<String>,
+        /// For OpenSSH in front of `ping`: publish OpenSSH's host keys
+        /// (`ssh_ping_host_keys_glob`) and rewrite the ping user's authorized_keys with a
+        /// forced-command line per machine, as the original turku-storage-update-config.
+        #[arg(long)]
+        openssh: bool,
     },
     /// Create a new store.
     Init {
@@ -293,6 +298,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             wait,
             api_auth_name,
             api_auth_secret,
+            openssh,
         } => {
             let config = load_config(&cli)?;
             if let Some(max) = wait.filter(|max| *max > 0) {
@@ -308,8 +314,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 (None, None) => None,
                 _ => bail!("--api-auth-name and --api-auth-secret go together"),
             };
-            let host_keys = crate::hostkeys::HostKeys::load_or_generate(&config.host_key_dir)?;
             let link = crate::coordinator::CoordinatorLink::new(&config)?;
+            if *openssh {
+                let (machines, file) =
+                    crate::openssh::update_config(&config, &link, auth_override.as_ref())?;
+                println!(
+                    "registered storage {} with {}; {machines} machines in {}",
+                    config.name,
+                    config.api_url,
+                    file.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let host_keys = crate::hostkeys::HostKeys::load_or_generate(&config.host_key_dir)?;
             let machines = crate::upkeep::register(
                 &config,
                 &link,

@@ -214,3 +214,14 @@ pub mod registration {
     /// The original reports space in MiB (`f_bsize * f_blocks / 1048576`, as floats).
     pub const BYTES_PER_MIB: f64 = 1_048_576.0;
 }
+
+/// `update-config --openssh` (`openssh.rs`).
+pub mod openssh {
+    /// Largest OpenSSH public host key file read (an RSA-16384 key is under 3 KiB).
+    pub const MAX_HOST_KEY_FILE_BYTES: u64 = 64 * 1024;
+    /// Where the ping user's home and ids are looked up.
+    pub const PASSWD_FILE: &str = "/etc/passwd";
+    pub const MAX_PASSWD_BYTES: u64 = 16 * 1024 * 1024;
+    /// Largest `<authorized_keys_file>.static` copied into the generated file.
+    pub const MAX_STATIC_BYTES: u64 = 4 * 1024 * 1024;
+}

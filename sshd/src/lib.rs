@@ -18,7 +18,8 @@
 //! Around it, a command line over the store ([`cli`]; the binary only calls it): create it,
 //! ingest a local tree, pull from any stock rsync daemon, list and export snapshots, forget
 //! by a Turku retention policy, verify, repair and GC; and `update-config`, one registration
-//! with the coordinator ([`registration`]).
+//! with the coordinator ([`registration`]; with `--openssh`, [`openssh`] also writes the
+//! ping user's `authorized_keys` as the original did).
 //!
 //! Other modules: [`config`] (turku-storage's `config.d`, typed, with our own keys),
 //! [`hostkeys`] (the SSH host key, generated on first start and kept), [`authorized`] (each
@@ -35,6 +36,7 @@ pub mod constants;
 pub mod coordinator;
 pub mod forced;
 pub mod hostkeys;
+pub mod openssh;
 pub mod output;
 pub mod ping;
 pub mod pull;

@@ -567,3 +567,74 @@ fn clients_that_never_log_in_are_closed_and_capped() {
         },
     );
 }
+
+/// `update-config --openssh` for operators who keep OpenSSH: the original's authorized_keys
+/// (header, the static part, one forced-command line per machine) and OpenSSH's host keys
+/// published instead of the daemon's.
+#[test]
+fn update_config_for_openssh_writes_the_originals_authorized_keys() {
+    let coordinator = Coordinator::start();
+    let etc = tempfile::tempdir().unwrap();
+    std::fs::write(
+        etc.path().join("ssh_host_ed25519_key.pub"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHxUdRe0FRz8SELy3nByH8ZR7jc0rjXoUTbL0hGsrwYx root@h\n",
+    )
+    .unwrap();
+    let keys_file = etc.path().join("ping-home/.ssh/authorized_keys");
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-i",
+        serde_json::json!({
+            "ssh_ping_host_keys_glob": format!("{}/ssh_host_*_key.pub", etc.path().display()),
+            "authorized_keys_file": keys_file,
+            "authorized_keys_command": "turku-storage ping",
+        }),
+    );
+    let tree = tempfile::tempdir().unwrap();
+    let agent = TestAgent::register(&coordinator, "web-9", &[("data", tree.path())]);
+    std::fs::create_dir_all(keys_file.parent().unwrap()).unwrap();
+    std::fs::write(
+        format!("{}.static", keys_file.display()),
+        "# the operator's own\n",
+    )
+    .unwrap();
+    let child = std::process::Command::new(&storage.binary)
+        .arg("--config-dir")
+        .arg(&storage.config_dir)
+        .args(["update-config", "--openssh"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = turku_testkit::system::wait_bounded(child, Duration::from_secs(120), "update-config");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&keys_file).unwrap();
+    let public = std::fs::read_to_string(agent.key.with_extension("pub")).unwrap();
+    let bare: Vec<&str> = public.split_whitespace().take(2).collect();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], "# Automatically generated, please do not edit",
+        "{text}"
+    );
+    assert_eq!(lines[2], "# the operator's own", "{text}");
+    assert_eq!(
+        lines[3],
+        format!(
+            "no-pty,no-agent-forwarding,no-X11-forwarding,no-user-rc,command=\"turku-storage ping {}\" {} (web-9)",
+            agent.uuid,
+            bare.join(" ")
+        ),
+        "{text}"
+    );
+    // The agents now pin OpenSSH's key, not the daemon's own.
+    let db = rusqlite::Connection::open(&coordinator.db).unwrap();
+    let published: String = db
+        .query_row(
+            "SELECT ssh_ping_host_keys FROM turku_api_storage WHERE name = 'storage-i'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(published.contains("root@h"), "{published}");
+    assert!(!published.contains(&storage.host_key_line()), "{published}");
+}
