@@ -143,6 +143,15 @@ mod tests {
     use super::*;
     use crate::store::{CompressionMode, Store, StoreConfig};
 
+    /// A daemon runs each backup on its own thread, with its own handle or one shared.
+    #[test]
+    fn a_store_handle_and_a_writer_can_move_between_threads() {
+        fn send_and_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_and_sync::<Store>();
+        send::<crate::SnapshotWriter>();
+    }
+
     /// Two backups in one process, of two stores with different zstd levels, writing at the
     /// same time: both compress through the same threads, so the process never starts more
     /// than one set, and each store gets back only its own blobs, compressed.
