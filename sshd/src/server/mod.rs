@@ -23,9 +23,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::authorized::{AuthorizedMachines, MachineEntry};
 use crate::config::StorageConfig;
 use crate::constants::daemon::{
-    AUTH_REJECTION_TIME, CONSOLE_FLUSH_TIMEOUT, IDLE_DISCONNECT_GRACE, KEEPALIVE_INTERVAL,
-    KEEPALIVE_MAX, MAX_CONNECTIONS_PER_MACHINE, MAX_UNAUTHENTICATED,
-    MAX_UNAUTHENTICATED_PER_ADDRESS, SERVER_ID, SESSION_END_GRACE,
+    AUTH_REJECTION_TIME, CHANNEL_WINDOW_BYTES, CIPHERS, CONSOLE_FLUSH_TIMEOUT,
+    IDLE_DISCONNECT_GRACE, KEEPALIVE_INTERVAL, KEEPALIVE_MAX, MAX_CONNECTIONS_PER_MACHINE,
+    MAX_PACKET_BYTES, MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_ADDRESS, SERVER_ID,
+    SESSION_END_GRACE, TCP_NODELAY,
 };
 use crate::hostkeys::HostKeys;
 use crate::session::SessionContext;
@@ -247,7 +248,13 @@ impl Daemon {
             inactivity_timeout: Some(settings.idle_timeout.saturating_add(IDLE_DISCONNECT_GRACE)),
             keepalive_interval: Some(KEEPALIVE_INTERVAL),
             keepalive_max: KEEPALIVE_MAX,
-            nodelay: true,
+            nodelay: TCP_NODELAY,
+            window_size: CHANNEL_WINDOW_BYTES,
+            maximum_packet_size: MAX_PACKET_BYTES,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(CIPHERS),
+                ..russh::Preferred::default()
+            },
             ..SshConfig::default()
         }
     }
