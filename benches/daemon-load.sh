@@ -49,9 +49,10 @@ for i in $(seq "$parallel"); do
     uuids[$n]=$(python3 -c 'import uuid; print(uuid.uuid4())')
     start_agent "$work/agent$n" "$work/tiny"
     register_machine "${uuids[$n]}" "$work/agent$n/key.pub" "$work/tiny"
-    ping_ours "$work/agent$n" >/dev/null   # its one backup: nothing due afterwards
     noop+=("$n")
 done
+refresh_keys $(( backups + parallel ))
+for n in "${noop[@]}"; do ping_ours "$work/agent$n" >/dev/null; done   # nothing due afterwards
 
 ping_rate() { # LABEL LANES: prints pings/s over rate_seconds
     local label=$1 n=$2 j a out=()
@@ -83,13 +84,8 @@ echo "--- $machines more machines"
 python3 "$agent_py" register-many "$api_url" "$machine_reg" "$machines" 4 "$work/registered"
 read -r done_count secs failed <"$work/registered"
 echo "registered $done_count machines in $secs s ($failed failed)"
-kill -HUP "$storage_pid"
-for _ in $(seq 600); do
-    n=$(grep -o 'machines=[0-9]*' "$storage_dir/serve.log" | tail -1 | cut -d= -f2)
-    [ "${n:-0}" -ge "$done_count" ] && break
-    sleep 0.1
-done
-echo "daemon knows ${n:-0} machines: $(rss)"
+refresh_keys $(( done_count + backups + parallel ))
+echo "daemon knows $(( done_count + backups + parallel )) machines: $(rss)"
 ping_rate "sequential, $machines more" 1
 ping_rate "$parallel in parallel, $machines more" "$parallel"
 echo "after the pings: $(rss)"

@@ -99,6 +99,18 @@ restart_storage() {
         >"$storage_dir/known_hosts"
 }
 
+# SIGHUP, then waits (bounded) until the daemon says it knows at least MIN machines.
+refresh_keys() { # MIN
+    local n=0 i
+    kill -HUP "$storage_pid"
+    for i in $(seq 1200); do
+        n=$(grep -o 'authorized keys refreshed machines=[0-9]*' "$storage_dir/serve.log" | tail -1 | cut -d= -f2)
+        [ "${n:-0}" -ge "$1" ] && return 0
+        sleep 0.1
+    done
+    echo "the daemon knows ${n:-0} machines, not $1" >&2; return 1
+}
+
 stop_storage() {
     kill "$storage_pid" 2>/dev/null || true
     wait "$storage_pid" 2>/dev/null || true
