@@ -5,15 +5,21 @@
 # Without CORPUS_DIR a deterministic tree is generated (once, kept for later runs) under
 # WORKDIR (default /tmp/turku-pull-memory): ~110,000 files, ~1 GB, mostly small files plus a
 # few 1-30 MB ones, pseudo-random content of which about half compresses (hex text).
-# Extra arguments for every pull can be given in PULL_ARGS (e.g. PULL_ARGS="--verbose").
+# Extra arguments for every pull can be given in PULL_ARGS (e.g. PULL_ARGS="--verbose");
+# TURKU_BIN measures a binary built earlier instead of building the work tree (to compare
+# two builds while the tree changes).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=${2:-/tmp/turku-pull-memory}
 mkdir -p "$work"; work=$(realpath "$work")
 command -v rsync >/dev/null || { echo "rsync is required: apt-get install -y rsync" >&2; exit 1; }
 [ -x /usr/bin/time ] || apt-get install -y -qq time >/dev/null
-(cd "$here" && cargo build --release -q --locked -p turku-storage)
-turku="${CARGO_TARGET_DIR:-$here/target}/release/turku-storage"
+if [ -n "${TURKU_BIN:-}" ]; then
+    turku=$(realpath "$TURKU_BIN")
+else
+    (cd "$here" && cargo build --release -q --locked -p turku-storage)
+    turku="${CARGO_TARGET_DIR:-$here/target}/release/turku-storage"
+fi
 
 generate() { # DIR: the default corpus, the same bytes on every run
     python3 - "$1" <<'PY'

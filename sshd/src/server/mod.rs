@@ -320,6 +320,12 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), Ser
                 continue;
             }
         };
+        // `russh::server::run_stream` never applies `Config::nodelay` (only its own accept
+        // loop does): without this every small reply waits out the peer's delayed ACK, about
+        // 40 ms twice per ping (key exchange reply, exit status).
+        if let Err(e) = socket.set_nodelay(TCP_NODELAY) {
+            tracing::debug!(%peer, "set_nodelay: {e}");
+        }
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: {} connections open", settings.max_connections);
             continue;

@@ -40,6 +40,11 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
     pub fn fail<T>(&self, reason: &'static str) -> Result<T, DecodeError> {
         Err(DecodeError {
             offset: self.pos,

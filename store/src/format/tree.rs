@@ -176,34 +176,39 @@ pub fn encode_leaf(entries: &[TreeEntry]) -> Vec<u8> {
     header(&mut out, TREE_NODE_LEAF);
     put_uvarint(&mut out, entries.len() as u64);
     for e in entries {
-        put_bytes(&mut out, &e.name);
-        out.push(e.kind.code());
-        put_uvarint(&mut out, u64::from(e.meta.perm));
-        put_uvarint(&mut out, u64::from(e.meta.uid));
-        put_uvarint(&mut out, u64::from(e.meta.gid));
-        put_ivarint(&mut out, e.meta.mtime_sec);
-        put_uvarint(&mut out, u64::from(e.meta.mtime_nsec));
-        match &e.data {
-            EntryData::File {
-                size,
-                link_group,
-                chunks,
-            } => {
-                put_uvarint(&mut out, *size);
-                put_uvarint(&mut out, *link_group);
-                put_uvarint(&mut out, chunks.len() as u64);
-                for c in chunks {
-                    out.extend_from_slice(c.id.as_bytes());
-                    put_uvarint(&mut out, u64::from(c.len));
-                }
-            }
-            EntryData::Dir { tree } => out.extend_from_slice(tree.as_bytes()),
-            EntryData::Symlink { target } => put_bytes(&mut out, target),
-            EntryData::Device { rdev } => put_uvarint(&mut out, *rdev),
-            EntryData::Special => {}
-        }
+        encode_entry(&mut out, e);
     }
     out
+}
+
+/// Appends one entry as a leaf encodes it.
+pub(crate) fn encode_entry(out: &mut Vec<u8>, e: &TreeEntry) {
+    put_bytes(out, &e.name);
+    out.push(e.kind.code());
+    put_uvarint(out, u64::from(e.meta.perm));
+    put_uvarint(out, u64::from(e.meta.uid));
+    put_uvarint(out, u64::from(e.meta.gid));
+    put_ivarint(out, e.meta.mtime_sec);
+    put_uvarint(out, u64::from(e.meta.mtime_nsec));
+    match &e.data {
+        EntryData::File {
+            size,
+            link_group,
+            chunks,
+        } => {
+            put_uvarint(out, *size);
+            put_uvarint(out, *link_group);
+            put_uvarint(out, chunks.len() as u64);
+            for c in chunks {
+                out.extend_from_slice(c.id.as_bytes());
+                put_uvarint(out, u64::from(c.len));
+            }
+        }
+        EntryData::Dir { tree } => out.extend_from_slice(tree.as_bytes()),
+        EntryData::Symlink { target } => put_bytes(out, target),
+        EntryData::Device { rdev } => put_uvarint(out, *rdev),
+        EntryData::Special => {}
+    }
 }
 
 pub fn encode_split(parts: &[(Vec<u8>, Id)]) -> Vec<u8> {
@@ -268,76 +273,13 @@ pub fn decode(bytes: &[u8]) -> Result<TreeNode, DecodeError> {
             let count = r.bounded(max_count, "entry count too large")? as usize;
             let mut entries: Vec<TreeEntry> = Vec::with_capacity(count);
             for _ in 0..count {
-                let name = r.bytes(MAX_NAME_LEN, "name too long")?.to_vec();
-                if !valid_name(&name) {
-                    return r.fail("invalid entry name");
-                }
+                let entry = decode_entry(&mut r)?;
                 if let Some(prev) = entries.last() {
-                    if prev.name >= name {
+                    if prev.name >= entry.name {
                         return r.fail("entries not sorted or duplicated");
                     }
                 }
-                let kind = EntryKind::from_code(r.u8()?).ok_or(DecodeError {
-                    offset: r.position(),
-                    reason: "unknown entry kind",
-                })?;
-                let perm = r.bounded(0o7777, "permission bits out of range")? as u32;
-                let uid = r.bounded(u64::from(u32::MAX), "uid out of range")? as u32;
-                let gid = r.bounded(u64::from(u32::MAX), "gid out of range")? as u32;
-                let mtime_sec = r.ivarint()?;
-                let mtime_nsec = r.bounded(999_999_999, "nanoseconds out of range")? as u32;
-                let meta = Metadata {
-                    perm,
-                    uid,
-                    gid,
-                    mtime_sec,
-                    mtime_nsec,
-                };
-                let data = match kind {
-                    EntryKind::File => {
-                        let size = r.uvarint()?;
-                        let link_group = r.uvarint()?;
-                        let remaining = (bytes.len() - r.position()) / 33;
-                        let n = r.bounded(
-                            remaining.min(MAX_CHUNKS_PER_FILE) as u64,
-                            "chunk count too large",
-                        )? as usize;
-                        let mut chunks = Vec::with_capacity(n);
-                        let mut total: u64 = 0;
-                        for _ in 0..n {
-                            let id = Id(r.array()?);
-                            let len = r.bounded(u64::from(MAX_BLOB_LEN), "chunk too long")? as u32;
-                            total += u64::from(len);
-                            chunks.push(ChunkRef { id, len });
-                        }
-                        if total != size {
-                            return r.fail("chunk lengths do not add up to the file size");
-                        }
-                        EntryData::File {
-                            size,
-                            link_group,
-                            chunks,
-                        }
-                    }
-                    EntryKind::Dir => EntryData::Dir {
-                        tree: Id(r.array()?),
-                    },
-                    EntryKind::Symlink => EntryData::Symlink {
-                        target: r
-                            .bytes(MAX_SYMLINK_LEN, "symlink target too long")?
-                            .to_vec(),
-                    },
-                    EntryKind::CharDevice | EntryKind::BlockDevice => {
-                        EntryData::Device { rdev: r.uvarint()? }
-                    }
-                    EntryKind::Fifo | EntryKind::Socket => EntryData::Special,
-                };
-                entries.push(TreeEntry {
-                    name,
-                    kind,
-                    meta,
-                    data,
-                });
+                entries.push(entry);
             }
             if !r.is_empty() {
                 return r.fail("trailing bytes after entries");
@@ -363,6 +305,73 @@ pub fn decode(bytes: &[u8]) -> Result<TreeNode, DecodeError> {
         }
         _ => r.fail("unknown tree node type"),
     }
+}
+
+/// Reads one entry as a leaf encodes it, checking what can be checked of an entry alone.
+pub(crate) fn decode_entry(r: &mut Reader) -> Result<TreeEntry, DecodeError> {
+    let name = r.bytes(MAX_NAME_LEN, "name too long")?.to_vec();
+    if !valid_name(&name) {
+        return r.fail("invalid entry name");
+    }
+    let kind = EntryKind::from_code(r.u8()?).ok_or(DecodeError {
+        offset: r.position(),
+        reason: "unknown entry kind",
+    })?;
+    let perm = r.bounded(0o7777, "permission bits out of range")? as u32;
+    let uid = r.bounded(u64::from(u32::MAX), "uid out of range")? as u32;
+    let gid = r.bounded(u64::from(u32::MAX), "gid out of range")? as u32;
+    let mtime_sec = r.ivarint()?;
+    let mtime_nsec = r.bounded(999_999_999, "nanoseconds out of range")? as u32;
+    let meta = Metadata {
+        perm,
+        uid,
+        gid,
+        mtime_sec,
+        mtime_nsec,
+    };
+    let data = match kind {
+        EntryKind::File => {
+            let size = r.uvarint()?;
+            let link_group = r.uvarint()?;
+            let remaining = r.remaining() / 33;
+            let n = r.bounded(
+                remaining.min(MAX_CHUNKS_PER_FILE) as u64,
+                "chunk count too large",
+            )? as usize;
+            let mut chunks = Vec::with_capacity(n);
+            let mut total: u64 = 0;
+            for _ in 0..n {
+                let id = Id(r.array()?);
+                let len = r.bounded(u64::from(MAX_BLOB_LEN), "chunk too long")? as u32;
+                total += u64::from(len);
+                chunks.push(ChunkRef { id, len });
+            }
+            if total != size {
+                return r.fail("chunk lengths do not add up to the file size");
+            }
+            EntryData::File {
+                size,
+                link_group,
+                chunks,
+            }
+        }
+        EntryKind::Dir => EntryData::Dir {
+            tree: Id(r.array()?),
+        },
+        EntryKind::Symlink => EntryData::Symlink {
+            target: r
+                .bytes(MAX_SYMLINK_LEN, "symlink target too long")?
+                .to_vec(),
+        },
+        EntryKind::CharDevice | EntryKind::BlockDevice => EntryData::Device { rdev: r.uvarint()? },
+        EntryKind::Fifo | EntryKind::Socket => EntryData::Special,
+    };
+    Ok(TreeEntry {
+        name,
+        kind,
+        meta,
+        data,
+    })
 }
 
 /// Stable non-zero group id for a hard-link set, derived from its first member's path, so

@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
+use crate::format::codec::Reader;
 use crate::format::id::Id;
 use crate::format::tree::{self, ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
 use crate::format::*;
@@ -39,7 +40,7 @@ pub struct SnapshotWriter {
     /// Each directory's entries as added (a name added again replaces the earlier one):
     /// sorted only at commit, since a sorted map of every entry of a large tree took twice
     /// the memory.
-    dirs: HashMap<Vec<u8>, Vec<TreeEntry>>,
+    dirs: HashMap<Vec<u8>, PendingDir>,
     root_meta: Metadata,
     packer: Packer,
     chunker: Chunker,
@@ -49,6 +50,39 @@ pub struct SnapshotWriter {
     pending: Option<PendingFile>,
     /// Draws the random suffix of the snapshot's name (tests make it collide on purpose).
     pub(crate) name_suffix: fn() -> [u8; 2],
+}
+
+/// A directory's entries until commit, each encoded as a tree leaf holds it. A backup holds
+/// every entry of its tree until then: encoded, a one-chunk file costs ~65 bytes and its
+/// share of the buffer's slack (~82 measured), decoded it cost a 104-byte entry plus its
+/// name and chunk list (~171); on a 110,000-file pull the peak fell by ~13 MiB.
+#[derive(Default)]
+struct PendingDir {
+    encoded: Vec<u8>,
+}
+
+impl PendingDir {
+    fn push(&mut self, entry: &TreeEntry) {
+        tree::encode_entry(&mut self.encoded, entry);
+    }
+
+    /// Heap bytes held.
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        self.encoded.capacity()
+    }
+
+    /// The entries in the order they were added.
+    fn entries(&self) -> Result<Vec<TreeEntry>> {
+        let mut r = Reader::new(&self.encoded);
+        let mut entries = Vec::new();
+        while !r.is_empty() {
+            entries.push(tree::decode_entry(&mut r).map_err(|e| {
+                StoreError::InvalidArgument(format!("entry the writer encoded itself: {e}"))
+            })?);
+        }
+        Ok(entries)
+    }
 }
 
 /// A regular file whose content is arriving: bounded to one max-size chunk in memory.
@@ -162,7 +196,7 @@ impl Store {
             base,
             base_dirs: HashMap::new(),
             base_dirs_entries: 0,
-            dirs: HashMap::from([(Vec::new(), Vec::new())]),
+            dirs: HashMap::from([(Vec::new(), PendingDir::default())]),
             root_meta: Metadata {
                 perm: 0o755,
                 ..Metadata::default()
@@ -296,7 +330,7 @@ impl SnapshotWriter {
             data,
         };
         if let Some(dir) = self.dirs.get_mut(&parent) {
-            dir.push(entry);
+            dir.push(&entry);
         }
         Ok(())
     }
@@ -556,7 +590,9 @@ impl SnapshotWriter {
         });
         let mut built: HashMap<Vec<u8>, Id> = HashMap::new();
         for path in paths {
-            let mut list = sorted_last_wins(self.dirs.remove(&path).unwrap_or_default());
+            let pending = self.dirs.remove(&path).unwrap_or_default();
+            let mut list = sorted_last_wins(pending.entries()?);
+            drop(pending);
             for e in &mut list {
                 match &mut e.data {
                     EntryData::Dir { tree } => {
@@ -777,6 +813,47 @@ mod tests {
             "{most_cached} base entries cached"
         );
         w.abort();
+    }
+
+    /// What the writer holds per entry until commit, for files of one chunk in directories
+    /// of 100 named as a backup's usually are: decoded, each took its 104-byte entry plus
+    /// its name and chunk list (over 150 bytes); encoded as its tree will hold it, about 65
+    /// plus the slack of its directory's buffer.
+    #[test]
+    fn pending_entries_are_held_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("store"), Default::default()).unwrap();
+        let mut w = store.begin_snapshot("m", "s").unwrap();
+        let meta = |i: u32| Metadata {
+            perm: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime_sec: 1_700_000_000 + i64::from(i),
+            mtime_nsec: 123_456_789 + i,
+        };
+        let mut seed = w.add_file(b"seed", meta(0), 0).unwrap();
+        seed.write_content(b"the one chunk every file shares")
+            .unwrap();
+        let chunks = seed.finish().unwrap();
+        let (dirs, per_dir) = (100u32, 100u32);
+        let paths: Vec<Vec<u8>> = (0..dirs * per_dir)
+            .map(|i| format!("d{:03}/f{i:06}.dat", i % dirs).into_bytes())
+            .collect();
+        for (i, path) in paths.iter().enumerate() {
+            w.add_file_with_chunks(path, meta(i as u32), 0, chunks.clone())
+                .unwrap();
+        }
+        let held: usize = w.dirs.values().map(PendingDir::held_bytes).sum();
+        let per_entry = held / paths.len();
+        assert!(
+            per_entry <= 100,
+            "{per_entry} bytes held per pending entry ({held} in all)"
+        );
+        let snap = w.commit().unwrap();
+        let entry = store.lookup(&snap, &paths[4321]).unwrap();
+        assert_eq!(entry.meta, meta(4321));
+        assert_eq!(entry.file_size(), 31);
+        assert_eq!(store.lookup(&snap, b"d021").unwrap().kind, EntryKind::Dir);
     }
 
     /// Entries are kept unsorted until commit: the snapshot still lists each directory in
