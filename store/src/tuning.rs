@@ -71,14 +71,23 @@ pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
 /// SQLite: how long a writer waits for another process's transaction.
 pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
 
-/// SQLite page cache per connection, in KiB: room for one pack's worth of random-order
-/// blob inserts (a few thousand leaf pages) without spilling mid-transaction.
-pub const SQLITE_CACHE_KIB: i64 = 32_768;
+/// SQLite page cache, in KiB, of a store's own connection: chunk existence probes, pins and
+/// snapshot rows. Probes are by random id, so beyond the b-tree's interior pages a larger
+/// cache buys few hits.
+pub const SQLITE_CACHE_KIB: i64 = 8 * 1024;
+
+/// SQLite page cache, in KiB, of the connection a writer's sync thread indexes packs with.
+/// It only inserts, one pack per transaction, in random key order, so its cache filled to
+/// whatever it was allowed; past this, dirty pages spill to the WAL before the commit. On a
+/// 110,001-file pull (benches/pull-memory.sh, medians of 8 runs) 8 MiB here and 2 MiB
+/// there took as long as 32 MiB each (4.4 s against 4.3 s) and peaked 11 MiB lower (68.5
+/// against 79 MiB RSS); 8 MiB for both peaked at 77 MiB.
+pub const SQLITE_INDEXER_CACHE_KIB: i64 = 2 * 1024;
 
 /// SQLite memory the whole process may use before page caches stop growing (SQLite's soft
 /// heap limit, shared by every connection of every store open in the process): a daemon
 /// running several backups keeps one budget of cached index pages, not one per backup.
-/// One backup of ~100,000 files uses about half of it.
+/// One backup uses at most the two caches above and their statements' memory.
 pub const SQLITE_SOFT_HEAP_LIMIT_BYTES: i64 = 32 * 1024 * 1024;
 
 /// GC: a pack whose dead bytes reach this fraction (in percent) is repacked.
