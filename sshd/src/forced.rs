@@ -172,8 +172,10 @@ async fn read_request(
     let mut reader = PingRequestReader::new(machine_uuid).map_err(|e| e.to_string())?;
     let mut buffer = vec![0u8; FORCED_STDIN_READ_BYTES];
     let idle = config.daemon.idle_timeout;
+    // One bound for the whole request: a trickle of bytes does not extend it.
+    let deadline = tokio::time::Instant::now() + idle;
     loop {
-        let n = match tokio::time::timeout(idle, stdin.read(&mut buffer)).await {
+        let n = match tokio::time::timeout_at(deadline, stdin.read(&mut buffer)).await {
             Err(_) => {
                 return Err(format!(
                     "{} ({} s)",

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use russh::keys::PublicKey;
@@ -33,8 +33,10 @@ pub enum OpensshError {
     },
     #[error("{}: larger than {max} bytes", path.display())]
     TooLarge { path: PathBuf, max: u64 },
-    #[error("user {0} is not in /etc/passwd: set authorized_keys_file and authorized_keys_user")]
+    #[error("user {0} is unknown or has no absolute home: set authorized_keys_file")]
     NoSuchUser(String),
+    #[error("{}: refused: {why}", path.display())]
+    Unsafe { path: PathBuf, why: &'static str },
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> OpensshError + '_ {
@@ -161,56 +163,123 @@ pub fn authorized_keys_text(
     (text, warnings)
 }
 
-/// `(home, uid, gid)` of `user` from `/etc/passwd`.
-fn passwd_entry(user: &str) -> Option<(PathBuf, u32, u32)> {
-    let text = read_bounded(Path::new(c::PASSWD_FILE), c::MAX_PASSWD_BYTES).ok()?;
-    text.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.len() < 7 || fields[0] != user {
-            return None;
-        }
-        Some((
-            PathBuf::from(fields[5]),
-            fields[2].parse().ok()?,
-            fields[3].parse().ok()?,
-        ))
-    })
+/// `(home, uid, gid)` of `user`, through the system's user database (files, LDAP, ...).
+fn user_entry(user: &str) -> Option<(PathBuf, u32, u32)> {
+    let entry = nix::unistd::User::from_name(user).ok()??;
+    Some((entry.dir, entry.uid.as_raw(), entry.gid.as_raw()))
 }
 
-/// Writes `text` to `path` through a temporary file in the same directory and a rename, so
-/// sshd never reads half a file; owned by `owner` when given.
-fn replace_file(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(), OpensshError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(dir)
-            .map_err(io_error(dir))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io_error(dir))?;
+/// The directory the file lives in, opened without following a symlink and checked: a
+/// directory owned by root or by the file's owner. The ping user owns `~/.ssh`, and we run
+/// as root: every later step goes through this handle, never through the path again, so
+/// the user cannot swap in a link to somewhere root may write.
+fn open_key_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<OwnedFd, OpensshError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+    let opened = match rustix::fs::open(dir, flags, Mode::empty()) {
+        Err(rustix::io::Errno::NOENT) => {
+            rustix::fs::mkdir(dir, Mode::from_raw_mode(0o700)).map_err(errno(dir))?;
+            let fd = rustix::fs::open(dir, flags, Mode::empty()).map_err(errno(dir))?;
+            if let Some((uid, gid)) = owner {
+                rustix::fs::fchown(&fd, Some(uid_of(uid)), Some(gid_of(gid)))
+                    .map_err(errno(dir))?;
+            }
+            fd
         }
+        other => other.map_err(errno(dir))?,
+    };
+    let stat = rustix::fs::fstat(&opened).map_err(errno(dir))?;
+    let owned_right = stat.st_uid == 0 || owner.is_some_and(|(uid, _)| stat.st_uid == uid);
+    if !owned_right {
+        return Err(OpensshError::Unsafe {
+            path: dir.to_path_buf(),
+            why: "owned by neither root nor the ping user",
+        });
     }
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(
-            "{}.tmp",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("authorized_keys")
-        ))
-        .suffix("~")
-        .tempfile_in(dir)
-        .map_err(io_error(dir))?;
-    temp.write_all(text.as_bytes()).map_err(io_error(path))?;
-    temp.as_file().sync_all().map_err(io_error(path))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(temp.path(), Some(uid), Some(gid)).map_err(io_error(path))?;
-    }
-    temp.persist(path).map_err(|e| OpensshError::Io {
+    Ok(opened)
+}
+
+fn uid_of(raw: u32) -> rustix::process::Uid {
+    rustix::process::Uid::from_raw(raw)
+}
+
+fn gid_of(raw: u32) -> rustix::process::Gid {
+    rustix::process::Gid::from_raw(raw)
+}
+
+fn errno(path: &Path) -> impl Fn(rustix::io::Errno) -> OpensshError + '_ {
+    move |e| OpensshError::Io {
         path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+        source: e.into(),
+    }
+}
+
+/// The operator's `<file>.static`, read through the directory handle: a regular file only
+/// (not a link to a secret root can read, not a FIFO that would block), bounded.
+fn read_static(dir: &OwnedFd, name: &str, shown: &Path) -> Result<Option<String>, OpensshError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(OpensshError::Unsafe {
+                path: shown.to_path_buf(),
+                why: "a symbolic link",
+            })
+        }
+        other => other.map_err(errno(shown))?,
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(errno(shown))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(OpensshError::Unsafe {
+            path: shown.to_path_buf(),
+            why: "not a regular file",
+        });
+    }
+    let file = fs::File::from(fd);
+    let mut text = String::new();
+    file.take(c::MAX_STATIC_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io_error(shown))?;
+    if text.len() as u64 > c::MAX_STATIC_BYTES {
+        return Err(OpensshError::TooLarge {
+            path: shown.to_path_buf(),
+            max: c::MAX_STATIC_BYTES,
+        });
+    }
+    Ok(Some(text))
+}
+
+/// Writes `text` as `name` in `dir` through a new temporary file and a rename, so sshd never
+/// reads half a file; mode 0644 (sshd reads it as the user), owned by `owner` when given.
+fn replace_file(
+    dir: &OwnedFd,
+    name: &str,
+    text: &str,
+    owner: Option<(u32, u32)>,
+    shown: &Path,
+) -> Result<(), OpensshError> {
+    use rustix::fs::{Mode, OFlags};
+    let temp_name = format!("{name}.tmp{}~", std::process::id());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let _ = rustix::fs::unlinkat(dir, temp_name.as_str(), rustix::fs::AtFlags::empty());
+    let fd = rustix::fs::openat(dir, temp_name.as_str(), flags, Mode::from_raw_mode(0o644))
+        .map_err(errno(shown))?;
+    let written = (|| {
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(&fd, Some(uid_of(uid)), Some(gid_of(gid))).map_err(errno(shown))?;
+        }
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644)).map_err(errno(shown))?;
+        let mut file = fs::File::from(fd);
+        file.write_all(text.as_bytes()).map_err(io_error(shown))?;
+        file.sync_all().map_err(io_error(shown))?;
+        rustix::fs::renameat(dir, temp_name.as_str(), dir, name).map_err(errno(shown))?;
+        rustix::fs::fsync(dir).map_err(errno(shown))
+    })();
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(dir, temp_name.as_str(), rustix::fs::AtFlags::empty());
+    }
+    written
 }
 
 /// Registers (publishing OpenSSH's host keys) and rewrites the authorized_keys file;
@@ -229,25 +298,26 @@ pub fn update_config(
         tracing::warn!("{warning}");
     }
     let reply = link.update_config(&request)?;
-    let user = &config.authorized_keys_user;
-    let entry = passwd_entry(user);
+    // As the original: the file under the ping user's home, owned by authorized_keys_user.
     let file = match &config.authorized_keys_file {
         Some(file) => file.clone(),
         None => {
-            let (home, _, _) = entry
-                .clone()
+            let (home, _, _) = user_entry(&config.ssh_ping_user)
+                .filter(|(home, _, _)| home.is_absolute())
                 .ok_or_else(|| OpensshError::NoSuchUser(config.ssh_ping_user.clone()))?;
             home.join(".ssh").join("authorized_keys")
         }
     };
-    let static_path = PathBuf::from(format!("{}.static", file.display()));
-    let static_part = match read_bounded(&static_path, c::MAX_STATIC_BYTES) {
-        Ok(text) => Some(text),
-        Err(OpensshError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            None
-        }
-        Err(e) => return Err(e),
+    let owner = user_entry(&config.authorized_keys_user).map(|(_, uid, gid)| (uid, gid));
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        return Err(OpensshError::Unsafe {
+            path: file.clone(),
+            why: "not a file name in a directory",
+        });
     };
+    let dir_fd = open_key_dir(dir, owner)?;
+    let static_name = format!("{name}.static");
+    let static_part = read_static(&dir_fd, &static_name, &dir.join(&static_name))?;
     let (text, warnings) = authorized_keys_text(
         &file,
         static_part.as_deref(),
@@ -257,8 +327,7 @@ pub fn update_config(
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
-    let owner = entry.map(|(_, uid, gid)| (uid, gid));
-    replace_file(&file, &text, owner)?;
+    replace_file(&dir_fd, name, &text, owner, &file)?;
     Ok((reply.machines.len() - warnings.len(), file))
 }
 
@@ -354,13 +423,48 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_replaced_whole() {
+    fn the_file_is_replaced_whole_through_the_directory_handle() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ssh/authorized_keys");
-        replace_file(&file, "one\n", None).unwrap();
-        replace_file(&file, "two\n", None).unwrap();
+        let keys = dir.path().join("ssh");
+        let fd = open_key_dir(&keys, None).unwrap();
+        let file = keys.join("authorized_keys");
+        replace_file(&fd, "authorized_keys", "one\n", None, &file).unwrap();
+        replace_file(&fd, "authorized_keys", "two\n", None, &file).unwrap();
         assert_eq!(fs::read_to_string(&file).unwrap(), "two\n");
-        let leftovers: Vec<_> = fs::read_dir(file.parent().unwrap()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(
+            fs::read_dir(&keys).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
+
+    /// The ping user owns `~/.ssh`: a link there must not make root read or write through it.
+    #[test]
+    fn links_planted_by_the_ping_user_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "root-only").unwrap();
+        let keys = dir.path().join("ssh");
+        fs::create_dir(&keys).unwrap();
+        std::os::unix::fs::symlink(&secret, keys.join("authorized_keys.static")).unwrap();
+        let fd = open_key_dir(&keys, None).unwrap();
+        let shown = keys.join("authorized_keys.static");
+        let e = read_static(&fd, "authorized_keys.static", &shown).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // A FIFO would block a plain open for ever.
+        let fifo = keys.join("fifo.static");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_static(&fd, "fifo.static", &fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        // The directory itself as a link to somewhere else.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let linked = dir.path().join("linked-ssh");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        assert!(open_key_dir(&linked, None).is_err());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 }

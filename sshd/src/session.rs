@@ -39,6 +39,11 @@ pub trait Tunnel: Send + Sync {
     /// A connection to whatever the agent forwarded as `port`, and the address it stands
     /// for (for messages). Fails when the agent forwarded no such port.
     fn open(&self, port: u16) -> BoxFuture<'_, Result<(String, Connection), String>>;
+
+    /// Whether the agent is known to be gone, so nothing more can reach it.
+    fn is_gone(&self) -> bool {
+        false
+    }
 }
 
 /// Severity of a console line, as Python's logging names them.
@@ -275,6 +280,12 @@ async fn back_up_one(
         console.error(&format!("Cannot find authentication for source \"{name}\""));
         return;
     };
+    // A gone agent fails its remaining sources at once instead of queueing for slots.
+    if tunnel.is_gone() {
+        let report = failure_report(text::AGENT_GONE);
+        send_report(ctx, &machine.uuid, name, report, SystemTime::now(), console).await;
+        return;
+    }
     let queue_timeout = ctx.config.daemon.backup_queue_timeout;
     let slot =
         match tokio::time::timeout(queue_timeout, Arc::clone(&ctx.backup_slots).acquire_owned())
@@ -337,20 +348,32 @@ async fn back_up_one(
             console.error(&format!("{name}: {summary}"));
         }
     }
+    send_report(ctx, &machine.uuid, name, report, time_begin, console).await;
+    console.info(&format!("End: {} {name}", machine.unit_name));
+}
+
+/// `storage_ping_source_update` for one source, its times filled in.
+async fn send_report(
+    ctx: &SessionContext,
+    machine_uuid: &str,
+    name: &str,
+    report: SourceReport,
+    time_begin: SystemTime,
+    console: &Console,
+) {
     let report = SourceReport {
         time_begin: Some(epoch_seconds(time_begin)),
         time_end: Some(epoch_seconds(SystemTime::now())),
         ..report
     };
     let link = ctx.coordinator.clone();
-    let (uuid, source_name) = (machine.uuid.clone(), name.to_owned());
+    let (uuid, source_name) = (machine_uuid.to_owned(), name.to_owned());
     let sent = tokio::task::spawn_blocking(move || link.report(&uuid, &source_name, report)).await;
     match sent {
         Ok(Ok(())) => {}
         Ok(Err(e)) => console.error(&format!("cannot report {name} to the coordinator: {e}")),
         Err(e) => console.error(&format!("cannot report {name} to the coordinator: {e}")),
     }
-    console.info(&format!("End: {} {name}", machine.unit_name));
 }
 
 fn failure_report(why: &str) -> SourceReport {

@@ -40,11 +40,11 @@ pub fn parse_bwlimit(text: &str) -> Result<Option<u64>, String> {
     if !rate.is_finite() || rate > u64::MAX as f64 {
         return Err(format!("bwlimit {text:?} is out of range"));
     }
-    let rate = rate as u64;
-    Ok(if rate == 0 {
-        None
+    // Any rate above zero is a limit, however small (truncating it to 0 would lift it).
+    Ok(if rate > 0.0 {
+        Some((rate as u64).max(MIN_RATE))
     } else {
-        Some(rate.max(MIN_RATE))
+        None
     })
 }
 
@@ -137,6 +137,7 @@ mod tests {
         assert_eq!(parse_bwlimit("100kb"), Ok(Some(100_000)));
         assert_eq!(parse_bwlimit("2MiB"), Ok(Some(2 << 20)));
         assert_eq!(parse_bwlimit("10b"), Ok(Some(MIN_RATE)));
+        assert_eq!(parse_bwlimit("0.0001"), Ok(Some(MIN_RATE)));
         assert_eq!(parse_bwlimit("0"), Ok(None));
         assert_eq!(parse_bwlimit(""), Ok(None));
         assert!(parse_bwlimit("fast").is_err());

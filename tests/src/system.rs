@@ -585,8 +585,31 @@ impl std::fmt::Debug for TestAgent {
     }
 }
 
-/// A random canonical uuid4 (the coordinator rejects low-entropy ones).
+/// A random canonical uuid4 that passes the coordinator's entropy rule (the balance of ones
+/// and zeros in its random bits: about 1 in 60 random uuid4s fails it, and the original
+/// agent's registration would be refused with them).
 pub fn random_uuid() -> String {
+    loop {
+        let candidate = any_uuid4();
+        if balanced(&candidate) {
+            return candidate;
+        }
+    }
+}
+
+fn balanced(uuid: &str) -> bool {
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    let bits = u128::from_str_radix(&hex, 16).expect("hex");
+    let positions = (0..48).chain(52..64).chain(67..128);
+    let (ones, total) = positions.fold((0u32, 0u32), |(ones, total), pos| {
+        (ones + ((bits >> (127 - pos)) & 1) as u32, total + 1)
+    });
+    let p = f64::from(ones) / f64::from(total);
+    let h = |x: f64| if x > 0.0 { -x * x.log2() } else { 0.0 };
+    h(p) + h(1.0 - p) >= 0.95
+}
+
+fn any_uuid4() -> String {
     let mut b = [0u8; 16];
     let mut h = blake3::Hasher::new();
     h.update(&std::process::id().to_le_bytes());

@@ -37,6 +37,8 @@ pub async fn run_agent_channel(
     forwards: Forwards,
     progress: Arc<Progress>,
 ) {
+    // However this task ends (a panic included), the watchdog learns the session is over.
+    let _over = OverOnDrop(progress);
     let config = Arc::clone(&daemon.ctx.config);
     let (mut console, lines) = Console::new(&config.name, &machine.uuid);
     let (mut read, write) = channel.split();
@@ -65,6 +67,7 @@ pub async fn run_agent_channel(
                 handle.clone(),
                 forwards,
                 config.daemon.rsync_connect_timeout,
+                input.clone(),
             ));
             let work = run_request(&daemon, &request, &tunnel, &console, input.clone());
             match tokio::time::timeout(config.daemon.session_timeout, work).await {
@@ -87,11 +90,23 @@ pub async fn run_agent_channel(
         // A client that never opens its window must not keep the printer alive.
         printer.abort();
     }
-    let _ = write.exit_status(end.exit_status()).await;
-    let _ = write.eof().await;
-    let _ = write.close().await;
+    // Bounded: a client that stops reading would otherwise hold these sends for ever.
+    let _ = tokio::time::timeout(CONSOLE_FLUSH_TIMEOUT, async {
+        let _ = write.exit_status(end.exit_status()).await;
+        let _ = write.eof().await;
+        let _ = write.close().await;
+    })
+    .await;
     drain.abort();
-    progress.reach(Stage::Over);
+}
+
+/// Marks the session over when dropped.
+struct OverOnDrop(Arc<Progress>);
+
+impl Drop for OverOnDrop {
+    fn drop(&mut self) {
+        self.0.reach(Stage::Over);
+    }
 }
 
 async fn run_request(
@@ -221,15 +236,22 @@ struct SshTunnel {
     handle: Handle,
     forwards: Forwards,
     open_timeout: Duration,
+    input: watch::Receiver<AgentInput>,
     bridges: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl SshTunnel {
-    fn new(handle: Handle, forwards: Forwards, open_timeout: Duration) -> Self {
+    fn new(
+        handle: Handle,
+        forwards: Forwards,
+        open_timeout: Duration,
+        input: watch::Receiver<AgentInput>,
+    ) -> Self {
         SshTunnel {
             handle,
             forwards,
             open_timeout,
+            input,
             bridges: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -246,6 +268,10 @@ impl Drop for SshTunnel {
 }
 
 impl Tunnel for SshTunnel {
+    fn is_gone(&self) -> bool {
+        *self.input.borrow() == AgentInput::Closed
+    }
+
     fn open(&self, port: u16) -> BoxFuture<'_, Result<(String, Connection), String>> {
         Box::pin(async move {
             let forward = self

@@ -274,8 +274,23 @@ struct StartupSlot {
     address: IpAddr,
 }
 
+/// The unit one client is counted by: its IPv4 address, or its IPv6 /64 (one host
+/// commonly holds a whole /64).
+fn client_unit(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(segments))
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 impl StartupSlot {
     fn take(startups: &Arc<Mutex<Startups>>, address: IpAddr) -> Option<StartupSlot> {
+        let address = client_unit(address);
         let mut s = startups.lock().ok()?;
         let mine = s.by_address.get(&address).copied().unwrap_or(0);
         if s.total >= MAX_UNAUTHENTICATED || mine >= MAX_UNAUTHENTICATED_PER_ADDRESS {
@@ -349,13 +364,13 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), Ser
         let settings = settings.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let watchdog = tokio::spawn(watch_connection(
+            let watchdog = AbortOnDrop(tokio::spawn(watch_connection(
                 closer,
                 Arc::clone(&progress),
                 settings,
                 peer,
                 startup,
-            ));
+            )));
             match russh::server::run_stream(ssh_config, socket, handler).await {
                 Ok(running) => {
                     if let Err(e) = running.await {
@@ -364,8 +379,18 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> Result<(), Ser
                 }
                 Err(e) => tracing::debug!(%peer, "ssh handshake: {e}"),
             }
-            watchdog.abort();
+            drop(watchdog);
         });
+    }
+}
+
+/// Aborts its task when dropped, so a connection task that ends in any way (a panic
+/// included) takes its watchdog, and the watchdog's handle on the socket, with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -405,12 +430,12 @@ async fn watch_connection(
     {
         return close("no session started within the idle timeout");
     }
-    // The session ends itself at `session_timeout`; this is the backstop, after its last
-    // lines had time to go out.
+    // The session ends itself at `session_timeout` after its request (which may take up to
+    // `idle_timeout`); this is the backstop, after its last lines had time to go out.
     if !progress
         .wait_for(
             Stage::Over,
-            settings.session_timeout + CONSOLE_FLUSH_TIMEOUT,
+            settings.idle_timeout + settings.session_timeout + CONSOLE_FLUSH_TIMEOUT,
         )
         .await
     {
@@ -448,11 +473,18 @@ pub async fn run(
     config: StorageConfig,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
+    let listen = config.listen;
+    // Before anything can take long: SIGHUP's default action would end the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
+        |source| ServeError::Listen {
+            addr: listen,
+            source,
+        },
+    )?;
     let host_keys = HostKeys::load_or_generate(&config.host_key_dir)?;
     open_or_init_store(&config.store)?;
     let coordinator = crate::coordinator::CoordinatorLink::new(&config)?;
     let registry = upkeep::load_saved(&config);
-    let listen = config.listen;
     let config = Arc::new(config);
     let ctx = Arc::new(SessionContext {
         backup_slots: Arc::new(Semaphore::new(config.daemon.max_backups)),
@@ -461,13 +493,6 @@ pub async fn run(
         config,
     });
     let daemon = Daemon::new(ctx, registry, host_keys);
-    // Before anything can take long: SIGHUP's default action would end the process.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(
-        |source| ServeError::Listen {
-            addr: listen,
-            source,
-        },
-    )?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen {
