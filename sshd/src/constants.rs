@@ -243,3 +243,8 @@ pub mod openssh {
     /// Largest `<authorized_keys_file>.static` copied into the generated file.
     pub const MAX_STATIC_BYTES: u64 = 4 * 1024 * 1024;
 }
+
+/// glibc's malloc arenas for the whole process (`cli::limit_allocator_arenas`), and the
+/// environment variable that sets them.
+pub const MALLOC_ARENAS: u32 = 2;
+pub const MALLOC_ARENA_ENV: &str = "MALLOC_ARENA_MAX";

@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use turku_storage::cli::{exit_code, init_logging, run, Cli};
+use turku_storage::cli::{exit_code, init_logging, limit_allocator_arenas, run, Cli};
 
 fn main() -> ExitCode {
+    limit_allocator_arenas();
     let cli = Cli::parse();
     init_logging(&cli);
     exit_code(run(cli))

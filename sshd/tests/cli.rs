@@ -812,3 +812,50 @@ fn sigkill_during_forget_leaves_a_consistent_store() {
         ROUNDS - 1
     );
 }
+
+/// The process runs with glibc's malloc arenas limited (it restarts itself with
+/// `MALLOC_ARENA_MAX` set), and an operator's own setting is kept.
+#[test]
+fn the_allocator_arenas_are_limited_unless_the_operator_says_otherwise() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    init_small(&store);
+    for (given, expected) in [
+        (None, "MALLOC_ARENA_MAX=2"),
+        (Some("4"), "MALLOC_ARENA_MAX=4"),
+    ] {
+        let mut cmd = bin();
+        cmd.arg("--store")
+            .arg(&store)
+            .args([
+                "pull",
+                "--machine",
+                "m",
+                "--source",
+                "s",
+                "--contimeout",
+                "30",
+            ])
+            .arg(format!("rsync://127.0.0.1:{port}/module/"))
+            .env_remove("MALLOC_ARENA_MAX")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(value) = given {
+            cmd.env("MALLOC_ARENA_MAX", value);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // The pull connects and waits for a greeting that never comes: time to look.
+        let (_socket, _) = listener.accept().unwrap();
+        let environ = fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        assert!(
+            vars.contains(&expected.as_bytes()),
+            "{expected} not in {:?}",
+            String::from_utf8_lossy(&environ)
+        );
+    }
+}
