@@ -283,7 +283,15 @@ async fn back_up_one(
     // A gone agent fails its remaining sources at once instead of queueing for slots.
     if tunnel.is_gone() {
         let report = failure_report(text::AGENT_GONE);
-        send_report(ctx, &machine.uuid, name, report, SystemTime::now(), console).await;
+        send_report(
+            ctx,
+            &request.machine_uuid,
+            name,
+            report,
+            SystemTime::now(),
+            console,
+        )
+        .await;
         return;
     }
     let queue_timeout = ctx.config.daemon.backup_queue_timeout;
@@ -310,7 +318,14 @@ async fn back_up_one(
             failure_report(&format!("cannot reach the agent's rsync daemon: {why}"))
         }
         Ok((host, connection)) => {
-            let job = BackupJob::new(&ctx.config, &machine.uuid, name, source, credentials);
+            // Stored under the machine the key names, whatever the reply calls it.
+            let job = BackupJob::new(
+                &ctx.config,
+                &request.machine_uuid,
+                name,
+                source,
+                credentials,
+            );
             let url = RsyncUrl {
                 user: Some(credentials.username.clone()),
                 host,
@@ -348,7 +363,15 @@ async fn back_up_one(
             console.error(&format!("{name}: {summary}"));
         }
     }
-    send_report(ctx, &machine.uuid, name, report, time_begin, console).await;
+    send_report(
+        ctx,
+        &request.machine_uuid,
+        name,
+        report,
+        time_begin,
+        console,
+    )
+    .await;
     console.info(&format!("End: {} {name}", machine.unit_name));
 }
 
