@@ -367,7 +367,7 @@ impl StorageDaemon {
         let ping_user = "turku-ping".to_owned();
         let mut config = serde_json::json!({
             "name": name,
-            "secret": format!("{name}-secret-0123456789"),
+            "secret": storage_secret(name),
             "api_url": coordinator.url.trim_end_matches('/'),
             "api_auth_name": turku_api_types::constants::defaults::STORAGE_AUTH_NAME,
             "api_auth_secret": registration,
@@ -647,12 +647,7 @@ impl TestAgent {
     pub fn register(coordinator: &Coordinator, unit_name: &str, sources: &[(&str, &Path)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("ssh_key");
-        let out = Command::new(crate::require_binary("ssh-keygen"))
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "turku", "-f"])
-            .arg(&key)
-            .output()
-            .expect("ssh-keygen");
-        assert!(out.status.success(), "ssh-keygen failed");
+        generate_key(&key, "turku");
         let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
         let registration = coordinator.machine_registration();
         let uuid = random_uuid();
@@ -831,19 +826,28 @@ impl TestAgent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("ssh");
-        let mut input = child.stdin.take().expect("stdin");
-        let text = stdin.as_bytes().to_vec();
         // The original writes its request and keeps stdin open; the storage ends the session.
-        let writer = std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = input.write_all(&text);
-            let _ = input.flush();
-            std::thread::sleep(PING_BOUND);
-            drop(input);
-        });
-        let out = wait_bounded(child, PING_BOUND, "ssh ping");
-        drop(writer);
-        out
+        hold_stdin(&mut child, stdin);
+        wait_bounded(child, PING_BOUND, "ssh ping")
+    }
+
+    /// Starts a ping and returns at once, the request written and stdin kept in the child
+    /// (drop it to end a restore session), its output piped.
+    pub fn spawn_ping(&self, storage: &StorageDaemon, rsyncd: &AgentRsyncd, action: &str) -> Child {
+        use std::io::Write;
+        let mut child = self
+            .ssh_command(storage, rsyncd.port, &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        let stdin = child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(self.request(rsyncd, action).as_bytes())
+            .expect("write the request");
+        stdin.flush().expect("flush the request");
+        child
     }
 }
 
@@ -868,5 +872,94 @@ impl Drop for AgentRsyncd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The secret a test storage named `name` is configured with.
+pub fn storage_secret(name: &str) -> String {
+    format!("{name}-secret-0123456789")
+}
+
+/// A fresh ed25519 key pair at `path` (and `path.pub`) with `comment`.
+pub fn generate_key(path: &Path, comment: &str) {
+    let out = Command::new(crate::require_binary("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen failed");
+}
+
+/// Writes `text` to the child's stdin from a thread (a refusing peer may stop reading) and
+/// keeps stdin open afterwards, as the original agent does, until [`PING_BOUND`] passes.
+pub fn hold_stdin(child: &mut Child, text: &str) {
+    let mut input = child.stdin.take().expect("stdin");
+    let text = text.as_bytes().to_vec();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(&text);
+        let _ = input.flush();
+        std::thread::sleep(PING_BOUND);
+        drop(input);
+    });
+}
+
+/// A process's standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The ping exited 0.
+pub fn assert_ping_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "ssh exit {:?}: {}",
+        out.status,
+        stderr(out)
+    );
+}
+
+/// `(success, snapshot, summary)` of the machine's backup logs, oldest first, read from the
+/// coordinator's database.
+pub fn backup_logs(
+    coordinator: &Coordinator,
+    uuid: &str,
+) -> Vec<(bool, Option<String>, Option<String>)> {
+    let db = rusqlite::Connection::open(&coordinator.db).expect("coordinator db");
+    let mut stmt = db
+        .prepare(
+            "SELECT l.success, l.snapshot, l.summary FROM turku_api_backuplog l \
+             JOIN turku_api_source s ON l.source_id = s.id \
+             JOIN turku_api_machine m ON s.machine_id = m.id \
+             WHERE m.uuid = ?1 OR m.uuid = replace(?1, '-', '') ORDER BY l.date_end, l.date",
+        )
+        .expect("prepare");
+    stmt.query_map([uuid], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .expect("query")
+        .map(|row| row.expect("row"))
+        .collect()
+}
+
+/// Which of the machine's sources the coordinator says are due now (asked as `storage`).
+pub fn due(coordinator: &Coordinator, storage: &StorageDaemon, uuid: &str) -> Vec<String> {
+    let reply = coordinator
+        .client()
+        .storage_ping_checkin(&turku_api_types::v1::StoragePingCheckinRequest {
+            storage: turku_api_types::v1::StorageCredentials {
+                name: storage.name.clone(),
+                secret: storage_secret(&storage.name),
+            },
+            machine: turku_api_types::v1::MachineRef { uuid: uuid.into() },
+        })
+        .expect("storage_ping_checkin");
+    reply.machine.scheduled_sources.keys().cloned().collect()
+}
+
+/// Waits (bounded) until `cond` holds.
+pub fn eventually(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} within {bound:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -6,65 +6,10 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use turku_testkit::system::{Coordinator, StorageDaemon, TestAgent};
+use turku_testkit::system::{
+    assert_ping_ok, backup_logs, due, eventually, stderr, Coordinator, StorageDaemon, TestAgent,
+};
 use turku_testkit::{assert_same_tree, make_awkward_tree, random_file};
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ping_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "ssh exit {:?}: {}",
-        out.status,
-        stderr(out)
-    );
-}
-
-/// `(success, snapshot, summary)` of the machine's backup logs, oldest first.
-fn backup_logs(
-    coordinator: &Coordinator,
-    uuid: &str,
-) -> Vec<(bool, Option<String>, Option<String>)> {
-    let db = rusqlite::Connection::open(&coordinator.db).unwrap();
-    let mut stmt = db
-        .prepare(
-            "SELECT l.success, l.snapshot, l.summary FROM turku_api_backuplog l \
-             JOIN turku_api_source s ON l.source_id = s.id \
-             JOIN turku_api_machine m ON s.machine_id = m.id \
-             WHERE m.uuid = ?1 OR m.uuid = replace(?1, '-', '') ORDER BY l.date_end, l.date",
-        )
-        .unwrap();
-    stmt.query_map([uuid], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-/// Which of the machine's sources the coordinator says are due now.
-fn due(coordinator: &Coordinator, storage: &StorageDaemon, uuid: &str) -> Vec<String> {
-    let reply = coordinator
-        .client()
-        .storage_ping_checkin(&turku_api_types::v1::StoragePingCheckinRequest {
-            storage: turku_api_types::v1::StorageCredentials {
-                name: storage.name.clone(),
-                secret: format!("{}-secret-0123456789", storage.name),
-            },
-            machine: turku_api_types::v1::MachineRef { uuid: uuid.into() },
-        })
-        .unwrap();
-    reply.machine.scheduled_sources.keys().cloned().collect()
-}
-
-/// Waits (bounded) until `cond` holds.
-fn eventually(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what} within {bound:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_backup_as_the_original_agent_drives_it_then_only_changes_move() {
@@ -221,20 +166,7 @@ fn a_busy_storage_leaves_sources_due_and_one_machine_has_one_session() {
     holder.make_due(&coordinator, "data");
 
     // A restore session holds the only session slot while its stdin stays open.
-    let request = holder.request(&holder_rsyncd, "restore");
-    let mut restore = holder
-        .ssh_command(&storage, holder_rsyncd.port, &[])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = restore.stdin.as_mut().unwrap();
-        stdin.write_all(request.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
+    let mut restore = holder.spawn_ping(&storage, &holder_rsyncd, "restore");
     eventually(
         "the restore session is registered",
         Duration::from_secs(30),
@@ -281,20 +213,7 @@ fn an_agent_that_disconnects_mid_backup_leaves_no_snapshot_and_its_source_due() 
     // 4 MiB at 256 KiB/s: about 16 s, time enough to cut it.
     let rsyncd = agent.start_rsyncd(&[("data", tree.path())], &["--bwlimit=256"]);
     agent.make_due(&coordinator, "data");
-    let mut ssh = agent
-        .ssh_command(&storage, rsyncd.port, &[])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = ssh.stdin.as_mut().unwrap();
-        stdin
-            .write_all(agent.request(&rsyncd, "checkin").as_bytes())
-            .unwrap();
-    }
+    let mut ssh = agent.spawn_ping(&storage, &rsyncd, "checkin");
     eventually("the backup begins", Duration::from_secs(30), || {
         storage.log().contains("Begin: flaky data")
     });
@@ -372,20 +291,7 @@ fn a_daemon_killed_mid_backup_restarts_clean_and_the_next_backup_lands() {
     let agent = TestAgent::register(&coordinator, "crashy", &[("data", tree.path())]);
     let slow = agent.start_rsyncd(&[("data", tree.path())], &["--bwlimit=256"]);
     agent.make_due(&coordinator, "data");
-    let mut ssh = agent
-        .ssh_command(&storage, slow.port, &[])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = ssh.stdin.as_mut().unwrap();
-        stdin
-            .write_all(agent.request(&slow, "checkin").as_bytes())
-            .unwrap();
-    }
+    let ssh = agent.spawn_ping(&storage, &slow, "checkin");
     eventually("the backup begins", Duration::from_secs(30), || {
         storage.log().contains("Begin: crashy data")
     });

@@ -10,63 +10,16 @@
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use turku_testkit::system::{
-    free_port, wait_bounded, AgentRsyncd, Coordinator, StorageDaemon, TestAgent, PING_BOUND,
+    backup_logs, due, eventually, free_port, generate_key, hold_stdin, stderr, wait_bounded,
+    AgentRsyncd, Coordinator, StorageDaemon, TestAgent, PING_BOUND,
 };
 
 /// Bound on a refused connection or session (they end in well under a second).
 const REFUSAL_BOUND: Duration = Duration::from_secs(60);
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `(success, snapshot, summary)` of the machine's backup logs, oldest first.
-fn backup_logs(
-    coordinator: &Coordinator,
-    uuid: &str,
-) -> Vec<(bool, Option<String>, Option<String>)> {
-    let db = rusqlite::Connection::open(&coordinator.db).unwrap();
-    let mut stmt = db
-        .prepare(
-            "SELECT l.success, l.snapshot, l.summary FROM turku_api_backuplog l \
-             JOIN turku_api_source s ON l.source_id = s.id \
-             JOIN turku_api_machine m ON s.machine_id = m.id \
-             WHERE m.uuid = ?1 OR m.uuid = replace(?1, '-', '') ORDER BY l.date_end, l.date",
-        )
-        .unwrap();
-    stmt.query_map([uuid], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-/// Which of the machine's sources the coordinator says are due now.
-fn due(coordinator: &Coordinator, storage: &StorageDaemon, uuid: &str) -> Vec<String> {
-    let reply = coordinator
-        .client()
-        .storage_ping_checkin(&turku_api_types::v1::StoragePingCheckinRequest {
-            storage: turku_api_types::v1::StorageCredentials {
-                name: storage.name.clone(),
-                secret: format!("{}-secret-0123456789", storage.name),
-            },
-            machine: turku_api_types::v1::MachineRef { uuid: uuid.into() },
-        })
-        .unwrap();
-    reply.machine.scheduled_sources.keys().cloned().collect()
-}
-
-/// Waits (bounded) until `cond` holds.
-fn eventually(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + bound;
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what} within {bound:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The source is untouched: no snapshot, and the coordinator still has it due.
 fn assert_nothing_backed_up(
@@ -153,28 +106,10 @@ impl Ssh {
     }
 }
 
-/// Writes `text` to the child's stdin from a thread (a refusing peer may stop reading) and
-/// keeps stdin open afterwards until the test process lets go of it.
-fn hold_stdin(child: &mut Child, text: &str) {
-    let mut input = child.stdin.take().expect("stdin");
-    let text = text.as_bytes().to_vec();
-    std::thread::spawn(move || {
-        let _ = input.write_all(&text);
-        let _ = input.flush();
-        std::thread::sleep(PING_BOUND);
-        drop(input);
-    });
-}
-
 /// A fresh ed25519 key the coordinator has never seen.
 fn unknown_key(dir: &Path) -> std::path::PathBuf {
     let key = dir.join("stranger_key");
-    let out = Command::new(turku_testkit::require_binary("ssh-keygen"))
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "stranger", "-f"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh-keygen");
+    generate_key(&key, "stranger");
     key
 }
 
