@@ -18,7 +18,7 @@ use crate::{backup, output, pull};
 #[command(
     name = "turku-storage",
     version,
-    about = "turku storage unit: the deduplicating snapshot store"
+    about = "turku storage unit: the SSH daemon agents back up through, and its deduplicating snapshot store"
 )]
 pub struct Cli {
     /// The store directory (default: the one the configuration names).
