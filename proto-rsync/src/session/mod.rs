@@ -6,6 +6,16 @@ pub mod demux;
 pub mod handshake;
 pub mod receiver;
 
+/// What one step of a role's phase did with the input it had. Both roles (the receiver
+/// and the sender) are written as one module per phase, each state's step returning this.
+#[derive(Debug)]
+pub(crate) enum Step<T> {
+    /// Not enough input is buffered: the machine stays in the state it is in.
+    NeedInput,
+    /// This state is done; go on in the one given (possibly of the next phase).
+    Next(T),
+}
+
 use crate::codec::flist::FileEntry;
 use crate::error::SinkError;
 
