@@ -44,6 +44,7 @@ pub use maintain::stats::StoreStats;
 pub use maintain::verify::{Problem, VerifyReport};
 pub use read::export_dir::{ExportOptions, ExportStep};
 pub use read::reader::FileReader;
+pub use read::walk::{HardLink, SnapshotWalk, WalkEntry, WalkEvent};
 pub use read::ExportStats;
 pub use snapshot::{format_ns, snapshot_name, split_path, Snapshot, SnapshotStats};
 pub use store::{CompressionMode, Store, StoreConfig};

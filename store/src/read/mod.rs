@@ -6,6 +6,7 @@ use serde::Serialize;
 pub(crate) mod export_dir;
 pub(crate) mod export_tar;
 pub(crate) mod reader;
+pub(crate) mod walk;
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
