@@ -8,7 +8,6 @@
 //! owners, modes and times are applied, deepest first. So no other user can reach, let alone
 //! change, anything while we work in it.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
@@ -17,6 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
@@ -24,12 +24,17 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
 use crate::error::{IoContext, Result, StoreError};
-use crate::format::tree::{valid_name, EntryData, EntryKind, Metadata, TreeEntry};
-use crate::read::reader::FileReader;
-use crate::read::{join, ExportStats};
+use crate::format::id::Id;
+use crate::format::tree::{EntryData, EntryKind, Metadata, TreeEntry};
+use crate::read::reader::read_chunk;
+use crate::read::walk::{HardLink, SnapshotWalk, WalkEntry, WalkEvent};
+use crate::read::ExportStats;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
-use crate::tuning::SPARSE_MIN_HOLE;
+use crate::tuning::{
+    EXPORT_PIPELINE_BATCHES, EXPORT_PIPELINE_BATCH_BYTES, EXPORT_PIPELINE_BATCH_PIECES,
+    SPARSE_MIN_HOLE,
+};
 
 /// Permission bits a restore may set: `st_mode & 0o7777`.
 const PERMISSION_BITS: u32 = 0o7777;
@@ -222,17 +227,16 @@ fn open_destination(dest: &Path) -> Result<(OwnedFd, Mode)> {
 }
 
 struct DirExporter<'a> {
-    store: &'a Store,
     options: &'a ExportOptions<'a>,
     dest: &'a Path,
     /// The destination folder; every entry is reached from it without following symlinks.
     root: &'a OwnedFd,
     stats: ExportStats,
-    /// The first path (relative to `dest`) of each hard-link group.
-    links: HashMap<u64, Vec<u8>>,
     /// Folders (relative to `dest`) whose owner, mode and times are applied after all
     /// content, in the order their contents were finished: deepest first.
     folders: Vec<(Vec<u8>, Metadata)>,
+    /// The exported folder's own metadata, applied to the destination last.
+    root_meta: Option<Metadata>,
 }
 
 impl DirExporter<'_> {
@@ -282,7 +286,7 @@ impl DirExporter<'_> {
 
     /// Opens the folder at `rel` (relative to `dest`) one component at a time, following no
     /// symlink.
-    fn walk(&self, rel: &[u8]) -> Result<OwnedFd> {
+    fn open_path(&self, rel: &[u8]) -> Result<OwnedFd> {
         let mut fd = self
             .root
             .try_clone()
@@ -295,41 +299,68 @@ impl DirExporter<'_> {
         Ok(fd)
     }
 
-    fn contents(&mut self, dir: BorrowedFd<'_>, rel: &[u8], tree: &crate::Id) -> Result<()> {
-        for child in &self.store.read_tree(tree)? {
-            self.entry(dir, rel, child)?;
+    /// Creates the folders, files and other entries the pipeline delivers, in walk order.
+    /// A folder stays open (in `open_folders`) while the walk is inside it, so every entry
+    /// is created in its parent through a descriptor; a regular file's content follows its
+    /// entry as `Chunk` pieces.
+    fn run(&mut self, pieces: &mut Pieces) -> Result<()> {
+        let mut open_folders: Vec<OwnedFd> = Vec::new();
+        while let Some(piece) = pieces.next() {
+            let walked = match piece {
+                Piece::Failed(e) => return Err(e),
+                Piece::Chunk { .. } => {
+                    return Err(StoreError::InvalidArgument(
+                        "export pipeline out of step: content without a file".into(),
+                    ))
+                }
+                Piece::Event(WalkEvent::DirDone { path, meta, .. }) => {
+                    if path.is_empty() {
+                        self.root_meta = Some(meta);
+                    } else {
+                        open_folders.pop();
+                        self.folders.push((path, meta));
+                    }
+                    continue;
+                }
+                Piece::Event(WalkEvent::Entry(walked)) => walked,
+            };
+            if walked.is_root() {
+                continue;
+            }
+            let dir = open_folders
+                .last()
+                .map_or(self.root.as_fd(), |fd| fd.as_fd());
+            if let Some(sub) = self.entry(dir, &walked, pieces)? {
+                open_folders.push(sub);
+            }
         }
         Ok(())
     }
 
-    fn entry(&mut self, dir: BorrowedFd<'_>, parent_rel: &[u8], e: &TreeEntry) -> Result<()> {
-        let rel = join(parent_rel, &e.name);
-        let path = self.path(&rel);
-        // Decoded trees hold only valid names; this keeps every `*at` call to one component.
-        if !valid_name(&e.name) {
-            return Err(StoreError::InvalidArgument(format!(
-                "invalid entry name at {}",
-                path.display()
-            )));
-        }
+    /// Creates one entry in `dir`; returns a folder it created, opened.
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        walked: &WalkEntry,
+        pieces: &mut Pieces,
+    ) -> Result<Option<OwnedFd>> {
+        let e = &walked.entry;
+        let path = self.path(&walked.path);
         let name = e.name.as_slice();
         match &e.data {
-            EntryData::Dir { tree } => {
+            EntryData::Dir { .. } => {
                 nix::sys::stat::mkdirat(dir, name, mode(PRIVATE_FOLDER_MODE))
                     .nix_ctx("create folder", &path)?;
                 self.race_point(ExportStep::FolderCreated(&path));
                 let sub = open_folder(dir, name, &path)?;
                 self.stats.dirs += 1;
-                self.contents(sub.as_fd(), &rel, tree)?;
-                self.folders.push((rel, e.meta));
+                return Ok(Some(sub));
             }
-            EntryData::File { link_group, .. } => {
-                if *link_group != 0 {
-                    if let Some(first) = self.links.get(link_group) {
-                        self.hard_link(first, dir, name, &path)?;
-                        self.stats.hard_links += 1;
-                        return Ok(());
-                    }
+            EntryData::File { chunks, .. } => {
+                if let HardLink::Follower { leader_path, .. } = &walked.link {
+                    self.hard_link(leader_path, dir, name, &path)?;
+                    self.stats.hard_links += 1;
+                    return Ok(None);
                 }
                 let fd = nix::fcntl::openat(
                     dir,
@@ -343,15 +374,11 @@ impl DirExporter<'_> {
                 )
                 .nix_ctx("create", &path)?;
                 let mut out = File::from(fd);
-                let mut reader = self.store.open_file(e)?;
-                let copied = write_sparse(&mut reader, &mut out, &path)?;
+                let copied = write_sparse(pieces, chunks.len(), &mut out, &path)?;
                 self.stats.bytes += copied;
                 self.stats.files += 1;
                 self.race_point(ExportStep::FileWritten(&path));
                 self.apply_meta(out.as_fd(), &e.meta, false, &path)?;
-                if *link_group != 0 {
-                    self.links.insert(*link_group, rel);
-                }
             }
             EntryData::Symlink { target } => {
                 nix::unistd::symlinkat(target.as_slice(), dir, name).nix_ctx("symlink", &path)?;
@@ -372,7 +399,7 @@ impl DirExporter<'_> {
             }
             EntryData::Device { .. } | EntryData::Special => self.special(dir, e, &path)?,
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Device nodes, FIFOs and sockets. They cannot be opened without side effects (a device)
@@ -432,7 +459,7 @@ impl DirExporter<'_> {
             Some(i) => (&first[..i], &first[i + 1..]),
             None => (&first[..0], first),
         };
-        let parent_fd = self.walk(parent)?;
+        let parent_fd = self.open_path(parent)?;
         nix::unistd::linkat(parent_fd.as_fd(), first_name, dir, name, AtFlags::empty())
             .nix_ctx("hard link", path)
     }
@@ -496,45 +523,163 @@ impl Store {
         dest: &Path,
         options: &ExportOptions<'_>,
     ) -> Result<ExportStats> {
-        let top = self.lookup(snap, sub_path)?;
+        let walk = self.walk(snap, sub_path)?;
+        let top_is_dir = walk.top_is_dir();
         let (root, original_mode) = open_destination(dest)?;
         let mut ex = DirExporter {
-            store: self,
             options,
             dest,
             root: &root,
             stats: ExportStats::default(),
-            links: HashMap::new(),
             folders: Vec::new(),
+            root_meta: None,
         };
-        match &top.data {
-            EntryData::Dir { tree } => {
-                ex.contents(root.as_fd(), b"", tree)?;
-                ex.finish_folders()?;
-                ex.apply_meta(root.as_fd(), &top.meta, true, dest)?;
-            }
-            _ => {
-                ex.entry(root.as_fd(), b"", &top)?;
-                ex.finish_folders()?;
-                nix::sys::stat::fchmod(&root, original_mode).nix_ctx("chmod", dest)?;
-            }
+        // Reading the store (pack reads, decompression, hash checks) runs on its own thread
+        // a bounded distance ahead of the one creating and writing files: the two overlap
+        // instead of taking turns.
+        std::thread::scope(|scope| {
+            let (sender, receiver) = mpsc::sync_channel(EXPORT_PIPELINE_BATCHES);
+            let reader = scope.spawn(move || read_ahead(walk, sender));
+            let mut pieces = Pieces {
+                receiver,
+                batch: Vec::new().into_iter(),
+            };
+            let written = ex.run(&mut pieces);
+            // Ends a reader that is still ahead (its next send fails) before waiting for it.
+            drop(pieces);
+            let _ = reader.join();
+            written
+        })?;
+        ex.finish_folders()?;
+        match ex.root_meta {
+            Some(meta) if top_is_dir => ex.apply_meta(root.as_fd(), &meta, true, dest)?,
+            _ => nix::sys::stat::fchmod(&root, original_mode).nix_ctx("chmod", dest)?,
         }
         Ok(ex.stats)
     }
 }
 
-/// Writes a file's content, leaving holes where whole chunks are zeros (as a sparse source
-/// had them: CDC cuts long zero runs into max-size chunks of nothing but zeros).
-fn write_sparse(reader: &mut FileReader, out: &mut File, path: &Path) -> Result<u64> {
+/// What the reading thread hands the writing one, in walk order: each walk event, and after a
+/// regular file's entry (not a hard link's) its chunks, verified.
+enum Piece {
+    Event(WalkEvent),
+    Chunk {
+        /// Shared: a run of one repeated chunk (zeros) is read once.
+        data: Arc<Vec<u8>>,
+        /// All zeros and long enough to leave a hole for.
+        hole: bool,
+    },
+    /// The walk or a read failed; nothing follows.
+    Failed(StoreError),
+}
+
+/// The writing side of the pipeline: pieces one at a time out of the batches received.
+struct Pieces {
+    receiver: mpsc::Receiver<Vec<Piece>>,
+    batch: std::vec::IntoIter<Piece>,
+}
+
+impl Pieces {
+    fn next(&mut self) -> Option<Piece> {
+        loop {
+            if let Some(piece) = self.batch.next() {
+                return Some(piece);
+            }
+            self.batch = self.receiver.recv().ok()?.into_iter();
+        }
+    }
+}
+
+/// Walks and reads content ahead of the writer, in batches of about
+/// `EXPORT_PIPELINE_BATCH_BYTES`; stops at the first error (sent on) or when the writer has
+/// gone.
+fn read_ahead(walk: SnapshotWalk<'_>, sender: mpsc::SyncSender<Vec<Piece>>) {
+    let store = walk.store();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut last: Option<(Id, Arc<Vec<u8>>, bool)> = None;
+    for event in walk {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                batch.push(Piece::Failed(e));
+                break;
+            }
+        };
+        let chunks = match &event {
+            WalkEvent::Entry(walked) if walked.has_content() => match &walked.entry.data {
+                EntryData::File { chunks, .. } => chunks.clone(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        batch.push(Piece::Event(event));
+        for chunk in &chunks {
+            let (data, hole) = match &last {
+                Some((id, data, hole)) if *id == chunk.id => (Arc::clone(data), *hole),
+                _ => match read_chunk(store, chunk) {
+                    Ok(data) => {
+                        let hole = data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0);
+                        let data = Arc::new(data);
+                        last = Some((chunk.id, Arc::clone(&data), hole));
+                        (data, hole)
+                    }
+                    Err(e) => {
+                        batch.push(Piece::Failed(e));
+                        let _ = sender.send(batch);
+                        return;
+                    }
+                },
+            };
+            batch_bytes += data.len();
+            batch.push(Piece::Chunk { data, hole });
+            if batch_bytes >= EXPORT_PIPELINE_BATCH_BYTES {
+                if sender.send(std::mem::take(&mut batch)).is_err() {
+                    return;
+                }
+                batch_bytes = 0;
+            }
+        }
+        if batch.len() >= EXPORT_PIPELINE_BATCH_PIECES {
+            if sender.send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        let _ = sender.send(batch);
+    }
+}
+
+/// Writes a file's `chunk_count` chunks as they come down the pipeline, leaving holes where
+/// whole chunks are zeros (as a sparse source had them: CDC cuts long zero runs into
+/// max-size chunks of nothing but zeros).
+fn write_sparse(
+    pieces: &mut Pieces,
+    chunk_count: usize,
+    out: &mut File,
+    path: &Path,
+) -> Result<u64> {
     let mut written = 0u64;
     let mut pending_hole = false;
-    while let Some(data) = reader.next_chunk()? {
-        if data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0) {
+    for _ in 0..chunk_count {
+        let (data, hole) = match pieces.next() {
+            Some(Piece::Chunk { data, hole }) => (data, hole),
+            Some(Piece::Failed(e)) => return Err(e),
+            _ => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "export pipeline out of step: content of {} cut short",
+                    path.display()
+                )))
+            }
+        };
+        if hole {
             out.seek(SeekFrom::Current(data.len() as i64))
                 .io_ctx("seek", path)?;
             pending_hole = true;
         } else {
-            out.write_all(data).io_ctx("write", path)?;
+            out.write_all(&data).io_ctx("write", path)?;
             pending_hole = false;
         }
         written += data.len() as u64;

@@ -1,15 +1,15 @@
 //! Materialising a snapshot (or a sub-path of it) as a POSIX/PAX tar stream. Every chunk
 //! read is verified.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
 use crate::error::{Result, StoreError};
 use crate::format::tree::{dev_major, dev_minor};
 use crate::format::tree::{EntryData, EntryKind, TreeEntry};
-use crate::read::{join, ExportStats};
-use crate::snapshot::{split_path, Snapshot};
+use crate::read::walk::{HardLink, WalkEntry, WalkEvent};
+use crate::read::ExportStats;
+use crate::snapshot::Snapshot;
 use crate::store::Store;
 
 impl Store {
@@ -20,43 +20,22 @@ impl Store {
         sub_path: &[u8],
         out: W,
     ) -> Result<ExportStats> {
-        let top = self.lookup(snap, sub_path)?;
+        let walk = self.walk(snap, sub_path)?;
         let mut builder = tar::Builder::new(out);
         let mut tw = TarExporter {
             store: self,
             stats: ExportStats::default(),
-            links: HashMap::new(),
         };
-        let map_io = |e: io::Error| StoreError::Io {
-            op: "write tar",
-            path: PathBuf::from("<tar>"),
-            source: e,
-        };
-        match &top.data {
-            EntryData::Dir { tree } => {
-                tw.header(&mut builder, b"./", &top, 0, None)
-                    .map_err(map_io)?;
-                tw.stats.dirs += 1;
-                let entries = self.read_tree(tree)?;
-                for e in &entries {
-                    tw.entry(&mut builder, b"", e)?;
-                }
-            }
-            _ => {
-                let name = split_path(sub_path)?
-                    .last()
-                    .map(|n| n.to_vec())
-                    .unwrap_or_default();
-                let mut e = top.clone();
-                e.name = name;
-                tw.entry(&mut builder, b"", &e)?;
+        for event in walk {
+            if let WalkEvent::Entry(e) = event? {
+                tw.entry(&mut builder, &e)?;
             }
         }
         builder
             .into_inner()
-            .map_err(map_io)?
+            .map_err(|e| tar_error(b"", e))?
             .flush()
-            .map_err(map_io)?;
+            .map_err(|e| tar_error(b"", e))?;
         Ok(tw.stats)
     }
 }
@@ -64,60 +43,60 @@ impl Store {
 struct TarExporter<'a> {
     store: &'a Store,
     stats: ExportStats,
-    links: HashMap<u64, Vec<u8>>,
 }
 
 const USTAR_OCTAL_MAX_11: u64 = 0o77777777777;
 const USTAR_OCTAL_MAX_7: u64 = 0o7777777;
 
+fn tar_error(path: &[u8], source: io::Error) -> StoreError {
+    StoreError::Io {
+        op: "write tar",
+        path: if path.is_empty() {
+            PathBuf::from("<tar>")
+        } else {
+            PathBuf::from(String::from_utf8_lossy(path).into_owned())
+        },
+        source,
+    }
+}
+
 impl TarExporter<'_> {
-    fn entry<W: Write>(
-        &mut self,
-        b: &mut tar::Builder<W>,
-        dir: &[u8],
-        e: &TreeEntry,
-    ) -> Result<()> {
-        let path = join(dir, &e.name);
-        let map_io = |err: io::Error| StoreError::Io {
-            op: "write tar",
-            path: PathBuf::from(String::from_utf8_lossy(&path).into_owned()),
-            source: err,
-        };
+    fn entry<W: Write>(&mut self, b: &mut tar::Builder<W>, walked: &WalkEntry) -> Result<()> {
+        let e = &walked.entry;
+        let path = &walked.path;
+        let map_io = |err: io::Error| tar_error(path, err);
         match &e.data {
-            EntryData::Dir { tree } => {
-                let mut name = path.clone();
-                name.push(b'/');
+            EntryData::Dir { .. } => {
+                let name = if walked.is_root() {
+                    b"./".to_vec()
+                } else {
+                    let mut name = path.clone();
+                    name.push(b'/');
+                    name
+                };
                 self.header(b, &name, e, 0, None).map_err(map_io)?;
                 self.stats.dirs += 1;
-                for child in &self.store.read_tree(tree)? {
-                    self.entry(b, &path, child)?;
-                }
             }
-            EntryData::File {
-                size, link_group, ..
-            } => {
-                if *link_group != 0 {
-                    if let Some(first) = self.links.get(link_group).cloned() {
-                        self.header(b, &path, e, 0, Some((tar::EntryType::Link, &first)))
-                            .map_err(map_io)?;
-                        self.stats.hard_links += 1;
-                        return Ok(());
-                    }
-                    self.links.insert(*link_group, path.clone());
+            EntryData::File { size, .. } => {
+                if let HardLink::Follower { leader_path, .. } = &walked.link {
+                    self.header(b, path, e, 0, Some((tar::EntryType::Link, leader_path)))
+                        .map_err(map_io)?;
+                    self.stats.hard_links += 1;
+                    return Ok(());
                 }
                 let reader = self.store.open_file(e)?;
-                self.header_with_data(b, &path, e, *size, reader)
+                self.header_with_data(b, path, e, *size, reader)
                     .map_err(map_io)?;
                 self.stats.files += 1;
                 self.stats.bytes += size;
             }
             EntryData::Symlink { target } => {
-                self.header(b, &path, e, 0, Some((tar::EntryType::Symlink, target)))
+                self.header(b, path, e, 0, Some((tar::EntryType::Symlink, target)))
                     .map_err(map_io)?;
                 self.stats.symlinks += 1;
             }
             EntryData::Device { .. } | EntryData::Special => {
-                self.header(b, &path, e, 0, None).map_err(map_io)?;
+                self.header(b, path, e, 0, None).map_err(map_io)?;
                 self.stats.specials += 1;
             }
         }

@@ -46,15 +46,7 @@ impl FileReader {
     fn chunk(&mut self, index: usize) -> Result<&[u8]> {
         let c = self.chunks[index];
         if self.cached.as_ref().map(|(id, _)| *id) != Some(c.id) {
-            let data = self.store.read_blob(&c.id)?;
-            if data.len() != c.len as usize {
-                return Err(StoreError::CorruptBlob {
-                    id: c.id.to_hex(),
-                    pack: String::new(),
-                    offset: 0,
-                    reason: "chunk length differs from the tree".into(),
-                });
-            }
+            let data = read_chunk(&self.store, &c)?;
             self.loaded += data.len() as u64;
             self.cached = Some((c.id, data));
         }
@@ -126,6 +118,20 @@ impl Seek for FileReader {
             )),
         }
     }
+}
+
+/// One chunk of a file, verified against its id and the length its tree gives it.
+pub(crate) fn read_chunk(store: &Store, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    let data = store.read_blob(&chunk.id)?;
+    if data.len() != chunk.len as usize {
+        return Err(StoreError::CorruptBlob {
+            id: chunk.id.to_hex(),
+            pack: String::new(),
+            offset: 0,
+            reason: "chunk length differs from the tree".into(),
+        });
+    }
+    Ok(data)
 }
 
 impl Store {
