@@ -170,6 +170,8 @@ pub const AUTH_DIGEST_NAMES: &[&str] = &["sha512", "sha256", "sha1", "md5"];
 pub const ARG_SERVER: &str = "--server";
 pub const ARG_SENDER: &str = "--sender";
 pub const ARG_NUMERIC_IDS: &str = "--numeric-ids";
+/// Asks a receiving server to delete what the sender's list does not hold.
+pub const ARG_DELETE: &str = "--delete";
 /// Fixes the session's checksum seed (`--checksum-seed=N`); testing and reproducibility.
 pub const ARG_CHECKSUM_SEED: &str = "--checksum-seed=";
 /// The client's I/O timeout in seconds (`--timeout=N`): the sender then sends keep-alives

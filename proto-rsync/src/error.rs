@@ -91,6 +91,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Timeout(#[from] Timeout),
+    #[error("the receiver's request for file {ndx} is invalid: {reason}")]
+    BadRequest { ndx: i64, reason: &'static str },
+    #[error("file list entry {index} cannot be sent: {reason}")]
+    BadFileList { index: usize, reason: &'static str },
 }
 
 /// Which time bound of [`crate::config::Timeouts`] ended a session, and its length.

@@ -13,9 +13,13 @@ use crate::config::{Secret, Timeouts};
 use crate::error::{Error, Timeout};
 use crate::limits::Limits;
 use crate::session::args::ServerArgs;
-use crate::session::handshake::{ClientHandshake, HandshakeOptions, HandshakeStatus};
+use crate::session::handshake::{ClientHandshake, HandshakeOptions, HandshakeStatus, Negotiated};
 use crate::session::receiver::{ClientReceiver, ReceiverOptions, Status, READ_CHUNK};
+use crate::session::sender::{
+    ClientSender, PushOutcome, SendSource, SenderOptions, Status as SendStatus, MIN_SENDER_PROTOCOL,
+};
 use crate::session::{Outcome, ReceiveSink};
+use crate::FileEntry;
 use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -232,6 +236,50 @@ fn whole_secs(d: Duration) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
+/// Runs the daemon handshake and session setup; ends the setup bound. Returns what was
+/// settled, the input already read past it, and the bytes read and written.
+async fn handshake<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    hs: &mut ClientHandshake,
+    clock: &mut Clock,
+    buf: &mut [u8],
+) -> Result<(Negotiated, Vec<u8>, u64, u64), Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut written: u64 = 0;
+    let mut read: u64 = 0;
+    let mut inbuf: Vec<u8> = Vec::new();
+    let first = hs.take_output();
+    written += first.len() as u64;
+    clock.bounded(wr.write_all(&first)).await??;
+    let neg = loop {
+        let (used, st) = hs.feed(&inbuf)?;
+        inbuf.drain(..used);
+        let out = hs.take_output();
+        if !out.is_empty() {
+            written += out.len() as u64;
+            clock.bounded(wr.write_all(&out)).await??;
+            clock.bounded(wr.flush()).await??;
+            clock.data_moved();
+        }
+        if let HandshakeStatus::Done(n) = st {
+            break n;
+        }
+        let n = clock.bounded(rd.read(buf)).await??;
+        if n == 0 {
+            return Err(Error::UnexpectedEof("during the daemon handshake"));
+        }
+        clock.data_moved();
+        read += n as u64;
+        inbuf.extend_from_slice(&buf[..n]);
+    };
+    clock.in_setup = false;
+    Ok((neg, inbuf, read, written))
+}
+
 async fn drive<T, S>(
     stream: T,
     config: &PullConfig,
@@ -258,35 +306,9 @@ where
         password: config.password.clone(),
         limits: config.limits.clone(),
     })?;
-    let mut written: u64 = 0;
-    let mut read: u64 = 0;
-    let mut inbuf: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
-    let first = hs.take_output();
-    written += first.len() as u64;
-    clock.bounded(wr.write_all(&first)).await??;
-    let neg = loop {
-        let (used, st) = hs.feed(&inbuf)?;
-        inbuf.drain(..used);
-        let out = hs.take_output();
-        if !out.is_empty() {
-            written += out.len() as u64;
-            clock.bounded(wr.write_all(&out)).await??;
-            clock.bounded(wr.flush()).await??;
-            clock.data_moved();
-        }
-        if let HandshakeStatus::Done(n) = st {
-            break n;
-        }
-        let n = clock.bounded(rd.read(&mut buf)).await??;
-        if n == 0 {
-            return Err(Error::UnexpectedEof("during the daemon handshake"));
-        }
-        clock.data_moved();
-        read += n as u64;
-        inbuf.extend_from_slice(&buf[..n]);
-    };
-    clock.in_setup = false;
+    let (neg, inbuf, mut read, written) =
+        handshake(&mut rd, &mut wr, &mut hs, &mut clock, &mut buf).await?;
 
     let mut rx: ClientReceiver<S> = ClientReceiver::new(
         neg,
@@ -451,6 +473,270 @@ fn read_if_ready<R: AsyncRead + Unpin>(
         std::task::Poll::Ready(Err(e)) => Some(Err(e)),
         std::task::Poll::Pending => None,
     }
+}
+
+/// Everything a push needs besides the stream, the list and the source.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// Daemon module (writable: `read only = false`).
+    pub module: String,
+    /// Directory below the module to push into ("" = the module's root); created by the
+    /// receiver if missing (one level, as stock does).
+    pub path: String,
+    /// User for `AUTHREQD`.
+    pub user: String,
+    /// Password for `AUTHREQD`. Redacted in `Debug`.
+    pub password: Option<Secret>,
+    /// Send hard-link groups (`-H`).
+    pub hard_links: bool,
+    /// `--delete`: the receiver removes what the list does not hold. Off by default.
+    pub delete: bool,
+    /// Filter rules sent with `--delete` (e.g. `"P keep/"`); ignored without it.
+    pub filter_rules: Vec<String>,
+    /// Highest protocol to announce (30, 31 or 32).
+    pub protocol: u32,
+    /// Send an empty data frame after this much write silence (once the list is out).
+    pub keepalive: Duration,
+    /// `--numeric-ids`: owners as numbers. Without it uid/gid name lists are sent, built
+    /// from the entries' `user_name`/`group_name`.
+    pub numeric_ids: bool,
+    /// Fix the checksum seed (`--checksum-seed=N`).
+    pub checksum_seed: Option<i32>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+impl PushConfig {
+    pub fn new(module: &str) -> Self {
+        let pull = PullConfig::new(module);
+        PushConfig {
+            module: pull.module,
+            path: pull.path,
+            user: pull.user,
+            password: None,
+            hard_links: false,
+            delete: false,
+            filter_rules: Vec::new(),
+            protocol: pull.protocol,
+            keepalive: pull.keepalive,
+            numeric_ids: true,
+            checksum_seed: None,
+            limits: pull.limits,
+            timeouts: pull.timeouts,
+        }
+    }
+}
+
+/// Connects to the daemon at `host:port` and pushes, as [`push`] does; connecting counts
+/// toward `timeouts.connect` and `timeouts.deadline`.
+pub async fn push_tcp<S>(
+    host: &str,
+    port: u16,
+    config: &PushConfig,
+    entries: Vec<FileEntry>,
+    source: &mut S,
+) -> Result<PushOutcome, Error>
+where
+    S: SendSource,
+{
+    let clock = Clock::start(config.timeouts);
+    let connect = tokio::net::TcpStream::connect((host, port));
+    let stream = match clock.setup_expiry() {
+        Some((at, why)) => tokio::time::timeout_at(at, connect)
+            .await
+            .map_err(|_| why.for_connect())??,
+        None => connect.await?,
+    };
+    drive_push(stream, config, entries, source, clock).await
+}
+
+/// Pushes `entries` (see [`ClientSender::new`] for their order and the top entry `.`)
+/// with content from `source` into `config.module/config.path/` of an rsync daemon.
+///
+/// Returns the outcome also when some files could not be sent (exit code 23) or had
+/// vanished (24): decide with [`PushOutcome::is_success`]. `source.progress` is called
+/// after every file.
+pub async fn push<T, S>(
+    stream: T,
+    config: &PushConfig,
+    entries: Vec<FileEntry>,
+    source: &mut S,
+) -> Result<PushOutcome, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: SendSource,
+{
+    drive_push(
+        stream,
+        config,
+        entries,
+        source,
+        Clock::start(config.timeouts),
+    )
+    .await
+}
+
+async fn drive_push<T, S>(
+    stream: T,
+    config: &PushConfig,
+    entries: Vec<FileEntry>,
+    source: &mut S,
+    mut clock: Clock,
+) -> Result<PushOutcome, Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: SendSource,
+{
+    if config.protocol < MIN_SENDER_PROTOCOL {
+        return Err(Error::UnsupportedProtocol(config.protocol));
+    }
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut args = ServerArgs::push(
+        &config.module,
+        &config.path,
+        config.hard_links,
+        config.delete,
+    );
+    args.numeric_ids = config.numeric_ids;
+    args.checksum_seed = config.checksum_seed;
+    // The receiving daemon then times us out as stock's would; our keep-alives cover it.
+    args.io_timeout = config.timeouts.io.map(whole_secs);
+    let mut hs = ClientHandshake::new(HandshakeOptions {
+        args,
+        protocol: config.protocol,
+        user: config.user.clone(),
+        password: config.password.clone(),
+        limits: config.limits.clone(),
+    })?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let (neg, inbuf, hs_read, hs_written) =
+        handshake(&mut rd, &mut wr, &mut hs, &mut clock, &mut buf).await?;
+    if neg.protocol < MIN_SENDER_PROTOCOL {
+        return Err(Error::UnsupportedProtocol(neg.protocol));
+    }
+    let mut tx: ClientSender<S> = ClientSender::new(
+        neg,
+        SenderOptions {
+            hard_links: config.hard_links,
+            numeric_ids: config.numeric_ids,
+            delete: config.delete,
+            filter_rules: config.filter_rules.clone(),
+            limits: config.limits.clone(),
+        },
+        entries,
+        source.list_io_error(),
+    )?;
+    let mut read = hs_read - inbuf.len() as u64;
+    let mut written = hs_written;
+    tx.feed(&inbuf)?;
+    read += inbuf.len() as u64;
+    let mut out: Vec<u8> = Vec::new();
+    let mut out_pos = 0usize;
+    let mut keepalive_left = 0usize;
+    let mut last_write = Instant::now();
+    let closed = |tx: &ClientSender<S>, e: Error| match tx.last_error() {
+        Some(m) => Error::ClosedAfterError {
+            message: m.to_owned(),
+        },
+        None => e,
+    };
+    let result = loop {
+        let st = match tx.step(source) {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        if let SendStatus::Finished(mut o) = st {
+            out.drain(..out_pos);
+            out.extend(tx.take_output());
+            written += out.len() as u64;
+            clock.bounded(wr.write_all(&out)).await??;
+            clock.bounded(wr.flush()).await??;
+            let _ = clock.bounded(wr.shutdown()).await;
+            o.progress.wire_bytes_read = read;
+            o.progress.wire_bytes_written = written;
+            return Ok(*o);
+        }
+        if out_pos == out.len() {
+            out = tx.take_output();
+            out_pos = 0;
+        }
+        let peer_limit = tx
+            .peer_timeout()
+            .map(|t| Duration::from_secs(u64::from(t.max(2))))
+            .into_iter()
+            .chain(config.timeouts.io)
+            .min();
+        let keepalive = match peer_limit {
+            Some(t) => config.keepalive.min(t / 2),
+            None => config.keepalive,
+        };
+        let idle_deadline = last_write + keepalive;
+        let busy = tx.has_local_work();
+        let waiting_since = Instant::now();
+        let expiry = clock.expiry(waiting_since);
+        let expires_at = expiry.map_or(waiting_since, |(at, _)| at);
+        tokio::select! {
+            biased;
+            r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => break Err(closed(&tx, e.into())),
+                };
+                if n == 0 {
+                    break Err(closed(&tx, Error::UnexpectedEof("peer stopped reading")));
+                }
+                out_pos += n;
+                written += n as u64;
+                last_write = Instant::now();
+                if n > keepalive_left {
+                    clock.data_moved();
+                } else {
+                    clock.silent_since(waiting_since);
+                }
+                keepalive_left = keepalive_left.saturating_sub(n);
+            }
+            r = rd.read(&mut buf) => {
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => break Err(closed(&tx, e.into())),
+                };
+                if n == 0 {
+                    break Err(closed(&tx, Error::UnexpectedEof("during the transfer")));
+                }
+                clock.data_moved();
+                read += n as u64;
+                if let Err(e) = tx.feed(&buf[..n]) {
+                    break Err(e);
+                }
+            }
+            _ = tokio::time::sleep_until(expires_at), if expiry.is_some() => {
+                if let Some((_, why)) = expiry {
+                    break Err(why.into());
+                }
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if out_pos == out.len() && tx.file_list_done() => {
+                tx.keepalive();
+                out = tx.take_output();
+                out_pos = 0;
+                keepalive_left = out.len();
+                last_write = Instant::now();
+                clock.silent_since(waiting_since);
+            }
+            () = tokio::task::yield_now(), if busy => {
+                clock.silent_since(waiting_since);
+            }
+        }
+    };
+    if let Err(Error::RemoteExit { .. }) = &result {
+        out.drain(..out_pos);
+        out.extend(tx.take_output());
+        let _ = tokio::time::timeout(REMOTE_EXIT_ACK_TIMEOUT, async {
+            wr.write_all(&out).await?;
+            wr.flush().await
+        })
+        .await;
+    }
+    result
 }
 
 #[cfg(test)]

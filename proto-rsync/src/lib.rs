@@ -60,4 +60,8 @@ pub use codec::Decoded;
 pub use config::{Secret, Timeouts};
 pub use error::{DecodeError, Error, SinkError, Timeout};
 pub use limits::Limits;
+pub use session::sender::dir::DirSource;
+pub use session::sender::{
+    FileContent, PushOutcome, PushProgress, SendSource, SenderOptions,
+};
 pub use session::{Basis, EntryAction, MessageKind, Outcome, ReceiveSink, SenderStats};

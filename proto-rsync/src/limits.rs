@@ -29,6 +29,9 @@ pub struct Limits {
     pub max_vstring: usize,
     /// Most blocks in one sum head.
     pub max_blocks: u32,
+    /// Most bytes of block sums (weak + strong) one request may carry: what a sender holds
+    /// in memory for the file it is matching.
+    pub max_sum_bytes: u64,
     /// Longest literal token accepted. Literals are streamed, so this only guards sanity.
     pub max_literal: u32,
     /// Most entries in a uid or gid name list.
@@ -65,6 +68,8 @@ impl Default for Limits {
             max_vstring: crate::constants::MAX_VSTRING,
             // 4 GiB per 700-byte block bound; at most 2^31 / 128 KiB blocks at large sizes.
             max_blocks: 1 << 24,
+            // A 1 TiB file at the largest block size needs 8 M blocks of 7 bytes.
+            max_sum_bytes: 128 << 20,
             max_literal: 1 << 24,
             max_id_entries: 1 << 20,
             rebuilt_size_factor: 2,

@@ -22,6 +22,10 @@ pub struct ServerArgs {
     /// Our I/O timeout in whole seconds, passed on so the sender keeps an idle link alive
     /// (only at protocol ≥30, where we can send keep-alives back).
     pub io_timeout: Option<u32>,
+    /// Whether the server sends (`--sender`: a pull) or receives (a push).
+    pub server_sends: bool,
+    /// `--delete` (only meaningful in a push: the receiver deletes).
+    pub delete: bool,
 }
 
 impl ServerArgs {
@@ -34,6 +38,22 @@ impl ServerArgs {
             client_info: CLIENT_INFO_NO_INC_RECURSE.to_owned(),
             checksum_seed: None,
             io_timeout: None,
+            server_sends: true,
+            delete: false,
+        }
+    }
+
+    /// The server receives into `module/path/` (a push). The path always ends in `/`: the
+    /// list's top entry `.` is that directory, as with `rsync -a src/ rsync://h/mod/path/`.
+    pub fn push(module: &str, path: &str, hard_links: bool, delete: bool) -> Self {
+        let mut path = path.to_owned();
+        if !path.is_empty() && !path.ends_with('/') {
+            path.push('/');
+        }
+        ServerArgs {
+            server_sends: false,
+            delete,
+            ..ServerArgs::pull(module, &path, hard_links)
         }
     }
 
@@ -58,7 +78,15 @@ impl ServerArgs {
             cluster.push(CLUSTER_CLIENT_INFO);
             cluster.push_str(&self.client_info);
         }
-        let mut v = vec![ARG_SERVER.to_owned(), ARG_SENDER.to_owned(), cluster];
+        let mut v = vec![ARG_SERVER.to_owned()];
+        if self.server_sends {
+            v.push(ARG_SENDER.to_owned());
+        }
+        v.push(cluster);
+        // Forwarded only when the server receives: in a pull the client deletes locally.
+        if self.delete && !self.server_sends {
+            v.push(ARG_DELETE.to_owned());
+        }
         if let Some(seed) = self.checksum_seed {
             v.push(format!("{ARG_CHECKSUM_SEED}{seed}"));
         }
@@ -194,6 +222,33 @@ mod tests {
         assert_eq!(
             timed.encode(31),
             b"--server\0--sender\0-logDtpre.LsfxCIvu\0--timeout=600\0--numeric-ids\0.\0m/\0\0"
+        );
+    }
+
+    /// The argv stock 3.5.0 sends for `rsync -a --numeric-ids [--delete] src/
+    /// rsync://h/mod/` with `--no-inc-recursive` (spec §2.4).
+    #[test]
+    fn push_argv_matches_stock() {
+        assert_eq!(
+            ServerArgs::push("mod", "", false, true).argv(32),
+            [
+                "--server",
+                "-logDtpre.LsfxCIvu",
+                "--delete",
+                "--numeric-ids",
+                ".",
+                "mod/"
+            ]
+        );
+        assert_eq!(
+            ServerArgs::push("mod", "sub/dir", true, false).argv(30),
+            [
+                "--server",
+                "-lHogDtpre.LsfxCIvu",
+                "--numeric-ids",
+                ".",
+                "mod/sub/dir/"
+            ]
         );
     }
 

@@ -5,6 +5,7 @@ pub mod args;
 pub mod demux;
 pub mod handshake;
 pub mod receiver;
+pub mod sender;
 
 /// What one step of a role's phase did with the input it had. Both roles (the receiver
 /// and the sender) are written as one module per phase, each state's step returning this.

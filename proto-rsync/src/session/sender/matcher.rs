@@ -1,0 +1,452 @@
+//! Streaming delta: reads a file's content in large slices and writes the token stream
+//! (spec §6.4, §6.6). Without block sums (no basis on the receiver) the content goes out
+//! as literal runs with no matching at all; with them, a rolling weak sum slides over the
+//! content and a table keyed on that sum finds candidate blocks, confirmed by the
+//! truncated strong sum. Literal runs never exceed `CHUNK_SIZE` (32 KiB): larger ones
+//! break stock 3.4.3/3.4.4 receivers.
+
+use crate::checksum::{ChecksumKind, FileHasher, RollingChecksum};
+use crate::codec::prim::put_i32;
+use crate::codec::sums::SumHead;
+use crate::constants::CHUNK_SIZE;
+use crate::error::SinkError;
+
+/// Equal-weak-sum candidates examined per offset (3.5.0 bounds its chains the same way):
+/// hostile sums that all collide cannot make matching quadratic.
+const MAX_CANDIDATES: usize = 1024;
+
+/// The receiver's block sums, indexed by weak sum.
+#[derive(Debug)]
+pub struct BlockTable {
+    head: SumHead,
+    s2: usize,
+    weak: Vec<u32>,
+    strong: Vec<u8>,
+    /// Bucket → first block + 1 (0 = empty); `next` chains blocks of one bucket.
+    buckets: Vec<u32>,
+    next: Vec<u32>,
+    shift: u32,
+}
+
+impl BlockTable {
+    /// An empty table for `head.count` sums of `head.s2length` bytes each.
+    pub fn new(head: SumHead) -> BlockTable {
+        let count = head.count as usize;
+        BlockTable {
+            head,
+            s2: head.s2length as usize,
+            weak: Vec::with_capacity(count),
+            strong: Vec::with_capacity(count * head.s2length as usize),
+            buckets: Vec::new(),
+            next: Vec::new(),
+            shift: 32,
+        }
+    }
+
+    pub fn head(&self) -> SumHead {
+        self.head
+    }
+
+    /// Sums received so far.
+    pub fn len(&self) -> usize {
+        self.weak.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weak.is_empty()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.weak.len() >= self.head.count as usize
+    }
+
+    /// Adds the next block's sums (`strong` is `s2length` bytes).
+    pub fn push(&mut self, weak: u32, strong: &[u8]) {
+        self.weak.push(weak);
+        self.strong.extend_from_slice(strong);
+    }
+
+    /// Builds the index once every sum is in.
+    pub fn index(&mut self) {
+        let n = self.weak.len();
+        let bits = (n.max(8) * 2).next_power_of_two().trailing_zeros().min(31);
+        self.shift = 32 - bits;
+        self.buckets = vec![0; 1usize << bits];
+        self.next = vec![0; n];
+        // Inserted from the last block down so each chain lists blocks in file order.
+        for k in (0..n).rev() {
+            let b = self.bucket(self.weak[k]);
+            self.next[k] = self.buckets[b];
+            self.buckets[b] = k as u32 + 1;
+        }
+    }
+
+    fn bucket(&self, weak: u32) -> usize {
+        (weak.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+    }
+
+    /// The first block with this weak sum, length `win` and a strong sum equal to what
+    /// `strong_of` computes (called at most once).
+    fn find(&self, weak: u32, win: usize, mut strong_of: impl FnMut(&mut [u8; 32])) -> Option<u32> {
+        let mut at = *self.buckets.get(self.bucket(weak))?;
+        let mut strong = [0u8; 32];
+        let mut have_strong = false;
+        let mut tried = 0;
+        while at != 0 && tried < MAX_CANDIDATES {
+            let k = at - 1;
+            at = self.next[k as usize];
+            if self.weak[k as usize] != weak {
+                continue;
+            }
+            tried += 1;
+            if self.head.block_len(k) as usize != win {
+                continue;
+            }
+            if !have_strong {
+                strong_of(&mut strong);
+                have_strong = true;
+            }
+            let s = k as usize * self.s2;
+            if self.strong[s..s + self.s2] == strong[..self.s2] {
+                return Some(k);
+            }
+        }
+        None
+    }
+}
+
+/// Where one file's token stream stands.
+pub struct Delta {
+    table: Option<BlockTable>,
+    kind: ChecksumKind,
+    seed: i32,
+    buf: Vec<u8>,
+    /// Literal data not yet written starts at `start`; the match window at `pos`; valid
+    /// bytes end at `end`.
+    start: usize,
+    pos: usize,
+    end: usize,
+    eof: bool,
+    rc: RollingChecksum,
+    /// Length the rolling sum covers (0: to be computed).
+    rc_len: usize,
+    hasher: FileHasher,
+    pub literal_bytes: u64,
+    pub matched_bytes: u64,
+    /// A read error ends the content where it happened; the caller reports it.
+    pub read_error: Option<SinkError>,
+}
+
+impl std::fmt::Debug for Delta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delta")
+            .field("literal_bytes", &self.literal_bytes)
+            .field("matched_bytes", &self.matched_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delta {
+    /// `table` is `None` (or empty) for a whole-file transfer. `buf` is a buffer to reuse
+    /// (given back by [`Self::finish`]): a fresh 256 KiB allocation per file costs a
+    /// `mmap` and `munmap` each time.
+    pub fn new(
+        table: Option<BlockTable>,
+        kind: ChecksumKind,
+        seed: i32,
+        mut buf: Vec<u8>,
+        read_size: usize,
+    ) -> Delta {
+        let table = table.filter(|t| t.head.count > 0 && t.head.blength > 0);
+        let bl = table.as_ref().map_or(0, |t| t.head.blength as usize);
+        buf.resize(read_size.max(1) + bl, 0);
+        Delta {
+            table,
+            kind,
+            seed,
+            buf,
+            start: 0,
+            pos: 0,
+            end: 0,
+            eof: false,
+            rc: RollingChecksum::default(),
+            rc_len: 0,
+            hasher: FileHasher::new(kind, seed),
+            literal_bytes: 0,
+            matched_bytes: 0,
+            read_error: None,
+        }
+    }
+
+    /// Writes tokens into `out` until it holds `out_limit` bytes, `budget` content bytes
+    /// are spent, or the content ends (then `true`; the caller writes the end token and
+    /// [`Self::finish`]'s sum).
+    pub fn pump(
+        &mut self,
+        read: &mut dyn FnMut(&mut [u8]) -> Result<usize, SinkError>,
+        out: &mut Vec<u8>,
+        out_limit: usize,
+        budget: &mut u64,
+    ) -> bool {
+        let Some(bl) = self.table.as_ref().map(|t| t.head.blength as usize) else {
+            return self.pump_whole(read, out, out_limit, budget);
+        };
+        loop {
+            if out.len() >= out_limit || *budget == 0 {
+                return false;
+            }
+            let avail = self.end - self.pos;
+            if avail < bl && !self.eof {
+                self.refill(read, out);
+                continue;
+            }
+            if avail == 0 {
+                self.emit_literal(out, self.start, self.pos);
+                self.start = self.pos;
+                return true;
+            }
+            let win = bl.min(avail);
+            if self.rc_len != win {
+                self.rc = RollingChecksum::new(&self.buf[self.pos..self.pos + win]);
+                self.rc_len = win;
+            }
+            let (kind, seed, pos) = (self.kind, self.seed, self.pos);
+            let window = &self.buf[pos..pos + win];
+            let found = match &self.table {
+                Some(t) => t.find(self.rc.value(), win, |s| kind.block_sum(seed, window, s)),
+                None => None,
+            };
+            if let Some(k) = found {
+                self.emit_literal(out, self.start, pos);
+                self.hasher.update(&self.buf[pos..pos + win]);
+                put_i32(out, -(k as i32) - 1);
+                self.matched_bytes += win as u64;
+                *budget = budget.saturating_sub(win as u64);
+                self.pos += win;
+                self.start = self.pos;
+                self.rc_len = 0;
+                continue;
+            }
+            if pos + win < self.end {
+                self.rc.roll(self.buf[pos], self.buf[pos + win]);
+            } else if self.eof {
+                self.rc.roll_out(self.buf[pos]);
+                self.rc_len -= 1;
+            } else {
+                // The window reaches the end of what is read: read on (the rolling sum
+                // stays valid, the window's bytes move with the buffer).
+                self.refill(read, out);
+                continue;
+            }
+            self.pos += 1;
+            if self.pos - self.start >= CHUNK_SIZE {
+                self.emit_literal(out, self.start, self.start + CHUNK_SIZE);
+                self.start += CHUNK_SIZE;
+                *budget = budget.saturating_sub(CHUNK_SIZE as u64);
+            }
+        }
+    }
+
+    /// No block sums: the content is one literal stream.
+    fn pump_whole(
+        &mut self,
+        read: &mut dyn FnMut(&mut [u8]) -> Result<usize, SinkError>,
+        out: &mut Vec<u8>,
+        out_limit: usize,
+        budget: &mut u64,
+    ) -> bool {
+        loop {
+            if out.len() >= out_limit || *budget == 0 {
+                return false;
+            }
+            if self.eof {
+                return true;
+            }
+            let n = match read(&mut self.buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    return true;
+                }
+                Ok(n) => n.min(self.buf.len()),
+                Err(e) => {
+                    self.read_error = Some(e);
+                    self.eof = true;
+                    return true;
+                }
+            };
+            out.reserve(n + n.div_ceil(CHUNK_SIZE) * 4);
+            self.emit_literal(out, 0, n);
+            *budget = budget.saturating_sub(n as u64);
+        }
+    }
+
+    /// Writes pending literal data, then moves the unread window to the front of the
+    /// buffer and reads behind it.
+    fn refill(
+        &mut self,
+        read: &mut dyn FnMut(&mut [u8]) -> Result<usize, SinkError>,
+        out: &mut Vec<u8>,
+    ) {
+        self.emit_literal(out, self.start, self.pos);
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        self.start = 0;
+        match read(&mut self.buf[self.end..]) {
+            Ok(0) => self.eof = true,
+            Ok(n) => self.end += n.min(self.buf.len() - self.end),
+            Err(e) => {
+                self.read_error = Some(e);
+                self.eof = true;
+            }
+        }
+    }
+
+    /// `buf[from..to]` as literal tokens of at most `CHUNK_SIZE` bytes, hashed.
+    fn emit_literal(&mut self, out: &mut Vec<u8>, from: usize, to: usize) {
+        if from >= to {
+            return;
+        }
+        let data = &self.buf[from..to];
+        self.hasher.update(data);
+        write_literal(data, out);
+        self.literal_bytes += data.len() as u64;
+    }
+
+    /// The whole-file checksum of the content sent. After a read error it is inverted:
+    /// the receiver hashed exactly the (cut short) data it got, so the true sum would make
+    /// it keep a truncated file as good; a wrong one makes it discard the file and ask
+    /// again in the redo phase, as stock's zero-filled data does.
+    /// Also gives the buffer back for the next file.
+    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        let mut sum = self.hasher.finish();
+        if self.read_error.is_some() {
+            for b in &mut sum {
+                *b = !*b;
+            }
+        }
+        (sum, self.buf)
+    }
+}
+
+/// Literal data as tokens of at most `CHUNK_SIZE` bytes each.
+pub fn write_literal(data: &[u8], out: &mut Vec<u8>) {
+    for chunk in data.chunks(CHUNK_SIZE) {
+        put_i32(out, chunk.len() as i32);
+        out.extend_from_slice(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::token::{decode_owned_token, OwnedToken};
+    use crate::codec::Decoded;
+    use crate::delta::{apply, signature};
+    use crate::limits::Limits;
+
+    fn pseudo(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Runs a whole delta with small output slices and reads of `read_size`.
+    fn run_delta(basis: &[u8], data: &[u8], read_size: usize) -> (Vec<OwnedToken>, Delta, SumHead) {
+        let kind = ChecksumKind::Xxh128;
+        let head = SumHead::for_basis(basis.len() as u64, 32, 16, false);
+        let table = (head.count > 0).then(|| {
+            let mut t = BlockTable::new(head);
+            for s in signature(basis, &head, kind, 7) {
+                t.push(s.weak, &s.strong);
+            }
+            t.index();
+            t
+        });
+        let mut d = Delta::new(table, kind, 7, Vec::new(), read_size);
+        let mut cursor = 0usize;
+        let mut read = |b: &mut [u8]| -> Result<usize, SinkError> {
+            let n = b.len().min(data.len() - cursor).min(5000);
+            b[..n].copy_from_slice(&data[cursor..cursor + n]);
+            cursor += n;
+            Ok(n)
+        };
+        let mut wire = Vec::new();
+        loop {
+            let mut budget = 100_000;
+            let limit = wire.len() + 70_000;
+            if d.pump(&mut read, &mut wire, limit, &mut budget) {
+                break;
+            }
+        }
+        put_i32(&mut wire, 0);
+        let mut tokens = Vec::new();
+        let mut at = 0;
+        let lim = Limits::default();
+        loop {
+            match decode_owned_token(&wire[at..], head.count, &lim).unwrap() {
+                Decoded::Complete { value, consumed } => {
+                    at += consumed;
+                    if value == OwnedToken::End {
+                        break;
+                    }
+                    tokens.push(value);
+                }
+                Decoded::Incomplete { .. } => panic!("truncated token stream"),
+            }
+        }
+        assert_eq!(at, wire.len());
+        (tokens, d, head)
+    }
+
+    /// The token writer never emits a literal run above 32 KiB, whatever the reads and
+    /// output slices, and the stream rebuilds the content.
+    #[test]
+    fn literal_runs_never_exceed_32_kib() {
+        for (basis_len, data_len) in [(0, 300_000), (100_000, 250_000), (700_000, 1_000_001)] {
+            let basis = pseudo(basis_len, 1);
+            let data = pseudo(data_len, 2);
+            let (tokens, d, head) = run_delta(&basis, &data, 256 * 1024);
+            for t in &tokens {
+                if let OwnedToken::Literal(l) = t {
+                    assert!(!l.is_empty() && l.len() <= CHUNK_SIZE, "run of {}", l.len());
+                }
+            }
+            assert_eq!(apply(&head, &basis, &tokens).unwrap(), data);
+            assert_eq!(d.literal_bytes, data_len as u64);
+        }
+        let mut out = Vec::new();
+        write_literal(&[1u8; 70_000], &mut out);
+        assert_eq!(out.len(), 70_000 + 3 * 4);
+        assert_eq!(&out[..4], &32768i32.to_le_bytes());
+    }
+
+    /// An edited copy is sent mostly as block references, and the sum is the content's.
+    #[test]
+    fn edits_send_only_the_changed_bytes() {
+        let basis = pseudo(1_000_000, 3);
+        let mut data = basis.clone();
+        data[10_000..10_010].copy_from_slice(b"0123456789");
+        data.splice(500_000..500_000, b"inserted".iter().copied());
+        data.truncate(900_000);
+        for read_size in [1000, 4096, 256 * 1024] {
+            let (tokens, d, head) = run_delta(&basis, &data, read_size);
+            assert_eq!(apply(&head, &basis, &tokens).unwrap(), data);
+            assert!(d.literal_bytes < 3 * 1000, "literal {}", d.literal_bytes);
+            assert_eq!(d.literal_bytes + d.matched_bytes, data.len() as u64);
+            let mut h = FileHasher::new(ChecksumKind::Xxh128, 7);
+            h.update(&data);
+            assert_eq!(d.finish().0, h.finish());
+        }
+        // The short last block matches at the tail.
+        let (tokens, _, head) = run_delta(&basis[..100_600], &basis[..100_600], 4096);
+        assert!(tokens.iter().all(|t| matches!(t, OwnedToken::Block(_))));
+        assert_eq!(tokens.len() as u32, head.count);
+    }
+}

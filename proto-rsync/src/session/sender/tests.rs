@@ -1,0 +1,1 @@
+//! Sans-io tests of the whole sender against a scripted generator.
