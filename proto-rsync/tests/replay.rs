@@ -22,10 +22,13 @@ use std::time::{Duration, SystemTime};
 
 use common::StockDaemon;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use turku_proto_rsync::io::{pull, PullConfig};
+use turku_proto_rsync::io::{pull, push, PullConfig, PushConfig};
 use turku_proto_rsync::session::args::ServerArgs;
 use turku_proto_rsync::session::handshake::{ClientHandshake, HandshakeOptions, HandshakeStatus};
 use turku_proto_rsync::session::receiver::{ClientReceiver, ReceiverOptions, Status};
+use turku_proto_rsync::session::sender::{
+    ClientSender, PushOutcome, SendSource, SenderOptions, Status as SendStatus,
+};
 use turku_proto_rsync::{
     EntryAction, FileEntry, FileKind, HardLink, Limits, MessageKind, Outcome, ReceiveSink,
     SinkError, Timeouts,
@@ -76,13 +79,33 @@ const PULLS: [Case; 5] = [
     },
 ];
 
+/// Pushes (our `ClientSender` into a stock daemon's receiver); the sender speaks 30+.
+const PUSHES: [Case; 3] = [
+    Case {
+        file: "push-p32.transcript",
+        protocol: 32,
+    },
+    Case {
+        file: "push-p31.transcript",
+        protocol: 31,
+    },
+    Case {
+        file: "push-p30.transcript",
+        protocol: 30,
+    },
+];
+
+/// The module a push writes into.
+const PUSH_MODULE: &str = "incoming";
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn header(case: &Case) -> String {
+    let role = case.file.split('-').next().unwrap_or("?");
     format!(
-        "{MAGIC} role=pull protocol={} hard_links=1 seed={SEED}\n",
+        "{MAGIC} role={role} protocol={} hard_links=1 seed={SEED}\n",
         case.protocol
     )
 }
@@ -392,16 +415,14 @@ fn replay(case: &Case, records: &Records, sink: &mut MemSink) -> (Outcome, Vec<u
     (outcome, ours)
 }
 
-fn replay_case(case: &Case) {
-    let records = read_transcript(case);
-    let mut sink = MemSink::default();
-    let (outcome, ours) = replay(case, &records, &mut sink);
+/// Everything our machines wrote must be what our client wrote when it was recorded.
+fn assert_same_output(case: &Case, ours: &[u8], records: &Records) {
     let recorded: Vec<u8> = records
         .iter()
         .filter(|(d, _)| *d == Dir::Client)
         .flat_map(|(_, b)| b.iter().copied())
         .collect();
-    if ours != recorded {
+    if ours != recorded.as_slice() {
         let at = ours
             .iter()
             .zip(&recorded)
@@ -414,10 +435,17 @@ fn replay_case(case: &Case) {
             case.file,
             ours.len(),
             recorded.len(),
-            show(&ours),
+            show(ours),
             show(&recorded)
         );
     }
+}
+
+fn replay_case(case: &Case) {
+    let records = read_transcript(case);
+    let mut sink = MemSink::default();
+    let (outcome, ours) = replay(case, &records, &mut sink);
+    assert_same_output(case, &ours, &records);
     check_run(case, &outcome, &sink);
 }
 
@@ -456,6 +484,221 @@ fn transcript_format_round_trips() {
     ];
     let raw = encode_transcript("h\n", &records);
     assert_eq!(decode_transcript(&raw, "h\n"), records);
+}
+
+// ------------------------------------------------------------------ pushes
+
+/// [`expected_tree`] as our sender lists it: walk order (parents first, the hard-link
+/// leader before its follower), every field fixed so a replay lists the same bytes.
+fn push_entries() -> Vec<FileEntry> {
+    let tree = expected_tree();
+    let order = [
+        ".",
+        DELTA_FILE,
+        "empty",
+        "hard1",
+        "link",
+        "small.txt",
+        "dir",
+        "dir/hard2",
+        "dir/nested",
+        "dir/nested/deep.txt",
+    ];
+    assert_eq!(order.len(), tree.len());
+    let leader = order.iter().position(|n| *n == "hard1").expect("leader") as u32;
+    order
+        .iter()
+        .map(|name| {
+            let mut e = match &tree[*name] {
+                Node::Dir => common::entry(name, 0o040_755, 0),
+                Node::File(data) => common::entry(name, 0o100_644, data.len() as i64),
+                Node::Symlink(target) => {
+                    let mut e = common::entry(name, 0o120_777, target.len() as i64);
+                    e.symlink = Some(target.clone());
+                    e
+                }
+            };
+            e.hard_link = match *name {
+                "hard1" => HardLink::Leader,
+                "dir/hard2" => HardLink::Follower { first: leader },
+                _ => HardLink::None,
+            };
+            e
+        })
+        .collect()
+}
+
+/// Content of [`push_entries`] from memory.
+struct MemSource {
+    entries: Vec<FileEntry>,
+    messages: Vec<String>,
+}
+
+impl SendSource for MemSource {
+    type Content = std::io::Cursor<Vec<u8>>;
+    fn open(&mut self, ndx: u32, entry: &FileEntry) -> Result<Self::Content, SinkError> {
+        assert_eq!(self.entries[ndx as usize].name, entry.name);
+        match &expected_tree()[&entry.name_lossy()] {
+            Node::File(data) => Ok(std::io::Cursor::new(data.clone())),
+            other => panic!("content of {other:?} asked for"),
+        }
+    }
+    fn message(&mut self, _: MessageKind, text: &str) {
+        self.messages.push(text.to_owned());
+    }
+}
+
+fn push_config(case: &Case) -> PushConfig {
+    let mut cfg = PushConfig::new(PUSH_MODULE);
+    cfg.protocol = case.protocol;
+    cfg.user = USER.into();
+    cfg.hard_links = true;
+    cfg.numeric_ids = true;
+    cfg.checksum_seed = Some(SEED);
+    cfg.timeouts = Timeouts {
+        io: None,
+        ..Timeouts::default()
+    };
+    cfg
+}
+
+/// What every recorded push must have ended with, live or replayed.
+fn check_push(case: &Case, o: &PushOutcome) {
+    assert_eq!(o.protocol, case.protocol);
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    assert!(o.failed.is_empty(), "{o:?}");
+    assert_eq!(o.checksum_seed, SEED);
+    assert!(
+        o.progress.matched_bytes > 0,
+        "the delta used no block of the receiver's copy: {o:?}"
+    );
+}
+
+/// Runs our handshake and sender over the recorded server chunks (one feed and one step
+/// a chunk) and returns the outcome and all we wrote.
+fn replay_push(case: &Case, records: &Records) -> (PushOutcome, Vec<u8>) {
+    let cfg = push_config(case);
+    let mut args = ServerArgs::push(&cfg.module, &cfg.path, cfg.hard_links, cfg.delete);
+    args.numeric_ids = cfg.numeric_ids;
+    args.checksum_seed = cfg.checksum_seed;
+    let mut hs = ClientHandshake::new(HandshakeOptions {
+        args,
+        protocol: cfg.protocol,
+        user: cfg.user.clone(),
+        password: None,
+        limits: Limits::default(),
+    })
+    .expect("handshake");
+    let mut chunks = records
+        .iter()
+        .filter(|(d, _)| *d == Dir::Server)
+        .map(|(_, b)| b.as_slice());
+    let mut ours = hs.take_output();
+    let mut inbuf = Vec::new();
+    let neg = loop {
+        let (used, st) = hs.feed(&inbuf).expect("handshake input");
+        inbuf.drain(..used);
+        ours.extend(hs.take_output());
+        if let HandshakeStatus::Done(n) = st {
+            break n;
+        }
+        let chunk = chunks
+            .next()
+            .expect("transcript ended during the handshake");
+        inbuf.extend_from_slice(chunk);
+    };
+    let entries = push_entries();
+    let mut source = MemSource {
+        entries: entries.clone(),
+        messages: Vec::new(),
+    };
+    let mut tx: ClientSender<MemSource> = ClientSender::new(
+        neg,
+        SenderOptions {
+            hard_links: cfg.hard_links,
+            numeric_ids: cfg.numeric_ids,
+            delete: false,
+            filter_rules: Vec::new(),
+            limits: Limits::default(),
+        },
+        entries,
+        0,
+    )
+    .expect("sender");
+    tx.feed(&inbuf).expect("feed");
+    let outcome = loop {
+        let st = tx.step(&mut source).expect("step");
+        ours.extend(tx.take_output());
+        if let SendStatus::Finished(o) = st {
+            break *o;
+        }
+        assert!(!tx.has_local_work(), "a small tree needs no second step");
+        let chunk = chunks.next().expect("transcript ended before the run did");
+        tx.feed(chunk).expect("feed");
+    };
+    assert_eq!(chunks.count(), 0, "server bytes left over after the run");
+    (outcome, ours)
+}
+
+fn replay_push_case(case: &Case) {
+    let records = read_transcript(case);
+    let (outcome, ours) = replay_push(case, &records);
+    assert_same_output(case, &ours, &records);
+    check_push(case, &outcome);
+}
+
+#[test]
+fn replay_push_protocol_32() {
+    replay_push_case(&PUSHES[0]);
+}
+
+#[test]
+fn replay_push_protocol_31() {
+    replay_push_case(&PUSHES[1]);
+}
+
+#[test]
+fn replay_push_protocol_30() {
+    replay_push_case(&PUSHES[2]);
+}
+
+/// What a push left in the daemon's module, as [`MemSink::tree`] shows a pull.
+fn read_tree(root: &Path) -> BTreeMap<String, Node> {
+    fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Node>) {
+        let p = if rel == "." {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        let meta = fs::symlink_metadata(&p).expect("lstat");
+        let node = if meta.file_type().is_symlink() {
+            use std::os::unix::ffi::OsStrExt;
+            Node::Symlink(
+                fs::read_link(&p)
+                    .expect("readlink")
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            )
+        } else if meta.is_dir() {
+            for e in fs::read_dir(&p).expect("readdir") {
+                let name = e.expect("dirent").file_name().into_string().expect("utf-8");
+                let child = if rel == "." {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                walk(root, &child, out);
+            }
+            Node::Dir
+        } else {
+            Node::File(fs::read(&p).expect("read"))
+        };
+        out.insert(rel.to_owned(), node);
+    }
+    let mut out = BTreeMap::new();
+    walk(root, ".", &mut out);
+    out
 }
 
 // ------------------------------------------------------------------ recording
@@ -556,6 +799,51 @@ async fn record_fixtures() {
         let path = fixtures().join(case.file);
         fs::write(&path, encode_transcript(&header(case), &records)).expect("write fixture");
         replay_case(case);
+        eprintln!("recorded {}", path.display());
+    }
+    drop(daemon);
+
+    for case in &PUSHES {
+        // A fresh module holding only the receiver's old copy of the delta file. Without
+        // chroot a daemon munges symlinks unless told not to (a receiver running as root
+        // with `use chroot = yes` keeps them verbatim anyway).
+        let dst = tempfile::tempdir().expect("dst");
+        fs::write(dst.path().join(DELTA_FILE), delta_basis()).expect("basis");
+        let dir = tempfile::tempdir().expect("daemon dir");
+        let conf = format!(
+            "use chroot = no\n{ids}log file = {log}\n[{PUSH_MODULE}]\npath = {dst}\nread only = no\nmunge symlinks = no\n",
+            log = dir.path().join("rsyncd.log").display(),
+            dst = dst.path().display(),
+        );
+        let daemon = StockDaemon::launch(rsync, dir, &conf);
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", daemon.port))
+            .await
+            .expect("connect");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let rec = Recorder {
+            inner: stream,
+            log: log.clone(),
+        };
+        let entries = push_entries();
+        let mut source = MemSource {
+            entries: entries.clone(),
+            messages: Vec::new(),
+        };
+        let o = tokio::time::timeout(
+            Duration::from_secs(60),
+            push(rec, &push_config(case), entries, &mut source),
+        )
+        .await
+        .expect("recording timed out")
+        .expect("live push");
+        check_push(case, &o);
+        // The daemon exits its connection after our goodbye; its files are complete.
+        drop(daemon);
+        assert_eq!(read_tree(dst.path()), expected_tree(), "{}", case.file);
+        let records = std::mem::take(&mut *log.lock().expect("recorder lock"));
+        let path = fixtures().join(case.file);
+        fs::write(&path, encode_transcript(&header(case), &records)).expect("write fixture");
+        replay_push_case(case);
         eprintln!("recorded {}", path.display());
     }
 }
