@@ -1,6 +1,8 @@
 //! Helpers shared by the crate's integration tests; each test binary uses only some of them.
 #![allow(dead_code)]
 
+pub mod tree;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
