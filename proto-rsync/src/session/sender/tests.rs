@@ -1,1 +1,417 @@
-//! Sans-io tests of the whole sender against a scripted generator.
+//! Sans-io tests of the whole sender against a scripted generator, and the replay of the
+//! fuzz target's committed seeds.
+
+use super::*;
+use crate::checksum::{ChecksumKind, FileHasher};
+use crate::codec::flist::{FlistDecoder, FlistItem, FlistOptions, HardLink};
+use crate::codec::sums::SumHead;
+
+struct Mem {
+    fail_open: &'static [u8],
+}
+
+impl SendSource for Mem {
+    type Content = std::io::Cursor<Vec<u8>>;
+    fn open(&mut self, _: u32, e: &FileEntry) -> Result<Self::Content, SinkError> {
+        if e.name == self.fail_open {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound).into());
+        }
+        Ok(std::io::Cursor::new(content_of(e)))
+    }
+}
+
+fn content_of(e: &FileEntry) -> Vec<u8> {
+    (0..e.size as usize)
+        .map(|i| (i % 251) as u8 ^ e.name[0])
+        .collect()
+}
+
+fn neg(protocol: u32) -> Negotiated {
+    Negotiated {
+        protocol,
+        compat_flags: 0x1fe,
+        checksum: ChecksumKind::Xxh128,
+        seed: 99,
+        motd: Vec::new(),
+        motd_dropped: 0,
+    }
+}
+
+/// Caller's order: `.`, `z` (100 000 bytes), `d`, `d/x` (hard link to `z`), `a` (5 bytes).
+/// Sorted: 0 `.`, 1 `a`, 2 `z`, 3 `d`, 4 `d/x`.
+fn list() -> Vec<FileEntry> {
+    let mut dot = FileEntry::new(b".".to_vec(), S_IFDIR | 0o755, 0);
+    dot.top_dir = true;
+    let mut z = FileEntry::new(b"z".to_vec(), S_IFREG | 0o644, 100_000);
+    z.hard_link = HardLink::Leader;
+    let mut x = FileEntry::new(b"d/x".to_vec(), S_IFREG | 0o644, 100_000);
+    x.hard_link = HardLink::Follower { first: 1 };
+    vec![
+        dot,
+        z,
+        FileEntry::new(b"d".to_vec(), S_IFDIR | 0o755, 0),
+        x,
+        FileEntry::new(b"a".to_vec(), S_IFREG | 0o600, 5),
+    ]
+}
+
+fn mux(data: &[u8]) -> Vec<u8> {
+    let mut o = Vec::new();
+    encode_data(data, &mut o);
+    o
+}
+
+/// Runs the sender on `input` fed in `chunk`-byte pieces; returns its demultiplexed data,
+/// its messages and the outcome (if it finished).
+fn run(
+    protocol: u32,
+    opts: SenderOptions,
+    input: &[u8],
+    chunk: usize,
+    fail_open: &'static [u8],
+) -> (Vec<u8>, Vec<InMsg>, Option<PushOutcome>) {
+    let mut tx: ClientSender<Mem> = ClientSender::new(neg(protocol), opts, list(), 0).unwrap();
+    let mut src = Mem { fail_open };
+    let mut wire = Vec::new();
+    let mut done = None;
+    for piece in input.chunks(chunk.max(1)) {
+        tx.feed(piece).unwrap();
+        loop {
+            match tx.step(&mut src).unwrap() {
+                Status::NeedInput => {
+                    wire.extend(tx.take_output());
+                    if !tx.has_local_work() {
+                        break;
+                    }
+                }
+                Status::Finished(o) => {
+                    wire.extend(tx.take_output());
+                    done = Some(*o);
+                    break;
+                }
+            }
+        }
+    }
+    let mut d = Demux::new(Limits::default());
+    let (mut data, mut msgs) = (Vec::new(), Vec::new());
+    d.push(&wire, &mut data, &mut msgs).unwrap();
+    (data, msgs, done)
+}
+
+/// Decodes our file list from `data`; returns the entries and where the list ends.
+fn decode_list(data: &[u8], protocol: u32, hard_links: bool) -> (Vec<FileEntry>, usize) {
+    let mut dec = FlistDecoder::new(
+        FlistOptions::archive(protocol, 0x1fe, hard_links),
+        Limits::default(),
+    );
+    let mut got: Vec<FileEntry> = Vec::new();
+    let mut at = 0;
+    loop {
+        let (item, n) = dec.decode(&data[at..], &got).unwrap().complete().unwrap();
+        at += n;
+        match item {
+            FlistItem::Entry(e) => got.push(e),
+            FlistItem::End { io_error } => {
+                assert_eq!(io_error, 0);
+                return (got, at);
+            }
+        }
+    }
+}
+
+fn request(ndx: &mut NdxCodec, i: i32, iflags: u16, head: SumHead, out: &mut Vec<u8>) {
+    ndx.encode(i, out);
+    out.extend_from_slice(&iflags.to_le_bytes());
+    head.encode(32, out);
+}
+
+/// A whole conversation at 31: list out, a whole-file request for `a`, a delta request
+/// for `z` against an identical basis, an itemization echoed, the phases, delete stats and
+/// the goodbye; fed a byte at a time and all at once.
+#[test]
+fn scripted_generator_conversation() {
+    let entries = list();
+    let z = content_of(&entries[1]);
+    let head = SumHead::for_basis(z.len() as u64, 31, 16, false);
+    let mut gen = Vec::new();
+    let mut ndx = NdxCodec::new(31);
+    request(&mut ndx, 1, ITEM_TRANSFER, SumHead::default(), &mut gen);
+    request(
+        &mut ndx,
+        2,
+        ITEM_TRANSFER | ITEM_REPORT_TIME,
+        head,
+        &mut gen,
+    );
+    for s in crate::delta::signature(&z, &head, ChecksumKind::Xxh128, 99) {
+        crate::codec::sums::encode_block_sum(s.weak, &s.strong, &mut gen);
+    }
+    ndx.encode(0, &mut gen);
+    gen.extend_from_slice(&ITEM_REPORT_TIME.to_le_bytes());
+    for _ in 0..3 {
+        ndx.encode(NDX_DONE, &mut gen);
+    }
+    ndx.encode(NDX_DEL_STATS, &mut gen);
+    gen.extend_from_slice(&[1, 0, 0, 0, 0]);
+    ndx.encode(NDX_DONE, &mut gen);
+    ndx.encode(NDX_DONE, &mut gen);
+    let input = mux(&gen);
+    let opts = SenderOptions {
+        hard_links: true,
+        ..SenderOptions::default()
+    };
+    for chunk in [1, 7, input.len()] {
+        let (data, msgs, outcome) = run(31, opts.clone(), &input, chunk, b"");
+        assert!(msgs.is_empty(), "{msgs:?}");
+        let o = outcome.expect("finished");
+        assert_eq!(o.exit_code, 0);
+        assert_eq!(o.progress.files_sent, 2);
+        assert_eq!(o.progress.literal_bytes, 5);
+        assert_eq!(o.progress.matched_bytes, 100_000);
+        assert_eq!(
+            o.delete_stats,
+            Some(DeleteStats {
+                files: 1,
+                ..DeleteStats::default()
+            })
+        );
+        let (got, mut at) = decode_list(&data, 31, true);
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[3].hard_link, HardLink::Follower { first: 1 });
+        // Reply for `a`: echo, empty head, one literal, end, sum.
+        let mut want = Vec::new();
+        let mut ndx_out = NdxCodec::new(31);
+        ndx_out.encode(1, &mut want);
+        want.extend_from_slice(&ITEM_TRANSFER.to_le_bytes());
+        SumHead::default().encode(31, &mut want);
+        let a = content_of(&entries[4]);
+        want.extend_from_slice(&5i32.to_le_bytes());
+        want.extend_from_slice(&a);
+        want.extend_from_slice(&0i32.to_le_bytes());
+        let mut h = FileHasher::new(ChecksumKind::Xxh128, 99);
+        h.update(&a);
+        want.extend(h.finish());
+        // Reply for `z`: echo, head, every block by reference, end, sum.
+        ndx_out.encode(2, &mut want);
+        want.extend_from_slice(&(ITEM_TRANSFER | ITEM_REPORT_TIME).to_le_bytes());
+        head.encode(31, &mut want);
+        for k in 0..head.count {
+            crate::codec::token::encode_block(k, &mut want);
+        }
+        want.extend_from_slice(&0i32.to_le_bytes());
+        let mut h = FileHasher::new(ChecksumKind::Xxh128, 99);
+        h.update(&z);
+        want.extend(h.finish());
+        // The itemization echoed, two phase echoes, our final DONE, the goodbye answer.
+        ndx_out.encode(0, &mut want);
+        want.extend_from_slice(&ITEM_REPORT_TIME.to_le_bytes());
+        want.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(&data[at..], &want[..], "chunk {chunk}");
+        at = data.len();
+        assert_eq!(at, data.len());
+    }
+}
+
+/// A file gone since listing: no reply, a warning and MSG_NO_SEND, exit 24; the filter
+/// list goes out first with --delete; protocol 30 ends after one goodbye DONE.
+#[test]
+fn vanished_file_is_not_sent_and_named() {
+    let mut gen = Vec::new();
+    let mut ndx = NdxCodec::new(30);
+    request(&mut ndx, 1, ITEM_TRANSFER, SumHead::default(), &mut gen);
+    for _ in 0..4 {
+        ndx.encode(NDX_DONE, &mut gen);
+    }
+    let opts = SenderOptions {
+        delete: true,
+        filter_rules: vec!["P keep".into()],
+        ..SenderOptions::default()
+    };
+    let (data, msgs, outcome) = run(30, opts, &mux(&gen), 3, b"a");
+    let o = outcome.expect("finished");
+    assert_eq!(o.exit_code, RERR_VANISHED);
+    assert_eq!(o.failed, ["a"]);
+    assert!(matches!(&msgs[0], InMsg::Text(MessageKind::Warning, t) if t.contains("vanished")));
+    assert_eq!(msgs[1], InMsg::NoSend(1));
+    assert_eq!(msgs[2], InMsg::IoError(IOERR_VANISHED));
+    assert_eq!(&data[..10], b"\x06\0\0\0P keep");
+    assert_eq!(&data[10..14], &[0, 0, 0, 0]);
+    let (_, at) = decode_list(&data[14..], 30, false);
+    // Two phase echoes and our final DONE: nothing for the file.
+    assert_eq!(&data[14 + at..], &[0, 0, 0]);
+}
+
+/// Requests are checked before anything is read or sent for them.
+#[test]
+fn bad_requests_are_typed_errors() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0x06, 0x00, 0x80], "ndx"),
+        (vec![0x01, 0x00, 0x80], "dir"),
+        (vec![0xFF, 0x05], "negative"),
+        (
+            [
+                &[0x02, 0x00, 0x80][..],
+                &[1, 0, 0, 0, 1, 0, 2, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+            ]
+            .concat(),
+            "blength",
+        ),
+        (
+            [
+                &[0x02, 0x00, 0x80][..],
+                &[0, 0, 0, 2, 0, 2, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+            ]
+            .concat(),
+            "count",
+        ),
+    ];
+    for (script, what) in cases {
+        let mut tx: ClientSender<Mem> =
+            ClientSender::new(neg(32), SenderOptions::default(), list(), 0).unwrap();
+        let mut src = Mem { fail_open: b"" };
+        tx.feed(&mux(&script)).unwrap();
+        let e = loop {
+            match tx.step(&mut src) {
+                Ok(Status::NeedInput) if tx.has_local_work() => continue,
+                Ok(other) => panic!("{what}: expected an error, got {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        match what {
+            "ndx" => assert!(matches!(e, Error::Decode(DecodeError::BadNdx(5))), "{e:?}"),
+            "dir" | "negative" => assert!(matches!(e, Error::BadRequest { .. }), "{e:?}"),
+            "blength" => assert!(
+                matches!(e, Error::Decode(DecodeError::BadSumHead { .. })),
+                "{e:?}"
+            ),
+            _ => assert!(
+                matches!(
+                    e,
+                    Error::Decode(DecodeError::BadSumHead { .. })
+                        | Error::Decode(DecodeError::TooLong { .. })
+                ),
+                "{e:?}"
+            ),
+        }
+    }
+}
+
+/// A large file streams in bounded output slices: the machine never queues much more than
+/// its high-water mark, and `has_local_work` drives it to the end.
+#[test]
+fn output_stays_bounded_while_a_big_file_streams() {
+    struct Big;
+    impl SendSource for Big {
+        type Content = std::io::Cursor<Vec<u8>>;
+        fn open(&mut self, _: u32, _: &FileEntry) -> Result<Self::Content, SinkError> {
+            Ok(std::io::Cursor::new(vec![3u8; 20 << 20]))
+        }
+    }
+    let mut gen = Vec::new();
+    let mut ndx = NdxCodec::new(32);
+    request(&mut ndx, 2, ITEM_TRANSFER, SumHead::default(), &mut gen);
+    let mut tx: ClientSender<Big> =
+        ClientSender::new(neg(32), SenderOptions::default(), list(), 0).unwrap();
+    tx.feed(&mux(&gen)).unwrap();
+    let mut total = 0usize;
+    let mut steps = 0;
+    loop {
+        assert!(matches!(tx.step(&mut Big).unwrap(), Status::NeedInput));
+        let out = tx.take_output();
+        assert!(
+            out.len() < OUTPUT_HIGH_WATER + 2 * CONTENT_READ_SIZE,
+            "{}",
+            out.len()
+        );
+        total += out.len();
+        steps += 1;
+        if !tx.has_local_work() {
+            break;
+        }
+    }
+    assert!(total > 20 << 20);
+    assert!(steps > 20);
+    assert_eq!(tx.progress().files_sent, 1);
+}
+
+/// The fuzz target's committed seeds replayed: the sender never panics on them.
+#[test]
+fn fuzz_seeds_replay_without_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/rsync_sender");
+    let mut seen = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if !p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("seed-")
+        {
+            continue;
+        }
+        let data = std::fs::read(&p).unwrap();
+        let Some((&sel, rest)) = data.split_first() else {
+            continue;
+        };
+        let n = Negotiated {
+            protocol: 30 + u32::from(sel % 3),
+            compat_flags: if sel & 0x10 != 0 { 0x1fe } else { 0x2e },
+            checksum: if sel & 0x20 != 0 {
+                ChecksumKind::Xxh128
+            } else {
+                ChecksumKind::Md5 { seed_fix: true }
+            },
+            ..neg(30)
+        };
+        let opts = SenderOptions {
+            hard_links: sel & 0x40 != 0,
+            numeric_ids: sel & 0x80 == 0,
+            delete: sel & 0x08 != 0,
+            ..SenderOptions::default()
+        };
+        let mut tx: ClientSender<Mem> = ClientSender::new(n, opts, fuzz_list(), 0).unwrap();
+        let mut src = Mem {
+            fail_open: b"locked",
+        };
+        'feed: for chunk in rest.chunks(64) {
+            if tx.feed(chunk).is_err() {
+                break;
+            }
+            loop {
+                match tx.step(&mut src) {
+                    Ok(Status::NeedInput) => {
+                        let _ = tx.take_output();
+                        if !tx.has_local_work() {
+                            break;
+                        }
+                    }
+                    _ => break 'feed,
+                }
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 4, "seeds missing from {}", dir.display());
+}
+
+/// The list of the `rsync_sender` fuzz target (its seeds index into it).
+fn fuzz_list() -> Vec<FileEntry> {
+    let mut dot = FileEntry::new(b".".to_vec(), 0o40755, 0);
+    dot.top_dir = true;
+    let mut lead = FileEntry::new(b"big".to_vec(), 0o100644, 9000);
+    lead.hard_link = HardLink::Leader;
+    let mut follow = FileEntry::new(b"d/same".to_vec(), 0o100644, 9000);
+    follow.hard_link = HardLink::Follower { first: 1 };
+    let mut link = FileEntry::new(b"link".to_vec(), 0o120777, 3);
+    link.symlink = Some(b"big".to_vec());
+    vec![
+        dot,
+        lead,
+        FileEntry::new(b"d".to_vec(), 0o40755, 0),
+        follow,
+        FileEntry::new(b"small".to_vec(), 0o100600, 5),
+        FileEntry::new(b"locked".to_vec(), 0o100600, 10),
+        FileEntry::new(b"cut".to_vec(), 0o100600, 6000),
+        link,
+    ]
+}
