@@ -110,7 +110,10 @@ struct Lstat {
 }
 
 /// Every entry's lstat metadata, and hard-link groups as sets of names.
-fn lstat_tree(root: &Path, nsec: bool) -> (BTreeMap<Vec<u8>, Lstat>, Vec<Vec<Vec<u8>>>) {
+/// Names (as bytes) of the members of each hard-link group.
+type Groups = Vec<Vec<Vec<u8>>>;
+
+fn lstat_tree(root: &Path, nsec: bool) -> (BTreeMap<Vec<u8>, Lstat>, Groups) {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];

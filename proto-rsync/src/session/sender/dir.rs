@@ -182,10 +182,10 @@ mod tests {
     fn rdev_split_matches_glibc() {
         // makedev(8, 1) and makedev(259, 65536).
         assert_eq!(split_rdev(0x801), (8, 1));
-        let dev: u64 = ((259u64 & 0xfff) << 8)
-            | ((259u64 & !0xfff) << 32)
-            | (65536u64 & 0xff)
-            | ((65536u64 & !0xff) << 12);
+        // makedev(259, 65536) as glibc builds it.
+        let (major, minor) = (259u64, 65536u64);
+        let dev =
+            ((major & 0xfff) << 8) | ((major >> 12) << 44) | (minor & 0xff) | ((minor >> 8) << 20);
         assert_eq!(split_rdev(dev), (259, 65536));
     }
 
