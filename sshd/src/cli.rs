@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use turku_store::{CompressionMode, Store, StoreConfig};
 
-use crate::{backup, output, pull};
+use crate::{backup, output, pull, restore};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -131,6 +131,55 @@ pub enum Command {
         // Given as `help`, not a doc comment: rustdoc would read the brackets as links.
         #[arg(help = "rsync://[USER@]HOST[:PORT]/MODULE/")]
         url: String,
+    },
+    /// Push a snapshot (or part of it) into any rsync daemon's writable module, with the
+    /// native rsync sender: modes, owners, times, symlinks, hard links, devices and FIFOs
+    /// as stored. A destination holding an older copy receives only the differences.
+    /// Password from RSYNC_PASSWORD or --password-file.
+    Push {
+        #[command(flatten)]
+        src: SourceArgs,
+        /// A snapshot name, or `latest`.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Path inside the snapshot to push instead of all of it.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The password's file: its first line; refused when group or others may access it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Seconds without data either way before the push fails (0 = no limit).
+        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_IO_TIMEOUT.as_secs())]
+        timeout: u64,
+        /// Seconds for connecting and the daemon's greeting and authentication (0 = no limit).
+        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_CONNECT_TIMEOUT.as_secs())]
+        contimeout: u64,
+        #[arg(help = "rsync://[USER@]HOST[:PORT]/MODULE/[PATH]")]
+        url: String,
+    },
+    /// Restore a snapshot onto its machine: the machine's agent runs
+    /// `turku-agent ping --restore` (and waits); this asks the running daemon, through its
+    /// control socket, to push the snapshot into the agent's restore module over the
+    /// agent's own SSH connection. Password from RSYNC_PASSWORD or --password-file, user
+    /// from --user: as the agent printed them.
+    Restore {
+        #[command(flatten)]
+        src: SourceArgs,
+        /// A snapshot name, or `latest`.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Path inside the snapshot to restore instead of all of it.
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// The restore module's user, as the agent printed it.
+        #[arg(long)]
+        user: Option<String>,
+        /// The password's file: its first line; refused when group or others may access it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// The agent's restore module (its `restore_module` setting).
+        #[arg(long, default_value = crate::constants::RESTORE_MODULE)]
+        module: String,
     },
     /// List snapshots.
     Snapshots {
@@ -295,6 +344,80 @@ fn load_config(cli: &Cli) -> Result<crate::config::StorageConfig> {
 fn open(cli: &Cli) -> Result<Store> {
     let path = store_path(cli)?;
     Store::open(&path).with_context(|| format!("opening store {}", path.display()))
+}
+
+/// The rsync password from `--password-file`, else `RSYNC_PASSWORD`, as stock rsync.
+fn password(file: Option<&std::path::Path>) -> Result<Option<turku_proto_rsync::Secret>> {
+    Ok(match file {
+        Some(f) => Some(pull::read_password_file(f)?),
+        None => std::env::var_os("RSYNC_PASSWORD")
+            .map(|p| turku_proto_rsync::Secret::new(p.as_bytes().to_vec())),
+    })
+}
+
+/// A push's progress on standard error: one line rewritten in place on a terminal, a line
+/// every [`PROGRESS_LOG_INTERVAL`] otherwise (a log).
+///
+/// [`PROGRESS_LOG_INTERVAL`]: crate::constants::PROGRESS_LOG_INTERVAL
+struct ProgressShown {
+    tty: bool,
+    open_line: bool,
+    last: Option<std::time::Instant>,
+}
+
+impl ProgressShown {
+    fn new() -> Self {
+        ProgressShown {
+            tty: io::stderr().is_terminal(),
+            open_line: false,
+            last: None,
+        }
+    }
+
+    fn show(&mut self, p: &restore::PushProgress) {
+        if self.tty {
+            eprint!("\r{}\x1b[K", restore::progress_line(p));
+            self.open_line = true;
+        } else if self
+            .last
+            .is_none_or(|at| at.elapsed() >= crate::constants::PROGRESS_LOG_INTERVAL)
+        {
+            self.last = Some(std::time::Instant::now());
+            eprintln!("{}", restore::progress_line(p));
+        }
+    }
+
+    fn end(&mut self) {
+        if self.open_line {
+            eprintln!();
+            self.open_line = false;
+        }
+    }
+}
+
+/// Prints a push's report; exit code 23 when some files did not arrive, as stock rsync.
+fn finish_push(report: &restore::PushReport) -> Result<ExitCode> {
+    for w in &report.warnings {
+        eprintln!("turku-storage: warning: {w}");
+    }
+    if report.failed_count > 0 {
+        eprintln!(
+            "turku-storage: {} files did not arrive: {}{}",
+            report.failed_count,
+            report.failed.join(", "),
+            if report.failed_count > report.failed.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    println!("{}", restore::summary_line(report));
+    Ok(if report.exit_code == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(u8::try_from(report.exit_code).unwrap_or(1))
+    })
 }
 
 /// Runs one command; `Ok` carries the exit code of a command that ran to its end (`verify`
@@ -478,6 +601,86 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 outcome.wire_bytes_read, outcome.wire_bytes_written, outcome.literal_bytes,
                 outcome.matched_bytes, s.new_bytes, s.new_stored_bytes, outcome.exit_code
             );
+        }
+        Command::Push {
+            src,
+            snapshot,
+            path,
+            password_file,
+            timeout,
+            contimeout,
+            url,
+        } => {
+            let store = open(&cli)?;
+            let url = pull::RsyncUrl::parse(url)?;
+            let snap = store.snapshot(&src.machine, &src.source, snapshot)?;
+            let sub = path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
+            let options = restore::PushOptions {
+                password: password(password_file.as_deref())?,
+                timeouts: turku_proto_rsync::Timeouts {
+                    io: turku_proto_rsync::Timeouts::from_secs(*timeout),
+                    connect: turku_proto_rsync::Timeouts::from_secs(*contimeout),
+                    deadline: None,
+                },
+            };
+            let mut shown = ProgressShown::new();
+            let report = restore::push_snapshot(
+                &store,
+                &snap,
+                &sub,
+                &url,
+                pull::Connection::Tcp,
+                options,
+                &mut |p| shown.show(p),
+                None,
+            )?;
+            shown.end();
+            return finish_push(&report);
+        }
+        Command::Restore {
+            src,
+            snapshot,
+            path,
+            user,
+            password_file,
+            module,
+        } => {
+            let config = load_config(&cli)?;
+            let request = crate::control::RestoreRequest {
+                machine: src.machine.clone(),
+                source: src.source.clone(),
+                snapshot: snapshot.clone(),
+                path: match path {
+                    Some(p) => Some(
+                        p.to_str()
+                            .context("--path must be UTF-8 to pass the control socket")?
+                            .to_owned(),
+                    ),
+                    None => None,
+                },
+                user: user.clone(),
+                password: password(password_file.as_deref())?
+                    .map(|p| String::from_utf8_lossy(p.expose()).into_owned()),
+                module: module.clone(),
+            };
+            let mut shown = ProgressShown::new();
+            let report =
+                crate::control::request_restore(&config.control_socket, &request, |reply| {
+                    match reply {
+                        crate::control::Reply::Info(text) => {
+                            shown.end();
+                            eprintln!("{text}");
+                        }
+                        crate::control::Reply::Progress(p) => shown.show(p),
+                        crate::control::Reply::Done(_) | crate::control::Reply::Error(_) => {
+                            shown.end()
+                        }
+                    }
+                })?;
+            return finish_push(&report);
         }
         Command::Snapshots {
             machine,

@@ -11,6 +11,8 @@
 //!   file declared a volume first);
 //! - `host_key_dir`: where the SSH host keys are generated and kept, default
 //!   `<var_dir>/host_keys`;
+//! - `control_socket`: the daemon's owner-only local socket that `restore` asks through,
+//!   default `<var_dir>/control/turku-storage.sock`;
 //! - `authorized_keys_static`: an operator's authorized_keys-format file of extra agent keys,
 //!   each line with `command="... <machine uuid>"` naming its machine;
 //! - the daemon's limits and timers ([`DaemonSettings`]; seconds for durations, each key the
@@ -257,6 +259,8 @@ pub struct StorageConfig {
     pub listen: SocketAddr,
     pub store: PathBuf,
     pub host_key_dir: PathBuf,
+    /// The daemon's local control socket (`restore` asks the daemon through it).
+    pub control_socket: PathBuf,
     pub authorized_keys_static: Option<PathBuf>,
     pub daemon: DaemonSettings,
 }
@@ -295,6 +299,7 @@ const KNOWN_KEYS: &[&str] = &[
     "listen",
     "store",
     "host_key_dir",
+    "control_socket",
     "authorized_keys_static",
 ];
 
@@ -465,6 +470,9 @@ impl StorageConfig {
         let host_key_dir = string(&map, "host_key_dir")?
             .map(PathBuf::from)
             .unwrap_or_else(|| var_dir.join(defaults::HOST_KEY_SUBDIR));
+        let control_socket = string(&map, "control_socket")?
+            .map(PathBuf::from)
+            .unwrap_or_else(|| var_dir.join(defaults::CONTROL_SOCKET));
 
         let config = StorageConfig {
             name,
@@ -495,6 +503,7 @@ impl StorageConfig {
             listen,
             store,
             host_key_dir,
+            control_socket,
             authorized_keys_static: string(&map, "authorized_keys_static")?.map(PathBuf::from),
             daemon: daemon_settings(&map)?,
         };
@@ -714,6 +723,10 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:2022".parse().unwrap());
         assert_eq!(config.store, PathBuf::from("/srv/store"));
         assert_eq!(config.host_key_dir, PathBuf::from("/v/host_keys"));
+        assert_eq!(
+            config.control_socket,
+            PathBuf::from("/v/control/turku-storage.sock")
+        );
         assert_eq!(config.log_file, LogTarget::Off);
         assert_eq!(config.timezone, None);
         assert_eq!(config.snapshot_mode, SnapshotMode::None);

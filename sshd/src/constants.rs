@@ -6,6 +6,16 @@ pub const RSYNC_DEFAULT_PORT: u16 = 873;
 /// How many of the peer's messages a failed pull quotes in its error.
 pub const MAX_REASONS_SHOWN: usize = 5;
 
+/// The agent's restore module when `restore --module` names none (the original agent's
+/// `restore_module` default).
+pub const RESTORE_MODULE: &str = "turku-restore";
+
+/// How often a push checks whether its operator went away.
+pub const CANCEL_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How often a push's progress is written when standard error is not a terminal.
+pub const PROGRESS_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest password file read: stock reads only a short first line, and a bound keeps a
 /// mistaken path (a log, a device) from being read whole.
 pub const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
@@ -55,6 +65,10 @@ pub mod config {
     pub const STORE_SUBDIR: &str = "turku-store";
     /// The host keys' directory under `var_dir` when `host_key_dir` is not set.
     pub const HOST_KEY_SUBDIR: &str = "host_keys";
+    /// The control socket under `var_dir` when `control_socket` is not set: in a folder of
+    /// its own, made private (0700) before the socket is bound, so no other user can ever
+    /// reach the socket, not even between bind and chmod.
+    pub const CONTROL_SOCKET: &str = "control/turku-storage.sock";
     /// Where the kernel keeps the host name advertised as `ssh_ping_host` by default.
     pub const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
     pub const FALLBACK_HOSTNAME: &str = "localhost";
@@ -248,3 +262,30 @@ pub mod openssh {
 /// environment variable that sets them.
 pub const MALLOC_ARENAS: u32 = 2;
 pub const MALLOC_ARENA_ENV: &str = "MALLOC_ARENA_MAX";
+
+/// The daemon's local control socket (`control.rs`).
+pub mod control {
+    use std::time::Duration;
+
+    /// Mode of the socket's own folder: only the daemon's user may look inside.
+    pub const SOCKET_FOLDER_MODE: u32 = 0o700;
+    /// Mode of the socket itself (the folder already keeps others out).
+    pub const SOCKET_MODE: u32 = 0o600;
+    /// Longest request or reply line; a request is a few hundred bytes, a reply at most a
+    /// report with its bounded lists of failed files and warnings.
+    pub const MAX_LINE_BYTES: usize = 1 << 20;
+    /// How long a connection may take to send its request, and a reply line to be written.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long `restore` waits for the daemon's next line before it gives up: progress
+    /// comes every `PROGRESS_INTERVAL` while a push runs, and a push stalls for at most its
+    /// own I/O timeout.
+    pub const REPLY_SILENCE_TIMEOUT: Duration = Duration::from_secs(900);
+    /// Least time between two progress lines.
+    pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+    /// Longest snapshot name asked for (ours are 20-odd characters).
+    pub const MAX_SNAPSHOT_NAME_BYTES: usize = 256;
+    /// Longest rsync module name asked for.
+    pub const MAX_MODULE_BYTES: usize = 256;
+    /// Longest path inside a snapshot asked for.
+    pub const MAX_SUB_PATH_BYTES: usize = 4096;
+}

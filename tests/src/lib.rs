@@ -108,6 +108,37 @@ pub fn make_awkward_tree(root: &Path) {
     set_mtime(&p(b"empty-dir"), 0, 0);
 }
 
+/// Moves the mtime of every entry of `root` (and `root` itself) made in the last minute a
+/// minute back, keeping its nanoseconds. A stock rsync receiver compares times to the second
+/// (its default `--modify-window` of 0): an entry it creates in the same second as the
+/// source's mtime counts as already right and keeps its creation time, nanoseconds and
+/// all. Trees made by a test and restored at once would hit that every time.
+pub fn backdate_recent(root: &Path) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut paths = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < paths.len() {
+        let path = paths[i].clone();
+        if fs::symlink_metadata(&path).unwrap().is_dir() {
+            for e in fs::read_dir(&path).unwrap() {
+                paths.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    // Deepest first: setting a child's times leaves its folder's alone, but be plain about it.
+    for path in paths.iter().rev() {
+        let m = fs::symlink_metadata(path).unwrap();
+        if (now - m.mtime()).abs() > 60 {
+            continue;
+        }
+        set_mtime(path, m.mtime() - 60, m.mtime_nsec() as u32);
+    }
+}
+
 /// One entry's observable state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -285,6 +316,28 @@ impl RsyncDaemon {
         auth: Option<(&str, &str)>,
     ) -> RsyncDaemon {
         Self::start_with(conf_dir, modules, auth, "")
+    }
+
+    /// A daemon with one writable module at `path`, as a restore's receiver: run as root it
+    /// keeps owners (`uid = root`) and chroots, as the agent's restore daemon does, so
+    /// symlinks land verbatim (rsync rewrites absolute and `../` targets without a chroot).
+    pub fn start_writable(
+        conf_dir: &Path,
+        module: &str,
+        path: &Path,
+        auth: Option<(&str, &str)>,
+    ) -> RsyncDaemon {
+        let chroot = if is_root() {
+            "use chroot = yes\n"
+        } else {
+            "use chroot = no\n"
+        };
+        Self::start_with(
+            conf_dir,
+            &[(module, path)],
+            auth,
+            &format!("read only = false\n{chroot}"),
+        )
     }
 
     /// Like [`Self::start`], with `module_conf` (`rsyncd.conf` lines such as `timeout = 2`

@@ -490,6 +490,21 @@ impl StorageDaemon {
             .to_owned()
     }
 
+    /// A `turku-storage -c CONFIG_DIR ARGS...` command for this daemon, not yet started
+    /// (`restore` finds the daemon's control socket through the configuration).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .args(args)
+            .env_remove("RSYNC_PASSWORD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
     /// A `turku-storage --store STORE ARGS...` command on this daemon's store, run to its
     /// end within a bound.
     pub fn store_command(&self, args: &[&str]) -> Output {
@@ -698,6 +713,20 @@ impl TestAgent {
     /// writes it (fresh credentials per source). `daemon_args` go on its command line
     /// (e.g. `--bwlimit=200` to make a transfer slow enough to interrupt).
     pub fn start_rsyncd(&self, sources: &[(&str, &Path)], daemon_args: &[&str]) -> AgentRsyncd {
+        Self::launch_rsyncd(sources, daemon_args, true)
+    }
+
+    /// The agent's rsync daemon in restore mode, as the original writes it: only the
+    /// writable `turku-restore` module at `restore_path`, with fresh credentials.
+    pub fn start_restore_rsyncd(&self, restore_path: &Path) -> AgentRsyncd {
+        Self::launch_rsyncd(&[("turku-restore", restore_path)], &[], false)
+    }
+
+    fn launch_rsyncd(
+        sources: &[(&str, &Path)],
+        daemon_args: &[&str],
+        read_only: bool,
+    ) -> AgentRsyncd {
         let rsync = crate::require_binary("rsync");
         let port = free_port();
         let conf_dir = tempfile::tempdir().expect("tempdir");
@@ -715,7 +744,7 @@ impl TestAgent {
             let user = random_uuid();
             let password: String = random_uuid().replace('-', "")[..30].to_owned();
             conf.push_str(&format!(
-                "[{name}]\n    path = {}\n    auth users = {user}\n    secrets file = {}\n    read only = true\n\n",
+                "[{name}]\n    path = {}\n    auth users = {user}\n    secrets file = {}\n    read only = {read_only}\n\n",
                 path.display(),
                 secrets_path.display()
             ));
@@ -770,6 +799,13 @@ impl TestAgent {
         let request = serde_json::json!({
             "verbose": true, "action": action, "port": rsyncd.port, "sources": sources,
         });
+        format!("{request}\n.\n")
+    }
+
+    /// The restore-mode request the original agent writes: no sources.
+    pub fn restore_request(&self, rsyncd: &AgentRsyncd) -> String {
+        let request =
+            serde_json::json!({"verbose": true, "action": "restore", "port": rsyncd.port});
         format!("{request}\n.\n")
     }
 
@@ -834,6 +870,20 @@ impl TestAgent {
     /// Starts a ping and returns at once, the request written and stdin kept in the child
     /// (drop it to end a restore session), its output piped.
     pub fn spawn_ping(&self, storage: &StorageDaemon, rsyncd: &AgentRsyncd, action: &str) -> Child {
+        let request = if action == "restore" {
+            self.restore_request(rsyncd)
+        } else {
+            self.request(rsyncd, action)
+        };
+        self.spawn_ping_with(storage, rsyncd, &request)
+    }
+
+    fn spawn_ping_with(
+        &self,
+        storage: &StorageDaemon,
+        rsyncd: &AgentRsyncd,
+        request: &str,
+    ) -> Child {
         use std::io::Write;
         let mut child = self
             .ssh_command(storage, rsyncd.port, &[])
@@ -844,7 +894,7 @@ impl TestAgent {
             .expect("ssh");
         let stdin = child.stdin.as_mut().expect("stdin");
         stdin
-            .write_all(self.request(rsyncd, action).as_bytes())
+            .write_all(request.as_bytes())
             .expect("write the request");
         stdin.flush().expect("flush the request");
         child
@@ -865,6 +915,13 @@ impl std::fmt::Debug for AgentRsyncd {
         f.debug_struct("AgentRsyncd")
             .field("port", &self.port)
             .finish()
+    }
+}
+
+impl AgentRsyncd {
+    /// The daemon's pid (it forks a child per connection).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

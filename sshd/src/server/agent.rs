@@ -134,10 +134,7 @@ async fn run_request(
                 "Restore mode active on port {}.  Good luck.",
                 request.port
             ));
-            let session = RestoreSession {
-                port: request.port,
-                tunnel: Arc::clone(tunnel) as Arc<dyn Tunnel>,
-            };
+            let session = RestoreSession::new(request.port, Arc::clone(tunnel) as Arc<dyn Tunnel>);
             let _registered = daemon.register_restore(&request.machine_uuid, session);
             let _ = input.wait_for(|state| *state != AgentInput::Open).await;
             console.info(text::RESTORE_FINISHED);

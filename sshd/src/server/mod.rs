@@ -47,6 +47,8 @@ pub enum ServeError {
     Store(#[from] turku_store::StoreError),
     #[error(transparent)]
     Coordinator(#[from] turku_api_types::client::ApiError),
+    #[error("control socket: {0}")]
+    Control(#[from] crate::control::ControlError),
     #[error("the store is not set up at {path} and its parent directory does not exist (is the volume mounted?)")]
     StoreVolumeMissing { path: std::path::PathBuf },
 }
@@ -107,6 +109,24 @@ impl Drop for RestoreRegistration {
 pub struct RestoreSession {
     pub port: u16,
     pub tunnel: Arc<dyn crate::session::Tunnel>,
+    /// Held while a restore pushes into this session: one at a time, or two pushes would
+    /// write over each other's files.
+    pushing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl RestoreSession {
+    pub fn new(port: u16, tunnel: Arc<dyn crate::session::Tunnel>) -> RestoreSession {
+        RestoreSession {
+            port,
+            tunnel,
+            pushing: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The right to push into this session, unless a push already runs.
+    pub fn try_begin_push(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Arc::clone(&self.pushing).try_lock_owned().ok()
+    }
 }
 
 impl std::fmt::Debug for RestoreSession {
@@ -493,6 +513,8 @@ pub async fn run(
         config,
     });
     let daemon = Daemon::new(ctx, registry, host_keys);
+    let control_socket = daemon.ctx.config.control_socket.clone();
+    let control = crate::control::bind(&control_socket).await?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -510,6 +532,7 @@ pub async fn run(
     // The first registration runs in the background: a slow coordinator must not keep
     // known agents out.
     upkeep::spawn(&daemon, hangups);
+    tokio::spawn(crate::control::serve(Arc::clone(&daemon), control));
     on_listening(bound);
     serve(daemon, listener).await
 }
