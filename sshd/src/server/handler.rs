@@ -312,7 +312,8 @@ impl Handler for AgentConnection {
         _reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let host = crate::session::escape_controls(&host_to_connect.chars().take(64).collect::<String>());
+        let host =
+            crate::session::escape_controls(&host_to_connect.chars().take(64).collect::<String>());
         tracing::warn!(
             machine = self.machine_uuid(),
             "refused a -L forward to {host}:{port_to_connect}"
