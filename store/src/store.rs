@@ -216,6 +216,41 @@ pub(crate) struct Inner {
     _lock: File,
 }
 
+/// Pack files a reader keeps open between blobs, the most recently used last. Owned by one
+/// reader for its lifetime, never by the store: a pack GC deletes must not stay allocated
+/// because a long-lived handle still holds it open.
+#[derive(Default)]
+pub(crate) struct PackFiles {
+    open: Vec<(String, File)>,
+}
+
+impl PackFiles {
+    fn open(&mut self, packs_dir: &Path, name: &str) -> Result<&File> {
+        match self.open.iter().position(|(n, _)| n == name) {
+            Some(i) => {
+                let found = self.open.remove(i);
+                self.open.push(found);
+            }
+            None => {
+                let path = pack_path(packs_dir, name);
+                let file = File::open(&path).io_ctx("open pack", &path)?;
+                if self.open.len() >= PACK_FILES_KEPT_OPEN {
+                    self.open.remove(0);
+                }
+                self.open.push((name.to_string(), file));
+            }
+        }
+        match self.open.last() {
+            Some((_, file)) => Ok(file),
+            None => Err(StoreError::MissingBlob(name.to_string())),
+        }
+    }
+
+    fn forget(&mut self, name: &str) {
+        self.open.retain(|(n, _)| n != name);
+    }
+}
+
 /// A handle on a store directory. Cheap to clone; usable from several threads.
 #[derive(Clone)]
 pub struct Store {
@@ -427,18 +462,61 @@ impl Store {
 
     /// Reads a blob and checks its hash. Retries once through the index if GC moved it.
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        self.read_blob_with(id, &mut PackFiles::default())
+    }
+
+    /// [`Store::read_blob`] reading packs through `packs`, which keeps the last packs it
+    /// opened: a reader going through many blobs of the same few packs (an export) opens
+    /// each once instead of once a blob. A raw blob's bytes are returned as read, not copied.
+    pub(crate) fn read_blob_with(&self, id: &Id, packs: &mut PackFiles) -> Result<Vec<u8>> {
         let mut last_error = None;
         for _ in 0..2 {
             let found = index::find_blob(&self.db(), id)?;
             let Some(blob) = found else {
                 return Err(StoreError::MissingBlob(id.to_hex()));
             };
-            match self.read_stored(&blob.pack_name, &blob.location) {
-                Ok(stored) => return self.decode_stored(&blob.pack_name, &blob.location, &stored),
-                Err(e) => last_error = Some(e),
+            let read = packs
+                .open(&self.packs_dir(), &blob.pack_name)
+                .and_then(|file| {
+                    let mut buf = vec![0u8; blob.location.stored_len as usize];
+                    file.read_exact_at(&mut buf, blob.location.offset)
+                        .io_ctx("read pack", pack_path(&self.packs_dir(), &blob.pack_name))?;
+                    Ok(buf)
+                });
+            match read {
+                Ok(stored) => return self.decode_owned(&blob.pack_name, &blob.location, stored),
+                Err(e) => {
+                    // A pack GC replaced since we opened it: look the blob up again, afresh.
+                    packs.forget(&blob.pack_name);
+                    last_error = Some(e);
+                }
             }
         }
         Err(last_error.unwrap_or_else(|| StoreError::MissingBlob(id.to_hex())))
+    }
+
+    /// [`Store::decode_stored`] taking the stored bytes, which a raw blob returns as they
+    /// are once checked.
+    fn decode_owned(
+        &self,
+        pack_name: &str,
+        location: &BlobLocation,
+        stored: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        if !matches!(
+            location.compression,
+            COMPRESSION_NONE | COMPRESSION_DEFERRED
+        ) {
+            return self.decode_stored(pack_name, location, &stored);
+        }
+        let mut d = self
+            .inner
+            .decompressor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pack::check_blob(location, &stored, &mut d)
+            .map_err(|reason| corrupt_blob(pack_name, location, reason))?;
+        Ok(stored)
     }
 
     /// Decodes one tree blob (a leaf or a split node).

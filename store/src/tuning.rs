@@ -68,14 +68,15 @@ pub const EXCLUSIVE_LOCK_RETRY_MS: u64 = 20;
 /// Export leaves a hole for an all-zero chunk at least this long.
 pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
 
-/// Export to a folder reads and verifies content on one thread while another creates and
-/// writes files. The reader hands over batches of about this many bytes of content (a batch
-/// ends after the chunk that reaches it, so it may exceed it by one chunk) or this many
-/// pieces (walk events and chunks), and runs at most this many batches ahead: in flight at
-/// most about `BATCHES + 2` batches of `BATCH_BYTES` plus a max-size chunk each.
-pub const EXPORT_PIPELINE_BATCH_BYTES: usize = 1024 * 1024;
-pub const EXPORT_PIPELINE_BATCH_PIECES: usize = 256;
-pub const EXPORT_PIPELINE_BATCHES: usize = 4;
+/// Export to a folder creates entries on one thread and reads, verifies and writes file
+/// content on another; the creating thread runs at most this many files ahead (each held
+/// open until its content and metadata are in, so up to about twice this many descriptors).
+pub const EXPORT_FILES_AHEAD: usize = 64;
+
+/// Pack files one reader (an export, a file reader) keeps open: consecutive chunks of a
+/// snapshot mostly come from the same few packs, and opening the pack again for every chunk
+/// was a third of an export's system calls. Deleted packs stay allocated while held, so few.
+pub const PACK_FILES_KEPT_OPEN: usize = 4;
 
 /// SQLite: how long a writer waits for another process's transaction.
 pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;

@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
@@ -25,16 +25,13 @@ use nix::unistd::{Gid, Uid};
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::format::id::Id;
-use crate::format::tree::{EntryData, EntryKind, Metadata, TreeEntry};
+use crate::format::tree::{ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
 use crate::read::reader::read_chunk;
 use crate::read::walk::{HardLink, SnapshotWalk, WalkEntry, WalkEvent};
 use crate::read::ExportStats;
 use crate::snapshot::Snapshot;
-use crate::store::Store;
-use crate::tuning::{
-    EXPORT_PIPELINE_BATCHES, EXPORT_PIPELINE_BATCH_BYTES, EXPORT_PIPELINE_BATCH_PIECES,
-    SPARSE_MIN_HOLE,
-};
+use crate::store::{PackFiles, Store};
+use crate::tuning::{EXPORT_FILES_AHEAD, SPARSE_MIN_HOLE};
 
 /// Permission bits a restore may set: `st_mode & 0o7777`.
 const PERMISSION_BITS: u32 = 0o7777;
@@ -299,21 +296,16 @@ impl DirExporter<'_> {
         Ok(fd)
     }
 
-    /// Creates the folders, files and other entries the pipeline delivers, in walk order.
-    /// A folder stays open (in `open_folders`) while the walk is inside it, so every entry
-    /// is created in its parent through a descriptor; a regular file's content follows its
-    /// entry as `Chunk` pieces.
-    fn run(&mut self, pieces: &mut Pieces) -> Result<()> {
+    /// Creates the folders, files and other entries of the walk, in walk order. A folder
+    /// stays open (in `open_folders`) while the walk is inside it, so every entry is created
+    /// in its parent through a descriptor. A regular file is created here and handed, open,
+    /// to the content thread, which reads, verifies and writes its content and hands it back
+    /// for its owner, mode and times.
+    fn run(&mut self, walk: SnapshotWalk<'_>, content: &mut ContentPipe) -> Result<()> {
         let mut open_folders: Vec<OwnedFd> = Vec::new();
-        while let Some(piece) = pieces.next() {
-            let walked = match piece {
-                Piece::Failed(e) => return Err(e),
-                Piece::Chunk { .. } => {
-                    return Err(StoreError::InvalidArgument(
-                        "export pipeline out of step: content without a file".into(),
-                    ))
-                }
-                Piece::Event(WalkEvent::DirDone { path, meta, .. }) => {
+        for event in walk {
+            let walked = match event? {
+                WalkEvent::DirDone { path, meta, .. } => {
                     if path.is_empty() {
                         self.root_meta = Some(meta);
                     } else {
@@ -322,7 +314,7 @@ impl DirExporter<'_> {
                     }
                     continue;
                 }
-                Piece::Event(WalkEvent::Entry(walked)) => walked,
+                WalkEvent::Entry(walked) => walked,
             };
             if walked.is_root() {
                 continue;
@@ -330,21 +322,36 @@ impl DirExporter<'_> {
             let dir = open_folders
                 .last()
                 .map_or(self.root.as_fd(), |fd| fd.as_fd());
-            if let Some(sub) = self.entry(dir, &walked, pieces)? {
+            if let Some(sub) = self.entry(dir, walked, content)? {
                 open_folders.push(sub);
             }
+            while let Some(done) = content.try_done()? {
+                self.file_written(done)?;
+            }
+        }
+        content.no_more_files();
+        while let Some(done) = content.wait_done()? {
+            self.file_written(done)?;
         }
         Ok(())
+    }
+
+    /// A regular file whose content is in: its owner, mode and times, set on its descriptor.
+    fn file_written(&mut self, done: WrittenFile) -> Result<()> {
+        self.stats.bytes += done.written;
+        self.stats.files += 1;
+        self.race_point(ExportStep::FileWritten(&done.path));
+        self.apply_meta(done.out.as_fd(), &done.meta, false, &done.path)
     }
 
     /// Creates one entry in `dir`; returns a folder it created, opened.
     fn entry(
         &mut self,
         dir: BorrowedFd<'_>,
-        walked: &WalkEntry,
-        pieces: &mut Pieces,
+        walked: WalkEntry,
+        content: &mut ContentPipe,
     ) -> Result<Option<OwnedFd>> {
-        let e = &walked.entry;
+        let e = walked.entry;
         let path = self.path(&walked.path);
         let name = e.name.as_slice();
         match &e.data {
@@ -357,6 +364,8 @@ impl DirExporter<'_> {
                 return Ok(Some(sub));
             }
             EntryData::File { chunks, .. } => {
+                // The leader was created earlier in walk order, so its name is there to link
+                // to, even while its content is still being written.
                 if let HardLink::Follower { leader_path, .. } = &walked.link {
                     self.hard_link(leader_path, dir, name, &path)?;
                     self.stats.hard_links += 1;
@@ -373,12 +382,12 @@ impl DirExporter<'_> {
                     mode(PRIVATE_FILE_MODE),
                 )
                 .nix_ctx("create", &path)?;
-                let mut out = File::from(fd);
-                let copied = write_sparse(pieces, chunks.len(), &mut out, &path)?;
-                self.stats.bytes += copied;
-                self.stats.files += 1;
-                self.race_point(ExportStep::FileWritten(&path));
-                self.apply_meta(out.as_fd(), &e.meta, false, &path)?;
+                content.write(FileToWrite {
+                    out: File::from(fd),
+                    chunks: chunks.clone(),
+                    path,
+                    meta: e.meta,
+                })?;
             }
             EntryData::Symlink { target } => {
                 nix::unistd::symlinkat(target.as_slice(), dir, name).nix_ctx("symlink", &path)?;
@@ -397,7 +406,7 @@ impl DirExporter<'_> {
                     .nix_ctx("set mtime", &path)?;
                 self.stats.symlinks += 1;
             }
-            EntryData::Device { .. } | EntryData::Special => self.special(dir, e, &path)?,
+            EntryData::Device { .. } | EntryData::Special => self.special(dir, &e, &path)?,
         }
         Ok(None)
     }
@@ -534,21 +543,22 @@ impl Store {
             folders: Vec::new(),
             root_meta: None,
         };
-        // Reading the store (pack reads, decompression, hash checks) runs on its own thread
-        // a bounded distance ahead of the one creating and writing files: the two overlap
-        // instead of taking turns.
+        // File content (pack reads, decompression, hash checks, writes) goes on a thread of
+        // its own while this one walks ahead creating entries (on ext4 creating the inodes is
+        // most of an export's time): the two overlap instead of taking turns.
         std::thread::scope(|scope| {
-            let (sender, receiver) = mpsc::sync_channel(EXPORT_PIPELINE_BATCHES);
-            let reader = scope.spawn(move || read_ahead(walk, sender));
-            let mut pieces = Pieces {
-                receiver,
-                batch: Vec::new().into_iter(),
+            let (files, to_write) = mpsc::sync_channel(EXPORT_FILES_AHEAD);
+            let (written, done) = mpsc::channel();
+            let writer = scope.spawn(move || write_contents(self, to_write, written));
+            let mut content = ContentPipe {
+                files: Some(files),
+                done,
             };
-            let written = ex.run(&mut pieces);
-            // Ends a reader that is still ahead (its next send fails) before waiting for it.
-            drop(pieces);
-            let _ = reader.join();
-            written
+            let result = ex.run(walk, &mut content);
+            // Stops the content thread at its next file if we stopped early.
+            drop(content);
+            let _ = writer.join();
+            result
         })?;
         ex.finish_folders()?;
         match ex.root_meta {
@@ -559,127 +569,133 @@ impl Store {
     }
 }
 
-/// What the reading thread hands the writing one, in walk order: each walk event, and after a
-/// regular file's entry (not a hard link's) its chunks, verified.
-enum Piece {
-    Event(WalkEvent),
-    Chunk {
-        /// Shared: a run of one repeated chunk (zeros) is read once.
-        data: Arc<Vec<u8>>,
-        /// All zeros and long enough to leave a hole for.
-        hole: bool,
-    },
-    /// The walk or a read failed; nothing follows.
-    Failed(StoreError),
+/// A file created and open, for the content thread to fill.
+struct FileToWrite {
+    out: File,
+    chunks: Vec<ChunkRef>,
+    path: PathBuf,
+    meta: Metadata,
 }
 
-/// The writing side of the pipeline: pieces one at a time out of the batches received.
-struct Pieces {
-    receiver: mpsc::Receiver<Vec<Piece>>,
-    batch: std::vec::IntoIter<Piece>,
+/// A file whose content the content thread has written, back for its metadata.
+struct WrittenFile {
+    out: File,
+    path: PathBuf,
+    meta: Metadata,
+    written: u64,
 }
 
-impl Pieces {
-    fn next(&mut self) -> Option<Piece> {
-        loop {
-            if let Some(piece) = self.batch.next() {
-                return Some(piece);
-            }
-            self.batch = self.receiver.recv().ok()?.into_iter();
+/// The walking thread's ends of the channels to and from the content thread.
+struct ContentPipe {
+    /// `None` once every file is handed over.
+    files: Option<mpsc::SyncSender<FileToWrite>>,
+    done: mpsc::Receiver<Result<WrittenFile>>,
+}
+
+impl ContentPipe {
+    /// Hands a file over; waits while `EXPORT_FILES_AHEAD` are queued.
+    fn write(&mut self, file: FileToWrite) -> Result<()> {
+        let stopped = || StoreError::InvalidArgument("export: the content thread stopped".into());
+        let files = self.files.as_ref().ok_or_else(stopped)?;
+        if files.send(file).is_ok() {
+            return Ok(());
+        }
+        // The content thread stops only when it fails, and sends why first.
+        match self.done.try_iter().find_map(|r| r.err()) {
+            Some(e) => Err(e),
+            None => Err(stopped()),
+        }
+    }
+
+    /// A file written since the last call, if any.
+    fn try_done(&mut self) -> Result<Option<WrittenFile>> {
+        match self.done.try_recv() {
+            Ok(done) => done.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn no_more_files(&mut self) {
+        self.files = None;
+    }
+
+    /// The next file written; `None` once the content thread has finished them all.
+    fn wait_done(&mut self) -> Result<Option<WrittenFile>> {
+        match self.done.recv() {
+            Ok(done) => done.map(Some),
+            Err(_) => Ok(None),
         }
     }
 }
 
-/// Walks and reads content ahead of the writer, in batches of about
-/// `EXPORT_PIPELINE_BATCH_BYTES`; stops at the first error (sent on) or when the writer has
-/// gone.
-fn read_ahead(walk: SnapshotWalk<'_>, sender: mpsc::SyncSender<Vec<Piece>>) {
-    let store = walk.store();
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut last: Option<(Id, Arc<Vec<u8>>, bool)> = None;
-    for event in walk {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                batch.push(Piece::Failed(e));
-                break;
-            }
-        };
-        let chunks = match &event {
-            WalkEvent::Entry(walked) if walked.has_content() => match &walked.entry.data {
-                EntryData::File { chunks, .. } => chunks.clone(),
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        batch.push(Piece::Event(event));
-        for chunk in &chunks {
-            let (data, hole) = match &last {
-                Some((id, data, hole)) if *id == chunk.id => (Arc::clone(data), *hole),
-                _ => match read_chunk(store, chunk) {
-                    Ok(data) => {
-                        let hole = data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0);
-                        let data = Arc::new(data);
-                        last = Some((chunk.id, Arc::clone(&data), hole));
-                        (data, hole)
-                    }
-                    Err(e) => {
-                        batch.push(Piece::Failed(e));
-                        let _ = sender.send(batch);
-                        return;
-                    }
-                },
-            };
-            batch_bytes += data.len();
-            batch.push(Piece::Chunk { data, hole });
-            if batch_bytes >= EXPORT_PIPELINE_BATCH_BYTES {
-                if sender.send(std::mem::take(&mut batch)).is_err() {
-                    return;
-                }
-                batch_bytes = 0;
-            }
+/// The content thread: fills each file handed over, in order, and hands it back. Stops at
+/// the first failure (sent back) or when the walking thread has gone.
+fn write_contents(
+    store: &Store,
+    files: mpsc::Receiver<FileToWrite>,
+    written: mpsc::Sender<Result<WrittenFile>>,
+) {
+    let mut source = ChunkSource {
+        store,
+        packs: PackFiles::default(),
+        last: None,
+    };
+    for mut file in files {
+        let result = write_sparse(&mut source, &file.chunks, &mut file.out, &file.path);
+        let failed = result.is_err();
+        let sent = written.send(result.map(|written| WrittenFile {
+            out: file.out,
+            path: file.path,
+            meta: file.meta,
+            written,
+        }));
+        if failed || sent.is_err() {
+            return;
         }
-        if batch.len() >= EXPORT_PIPELINE_BATCH_PIECES {
-            if sender.send(std::mem::take(&mut batch)).is_err() {
-                return;
-            }
-            batch_bytes = 0;
-        }
-    }
-    if !batch.is_empty() {
-        let _ = sender.send(batch);
     }
 }
 
-/// Writes a file's `chunk_count` chunks as they come down the pipeline, leaving holes where
-/// whole chunks are zeros (as a sparse source had them: CDC cuts long zero runs into
-/// max-size chunks of nothing but zeros).
+/// Chunks read for the content thread: packs kept open between chunks, and the last chunk
+/// kept, so a run of one repeated chunk (zeros) is read and checked once.
+struct ChunkSource<'a> {
+    store: &'a Store,
+    packs: PackFiles,
+    /// The last chunk read, and whether it is a hole (all zeros, long enough).
+    last: Option<(Id, Vec<u8>, bool)>,
+}
+
+impl ChunkSource<'_> {
+    fn read(&mut self, chunk: &ChunkRef) -> Result<(&[u8], bool)> {
+        if self.last.as_ref().map(|(id, ..)| *id) != Some(chunk.id) {
+            let data = read_chunk(self.store, chunk, &mut self.packs)?;
+            let hole = data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0);
+            self.last = Some((chunk.id, data, hole));
+        }
+        match &self.last {
+            Some((_, data, hole)) => Ok((data, *hole)),
+            None => Err(StoreError::MissingBlob(chunk.id.to_hex())),
+        }
+    }
+}
+
+/// Writes a file's content, leaving holes where whole chunks are zeros (as a sparse source
+/// had them: CDC cuts long zero runs into max-size chunks of nothing but zeros).
 fn write_sparse(
-    pieces: &mut Pieces,
-    chunk_count: usize,
+    source: &mut ChunkSource<'_>,
+    chunks: &[ChunkRef],
     out: &mut File,
     path: &Path,
 ) -> Result<u64> {
     let mut written = 0u64;
     let mut pending_hole = false;
-    for _ in 0..chunk_count {
-        let (data, hole) = match pieces.next() {
-            Some(Piece::Chunk { data, hole }) => (data, hole),
-            Some(Piece::Failed(e)) => return Err(e),
-            _ => {
-                return Err(StoreError::InvalidArgument(format!(
-                    "export pipeline out of step: content of {} cut short",
-                    path.display()
-                )))
-            }
-        };
+    for chunk in chunks {
+        let (data, hole) = source.read(chunk)?;
         if hole {
             out.seek(SeekFrom::Current(data.len() as i64))
                 .io_ctx("seek", path)?;
             pending_hole = true;
         } else {
-            out.write_all(&data).io_ctx("write", path)?;
+            out.write_all(data).io_ctx("write", path)?;
             pending_hole = false;
         }
         written += data.len() as u64;

@@ -5,7 +5,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use crate::error::{Result, StoreError};
 use crate::format::id::Id;
 use crate::format::tree::{ChunkRef, EntryData, TreeEntry};
-use crate::store::Store;
+use crate::store::{PackFiles, Store};
 
 /// Reads a stored file; implements `Read` and `Seek` and random access with `read_at`.
 pub struct FileReader {
@@ -20,6 +20,7 @@ pub struct FileReader {
     /// Plaintext bytes of the chunks fetched so far (each fetch reads, decompresses and
     /// hashes a whole chunk, however little of it the caller wanted).
     loaded: u64,
+    packs: PackFiles,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -46,7 +47,7 @@ impl FileReader {
     fn chunk(&mut self, index: usize) -> Result<&[u8]> {
         let c = self.chunks[index];
         if self.cached.as_ref().map(|(id, _)| *id) != Some(c.id) {
-            let data = read_chunk(&self.store, &c)?;
+            let data = read_chunk(&self.store, &c, &mut self.packs)?;
             self.loaded += data.len() as u64;
             self.cached = Some((c.id, data));
         }
@@ -121,8 +122,12 @@ impl Seek for FileReader {
 }
 
 /// One chunk of a file, verified against its id and the length its tree gives it.
-pub(crate) fn read_chunk(store: &Store, chunk: &ChunkRef) -> Result<Vec<u8>> {
-    let data = store.read_blob(&chunk.id)?;
+pub(crate) fn read_chunk(
+    store: &Store,
+    chunk: &ChunkRef,
+    packs: &mut PackFiles,
+) -> Result<Vec<u8>> {
+    let data = store.read_blob_with(&chunk.id, packs)?;
     if data.len() != chunk.len as usize {
         return Err(StoreError::CorruptBlob {
             id: chunk.id.to_hex(),
@@ -151,6 +156,7 @@ impl Store {
             pos: 0,
             cached: None,
             loaded: 0,
+            packs: PackFiles::default(),
         }
     }
 
