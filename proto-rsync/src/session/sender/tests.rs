@@ -337,7 +337,7 @@ fn output_stays_bounded_while_a_big_file_streams() {
 /// The fuzz target's committed seeds replayed: the sender never panics on them.
 #[test]
 fn fuzz_seeds_replay_without_panic() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/rsync_sender");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/rsync_sender");
     let mut seen = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
