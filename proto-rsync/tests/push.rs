@@ -379,6 +379,30 @@ async fn vanished_file_alone_is_exit_24() {
     assert!(dst.path().join("stay").exists());
 }
 
+/// A file that grew or shrank since listing goes out as read: the stream stays valid and
+/// the receiver keeps what arrived.
+#[tokio::test]
+async fn file_longer_or_shorter_than_listed_arrives_as_read() {
+    require_root();
+    let dst = tempfile::tempdir().expect("tmp");
+    let mut list = mem_list();
+    list[1].size = 5; // listed at 5 bytes, MemSource reads 10 000
+    let mut shrunk = FileEntry::new(b"g".to_vec(), 0o100644, 1 << 20);
+    shrunk.mtime = 1_600_000_000;
+    list.push(shrunk);
+    let d = receiver(dst.path());
+    let o = push_with(&d, &config(32), list, &mut MemSource)
+        .await
+        .expect("push");
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    for name in ["f", "g"] {
+        assert_eq!(
+            fs::read(dst.path().join(name)).expect("read"),
+            vec![5u8; 10_000]
+        );
+    }
+}
+
 // ------------------------------------------------------------------ hostile receivers
 
 /// Content from memory.
@@ -554,4 +578,59 @@ async fn symlink_times_are_kept() {
         fs::symlink_metadata(dst.path().join("l")).expect("lstat"),
     );
     assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
+}
+
+/// Speed comparison (not a test of speed: no timing is asserted). Pushes the tree named by
+/// `TURKU_PUSH_BENCH_SRC` into a fresh module under `TURKU_PUSH_BENCH_DST` (a tmpfs keeps
+/// ext4's inode allocation after mass deletes out of the figures) with ours and with stock
+/// `rsync -aH --numeric-ids --no-inc-recursive`, alternating which goes first, and prints
+/// the times:
+/// `TURKU_PUSH_BENCH_SRC=/src TURKU_PUSH_BENCH_DST=/mnt cargo test --release -p
+/// turku-proto-rsync --test push -- --ignored --nocapture speed`
+#[tokio::test]
+#[ignore]
+async fn speed_against_stock_rsync() {
+    let (Ok(src), Ok(dst)) = (
+        std::env::var("TURKU_PUSH_BENCH_SRC"),
+        std::env::var("TURKU_PUSH_BENCH_DST"),
+    ) else {
+        panic!("set TURKU_PUSH_BENCH_SRC (tree to push) and TURKU_PUSH_BENCH_DST (scratch)");
+    };
+    let src = PathBuf::from(src);
+    let rounds: u32 = std::env::var("TURKU_PUSH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    let (mut ours_all, mut stock_all) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for ours_turn in [round % 2 == 0, round % 2 == 1] {
+            let to = tempfile::tempdir_in(&dst).expect("tmp");
+            let d = receiver(to.path());
+            let t = std::time::Instant::now();
+            if ours_turn {
+                let o = push_dir(&d, &src, &config(32)).await;
+                assert_eq!(o.exit_code, 0);
+                ours_all.push(t.elapsed().as_secs_f64());
+            } else {
+                let st = Command::new(RSYNC)
+                    .args(["-aH", "--numeric-ids", "--no-inc-recursive"])
+                    .arg(format!("{}/", src.display()))
+                    .arg(format!("rsync://127.0.0.1:{}/dst/", d.port))
+                    .status()
+                    .expect("rsync");
+                assert!(st.success());
+                stock_all.push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ours, stock) = (median(&mut ours_all), median(&mut stock_all));
+    eprintln!(
+        "push of {}: ours {ours:.2} s, stock {stock:.2} s (medians of {rounds}), stock/ours {:.2}",
+        src.display(),
+        stock / ours
+    );
 }
