@@ -1,0 +1,782 @@
+//! The committed seeds of the rsync fuzz targets (`fuzz/seeds/rsync_*/`) replayed through
+//! the same public decoders, so a decoder that starts panicking on one of them fails a plain
+//! `cargo test`. The fuzz crate is a workspace of its own, so each `rsync_*` function below
+//! mirrors the body of its target in `fuzz/fuzz_targets/`: keep them in step.
+//!
+//! `write_hand_made_seeds` (ignored) rebuilds the `hand-*` seeds: valid inputs built with
+//! our encoders and cut from the recorded stock-rsync conversations in `tests/fixtures/`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use turku_proto_rsync::checksum::ChecksumKind;
+use turku_proto_rsync::codec::flist::{FlistDecoder, FlistEncoder, FlistItem, FlistOptions};
+use turku_proto_rsync::codec::handshake::{classify_line, decode_line, parse_greeting};
+use turku_proto_rsync::codec::mux::{decode_frame, encode_frame, MsgTag};
+use turku_proto_rsync::codec::ndx::NdxCodec;
+use turku_proto_rsync::codec::prim::*;
+use turku_proto_rsync::codec::sums::{decode_block_sums, encode_block_sum, SumHead};
+use turku_proto_rsync::codec::token::{
+    decode_owned_token, encode_block, encode_end, encode_literal, OwnedToken,
+};
+use turku_proto_rsync::delta::apply;
+use turku_proto_rsync::session::args::ServerArgs;
+use turku_proto_rsync::session::demux::Demux;
+use turku_proto_rsync::session::handshake::{
+    ClientHandshake, HandshakeOptions, HandshakeStatus, Negotiated,
+};
+use turku_proto_rsync::session::receiver::{ClientReceiver, ReceiverOptions};
+use turku_proto_rsync::session::sender::{ClientSender, SenderOptions, Status};
+use turku_proto_rsync::{
+    Decoded, EntryAction, FileContent, FileEntry, HardLink, Limits, ReceiveSink, SendSource,
+    SinkError,
+};
+
+fn seeds_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/seeds")
+        .join(target)
+}
+
+/// Runs `body` on every seed of `target`, naming the seed that panics; a missing or empty
+/// folder fails rather than testing nothing.
+fn replay(target: &str, body: fn(&[u8])) {
+    let dir = seeds_dir(target);
+    let mut seeds: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("seed folder entry").path())
+        .collect();
+    seeds.sort();
+    assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
+    for seed in seeds {
+        let data = fs::read(&seed).unwrap_or_else(|e| panic!("{}: {e}", seed.display()));
+        if std::panic::catch_unwind(|| body(&data)).is_err() {
+            panic!("{target}: seed {} panics", seed.display());
+        }
+    }
+}
+
+// ------------------------------------------------------------------ rsync_varint
+
+fn rsync_varint(data: &[u8]) {
+    if let Ok(Decoded::Complete { value, .. }) = decode_varint(data) {
+        let mut o = Vec::new();
+        put_varint(&mut o, value);
+        assert_eq!(
+            decode_varint(&o)
+                .ok()
+                .and_then(|d| d.complete())
+                .map(|x| x.0),
+            Some(value)
+        );
+    }
+    for min in [3usize, 4] {
+        if let Ok(Decoded::Complete { value, .. }) = decode_varlong(data, min) {
+            let mut o = Vec::new();
+            put_varlong(&mut o, value, min);
+            assert_eq!(
+                decode_varlong(&o, min)
+                    .ok()
+                    .and_then(|d| d.complete())
+                    .map(|x| x.0),
+                Some(value)
+            );
+        }
+    }
+    let _ = decode_longint(data);
+    let _ = decode_vstring(data, 0x7FFF);
+}
+
+#[test]
+fn rsync_varint_seeds_replay_without_panic() {
+    replay("rsync_varint", rsync_varint);
+}
+
+// ------------------------------------------------------------------ rsync_ndx
+
+fn rsync_ndx(data: &[u8]) {
+    let proto = 29 + u32::from(data.first().copied().unwrap_or(0) % 4);
+    let mut r = NdxCodec::new(proto);
+    let mut pos = 1.min(data.len());
+    while let Ok(Decoded::Complete { consumed, .. }) = r.decode(&data[pos..]) {
+        pos += consumed;
+    }
+}
+
+#[test]
+fn rsync_ndx_seeds_replay_without_panic() {
+    replay("rsync_ndx", rsync_ndx);
+}
+
+// ------------------------------------------------------------------ rsync_mux
+
+fn rsync_mux(data: &[u8]) {
+    let limits = Limits {
+        max_message: 4096,
+        ..Limits::default()
+    };
+    let mut pos = 0;
+    while let Ok(Decoded::Complete { consumed, .. }) = decode_frame(&data[pos..], &limits) {
+        pos += consumed;
+    }
+    let step = 1 + usize::from(data.first().copied().unwrap_or(0) % 17);
+    let mut d = Demux::new(limits);
+    let (mut out, mut msgs) = (Vec::new(), Vec::new());
+    for chunk in data.chunks(step) {
+        if d.push(chunk, &mut out, &mut msgs).is_err() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn rsync_mux_seeds_replay_without_panic() {
+    replay("rsync_mux", rsync_mux);
+}
+
+// ------------------------------------------------------------------ rsync_flist
+
+fn rsync_flist(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let proto = 27 + u32::from(sel % 6);
+    let compat = if sel & 0x08 != 0 { 0x80 } else { 0 } | if sel & 0x10 != 0 { 0x08 } else { 0 };
+    let mut o = FlistOptions::archive(proto, compat, sel & 0x20 != 0);
+    if sel & 0x40 != 0 {
+        o.checksum_len = Some(16);
+    }
+    let limits = Limits {
+        max_entries: 10_000,
+        max_file_list_bytes: if sel & 0x80 != 0 { 16 * 1024 } else { 1 << 30 },
+        ..Limits::default()
+    };
+    let mut d = FlistDecoder::new(o, limits);
+    let mut list = Vec::new();
+    let mut pos = 0;
+    while let Ok(Decoded::Complete { value, consumed }) = d.decode(&rest[pos..], &list) {
+        pos += consumed;
+        match value {
+            FlistItem::Entry(e) => list.push(e),
+            FlistItem::End { .. } => break,
+        }
+    }
+    let _ = turku_proto_rsync::sort::sort_order(&list, proto);
+}
+
+#[test]
+fn rsync_flist_seeds_replay_without_panic() {
+    replay("rsync_flist", rsync_flist);
+}
+
+// ------------------------------------------------------------------ rsync_sum_head
+
+fn rsync_sum_head(data: &[u8]) {
+    let limits = Limits {
+        max_blocks: 1 << 16,
+        ..Limits::default()
+    };
+    for proto in [27u32, 31] {
+        if let Ok(Decoded::Complete {
+            value: head,
+            consumed,
+        }) = SumHead::decode(data, proto, 16, &limits)
+        {
+            let _ = decode_block_sums(&data[consumed..], &head);
+        }
+    }
+}
+
+#[test]
+fn rsync_sum_head_seeds_replay_without_panic() {
+    replay("rsync_sum_head", rsync_sum_head);
+}
+
+// ------------------------------------------------------------------ rsync_tokens
+
+const TOKENS_HEAD: SumHead = SumHead {
+    count: 8,
+    blength: 700,
+    s2length: 2,
+    remainder: 100,
+};
+
+fn rsync_tokens(data: &[u8]) {
+    let limits = Limits {
+        max_literal: 1 << 16,
+        ..Limits::default()
+    };
+    let basis: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let head = TOKENS_HEAD;
+    let mut toks = Vec::new();
+    let mut pos = 0;
+    while let Ok(Decoded::Complete { value, consumed }) =
+        decode_owned_token(&data[pos..], head.count, &limits)
+    {
+        pos += consumed;
+        if value == OwnedToken::End {
+            break;
+        }
+        toks.push(value);
+    }
+    assert!(apply(&head, &basis, &toks).is_some());
+}
+
+#[test]
+fn rsync_tokens_seeds_replay_without_panic() {
+    replay("rsync_tokens", rsync_tokens);
+}
+
+// ------------------------------------------------------------------ rsync_handshake
+
+fn rsync_handshake(data: &[u8]) {
+    let mut pos = 0;
+    while let Ok(Decoded::Complete { value, consumed }) = decode_line(&data[pos..], 4096) {
+        pos += consumed;
+        let _ = parse_greeting(&value);
+        let _ = classify_line(&value);
+    }
+    let module = match data.first() {
+        Some(&b) if matches!(b, b'\n' | b'\r' | 0) => format!("m{}", b as char),
+        _ => "m".to_owned(),
+    };
+    let opts = HandshakeOptions {
+        args: ServerArgs::pull(&module, "", false),
+        protocol: 32,
+        user: "u".into(),
+        password: Some(b"p".to_vec().into()),
+        limits: Limits {
+            max_motd_lines: 4,
+            max_motd_bytes: 64,
+            ..Limits::default()
+        },
+    };
+    let Ok(mut h) = ClientHandshake::new(opts) else {
+        return;
+    };
+    let mut buf = Vec::new();
+    for chunk in data.chunks(7) {
+        buf.extend_from_slice(chunk);
+        match h.feed(&buf) {
+            Ok((used, HandshakeStatus::NeedInput)) => {
+                buf.drain(..used);
+            }
+            _ => break,
+        }
+        let _ = h.take_output();
+    }
+}
+
+#[test]
+fn rsync_handshake_seeds_replay_without_panic() {
+    replay("rsync_handshake", rsync_handshake);
+}
+
+// ------------------------------------------------------------------ rsync_receiver
+
+struct FuzzSink;
+
+impl ReceiveSink for FuzzSink {
+    type Basis = Vec<u8>;
+    fn entry(&mut self, _: u32, _: &FileEntry) -> Result<EntryAction, SinkError> {
+        Ok(EntryAction::Transfer)
+    }
+    fn basis(&mut self, ndx: u32, _: &FileEntry) -> Result<Option<Vec<u8>>, SinkError> {
+        Ok(ndx.is_multiple_of(2).then(|| vec![7u8; 2000]))
+    }
+    fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn content(&mut self, _: &[u8]) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn end_content(&mut self, _: u32, _: &FileEntry, _: bool) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// The session both role targets set up from their selector byte.
+fn fuzz_negotiated(sel: u8) -> Negotiated {
+    Negotiated {
+        protocol: 30 + u32::from(sel % 3),
+        compat_flags: if sel & 0x10 != 0 { 0x1fe } else { 0x2e },
+        checksum: if sel & 0x20 != 0 {
+            ChecksumKind::Xxh128
+        } else {
+            ChecksumKind::Md5 { seed_fix: true }
+        },
+        seed: 12345,
+        motd: Vec::new(),
+        motd_dropped: 0,
+    }
+}
+
+fn rsync_receiver(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let opts = ReceiverOptions {
+        hard_links: sel & 0x40 != 0,
+        numeric_ids: sel & 0x80 == 0,
+        filter_rules: Vec::new(),
+        limits: Limits {
+            max_entries: 5_000,
+            max_file_list_bytes: 256 * 1024,
+            max_blocks: 1 << 12,
+            max_literal: 1 << 16,
+            rebuilt_slack: 4096,
+            max_messages_kept: 8,
+            max_message_bytes_kept: 256,
+            ..Limits::default()
+        },
+    };
+    let mut rx: ClientReceiver<FuzzSink> = ClientReceiver::new(fuzz_negotiated(sel), opts);
+    let mut sink = FuzzSink;
+    for chunk in rest.chunks(64) {
+        if rx.feed(chunk).is_err() {
+            return;
+        }
+        match rx.step(&mut sink) {
+            Ok(turku_proto_rsync::session::receiver::Status::NeedInput) => {
+                let _ = rx.take_output();
+            }
+            _ => return,
+        }
+    }
+}
+
+#[test]
+fn rsync_receiver_seeds_replay_without_panic() {
+    replay("rsync_receiver", rsync_receiver);
+}
+
+// ------------------------------------------------------------------ rsync_sender
+
+struct FuzzSource;
+
+struct FuzzContent {
+    data: Vec<u8>,
+    at: usize,
+    fail_at: Option<usize>,
+}
+
+impl FileContent for FuzzContent {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SinkError> {
+        if self.fail_at.is_some_and(|f| self.at >= f) {
+            return Err("injected read error".into());
+        }
+        let n = buf.len().min(self.data.len() - self.at).min(3000);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl SendSource for FuzzSource {
+    type Content = FuzzContent;
+    fn open(&mut self, ndx: u32, e: &FileEntry) -> Result<FuzzContent, SinkError> {
+        if e.name == b"locked" {
+            return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied).into());
+        }
+        let data: Vec<u8> = (0..e.size as usize)
+            .map(|i| (i * 7 + ndx as usize) as u8)
+            .collect();
+        Ok(FuzzContent {
+            data,
+            at: 0,
+            fail_at: (e.name == b"cut").then_some(2500),
+        })
+    }
+}
+
+fn sender_list() -> Vec<FileEntry> {
+    let mut dot = FileEntry::new(b".".to_vec(), 0o40755, 0);
+    dot.top_dir = true;
+    let mut lead = FileEntry::new(b"big".to_vec(), 0o100644, 9000);
+    lead.hard_link = HardLink::Leader;
+    let mut follow = FileEntry::new(b"d/same".to_vec(), 0o100644, 9000);
+    follow.hard_link = HardLink::Follower { first: 1 };
+    let mut link = FileEntry::new(b"link".to_vec(), 0o120777, 3);
+    link.symlink = Some(b"big".to_vec());
+    vec![
+        dot,
+        lead,
+        FileEntry::new(b"d".to_vec(), 0o40755, 0),
+        follow,
+        FileEntry::new(b"small".to_vec(), 0o100600, 5),
+        FileEntry::new(b"locked".to_vec(), 0o100600, 10),
+        FileEntry::new(b"cut".to_vec(), 0o100600, 6000),
+        link,
+    ]
+}
+
+fn rsync_sender(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let opts = SenderOptions {
+        hard_links: sel & 0x40 != 0,
+        numeric_ids: sel & 0x80 == 0,
+        delete: sel & 0x08 != 0,
+        filter_rules: Vec::new(),
+        limits: Limits {
+            max_blocks: 1 << 12,
+            max_sum_bytes: 64 * 1024,
+            max_messages_kept: 8,
+            max_message_bytes_kept: 256,
+            ..Limits::default()
+        },
+    };
+    let Ok(mut tx) = ClientSender::<FuzzSource>::new(fuzz_negotiated(sel), opts, sender_list(), 0)
+    else {
+        return;
+    };
+    let mut source = FuzzSource;
+    for chunk in rest.chunks(64) {
+        if tx.feed(chunk).is_err() {
+            return;
+        }
+        loop {
+            match tx.step(&mut source) {
+                Ok(Status::NeedInput) => {
+                    let _ = tx.take_output();
+                    if !tx.has_local_work() {
+                        break;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+#[test]
+fn rsync_sender_seeds_replay_without_panic() {
+    replay("rsync_sender", rsync_sender);
+}
+
+// ------------------------------------------------------------------ the hand-made seeds
+
+/// Splits a recorded conversation (`tests/fixtures/README.md`) into the server's handshake
+/// bytes, what the server sent after it, and what was negotiated.
+fn split_transcript(file: &str, protocol: u32) -> (Vec<u8>, Vec<u8>, Negotiated) {
+    let raw = fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(file),
+    )
+    .expect("transcript");
+    let header_end = raw.iter().position(|&b| b == b'\n').expect("header") + 1;
+    let mut server = Vec::new();
+    let mut at = header_end;
+    while at < raw.len() {
+        let len = u32::from_le_bytes(raw[at + 1..at + 5].try_into().expect("length")) as usize;
+        if raw[at] == b'S' {
+            server.extend_from_slice(&raw[at + 5..at + 5 + len]);
+        }
+        at += 5 + len;
+    }
+    let mut hs = ClientHandshake::new(HandshakeOptions {
+        args: ServerArgs::pull("pub", "", true),
+        protocol,
+        user: "u".into(),
+        password: None,
+        limits: Limits::default(),
+    })
+    .expect("handshake");
+    // One byte at a time, so what the handshake consumed is exactly its part.
+    let mut fed = 0;
+    let mut buf = Vec::new();
+    loop {
+        let (used, st) = hs.feed(&buf).expect("handshake input");
+        buf.drain(..used);
+        if let HandshakeStatus::Done(neg) = st {
+            let split = fed - buf.len();
+            return (server[..split].to_vec(), server[split..].to_vec(), neg);
+        }
+        buf.push(server[fed]);
+        fed += 1;
+    }
+}
+
+/// A selector byte with the option `flags` (bits 0x08 and up) whose remainder modulo
+/// `choices` picks protocol choice `want` (the targets take the protocol from the whole byte).
+fn selector(flags: u8, choices: u8, want: u8) -> u8 {
+    (0..choices)
+        .map(|low| flags | low)
+        .find(|sel| sel % choices == want)
+        .expect("a low part that picks the protocol")
+}
+
+/// The selector byte of the role targets that matches a recorded session.
+fn role_selector(neg: &Negotiated) -> u8 {
+    let mut flags = 0x40;
+    if neg.compat_flags & 0x100 != 0 {
+        flags |= 0x10;
+    }
+    if neg.checksum == ChecksumKind::Xxh128 {
+        flags |= 0x20;
+    }
+    selector(flags, 3, (neg.protocol.saturating_sub(30) % 3) as u8)
+}
+
+fn write_seed(target: &str, name: &str, data: &[u8]) {
+    let dir = seeds_dir(target);
+    fs::create_dir_all(&dir).expect("seed folder");
+    assert!(data.len() < 64 * 1024, "{target}/{name} is too big");
+    fs::write(dir.join(format!("hand-{name}")), data).expect("seed");
+}
+
+fn flist_entries() -> Vec<FileEntry> {
+    let mut dot = FileEntry::new(b".".to_vec(), 0o40755, 0);
+    dot.top_dir = true;
+    dot.mtime = 1_700_000_000;
+    let mut file = FileEntry::new(b"dir/file.txt".to_vec(), 0o100644, 12345);
+    file.mtime = 1_700_000_100;
+    file.mtime_nsec = 123_456_789;
+    file.uid = 1000;
+    file.gid = 1000;
+    let mut lead = FileEntry::new(b"dir/a".to_vec(), 0o100600, 70_000);
+    lead.hard_link = HardLink::Leader;
+    lead.mtime = 1_600_000_000;
+    let mut follow = FileEntry::new(b"dir/b".to_vec(), 0o100600, 70_000);
+    follow.hard_link = HardLink::Follower { first: 2 };
+    follow.mtime = 1_600_000_000;
+    let mut link = FileEntry::new(b"dir/link".to_vec(), 0o120777, 8);
+    link.symlink = Some(b"file.txt".to_vec());
+    let mut chr = FileEntry::new(b"dev/null".to_vec(), 0o20666, 0);
+    chr.rdev = Some((1, 3));
+    let mut blk = FileEntry::new(b"dev/sda".to_vec(), 0o60660, 0);
+    blk.rdev = Some((8, 300));
+    let fifo = FileEntry::new(b"fifo".to_vec(), 0o10644, 0);
+    let sock = FileEntry::new(b"sock".to_vec(), 0o140755, 0);
+    let long = FileEntry::new(vec![b'x'; 300], 0o100644, 1 << 33);
+    vec![
+        dot,
+        FileEntry::new(b"dir".to_vec(), 0o40755, 0),
+        lead,
+        follow,
+        file,
+        link,
+        FileEntry::new(b"dev".to_vec(), 0o40700, 0),
+        chr,
+        blk,
+        fifo,
+        sock,
+        long,
+    ]
+}
+
+/// Rebuilds the `hand-*` seeds; run after a format change with
+/// `cargo test -p turku-proto-rsync --test fuzz_seeds -- --ignored write_hand_made_seeds`.
+#[test]
+#[ignore = "writes fuzz/seeds; run by hand"]
+fn write_hand_made_seeds() {
+    // rsync_varint: one encoding each.
+    for v in [
+        0,
+        1,
+        0x7f,
+        0x80,
+        0x3fff,
+        0x4000,
+        0x1f_ffff,
+        0x20_0000,
+        i32::MAX,
+        -1,
+    ] {
+        let mut o = Vec::new();
+        put_varint(&mut o, v);
+        write_seed("rsync_varint", &format!("varint-{v}"), &o);
+    }
+    for (v, min) in [(0i64, 3usize), (1 << 24, 3), (1 << 40, 4), (i64::MAX, 4)] {
+        let mut o = Vec::new();
+        put_varlong(&mut o, v, min);
+        write_seed("rsync_varint", &format!("varlong{min}-{v}"), &o);
+    }
+    for v in [0x7fff_ffffi64, 1 << 33] {
+        let mut o = Vec::new();
+        put_longint(&mut o, v);
+        write_seed("rsync_varint", &format!("longint-{v}"), &o);
+    }
+    for (name, s) in [
+        ("empty", &b""[..]),
+        ("names", b"xxh128 xxh3 xxh64 md5 md4 none"),
+    ] {
+        let mut o = Vec::new();
+        put_vstring(&mut o, s);
+        write_seed("rsync_varint", &format!("vstring-{name}"), &o);
+    }
+
+    // rsync_ndx: the protocol selector, then a request run as a generator sends it.
+    let runs: [&[i32]; 3] = [
+        &[0, 1, 2, 3, 7, -1, 1, 5, -1, -1],
+        &[300, 301, 70_000, 5, -101, -102, -1],
+        &[0, 40_000, 40_001, 1 << 24, -1],
+    ];
+    for proto in 29..=32u32 {
+        for (i, run) in runs.iter().enumerate() {
+            let mut o = vec![(proto - 29) as u8];
+            let mut c = NdxCodec::new(proto);
+            for &n in *run {
+                c.encode(n, &mut o);
+            }
+            write_seed("rsync_ndx", &format!("p{proto}-run{i}"), &o);
+        }
+    }
+
+    // rsync_mux: one frame of each kind, then the servers' recorded streams.
+    let mut frames = vec![3u8];
+    encode_frame(MsgTag::Data, b"file list bytes", &mut frames);
+    encode_frame(
+        MsgTag::Info,
+        b"receiving incremental file list\n",
+        &mut frames,
+    );
+    encode_frame(MsgTag::Warning, b"some warning\n", &mut frames);
+    encode_frame(MsgTag::Error, b"rsync: [sender] failed\n", &mut frames);
+    encode_frame(MsgTag::ErrorXfer, b"file vanished\n", &mut frames);
+    encode_frame(MsgTag::IoError, &1i32.to_le_bytes(), &mut frames);
+    encode_frame(MsgTag::Noop, b"", &mut frames);
+    encode_frame(MsgTag::Deleted, b"gone.txt", &mut frames);
+    encode_frame(MsgTag::Success, &4i32.to_le_bytes(), &mut frames);
+    encode_frame(MsgTag::NoSend, &7i32.to_le_bytes(), &mut frames);
+    encode_frame(MsgTag::ErrorExit, &23i32.to_le_bytes(), &mut frames);
+    write_seed("rsync_mux", "every-tag", &frames);
+    let mut big = vec![0u8];
+    encode_frame(MsgTag::Data, &[0x5a; 4000], &mut big);
+    write_seed("rsync_mux", "big-data", &big);
+
+    let pulls = [
+        ("pull-p32.transcript", 32),
+        ("pull-p31.transcript", 31),
+        ("pull-p30.transcript", 30),
+    ];
+    let pushes = [
+        ("push-p32.transcript", 32),
+        ("push-p31.transcript", 31),
+        ("push-p30.transcript", 30),
+    ];
+    for (file, proto) in pulls
+        .iter()
+        .chain(&pushes)
+        .chain(&[("pull-p29.transcript", 29), ("pull-p27.transcript", 27)])
+    {
+        let (handshake, after, neg) = split_transcript(file, *proto);
+        let stem = file.trim_end_matches(".transcript");
+        write_seed("rsync_handshake", stem, &handshake);
+        if *proto >= 30 {
+            write_seed("rsync_mux", stem, &after);
+        }
+        let mut role = vec![role_selector(&neg)];
+        role.extend_from_slice(&after);
+        if file.starts_with("pull") && *proto >= 30 {
+            write_seed("rsync_receiver", stem, &role);
+            // The same stream under the other checksum choice.
+            role[0] = selector((role[0] & 0xf8) ^ 0x20, 3, (*proto - 30) as u8);
+            write_seed("rsync_receiver", &format!("{stem}-flipped"), &role);
+        }
+        if file.starts_with("push") {
+            write_seed("rsync_sender", stem, &role);
+        }
+        if file.starts_with("pull") {
+            // The server's file list: the data of its multiplexed stream.
+            let mut d = Demux::new(Limits::default());
+            let (mut list, mut msgs) = (Vec::new(), Vec::new());
+            let _ = d.push(&after, &mut list, &mut msgs);
+            let varint_flags = if neg.compat_flags & 0x80 != 0 {
+                0x08
+            } else {
+                0
+            };
+            let mut seed = vec![selector(0x20 | varint_flags, 6, (*proto - 27) as u8)];
+            seed.extend_from_slice(&list);
+            seed.truncate(16 * 1024);
+            write_seed("rsync_flist", stem, &seed);
+        }
+    }
+    write_seed(
+        "rsync_handshake",
+        "auth-then-motd",
+        b"@RSYNCD: 31.0 sha512 sha256 sha1 md5 md4\nWelcome to the backup host\n\
+          line two of the motd\n@RSYNCD: AUTHREQD aGVsbG8gd29ybGQ\n@RSYNCD: OK\n\x00\x00\x00\x00",
+    );
+    write_seed(
+        "rsync_handshake",
+        "unknown-module",
+        b"@RSYNCD: 32.0 xxh128 xxh3 xxh64 md5 md4\n@ERROR: Unknown module 'm'\n",
+    );
+    write_seed(
+        "rsync_handshake",
+        "module-list",
+        b"@RSYNCD: 30.0\npub            \tpublic files\nincoming\n@RSYNCD: EXIT\n",
+    );
+
+    // rsync_flist: our encoder's lists under the selector's option combinations.
+    for sel in [0x00u8, 0x01, 0x02, 0x0b, 0x2c, 0x3d, 0x6d, 0x35, 0xa5] {
+        let proto = 27 + u32::from(sel % 6);
+        let compat =
+            if sel & 0x08 != 0 { 0x80 } else { 0 } | if sel & 0x10 != 0 { 0x08 } else { 0 };
+        let mut o = FlistOptions::archive(proto, compat, sel & 0x20 != 0);
+        if sel & 0x40 != 0 {
+            o.checksum_len = Some(16);
+        }
+        let mut enc = FlistEncoder::new(o);
+        let mut seed = vec![sel];
+        for mut e in flist_entries() {
+            if o.checksum_len.is_some() && e.is_regular() {
+                e.checksum = Some(vec![0xab; 16]);
+            }
+            if !o.preserve_hard_links {
+                e.hard_link = HardLink::None;
+            }
+            enc.encode(&e, &mut seed);
+        }
+        enc.encode_end(0, &mut seed);
+        write_seed("rsync_flist", &format!("encoded-{sel:02x}"), &seed);
+    }
+
+    // rsync_sum_head: heads for real basis sizes, with their block sums.
+    for (proto, len, redo) in [
+        (31u32, 0u64, false),
+        (31, 100, false),
+        (31, 5000, false),
+        (31, 70_000, true),
+        (27, 3000, false),
+    ] {
+        let head = SumHead::for_basis(len, proto, 16, redo);
+        let mut o = Vec::new();
+        head.encode(proto, &mut o);
+        for k in 0..head.count {
+            encode_block_sum(
+                0x1234_5678 ^ k,
+                &vec![k as u8; head.s2length as usize],
+                &mut o,
+            );
+        }
+        write_seed("rsync_sum_head", &format!("p{proto}-len{len}"), &o);
+    }
+
+    // rsync_tokens: deltas against the target's basis (8 blocks).
+    let mut only_blocks = Vec::new();
+    for k in 0..TOKENS_HEAD.count {
+        encode_block(k, &mut only_blocks);
+    }
+    encode_end(&mut only_blocks);
+    write_seed("rsync_tokens", "all-blocks", &only_blocks);
+    let mut mixed = Vec::new();
+    encode_literal(b"new header", &mut mixed);
+    encode_block(3, &mut mixed);
+    encode_block(4, &mut mixed);
+    encode_literal(&[0x11; 900], &mut mixed);
+    encode_block(7, &mut mixed);
+    encode_end(&mut mixed);
+    write_seed("rsync_tokens", "mixed", &mixed);
+    let mut literal = Vec::new();
+    encode_literal(&[0x42; 40_000], &mut literal);
+    encode_end(&mut literal);
+    write_seed("rsync_tokens", "two-literal-runs", &literal);
+    let mut empty = Vec::new();
+    encode_end(&mut empty);
+    write_seed("rsync_tokens", "empty", &empty);
+}
