@@ -695,7 +695,7 @@ where
                 }
                 keepalive_left = keepalive_left.saturating_sub(n);
             }
-            r = rd.read(&mut buf) => {
+            r = rd.read(&mut buf), if tx.wants_input() => {
                 let n = match r {
                     Ok(n) => n,
                     Err(e) => break Err(closed(&tx, e.into())),

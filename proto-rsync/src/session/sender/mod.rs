@@ -38,6 +38,11 @@ pub(crate) const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Content bytes (read and matched) one `step` may process before handing control back,
 /// so the driver moves I/O and keep-alives while a large file streams.
 pub(crate) const STEP_WORK_BUDGET: u64 = 8 * 1024 * 1024;
+/// Stop reading from the connection while this much received data is unprocessed: the
+/// receiver's generator pipelines requests (block sums included) without waiting for our
+/// replies, and a restore onto a large older tree would otherwise pile them all up here.
+/// Every phase consumes its input a record at a time, so this never stalls the run.
+pub(crate) const INPUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Largest read of a file's content at once.
 pub const CONTENT_READ_SIZE: usize = 256 * 1024;
 /// Lowest protocol the sender speaks: it relies on multiplexed output and `MSG_NO_SEND`.
@@ -514,6 +519,12 @@ impl<S: SendSource> ClientSender<S> {
         self.ctx.flush_pending();
         self.ctx.outcome.progress.wire_bytes_written += self.ctx.out.len() as u64;
         std::mem::take(&mut self.ctx.out)
+    }
+
+    /// Whether the driver should read more input now: false while enough received data
+    /// waits to be processed (see [`Self::step`]); reading resumes as it is used.
+    pub fn wants_input(&self) -> bool {
+        self.ctx.data.len() - self.ctx.data_pos < INPUT_HIGH_WATER
     }
 
     /// Whether output is waiting.

@@ -415,3 +415,35 @@ fn fuzz_list() -> Vec<FileEntry> {
         link,
     ]
 }
+
+/// A generator that floods requests is read only as fast as they are answered: input
+/// beyond the high-water mark waits in the socket, and draining the output lets the
+/// machine take more.
+#[test]
+fn flood_of_requests_pauses_reading() {
+    let mut gen = Vec::new();
+    let mut ndx = NdxCodec::new(32);
+    // The same small file again and again: 21 bytes a request, about 50 a reply.
+    for _ in 0..300_000 {
+        request(&mut ndx, 1, ITEM_TRANSFER, SumHead::default(), &mut gen);
+    }
+    let mut tx: ClientSender<Mem> =
+        ClientSender::new(neg(32), SenderOptions::default(), list(), 0).unwrap();
+    let mut src = Mem { fail_open: b"" };
+    tx.feed(&mux(&gen)).unwrap();
+    assert!(matches!(tx.step(&mut src).unwrap(), Status::NeedInput));
+    assert!(
+        !tx.wants_input(),
+        "output is full, input must wait: {:?}, {} unprocessed",
+        tx.progress(),
+        tx.ctx.data.len() - tx.ctx.data_pos
+    );
+    let mut rounds = 0;
+    while !tx.wants_input() {
+        let _ = tx.take_output();
+        assert!(matches!(tx.step(&mut src).unwrap(), Status::NeedInput));
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    assert!(tx.progress().files_sent > 1000);
+}
