@@ -366,6 +366,8 @@ pub fn file_entry(walked: &turku_store::WalkEntry) -> turku_proto_rsync::FileEnt
     };
     let mut entry =
         turku_proto_rsync::FileEntry::new(name, file_type | (e.meta.perm & 0o7777), size);
+    // Stock senders mark the transfer's root this way; receivers scope `--delete` by it.
+    entry.top_dir = walked.is_root() && e.kind == EntryKind::Dir;
     entry.mtime = e.meta.mtime_sec;
     entry.mtime_nsec = e.meta.mtime_nsec;
     entry.uid = e.meta.uid;
