@@ -68,9 +68,13 @@ pub const EXCLUSIVE_LOCK_RETRY_MS: u64 = 20;
 /// Export leaves a hole for an all-zero chunk at least this long.
 pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
 
-/// Export to a folder creates entries on one thread and reads, verifies and writes file
-/// content on another; the creating thread runs at most this many files ahead (each held
-/// open until its content and metadata are in, so up to about twice this many descriptors).
+/// Export to a folder walks the snapshot on one thread, making folders, symlinks and special
+/// files and setting each file's owner, mode and times, while this many threads create
+/// regular files and read, verify and write their content (creating inodes is most of an
+/// export's time on ext4, and runs in parallel). The walk runs at most `EXPORT_FILES_AHEAD`
+/// files ahead; each file stays open until its metadata is set, so about twice that many
+/// descriptors at most.
+pub const EXPORT_CONTENT_THREADS: usize = 2;
 pub const EXPORT_FILES_AHEAD: usize = 64;
 
 /// Pack files one reader (an export, a file reader) keeps open: consecutive chunks of a

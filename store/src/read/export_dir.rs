@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
@@ -31,7 +31,7 @@ use crate::read::walk::{HardLink, SnapshotWalk, WalkEntry, WalkEvent};
 use crate::read::ExportStats;
 use crate::snapshot::Snapshot;
 use crate::store::{PackFiles, Store};
-use crate::tuning::{EXPORT_FILES_AHEAD, SPARSE_MIN_HOLE};
+use crate::tuning::{EXPORT_CONTENT_THREADS, EXPORT_FILES_AHEAD, SPARSE_MIN_HOLE};
 
 /// Permission bits a restore may set: `st_mode & 0o7777`.
 const PERMISSION_BITS: u32 = 0o7777;
@@ -234,6 +234,14 @@ struct DirExporter<'a> {
     folders: Vec<(Vec<u8>, Metadata)>,
     /// The exported folder's own metadata, applied to the destination last.
     root_meta: Option<Metadata>,
+    /// Hard links to make once every file is written.
+    links: Vec<PendingLink>,
+}
+
+/// A hard link to make after all files: paths relative to the destination.
+struct PendingLink {
+    leader: Vec<u8>,
+    path: Vec<u8>,
 }
 
 impl DirExporter<'_> {
@@ -302,7 +310,12 @@ impl DirExporter<'_> {
     /// to the content thread, which reads, verifies and writes its content and hands it back
     /// for its owner, mode and times.
     fn run(&mut self, walk: SnapshotWalk<'_>, content: &mut ContentPipe) -> Result<()> {
-        let mut open_folders: Vec<OwnedFd> = Vec::new();
+        let root = Arc::new(
+            self.root
+                .try_clone()
+                .io_ctx("duplicate descriptor", self.dest)?,
+        );
+        let mut open_folders: Vec<Arc<OwnedFd>> = Vec::new();
         for event in walk {
             let walked = match event? {
                 WalkEvent::DirDone { path, meta, .. } => {
@@ -319,11 +332,9 @@ impl DirExporter<'_> {
             if walked.is_root() {
                 continue;
             }
-            let dir = open_folders
-                .last()
-                .map_or(self.root.as_fd(), |fd| fd.as_fd());
+            let dir = open_folders.last().unwrap_or(&root);
             if let Some(sub) = self.entry(dir, walked, content)? {
-                open_folders.push(sub);
+                open_folders.push(Arc::new(sub));
             }
             while let Some(done) = content.try_done()? {
                 self.file_written(done)?;
@@ -332,6 +343,11 @@ impl DirExporter<'_> {
         content.no_more_files();
         while let Some(done) = content.wait_done()? {
             self.file_written(done)?;
+        }
+        // Every leader is in now (the content threads create files in no set order).
+        for link in std::mem::take(&mut self.links) {
+            self.hard_link(&link.leader, &link.path)?;
+            self.stats.hard_links += 1;
         }
         Ok(())
     }
@@ -347,10 +363,11 @@ impl DirExporter<'_> {
     /// Creates one entry in `dir`; returns a folder it created, opened.
     fn entry(
         &mut self,
-        dir: BorrowedFd<'_>,
+        parent: &Arc<OwnedFd>,
         walked: WalkEntry,
         content: &mut ContentPipe,
     ) -> Result<Option<OwnedFd>> {
+        let dir = parent.as_fd();
         let e = walked.entry;
         let path = self.path(&walked.path);
         let name = e.name.as_slice();
@@ -364,26 +381,16 @@ impl DirExporter<'_> {
                 return Ok(Some(sub));
             }
             EntryData::File { chunks, .. } => {
-                // The leader was created earlier in walk order, so its name is there to link
-                // to, even while its content is still being written.
-                if let HardLink::Follower { leader_path, .. } = &walked.link {
-                    self.hard_link(leader_path, dir, name, &path)?;
-                    self.stats.hard_links += 1;
+                if let HardLink::Follower { leader_path, .. } = walked.link {
+                    self.links.push(PendingLink {
+                        leader: leader_path,
+                        path: walked.path,
+                    });
                     return Ok(None);
                 }
-                let fd = nix::fcntl::openat(
-                    dir,
-                    name,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    mode(PRIVATE_FILE_MODE),
-                )
-                .nix_ctx("create", &path)?;
                 content.write(FileToWrite {
-                    out: File::from(fd),
+                    dir: Arc::clone(parent),
+                    name: e.name,
                     chunks: chunks.clone(),
                     path,
                     meta: e.meta,
@@ -461,16 +468,27 @@ impl DirExporter<'_> {
         Ok(())
     }
 
-    /// Links `name` in `dir` to the group's first file, reached from the destination without
-    /// following symlinks (every folder on the way is still private).
-    fn hard_link(&self, first: &[u8], dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<()> {
-        let (parent, first_name) = match first.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&first[..i], &first[i + 1..]),
-            None => (&first[..0], first),
+    /// Links `rel` to the group's first file `first`, both reached from the destination
+    /// without following symlinks (every folder on the way is still private).
+    fn hard_link(&self, first: &[u8], rel: &[u8]) -> Result<()> {
+        let split = |p: &'_ [u8]| -> (Vec<u8>, Vec<u8>) {
+            match p.iter().rposition(|&b| b == b'/') {
+                Some(i) => (p[..i].to_vec(), p[i + 1..].to_vec()),
+                None => (Vec::new(), p.to_vec()),
+            }
         };
-        let parent_fd = self.open_path(parent)?;
-        nix::unistd::linkat(parent_fd.as_fd(), first_name, dir, name, AtFlags::empty())
-            .nix_ctx("hard link", path)
+        let (leader_dir, leader_name) = split(first);
+        let (dir, name) = split(rel);
+        let leader_fd = self.open_path(&leader_dir)?;
+        let dir_fd = self.open_path(&dir)?;
+        nix::unistd::linkat(
+            leader_fd.as_fd(),
+            leader_name.as_slice(),
+            dir_fd.as_fd(),
+            name.as_slice(),
+            AtFlags::empty(),
+        )
+        .nix_ctx("hard link", self.path(rel))
     }
 
     /// Gives every folder below the destination its owner, mode and times, deepest first,
@@ -542,14 +560,23 @@ impl Store {
             stats: ExportStats::default(),
             folders: Vec::new(),
             root_meta: None,
+            links: Vec::new(),
         };
         // File content (pack reads, decompression, hash checks, writes) goes on a thread of
         // its own while this one walks ahead creating entries (on ext4 creating the inodes is
         // most of an export's time): the two overlap instead of taking turns.
         std::thread::scope(|scope| {
             let (files, to_write) = mpsc::sync_channel(EXPORT_FILES_AHEAD);
+            let to_write = Arc::new(Mutex::new(to_write));
             let (written, done) = mpsc::channel();
-            let writer = scope.spawn(move || write_contents(self, to_write, written));
+            let writers: Vec<_> = (0..EXPORT_CONTENT_THREADS)
+                .map(|_| {
+                    let to_write = Arc::clone(&to_write);
+                    let written = written.clone();
+                    scope.spawn(move || write_contents(self, &to_write, written))
+                })
+                .collect();
+            drop(written);
             let mut content = ContentPipe {
                 files: Some(files),
                 done,
@@ -557,7 +584,9 @@ impl Store {
             let result = ex.run(walk, &mut content);
             // Stops the content thread at its next file if we stopped early.
             drop(content);
-            let _ = writer.join();
+            for writer in writers {
+                let _ = writer.join();
+            }
             result
         })?;
         ex.finish_folders()?;
@@ -569,9 +598,10 @@ impl Store {
     }
 }
 
-/// A file created and open, for the content thread to fill.
+/// A file for a content thread to create in `dir` and fill.
 struct FileToWrite {
-    out: File,
+    dir: Arc<OwnedFd>,
+    name: Vec<u8>,
     chunks: Vec<ChunkRef>,
     path: PathBuf,
     meta: Metadata,
@@ -628,11 +658,11 @@ impl ContentPipe {
     }
 }
 
-/// The content thread: fills each file handed over, in order, and hands it back. Stops at
-/// the first failure (sent back) or when the walking thread has gone.
+/// A content thread: creates and fills the files handed over and hands each back, open.
+/// Stops at its first failure (sent back) or when the walking thread has gone.
 fn write_contents(
     store: &Store,
-    files: mpsc::Receiver<FileToWrite>,
+    files: &Mutex<mpsc::Receiver<FileToWrite>>,
     written: mpsc::Sender<Result<WrittenFile>>,
 ) {
     let mut source = ChunkSource {
@@ -640,19 +670,37 @@ fn write_contents(
         packs: PackFiles::default(),
         last: None,
     };
-    for mut file in files {
-        let result = write_sparse(&mut source, &file.chunks, &mut file.out, &file.path);
+    loop {
+        let next = files.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(file) = next else {
+            return;
+        };
+        let result = create_and_fill(&mut source, file);
         let failed = result.is_err();
-        let sent = written.send(result.map(|written| WrittenFile {
-            out: file.out,
-            path: file.path,
-            meta: file.meta,
-            written,
-        }));
-        if failed || sent.is_err() {
+        if written.send(result).is_err() || failed {
             return;
         }
     }
+}
+
+/// Creates a file (private, never through a symlink, never an existing one) and writes its
+/// content.
+fn create_and_fill(source: &mut ChunkSource<'_>, file: FileToWrite) -> Result<WrittenFile> {
+    let fd = nix::fcntl::openat(
+        file.dir.as_fd(),
+        file.name.as_slice(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        mode(PRIVATE_FILE_MODE),
+    )
+    .nix_ctx("create", &file.path)?;
+    let mut out = File::from(fd);
+    let written = write_sparse(source, &file.chunks, &mut out, &file.path)?;
+    Ok(WrittenFile {
+        out,
+        path: file.path,
+        meta: file.meta,
+        written,
+    })
 }
 
 /// Chunks read for the content thread: packs kept open between chunks, and the last chunk
