@@ -14,17 +14,30 @@ use crate::error::SinkError;
 /// Equal-weak-sum candidates examined per offset (3.5.0 bounds its chains the same way):
 /// hostile sums that all collide cannot make matching quadratic.
 const MAX_CANDIDATES: usize = 1024;
+/// Odd, so `weak * BUCKET_MULTIPLIER` is a bijection: its top bits pick the bucket, and
+/// ordering by the product keeps equal weak sums adjacent inside their bucket.
+const BUCKET_MULTIPLIER: u32 = 0x9E37_79B1;
 
 /// The receiver's block sums, indexed by weak sum.
+///
+/// The bucket hash is public, so a receiver can make every sum land in one bucket with
+/// distinct weak values; walking a bucket would then cost its whole size per byte. The
+/// blocks are instead sorted by hashed weak sum: a bucket is a contiguous run, searched
+/// by bisection for the exact weak sum, and only blocks with that exact sum are visited
+/// (at most `MAX_CANDIDATES`). Work per offset is thus bounded by `log2(count)` plus the
+/// candidate cap, whatever the sums.
 #[derive(Debug)]
 pub struct BlockTable {
     head: SumHead,
     s2: usize,
+    /// Weak sums by block, until [`Self::index`] moves them into `sorted`.
     weak: Vec<u32>,
     strong: Vec<u8>,
-    /// Bucket → first block + 1 (0 = empty); `next` chains blocks of one bucket.
-    buckets: Vec<u32>,
-    next: Vec<u32>,
+    /// `hash(weak) << 32 | block`, ascending: buckets contiguous, equal weak sums
+    /// adjacent and in file order.
+    sorted: Vec<u64>,
+    /// Bucket `b` is `sorted[starts[b]..starts[b + 1]]`.
+    starts: Vec<u32>,
     shift: u32,
 }
 
@@ -37,8 +50,8 @@ impl BlockTable {
             s2: head.s2length as usize,
             weak: Vec::with_capacity(count),
             strong: Vec::with_capacity(count * head.s2length as usize),
-            buckets: Vec::new(),
-            next: Vec::new(),
+            sorted: Vec::new(),
+            starts: Vec::new(),
             shift: 32,
         }
     }
@@ -49,15 +62,15 @@ impl BlockTable {
 
     /// Sums received so far.
     pub fn len(&self) -> usize {
-        self.weak.len()
+        self.weak.len().max(self.sorted.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.weak.is_empty()
+        self.len() == 0
     }
 
     pub fn is_complete(&self) -> bool {
-        self.weak.len() >= self.head.count as usize
+        self.len() >= self.head.count as usize
     }
 
     /// Adds the next block's sums (`strong` is `s2length` bytes).
@@ -66,48 +79,87 @@ impl BlockTable {
         self.strong.extend_from_slice(strong);
     }
 
-    /// Builds the index once every sum is in.
+    /// Builds the index once every sum is in: a counting sort into buckets, then each
+    /// bucket sorted by its full key (small unless a peer made it large, and then
+    /// `O(n log n)` once, not per byte).
     pub fn index(&mut self) {
-        let n = self.weak.len();
+        let weak = std::mem::take(&mut self.weak);
+        let n = weak.len();
         let bits = (n.max(8) * 2).next_power_of_two().trailing_zeros().min(31);
         self.shift = 32 - bits;
-        self.buckets = vec![0; 1usize << bits];
-        self.next = vec![0; n];
-        // Inserted from the last block down so each chain lists blocks in file order.
-        for k in (0..n).rev() {
-            let b = self.bucket(self.weak[k]);
-            self.next[k] = self.buckets[b];
-            self.buckets[b] = k as u32 + 1;
+        let buckets = 1usize << bits;
+        let mut starts = vec![0u32; buckets + 1];
+        for &w in &weak {
+            starts[self.bucket(w) + 1] += 1;
         }
+        for b in 0..buckets {
+            starts[b + 1] += starts[b];
+        }
+        let mut fill = starts.clone();
+        let mut sorted = vec![0u64; n];
+        for (k, &w) in weak.iter().enumerate() {
+            let b = self.bucket(w);
+            sorted[fill[b] as usize] =
+                u64::from(w.wrapping_mul(BUCKET_MULTIPLIER)) << 32 | k as u64;
+            fill[b] += 1;
+        }
+        drop((weak, fill));
+        for b in 0..buckets {
+            let (lo, hi) = (starts[b] as usize, starts[b + 1] as usize);
+            if hi - lo > 1 {
+                sorted[lo..hi].sort_unstable();
+            }
+        }
+        self.sorted = sorted;
+        self.starts = starts;
     }
 
     fn bucket(&self, weak: u32) -> usize {
-        (weak.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+        (weak.wrapping_mul(BUCKET_MULTIPLIER) >> self.shift) as usize
     }
 
     /// The first block with this weak sum, length `win` and a strong sum equal to what
-    /// `strong_of` computes (called at most once).
-    fn find(&self, weak: u32, win: usize, mut strong_of: impl FnMut(&mut [u8; 32])) -> Option<u32> {
-        let mut at = *self.buckets.get(self.bucket(weak))?;
+    /// `strong_of` computes (called at most once). Adds the work done to `work`: entries
+    /// probed and compared, plus `win` when the strong sum was computed.
+    fn find(
+        &self,
+        weak: u32,
+        win: usize,
+        mut strong_of: impl FnMut(&mut [u8; 32]),
+        work: &mut u64,
+    ) -> Option<u32> {
+        let b = self.bucket(weak);
+        let (&lo, &hi) = (self.starts.get(b)?, self.starts.get(b + 1)?);
+        if lo == hi {
+            return None;
+        }
+        let bucket = self.sorted.get(lo as usize..hi as usize)?;
+        let hash = weak.wrapping_mul(BUCKET_MULTIPLIER);
+        let key = u64::from(hash) << 32;
+        let from = if bucket.len() == 1 {
+            0
+        } else {
+            *work += u64::from(bucket.len().ilog2()) + 1;
+            bucket.partition_point(|&x| x < key)
+        };
         let mut strong = [0u8; 32];
         let mut have_strong = false;
-        let mut tried = 0;
-        while at != 0 && tried < MAX_CANDIDATES {
-            let k = at - 1;
-            at = self.next[k as usize];
-            if self.weak[k as usize] != weak {
-                continue;
+        for &x in bucket[from..].iter().take(MAX_CANDIDATES) {
+            *work += 1;
+            if (x >> 32) as u32 != hash {
+                break;
             }
-            tried += 1;
+            let k = x as u32;
             if self.head.block_len(k) as usize != win {
                 continue;
             }
             if !have_strong {
                 strong_of(&mut strong);
+                *work += win as u64;
                 have_strong = true;
             }
             let s = k as usize * self.s2;
-            if self.strong[s..s + self.s2] == strong[..self.s2] {
+            if self.strong.get(s..s + self.s2) == Some(&strong[..self.s2]) {
                 return Some(k);
             }
         }
@@ -133,6 +185,9 @@ pub struct Delta {
     hasher: FileHasher,
     pub literal_bytes: u64,
     pub matched_bytes: u64,
+    /// Work spent searching the block sums (entries probed and compared, bytes hashed
+    /// for strong sums), charged to the step budget as it is spent.
+    pub match_work: u64,
     /// A read error ends the content where it happened; the caller reports it.
     pub read_error: Option<SinkError>,
 }
@@ -174,6 +229,7 @@ impl Delta {
             hasher: FileHasher::new(kind, seed),
             literal_bytes: 0,
             matched_bytes: 0,
+            match_work: 0,
             read_error: None,
         }
     }
@@ -212,10 +268,19 @@ impl Delta {
             }
             let (kind, seed, pos) = (self.kind, self.seed, self.pos);
             let window = &self.buf[pos..pos + win];
+            let work_before = self.match_work;
             let found = match &self.table {
-                Some(t) => t.find(self.rc.value(), win, |s| kind.block_sum(seed, window, s)),
+                Some(t) => t.find(
+                    self.rc.value(),
+                    win,
+                    |s| kind.block_sum(seed, window, s),
+                    &mut self.match_work,
+                ),
                 None => None,
             };
+            // Searching is charged like content: hostile sums cost a step its budget, not
+            // its return to the driver.
+            *budget = budget.saturating_sub(self.match_work - work_before);
             if let Some(k) = found {
                 self.emit_literal(out, self.start, pos);
                 self.hasher.update(&self.buf[pos..pos + win]);
@@ -239,10 +304,10 @@ impl Delta {
                 continue;
             }
             self.pos += 1;
+            *budget = budget.saturating_sub(1);
             if self.pos - self.start >= CHUNK_SIZE {
                 self.emit_literal(out, self.start, self.start + CHUNK_SIZE);
                 self.start += CHUNK_SIZE;
-                *budget = budget.saturating_sub(CHUNK_SIZE as u64);
             }
         }
     }
@@ -448,5 +513,102 @@ mod tests {
         let (tokens, _, head) = run_delta(&basis[..100_600], &basis[..100_600], 4096);
         assert!(tokens.iter().all(|t| matches!(t, OwnedToken::Block(_))));
         assert_eq!(tokens.len() as u32, head.count);
+    }
+
+    /// A weak sum whose bucket hash is `h` (the multiplier is odd, so invertible).
+    fn weak_with_hash(h: u32) -> u32 {
+        let mut inv = BUCKET_MULTIPLIER;
+        for _ in 0..5 {
+            inv = inv.wrapping_mul(2u32.wrapping_sub(BUCKET_MULTIPLIER.wrapping_mul(inv)));
+        }
+        h.wrapping_mul(inv)
+    }
+
+    /// A table of `weaks.len()` hostile sums of `blength` bytes whose strong sums match
+    /// nothing.
+    fn hostile_table(weaks: &[u32], blength: u32) -> BlockTable {
+        let head = SumHead {
+            count: weaks.len() as u32,
+            blength,
+            s2length: 16,
+            remainder: 0,
+        };
+        let mut t = BlockTable::new(head);
+        for &w in weaks {
+            t.push(w, &[0xA5; 16]);
+        }
+        t.index();
+        t
+    }
+
+    /// Pumps `data` through `d` with `budget` per call; the largest work one call did
+    /// beyond its budget.
+    fn pump_all(d: &mut Delta, data: &[u8], budget: u64) -> u64 {
+        let mut cursor = 0usize;
+        let mut read = |b: &mut [u8]| -> Result<usize, SinkError> {
+            let n = b.len().min(data.len() - cursor);
+            b[..n].copy_from_slice(&data[cursor..cursor + n]);
+            cursor += n;
+            Ok(n)
+        };
+        let mut wire = Vec::new();
+        let mut worst_overrun = 0;
+        for _ in 0..1_000_000 {
+            let before = d.match_work;
+            let mut left = budget;
+            let done = d.pump(&mut read, &mut wire, usize::MAX, &mut left);
+            worst_overrun = worst_overrun.max((d.match_work - before).saturating_sub(budget));
+            if done {
+                return worst_overrun;
+            }
+        }
+        panic!("pump never finished");
+    }
+
+    /// A receiver sending many sums whose weak values share the bucket of a zero run's
+    /// weak sum (0) without being 0 cannot make each byte of zeros walk them all: the
+    /// search per byte is bounded whatever the sums (the reviewer's 1 M of them cost
+    /// seconds on 4 KiB of zeros).
+    #[test]
+    fn colliding_bucket_sums_cost_bounded_work_per_byte() {
+        let n = 20_000u32;
+        let weaks: Vec<u32> = (1..=n).map(weak_with_hash).collect();
+        let table = hostile_table(&weaks, 700);
+        let zeros = vec![0u8; 4096];
+        let mut d = Delta::new(Some(table), ChecksumKind::Xxh128, 7, Vec::new(), 64 * 1024);
+        pump_all(&mut d, &zeros, u64::MAX);
+        assert_eq!(d.literal_bytes, zeros.len() as u64);
+        assert!(
+            d.match_work <= zeros.len() as u64 * 64,
+            "{} units of search for {} bytes",
+            d.match_work,
+            zeros.len()
+        );
+    }
+
+    /// Sums that all carry a zero run's exact weak sum (but wrong strong sums) cost at
+    /// most `MAX_CANDIDATES` comparisons and one strong sum per byte, and that work counts
+    /// against the step's budget: a step still hands control back on time.
+    #[test]
+    fn exact_weak_collisions_are_capped_and_charged_to_the_budget() {
+        let blength = 700u32;
+        let weaks = vec![0u32; 5000];
+        let table = hostile_table(&weaks, blength);
+        let zeros = vec![0u8; 4096];
+        let mut d = Delta::new(Some(table), ChecksumKind::Xxh128, 7, Vec::new(), 64 * 1024);
+        let budget = 200_000;
+        let overrun = pump_all(&mut d, &zeros, budget);
+        assert_eq!(d.literal_bytes, zeros.len() as u64);
+        let per_byte = MAX_CANDIDATES as u64 + u64::from(blength) + 64;
+        assert!(
+            d.match_work <= zeros.len() as u64 * per_byte,
+            "{} units for {} bytes",
+            d.match_work,
+            zeros.len()
+        );
+        assert!(
+            overrun <= per_byte,
+            "a call overran its budget by {overrun}"
+        );
     }
 }
