@@ -77,6 +77,9 @@ pub const SPARSE_MIN_HOLE: usize = 64 * 1024;
 pub const EXPORT_CONTENT_THREADS: usize = 2;
 pub const EXPORT_FILES_AHEAD: usize = 64;
 
+/// Export to tar buffers this much output before writing it.
+pub const EXPORT_TAR_BUFFER: usize = 1024 * 1024;
+
 /// Pack files one reader (an export, a file reader) keeps open: consecutive chunks of a
 /// snapshot mostly come from the same few packs, and opening the pack again for every chunk
 /// was a third of an export's system calls. Deleted packs stay allocated while held, so few.

@@ -754,3 +754,69 @@ fn write_sparse(
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn meta(perm: u32) -> Metadata {
+        Metadata {
+            perm,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mtime_sec: 1_600_000_000,
+            mtime_nsec: 5,
+        }
+    }
+
+    /// A content thread that meets a damaged chunk halfway through ends the export with
+    /// that error (the walking thread neither hangs nor goes on), and the destination stays
+    /// private.
+    #[test]
+    fn a_damaged_chunk_midway_ends_the_export_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("s"), StoreConfig::default()).unwrap();
+        let mut w = store.begin_snapshot("m", "s").unwrap();
+        w.set_root_meta(meta(0o755));
+        for d in 0..10 {
+            w.add_dir(format!("d{d}").as_bytes(), meta(0o755)).unwrap();
+            for f in 0..40u32 {
+                let mut file = w
+                    .add_file(format!("d{d}/f{f}").as_bytes(), meta(0o644), 0)
+                    .unwrap();
+                let seed = (d * 1000 + f) as u8;
+                let body: Vec<u8> = (0..3000u32)
+                    .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                    .collect();
+                file.write_all(&body).unwrap();
+                file.finish().unwrap();
+            }
+        }
+        let snap = w.commit().unwrap();
+        let out = dir.path().join("out");
+        store.export_to_dir(&snap, b"", &out).unwrap();
+        // Damage one file's chunk in the middle of the walk.
+        let victim = store.lookup(&snap, b"d5/f20").unwrap();
+        let EntryData::File { chunks, .. } = &victim.data else {
+            panic!("not a file")
+        };
+        let found = crate::index::find_blob(&store.db(), &chunks[0].id)
+            .unwrap()
+            .unwrap();
+        let pack = crate::format::pack::pack_path(&store.packs_dir(), &found.pack_name);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let at = found.location.offset as usize + found.location.stored_len as usize / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&pack, &bytes).unwrap();
+
+        let out = dir.path().join("out2");
+        let err = store.export_to_dir(&snap, b"", &out).unwrap_err();
+        assert!(matches!(err, StoreError::CorruptBlob { .. }), "{err}");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, PRIVATE_FOLDER_MODE);
+        // What came after the damaged file in walk order was not all written.
+        assert!(!out.join("d9/f39").exists());
+    }
+}

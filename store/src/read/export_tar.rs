@@ -11,6 +11,7 @@ use crate::read::walk::{HardLink, WalkEntry, WalkEvent};
 use crate::read::ExportStats;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
+use crate::tuning::EXPORT_TAR_BUFFER;
 
 impl Store {
     /// Writes `sub_path` of `snap` as a POSIX (ustar + PAX) tar stream.
@@ -21,7 +22,9 @@ impl Store {
         out: W,
     ) -> Result<ExportStats> {
         let walk = self.walk(snap, sub_path)?;
-        let mut builder = tar::Builder::new(out);
+        // Content goes from the chunk cache straight into this buffer (`io::copy` fills a
+        // `BufWriter`'s buffer itself), then out in large writes.
+        let mut builder = tar::Builder::new(io::BufWriter::with_capacity(EXPORT_TAR_BUFFER, out));
         let mut tw = TarExporter {
             store: self,
             stats: ExportStats::default(),
@@ -34,6 +37,8 @@ impl Store {
         builder
             .into_inner()
             .map_err(|e| tar_error(b"", e))?
+            .into_inner()
+            .map_err(|e| tar_error(b"", e.into_error()))?
             .flush()
             .map_err(|e| tar_error(b"", e))?;
         Ok(tw.stats)
