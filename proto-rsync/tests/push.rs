@@ -580,6 +580,42 @@ async fn symlink_times_are_kept() {
     assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
 }
 
+/// A hard-link follower listed with its own mode, mtime and owners (a store's ingest
+/// lstats each link on its own) followed by an entry equal to that follower: the daemon
+/// gives the follower its leader's attributes, and the next entry still arrives with its
+/// own (they are compared with what the receiver kept, the leader's).
+#[tokio::test]
+async fn entry_after_a_follower_with_its_own_attributes_arrives_right() {
+    require_root();
+    let dst = tempfile::tempdir().expect("tempdir");
+    let d = receiver(dst.path());
+    let file = |name: &str, mode: u32, mtime: i64, uid: u32, gid: u32| {
+        let mut e = FileEntry::new(name.as_bytes().to_vec(), 0o100000 | mode, 10_000);
+        (e.mtime, e.uid, e.gid) = (mtime, uid, gid);
+        e
+    };
+    let mut lead = file("a", 0o644, 1_000_000_000, 10, 20);
+    lead.hard_link = turku_proto_rsync::HardLink::Leader;
+    let mut follow = file("b", 0o600, 1_500_000_000, 11, 21);
+    follow.hard_link = turku_proto_rsync::HardLink::Follower { first: 1 };
+    let next = file("c", 0o600, 1_500_000_000, 11, 21);
+    let mut entries = mem_list();
+    entries.truncate(1);
+    entries.extend([lead, follow, next]);
+    let o = push_with(&d, &config(31), entries, &mut MemSource)
+        .await
+        .unwrap_or_else(|e| panic!("push failed: {e}; daemon log:\n{}", daemon_log(&d)));
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    let meta = |n: &str| {
+        let m = fs::symlink_metadata(dst.path().join(n)).expect("lstat");
+        (m.mode() & 0o7777, m.mtime(), m.uid(), m.gid(), m.ino())
+    };
+    let (a, b, c) = (meta("a"), meta("b"), meta("c"));
+    assert_eq!(a, b, "a and b are one inode with the leader's attributes");
+    assert_eq!((a.0, a.1, a.2, a.3), (0o644, 1_000_000_000, 10, 20));
+    assert_eq!((c.0, c.1, c.2, c.3), (0o600, 1_500_000_000, 11, 21));
+}
+
 /// Speed comparison (not a test of speed: no timing is asserted). Pushes the tree named by
 /// `TURKU_PUSH_BENCH_SRC` into a fresh module under `TURKU_PUSH_BENCH_DST` (a tmpfs keeps
 /// ext4's inode allocation after mass deletes out of the figures) with ours and with stock

@@ -503,6 +503,10 @@ impl FlistDecoder {
 pub struct FlistEncoder {
     opts: FlistOptions,
     prev: Prev,
+    /// Mode, mtime, uid and gid of each hard-link leader sent (≥30), by wire index: a
+    /// follower's attributes are not sent, the receiver copies its leader's and compares
+    /// the next entry with those, so our `prev` must take them too.
+    leaders: std::collections::HashMap<u32, (u32, i64, u32, u32)>,
 }
 
 impl FlistEncoder {
@@ -510,6 +514,7 @@ impl FlistEncoder {
         FlistEncoder {
             opts,
             prev: Prev::default(),
+            leaders: std::collections::HashMap::new(),
         }
     }
 
@@ -577,6 +582,9 @@ impl FlistEncoder {
         let follower = match e.hard_link {
             HardLink::Leader if p >= 30 && o.preserve_hard_links => {
                 flags |= XMIT_HLINKED | XMIT_HLINK_FIRST;
+                let wire_index = self.prev.count as u32;
+                self.leaders
+                    .insert(wire_index, (e.mode, e.mtime, e.uid, e.gid));
                 None
             }
             HardLink::Follower { first } if p >= 30 && o.preserve_hard_links => {
@@ -637,10 +645,17 @@ impl FlistEncoder {
         self.prev.count += 1;
         if let Some(first) = follower {
             put_varint(out, first as i32);
-            self.prev.mode = e.mode;
-            self.prev.mtime = e.mtime;
-            self.prev.uid = e.uid;
-            self.prev.gid = e.gid;
+            // What the receiver keeps: its leader's attributes (a caller that named no
+            // earlier leader gets its own, as a decoder would fail on that list anyway).
+            let (mode, mtime, uid, gid) = self
+                .leaders
+                .get(&first)
+                .copied()
+                .unwrap_or((e.mode, e.mtime, e.uid, e.gid));
+            self.prev.mode = mode;
+            self.prev.mtime = mtime;
+            self.prev.uid = uid;
+            self.prev.gid = gid;
             return;
         }
         put_varlong30(out, p, e.size, 3);
@@ -904,6 +919,44 @@ mod tests {
         put_varint(&mut o, 0x01);
         o.extend_from_slice(&[1, b'x', 0, 0, 0, 0, 0, 0, 0, 0, 0xF0, 0, 0]);
         assert!(matches!(d.decode(&o, &[]), Err(DecodeError::BadMode(_))));
+    }
+
+    /// A follower whose own mode, mtime and owners differ from its leader's: the receiver
+    /// keeps the leader's (they are not sent), so the next entry's SAME_* flags must be
+    /// computed against the leader's, or an entry equal to the follower decodes wrong.
+    #[test]
+    fn entry_after_a_follower_with_its_own_attributes_decodes_right() {
+        let o = FlistOptions::archive(31, 0x1fe, true);
+        let mut lead = FileEntry::new(b"a".to_vec(), S_IFREG | 0o644, 5);
+        (lead.mtime, lead.uid, lead.gid) = (1_000, 10, 20);
+        lead.hard_link = HardLink::Leader;
+        let mut follow = FileEntry::new(b"b".to_vec(), S_IFREG | 0o600, 5);
+        (follow.mtime, follow.uid, follow.gid) = (2_000, 11, 21);
+        follow.hard_link = HardLink::Follower { first: 0 };
+        let mut next = FileEntry::new(b"c".to_vec(), S_IFREG | 0o600, 7);
+        (next.mtime, next.uid, next.gid) = (2_000, 11, 21);
+        let mut enc = FlistEncoder::new(o);
+        let mut b = Vec::new();
+        for e in [&lead, &follow, &next] {
+            enc.encode(e, &mut b);
+        }
+        let mut d = FlistDecoder::new(o, Limits::default());
+        let mut got = Vec::new();
+        let mut pos = 0;
+        for _ in 0..3 {
+            let (item, n) = d.decode(&b[pos..], &got).unwrap().complete().unwrap();
+            pos += n;
+            match item {
+                FlistItem::Entry(e) => got.push(e),
+                other => panic!("expected an entry, got {other:?}"),
+            }
+        }
+        assert_eq!(pos, b.len());
+        let c = &got[2];
+        assert_eq!(
+            (c.mode, c.mtime, c.uid, c.gid),
+            (next.mode, next.mtime, next.uid, next.gid)
+        );
     }
 
     pub(crate) fn entry_strategy() -> impl Strategy<Value = FileEntry> {

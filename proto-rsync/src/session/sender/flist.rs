@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 
 /// Checks the caller's list and sorts it as both sides will (spec §5.8).
 pub(crate) fn prepare(
-    entries: Vec<FileEntry>,
+    mut entries: Vec<FileEntry>,
     protocol: u32,
     opts: &SenderOptions,
 ) -> Result<SentList, Error> {
@@ -74,11 +74,40 @@ pub(crate) fn prepare(
         }
     }
     drop((names, dirs));
+    adopt_leader_attributes(&mut entries);
     let sorted = sort_order(&entries, protocol)
         .into_iter()
         .map(|w| w as u32)
         .collect();
     Ok(SentList { entries, sorted })
+}
+
+/// Gives each hard-link follower its leader's attributes. They are not sent for a
+/// follower (30+): the receiver copies the leader's, and compares the next entry's with
+/// those. A caller's follower may differ (a store lstats each link on its own, so a chmod
+/// between two lstats shows), and the list we keep must be the one the receiver builds.
+fn adopt_leader_attributes(entries: &mut [FileEntry]) {
+    for i in 0..entries.len() {
+        let HardLink::Follower { first } = entries[i].hard_link else {
+            continue;
+        };
+        // Checked above: the leader comes earlier.
+        let (before, rest) = entries.split_at_mut(i);
+        let (Some(lead), Some(e)) = (before.get(first as usize), rest.first_mut()) else {
+            continue;
+        };
+        e.mode = lead.mode;
+        e.size = lead.size;
+        e.mtime = lead.mtime;
+        e.mtime_nsec = lead.mtime_nsec;
+        e.uid = lead.uid;
+        e.gid = lead.gid;
+        e.user_name.clone_from(&lead.user_name);
+        e.group_name.clone_from(&lead.group_name);
+        e.rdev = lead.rdev;
+        e.symlink.clone_from(&lead.symlink);
+        e.checksum.clone_from(&lead.checksum);
+    }
 }
 
 /// Encoding the list.
@@ -204,5 +233,35 @@ mod tests {
         follow.hard_link = HardLink::Follower { first: 1 };
         let l = prepare(vec![e(".", S_IFDIR), lead, follow, e("d", S_IFDIR)], 32, &o).unwrap();
         assert_eq!(l.sorted, [0, 1, 2, 3]);
+    }
+
+    /// A follower listed with its own mode, times and owners leaves `prepare` with its
+    /// leader's: what the receiver will believe it has.
+    #[test]
+    fn followers_take_their_leaders_attributes() {
+        let mut lead = e("a", S_IFREG | 0o644);
+        (lead.size, lead.mtime, lead.mtime_nsec, lead.uid, lead.gid) = (5, 1_000, 7, 10, 20);
+        lead.user_name = Some(b"alice".to_vec());
+        lead.hard_link = HardLink::Leader;
+        let mut follow = e("b", S_IFREG | 0o600);
+        (follow.size, follow.mtime, follow.uid, follow.gid) = (6, 2_000, 11, 21);
+        follow.hard_link = HardLink::Follower { first: 1 };
+        let o = SenderOptions::default();
+        let l = prepare(vec![e(".", S_IFDIR), lead.clone(), follow], 32, &o).unwrap();
+        let b = &l.entries[2];
+        assert_eq!(b.name, b"b");
+        assert_eq!(b.hard_link, HardLink::Follower { first: 1 });
+        let attrs = |x: &FileEntry| {
+            (
+                x.mode,
+                x.size,
+                x.mtime,
+                x.mtime_nsec,
+                x.uid,
+                x.gid,
+                x.user_name.clone(),
+            )
+        };
+        assert_eq!(attrs(b), attrs(&lead));
     }
 }
