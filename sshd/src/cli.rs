@@ -635,7 +635,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 pull::Connection::Tcp,
                 options,
                 &mut |p| shown.show(p),
-                None,
             )?;
             shown.end();
             return finish_push(&report);
@@ -662,24 +661,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     None => None,
                 },
                 user: user.clone(),
-                password: password(password_file.as_deref())?
-                    .map(|p| String::from_utf8_lossy(p.expose()).into_owned()),
+                password: match password(password_file.as_deref())? {
+                    Some(p) => Some(String::from_utf8(p.expose().to_vec()).ok().context(
+                        "the restore password must be UTF-8 (the agent's are alphanumeric)",
+                    )?),
+                    None => None,
+                },
                 module: module.clone(),
             };
             let mut shown = ProgressShown::new();
-            let report =
-                crate::control::request_restore(&config.control_socket, &request, |reply| {
-                    match reply {
-                        crate::control::Reply::Info(text) => {
-                            shown.end();
-                            eprintln!("{text}");
-                        }
-                        crate::control::Reply::Progress(p) => shown.show(p),
-                        crate::control::Reply::Done(_) | crate::control::Reply::Error(_) => {
-                            shown.end()
-                        }
+            let report = crate::control::request_restore(
+                &config.control_socket,
+                &config.store,
+                &request,
+                |reply| match reply {
+                    crate::control::Reply::Info(text) => {
+                        shown.end();
+                        eprintln!("{text}");
                     }
-                })?;
+                    crate::control::Reply::Progress(p) => shown.show(p),
+                    crate::control::Reply::Done(_) | crate::control::Reply::Error(_) => shown.end(),
+                    crate::control::Reply::Alive => {}
+                },
+            )?;
             return finish_push(&report);
         }
         Command::Snapshots {

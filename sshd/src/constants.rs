@@ -10,8 +10,15 @@ pub const MAX_REASONS_SHOWN: usize = 5;
 /// `restore_module` default).
 pub const RESTORE_MODULE: &str = "turku-restore";
 
-/// How often a push checks whether its operator went away.
+/// How often a restore waiting on the agent's departure looks again.
 pub const CANCEL_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long a failed restore waits to learn whether the agent went away (its input closing
+/// is seen by another task than the push's).
+pub const GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often a push reports progress and checks whether its operator went away.
+pub const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often a push's progress is written when standard error is not a terminal.
 pub const PROGRESS_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -276,10 +283,11 @@ pub mod control {
     pub const MAX_LINE_BYTES: usize = 1 << 20;
     /// How long a connection may take to send its request, and a reply line to be written.
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-    /// How long `restore` waits for the daemon's next line before it gives up: progress
-    /// comes every `PROGRESS_INTERVAL` while a push runs, and a push stalls for at most its
-    /// own I/O timeout.
-    pub const REPLY_SILENCE_TIMEOUT: Duration = Duration::from_secs(900);
+    /// How long `restore` waits for the daemon's next line before it gives up: the daemon
+    /// writes one at least every `HEARTBEAT_INTERVAL` while it works.
+    pub const REPLY_SILENCE_TIMEOUT: Duration = Duration::from_secs(120);
+    /// Longest the daemon stays silent on a control connection while it works.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
     /// Least time between two progress lines.
     pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
     /// Longest snapshot name asked for (ours are 20-odd characters).

@@ -24,8 +24,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::constants::control::{
-    MAX_LINE_BYTES, MAX_MODULE_BYTES, MAX_SNAPSHOT_NAME_BYTES, MAX_SUB_PATH_BYTES,
-    PROGRESS_INTERVAL, REPLY_SILENCE_TIMEOUT, REQUEST_TIMEOUT, SOCKET_FOLDER_MODE, SOCKET_MODE,
+    HEARTBEAT_INTERVAL, MAX_LINE_BYTES, MAX_MODULE_BYTES, MAX_SNAPSHOT_NAME_BYTES,
+    MAX_SUB_PATH_BYTES, PROGRESS_INTERVAL, REPLY_SILENCE_TIMEOUT, REQUEST_TIMEOUT,
+    SOCKET_FOLDER_MODE, SOCKET_MODE,
 };
 use crate::constants::{
     MAX_MACHINE_UUID_BYTES, MAX_RSYNC_PASSWORD_BYTES, MAX_RSYNC_USERNAME_BYTES,
@@ -111,6 +112,9 @@ pub enum Reply {
     /// Something to tell the operator (the snapshot chosen, the peer's messages).
     Info(String),
     Progress(PushProgress),
+    /// Nothing new, still working (sent when nothing else was for a while, so the operator's
+    /// command can tell a long quiet stretch from a stuck daemon).
+    Alive,
     /// The push ended; `exit_code` 0 means every file arrived (23: some did not).
     Done(PushReport),
     Error(String),
@@ -326,7 +330,8 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> Result<(), std::io::
         }
     };
     let (replies, mut receive) = tokio::sync::mpsc::channel::<Reply>(64);
-    // The operator's command going away (Ctrl-C) stops the push at its next progress call.
+    // The operator's command going away (Ctrl-C) stops the push at its next tick: seen as the
+    // end of its input (it sends nothing after the request) or as a failed write.
     let cancelled = Arc::new(AtomicBool::new(false));
     let work = {
         let cancelled = Arc::clone(&cancelled);
@@ -336,12 +341,33 @@ async fn answer(daemon: Arc<Daemon>, stream: UnixStream) -> Result<(), std::io::
             }
         })
     };
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.reset();
+    let mut scratch = [0u8; 64];
     let mut gone = false;
-    while let Some(reply) = receive.recv().await {
+    loop {
+        let reply = tokio::select! {
+            reply = receive.recv() => match reply {
+                Some(reply) => reply,
+                None => break,
+            },
+            _ = heartbeat.tick() => Reply::Alive,
+            read = tokio::io::AsyncReadExt::read(&mut read, &mut scratch), if !gone => {
+                // Anything or nothing: the request was all the operator had to say.
+                if matches!(read, Ok(0) | Err(_)) {
+                    gone = true;
+                    cancelled.store(true, Ordering::Relaxed);
+                }
+                continue;
+            }
+        };
+        heartbeat.reset();
         if gone {
             continue;
         }
-        if write.write_all(&encode_line(&reply)).await.is_err() {
+        let written =
+            tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&encode_line(&reply))).await;
+        if !matches!(written, Ok(Ok(()))) {
             gone = true;
             cancelled.store(true, Ordering::Relaxed);
         }
@@ -383,14 +409,18 @@ impl ProgressRelay {
         }
     }
 
-    /// `false` once the operator's command is gone: the push should stop.
-    pub fn report(&mut self, progress: &PushProgress) -> bool {
+    /// Passes `progress` on, unless the last report was under [`PROGRESS_INTERVAL`] ago.
+    pub fn report(&mut self, progress: &PushProgress) {
         if self.last.is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL) {
             self.last = Some(Instant::now());
             // Full: the operator reads slowly; the next report carries newer figures anyway.
             let _ = self.replies.try_send(Reply::Progress(progress.clone()));
         }
-        !self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Whether the operator's command is gone (the push should stop).
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     pub fn info(&self, text: String) {
@@ -398,10 +428,21 @@ impl ProgressRelay {
     }
 }
 
+/// Whether the process behind the control socket may be told a restore password: root, the
+/// operator themself, or the store's owner (the daemon's user).
+fn daemon_trusted(daemon_uid: u32, me: u32, store_owner: Option<u32>) -> bool {
+    daemon_uid == 0 || daemon_uid == me || Some(daemon_uid) == store_owner
+}
+
 /// The operator's side: sends `request` to the daemon at `socket`, hands every reply to
 /// `on_reply`, and returns the final report, or the daemon's error.
+///
+/// The password goes only to a daemon whose credentials are root's, ours, or those of the
+/// store's owner (the daemon writes the store): a user who managed to put a socket of their
+/// own in its place learns nothing.
 pub fn request_restore(
     socket: &Path,
+    store: &Path,
     request: &RestoreRequest,
     mut on_reply: impl FnMut(&Reply),
 ) -> anyhow::Result<PushReport> {
@@ -413,6 +454,19 @@ pub fn request_restore(
             socket.display()
         )
     })?;
+    let daemon_uid =
+        nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .context("asking for the control socket's peer credentials")?
+            .uid();
+    let store_owner = std::fs::metadata(store)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok();
+    if !daemon_trusted(daemon_uid, nix::unistd::geteuid().as_raw(), store_owner) {
+        bail!(
+            "the process behind {} runs as uid {daemon_uid}, neither root, you, nor the store's owner: not sending it the restore password",
+            socket.display()
+        );
+    }
     stream.set_read_timeout(Some(REPLY_SILENCE_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     stream.write_all(&encode_line(&Request::Restore(request.clone())))?;
@@ -435,7 +489,7 @@ pub fn request_restore(
         match reply {
             Reply::Done(report) => return Ok(report),
             Reply::Error(text) => bail!("{text}"),
-            Reply::Info(_) | Reply::Progress(_) => {}
+            Reply::Info(_) | Reply::Progress(_) | Reply::Alive => {}
         }
     }
 }
@@ -515,6 +569,15 @@ mod tests {
         assert!(peer_allowed(0));
         assert!(peer_allowed(nix::unistd::geteuid().as_raw()));
         assert!(!peer_allowed(65534) || nix::unistd::geteuid().as_raw() == 65534);
+    }
+
+    #[test]
+    fn passwords_go_only_to_root_the_operator_or_the_stores_owner() {
+        assert!(daemon_trusted(0, 1000, None));
+        assert!(daemon_trusted(1000, 1000, None));
+        assert!(daemon_trusted(998, 1000, Some(998)));
+        assert!(!daemon_trusted(1001, 1000, Some(998)));
+        assert!(!daemon_trusted(1001, 1000, None));
     }
 
     #[tokio::test]

@@ -4,14 +4,14 @@
 //! restore mode. Either way the store is only read: a push that fails midway changes
 //! nothing on the storage.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::constants::{CANCEL_POLL_INTERVAL, MAX_REASONS_SHOWN};
+use crate::constants::{CANCEL_POLL_INTERVAL, GONE_GRACE, MAX_REASONS_SHOWN, PROGRESS_TICK};
 use crate::control::{ProgressRelay, Reply, RestoreRequest};
 use crate::pull::{Connection, RsyncUrl};
 use crate::server::Daemon;
@@ -97,9 +97,9 @@ pub fn summary_line(report: &PushReport) -> String {
     )
 }
 
-/// The daemon's side of `restore`: finds the machine's restore session, opens its forwarded
-/// module through the agent's SSH connection and pushes the snapshot, reporting progress to
-/// the control connection.
+/// The daemon's side of `restore`: finds the machine's restore session, reads the snapshot's
+/// list, opens the agent's forwarded module through its SSH connection and pushes the
+/// snapshot, reporting progress to the control connection.
 pub async fn restore_through_session(
     daemon: &Arc<Daemon>,
     request: RestoreRequest,
@@ -118,6 +118,33 @@ pub async fn restore_through_session(
             request.machine
         );
     };
+    // The list first: the agent's rsync daemon would otherwise hold an unanswered
+    // connection (and its own timeout) while a large snapshot is read.
+    let store_path = daemon.ctx.config.store.clone();
+    let relay = ProgressRelay::new(replies, Arc::clone(&cancelled));
+    let prepared = {
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let store = turku_store::Store::open(&store_path)
+                .with_context(|| format!("opening store {}", store_path.display()))?;
+            let snapshot = store.snapshot(&request.machine, &request.source, &request.snapshot)?;
+            let sub = request.path.clone().unwrap_or_default();
+            let prepared = PreparedPush::new(&store, &snapshot, sub.as_bytes())?;
+            Ok((store, prepared))
+        })
+        .await
+        .context("the restore task failed")??
+    };
+    let (store, prepared) = prepared;
+    relay.info(format!(
+        "restoring {} of {}/{} into {}: {} files, {} bytes",
+        prepared.snapshot,
+        request.machine,
+        request.source,
+        request.module,
+        prepared.totals.files_total,
+        prepared.totals.bytes_total
+    ));
     let (address, connection) = session
         .tunnel
         .open(session.port)
@@ -136,7 +163,6 @@ pub async fn restore_through_session(
         module: request.module.clone(),
         path: String::new(),
     };
-    let store_path = daemon.ctx.config.store.clone();
     let options = PushOptions {
         password: request
             .password
@@ -150,83 +176,247 @@ pub async fn restore_through_session(
         },
     };
     let tunnel = Arc::clone(&session.tunnel);
-    let work = tokio::task::spawn_blocking(move || {
-        let store = turku_store::Store::open(&store_path)
-            .with_context(|| format!("opening store {}", store_path.display()))?;
-        let mut relay = ProgressRelay::new(replies, Arc::clone(&cancelled));
-        let snapshot = store.snapshot(&request.machine, &request.source, &request.snapshot)?;
-        relay.info(format!(
-            "restoring {} of {}/{} into {}",
-            snapshot.name, request.machine, request.source, request.module
-        ));
-        let sub = request.path.clone().unwrap_or_default();
-        push_snapshot(
+    let result = tokio::task::spawn_blocking(move || {
+        let mut relay = relay;
+        prepared.push(
             &store,
-            &snapshot,
-            sub.as_bytes(),
             &url,
             connection,
             options,
-            &mut |p| {
-                relay.report(p);
-            },
+            &mut |p| relay.report(p),
             Some(&cancelled),
         )
-    });
-    let result = work.await.context("the restore task failed")?;
-    match result {
-        Err(e) if tunnel.is_gone() => Err(
-            e.context("the agent's restore session closed midway; nothing on the storage changed")
-        ),
-        other => other,
+    })
+    .await
+    .context("the restore task failed")?;
+    let Err(e) = result else {
+        return result;
+    };
+    // The agent's input closing is seen by another task than the one whose push just failed
+    // on the same departure: give it a moment before deciding what the failure means.
+    let deadline = Instant::now() + GONE_GRACE;
+    while !tunnel.is_gone() && Instant::now() < deadline {
+        tokio::time::sleep(CANCEL_POLL_INTERVAL).await;
     }
+    if tunnel.is_gone() {
+        return Err(
+            e.context("the agent's restore session closed midway; nothing on the storage changed")
+        );
+    }
+    Err(e)
+}
+
+/// Progress figures the push updates as it goes, read by the progress ticker: content read
+/// from the store counts as it is read, so a long file shows progress too.
+#[derive(Debug, Default)]
+struct Counters {
+    files_done: AtomicU64,
+    bytes_done: AtomicU64,
+    wire_written: AtomicU64,
 }
 
 /// The store as the sender's content: the walked entries, each regular file opened by its
 /// position in the list (which is the walk's order) and read chunk by chunk, each verified.
 struct StoreSource<'a> {
     store: &'a turku_store::Store,
-    walked: Vec<turku_store::WalkEntry>,
-    totals: PushProgress,
-    progress: &'a mut dyn FnMut(&PushProgress),
+    walked: &'a [turku_store::WalkEntry],
+    counters: &'a Counters,
 }
 
 /// A stored file's content as the sender reads it.
-struct StoreContent(turku_store::FileReader);
+struct StoreContent<'a> {
+    reader: turku_store::FileReader,
+    counters: &'a Counters,
+}
 
-impl turku_proto_rsync::FileContent for StoreContent {
+impl turku_proto_rsync::FileContent for StoreContent<'_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, turku_proto_rsync::SinkError> {
-        Ok(std::io::Read::read(&mut self.0, buf)?)
+        let n = std::io::Read::read(&mut self.reader, buf)?;
+        self.counters
+            .bytes_done
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
-impl turku_proto_rsync::SendSource for StoreSource<'_> {
-    type Content = StoreContent;
+impl<'a> turku_proto_rsync::SendSource for StoreSource<'a> {
+    type Content = StoreContent<'a>;
 
     fn open(
         &mut self,
         ndx: u32,
         _entry: &turku_proto_rsync::FileEntry,
-    ) -> Result<StoreContent, turku_proto_rsync::SinkError> {
+    ) -> Result<StoreContent<'a>, turku_proto_rsync::SinkError> {
         let walked = self
             .walked
             .get(ndx as usize)
             .ok_or("the sender asked for an entry past the list")?;
-        Ok(StoreContent(self.store.open_walked(walked)?))
+        Ok(StoreContent {
+            reader: self.store.open_walked(walked)?,
+            counters: self.counters,
+        })
     }
 
     fn progress(&mut self, p: &turku_proto_rsync::PushProgress) {
-        self.totals.files_done = p.files_sent;
-        self.totals.bytes_done = p.literal_bytes + p.matched_bytes;
-        self.totals.wire_written = p.wire_bytes_written;
-        (self.progress)(&self.totals);
+        self.counters
+            .files_done
+            .store(p.files_sent, Ordering::Relaxed);
+        self.counters
+            .wire_written
+            .store(p.wire_bytes_written, Ordering::Relaxed);
     }
 }
 
-/// Pushes `snapshot` (or its `sub` path) into `url`'s module over `connection`, with hard
-/// links, numeric owners and nothing deleted at the destination. `progress` is called after
-/// each file; `cancel` set stops the push at the next moment it waits for the peer.
-#[allow(clippy::too_many_arguments)]
+/// A snapshot's file list, read and ready to push.
+#[derive(Debug)]
+pub struct PreparedPush {
+    snapshot: String,
+    walked: Vec<turku_store::WalkEntry>,
+    entries: Vec<turku_proto_rsync::FileEntry>,
+    totals: PushProgress,
+}
+
+impl PreparedPush {
+    /// Walks `snapshot` (or its `sub` path) into a file list.
+    pub fn new(
+        store: &turku_store::Store,
+        snapshot: &turku_store::Snapshot,
+        sub: &[u8],
+    ) -> Result<PreparedPush> {
+        let walked = store
+            .walk_entries(snapshot, sub)
+            .with_context(|| format!("reading snapshot {}", snapshot.name))?;
+        let entries = walked.iter().map(file_entry).collect();
+        let mut totals = PushProgress::default();
+        for w in &walked {
+            if w.has_content() {
+                totals.files_total += 1;
+                totals.bytes_total += w.entry.file_size();
+            }
+        }
+        Ok(PreparedPush {
+            snapshot: snapshot.name.clone(),
+            walked,
+            entries,
+            totals,
+        })
+    }
+
+    /// Pushes the list into `url`'s module over `connection`, with hard links, numeric
+    /// owners and nothing deleted at the destination. `progress` is called every
+    /// [`PROGRESS_TICK`] while the push runs and once at its end; `cancel` set stops the push
+    /// at the next tick.
+    pub fn push(
+        self,
+        store: &turku_store::Store,
+        url: &RsyncUrl,
+        connection: Connection,
+        options: PushOptions,
+        progress: &mut dyn FnMut(&PushProgress),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<PushReport> {
+        let started = Instant::now();
+        let PreparedPush {
+            snapshot,
+            walked,
+            entries,
+            totals,
+        } = self;
+        let mut config = turku_proto_rsync::io::PushConfig::new(&url.module);
+        config.path = url.path.clone();
+        if let Some(user) = &url.user {
+            config.user = user.clone();
+        }
+        config.password = options.password;
+        config.hard_links = true;
+        config.numeric_ids = true;
+        config.timeouts = options.timeouts;
+        let counters = Counters::default();
+        let mut source = StoreSource {
+            store,
+            walked: &walked,
+            counters: &counters,
+        };
+        let current = |counters: &Counters| PushProgress {
+            files_done: counters.files_done.load(Ordering::Relaxed),
+            bytes_done: counters.bytes_done.load(Ordering::Relaxed),
+            wire_written: counters.wire_written.load(Ordering::Relaxed),
+            ..totals.clone()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the I/O runtime")?;
+        let transfer = async {
+            let push = async {
+                match connection {
+                    Connection::Tcp => {
+                        turku_proto_rsync::io::push_tcp(
+                            &url.host,
+                            url.port,
+                            &config,
+                            entries,
+                            &mut source,
+                        )
+                        .await
+                    }
+                    Connection::Stream(stream) => {
+                        turku_proto_rsync::io::push(stream, &config, entries, &mut source).await
+                    }
+                }
+            };
+            // Progress and cancellation between the sender's steps, which are bounded.
+            let ticker = async {
+                loop {
+                    tokio::time::sleep(PROGRESS_TICK).await;
+                    if cancel.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+                        break;
+                    }
+                    progress(&current(&counters));
+                }
+            };
+            tokio::select! {
+                outcome = push => Some(outcome),
+                () = ticker => None,
+            }
+        };
+        let outcome = match runtime.block_on(transfer) {
+            None => bail!("the restore was cancelled (its command went away)"),
+            Some(outcome) => outcome.with_context(|| {
+                format!(
+                    "pushing to rsync://{}:{}/{}",
+                    url.host, url.port, url.module
+                )
+            })?,
+        };
+        progress(&current(&counters));
+        let p = outcome.progress;
+        let mut warnings = outcome.warnings.clone();
+        warnings.truncate(MAX_REASONS_SHOWN);
+        let mut failed = outcome.failed.clone();
+        failed.truncate(MAX_REASONS_SHOWN);
+        Ok(PushReport {
+            snapshot,
+            protocol: outcome.protocol,
+            entries: p.entries,
+            files: totals.files_total,
+            bytes: totals.bytes_total,
+            files_sent: p.files_sent,
+            literal_bytes: p.literal_bytes,
+            matched_bytes: p.matched_bytes,
+            wire_written: p.wire_bytes_written,
+            wire_read: p.wire_bytes_read,
+            exit_code: outcome.exit_code,
+            failed,
+            failed_count: outcome.failed.len() as u64,
+            warnings,
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+/// Pushes `snapshot` (or its `sub` path) into `url`'s module over `connection`: the list
+/// read, then [`PreparedPush::push`].
 pub fn push_snapshot(
     store: &turku_store::Store,
     snapshot: &turku_store::Snapshot,
@@ -235,105 +425,8 @@ pub fn push_snapshot(
     connection: Connection,
     options: PushOptions,
     progress: &mut dyn FnMut(&PushProgress),
-    cancel: Option<&AtomicBool>,
 ) -> Result<PushReport> {
-    let started = Instant::now();
-    let walked = store
-        .walk_entries(snapshot, sub)
-        .with_context(|| format!("reading snapshot {}", snapshot.name))?;
-    let entries: Vec<turku_proto_rsync::FileEntry> = walked.iter().map(file_entry).collect();
-    let mut totals = PushProgress::default();
-    for w in &walked {
-        if w.has_content() {
-            totals.files_total += 1;
-            totals.bytes_total += w.entry.file_size();
-        }
-    }
-    let (files, bytes) = (totals.files_total, totals.bytes_total);
-    let mut config = turku_proto_rsync::io::PushConfig::new(&url.module);
-    config.path = url.path.clone();
-    if let Some(user) = &url.user {
-        config.user = user.clone();
-    }
-    config.password = options.password;
-    config.hard_links = true;
-    config.numeric_ids = true;
-    config.timeouts = options.timeouts;
-    let mut source = StoreSource {
-        store,
-        walked,
-        totals,
-        progress,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    let transfer = async {
-        let push = async {
-            match connection {
-                Connection::Tcp => {
-                    turku_proto_rsync::io::push_tcp(
-                        &url.host,
-                        url.port,
-                        &config,
-                        entries,
-                        &mut source,
-                    )
-                    .await
-                }
-                Connection::Stream(stream) => {
-                    turku_proto_rsync::io::push(stream, &config, entries, &mut source).await
-                }
-            }
-        };
-        let cancelled = async {
-            match cancel {
-                Some(flag) => loop {
-                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    tokio::time::sleep(CANCEL_POLL_INTERVAL).await;
-                },
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            outcome = push => Some(outcome),
-            () = cancelled => None,
-        }
-    };
-    let outcome = match runtime.block_on(transfer) {
-        None => bail!("the restore was cancelled (its command went away)"),
-        Some(outcome) => outcome.with_context(|| {
-            format!(
-                "pushing to rsync://{}:{}/{}",
-                url.host, url.port, url.module
-            )
-        })?,
-    };
-    let p = outcome.progress;
-    let mut warnings = outcome.warnings.clone();
-    warnings.truncate(MAX_REASONS_SHOWN);
-    let mut failed = outcome.failed.clone();
-    failed.truncate(MAX_REASONS_SHOWN);
-    Ok(PushReport {
-        snapshot: snapshot.name.clone(),
-        protocol: outcome.protocol,
-        entries: p.entries,
-        files,
-        bytes,
-        files_sent: p.files_sent,
-        literal_bytes: p.literal_bytes,
-        matched_bytes: p.matched_bytes,
-        wire_written: p.wire_bytes_written,
-        wire_read: p.wire_bytes_read,
-        exit_code: outcome.exit_code,
-        failed,
-        failed_count: outcome.failed.len() as u64,
-        warnings,
-        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    })
+    PreparedPush::new(store, snapshot, sub)?.push(store, url, connection, options, progress, None)
 }
 
 /// A walked store entry as an rsync file-list entry: `.` for the root folder, the store's

@@ -200,3 +200,67 @@ fn an_agent_that_goes_away_mid_restore_is_a_clear_error_and_changes_nothing() {
     assert_eq!(storage.snapshots(&agent.uuid, "data"), [snapshot]);
     storage.assert_verifies_clean();
 }
+
+#[test]
+fn a_restore_whose_command_goes_away_stops_and_frees_the_session() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(&coordinator, "storage-t", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data");
+    std::fs::create_dir(&tree).unwrap();
+    random_file(&tree.join("big.bin"), 13, 32 << 20);
+    std::fs::write(tree.join("small"), b"small").unwrap();
+    let agent = TestAgent::register(&coordinator, "web-t", &[("data", &tree)]);
+    back_up(&coordinator, &storage, &agent, &tree);
+
+    let restore_path = work.path().join("restore");
+    std::fs::create_dir(&restore_path).unwrap();
+    let rsyncd = agent.start_restore_rsyncd(&restore_path);
+    let session = enter_restore_mode(&storage, &agent, &rsyncd);
+    let (_, user, password) = rsyncd.credentials[0].clone();
+    let mut command = storage.command(&[
+        "restore",
+        "--machine",
+        &agent.uuid,
+        "--source",
+        "data",
+        "--user",
+        &user,
+    ]);
+    command.env("RSYNC_PASSWORD", &password);
+    let mut running = command.spawn().unwrap();
+    // The receiving rsync held still: the push waits on it, and the operator gives up.
+    let mut receiver = None;
+    eventually(
+        "the restore reaches the agent's rsync",
+        Duration::from_secs(30),
+        || {
+            receiver = children(rsyncd.pid()).first().copied();
+            receiver.is_some()
+        },
+    );
+    let receiver = nix::unistd::Pid::from_raw(receiver.unwrap());
+    let _ = nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGSTOP);
+    running.kill().unwrap();
+    let _ = running.wait();
+    // The daemon noticed, dropped that push and lets the next restore in, while the first
+    // receiver still holds its connection open (only its I/O timeout, minutes away, would
+    // end that push otherwise).
+    let mut last = String::new();
+    eventually(
+        "the session takes a new restore",
+        Duration::from_secs(60),
+        || {
+            let out = restore(&storage, &agent, &rsyncd, &[]);
+            last = stderr(&out);
+            assert!(
+                out.status.success() || last.contains("already running"),
+                "{last}"
+            );
+            out.status.success()
+        },
+    );
+    let _ = nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(std::fs::read(restore_path.join("small")).unwrap(), b"small");
+    end_session(session);
+}
