@@ -27,10 +27,12 @@ pub struct Limits {
     pub max_file_list_bytes: u64,
     /// Longest vstring (checksum name lists, xnames).
     pub max_vstring: usize,
-    /// Most blocks in one sum head.
+    /// Most blocks in one sum head a receiver accepts. A sender keeps at most this many
+    /// sums: beyond it (a stock generator sends up to 32 M blocks for a basis above
+    /// 2 TiB) it reads and drops them and sends that file whole as literal data.
     pub max_blocks: u32,
-    /// Most bytes of block sums (weak + strong) one request may carry: what a sender holds
-    /// in memory for the file it is matching.
+    /// Most bytes of block sums (weak + strong) one request may make a sender hold in
+    /// memory for the file it is matching; larger requests are answered as above.
     pub max_sum_bytes: u64,
     /// Longest literal token accepted. Literals are streamed, so this only guards sanity.
     pub max_literal: u32,

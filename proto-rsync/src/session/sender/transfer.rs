@@ -7,9 +7,12 @@
 //!
 //! Everything read here comes from the network and is bounded before use: the index
 //! names an entry of the list, a transfer names a regular file and comes before phase 2,
-//! the sum head passes stock 3.5.0's checks (block length 1..=131072, strong sums no
-//! longer than the checksum, remainder within a block) and its sums fit
-//! `Limits::max_sum_bytes`.
+//! the sum head passes stock 3.5.0's checks (count not negative, block length
+//! 1..=131072, strong sums no longer than the checksum, remainder within a block).
+//! Sums beyond `Limits::max_blocks` or `Limits::max_sum_bytes` (a stock generator sends
+//! up to 32 M blocks for a basis above 2 TiB) are read and dropped as they arrive, exactly
+//! the `count * (4 + s2length)` bytes the head announces, and the file goes out whole as
+//! literal data: any mix of tokens is a valid reply, so this costs bandwidth, not memory.
 
 use super::matcher::{BlockTable, Delta};
 use super::{Ctx, SendSource, State, CONTENT_READ_SIZE, OUTPUT_HIGH_WATER};
@@ -18,6 +21,7 @@ use crate::codec::prim::{put_i32, put_u16, put_vstring, run};
 use crate::codec::sums::SumHead;
 use crate::constants::*;
 use crate::error::{DecodeError, Error};
+use crate::limits::Limits;
 use crate::session::Step;
 
 /// The last phase that may carry transfer requests (1 = the redo phase).
@@ -63,6 +67,12 @@ enum Req<C> {
     Sums {
         item: Item,
         table: BlockTable,
+    },
+    /// Sums too many to keep: `left` bytes of them still to drop.
+    SkipSums {
+        item: Item,
+        head: SumHead,
+        left: u64,
     },
     Send(Box<Sending<C>>),
 }
@@ -171,24 +181,36 @@ impl<C: super::FileContent> TransferPhase<C> {
                 }
                 Req::Head { item } => {
                     let xfer = ctx.neg.checksum.len();
-                    let Some(head) = ctx.take(|b| SumHead::decode(b, p, xfer, &lim))? else {
+                    // Stock bounds the count only by its sign: larger heads than we keep
+                    // are valid and answered whole (see `SkipSums`).
+                    let as_stock = Limits {
+                        max_blocks: i32::MAX as u32,
+                        ..lim.clone()
+                    };
+                    let Some(head) = ctx.take(|b| SumHead::decode(b, p, xfer, &as_stock))? else {
                         self.req = Req::Head { item };
                         return Ok(Step::NeedInput);
                     };
                     let bytes = u64::from(head.count) * (4 + u64::from(head.s2length));
-                    if bytes > lim.max_sum_bytes {
-                        return Err(DecodeError::TooLong {
-                            what: "block sums of one request",
-                            len: bytes,
-                            max: lim.max_sum_bytes,
-                        }
-                        .into());
-                    }
-                    let table = BlockTable::new(head);
                     if head.count == 0 {
-                        self.open(ctx, source, item, table)
+                        self.open(ctx, source, item, head, None)
+                    } else if head.count > lim.max_blocks || bytes > lim.max_sum_bytes {
+                        tracing::warn!(
+                            ndx = item.ndx,
+                            blocks = head.count,
+                            sum_bytes = bytes,
+                            "more block sums than we keep: dropping them, sending the file whole"
+                        );
+                        Req::SkipSums {
+                            item,
+                            head,
+                            left: bytes,
+                        }
                     } else {
-                        Req::Sums { item, table }
+                        Req::Sums {
+                            item,
+                            table: BlockTable::new(head),
+                        }
                     }
                 }
                 Req::Sums { item, mut table } => {
@@ -198,7 +220,19 @@ impl<C: super::FileContent> TransferPhase<C> {
                         return Ok(Step::NeedInput);
                     }
                     table.index();
-                    self.open(ctx, source, item, table)
+                    let head = table.head();
+                    self.open(ctx, source, item, head, Some(table))
+                }
+                Req::SkipSums { item, head, left } => {
+                    let n = (ctx.avail().len() as u64).min(left);
+                    ctx.consume(n as usize);
+                    ctx.spend(n);
+                    let left = left - n;
+                    if left > 0 {
+                        self.req = Req::SkipSums { item, head, left };
+                        return Ok(Step::NeedInput);
+                    }
+                    self.open(ctx, source, item, head, None)
                 }
                 Req::Send(mut s) => {
                     if ctx.must_pause() {
@@ -240,13 +274,15 @@ impl<C: super::FileContent> TransferPhase<C> {
         }
     }
 
-    /// Opens the file and starts the reply, or tells the receiver it will not come.
+    /// Opens the file and starts the reply (echoing `head`; matching against `table`
+    /// if any, else all literal), or tells the receiver it will not come.
     fn open<S: SendSource<Content = C>>(
         &mut self,
         ctx: &mut Ctx,
         source: &mut S,
         item: Item,
-        table: BlockTable,
+        head: SumHead,
+        table: Option<BlockTable>,
     ) -> Req<C> {
         let Some((wire, entry)) = ctx.list.by_ndx(item.ndx) else {
             // Checked when the index arrived.
@@ -254,10 +290,8 @@ impl<C: super::FileContent> TransferPhase<C> {
         };
         match source.open(wire, entry) {
             Ok(content) => {
-                let head = table.head();
                 write_item(ctx, &item);
                 head.encode(ctx.neg.protocol, ctx.pending_mut());
-                let table = (head.count > 0).then_some(table);
                 let buf = std::mem::take(&mut self.spare);
                 let delta = Delta::new(
                     table,
