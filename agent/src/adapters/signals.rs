@@ -1,0 +1,46 @@
+//! SIGINT, SIGTERM and SIGHUP become a flag the waiting loops poll, so every exit path
+//! stops the rsync daemon and removes the temp files (a drop guard alone does not run when
+//! a signal kills the process).
+//!
+//! The signals are blocked in the main thread before any other thread exists (so every
+//! thread inherits the mask) and one thread takes them with `sigwait`. Children start with
+//! an empty mask (the standard library resets it), so rsync and ssh react to signals as usual.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{SigSet, Signal};
+
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Must run first in `main`, before any thread is started.
+pub fn install() -> anyhow::Result<()> {
+    let set = handled();
+    set.thread_block()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(signal) = set.wait() {
+                tracing::debug!("received {signal}");
+                // The first signal counts; a second one is the same request.
+                let _ =
+                    RECEIVED.compare_exchange(0, signal as i32, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        })?;
+    Ok(())
+}
+
+/// The signal received, if any.
+pub fn received() -> Option<Signal> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        n => Signal::try_from(n).ok(),
+    }
+}
