@@ -149,6 +149,15 @@ pub fn turku_storage_binary() -> PathBuf {
     )
 }
 
+/// Our agent binary (`agent/`).
+pub fn turku_agent_binary() -> PathBuf {
+    workspace_binary(
+        "turku-agent",
+        "turku-agent",
+        &["agent", "api/src", "api/Cargo.toml"],
+    )
+}
+
 /// A free loopback port (free when probed; the caller binds it soon after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
