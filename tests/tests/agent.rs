@@ -232,3 +232,181 @@ fn update_config_then_a_ping_backs_up_and_a_ping_with_nothing_due_is_quiet() {
     eprintln!("a ping with nothing due took {took:?}");
     agent.assert_nothing_left();
 }
+
+/// Registers `agent`, backs `tree` up once as `data`; returns the machine uuid.
+fn register_and_back_up(
+    coordinator: &Coordinator,
+    storage: &StorageDaemon,
+    agent: &Agent,
+) -> String {
+    agent.run_ok(&["update-config"]);
+    let uuid = agent.uuid();
+    make_due(coordinator, &uuid, "data");
+    agent.run_ok(&["ping"]);
+    assert_eq!(storage.snapshots(&uuid, "data").len(), 1);
+    uuid
+}
+
+fn signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+#[test]
+fn restore_mode_prints_the_storage_command_and_takes_the_push() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-r",
+        serde_json::json!({"preserve_hard_links": true}),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data");
+    make_awkward_tree(&tree);
+    random_file(&tree.join("big.bin"), 5, 1 << 20);
+    backdate_recent(&tree);
+    let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
+    let uuid = register_and_back_up(&coordinator, &storage, &agent);
+
+    let before = storage.log().matches("Restore mode active on port").count();
+    let mut session = agent.command(&["ping", "--restore"]).spawn().unwrap();
+    let stdout = session.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let command = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the restore command line");
+        if line.contains("turku-storage restore") {
+            break line;
+        }
+    };
+    // RSYNC_PASSWORD=<pw> turku-storage restore --machine <uuid> --source data --user <user>
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let password = words[0].strip_prefix("RSYNC_PASSWORD=").unwrap().to_owned();
+    assert_eq!(
+        &words[1..7],
+        [
+            "turku-storage",
+            "restore",
+            "--machine",
+            &uuid,
+            "--source",
+            "data"
+        ]
+    );
+    assert_eq!(words[7], "--user");
+    let user = words[8].to_owned();
+    eventually(
+        "the restore session is registered",
+        Duration::from_secs(30),
+        || storage.log().matches("Restore mode active on port").count() > before,
+    );
+
+    let mut restore = storage.command(&[
+        "restore",
+        "--machine",
+        &uuid,
+        "--source",
+        "data",
+        "--user",
+        &user,
+    ]);
+    restore.env("RSYNC_PASSWORD", &password);
+    let out = wait_bounded(
+        restore.spawn().unwrap(),
+        Duration::from_secs(120),
+        "turku-storage restore",
+    );
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    assert_rsync_sees_no_difference(&tree, &agent.restore);
+    if turku_testkit::is_root() {
+        assert_same_tree(&tree, &agent.restore);
+    }
+
+    // Ctrl-C ends restore mode cleanly.
+    signal(&session, nix::sys::signal::Signal::SIGINT);
+    let done = wait_bounded(session, Duration::from_secs(30), "restore mode");
+    assert!(done.status.success(), "{:?} {}", done.status, stderr(&done));
+    assert!(
+        stderr(&done).contains("Restore mode finished"),
+        "{}",
+        stderr(&done)
+    );
+    agent.assert_nothing_left();
+}
+
+#[test]
+fn a_failing_ssh_leaves_nothing_behind_and_the_source_stays_due() {
+    let coordinator = Coordinator::start();
+    let mut storage = StorageDaemon::start(&coordinator, "storage-f", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data");
+    std::fs::create_dir(&tree).unwrap();
+    random_file(&tree.join("f"), 1, 4096);
+    let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
+    let uuid = register_and_back_up(&coordinator, &storage, &agent);
+    make_due(&coordinator, &uuid, "data");
+    storage.kill();
+    let out = agent.run(&["ping"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("ssh to"), "{}", stderr(&out));
+    agent.assert_nothing_left();
+    // Still due: the next ping, with the storage back, backs it up.
+    storage.restart();
+    agent.run_ok(&["ping"]);
+    assert_eq!(storage.snapshots(&uuid, "data").len(), 2);
+}
+
+/// A ping slowed down by the daemon's bandwidth limit is interrupted mid-transfer; a second
+/// ping meanwhile exits on the lock.
+fn interrupted_mid_backup(sig: nix::sys::signal::Signal, exit_code: i32) {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(&coordinator, "storage-i", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data");
+    std::fs::create_dir(&tree).unwrap();
+    random_file(&tree.join("slow.bin"), 2, 4 << 20);
+    let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
+    agent.run_ok(&["update-config"]);
+    let uuid = agent.uuid();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.etc.join("config.d/10-agent.json")).unwrap())
+            .unwrap();
+    config["rsyncd_command"] = serde_json::json!(["rsync", "--bwlimit=100"]);
+    agent.write_config(config);
+    make_due(&coordinator, &uuid, "data");
+    let ping = agent.command(&["ping"]).spawn().unwrap();
+    eventually("the transfer begins", Duration::from_secs(30), || {
+        storage.log().contains("Begin: agent-test data")
+    });
+    assert!(!daemons_with(&agent.tmp).is_empty(), "the daemon runs");
+
+    let second = agent.run(&["ping"]);
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("is running"),
+        "{}",
+        stderr(&second)
+    );
+
+    signal(&ping, sig);
+    let out = wait_bounded(ping, Duration::from_secs(20), "the interrupted ping");
+    assert_eq!(out.status.code(), Some(exit_code), "{}", stderr(&out));
+    agent.assert_nothing_left();
+    assert!(storage.snapshots(&uuid, "data").is_empty());
+}
+
+#[test]
+fn sigterm_mid_ping_stops_the_daemon_and_removes_the_temp_files() {
+    interrupted_mid_backup(nix::sys::signal::Signal::SIGTERM, 143);
+}
+
+#[test]
+fn sigint_mid_ping_stops_the_daemon_and_removes_the_temp_files() {
+    interrupted_mid_backup(nix::sys::signal::Signal::SIGINT, 130);
+}
