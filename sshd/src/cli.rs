@@ -39,6 +39,33 @@ pub struct SourceArgs {
     pub source: String,
 }
 
+/// How `pull` and `push` reach an rsync daemon: its password and time bounds.
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// The password's file: its first line; refused when group or others may access it.
+    /// Without it the password comes from RSYNC_PASSWORD, as with stock rsync.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Seconds without data either way before the transfer fails, as rsync's --timeout
+    /// (0 = no limit). Time spent on local work does not count.
+    #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_IO_TIMEOUT.as_secs())]
+    pub timeout: u64,
+    /// Seconds for connecting and the daemon's greeting and authentication (0 = no limit).
+    #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_CONNECT_TIMEOUT.as_secs())]
+    pub contimeout: u64,
+}
+
+impl DaemonArgs {
+    /// The time bounds, with `deadline` seconds for the whole run (0 = none).
+    fn timeouts(&self, deadline: u64) -> turku_proto_rsync::Timeouts {
+        turku_proto_rsync::Timeouts {
+            io: turku_proto_rsync::Timeouts::from_secs(self.timeout),
+            connect: turku_proto_rsync::Timeouts::from_secs(self.contimeout),
+            deadline: turku_proto_rsync::Timeouts::from_secs(deadline),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Parse the storage daemon's configuration and print it, secrets redacted.
@@ -107,16 +134,8 @@ pub enum Command {
         excludes: Vec<String>,
         #[arg(long)]
         hard_links: bool,
-        /// The password's file: its first line; refused when group or others may access it.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Seconds without data either way before the pull fails, as rsync's --timeout
-        /// (0 = no limit). Time spent on local work does not count.
-        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_IO_TIMEOUT.as_secs())]
-        timeout: u64,
-        /// Seconds for connecting and the daemon's greeting and authentication (0 = no limit).
-        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_CONNECT_TIMEOUT.as_secs())]
-        contimeout: u64,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Seconds the whole pull may take (0 = no limit).
         #[arg(long, value_name = "SECONDS", default_value_t = 0)]
         deadline: u64,
@@ -145,15 +164,8 @@ pub enum Command {
         /// Path inside the snapshot to push instead of all of it.
         #[arg(long)]
         path: Option<PathBuf>,
-        /// The password's file: its first line; refused when group or others may access it.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
-        /// Seconds without data either way before the push fails (0 = no limit).
-        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_IO_TIMEOUT.as_secs())]
-        timeout: u64,
-        /// Seconds for connecting and the daemon's greeting and authentication (0 = no limit).
-        #[arg(long, value_name = "SECONDS", default_value_t = turku_proto_rsync::config::DEFAULT_CONNECT_TIMEOUT.as_secs())]
-        contimeout: u64,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         #[arg(help = "rsync://[USER@]HOST[:PORT]/MODULE/[PATH]")]
         url: String,
     },
@@ -543,9 +555,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             filters,
             excludes,
             hard_links,
-            password_file,
-            timeout,
-            contimeout,
+            daemon,
             deadline,
             max_file_list_bytes,
             bwlimit,
@@ -553,20 +563,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let store = open(&cli)?;
             let url = pull::RsyncUrl::parse(url)?;
-            let password = match password_file {
-                Some(f) => Some(pull::read_password_file(f)?),
-                None => std::env::var_os("RSYNC_PASSWORD")
-                    .map(|p| turku_proto_rsync::Secret::new(p.as_bytes().to_vec())),
-            };
             let options = pull::PullOptions {
-                password,
+                password: password(daemon.password_file.as_deref())?,
                 hard_links: *hard_links,
                 filter_rules: pull::turku_filter_rules(filters, excludes),
-                timeouts: turku_proto_rsync::Timeouts {
-                    io: turku_proto_rsync::Timeouts::from_secs(*timeout),
-                    connect: turku_proto_rsync::Timeouts::from_secs(*contimeout),
-                    deadline: turku_proto_rsync::Timeouts::from_secs(*deadline),
-                },
+                timeouts: daemon.timeouts(*deadline),
                 limits: turku_proto_rsync::Limits {
                     max_file_list_bytes: *max_file_list_bytes,
                     ..turku_proto_rsync::Limits::default()
@@ -606,9 +607,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             src,
             snapshot,
             path,
-            password_file,
-            timeout,
-            contimeout,
+            daemon,
             url,
         } => {
             let store = open(&cli)?;
@@ -619,12 +618,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|p| p.as_os_str().as_bytes().to_vec())
                 .unwrap_or_default();
             let options = restore::PushOptions {
-                password: password(password_file.as_deref())?,
-                timeouts: turku_proto_rsync::Timeouts {
-                    io: turku_proto_rsync::Timeouts::from_secs(*timeout),
-                    connect: turku_proto_rsync::Timeouts::from_secs(*contimeout),
-                    deadline: None,
-                },
+                password: password(daemon.password_file.as_deref())?,
+                timeouts: daemon.timeouts(0),
             };
             let mut shown = ProgressShown::new();
             let report = restore::push_snapshot(
