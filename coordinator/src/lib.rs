@@ -25,6 +25,9 @@ pub mod cronhash;
 pub mod db;
 pub mod error;
 pub mod filters;
+/// The fuzz targets' bodies, shared with the replay of their committed seeds.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handlers;
 pub mod health;
 pub mod models;

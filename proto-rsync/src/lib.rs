@@ -48,6 +48,9 @@ pub mod config;
 pub mod constants;
 pub mod delta;
 pub mod error;
+/// The fuzz targets' bodies, shared with the replay of their committed seeds.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod session;
 pub mod sort;

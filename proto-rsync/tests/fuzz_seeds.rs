@@ -1,7 +1,6 @@
 //! The committed seeds of the rsync fuzz targets (`fuzz/seeds/rsync_*/`) replayed through
-//! the same public decoders, so a decoder that starts panicking on one of them fails a plain
-//! `cargo test`. The fuzz crate is a workspace of its own, so each `rsync_*` function below
-//! mirrors the body of its target in `fuzz/fuzz_targets/`: keep them in step.
+//! the targets' own bodies (`turku_proto_rsync::fuzzing`), so a decoder that starts
+//! panicking on one of them fails a plain `cargo test`.
 //!
 //! `write_hand_made_seeds` (ignored) rebuilds the `hand-*` seeds: valid inputs built with
 //! our encoders and cut from the recorded stock-rsync conversations in `tests/fixtures/`.
@@ -10,27 +9,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use turku_proto_rsync::checksum::ChecksumKind;
-use turku_proto_rsync::codec::flist::{FlistDecoder, FlistEncoder, FlistItem, FlistOptions};
-use turku_proto_rsync::codec::handshake::{classify_line, decode_line, parse_greeting};
-use turku_proto_rsync::codec::mux::{decode_frame, encode_frame, MsgTag};
+use turku_proto_rsync::codec::flist::{FlistEncoder, FlistOptions};
+use turku_proto_rsync::codec::mux::{encode_frame, MsgTag};
 use turku_proto_rsync::codec::ndx::NdxCodec;
 use turku_proto_rsync::codec::prim::*;
-use turku_proto_rsync::codec::sums::{decode_block_sums, encode_block_sum, SumHead};
-use turku_proto_rsync::codec::token::{
-    decode_owned_token, encode_block, encode_end, encode_literal, OwnedToken,
-};
-use turku_proto_rsync::delta::apply;
+use turku_proto_rsync::codec::sums::{encode_block_sum, SumHead};
+use turku_proto_rsync::codec::token::{encode_block, encode_end, encode_literal};
+use turku_proto_rsync::fuzzing::{self, TOKENS_HEAD};
 use turku_proto_rsync::session::args::ServerArgs;
 use turku_proto_rsync::session::demux::Demux;
 use turku_proto_rsync::session::handshake::{
     ClientHandshake, HandshakeOptions, HandshakeStatus, Negotiated,
 };
-use turku_proto_rsync::session::receiver::{ClientReceiver, ReceiverOptions};
-use turku_proto_rsync::session::sender::{ClientSender, SenderOptions, Status};
-use turku_proto_rsync::{
-    Decoded, EntryAction, FileContent, FileEntry, HardLink, Limits, ReceiveSink, SendSource,
-    SinkError,
-};
+use turku_proto_rsync::{FileEntry, HardLink, Limits};
 
 fn seeds_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,403 +47,49 @@ fn replay(target: &str, body: fn(&[u8])) {
     }
 }
 
-// ------------------------------------------------------------------ rsync_varint
-
-fn rsync_varint(data: &[u8]) {
-    if let Ok(Decoded::Complete { value, .. }) = decode_varint(data) {
-        let mut o = Vec::new();
-        put_varint(&mut o, value);
-        assert_eq!(
-            decode_varint(&o)
-                .ok()
-                .and_then(|d| d.complete())
-                .map(|x| x.0),
-            Some(value)
-        );
-    }
-    for min in [3usize, 4] {
-        if let Ok(Decoded::Complete { value, .. }) = decode_varlong(data, min) {
-            let mut o = Vec::new();
-            put_varlong(&mut o, value, min);
-            assert_eq!(
-                decode_varlong(&o, min)
-                    .ok()
-                    .and_then(|d| d.complete())
-                    .map(|x| x.0),
-                Some(value)
-            );
-        }
-    }
-    let _ = decode_longint(data);
-    let _ = decode_vstring(data, 0x7FFF);
-}
-
 #[test]
 fn rsync_varint_seeds_replay_without_panic() {
-    replay("rsync_varint", rsync_varint);
-}
-
-// ------------------------------------------------------------------ rsync_ndx
-
-fn rsync_ndx(data: &[u8]) {
-    let proto = 29 + u32::from(data.first().copied().unwrap_or(0) % 4);
-    let mut r = NdxCodec::new(proto);
-    let mut pos = 1.min(data.len());
-    while let Ok(Decoded::Complete { consumed, .. }) = r.decode(&data[pos..]) {
-        pos += consumed;
-    }
+    replay("rsync_varint", fuzzing::rsync_varint);
 }
 
 #[test]
 fn rsync_ndx_seeds_replay_without_panic() {
-    replay("rsync_ndx", rsync_ndx);
-}
-
-// ------------------------------------------------------------------ rsync_mux
-
-fn rsync_mux(data: &[u8]) {
-    let limits = Limits {
-        max_message: 4096,
-        ..Limits::default()
-    };
-    let mut pos = 0;
-    while let Ok(Decoded::Complete { consumed, .. }) = decode_frame(&data[pos..], &limits) {
-        pos += consumed;
-    }
-    let step = 1 + usize::from(data.first().copied().unwrap_or(0) % 17);
-    let mut d = Demux::new(limits);
-    let (mut out, mut msgs) = (Vec::new(), Vec::new());
-    for chunk in data.chunks(step) {
-        if d.push(chunk, &mut out, &mut msgs).is_err() {
-            break;
-        }
-    }
+    replay("rsync_ndx", fuzzing::rsync_ndx);
 }
 
 #[test]
 fn rsync_mux_seeds_replay_without_panic() {
-    replay("rsync_mux", rsync_mux);
-}
-
-// ------------------------------------------------------------------ rsync_flist
-
-fn rsync_flist(data: &[u8]) {
-    let Some((&sel, rest)) = data.split_first() else {
-        return;
-    };
-    let proto = 27 + u32::from(sel % 6);
-    let compat = if sel & 0x08 != 0 { 0x80 } else { 0 } | if sel & 0x10 != 0 { 0x08 } else { 0 };
-    let mut o = FlistOptions::archive(proto, compat, sel & 0x20 != 0);
-    if sel & 0x40 != 0 {
-        o.checksum_len = Some(16);
-    }
-    let limits = Limits {
-        max_entries: 10_000,
-        max_file_list_bytes: if sel & 0x80 != 0 { 16 * 1024 } else { 1 << 30 },
-        ..Limits::default()
-    };
-    let mut d = FlistDecoder::new(o, limits);
-    let mut list = Vec::new();
-    let mut pos = 0;
-    while let Ok(Decoded::Complete { value, consumed }) = d.decode(&rest[pos..], &list) {
-        pos += consumed;
-        match value {
-            FlistItem::Entry(e) => list.push(e),
-            FlistItem::End { .. } => break,
-        }
-    }
-    let _ = turku_proto_rsync::sort::sort_order(&list, proto);
+    replay("rsync_mux", fuzzing::rsync_mux);
 }
 
 #[test]
 fn rsync_flist_seeds_replay_without_panic() {
-    replay("rsync_flist", rsync_flist);
-}
-
-// ------------------------------------------------------------------ rsync_sum_head
-
-fn rsync_sum_head(data: &[u8]) {
-    let limits = Limits {
-        max_blocks: 1 << 16,
-        ..Limits::default()
-    };
-    for proto in [27u32, 31] {
-        if let Ok(Decoded::Complete {
-            value: head,
-            consumed,
-        }) = SumHead::decode(data, proto, 16, &limits)
-        {
-            let _ = decode_block_sums(&data[consumed..], &head);
-        }
-    }
+    replay("rsync_flist", fuzzing::rsync_flist);
 }
 
 #[test]
 fn rsync_sum_head_seeds_replay_without_panic() {
-    replay("rsync_sum_head", rsync_sum_head);
-}
-
-// ------------------------------------------------------------------ rsync_tokens
-
-const TOKENS_HEAD: SumHead = SumHead {
-    count: 8,
-    blength: 700,
-    s2length: 2,
-    remainder: 100,
-};
-
-fn rsync_tokens(data: &[u8]) {
-    let limits = Limits {
-        max_literal: 1 << 16,
-        ..Limits::default()
-    };
-    let basis: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-    let head = TOKENS_HEAD;
-    let mut toks = Vec::new();
-    let mut pos = 0;
-    while let Ok(Decoded::Complete { value, consumed }) =
-        decode_owned_token(&data[pos..], head.count, &limits)
-    {
-        pos += consumed;
-        if value == OwnedToken::End {
-            break;
-        }
-        toks.push(value);
-    }
-    assert!(apply(&head, &basis, &toks).is_some());
+    replay("rsync_sum_head", fuzzing::rsync_sum_head);
 }
 
 #[test]
 fn rsync_tokens_seeds_replay_without_panic() {
-    replay("rsync_tokens", rsync_tokens);
-}
-
-// ------------------------------------------------------------------ rsync_handshake
-
-fn rsync_handshake(data: &[u8]) {
-    let mut pos = 0;
-    while let Ok(Decoded::Complete { value, consumed }) = decode_line(&data[pos..], 4096) {
-        pos += consumed;
-        let _ = parse_greeting(&value);
-        let _ = classify_line(&value);
-    }
-    let module = match data.first() {
-        Some(&b) if matches!(b, b'\n' | b'\r' | 0) => format!("m{}", b as char),
-        _ => "m".to_owned(),
-    };
-    let opts = HandshakeOptions {
-        args: ServerArgs::pull(&module, "", false),
-        protocol: 32,
-        user: "u".into(),
-        password: Some(b"p".to_vec().into()),
-        limits: Limits {
-            max_motd_lines: 4,
-            max_motd_bytes: 64,
-            ..Limits::default()
-        },
-    };
-    let Ok(mut h) = ClientHandshake::new(opts) else {
-        return;
-    };
-    let mut buf = Vec::new();
-    for chunk in data.chunks(7) {
-        buf.extend_from_slice(chunk);
-        match h.feed(&buf) {
-            Ok((used, HandshakeStatus::NeedInput)) => {
-                buf.drain(..used);
-            }
-            _ => break,
-        }
-        let _ = h.take_output();
-    }
+    replay("rsync_tokens", fuzzing::rsync_tokens);
 }
 
 #[test]
 fn rsync_handshake_seeds_replay_without_panic() {
-    replay("rsync_handshake", rsync_handshake);
-}
-
-// ------------------------------------------------------------------ rsync_receiver
-
-struct FuzzSink;
-
-impl ReceiveSink for FuzzSink {
-    type Basis = Vec<u8>;
-    fn entry(&mut self, _: u32, _: &FileEntry) -> Result<EntryAction, SinkError> {
-        Ok(EntryAction::Transfer)
-    }
-    fn basis(&mut self, ndx: u32, _: &FileEntry) -> Result<Option<Vec<u8>>, SinkError> {
-        Ok(ndx.is_multiple_of(2).then(|| vec![7u8; 2000]))
-    }
-    fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), SinkError> {
-        Ok(())
-    }
-    fn content(&mut self, _: &[u8]) -> Result<(), SinkError> {
-        Ok(())
-    }
-    fn end_content(&mut self, _: u32, _: &FileEntry, _: bool) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
-/// The session both role targets set up from their selector byte.
-fn fuzz_negotiated(sel: u8) -> Negotiated {
-    Negotiated {
-        protocol: 30 + u32::from(sel % 3),
-        compat_flags: if sel & 0x10 != 0 { 0x1fe } else { 0x2e },
-        checksum: if sel & 0x20 != 0 {
-            ChecksumKind::Xxh128
-        } else {
-            ChecksumKind::Md5 { seed_fix: true }
-        },
-        seed: 12345,
-        motd: Vec::new(),
-        motd_dropped: 0,
-    }
-}
-
-fn rsync_receiver(data: &[u8]) {
-    let Some((&sel, rest)) = data.split_first() else {
-        return;
-    };
-    let opts = ReceiverOptions {
-        hard_links: sel & 0x40 != 0,
-        numeric_ids: sel & 0x80 == 0,
-        filter_rules: Vec::new(),
-        limits: Limits {
-            max_entries: 5_000,
-            max_file_list_bytes: 256 * 1024,
-            max_blocks: 1 << 12,
-            max_literal: 1 << 16,
-            rebuilt_slack: 4096,
-            max_messages_kept: 8,
-            max_message_bytes_kept: 256,
-            ..Limits::default()
-        },
-    };
-    let mut rx: ClientReceiver<FuzzSink> = ClientReceiver::new(fuzz_negotiated(sel), opts);
-    let mut sink = FuzzSink;
-    for chunk in rest.chunks(64) {
-        if rx.feed(chunk).is_err() {
-            return;
-        }
-        match rx.step(&mut sink) {
-            Ok(turku_proto_rsync::session::receiver::Status::NeedInput) => {
-                let _ = rx.take_output();
-            }
-            _ => return,
-        }
-    }
+    replay("rsync_handshake", fuzzing::rsync_handshake);
 }
 
 #[test]
 fn rsync_receiver_seeds_replay_without_panic() {
-    replay("rsync_receiver", rsync_receiver);
-}
-
-// ------------------------------------------------------------------ rsync_sender
-
-struct FuzzSource;
-
-struct FuzzContent {
-    data: Vec<u8>,
-    at: usize,
-    fail_at: Option<usize>,
-}
-
-impl FileContent for FuzzContent {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, SinkError> {
-        if self.fail_at.is_some_and(|f| self.at >= f) {
-            return Err("injected read error".into());
-        }
-        let n = buf.len().min(self.data.len() - self.at).min(3000);
-        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-impl SendSource for FuzzSource {
-    type Content = FuzzContent;
-    fn open(&mut self, ndx: u32, e: &FileEntry) -> Result<FuzzContent, SinkError> {
-        if e.name == b"locked" {
-            return Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied).into());
-        }
-        let data: Vec<u8> = (0..e.size as usize)
-            .map(|i| (i * 7 + ndx as usize) as u8)
-            .collect();
-        Ok(FuzzContent {
-            data,
-            at: 0,
-            fail_at: (e.name == b"cut").then_some(2500),
-        })
-    }
-}
-
-fn sender_list() -> Vec<FileEntry> {
-    let mut dot = FileEntry::new(b".".to_vec(), 0o40755, 0);
-    dot.top_dir = true;
-    let mut lead = FileEntry::new(b"big".to_vec(), 0o100644, 9000);
-    lead.hard_link = HardLink::Leader;
-    let mut follow = FileEntry::new(b"d/same".to_vec(), 0o100644, 9000);
-    follow.hard_link = HardLink::Follower { first: 1 };
-    let mut link = FileEntry::new(b"link".to_vec(), 0o120777, 3);
-    link.symlink = Some(b"big".to_vec());
-    vec![
-        dot,
-        lead,
-        FileEntry::new(b"d".to_vec(), 0o40755, 0),
-        follow,
-        FileEntry::new(b"small".to_vec(), 0o100600, 5),
-        FileEntry::new(b"locked".to_vec(), 0o100600, 10),
-        FileEntry::new(b"cut".to_vec(), 0o100600, 6000),
-        link,
-    ]
-}
-
-fn rsync_sender(data: &[u8]) {
-    let Some((&sel, rest)) = data.split_first() else {
-        return;
-    };
-    let opts = SenderOptions {
-        hard_links: sel & 0x40 != 0,
-        numeric_ids: sel & 0x80 == 0,
-        delete: sel & 0x08 != 0,
-        filter_rules: Vec::new(),
-        limits: Limits {
-            max_blocks: 1 << 12,
-            max_sum_bytes: 64 * 1024,
-            max_messages_kept: 8,
-            max_message_bytes_kept: 256,
-            ..Limits::default()
-        },
-    };
-    let Ok(mut tx) = ClientSender::<FuzzSource>::new(fuzz_negotiated(sel), opts, sender_list(), 0)
-    else {
-        return;
-    };
-    let mut source = FuzzSource;
-    for chunk in rest.chunks(64) {
-        if tx.feed(chunk).is_err() {
-            return;
-        }
-        loop {
-            match tx.step(&mut source) {
-                Ok(Status::NeedInput) => {
-                    let _ = tx.take_output();
-                    if !tx.has_local_work() {
-                        break;
-                    }
-                }
-                _ => return,
-            }
-        }
-    }
+    replay("rsync_receiver", fuzzing::rsync_receiver);
 }
 
 #[test]
 fn rsync_sender_seeds_replay_without_panic() {
-    replay("rsync_sender", rsync_sender);
+    replay("rsync_sender", fuzzing::rsync_sender);
 }
 
 // ------------------------------------------------------------------ the hand-made seeds

@@ -36,6 +36,9 @@ pub mod constants;
 pub mod control;
 pub mod coordinator;
 pub mod forced;
+/// The fuzz targets' bodies, shared with the replay of their committed seeds.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hostkeys;
 pub mod openssh;
 pub mod output;

@@ -24,6 +24,9 @@ mod error;
 mod fault;
 pub mod format;
 mod fsutil;
+/// The fuzz targets' bodies, shared with the replay of their committed seeds.
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 pub mod maintain;
 mod read;

@@ -1,7 +1,6 @@
 //! The committed seeds of the store's fuzz targets (`fuzz/seeds/store_*/`) replayed through
-//! the same public decoders, so a decoder that starts panicking on one of them fails a plain
-//! `cargo test`. The fuzz crate is a workspace of its own, so each `store_*` function below
-//! mirrors the body of its target in `fuzz/fuzz_targets/`: keep them in step.
+//! the targets' own bodies (`turku_store::fuzzing`), so a decoder that starts panicking on one
+//! of them fails a plain `cargo test`.
 //!
 //! `write_hand_made_seeds` (ignored) rebuilds the `hand-*` seeds from what a real store
 //! writes: its packs, the tree objects inside them, its snapshot record log.
@@ -9,8 +8,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use turku_store::decode::{decode_blob, decode_snapshot_log, decode_trailer, decode_tree};
-use turku_store::tree::{encode_leaf, encode_split, TreeNode};
+use turku_store::decode::{decode_blob, decode_trailer, decode_tree};
+use turku_store::fuzzing;
+use turku_store::tree::encode_split;
 use turku_store::{CompressionMode, Store, StoreConfig};
 
 fn seeds_dir(target: &str) -> PathBuf {
@@ -37,59 +37,19 @@ fn replay(target: &str, body: fn(&[u8])) {
     }
 }
 
-fn store_pack(data: &[u8]) {
-    let mut read_at = |offset: u64, len: usize| -> std::io::Result<Vec<u8>> {
-        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        data.get(start..start.saturating_add(len))
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| std::io::Error::other("short read"))
-    };
-    let Ok(blobs) = decode_trailer(data.len() as u64, &mut read_at) else {
-        return;
-    };
-    let Ok(mut d) = turku_store::decode::Decompressor::new() else {
-        return;
-    };
-    for b in blobs {
-        let start = b.offset as usize;
-        if let Some(stored) = data.get(start..start + b.stored_len as usize) {
-            let _ = decode_blob(&b, stored, &mut d);
-        }
-    }
-}
-
 #[test]
 fn store_pack_seeds_replay_without_panic() {
-    replay("store_pack", store_pack);
-}
-
-fn store_tree(data: &[u8]) {
-    if let Ok(node) = decode_tree(data) {
-        let again = match &node {
-            TreeNode::Leaf(entries) => encode_leaf(entries),
-            TreeNode::Split(parts) => encode_split(parts),
-        };
-        assert_eq!(again, data, "decoded tree must re-encode identically");
-    }
+    replay("store_pack", fuzzing::store_pack);
 }
 
 #[test]
 fn store_tree_seeds_replay_without_panic() {
-    replay("store_tree", store_tree);
-}
-
-fn store_snapshot_log(data: &[u8]) {
-    if let Ok(snapshots) = decode_snapshot_log(data) {
-        for s in snapshots {
-            assert!(s.root_meta.perm <= 0o7777, "{:o}", s.root_meta.perm);
-            assert!(s.root_meta.mtime_nsec <= 999_999_999);
-        }
-    }
+    replay("store_tree", fuzzing::store_tree);
 }
 
 #[test]
 fn store_snapshot_log_seeds_replay_without_panic() {
-    replay("store_snapshot_log", store_snapshot_log);
+    replay("store_snapshot_log", fuzzing::store_snapshot_log);
 }
 
 // ------------------------------------------------------------------ the hand-made seeds

@@ -396,7 +396,8 @@ fn output_stays_bounded_while_a_big_file_streams() {
     assert_eq!(tx.progress().files_sent, 1);
 }
 
-/// The fuzz target's committed seeds replayed: the sender never panics on them.
+/// The fuzz target's committed seeds replayed through its body: the sender never panics
+/// on them.
 #[test]
 fn fuzz_seeds_replay_without_panic() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/rsync_sender");
@@ -411,71 +412,10 @@ fn fuzz_seeds_replay_without_panic() {
         {
             continue;
         }
-        let data = std::fs::read(&p).unwrap();
-        let Some((&sel, rest)) = data.split_first() else {
-            continue;
-        };
-        let n = Negotiated {
-            protocol: 30 + u32::from(sel % 3),
-            compat_flags: if sel & 0x10 != 0 { 0x1fe } else { 0x2e },
-            checksum: if sel & 0x20 != 0 {
-                ChecksumKind::Xxh128
-            } else {
-                ChecksumKind::Md5 { seed_fix: true }
-            },
-            ..neg(30)
-        };
-        let opts = SenderOptions {
-            hard_links: sel & 0x40 != 0,
-            numeric_ids: sel & 0x80 == 0,
-            delete: sel & 0x08 != 0,
-            ..SenderOptions::default()
-        };
-        let mut tx: ClientSender<Mem> = ClientSender::new(n, opts, fuzz_list(), 0).unwrap();
-        let mut src = Mem {
-            fail_open: b"locked",
-        };
-        'feed: for chunk in rest.chunks(64) {
-            if tx.feed(chunk).is_err() {
-                break;
-            }
-            loop {
-                match tx.step(&mut src) {
-                    Ok(Status::NeedInput) => {
-                        let _ = tx.take_output();
-                        if !tx.has_local_work() {
-                            break;
-                        }
-                    }
-                    _ => break 'feed,
-                }
-            }
-        }
+        crate::fuzzing::rsync_sender(&std::fs::read(&p).unwrap());
         seen += 1;
     }
     assert!(seen >= 4, "seeds missing from {}", dir.display());
-}
-
-/// The list of the `rsync_sender` fuzz target (its seeds index into it).
-fn fuzz_list() -> Vec<FileEntry> {
-    let mut dot = FileEntry::new(b".".to_vec(), 0o40755, 0);
-    dot.top_dir = true;
-    let mut lead = FileEntry::new(b"big".to_vec(), 0o100644, 9000);
-    lead.hard_link = HardLink::Leader;
-    let mut follow = FileEntry::new(b"d/same".to_vec(), 0o100644, 9000);
-    follow.hard_link = HardLink::Follower { first: 1 };
-    let mut link = FileEntry::new(b"link".to_vec(), 0o120777, 3);
-    link.symlink = Some(b"big".to_vec());
-    vec![
-        dot,
-        lead,
-        FileEntry::new(b"d".to_vec(), 0o40755, 0),
-        follow,
-        FileEntry::new(b"small".to_vec(), 0o100600, 5),
-        FileEntry::new(b"locked".to_vec(), 0o100600, 10),
-        FileEntry::new(b"cut".to_vec(), 0o100600, 6000),
-        link,
-    ]
 }
 
 /// A generator that floods requests is read only as fast as they are answered: input
