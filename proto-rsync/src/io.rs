@@ -307,10 +307,10 @@ where
         limits: config.limits.clone(),
     })?;
     let mut buf = vec![0u8; READ_CHUNK];
-    let (neg, inbuf, mut read, written) =
+    let (neg, inbuf, read, written) =
         handshake(&mut rd, &mut wr, &mut hs, &mut clock, &mut buf).await?;
 
-    let mut rx: ClientReceiver<S> = ClientReceiver::new(
+    let rx: ClientReceiver<S> = ClientReceiver::new(
         neg,
         ReceiverOptions {
             hard_links: config.hard_links,
@@ -319,9 +319,181 @@ where
             limits: config.limits.clone(),
         },
     );
-    // These bytes were counted as handshake input already; the receiver counts them again.
-    read -= inbuf.len() as u64;
-    rx.feed(&inbuf)?;
+    let link = Link {
+        keepalive: config.keepalive,
+        io_timeout: config.timeouts.io,
+    };
+    run(rx, sink, (rd, wr), clock, link, inbuf, (read, written), buf).await
+}
+
+/// What one role's sans-io machine offers the driver, so a pull and a push run the same
+/// loop: reading while writing, keep-alives, the [`Clock`]'s bounds, flushing at the end.
+trait Machine {
+    /// What a step works with: the pull's sink, the push's content source.
+    type Local;
+    type Outcome;
+    /// Whether a driver busy with local work also takes the input that has already arrived
+    /// (up to [`READ_BURST`]) before the next stretch of it; otherwise one read a turn.
+    const READS_IN_BURSTS: bool;
+
+    fn feed(&mut self, raw: &[u8]) -> Result<(), Error>;
+    /// One step: `Some` once the run has finished.
+    fn step(&mut self, local: &mut Self::Local) -> Result<Option<Self::Outcome>, Error>;
+    fn take_output(&mut self) -> Vec<u8>;
+    fn has_local_work(&self) -> bool;
+    fn wants_input(&self) -> bool;
+    fn keepalive(&mut self);
+    fn file_list_done(&self) -> bool;
+    fn peer_timeout(&self) -> Option<u32>;
+    fn last_error(&self) -> Option<&str>;
+    /// Puts the driver's byte counts into the finished run's outcome.
+    fn count_wire_bytes(outcome: &mut Self::Outcome, wire: &WireBytes);
+}
+
+impl<S: ReceiveSink> Machine for ClientReceiver<S> {
+    type Local = S;
+    type Outcome = Outcome;
+    const READS_IN_BURSTS: bool = true;
+
+    fn feed(&mut self, raw: &[u8]) -> Result<(), Error> {
+        ClientReceiver::feed(self, raw)
+    }
+    fn step(&mut self, sink: &mut S) -> Result<Option<Outcome>, Error> {
+        Ok(match ClientReceiver::step(self, sink)? {
+            Status::Finished(o) => Some(*o),
+            Status::NeedInput => None,
+        })
+    }
+    fn take_output(&mut self) -> Vec<u8> {
+        ClientReceiver::take_output(self)
+    }
+    fn has_local_work(&self) -> bool {
+        ClientReceiver::has_local_work(self)
+    }
+    /// The receiver takes whatever arrives: holding the sender's data back stalls it.
+    fn wants_input(&self) -> bool {
+        true
+    }
+    fn keepalive(&mut self) {
+        ClientReceiver::keepalive(self);
+    }
+    fn file_list_done(&self) -> bool {
+        ClientReceiver::file_list_done(self)
+    }
+    fn peer_timeout(&self) -> Option<u32> {
+        ClientReceiver::peer_timeout(self)
+    }
+    fn last_error(&self) -> Option<&str> {
+        ClientReceiver::last_error(self)
+    }
+    /// The receiver counts what went through it; the handshake's bytes are added.
+    fn count_wire_bytes(o: &mut Outcome, wire: &WireBytes) {
+        o.wire_bytes_read += wire.handshake_read;
+        o.wire_bytes_written += wire.handshake_written;
+    }
+}
+
+impl<S: SendSource> Machine for ClientSender<S> {
+    type Local = S;
+    type Outcome = PushOutcome;
+    // Its input is the receiver's requests, taken only while `wants_input` allows.
+    const READS_IN_BURSTS: bool = false;
+
+    fn feed(&mut self, raw: &[u8]) -> Result<(), Error> {
+        ClientSender::feed(self, raw)
+    }
+    fn step(&mut self, source: &mut S) -> Result<Option<PushOutcome>, Error> {
+        Ok(match ClientSender::step(self, source)? {
+            SendStatus::Finished(o) => Some(*o),
+            SendStatus::NeedInput => None,
+        })
+    }
+    fn take_output(&mut self) -> Vec<u8> {
+        ClientSender::take_output(self)
+    }
+    fn has_local_work(&self) -> bool {
+        ClientSender::has_local_work(self)
+    }
+    fn wants_input(&self) -> bool {
+        ClientSender::wants_input(self)
+    }
+    fn keepalive(&mut self) {
+        ClientSender::keepalive(self);
+    }
+    fn file_list_done(&self) -> bool {
+        ClientSender::file_list_done(self)
+    }
+    fn peer_timeout(&self) -> Option<u32> {
+        ClientSender::peer_timeout(self)
+    }
+    fn last_error(&self) -> Option<&str> {
+        ClientSender::last_error(self)
+    }
+    /// The whole connection's bytes, the handshake's and the final flush's included.
+    fn count_wire_bytes(o: &mut PushOutcome, wire: &WireBytes) {
+        o.progress.wire_bytes_read = wire.read;
+        o.progress.wire_bytes_written = wire.written;
+    }
+}
+
+/// Bytes on the connection as the driver saw them.
+#[derive(Debug, Default)]
+struct WireBytes {
+    /// Read during the handshake, less what was read past it (the machine's input).
+    handshake_read: u64,
+    handshake_written: u64,
+    /// Read in all, the handshake's included.
+    read: u64,
+    /// Written in all, the handshake's and the final flush's included.
+    written: u64,
+}
+
+/// The link settings the driver loop needs from either role's config.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    /// Send an empty data frame after this much write silence (once the list is done).
+    keepalive: Duration,
+    /// Our inactivity bound, which the peer was told.
+    io_timeout: Option<Duration>,
+}
+
+/// A peer that reported an error and then closed (or reset) the connection is explained by
+/// its message, not by the socket error.
+fn closed<M: Machine>(m: &M, e: Error) -> Error {
+    match m.last_error() {
+        Some(message) => Error::ClosedAfterError {
+            message: message.to_owned(),
+        },
+        None => e,
+    }
+}
+
+/// Runs `m` over the connection after the handshake: `inbuf` is the input already read
+/// past it, `handshake` the bytes read and written during it.
+#[allow(clippy::too_many_arguments)]
+async fn run<M, R, W>(
+    mut m: M,
+    local: &mut M::Local,
+    (mut rd, mut wr): (R, W),
+    mut clock: Clock,
+    link: Link,
+    inbuf: Vec<u8>,
+    (handshake_read, handshake_written): (u64, u64),
+    mut buf: Vec<u8>,
+) -> Result<M::Outcome, Error>
+where
+    M: Machine,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut wire = WireBytes {
+        // These bytes were counted as handshake input already; the machine counts them again.
+        handshake_read: handshake_read - inbuf.len() as u64,
+        handshake_written,
+        read: handshake_read,
+        written: handshake_written,
+    };
+    m.feed(&inbuf)?;
     let mut out: Vec<u8> = Vec::new();
     let mut out_pos = 0usize;
     // Leading bytes of `out` that are our own keep-alive: sending them is not data moving,
@@ -329,50 +501,42 @@ where
     let mut keepalive_left = 0usize;
     let mut last_write = Instant::now();
     let result = loop {
-        let st = match rx.step(sink) {
+        let st = match m.step(local) {
             Ok(s) => s,
             Err(e) => break Err(e),
         };
-        if let Status::Finished(mut o) = st {
+        if let Some(mut o) = st {
             out.drain(..out_pos);
-            out.extend(rx.take_output());
+            out.extend(m.take_output());
+            wire.written += out.len() as u64;
             clock.bounded(wr.write_all(&out)).await??;
             clock.bounded(wr.flush()).await??;
             // Best effort: the peer exits after our goodbye anyway.
             let _ = clock.bounded(wr.shutdown()).await;
-            o.wire_bytes_read += read;
-            o.wire_bytes_written += written;
-            return Ok(*o);
+            M::count_wire_bytes(&mut o, &wire);
+            return Ok(o);
         }
         if out_pos == out.len() {
-            out = rx.take_output();
+            out = m.take_output();
             out_pos = 0;
         }
         // Stay well inside the peer's timeout: the one a daemon with `timeout = T`
-        // announces, and ours, which the sender was told.
-        let peer_limit = rx
+        // announces, and ours, which the peer was told.
+        let peer_limit = m
             .peer_timeout()
             .map(|t| Duration::from_secs(u64::from(t.max(2))))
             .into_iter()
-            .chain(config.timeouts.io)
+            .chain(link.io_timeout)
             .min();
         let keepalive = match peer_limit {
-            Some(t) => config.keepalive.min(t / 2),
-            None => config.keepalive,
+            Some(t) => link.keepalive.min(t / 2),
+            None => link.keepalive,
         };
         let idle_deadline = last_write + keepalive;
-        // A peer that reported an error and then closed (or reset) the connection is
-        // explained by its message, not by the socket error.
-        let closed = |rx: &ClientReceiver<S>, e: Error| match rx.last_error() {
-            Some(m) => Error::ClosedAfterError {
-                message: m.to_owned(),
-            },
-            None => e,
-        };
         // Local work left over from the step's budget: move whatever I/O is ready first (a
         // peer blocked writing to us must not wait on our local work), then go on working
         // instead of waiting for input.
-        let busy = rx.has_local_work();
+        let busy = m.has_local_work();
         let waiting_since = Instant::now();
         let expiry = clock.expiry(waiting_since);
         let expires_at = expiry.map_or(waiting_since, |(at, _)| at);
@@ -381,12 +545,13 @@ where
             r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
                 let n = match r {
                     Ok(n) => n,
-                    Err(e) => break Err(closed(&rx, e.into())),
+                    Err(e) => break Err(closed(&m, e.into())),
                 };
                 if n == 0 {
-                    break Err(closed(&rx, Error::UnexpectedEof("peer stopped reading")));
+                    break Err(closed(&m, Error::UnexpectedEof("peer stopped reading")));
                 }
                 out_pos += n;
+                wire.written += n as u64;
                 last_write = Instant::now();
                 if n > keepalive_left {
                     clock.data_moved();
@@ -395,25 +560,29 @@ where
                 }
                 keepalive_left = keepalive_left.saturating_sub(n);
             }
-            r = rd.read(&mut buf) => {
+            r = rd.read(&mut buf), if m.wants_input() => {
                 let n = match r {
                     Ok(n) => n,
-                    Err(e) => break Err(closed(&rx, e.into())),
+                    Err(e) => break Err(closed(&m, e.into())),
                 };
                 if n == 0 {
-                    break Err(closed(&rx, Error::UnexpectedEof("during the transfer")));
+                    break Err(closed(&m, Error::UnexpectedEof("during the transfer")));
                 }
                 // Any byte counts, the peer's own keep-alives included.
                 clock.data_moved();
-                rx.feed(&buf[..n])?;
+                wire.read += n as u64;
+                if let Err(e) = m.feed(&buf[..n]) {
+                    break Err(e);
+                }
                 // While busy, take all that has already arrived (up to a bound) before the
                 // next stretch of local work, so a streaming peer keeps moving.
                 let mut burst = n;
-                while busy && burst < READ_BURST {
+                while M::READS_IN_BURSTS && busy && burst < READ_BURST {
                     match read_if_ready(&mut rd, &mut buf) {
-                        Some(Ok(m)) if m > 0 => {
-                            rx.feed(&buf[..m])?;
-                            burst += m;
+                        Some(Ok(more)) if more > 0 => {
+                            wire.read += more as u64;
+                            m.feed(&buf[..more])?;
+                            burst += more;
                         }
                         // EOF and errors surface on the next awaited read.
                         _ => break,
@@ -426,9 +595,9 @@ where
                     break Err(why.into());
                 }
             }
-            _ = tokio::time::sleep_until(idle_deadline), if out_pos == out.len() && rx.file_list_done() => {
-                rx.keepalive();
-                out = rx.take_output();
+            _ = tokio::time::sleep_until(idle_deadline), if out_pos == out.len() && m.file_list_done() => {
+                m.keepalive();
+                out = m.take_output();
                 out_pos = 0;
                 keepalive_left = out.len();
                 last_write = Instant::now();
@@ -444,7 +613,7 @@ where
     // On a remote fatal error the machine queued the acknowledgement stock expects.
     if let Err(Error::RemoteExit { .. }) = &result {
         out.drain(..out_pos);
-        out.extend(rx.take_output());
+        out.extend(m.take_output());
         let _ = tokio::time::timeout(REMOTE_EXIT_ACK_TIMEOUT, async {
             wr.write_all(&out).await?;
             wr.flush().await
@@ -614,7 +783,7 @@ where
     if neg.protocol < MIN_SENDER_PROTOCOL {
         return Err(Error::UnsupportedProtocol(neg.protocol));
     }
-    let mut tx: ClientSender<S> = ClientSender::new(
+    let tx: ClientSender<S> = ClientSender::new(
         neg,
         SenderOptions {
             hard_links: config.hard_links,
@@ -626,117 +795,21 @@ where
         entries,
         source.list_io_error(),
     )?;
-    let mut read = hs_read - inbuf.len() as u64;
-    let mut written = hs_written;
-    tx.feed(&inbuf)?;
-    read += inbuf.len() as u64;
-    let mut out: Vec<u8> = Vec::new();
-    let mut out_pos = 0usize;
-    let mut keepalive_left = 0usize;
-    let mut last_write = Instant::now();
-    let closed = |tx: &ClientSender<S>, e: Error| match tx.last_error() {
-        Some(m) => Error::ClosedAfterError {
-            message: m.to_owned(),
-        },
-        None => e,
+    let link = Link {
+        keepalive: config.keepalive,
+        io_timeout: config.timeouts.io,
     };
-    let result = loop {
-        let st = match tx.step(source) {
-            Ok(s) => s,
-            Err(e) => break Err(e),
-        };
-        if let SendStatus::Finished(mut o) = st {
-            out.drain(..out_pos);
-            out.extend(tx.take_output());
-            written += out.len() as u64;
-            clock.bounded(wr.write_all(&out)).await??;
-            clock.bounded(wr.flush()).await??;
-            let _ = clock.bounded(wr.shutdown()).await;
-            o.progress.wire_bytes_read = read;
-            o.progress.wire_bytes_written = written;
-            return Ok(*o);
-        }
-        if out_pos == out.len() {
-            out = tx.take_output();
-            out_pos = 0;
-        }
-        let peer_limit = tx
-            .peer_timeout()
-            .map(|t| Duration::from_secs(u64::from(t.max(2))))
-            .into_iter()
-            .chain(config.timeouts.io)
-            .min();
-        let keepalive = match peer_limit {
-            Some(t) => config.keepalive.min(t / 2),
-            None => config.keepalive,
-        };
-        let idle_deadline = last_write + keepalive;
-        let busy = tx.has_local_work();
-        let waiting_since = Instant::now();
-        let expiry = clock.expiry(waiting_since);
-        let expires_at = expiry.map_or(waiting_since, |(at, _)| at);
-        tokio::select! {
-            biased;
-            r = wr.write(&out[out_pos..]), if out_pos < out.len() => {
-                let n = match r {
-                    Ok(n) => n,
-                    Err(e) => break Err(closed(&tx, e.into())),
-                };
-                if n == 0 {
-                    break Err(closed(&tx, Error::UnexpectedEof("peer stopped reading")));
-                }
-                out_pos += n;
-                written += n as u64;
-                last_write = Instant::now();
-                if n > keepalive_left {
-                    clock.data_moved();
-                } else {
-                    clock.silent_since(waiting_since);
-                }
-                keepalive_left = keepalive_left.saturating_sub(n);
-            }
-            r = rd.read(&mut buf), if tx.wants_input() => {
-                let n = match r {
-                    Ok(n) => n,
-                    Err(e) => break Err(closed(&tx, e.into())),
-                };
-                if n == 0 {
-                    break Err(closed(&tx, Error::UnexpectedEof("during the transfer")));
-                }
-                clock.data_moved();
-                read += n as u64;
-                if let Err(e) = tx.feed(&buf[..n]) {
-                    break Err(e);
-                }
-            }
-            _ = tokio::time::sleep_until(expires_at), if expiry.is_some() => {
-                if let Some((_, why)) = expiry {
-                    break Err(why.into());
-                }
-            }
-            _ = tokio::time::sleep_until(idle_deadline), if out_pos == out.len() && tx.file_list_done() => {
-                tx.keepalive();
-                out = tx.take_output();
-                out_pos = 0;
-                keepalive_left = out.len();
-                last_write = Instant::now();
-                clock.silent_since(waiting_since);
-            }
-            () = tokio::task::yield_now(), if busy => {
-                clock.silent_since(waiting_since);
-            }
-        }
-    };
-    if let Err(Error::RemoteExit { .. }) = &result {
-        out.drain(..out_pos);
-        out.extend(tx.take_output());
-        let _ = tokio::time::timeout(REMOTE_EXIT_ACK_TIMEOUT, async {
-            wr.write_all(&out).await?;
-            wr.flush().await
-        })
-        .await;
-    }
-    result
+    run(
+        tx,
+        source,
+        (rd, wr),
+        clock,
+        link,
+        inbuf,
+        (hs_read, hs_written),
+        buf,
+    )
+    .await
 }
 
 #[cfg(test)]
