@@ -4,6 +4,7 @@
 pub mod args;
 pub mod demux;
 pub mod handshake;
+mod messages;
 pub mod receiver;
 pub mod sender;
 

@@ -22,7 +22,8 @@ use self::generator::{Gen, SigJob};
 use self::transfer::TokenRun;
 use super::demux::{Demux, InMsg};
 use super::handshake::Negotiated;
-use super::{MessageKind, Outcome, ReceiveSink, Step};
+use super::messages::{Handled, MessageTally, PeerMessages};
+use super::{Outcome, ReceiveSink, Step};
 use crate::codec::flist::{FileEntry, FlistDecoder, FlistOptions};
 use crate::codec::mux::{encode_data, encode_frame, MsgTag};
 use crate::codec::ndx::NdxCodec;
@@ -128,19 +129,16 @@ pub struct ClientReceiver<S: ReceiveSink> {
     gen: Gen,
     phase: u32,
     scratch: Vec<u8>,
-    last_error: String,
     outcome: Outcome,
     flist_done: bool,
-    peer_timeout: Option<u32>,
+    /// What the sender's messages have told us.
+    peer: PeerMessages,
     /// Phase-closing DONEs we queued: the sender only ever echoes ours, so it may not
     /// close a phase we have not closed (an early DONE would end the run short).
     phase_dones_sent: u32,
     /// The sum head of each request awaiting its reply: the sender must echo it, or it
     /// could choose block sizes that make each token cost far more than we planned.
     sent_heads: HashMap<u32, SumHead>,
-    /// Text messages kept (and passed to the sink) so far, and their bytes.
-    messages_kept: usize,
-    message_bytes_kept: usize,
 }
 
 impl<S: ReceiveSink> ClientReceiver<S> {
@@ -169,7 +167,6 @@ impl<S: ReceiveSink> ClientReceiver<S> {
             gen: Gen::Idle,
             phase: 0,
             scratch: Vec::new(),
-            last_error: String::new(),
             outcome: Outcome {
                 protocol: p,
                 checksum: neg.checksum.name().to_owned(),
@@ -179,11 +176,9 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                 ..Outcome::default()
             },
             flist_done: false,
-            peer_timeout: None,
+            peer: PeerMessages::default(),
             phase_dones_sent: 0,
             sent_heads: HashMap::new(),
-            messages_kept: 0,
-            message_bytes_kept: 0,
             neg,
             opts,
         };
@@ -247,12 +242,12 @@ impl<S: ReceiveSink> ClientReceiver<S> {
 
     /// The I/O timeout the peer announced (`MSG_IO_TIMEOUT`), in seconds.
     pub fn peer_timeout(&self) -> Option<u32> {
-        self.peer_timeout
+        self.peer.timeout()
     }
 
     /// The last error text the peer sent, if any: explains an abrupt close.
     pub fn last_error(&self) -> Option<&str> {
-        Some(self.last_error.as_str()).filter(|s| !s.is_empty())
+        self.peer.last_error()
     }
 
     /// How many entries the sorted file list has (valid once received).
@@ -326,40 +321,25 @@ impl<S: ReceiveSink> ClientReceiver<S> {
 
     fn handle_messages(&mut self, sink: &mut S) -> Result<(), Error> {
         for m in std::mem::take(&mut self.msgs) {
-            match m {
-                InMsg::Text(kind, text) => {
-                    // The meaning of a message is kept whatever its rank; its text only
-                    // while within bounds, so a chatty or hostile peer cannot fill memory
-                    // or the log.
-                    if kind == MessageKind::ErrorXfer || kind == MessageKind::Error {
-                        self.last_error = text.trim_end().to_owned();
+            let tally = MessageTally {
+                io_error: &mut self.outcome.io_error,
+                warnings: &mut self.outcome.warnings,
+                dropped: &mut self.outcome.messages_dropped,
+            };
+            match self
+                .peer
+                .take(m, self.neg.protocol, &self.opts.limits, tally)
+            {
+                Handled::Done => {}
+                Handled::Show(kind, text) => sink.message(kind, &text),
+                Handled::Exit { acknowledge, error } => {
+                    if acknowledge {
+                        self.flush_pending();
+                        encode_frame(MsgTag::ErrorExit, &[], &mut self.out);
                     }
-                    if kind == MessageKind::ErrorXfer {
-                        self.outcome.io_error |= IOERR_GENERAL;
-                    }
-                    let lim = &self.opts.limits;
-                    if self.messages_kept >= lim.max_messages_kept
-                        || self.message_bytes_kept + text.len() > lim.max_message_bytes_kept
-                    {
-                        self.outcome.messages_dropped += 1;
-                        continue;
-                    }
-                    self.messages_kept += 1;
-                    self.message_bytes_kept += text.len();
-                    if kind != MessageKind::Info {
-                        self.outcome.warnings.push(text.trim_end().to_owned());
-                    }
-                    sink.message(kind, &text);
+                    return Err(error);
                 }
-                InMsg::IoError(bits) => self.outcome.io_error |= bits & IOERR_KNOWN_BITS,
-                InMsg::IoTimeout(secs) => {
-                    tracing::debug!(secs, "peer announced its I/O timeout");
-                    // Like 3.5.0, ignore nonsense values; only ever shorten our interval.
-                    if (1..=86_400).contains(&secs) {
-                        self.peer_timeout = Some(secs as u32);
-                    }
-                }
-                InMsg::NoSend(ndx) => {
+                Handled::Role(InMsg::NoSend(ndx)) => {
                     let i = usize::try_from(ndx)
                         .ok()
                         .filter(|&i| i < self.entries.len());
@@ -376,18 +356,8 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                         .map_err(Error::Sink)?;
                     }
                 }
-                InMsg::ErrorExit(code) => {
-                    // Acknowledge as a stock client does, then stop (spec §3.3).
-                    if self.neg.protocol >= 31 {
-                        self.flush_pending();
-                        encode_frame(MsgTag::ErrorExit, &[], &mut self.out);
-                    }
-                    return Err(Error::RemoteExit {
-                        code: code.unwrap_or(RERR_PARTIAL),
-                        message: std::mem::take(&mut self.last_error),
-                    });
-                }
-                InMsg::Deleted(_) | InMsg::Success(_) | InMsg::Noop => {}
+                // A receiver is told of deletions and successes only by its own sender.
+                Handled::Role(_) => {}
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ use crate::codec::prim::put_varlong;
 use crate::codec::token::{encode_end, encode_literal};
 use crate::session::demux::Demux;
 use crate::session::EntryAction;
+use crate::session::MessageKind;
 
 #[derive(Default)]
 struct MemSink {

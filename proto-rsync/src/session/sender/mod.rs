@@ -23,6 +23,7 @@ pub mod transfer;
 
 use super::demux::{Demux, InMsg};
 use super::handshake::Negotiated;
+use super::messages::{Handled, MessageTally, PeerMessages};
 use super::{MessageKind, Step};
 use crate::codec::flist::FileEntry;
 use crate::codec::mux::{encode_data, encode_frame, MsgTag};
@@ -223,10 +224,8 @@ pub(crate) struct Ctx {
     pub(crate) list: SentList,
     pub(crate) outcome: PushOutcome,
     pub(crate) work_left: u64,
-    peer_timeout: Option<u32>,
-    last_error: String,
-    messages_kept: usize,
-    message_bytes_kept: usize,
+    /// What the receiver's messages have told us.
+    peer: PeerMessages,
 }
 
 impl Ctx {
@@ -377,48 +376,27 @@ impl Ctx {
 
     fn handle_messages<S: SendSource>(&mut self, source: &mut S) -> Result<(), Error> {
         for m in std::mem::take(&mut self.msgs) {
-            match m {
-                InMsg::Text(kind, text) => {
-                    if kind == MessageKind::ErrorXfer || kind == MessageKind::Error {
-                        self.last_error = text.trim_end().to_owned();
-                    }
-                    if kind == MessageKind::ErrorXfer {
-                        self.outcome.io_error |= IOERR_GENERAL;
-                    }
-                    let lim = &self.opts.limits;
-                    if self.messages_kept >= lim.max_messages_kept
-                        || self.message_bytes_kept + text.len() > lim.max_message_bytes_kept
-                    {
-                        self.outcome.messages_dropped += 1;
-                        continue;
-                    }
-                    self.messages_kept += 1;
-                    self.message_bytes_kept += text.len();
-                    if kind != MessageKind::Info {
-                        self.outcome.warnings.push(text.trim_end().to_owned());
-                    }
-                    source.message(kind, &text);
-                }
-                InMsg::IoError(bits) => self.outcome.io_error |= bits & IOERR_KNOWN_BITS,
-                InMsg::IoTimeout(secs) => {
-                    if (1..=86_400).contains(&secs) {
-                        self.peer_timeout = Some(secs as u32);
-                    }
-                }
-                InMsg::ErrorExit(code) => {
-                    // Acknowledge as a stock client does, then stop (spec §3.3).
-                    if self.neg.protocol >= 31 {
+            let tally = MessageTally {
+                io_error: &mut self.outcome.io_error,
+                warnings: &mut self.outcome.warnings,
+                dropped: &mut self.outcome.messages_dropped,
+            };
+            match self
+                .peer
+                .take(m, self.neg.protocol, &self.opts.limits, tally)
+            {
+                Handled::Done => {}
+                Handled::Show(kind, text) => source.message(kind, &text),
+                Handled::Exit { acknowledge, error } => {
+                    if acknowledge {
                         self.send_msg(MsgTag::ErrorExit, &[]);
                     }
-                    return Err(Error::RemoteExit {
-                        code: code.unwrap_or(RERR_PARTIAL),
-                        message: std::mem::take(&mut self.last_error),
-                    });
+                    return Err(error);
                 }
-                InMsg::Deleted(_) => self.outcome.deleted += 1,
+                Handled::Role(InMsg::Deleted(_)) => self.outcome.deleted += 1,
                 // Only a sender sends MSG_NO_SEND; stock ignores SUCCESS without
                 // --remove-source-files. Neither changes what we send.
-                InMsg::NoSend(_) | InMsg::Success(_) | InMsg::Noop => {}
+                Handled::Role(_) => {}
             }
         }
         Ok(())
@@ -491,10 +469,7 @@ impl<S: SendSource> ClientSender<S> {
             list,
             outcome,
             work_left: STEP_WORK_BUDGET,
-            peer_timeout: None,
-            last_error: String::new(),
-            messages_kept: 0,
-            message_bytes_kept: 0,
+            peer: PeerMessages::default(),
             neg,
             opts,
         };
@@ -560,12 +535,12 @@ impl<S: SendSource> ClientSender<S> {
 
     /// The I/O timeout the daemon announced (`MSG_IO_TIMEOUT`), in seconds.
     pub fn peer_timeout(&self) -> Option<u32> {
-        self.ctx.peer_timeout
+        self.ctx.peer.timeout()
     }
 
     /// The last error text the peer sent: explains an abrupt close.
     pub fn last_error(&self) -> Option<&str> {
-        Some(self.ctx.last_error.as_str()).filter(|s| !s.is_empty())
+        self.ctx.peer.last_error()
     }
 
     /// Counters so far.
