@@ -577,6 +577,9 @@ impl Store {
                 })
                 .collect();
             drop(written);
+            // Only the writers hold the queue's receiving end: once they have all stopped, a
+            // hand-over fails at once instead of waiting on a full queue for ever.
+            drop(to_write);
             let mut content = ContentPipe {
                 files: Some(files),
                 done,
@@ -584,10 +587,17 @@ impl Store {
             let result = ex.run(walk, &mut content);
             // Stops the content thread at its next file if we stopped early.
             drop(content);
+            let mut panicked = false;
             for writer in writers {
-                let _ = writer.join();
+                panicked |= writer.join().is_err();
             }
-            result
+            // A writer that panicked sent nothing back: its file may be short or missing.
+            match result {
+                Ok(()) if panicked => {
+                    Err(StoreError::Busy("an export content thread panicked".into()))
+                }
+                other => other,
+            }
         })?;
         ex.finish_folders()?;
         match ex.root_meta {
@@ -720,6 +730,15 @@ impl ChunkSource<'_> {
             self.last = Some((chunk.id, data, hole));
         }
         match &self.last {
+            // The length check `read_chunk` makes, for a chunk taken from the cache too.
+            Some((_, data, _)) if data.len() != chunk.len as usize => {
+                Err(StoreError::CorruptBlob {
+                    id: chunk.id.to_hex(),
+                    pack: String::new(),
+                    offset: 0,
+                    reason: "chunk length differs from the tree".into(),
+                })
+            }
             Some((_, data, hole)) => Ok((data, *hole)),
             None => Err(StoreError::MissingBlob(chunk.id.to_hex())),
         }
@@ -818,5 +837,77 @@ mod tests {
         assert_eq!(mode, PRIVATE_FOLDER_MODE);
         // What came after the damaged file in walk order was not all written.
         assert!(!out.join("d9/f39").exists());
+    }
+
+    /// A damaged chunk every file shares stops both content threads: the export must end
+    /// with the error, not wait for ever on a queue nobody drains. (The hang needed the
+    /// walker to be waiting on a full queue at the moment the last writer stopped: a race
+    /// this test makes likely, not certain.)
+    #[test]
+    fn a_damaged_chunk_every_file_shares_ends_the_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("s"), StoreConfig::default()).unwrap();
+        let mut w = store.begin_snapshot("m", "s").unwrap();
+        w.set_root_meta(meta(0o755));
+        // Two slow good files first, so the walker fills the queue and waits on it while
+        // the writers are busy.
+        for (i, name) in [b"a0", b"a1"].iter().enumerate() {
+            let mut file = w.add_file(*name, meta(0o644), 0).unwrap();
+            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+            let big: Vec<u8> = (0..16 << 20)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            file.write_all(&big).unwrap();
+            file.finish().unwrap();
+        }
+        let body: Vec<u8> = (0..3000u32).map(|i| (i as u8).wrapping_mul(31)).collect();
+        for f in 0..(EXPORT_FILES_AHEAD as u32 * 4) {
+            let mut file = w
+                .add_file(format!("f{f:04}").as_bytes(), meta(0o644), 0)
+                .unwrap();
+            file.write_all(&body).unwrap();
+            file.finish().unwrap();
+        }
+        let snap = w.commit().unwrap();
+        let victim = store.lookup(&snap, b"f0000").unwrap();
+        let EntryData::File { chunks, .. } = &victim.data else {
+            panic!("not a file")
+        };
+        let found = crate::index::find_blob(&store.db(), &chunks[0].id)
+            .unwrap()
+            .unwrap();
+        let pack = crate::format::pack::pack_path(&store.packs_dir(), &found.pack_name);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let at = found.location.offset as usize + found.location.stored_len as usize / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&pack, &bytes).unwrap();
+
+        let out = dir.path().join("out");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store2 = store.clone();
+        let out2 = out.clone();
+        let snap2 = snap.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(store2.export_to_dir(&snap2, b"", &out2));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the export hung");
+        let err = result.unwrap_err();
+        assert!(matches!(err, StoreError::CorruptBlob { .. }), "{err}");
+
+        // A tar of it fails too, and its stream is cut off, not closed like a whole archive.
+        let mut tar = Vec::new();
+        let err = store.export_to_tar(&snap, b"", &mut tar).unwrap_err();
+        assert!(err.to_string().contains("does not match its hash"), "{err}");
+        assert!(
+            tar.len() < 1024 || tar[tar.len() - 1024..].iter().any(|&b| b != 0),
+            "a failed tar export ended with the end-of-archive blocks"
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Materialising a snapshot (or a sub-path of it) as a POSIX/PAX tar stream. Every chunk
 //! read is verified.
 
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use crate::error::{Result, StoreError};
 use crate::format::tree::{dev_major, dev_minor};
@@ -24,15 +26,25 @@ impl Store {
         let walk = self.walk(snap, sub_path)?;
         // Content goes from the chunk cache straight into this buffer (`io::copy` fills a
         // `BufWriter`'s buffer itself), then out in large writes.
+        let failed = Rc::new(Cell::new(false));
+        let out = Cutoff {
+            inner: out,
+            failed: Rc::clone(&failed),
+        };
         let mut builder = tar::Builder::new(io::BufWriter::with_capacity(EXPORT_TAR_BUFFER, out));
         let mut tw = TarExporter {
             store: self,
             stats: ExportStats::default(),
         };
-        for event in walk {
-            if let WalkEvent::Entry(e) = event? {
-                tw.entry(&mut builder, &e)?;
-            }
+        let written = walk.into_iter().try_for_each(|event| match event? {
+            WalkEvent::Entry(e) => tw.entry(&mut builder, &e),
+            WalkEvent::DirDone { .. } => Ok(()),
+        });
+        if let Err(e) = written {
+            // The builder's and the buffer's drops would otherwise end the cut-off stream
+            // with a well-formed end of archive, which some `tar -x` accept with a warning.
+            failed.set(true);
+            return Err(e);
         }
         builder
             .into_inner()
@@ -42,6 +54,33 @@ impl Store {
             .flush()
             .map_err(|e| tar_error(b"", e))?;
         Ok(tw.stats)
+    }
+}
+
+/// Refuses every write once the export has failed, so nothing after the failure (buffered
+/// content, the archive's end blocks) reaches the stream.
+struct Cutoff<W> {
+    inner: W,
+    failed: Rc<Cell<bool>>,
+}
+
+impl<W: Write> Write for Cutoff<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed.get() {
+            return Err(io::Error::other(
+                "the export failed; the tar stream is cut off",
+            ));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.failed.get() {
+            return Err(io::Error::other(
+                "the export failed; the tar stream is cut off",
+            ));
+        }
+        self.inner.flush()
     }
 }
 
