@@ -380,7 +380,15 @@ fn interrupted_mid_backup(sig: nix::sys::signal::Signal, exit_code: i32) {
     config["rsyncd_command"] = serde_json::json!(["rsync", "--bwlimit=100"]);
     agent.write_config(config);
     make_due(&coordinator, &uuid, "data");
-    let ping = agent.command(&["ping"]).spawn().unwrap();
+    // Output to a file, not a pipe: an agent killed outright would leave its daemon holding
+    // a pipe open, and the test would wait on it instead of failing.
+    let log_path = work.path().join("ping.log");
+    let ping = agent
+        .command(&["ping"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
     eventually("the transfer begins", Duration::from_secs(30), || {
         storage.log().contains("Begin: agent-test data")
     });
@@ -396,7 +404,8 @@ fn interrupted_mid_backup(sig: nix::sys::signal::Signal, exit_code: i32) {
 
     signal(&ping, sig);
     let out = wait_bounded(ping, Duration::from_secs(20), "the interrupted ping");
-    assert_eq!(out.status.code(), Some(exit_code), "{}", stderr(&out));
+    let said = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(out.status.code(), Some(exit_code), "{said}");
     agent.assert_nothing_left();
     assert!(storage.snapshots(&uuid, "data").is_empty());
 }
@@ -409,4 +418,140 @@ fn sigterm_mid_ping_stops_the_daemon_and_removes_the_temp_files() {
 #[test]
 fn sigint_mid_ping_stops_the_daemon_and_removes_the_temp_files() {
     interrupted_mid_backup(nix::sys::signal::Signal::SIGINT, 130);
+}
+
+/// A stand-in in front of the real coordinator for `agent_ping_checkin` only: it answers
+/// with the real answers for the asking machine and for `other` merged. One machine's
+/// sources all live on its storage, so this is how one ping gets sources due on two
+/// storages (as the original's per-source grouping allows).
+fn merging_checkin_proxy(
+    coordinator: &Coordinator,
+    other: turku_api_types::v1::MachineCredentials,
+) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let client = coordinator.client();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let reply = if head.starts_with("POST /v1/agent_ping_checkin ") {
+                let asked: turku_api_types::v1::AgentPingRequest =
+                    serde_json::from_slice(&body).unwrap();
+                let mut merged = client.agent_ping_checkin(&asked).unwrap();
+                let extra = client
+                    .agent_ping_checkin(&turku_api_types::v1::AgentPingRequest {
+                        machine: other.clone(),
+                    })
+                    .unwrap();
+                merged
+                    .machine
+                    .scheduled_sources
+                    .extend(extra.machine.scheduled_sources);
+                let json = serde_json::to_vec(&merged).unwrap();
+                let mut r = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    json.len()
+                )
+                .into_bytes();
+                r.extend(json);
+                r
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            };
+            let _ = stream.write_all(&reply);
+        }
+    });
+    url
+}
+
+#[test]
+fn two_storages_with_due_sources_are_both_served_in_one_ping() {
+    let coordinator = Coordinator::start();
+    let storage_a = StorageDaemon::start(&coordinator, "storage-one", serde_json::json!({}));
+    let storage_b = StorageDaemon::start(&coordinator, "storage-two", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let (tree_a, tree_b) = (work.path().join("a"), work.path().join("b"));
+    for (tree, seed) in [(&tree_a, 1), (&tree_b, 2)] {
+        std::fs::create_dir(tree).unwrap();
+        random_file(&tree.join("f"), seed, 100_000);
+    }
+    let agent = Agent::new(
+        &coordinator,
+        serde_json::json!({"a1": {"path": tree_a}, "b1": {"path": tree_b}}),
+    );
+    agent.run_ok(&["update-config"]);
+    let uuid = agent.uuid();
+    coordinator.manage(&["move", &uuid, "storage-one"]);
+    // A second machine with the same key, on the other storage, owning `b1`.
+    let other = turku_api_types::v1::MachineCredentials {
+        uuid: turku_testkit::system::random_uuid(),
+        secret: "other-machine-secret-0123456789".into(),
+    };
+    let public = std::fs::read_to_string(agent.var.join("ssh_key.pub")).unwrap();
+    coordinator
+        .client()
+        .update_config(&turku_api_types::v1::UpdateConfigRequest {
+            auth: Some(turku_api_types::v1::AuthCredentials {
+                name: turku_api_types::constants::defaults::MACHINE_AUTH_NAME.into(),
+                secret: coordinator.machine_registration(),
+            }),
+            machine: turku_api_types::v1::MachineConfig {
+                uuid: other.uuid.clone(),
+                secret: other.secret.clone(),
+                unit_name: Some("agent-test-other".into()),
+                ssh_public_key: Some(public.trim().to_owned()),
+                sources: [(
+                    "b1".to_owned(),
+                    turku_api_types::v1::SourceConfig {
+                        path: Some(tree_b.display().to_string()),
+                        ..Default::default()
+                    },
+                )]
+                .into_iter()
+                .collect(),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+    coordinator.manage(&["move", &other.uuid, "storage-two"]);
+    make_due(&coordinator, &uuid, "a1");
+    make_due(&coordinator, &other.uuid, "b1");
+
+    let proxy = merging_checkin_proxy(&coordinator, other.clone());
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.etc.join("config.d/10-agent.json")).unwrap())
+            .unwrap();
+    config["api_url"] = serde_json::json!(proxy);
+    agent.write_config(config);
+    let out = agent.run_ok(&["ping"]);
+    let said = stderr(&out);
+    assert!(
+        said.contains("storage-one] INFO: End: agent-test a1"),
+        "{said}"
+    );
+    assert!(
+        said.contains("storage-two] INFO: End: agent-test-other b1"),
+        "{said}"
+    );
+    assert_eq!(storage_a.snapshots(&uuid, "a1").len(), 1);
+    assert_eq!(storage_b.snapshots(&other.uuid, "b1").len(), 1);
+    agent.assert_nothing_left();
 }
