@@ -555,3 +555,46 @@ fn two_storages_with_due_sources_are_both_served_in_one_ping() {
     assert_eq!(storage_b.snapshots(&other.uuid, "b1").len(), 1);
     agent.assert_nothing_left();
 }
+
+#[test]
+fn hooks_run_around_the_session_and_a_failing_pre_command_skips_its_source() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(&coordinator, "storage-h", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let (dump_dir, other) = (work.path().join("dump"), work.path().join("other"));
+    std::fs::create_dir(&dump_dir).unwrap();
+    std::fs::create_dir(&other).unwrap();
+    random_file(&other.join("f"), 4, 1000);
+    let dump = dump_dir.join("all.sql");
+    let agent = Agent::new(
+        &coordinator,
+        serde_json::json!({
+            "db": {"path": dump_dir,
+                   "pre_command": ["sh", "-c", format!("echo dumped > '{}'", dump.display())],
+                   "post_command": format!("rm -f '{}'", dump.display())},
+            "broken": {"path": other, "pre_command": "false"},
+        }),
+    );
+    agent.run_ok(&["update-config"]);
+    let uuid = agent.uuid();
+    make_due(&coordinator, &uuid, "db");
+    make_due(&coordinator, &uuid, "broken");
+    let out = agent.run(&["ping"]);
+    let said = stderr(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("source broken: pre_command failed"), "{said}");
+    let snaps = storage.snapshots(&uuid, "db");
+    assert_eq!(snaps.len(), 1, "{said}");
+    let exported = storage.export(&uuid, "db", &snaps[0]);
+    assert_eq!(
+        std::fs::read_to_string(exported.path().join("tree/all.sql")).unwrap(),
+        "dumped\n"
+    );
+    assert!(!dump.exists(), "post_command ran");
+    assert!(storage.snapshots(&uuid, "broken").is_empty());
+    assert!(
+        turku_testkit::system::due(&coordinator, &storage, &uuid).contains(&"broken".to_owned()),
+        "the skipped source stays due"
+    );
+    agent.assert_nothing_left();
+}
