@@ -62,7 +62,7 @@ pub struct PushOptions {
     pub timeouts: turku_proto_rsync::Timeouts,
 }
 
-/// One progress line: `120/4,000 files, 1.2/30.0 GiB (4%), 1.0 GiB written`.
+/// One progress line: `120/4000 files, 1.2/30.0 MiB (4%), 1.0 MiB written`.
 pub fn progress_line(p: &PushProgress) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     let percent = p
