@@ -94,6 +94,8 @@ pub mod limits {
     /// After ssh's stdin is closed on an interrupt, how long ssh may take to leave before it
     /// is killed (the storage ends the session on end of input).
     pub const SSH_EXIT_GRACE: Duration = Duration::from_secs(5);
+    /// How long an interrupted hook (and what it forked) gets after SIGTERM.
+    pub const HOOK_EXIT_GRACE: Duration = Duration::from_secs(5);
     /// How long the rsync daemon may take to exit after SIGTERM before SIGKILL.
     pub const RSYNCD_EXIT_GRACE: Duration = Duration::from_secs(3);
     /// Connect/request bounds of the coordinator calls (the original uses 5 s; a loaded

@@ -33,7 +33,12 @@ fn main() -> ExitCode {
         Ok(Some(_)) => ExitCode::from(exit::INTERRUPTED_SIGTERM),
         Err(e) => {
             eprintln!("turku-agent: error: {e:#}");
-            ExitCode::FAILURE
+            // An error on the way out of an interrupted run is the interruption's doing.
+            match adapters::signals::received() {
+                Some(Signal::SIGINT) => ExitCode::from(exit::INTERRUPTED_SIGINT),
+                Some(_) => ExitCode::from(exit::INTERRUPTED_SIGTERM),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

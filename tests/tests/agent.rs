@@ -3,6 +3,7 @@
 //! started by the agent itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -596,5 +597,39 @@ fn hooks_run_around_the_session_and_a_failing_pre_command_skips_its_source() {
         turku_testkit::system::due(&coordinator, &storage, &uuid).contains(&"broken".to_owned()),
         "the skipped source stays due"
     );
+    agent.assert_nothing_left();
+}
+
+#[test]
+fn ctrl_c_to_the_whole_process_group_during_a_pre_command_is_an_interruption() {
+    let coordinator = Coordinator::start();
+    let _storage = StorageDaemon::start(&coordinator, "storage-c", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data");
+    std::fs::create_dir(&tree).unwrap();
+    let mark = work.path().join("hook-started");
+    let agent = Agent::new(
+        &coordinator,
+        serde_json::json!({"data": {"path": tree, "pre_command":
+            ["sh", "-c", format!("touch '{}'; sleep 30", mark.display())]}}),
+    );
+    agent.run_ok(&["update-config"]);
+    make_due(&coordinator, &agent.uuid(), "data");
+    let log_path = work.path().join("ping.log");
+    let ping = agent
+        .command(&["ping"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    eventually("the pre_command runs", Duration::from_secs(30), || {
+        mark.exists()
+    });
+    let group = nix::unistd::Pid::from_raw(ping.id() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = wait_bounded(ping, Duration::from_secs(20), "the interrupted ping");
+    let said = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(out.status.code(), Some(130), "{said}");
     agent.assert_nothing_left();
 }

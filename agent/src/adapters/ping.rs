@@ -109,6 +109,10 @@ fn back_up(
     }
     let mut problems = Vec::new();
     for (storage_name, (storage, names)) in &groups {
+        // A signal during the previous storage's session must not start the next one.
+        if let Some(signal) = signals::received() {
+            return Ok(Some(signal));
+        }
         match serve_storage(config, storage, names) {
             Ok((Some(signal), _)) => return Ok(Some(signal)),
             Ok((None, mut source_problems)) => problems.append(&mut source_problems),
@@ -135,6 +139,9 @@ fn serve_storage(
     let mut modules = Vec::new();
     let mut post_commands = Vec::new();
     for name in names {
+        if signals::received().is_some() {
+            break;
+        }
         let Some(source) = config.sources.get(name) else {
             continue;
         };
@@ -172,7 +179,9 @@ fn serve_storage(
             read_only: true,
         });
     }
-    let outcome = if modules.is_empty() {
+    let outcome = if let Some(signal) = signals::received() {
+        Ok(Some(signal))
+    } else if modules.is_empty() {
         Ok(None)
     } else {
         session(config, storage, &modules, checkin_request, |_| Ok(())).and_then(|waited| {
@@ -263,6 +272,11 @@ fn session(
         storage,
     );
     tracing::debug!("running {argv:?}");
+    // Last point before the storage is asked to start: a signal by now ends the session
+    // unstarted (the daemon and the private directory go with their guards).
+    if let Some(signal) = signals::received() {
+        return Ok(Waited::Interrupted(signal));
+    }
     let waited = Ssh::spawn(&argv, &request(port, modules)).and_then(|mut ssh| ssh.wait());
     rsyncd.stop();
     if let Ok(text) = std::fs::read_to_string(&log) {

@@ -41,16 +41,29 @@ pub enum Waited {
     Interrupted(Signal),
 }
 
-/// Waits for `child`, returning early when a signal arrives.
+/// Waits for `child`, returning early when a signal arrives. Once a signal has arrived any
+/// exit counts as the interruption: a child that shared it (a Ctrl-C reaches the whole
+/// foreground group) exits at once, and its failure is the signal's doing, not the child's.
 pub fn wait_or_signal(child: &mut Child) -> Result<Waited> {
     loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Waited::Exited(status));
-        }
+        let exited = child.try_wait()?;
         if let Some(signal) = signals::received() {
             return Ok(Waited::Interrupted(signal));
         }
+        if let Some(status) = exited {
+            return Ok(Waited::Exited(status));
+        }
         std::thread::sleep(limits::CHILD_POLL);
+    }
+}
+
+/// Ends a child started in its own process group (with whatever it forked): SIGTERM to the
+/// group, SIGKILL after `grace`.
+fn stop_group(child: &mut Child, grace: Duration) {
+    let group = Pid::from_raw(child.id() as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    if wait_or_kill(child, grace).is_none() {
+        let _ = killpg(group, Signal::SIGKILL);
     }
 }
 
@@ -70,23 +83,27 @@ pub fn wait_or_kill(child: &mut Child, bound: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// Runs a hook or the go/no-go program to its end (stdin closed, output inherited). When
-/// `interruptible`, a signal kills it and is an error; a cleanup hook runs to its end.
+/// Runs a hook or the go/no-go program to its end (stdin closed, output inherited), in its
+/// own process group so that a terminal's Ctrl-C reaches only the agent, which decides.
+/// When `interruptible`, a signal stops it and is an error; a cleanup hook runs to its end.
 pub fn run_to_end(
     argv: &[String],
     what: &str,
     setting: &str,
     interruptible: bool,
 ) -> Result<ExitStatus> {
-    let mut child = spawn(command(argv)?.stdin(Stdio::null()), what, setting)?;
+    let mut child = spawn(
+        command(argv)?.stdin(Stdio::null()).process_group(0),
+        what,
+        setting,
+    )?;
     if !interruptible {
         return Ok(child.wait()?);
     }
     match wait_or_signal(&mut child)? {
         Waited::Exited(status) => Ok(status),
         Waited::Interrupted(signal) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_group(&mut child, limits::HOOK_EXIT_GRACE);
             bail!("{what} interrupted by {signal}")
         }
     }
@@ -120,15 +137,15 @@ impl Rsyncd {
     pub fn wait_listening(&mut self, addr: SocketAddr) -> Result<bool> {
         let deadline = Instant::now() + limits::RSYNCD_START_BOUND;
         loop {
+            if let Some(signal) = signals::received() {
+                bail!("interrupted by {signal}");
+            }
             if self.child.try_wait()?.is_some() {
                 self.stopped = true;
                 return Ok(false);
             }
             if TcpStream::connect_timeout(&addr, limits::RSYNCD_START_POLL * 20).is_ok() {
                 return Ok(true);
-            }
-            if let Some(signal) = signals::received() {
-                bail!("interrupted by {signal}");
             }
             if Instant::now() > deadline {
                 bail!(
@@ -166,7 +183,9 @@ impl Drop for Rsyncd {
     }
 }
 
-/// ssh with the request on stdin, which stays open until the storage ends the session.
+/// ssh with the request on stdin, which stays open until the storage ends the session. In
+/// its own process group: a terminal's Ctrl-C reaches only the agent, which then ends the
+/// session in order (stdin closed, the storage finishes, ssh exits).
 #[derive(Debug)]
 pub struct Ssh {
     child: Child,
@@ -179,7 +198,8 @@ impl Ssh {
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::inherit())
+            .process_group(0);
         let mut child = spawn(&mut command, "ssh", "ssh_command")?;
         let mut stdin = child.stdin.take();
         if let Some(pipe) = stdin.as_mut() {
