@@ -64,6 +64,8 @@ pub mod ping {
     pub const REQUEST_END: &str = ".";
     /// The default OpenSSH port: known_hosts lines for any other name `[host]:port`.
     pub const SSH_DEFAULT_PORT: u16 = 22;
+    /// rsyncd.conf's section for global settings: no module may take its name.
+    pub const RSYNCD_GLOBAL_SECTION: &str = "global";
 }
 
 /// Generated credentials.

@@ -9,15 +9,16 @@ use serde_json::{json, Map, Value};
 use turku_api_types::v1::{SourceMap, StorageEndpoint};
 
 use crate::constants::ping::{
-    ACTION_CHECKIN, ACTION_RESTORE, REMOTE_COMMAND, REQUEST_END, SSH_DEFAULT_PORT,
+    ACTION_CHECKIN, ACTION_RESTORE, REMOTE_COMMAND, REQUEST_END, RSYNCD_GLOBAL_SECTION,
+    SSH_DEFAULT_PORT,
 };
 
 /// A name or path that cannot be written into rsyncd.conf without changing its meaning.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SessionError {
-    #[error("source name {0:?} cannot be an rsync module name (no brackets, slashes, control characters or outer blanks)")]
+    #[error("source name {0:?} cannot be an rsync module name (no brackets, slashes, `%`, control characters, outer blanks, a trailing backslash or the name `global`)")]
     BadModuleName(String),
-    #[error("path {0:?} cannot go into rsyncd.conf (control characters or outer blanks)")]
+    #[error("path {0:?} cannot go into rsyncd.conf (`%`, control characters, outer blanks or a trailing backslash)")]
     BadPath(String),
 }
 
@@ -46,17 +47,33 @@ pub struct DaemonSettings<'a> {
     pub secrets_file: &'a Path,
 }
 
+/// Text rsyncd.conf reads back as written: a trailing backslash continues the line onto the
+/// next one and rsync expands `%VAR%` in values.
 fn is_plain(text: &str) -> bool {
-    !text.chars().any(char::is_control) && text.trim() == text && !text.is_empty()
+    !text.chars().any(char::is_control)
+        && text.trim() == text
+        && !text.is_empty()
+        && !text.ends_with('\\')
+        && !text.contains('%')
 }
 
 /// Refuses names rsyncd.conf would read differently (a `]` ends the header, a newline
-/// starts a new line) or rsync clients could not address.
+/// starts a new line, `[global]` is the global section) or rsync clients could not address.
 pub fn check_module_name(name: &str) -> Result<(), SessionError> {
-    if !is_plain(name) || name.contains(['[', ']', '/']) {
+    if !is_plain(name)
+        || name.contains(['[', ']', '/'])
+        || name.eq_ignore_ascii_case(RSYNCD_GLOBAL_SECTION)
+    {
         return Err(SessionError::BadModuleName(name.to_owned()));
     }
     Ok(())
+}
+
+/// One source as the daemon would serve it: checked on its own so that a bad one is skipped
+/// and reported without costing the other sources of its storage their backup.
+pub fn check_source(name: &str, path: &str) -> Result<(), SessionError> {
+    check_module_name(name)?;
+    check_path(path)
 }
 
 /// The daemon's config: the global settings, then one module block per module.
@@ -363,16 +380,26 @@ mod tests {
 
     #[test]
     fn hostile_names_and_paths_are_refused() {
-        for name in ["a]b", "a\nb", " a", "", "a/b", "[x"] {
+        for name in [
+            "a]b", "a\nb", " a", "", "a/b", "[x", "db\\", "50%", "global", "GLOBAL",
+        ] {
             let e = rsyncd_conf(&daemon(true), &[module(name)]).unwrap_err();
             assert!(matches!(e, SessionError::BadModuleName(_)), "{name:?}");
+            assert!(check_source(name, "/srv").is_err(), "{name:?}");
         }
-        let mut m = module("ok");
-        m.path = "/srv\n[evil]".into();
-        assert!(matches!(
-            rsyncd_conf(&daemon(true), &[m]),
-            Err(SessionError::BadPath(_))
-        ));
+        for path in ["/srv\n[evil]", "/srv\\", "/srv/%HOME%", " /srv"] {
+            let mut m = module("ok");
+            m.path = path.into();
+            assert!(
+                matches!(
+                    rsyncd_conf(&daemon(true), &[m]),
+                    Err(SessionError::BadPath(_))
+                ),
+                "{path:?}"
+            );
+            assert!(check_source("ok", path).is_err(), "{path:?}");
+        }
+        assert_eq!(check_source("global-db", "/srv/a b"), Ok(()));
     }
 
     #[test]

@@ -16,8 +16,9 @@ use turku_agent::config::{split_command_line, AgentConfig};
 use turku_agent::constants::{defaults, limits, CONFIG_SUBDIR, PING_LOCK_NAME};
 use turku_agent::credentials;
 use turku_agent::session::{
-    checkin_request, group_by_storage, known_hosts, restore_instructions, restore_request,
-    rsyncd_argv, rsyncd_conf, rsyncd_secrets, ssh_argv, DaemonSettings, Module, RestoreText,
+    check_source, checkin_request, group_by_storage, known_hosts, restore_instructions,
+    restore_request, rsyncd_argv, rsyncd_conf, rsyncd_secrets, ssh_argv, DaemonSettings, Module,
+    RestoreText,
 };
 
 /// Runs a ping. `Ok(Some(signal))`: a backup was interrupted (everything cleaned up).
@@ -145,6 +146,10 @@ fn serve_storage(
         let Some(source) = config.sources.get(name) else {
             continue;
         };
+        if let Err(e) = check_source(name, &source.path.display().to_string()) {
+            problems.push(format!("source {name}: {e}; skipped (it stays due)"));
+            continue;
+        }
         if !source.path.exists() {
             problems.push(format!(
                 "source {name}: its path {} does not exist; skipped (it stays due)",
