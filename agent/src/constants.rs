@@ -66,6 +66,9 @@ pub mod ping {
     pub const SSH_DEFAULT_PORT: u16 = 22;
     /// rsyncd.conf's section for global settings: no module may take its name.
     pub const RSYNCD_GLOBAL_SECTION: &str = "global";
+    /// Module line that keeps restored symlinks as they were (rsync munges them in a
+    /// writable module of a daemon without chroot).
+    pub const RSYNCD_NO_SYMLINK_MUNGING: &str = "    munge symlinks = no\n";
 }
 
 /// Generated credentials.

@@ -10,7 +10,7 @@ use turku_api_types::v1::{SourceMap, StorageEndpoint};
 
 use crate::constants::ping::{
     ACTION_CHECKIN, ACTION_RESTORE, REMOTE_COMMAND, REQUEST_END, RSYNCD_GLOBAL_SECTION,
-    SSH_DEFAULT_PORT,
+    RSYNCD_NO_SYMLINK_MUNGING, SSH_DEFAULT_PORT,
 };
 
 /// A name or path that cannot be written into rsyncd.conf without changing its meaning.
@@ -105,13 +105,19 @@ pub fn rsyncd_conf(
         check_module_name(&module.name)?;
         check_path(&module.path)?;
         conf.push_str(&format!(
-            "[{}]\n    path = {}\n    auth users = {}\n    secrets file = {}\n    read only = {}\n\n",
+            "[{}]\n    path = {}\n    auth users = {}\n    secrets file = {}\n    read only = {}\n",
             module.name,
             module.path,
             module.user,
             daemon.secrets_file.display(),
             module.read_only
         ));
+        // Without chroot rsync munges the symlinks a writable module receives (a safety
+        // for untrusted uploads); a restore must put them back exactly as backed up.
+        if !daemon.as_root && !module.read_only {
+            conf.push_str(RSYNCD_NO_SYMLINK_MUNGING);
+        }
+        conf.push('\n');
     }
     Ok(conf)
 }
@@ -376,6 +382,22 @@ mod tests {
         root_empty.group = "";
         let conf = rsyncd_conf(&root_empty, &[]).unwrap();
         assert!(!conf.contains("uid") && !conf.contains("gid"), "{conf}");
+    }
+
+    #[test]
+    fn a_restore_module_of_a_user_daemon_keeps_symlinks_as_they_are() {
+        let mut restore = module("turku-restore");
+        restore.read_only = false;
+        let conf = rsyncd_conf(&daemon(false), &[restore.clone()]).unwrap();
+        assert!(
+            conf.contains("    read only = false\n    munge symlinks = no\n"),
+            "{conf}"
+        );
+        // Backups only read, and root chroots: neither needs it.
+        let conf = rsyncd_conf(&daemon(false), &[module("etc")]).unwrap();
+        assert!(!conf.contains("munge"), "{conf}");
+        let conf = rsyncd_conf(&daemon(true), &[restore]).unwrap();
+        assert!(!conf.contains("munge"), "{conf}");
     }
 
     #[test]
