@@ -22,9 +22,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.debug);
     let result = match &cli.command {
-        Command::UpdateConfig(args) => {
-            adapters::update_config::run(&cli.config_dir, args).map(|()| None)
-        }
+        Command::UpdateConfig(args) => adapters::update_config::run(&cli.config_dir, args),
         Command::Ping(args) => adapters::ping::run(&cli.config_dir, args),
     };
     match result {

@@ -633,3 +633,32 @@ fn ctrl_c_to_the_whole_process_group_during_a_pre_command_is_an_interruption() {
     assert_eq!(out.status.code(), Some(130), "{said}");
     agent.assert_nothing_left();
 }
+
+#[test]
+fn update_config_interrupted_during_its_wait_registers_nothing() {
+    let coordinator = Coordinator::start();
+    let agent = Agent::new(&coordinator, serde_json::json!({}));
+    let log_path = agent.tmp.with_file_name("update-config.log");
+    let child = agent
+        .command(&["--debug", "update-config", "--wait", "100000"])
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    eventually("the random wait begins", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("waiting")
+    });
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = wait_bounded(
+        child,
+        Duration::from_secs(20),
+        "the interrupted update-config",
+    );
+    let said = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(out.status.code(), Some(143), "{said}");
+    assert!(
+        !agent.var.join("config.d/10-machine_uuid.json").exists(),
+        "nothing generated after the signal: {said}"
+    );
+}

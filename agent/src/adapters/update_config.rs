@@ -5,11 +5,12 @@ use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 use serde_json::{json, Map, Value};
 use turku_api_types::constants::endpoint;
 
 use super::files::{load_config, write_machine_uuid, RunLock};
-use super::{api_client, process, random_wait};
+use super::{api_client, process, random_wait, signals};
 use turku_agent::cli::UpdateConfigArgs;
 use turku_agent::config::AgentConfig;
 use turku_agent::constants::{
@@ -17,12 +18,21 @@ use turku_agent::constants::{
 };
 use turku_agent::credentials;
 
-pub fn run(config_dir: &Path, args: &UpdateConfigArgs) -> Result<()> {
+/// `Ok(Some(signal))`: a signal ended the run between steps (nothing sent after it).
+pub fn run(config_dir: &Path, args: &UpdateConfigArgs) -> Result<Option<Signal>> {
     random_wait(args.wait);
+    if let Some(signal) = signals::received() {
+        return Ok(Some(signal));
+    }
     let mut config = load_config(config_dir)?;
     let _lock = RunLock::acquire(config.lock_dir.as_deref(), UPDATE_CONFIG_LOCK_NAME)?;
     fill_config(&mut config)?;
-    send_config(&config, args)
+    // Generating a key can take a while; a signal meanwhile must not register the machine.
+    if let Some(signal) = signals::received() {
+        return Ok(Some(signal));
+    }
+    send_config(&config, args)?;
+    Ok(None)
 }
 
 /// Creates the directories, the machine uuid and secret and the SSH key when missing, and
