@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
-use turku_api_types::v1::{SourceMap, StorageEndpoint};
+use turku_api_types::v1::StorageEndpoint;
+
+use crate::reply::ReturnedSources;
 
 use crate::constants::ping::{
     ACTION_CHECKIN, ACTION_RESTORE, REMOTE_COMMAND, REQUEST_END, RSYNCD_GLOBAL_SECTION,
@@ -227,7 +229,7 @@ fn frame(request: &Value) -> String {
 /// The sources the coordinator returned that also exist locally, grouped by storage name
 /// (each group with the storage endpoint of its first source).
 pub fn group_by_storage(
-    returned: &SourceMap,
+    returned: &ReturnedSources,
     is_local: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, (&StorageEndpoint, Vec<String>)> {
     let mut groups: BTreeMap<String, (&StorageEndpoint, Vec<String>)> = BTreeMap::new();
@@ -320,7 +322,6 @@ pub fn restore_instructions(t: &RestoreText<'_>) -> Vec<String> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use turku_api_types::v1::ScheduledSource;
 
     fn storage(name: &str, port: u16) -> StorageEndpoint {
         StorageEndpoint {
@@ -518,25 +519,13 @@ mod tests {
         );
     }
 
-    fn scheduled(storage: StorageEndpoint) -> ScheduledSource {
-        ScheduledSource {
-            path: "/x".into(),
-            retention: "r".into(),
-            bwlimit: None,
-            filter: vec![],
-            exclude: vec![],
-            shared_service: false,
-            large_rotating_files: false,
-            large_modifying_files: false,
-            snapshot_mode: None,
-            preserve_hard_links: false,
-            storage,
-        }
+    fn scheduled(storage: StorageEndpoint) -> crate::reply::ReturnedSource {
+        crate::reply::ReturnedSource { storage }
     }
 
     #[test]
     fn due_sources_group_by_storage_and_unknown_ones_are_dropped() {
-        let returned: SourceMap = [
+        let returned: ReturnedSources = [
             ("a1".to_owned(), scheduled(storage("A", 22))),
             ("b1".to_owned(), scheduled(storage("B", 2222))),
             ("a2".to_owned(), scheduled(storage("A", 22))),

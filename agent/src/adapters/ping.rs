@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::Signal;
 use turku_api_types::client::ApiClient;
+use turku_api_types::constants::endpoint;
 use turku_api_types::v1::{AgentPingRequest, MachineCredentials, StorageEndpoint};
 
 use super::files::{load_config, PrivateDir, RunLock};
@@ -15,6 +16,7 @@ use turku_agent::cli::PingArgs;
 use turku_agent::config::{split_command_line, AgentConfig};
 use turku_agent::constants::{defaults, limits, CONFIG_SUBDIR, PING_LOCK_NAME};
 use turku_agent::credentials;
+use turku_agent::reply::{CheckinReply, RestoreReply};
 use turku_agent::session::{
     check_source, checkin_request, group_by_storage, known_hosts, restore_instructions,
     restore_request, rsyncd_argv, rsyncd_conf, rsyncd_secrets, ssh_argv, DaemonSettings, Module,
@@ -96,13 +98,10 @@ fn back_up(
     client: &ApiClient,
     request: &AgentPingRequest,
 ) -> Result<Option<Signal>> {
-    let reply = client
-        .agent_ping_checkin(request)
+    let reply: CheckinReply = client
+        .call(endpoint::AGENT_PING_CHECKIN, request)
         .context("cannot check in with the coordinator")?;
-    let scheduled = match reply.scheduled_sources {
-        Some(legacy) if reply.machine.scheduled_sources.is_empty() => legacy,
-        _ => reply.machine.scheduled_sources,
-    };
+    let scheduled = reply.due();
     let groups = group_by_storage(&scheduled, |name| config.sources.contains_key(name));
     if groups.is_empty() {
         tracing::debug!("nothing is due");
@@ -312,12 +311,11 @@ fn restore(
     request: &AgentPingRequest,
 ) -> Result<Option<Signal>> {
     tracing::info!("Entering restore mode.");
-    let reply = client
-        .agent_ping_restore(request)
+    let reply: RestoreReply = client
+        .call(endpoint::AGENT_PING_RESTORE, request)
         .context("cannot ask the coordinator for this machine's sources")?;
-    let groups = group_by_storage(&reply.machine.sources, |name| {
-        config.sources.contains_key(name)
-    });
+    let sources = reply.sources();
+    let groups = group_by_storage(&sources, |name| config.sources.contains_key(name));
     if groups.is_empty() {
         bail!("Cannot find any appropriate sources.");
     }
