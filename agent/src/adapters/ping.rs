@@ -41,11 +41,12 @@ pub fn run(config_dir: &Path, args: &PingArgs) -> Result<Option<Signal>> {
         config.machine_credentials(),
         config.ssh_private_key_file.as_deref(),
     ) else {
-        tracing::info!("not registered yet (run turku-agent update-config); nothing to do");
+        // Debug only: cron pings every few minutes and must stay quiet until registration.
+        tracing::debug!("not registered yet (run turku-agent update-config); nothing to do");
         return Ok(None);
     };
     if !key.is_file() {
-        tracing::info!(
+        tracing::debug!(
             "the SSH key {} does not exist yet (run turku-agent update-config)",
             key.display()
         );
@@ -304,6 +305,8 @@ fn local_ip(address: &str) -> Result<IpAddr> {
         .with_context(|| format!("rsyncd_local_address {address:?} is not an address"))
 }
 
+/// Restore mode. The listing and the operator's instructions go to stderr with the log, as
+/// the original logs them; stdout stays empty.
 fn restore(
     config: &AgentConfig,
     args: &PingArgs,
@@ -317,16 +320,17 @@ fn restore(
     let sources = reply.sources();
     let groups = group_by_storage(&sources, |name| config.sources.contains_key(name));
     if groups.is_empty() {
-        bail!("Cannot find any appropriate sources.");
+        // (sic): the original's text, kept verbatim for scripts that match it.
+        bail!("Cannot find any appropraite sources.");
     }
-    println!("This machine's sources are on the following storage units:");
+    eprintln!("This machine's sources are on the following storage units:");
     for (storage, (_, names)) in &groups {
-        println!("    {storage}");
+        eprintln!("    {storage}");
         for name in names {
-            println!("        {name}");
+            eprintln!("        {name}");
         }
     }
-    println!();
+    eprintln!();
     // B5 fixed: the storage comes from the chosen group's own entry.
     let (storage, names) = match (&args.restore_storage, groups.len()) {
         (Some(wanted), _) => groups
@@ -367,10 +371,10 @@ fn restore(
             port,
         });
         for line in lines {
-            println!("{line}");
+            eprintln!("{line}");
         }
-        println!();
-        println!("Waiting; press Ctrl-C here when the restore is done.");
+        eprintln!();
+        eprintln!("Waiting; press Ctrl-C here when the restore is done.");
         Ok(())
     };
     match session(
