@@ -101,6 +101,13 @@ pub fn var_dir_of(etc: &Value) -> PathBuf {
 impl AgentConfig {
     /// Merges the files as the original's `load_config` does.
     pub fn build(config_dir: &Path, files: ConfigFiles) -> Result<Self, ConfigError> {
+        // The original reads `var_dir` from /etc alone (it needs it to find the var files),
+        // so one set only in `<var_dir>/config.d` changes nothing.
+        let var_dir = match &files.etc {
+            Value::Object(etc) => string(etc, "var_dir")?,
+            _ => None,
+        }
+        .map_or_else(|| PathBuf::from(DEFAULT_VAR_DIR), PathBuf::from);
         let mut merged = match files.var {
             Value::Object(_) => files.var,
             _ => Value::Object(Map::new()),
@@ -111,23 +118,19 @@ impl AgentConfig {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        let var_dir = match map.get("var_dir") {
-            None => PathBuf::from(DEFAULT_VAR_DIR),
-            Some(_) => PathBuf::from(string(&map, "var_dir")?.unwrap_or_default()),
-        };
-        // The original sets the key paths only when the public key exists, so a ping before
-        // the first update-config exits quietly; configured paths win.
+        // As the original: an existing `<var_dir>/ssh_key.pub` sets both keys over anything
+        // configured; without it the configured ones (if any) count, so a ping before the
+        // first update-config exits quietly.
         let (ssh_public_key, ssh_private_key_file) = match files.public_key {
             Some(text) => (
                 Some(text.trim_end().to_owned()),
                 Some(var_dir.join(SSH_KEY_FILE)),
             ),
-            None => (None, None),
+            None => (
+                string(&map, "ssh_public_key")?,
+                string(&map, "ssh_private_key_file")?.map(PathBuf::from),
+            ),
         };
-        let ssh_public_key = string(&map, "ssh_public_key")?.or(ssh_public_key);
-        let ssh_private_key_file = string(&map, "ssh_private_key_file")?
-            .map(PathBuf::from)
-            .or(ssh_private_key_file);
         Ok(AgentConfig {
             config_dir: config_dir.to_owned(),
             api_url: string(&map, "api_url")?,
@@ -307,8 +310,8 @@ pub fn split_command_line(line: &str) -> Result<Vec<String>, &'static str> {
     Ok(words)
 }
 
-/// The merged `sources.d`: each entry with a `path` (others dropped silently, as the
-/// original drops them).
+/// The merged `sources.d`: each entry with a `path` (others, also `"path": null`, dropped
+/// silently, as the original drops them).
 fn sources(merged: Value) -> Result<BTreeMap<String, Source>, ConfigError> {
     let Value::Object(entries) = merged else {
         return Ok(BTreeMap::new());
@@ -319,7 +322,7 @@ fn sources(merged: Value) -> Result<BTreeMap<String, Source>, ConfigError> {
             continue;
         };
         let path = match dict.get("path") {
-            None => continue,
+            None | Some(Value::Null) => continue,
             Some(Value::String(p)) => PathBuf::from(p),
             Some(_) => return Err(wrong(&format!("{name}.path"), "a string")),
         };
@@ -476,6 +479,34 @@ mod tests {
             json!({"path": "/var/backups/db"})
         );
         assert_eq!(c.sources["etc"].upload["future_key"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn precedence_is_the_originals() {
+        let c = AgentConfig::build(
+            Path::new("/c"),
+            files(
+                json!({"ssh_public_key": "ssh-rsa CONFIGURED", "ssh_private_key_file": "/k"}),
+                json!({"var_dir": "/elsewhere"}),
+                json!({"gone": {"path": null}, "kept": {"path": "/srv"}}),
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.var_dir, PathBuf::from(DEFAULT_VAR_DIR));
+        assert_eq!(c.sources.keys().collect::<Vec<_>>(), ["kept"]);
+        // Without the key file the configured keys count ...
+        assert_eq!(c.ssh_private_key_file, Some(PathBuf::from("/k")));
+        // ... with it, the file wins.
+        let mut with_key = files(
+            json!({"ssh_public_key": "ssh-rsa CONFIGURED", "ssh_private_key_file": "/k",
+                   "var_dir": "/v"}),
+            json!({}),
+            json!({}),
+        );
+        with_key.public_key = Some("ssh-ed25519 FILE turku\n".into());
+        let c = AgentConfig::build(Path::new("/c"), with_key).unwrap();
+        assert_eq!(c.ssh_public_key.as_deref(), Some("ssh-ed25519 FILE turku"));
+        assert_eq!(c.ssh_private_key_file, Some(PathBuf::from("/v/ssh_key")));
     }
 
     #[test]
