@@ -269,7 +269,11 @@ fn restore_mode_prints_the_storage_command_and_takes_the_push() {
     let uuid = register_and_back_up(&coordinator, &storage, &agent);
 
     let before = storage.log().matches("Restore mode active on port").count();
-    let mut session = agent.command(&["ping", "--restore"]).spawn().unwrap();
+    let mut session = agent
+        .command(&["ping", "--restore"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
     // The listing and instructions go to stderr, as the original logs them.
     let said = session.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -330,8 +334,9 @@ fn restore_mode_prints_the_storage_command_and_takes_the_push() {
         assert_same_tree(&tree, &agent.restore);
     }
 
-    // Ctrl-C ends restore mode cleanly.
-    signal(&session, nix::sys::signal::Signal::SIGINT);
+    // Ctrl-C from a terminal (to the whole process group) ends restore mode cleanly.
+    let group = nix::unistd::Pid::from_raw(session.id() as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
     let done = wait_bounded(session, Duration::from_secs(30), "restore mode");
     assert!(done.status.success(), "{:?}", done.status);
     assert!(
