@@ -71,22 +71,7 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && brea
 url="rsync://127.0.0.1:$port/restore"
 
 # measure LABEL CMD...: runs CMD, appends "LABEL wall cpu" to results.
-measure() {
-    local label=$1; shift
-    python3 - "$label" "$@" <<'PY' >>"$work/results.txt"
-import resource, subprocess, sys, time
-label, cmd = sys.argv[1], sys.argv[2:]
-before = resource.getrusage(resource.RUSAGE_CHILDREN)
-t0 = time.monotonic()
-r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-wall = time.monotonic() - t0
-if r.returncode != 0:
-    sys.stderr.write(r.stderr.decode(errors="replace"))
-    sys.exit(f"{label}: exit {r.returncode}")
-u = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{label} {wall:.3f} {u.ru_utime + u.ru_stime - before.ru_utime - before.ru_stime:.3f}")
-PY
-}
+measure() { measure_wall_cpu "$work/results.txt" "$@"; }
 
 fresh() { # NAME [older]: a new destination under the module, optionally holding the older copy
     rm -rf "$work/out/$1"

@@ -213,3 +213,23 @@ for p in picked:
 print(f"changed {len(picked)} of {len(files)} files", file=sys.stderr)
 PY
 }
+
+# measure_wall_cpu RESULTS LABEL CMD...: runs CMD (its output thrown away; a failure stops the
+# script with its stderr) and appends "LABEL wall_seconds cpu_seconds" to RESULTS, the CPU
+# being CMD's and its children's.
+measure_wall_cpu() {
+    local results=$1 label=$2; shift 2
+    python3 - "$label" "$@" <<'PY' >>"$results"
+import resource, subprocess, sys, time
+label, cmd = sys.argv[1], sys.argv[2:]
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
+t0 = time.monotonic()
+r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+wall = time.monotonic() - t0
+if r.returncode != 0:
+    sys.stderr.write(r.stderr.decode(errors="replace"))
+    sys.exit(f"{label}: exit {r.returncode}")
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{label} {wall:.3f} {u.ru_utime + u.ru_stime - before.ru_utime - before.ru_stime:.3f}")
+PY
+}

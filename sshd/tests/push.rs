@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{init, run_bounded, turku};
@@ -29,6 +29,24 @@ fn ingest(store: &Path, dir: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A temporary folder with an initialised store in it, and where a source tree and a
+/// destination go: `(tmp, store, src, dst)`.
+fn workspace() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, src, dst) = (
+        tmp.path().join("store"),
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+    );
+    init(&store);
+    (tmp, store, src, dst)
+}
+
+/// A stock rsync daemon with a writable module `restore` at `dst`, as the agent's.
+fn receiver(tmp: &Path, dst: &Path) -> RsyncDaemon {
+    RsyncDaemon::start_writable(&tmp.join("rsyncd"), "restore", dst, Some((USER, PASSWORD)))
 }
 
 fn push(store: &Path, port: u16, extra: &[&str]) -> Output {
@@ -70,23 +88,12 @@ fn summary_figure(out: &Output, label: &str) -> u64 {
 
 #[test]
 fn the_whole_awkward_tree_arrives_as_it_was_backed_up() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, src, dst) = (
-        tmp.path().join("store"),
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-    );
-    init(&store);
+    let (tmp, store, src, dst) = workspace();
     make_awkward_tree(&src);
     backdate_recent(&src);
     ingest(&store, &src);
     fs::create_dir(&dst).unwrap();
-    let daemon = RsyncDaemon::start_writable(
-        &tmp.path().join("rsyncd"),
-        "restore",
-        &dst,
-        Some((USER, PASSWORD)),
-    );
+    let daemon = receiver(tmp.path(), &dst);
     let out = push(&store, daemon.port, &[]);
     assert_ok(&out);
     assert_rsync_sees_no_difference(&src, &dst);
@@ -101,13 +108,7 @@ fn the_whole_awkward_tree_arrives_as_it_was_backed_up() {
 
 #[test]
 fn a_destination_with_an_older_copy_receives_only_the_changes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, src, dst) = (
-        tmp.path().join("store"),
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-    );
-    init(&store);
+    let (tmp, store, src, dst) = workspace();
     fs::create_dir_all(&src).unwrap();
     fs::create_dir_all(&dst).unwrap();
     let size = 8 << 20;
@@ -120,12 +121,7 @@ fn a_destination_with_an_older_copy_receives_only_the_changes() {
     fs::write(src.join("big.bin"), &new).unwrap();
     fs::write(dst.join("big.bin"), &old).unwrap();
     ingest(&store, &src);
-    let daemon = RsyncDaemon::start_writable(
-        &tmp.path().join("rsyncd"),
-        "restore",
-        &dst,
-        Some((USER, PASSWORD)),
-    );
+    let daemon = receiver(tmp.path(), &dst);
     let out = push(&store, daemon.port, &[]);
     assert_ok(&out);
     assert_eq!(fs::read(dst.join("big.bin")).unwrap(), new);
@@ -142,13 +138,7 @@ fn a_destination_with_an_older_copy_receives_only_the_changes() {
 
 #[test]
 fn a_sub_path_of_an_older_snapshot_can_be_pushed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, src, dst) = (
-        tmp.path().join("store"),
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-    );
-    init(&store);
+    let (tmp, store, src, dst) = workspace();
     fs::create_dir_all(src.join("keep/inner")).unwrap();
     fs::write(src.join("keep/inner/a"), b"first").unwrap();
     fs::write(src.join("other"), b"not this").unwrap();
@@ -156,12 +146,7 @@ fn a_sub_path_of_an_older_snapshot_can_be_pushed() {
     fs::write(src.join("keep/inner/a"), b"second").unwrap();
     ingest(&store, &src);
     fs::create_dir(&dst).unwrap();
-    let daemon = RsyncDaemon::start_writable(
-        &tmp.path().join("rsyncd"),
-        "restore",
-        &dst,
-        Some((USER, PASSWORD)),
-    );
+    let daemon = receiver(tmp.path(), &dst);
     let out = push(
         &store,
         daemon.port,
@@ -175,23 +160,12 @@ fn a_sub_path_of_an_older_snapshot_can_be_pushed() {
 
 #[test]
 fn refusals_are_clear_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (store, src, dst) = (
-        tmp.path().join("store"),
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-    );
-    init(&store);
+    let (tmp, store, src, dst) = workspace();
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a"), b"a").unwrap();
     ingest(&store, &src);
     fs::create_dir(&dst).unwrap();
-    let daemon = RsyncDaemon::start_writable(
-        &tmp.path().join("rsyncd"),
-        "restore",
-        &dst,
-        Some((USER, PASSWORD)),
-    );
+    let daemon = receiver(tmp.path(), &dst);
     // Wrong password.
     let mut c = turku(&store);
     c.env("RSYNC_PASSWORD", "wrong")

@@ -45,12 +45,14 @@ fn enter_restore_mode(storage: &StorageDaemon, agent: &TestAgent, rsyncd: &Agent
     session
 }
 
-fn restore(
+/// `turku-storage restore` of source `data` into the agent's restore module, with the
+/// credentials its restore daemon was given; not yet started.
+fn restore_command(
     storage: &StorageDaemon,
     agent: &TestAgent,
     rsyncd: &AgentRsyncd,
     extra: &[&str],
-) -> Output {
+) -> std::process::Command {
     let (_, user, password) = &rsyncd.credentials[0];
     let mut command = storage.command(&[
         "restore",
@@ -62,11 +64,17 @@ fn restore(
         user,
     ]);
     command.args(extra).env("RSYNC_PASSWORD", password);
-    wait_bounded(
-        command.spawn().unwrap(),
-        RESTORE_BOUND,
-        "turku-storage restore",
-    )
+    command
+}
+
+fn restore(
+    storage: &StorageDaemon,
+    agent: &TestAgent,
+    rsyncd: &AgentRsyncd,
+    extra: &[&str],
+) -> Output {
+    let child = restore_command(storage, agent, rsyncd, extra).spawn().unwrap();
+    wait_bounded(child, RESTORE_BOUND, "turku-storage restore")
 }
 
 fn end_session(mut session: Child) {
@@ -161,18 +169,9 @@ fn an_agent_that_goes_away_mid_restore_is_a_clear_error_and_changes_nothing() {
     std::fs::create_dir(&restore_path).unwrap();
     let rsyncd = agent.start_restore_rsyncd(&restore_path);
     let mut session = enter_restore_mode(&storage, &agent, &rsyncd);
-    let (_, user, password) = rsyncd.credentials[0].clone();
-    let mut command = storage.command(&[
-        "restore",
-        "--machine",
-        &agent.uuid,
-        "--source",
-        "data",
-        "--user",
-        &user,
-    ]);
-    command.env("RSYNC_PASSWORD", &password);
-    let running = command.spawn().unwrap();
+    let running = restore_command(&storage, &agent, &rsyncd, &[])
+        .spawn()
+        .unwrap();
     // Hold the receiving rsync still as soon as it exists, then take the agent away.
     let mut receiver = None;
     eventually(
@@ -217,18 +216,9 @@ fn a_restore_whose_command_goes_away_stops_and_frees_the_session() {
     std::fs::create_dir(&restore_path).unwrap();
     let rsyncd = agent.start_restore_rsyncd(&restore_path);
     let session = enter_restore_mode(&storage, &agent, &rsyncd);
-    let (_, user, password) = rsyncd.credentials[0].clone();
-    let mut command = storage.command(&[
-        "restore",
-        "--machine",
-        &agent.uuid,
-        "--source",
-        "data",
-        "--user",
-        &user,
-    ]);
-    command.env("RSYNC_PASSWORD", &password);
-    let mut running = command.spawn().unwrap();
+    let mut running = restore_command(&storage, &agent, &rsyncd, &[])
+        .spawn()
+        .unwrap();
     // The receiving rsync held still: the push waits on it, and the operator gives up.
     let mut receiver = None;
     eventually(

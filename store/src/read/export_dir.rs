@@ -817,7 +817,20 @@ mod tests {
         let out = dir.path().join("out");
         store.export_to_dir(&snap, b"", &out).unwrap();
         // Damage one file's chunk in the middle of the walk.
-        let victim = store.lookup(&snap, b"d5/f20").unwrap();
+        damage_first_chunk(&store, &snap, b"d5/f20");
+
+        let out = dir.path().join("out2");
+        let err = store.export_to_dir(&snap, b"", &out).unwrap_err();
+        assert!(matches!(err, StoreError::CorruptBlob { .. }), "{err}");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, PRIVATE_FOLDER_MODE);
+        // What came after the damaged file in walk order was not all written.
+        assert!(!out.join("d9/f39").exists());
+    }
+
+    /// Flips a byte in the middle of the stored first chunk of the file at `path`.
+    fn damage_first_chunk(store: &Store, snap: &Snapshot, path: &[u8]) {
+        let victim = store.lookup(snap, path).unwrap();
         let EntryData::File { chunks, .. } = &victim.data else {
             panic!("not a file")
         };
@@ -829,14 +842,6 @@ mod tests {
         let at = found.location.offset as usize + found.location.stored_len as usize / 2;
         bytes[at] ^= 0xff;
         std::fs::write(&pack, &bytes).unwrap();
-
-        let out = dir.path().join("out2");
-        let err = store.export_to_dir(&snap, b"", &out).unwrap_err();
-        assert!(matches!(err, StoreError::CorruptBlob { .. }), "{err}");
-        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, PRIVATE_FOLDER_MODE);
-        // What came after the damaged file in walk order was not all written.
-        assert!(!out.join("d9/f39").exists());
     }
 
     /// A damaged chunk every file shares stops both content threads: the export must end
@@ -874,18 +879,7 @@ mod tests {
             file.finish().unwrap();
         }
         let snap = w.commit().unwrap();
-        let victim = store.lookup(&snap, b"f0000").unwrap();
-        let EntryData::File { chunks, .. } = &victim.data else {
-            panic!("not a file")
-        };
-        let found = crate::index::find_blob(&store.db(), &chunks[0].id)
-            .unwrap()
-            .unwrap();
-        let pack = crate::format::pack::pack_path(&store.packs_dir(), &found.pack_name);
-        let mut bytes = std::fs::read(&pack).unwrap();
-        let at = found.location.offset as usize + found.location.stored_len as usize / 2;
-        bytes[at] ^= 0xff;
-        std::fs::write(&pack, &bytes).unwrap();
+        damage_first_chunk(&store, &snap, b"f0000");
 
         let out = dir.path().join("out");
         let (tx, rx) = std::sync::mpsc::channel();
