@@ -73,7 +73,9 @@ fn restore(
     rsyncd: &AgentRsyncd,
     extra: &[&str],
 ) -> Output {
-    let child = restore_command(storage, agent, rsyncd, extra).spawn().unwrap();
+    let child = restore_command(storage, agent, rsyncd, extra)
+        .spawn()
+        .unwrap();
     wait_bounded(child, RESTORE_BOUND, "turku-storage restore")
 }
 
@@ -154,6 +156,23 @@ fn children(pid: u32) -> Vec<i32> {
         .collect()
 }
 
+/// Waits (bounded) for the agent's rsync daemon to fork the receiver of a push, and stops
+/// it (SIGSTOP): the push then waits on it for as long as the test wants.
+fn hold_receiver_still(rsyncd: &AgentRsyncd) -> nix::unistd::Pid {
+    let mut receiver = None;
+    eventually(
+        "the restore reaches the agent's rsync",
+        Duration::from_secs(30),
+        || {
+            receiver = children(rsyncd.pid()).first().copied();
+            receiver.is_some()
+        },
+    );
+    let receiver = nix::unistd::Pid::from_raw(receiver.unwrap());
+    let _ = nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGSTOP);
+    receiver
+}
+
 #[test]
 fn an_agent_that_goes_away_mid_restore_is_a_clear_error_and_changes_nothing() {
     let coordinator = Coordinator::start();
@@ -173,17 +192,7 @@ fn an_agent_that_goes_away_mid_restore_is_a_clear_error_and_changes_nothing() {
         .spawn()
         .unwrap();
     // Hold the receiving rsync still as soon as it exists, then take the agent away.
-    let mut receiver = None;
-    eventually(
-        "the restore reaches the agent's rsync",
-        Duration::from_secs(30),
-        || {
-            receiver = children(rsyncd.pid()).first().copied();
-            receiver.is_some()
-        },
-    );
-    let receiver = nix::unistd::Pid::from_raw(receiver.unwrap());
-    let _ = nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGSTOP);
+    let receiver = hold_receiver_still(&rsyncd);
     session.kill().unwrap();
     let _ = session.wait();
     let out = wait_bounded(running, RESTORE_BOUND, "turku-storage restore");
@@ -220,17 +229,7 @@ fn a_restore_whose_command_goes_away_stops_and_frees_the_session() {
         .spawn()
         .unwrap();
     // The receiving rsync held still: the push waits on it, and the operator gives up.
-    let mut receiver = None;
-    eventually(
-        "the restore reaches the agent's rsync",
-        Duration::from_secs(30),
-        || {
-            receiver = children(rsyncd.pid()).first().copied();
-            receiver.is_some()
-        },
-    );
-    let receiver = nix::unistd::Pid::from_raw(receiver.unwrap());
-    let _ = nix::sys::signal::kill(receiver, nix::sys::signal::Signal::SIGSTOP);
+    let receiver = hold_receiver_still(&rsyncd);
     running.kill().unwrap();
     let _ = running.wait();
     // The daemon noticed, dropped that push and lets the next restore in, while the first
