@@ -24,7 +24,9 @@ use common::StockDaemon;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use turku_proto_rsync::io::{pull, push, PullConfig, PushConfig};
 use turku_proto_rsync::session::args::ServerArgs;
-use turku_proto_rsync::session::handshake::{ClientHandshake, HandshakeOptions, HandshakeStatus};
+use turku_proto_rsync::session::handshake::{
+    ClientHandshake, HandshakeOptions, HandshakeStatus, Negotiated,
+};
 use turku_proto_rsync::session::receiver::{ClientReceiver, ReceiverOptions, Status};
 use turku_proto_rsync::session::sender::{
     ClientSender, PushOutcome, SendSource, SenderOptions, Status as SendStatus,
@@ -357,18 +359,26 @@ fn pull_config(case: &Case) -> PullConfig {
     cfg
 }
 
-/// Runs our handshake and receiver over the recorded server chunks, one feed and one step
-/// a chunk as the tokio driver does, and returns the outcome and all we wrote.
-fn replay(case: &Case, records: &Records, sink: &mut MemSink) -> (Outcome, Vec<u8>) {
-    let cfg = pull_config(case);
-    // As the driver builds it from `cfg`.
-    let mut args = ServerArgs::pull(&cfg.module, &cfg.path, cfg.hard_links);
-    args.numeric_ids = cfg.numeric_ids;
-    args.checksum_seed = cfg.checksum_seed;
+/// Where the handshake left a replay: the session's terms, what we wrote so far, server
+/// input already read past the handshake, and the server chunks not yet fed.
+struct Handshaken<'r, I: Iterator<Item = &'r [u8]>> {
+    neg: Negotiated,
+    ours: Vec<u8>,
+    inbuf: Vec<u8>,
+    chunks: I,
+}
+
+/// Runs our handshake with `args` over the recorded server chunks, one feed a chunk.
+fn replay_handshake<'r>(
+    args: ServerArgs,
+    protocol: u32,
+    user: &str,
+    records: &'r Records,
+) -> Handshaken<'r, impl Iterator<Item = &'r [u8]>> {
     let mut hs = ClientHandshake::new(HandshakeOptions {
         args,
-        protocol: cfg.protocol,
-        user: cfg.user.clone(),
+        protocol,
+        user: user.to_owned(),
         password: None,
         limits: Limits::default(),
     })
@@ -391,6 +401,28 @@ fn replay(case: &Case, records: &Records, sink: &mut MemSink) -> (Outcome, Vec<u
             .expect("transcript ended during the handshake");
         inbuf.extend_from_slice(chunk);
     };
+    Handshaken {
+        neg,
+        ours,
+        inbuf,
+        chunks,
+    }
+}
+
+/// Runs our handshake and receiver over the recorded server chunks, one feed and one step
+/// a chunk as the tokio driver does, and returns the outcome and all we wrote.
+fn replay(case: &Case, records: &Records, sink: &mut MemSink) -> (Outcome, Vec<u8>) {
+    let cfg = pull_config(case);
+    // As the driver builds it from `cfg`.
+    let mut args = ServerArgs::pull(&cfg.module, &cfg.path, cfg.hard_links);
+    args.numeric_ids = cfg.numeric_ids;
+    args.checksum_seed = cfg.checksum_seed;
+    let Handshaken {
+        neg,
+        mut ours,
+        inbuf,
+        mut chunks,
+    } = replay_handshake(args, cfg.protocol, &cfg.user, records);
     let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(
         neg,
         ReceiverOptions {
@@ -581,32 +613,12 @@ fn replay_push(case: &Case, records: &Records) -> (PushOutcome, Vec<u8>) {
     let mut args = ServerArgs::push(&cfg.module, &cfg.path, cfg.hard_links, cfg.delete);
     args.numeric_ids = cfg.numeric_ids;
     args.checksum_seed = cfg.checksum_seed;
-    let mut hs = ClientHandshake::new(HandshakeOptions {
-        args,
-        protocol: cfg.protocol,
-        user: cfg.user.clone(),
-        password: None,
-        limits: Limits::default(),
-    })
-    .expect("handshake");
-    let mut chunks = records
-        .iter()
-        .filter(|(d, _)| *d == Dir::Server)
-        .map(|(_, b)| b.as_slice());
-    let mut ours = hs.take_output();
-    let mut inbuf = Vec::new();
-    let neg = loop {
-        let (used, st) = hs.feed(&inbuf).expect("handshake input");
-        inbuf.drain(..used);
-        ours.extend(hs.take_output());
-        if let HandshakeStatus::Done(n) = st {
-            break n;
-        }
-        let chunk = chunks
-            .next()
-            .expect("transcript ended during the handshake");
-        inbuf.extend_from_slice(chunk);
-    };
+    let Handshaken {
+        neg,
+        mut ours,
+        inbuf,
+        mut chunks,
+    } = replay_handshake(args, cfg.protocol, &cfg.user, records);
     let entries = push_entries();
     let mut source = MemSource {
         entries: entries.clone(),
