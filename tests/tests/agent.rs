@@ -4,165 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use turku_testkit::system::{
-    backup_logs, eventually, stderr, turku_agent_binary, wait_bounded, Coordinator, StorageDaemon,
-    PING_BOUND,
+    backup_logs, daemons_with, eventually, stderr, wait_bounded, Agent, Coordinator, StorageDaemon,
 };
 use turku_testkit::{
     assert_rsync_sees_no_difference, assert_same_tree, backdate_recent, make_awkward_tree,
     random_file,
 };
-
-/// A machine running our agent: its config dir, var dir, lock dir, restore path and a
-/// private TMPDIR (so the test sees every temp file the agent makes).
-struct Agent {
-    binary: PathBuf,
-    etc: PathBuf,
-    var: PathBuf,
-    lock: PathBuf,
-    tmp: PathBuf,
-    restore: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn new(coordinator: &Coordinator, sources: serde_json::Value) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let (etc, var, lock, tmp, restore) = (
-            root.join("etc"),
-            root.join("var"),
-            root.join("lock"),
-            root.join("tmp"),
-            root.join("restore"),
-        );
-        for d in [
-            etc.join("config.d"),
-            etc.join("sources.d"),
-            lock.clone(),
-            tmp.clone(),
-            restore.clone(),
-        ] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let agent = Agent {
-            binary: turku_agent_binary(),
-            etc,
-            var,
-            lock,
-            tmp,
-            restore,
-            _dir: dir,
-        };
-        agent.write_config(serde_json::json!({
-            "api_url": coordinator.url.trim_end_matches('/'),
-            "api_auth_name": turku_api_types::constants::defaults::MACHINE_AUTH_NAME,
-            "api_auth_secret": coordinator.machine_registration(),
-            "var_dir": agent.var,
-            "lock_dir": agent.lock,
-            "restore_path": agent.restore,
-            "unit_name": "agent-test",
-        }));
-        std::fs::write(
-            agent.etc.join("sources.d/10-sources.json"),
-            serde_json::to_vec_pretty(&sources).unwrap(),
-        )
-        .unwrap();
-        agent
-    }
-
-    fn write_config(&self, config: serde_json::Value) {
-        std::fs::write(
-            self.etc.join("config.d/10-agent.json"),
-            serde_json::to_vec_pretty(&config).unwrap(),
-        )
-        .unwrap();
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.binary);
-        command
-            .arg("-c")
-            .arg(&self.etc)
-            .args(args)
-            .env("TMPDIR", &self.tmp)
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("TURKU_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        wait_bounded(
-            self.command(args).spawn().unwrap(),
-            PING_BOUND,
-            &format!("turku-agent {args:?}"),
-        )
-    }
-
-    fn run_ok(&self, args: &[&str]) -> Output {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "turku-agent {args:?}: {:?}\n{}",
-            out.status,
-            stderr(&out)
-        );
-        out
-    }
-
-    fn uuid(&self) -> String {
-        let text = std::fs::read_to_string(self.var.join("config.d/10-machine_uuid.json")).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["machine_uuid"].as_str().unwrap().to_owned()
-    }
-
-    /// Anything the agent left in its TMPDIR or lock dir, and any rsync daemon still
-    /// running with a config from its TMPDIR.
-    fn assert_nothing_left(&self) {
-        let left: Vec<_> = std::fs::read_dir(&self.tmp)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(left.is_empty(), "temp files left: {left:?}");
-        let locks: Vec<_> = std::fs::read_dir(&self.lock)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        assert!(locks.is_empty(), "lock files left: {locks:?}");
-        eventually(
-            "the agent's rsync daemons are gone",
-            Duration::from_secs(10),
-            || daemons_with(&self.tmp).is_empty(),
-        );
-    }
-}
-
-/// Pids of processes whose command line mentions `dir`.
-fn daemons_with(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        // A zombie has an empty command line; stopped daemons are reaped by the agent.
-        if text.contains(&needle) && text.contains("--daemon") {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 fn make_due(coordinator: &Coordinator, uuid: &str, source: &str) {
     coordinator.manage(&["backup-now", uuid, source]);
