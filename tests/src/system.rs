@@ -389,6 +389,11 @@ impl StorageDaemon {
             "listen": format!("127.0.0.1:{port}"),
             "log_file": "",
         });
+        // The store follows a `store` override (a small volume for full-disk tests).
+        let store = overrides
+            .get("store")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| volume.join("turku-store"), PathBuf::from);
         if let (Some(config), serde_json::Value::Object(extra)) =
             (config.as_object_mut(), overrides)
         {
@@ -403,7 +408,7 @@ impl StorageDaemon {
             child: None,
             binary,
             config_dir,
-            store: volume.join("turku-store"),
+            store,
             var_dir,
             port,
             name: name.to_owned(),
