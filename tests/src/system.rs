@@ -1163,6 +1163,120 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// `turku-agent ping --restore` in its own process group (as from a terminal), once it
+    /// has printed the storage's restore command and `storage` has registered the session.
+    pub fn enter_restore_mode(&self, storage: &StorageDaemon) -> RestoreMode {
+        use std::os::unix::process::CommandExt as _;
+        let before = storage.log().matches("Restore mode active on port").count();
+        let mut child = self
+            .command(&["ping", "--restore"])
+            .process_group(0)
+            .spawn()
+            .expect("turku-agent ping --restore");
+        // The listing and instructions go to stderr, as the original logs them.
+        let said = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(said).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let command = loop {
+            let line = lines
+                .recv_timeout(RESTORE_MODE_BOUND)
+                .expect("the restore command line");
+            if line.contains("turku-storage restore") {
+                break line;
+            }
+        };
+        // RSYNC_PASSWORD=<pw> turku-storage restore --machine <uuid> --source <s> --user <u>
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let password = words[0]
+            .strip_prefix("RSYNC_PASSWORD=")
+            .expect("the command starts with the password")
+            .to_owned();
+        let user = words
+            .iter()
+            .position(|w| *w == "--user")
+            .and_then(|i| words.get(i + 1))
+            .expect("the command names the user")
+            .to_string();
+        eventually(
+            "the restore session is registered",
+            RESTORE_MODE_BOUND,
+            || storage.log().matches("Restore mode active on port").count() > before,
+        );
+        RestoreMode {
+            child,
+            lines,
+            command,
+            user,
+            password,
+        }
+    }
+}
+
+/// Bound on restore mode opening, one push, and restore mode ending.
+const RESTORE_MODE_BOUND: Duration = Duration::from_secs(120);
+
+/// An agent in restore mode, with the credentials it printed for the storage's operator.
+#[derive(Debug)]
+pub struct RestoreMode {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The `turku-storage restore ...` line as printed.
+    pub command: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl RestoreMode {
+    /// `turku-storage restore --machine M --source S --user U EXTRA...` with the printed
+    /// password, run to its end.
+    pub fn restore(
+        &self,
+        storage: &StorageDaemon,
+        machine: &str,
+        source: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut restore = storage.command(&[
+            "restore",
+            "--machine",
+            machine,
+            "--source",
+            source,
+            "--user",
+            &self.user,
+        ]);
+        restore.args(extra).env("RSYNC_PASSWORD", &self.password);
+        wait_bounded(
+            restore.spawn().expect("turku-storage restore"),
+            RESTORE_MODE_BOUND,
+            "turku-storage restore",
+        )
+    }
+
+    /// Ends restore mode with a Ctrl-C to its whole process group, as from a terminal;
+    /// asserts it exits 0 saying it finished. Returns its exit and stdout.
+    pub fn end(self) -> Output {
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        let done = wait_bounded(self.child, RESTORE_MODE_BOUND, "restore mode");
+        assert!(
+            done.status.success(),
+            "restore mode ended: {:?}",
+            done.status
+        );
+        let finished = std::iter::from_fn(|| self.lines.recv_timeout(RESTORE_MODE_BOUND).ok())
+            .any(|line| line.contains("Restore mode finished"));
+        assert!(finished, "restore mode says it finished");
+        done
+    }
+}
+
 /// Pids of processes whose command line mentions `dir`.
 pub fn daemons_with(dir: &Path) -> Vec<u32> {
     let needle = dir.display().to_string();

@@ -119,66 +119,24 @@ fn restore_mode_prints_the_storage_command_and_takes_the_push() {
     let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
     let uuid = register_and_back_up(&coordinator, &storage, &agent);
 
-    let before = storage.log().matches("Restore mode active on port").count();
-    let mut session = agent
-        .command(&["ping", "--restore"])
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    // The listing and instructions go to stderr, as the original logs them.
-    let said = session.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(said).lines() {
-            let _ = tx.send(line.unwrap());
-        }
-    });
-    let command = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the restore command line");
-        if line.contains("turku-storage restore") {
-            break line;
-        }
-    };
+    let session = agent.enter_restore_mode(&storage);
     // RSYNC_PASSWORD=<pw> turku-storage restore --machine <uuid> --source data --user <user>
-    let words: Vec<&str> = command.split_whitespace().collect();
-    let password = words[0].strip_prefix("RSYNC_PASSWORD=").unwrap().to_owned();
+    let words: Vec<&str> = session.command.split_whitespace().collect();
     assert_eq!(
-        &words[1..7],
+        &words[1..9],
         [
             "turku-storage",
             "restore",
             "--machine",
             &uuid,
             "--source",
-            "data"
+            "data",
+            "--user",
+            &session.user
         ]
     );
-    assert_eq!(words[7], "--user");
-    let user = words[8].to_owned();
-    eventually(
-        "the restore session is registered",
-        Duration::from_secs(30),
-        || storage.log().matches("Restore mode active on port").count() > before,
-    );
 
-    let mut restore = storage.command(&[
-        "restore",
-        "--machine",
-        &uuid,
-        "--source",
-        "data",
-        "--user",
-        &user,
-    ]);
-    restore.env("RSYNC_PASSWORD", &password);
-    let out = wait_bounded(
-        restore.spawn().unwrap(),
-        Duration::from_secs(120),
-        "turku-storage restore",
-    );
+    let out = session.restore(&storage, &uuid, "data", &[]);
     assert!(out.status.success(), "restore: {}", stderr(&out));
     assert_rsync_sees_no_difference(&tree, &agent.restore);
     if turku_testkit::is_root() {
@@ -186,18 +144,12 @@ fn restore_mode_prints_the_storage_command_and_takes_the_push() {
     }
 
     // Ctrl-C from a terminal (to the whole process group) ends restore mode cleanly.
-    let group = nix::unistd::Pid::from_raw(session.id() as i32);
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
-    let done = wait_bounded(session, Duration::from_secs(30), "restore mode");
-    assert!(done.status.success(), "{:?}", done.status);
+    let done = session.end();
     assert!(
         done.stdout.is_empty(),
         "{}",
         String::from_utf8_lossy(&done.stdout)
     );
-    let finished = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok())
-        .any(|line| line.contains("Restore mode finished"));
-    assert!(finished, "restore mode says it finished");
     agent.assert_nothing_left();
 }
 
