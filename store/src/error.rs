@@ -69,6 +69,8 @@ pub enum StoreError {
     NotAFile(String),
     #[error("the store is busy: {0}")]
     Busy(String),
+    #[error(transparent)]
+    Clock(#[from] crate::clock::ClockError),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

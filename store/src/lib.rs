@@ -20,6 +20,7 @@
 //! (SQLite index, writer sessions), `write`, `read`, `snapshot` (snapshots and their log),
 //! `maintain` (gc, verify, repair, stats, retention); docs/store.md has the map.
 
+pub mod clock;
 mod error;
 mod fault;
 pub mod format;

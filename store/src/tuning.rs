@@ -127,3 +127,7 @@ pub const FREE_BATCH_FULL_DISK: usize = 64;
 /// Pack files on disk that no index row knows are removed by GC only after this long,
 /// since a writer renames its pack into place just before indexing it.
 pub const ORPHAN_PACK_GRACE_SECS: u64 = 3600;
+
+/// A test hook, not an operator setting: names a file whose time replaces the system clock
+/// for snapshot times, snapshot names and retention (see `clock`).
+pub const CLOCK_FILE_ENV: &str = "TURKU_CLOCK_FILE";

@@ -23,6 +23,8 @@ pub(crate) fn process_identity(pid: u32) -> Option<(u32, u64)> {
     Some((pid, start))
 }
 
+/// The system clock, for bookkeeping about real processes and files; snapshot times come
+/// from [`crate::clock`] instead.
 pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

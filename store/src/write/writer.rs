@@ -17,7 +17,7 @@ use crate::format::id::Id;
 use crate::format::tree::{self, ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
 use crate::format::*;
 use crate::index;
-use crate::index::session::{self, now_ns};
+use crate::index::session;
 use crate::snapshot::{self, split_path, Snapshot, SnapshotStats};
 use crate::store::Store;
 use crate::tuning::BASE_CACHE_ENTRIES;
@@ -161,6 +161,7 @@ impl Store {
     pub fn begin_snapshot(&self, machine: &str, source: &str) -> Result<SnapshotWriter> {
         check_label("machine", machine)?;
         check_label("source", source)?;
+        let time_begin_ns = crate::clock::now_ns()?;
         // A backup never takes the space reserve, which lets `forget` and `gc` make room on
         // a full disk: without room for it the disk is full already.
         match crate::space::ensure_reserve(self.path()) {
@@ -204,7 +205,7 @@ impl Store {
             packer,
             chunker: Chunker::new(&self.config()),
             stats: SnapshotStats::default(),
-            time_begin_ns: now_ns(),
+            time_begin_ns,
             pending: None,
             name_suffix: rand::random,
         })
@@ -618,7 +619,7 @@ impl SnapshotWriter {
             .ok_or_else(|| StoreError::InvalidArgument("no root directory".into()))?;
         self.packer.flush()?;
         self.stats.new_stored_bytes = self.packer.stored_bytes;
-        let time_end_ns = now_ns().max(self.time_begin_ns);
+        let time_end_ns = crate::clock::now_ns()?.max(self.time_begin_ns);
         let name = session::reserve_snapshot_name(
             &mut self.store.db(),
             self.session,
