@@ -432,6 +432,25 @@ fn finish_push(report: &restore::PushReport) -> Result<ExitCode> {
     })
 }
 
+/// A daemon whose snapshot times come from a test's clock file says so when it starts, with
+/// the time the file holds now, so a stray override on a real storage cannot go unseen.
+fn warn_if_clock_overridden() {
+    let Some(file) = turku_store::clock::override_file() else {
+        return;
+    };
+    let reads = match turku_store::clock::read_clock_file(file) {
+        Ok(now) => {
+            turku_store::format_ns(i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+        }
+        Err(e) => format!("unusable ({e}): backups will fail until it is mended"),
+    };
+    tracing::warn!(
+        "{}={} is set (a test hook): snapshot times and retention follow that file, not the system clock; it reads {reads}",
+        turku_store::clock::CLOCK_FILE_ENV,
+        file.display()
+    );
+}
+
 /// Runs one command; `Ok` carries the exit code of a command that ran to its end (`verify`
 /// fails with problems found).
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -447,6 +466,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve => {
             let config = load_config(&cli)?;
+            warn_if_clock_overridden();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -458,6 +478,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ping { uuid } => {
             let config = load_config(&cli)?;
+            warn_if_clock_overridden();
             let status = crate::forced::run(config, uuid)?;
             return Ok(ExitCode::from(status));
         }
@@ -821,7 +842,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 &src.machine,
                 &src.source,
                 retention,
-                time::OffsetDateTime::now_utc(),
+                turku_store::clock::now()?,
                 *dry_run,
                 |s| {
                     if *dry_run {

@@ -179,10 +179,17 @@ fn python_asctime(at: SystemTime) -> String {
     )
 }
 
-fn epoch_seconds(at: SystemTime) -> f64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+/// Now for a report's `time_begin`/`time_end`, from the clock snapshot times come from, so
+/// the coordinator's log agrees with the snapshot names; absent when that clock cannot be read
+/// (an unusable test clock), rather than a time from another clock.
+fn report_time() -> Option<f64> {
+    match turku_store::clock::now() {
+        Ok(now) => Some(now.unix_timestamp_nanos() as f64 / 1e9),
+        Err(e) => {
+            tracing::error!("{e}");
+            None
+        }
+    }
 }
 
 /// What every session of the process shares.
@@ -288,7 +295,7 @@ async fn back_up_one(
             &request.machine_uuid,
             name,
             report,
-            SystemTime::now(),
+            report_time(),
             console,
         )
         .await;
@@ -311,7 +318,7 @@ async fn back_up_one(
             }
         };
     console.info(&format!("Begin: {} {name}", machine.unit_name));
-    let time_begin = SystemTime::now();
+    let time_begin = report_time();
     let report = match tunnel.open(request.port).await {
         Err(why) => {
             drop(slot);
@@ -381,12 +388,12 @@ async fn send_report(
     machine_uuid: &str,
     name: &str,
     report: SourceReport,
-    time_begin: SystemTime,
+    time_begin: Option<f64>,
     console: &Console,
 ) {
     let report = SourceReport {
-        time_begin: Some(epoch_seconds(time_begin)),
-        time_end: Some(epoch_seconds(SystemTime::now())),
+        time_begin,
+        time_end: report_time(),
         ..report
     };
     let link = ctx.coordinator.clone();
@@ -488,7 +495,9 @@ impl BackupJob {
     pub fn run(self, url: &RsyncUrl, connection: Connection) -> Result<BackupDone, BackupError> {
         let store = Store::open(&self.store)?;
         let PullReport {
-            snapshot, warnings, ..
+            snapshot,
+            outcome,
+            warnings,
         } = pull_source(
             &store,
             &self.machine,
@@ -506,16 +515,19 @@ impl BackupJob {
             SnapshotMode::None => NONE_MODE_RETENTION,
         };
         if !retention.trim().is_empty() {
-            let now = now_in_zone(self.timezone.as_deref());
-            let applied = apply_retention(
-                &store,
-                &self.machine,
-                &self.source,
-                retention,
-                now,
-                false,
-                |gone| summary.push_str(&format!("Removed old snapshot: {}\n", gone.name)),
-            );
+            let applied = turku_store::clock::now()
+                .map_err(|e| BackupError::from(turku_store::StoreError::from(e)))
+                .and_then(|now| {
+                    apply_retention(
+                        &store,
+                        &self.machine,
+                        &self.source,
+                        retention,
+                        in_zone(self.timezone.as_deref(), now),
+                        false,
+                        |gone| summary.push_str(&format!("Removed old snapshot: {}\n", gone.name)),
+                    )
+                });
             if let Err(e) = applied {
                 summary.push_str(&format!("Retention failed: {e}\n"));
             }
@@ -524,6 +536,17 @@ impl BackupJob {
         summary.push_str(&format!(
             "Files: {}, {} bytes; unchanged files reused: {}; new data: {} bytes ({} stored)\n",
             stats.files, stats.bytes, stats.reused_files, stats.new_bytes, stats.new_stored_bytes
+        ));
+        // What crossed the wire, as the original's summary carried rsync's --stats: the
+        // operator's (and the end-to-end tests') measure of an incremental backup.
+        summary.push_str(&format!(
+            "Transferred: {} files; literal data: {} bytes, matched data: {} bytes; \
+             received {} bytes, sent {} bytes\n",
+            outcome.files_received,
+            outcome.literal_bytes,
+            outcome.matched_bytes,
+            outcome.wire_bytes_read,
+            outcome.wire_bytes_written
         ));
         Ok(match self.mode {
             SnapshotMode::LinkDest => BackupDone {
@@ -558,21 +581,19 @@ fn snapshot_mode(configured: SnapshotMode, source: &ScheduledSource) -> Snapshot
     configured
 }
 
-/// Now, at the configured zone's current offset (retention counts days in it). An unknown
-/// zone falls back to UTC with a warning in the log.
-fn now_in_zone(zone: Option<&str>) -> time::OffsetDateTime {
-    let now = time::OffsetDateTime::now_utc();
+/// `now` at the configured zone's offset at that instant (retention counts days in it). An
+/// unknown zone falls back to UTC with a warning in the log.
+fn in_zone(zone: Option<&str>, now: time::OffsetDateTime) -> time::OffsetDateTime {
     let Some(zone) = zone else {
         return now;
     };
     match zone.parse::<chrono_tz::Tz>() {
         Ok(tz) => {
             use chrono::Offset;
-            let offset_secs = chrono::Utc::now()
-                .with_timezone(&tz)
-                .offset()
-                .fix()
-                .local_minus_utc();
+            let Some(instant) = chrono::DateTime::from_timestamp(now.unix_timestamp(), 0) else {
+                return now;
+            };
+            let offset_secs = instant.with_timezone(&tz).offset().fix().local_minus_utc();
             match time::UtcOffset::from_whole_seconds(offset_secs) {
                 Ok(offset) => now.to_offset(offset),
                 Err(_) => now,
@@ -664,14 +685,35 @@ mod tests {
     }
 
     #[test]
-    fn now_in_zone_uses_the_zones_offset() {
-        let utc = now_in_zone(Some("UTC"));
+    fn in_zone_uses_the_zones_offset() {
+        let now = time::OffsetDateTime::now_utc();
+        let utc = in_zone(Some("UTC"), now);
         assert_eq!(utc.offset(), time::UtcOffset::UTC);
-        let kolkata = now_in_zone(Some("Asia/Kolkata"));
+        let kolkata = in_zone(Some("Asia/Kolkata"), now);
         assert_eq!(kolkata.offset().whole_minutes(), 330);
+        assert_eq!(kolkata, now);
         assert_eq!(
-            now_in_zone(Some("Not/AZone")).offset(),
+            in_zone(Some("Not/AZone"), now).offset(),
             time::UtcOffset::UTC
+        );
+    }
+
+    #[test]
+    fn in_zone_takes_the_offset_of_the_given_instant_not_of_today() {
+        // An injected clock may stand in winter while the machine is in summer.
+        let winter = time::macros::datetime!(2024-01-15 12:00 UTC);
+        let summer = time::macros::datetime!(2024-07-15 12:00 UTC);
+        assert_eq!(
+            in_zone(Some("Europe/Helsinki"), winter)
+                .offset()
+                .whole_hours(),
+            2
+        );
+        assert_eq!(
+            in_zone(Some("Europe/Helsinki"), summer)
+                .offset()
+                .whole_hours(),
+            3
         );
     }
 }
