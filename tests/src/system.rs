@@ -341,6 +341,8 @@ pub struct StorageDaemon {
     pub name: String,
     pub ping_user: String,
     log: PathBuf,
+    /// Extra environment of every start (test hooks such as the store's clock file).
+    env: Vec<(String, std::ffi::OsString)>,
     /// Holds the config, volume and var dir until the daemon is dropped.
     _dir: tempfile::TempDir,
 }
@@ -363,6 +365,17 @@ impl StorageDaemon {
     /// A storage named `name` with the original's keys plus ours; `overrides` (a JSON
     /// object) is merged over the generated config, for limits and timers.
     pub fn start(coordinator: &Coordinator, name: &str, overrides: serde_json::Value) -> Self {
+        Self::start_with_env(coordinator, name, overrides, &[])
+    }
+
+    /// [`StorageDaemon::start`] with `env` added to the daemon's environment at every
+    /// (re)start.
+    pub fn start_with_env(
+        coordinator: &Coordinator,
+        name: &str,
+        overrides: serde_json::Value,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let binary = turku_storage_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let config_dir = dir.path().join("etc");
@@ -414,6 +427,10 @@ impl StorageDaemon {
             name: name.to_owned(),
             ping_user,
             log: dir.path().join("serve.log"),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _dir: dir,
         };
         daemon.restart();
@@ -434,6 +451,7 @@ impl StorageDaemon {
             .arg("serve")
             .env("TURKU_LOG", "info")
             .env_remove("TURKU_STORE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
