@@ -98,6 +98,10 @@ pub fn workspace_binary(package: &str, bin: &str, sources: &[&str]) -> PathBuf {
         }
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // A bench runs from target/release: it must get (and time) a release binary.
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
     let child = Command::new(cargo)
         .args([
             "build",
@@ -108,6 +112,7 @@ pub fn workspace_binary(package: &str, bin: &str, sources: &[&str]) -> PathBuf {
             bin,
             "--message-format=json-render-diagnostics",
         ])
+        .args(release.then_some("--release"))
         .current_dir(&root)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
