@@ -1,25 +1,575 @@
 #!/usr/bin/env bash
-# All-in-one quick start (what exists so far): back up a directory into a fresh store twice,
-# list, verify, restore, and let stock rsync confirm the restore equals the source.
-#   ./quickstart.sh [DIR]      (default: /etc; work files go to ./turku-quickstart/)
+# The whole turku system on this machine, in one command, as the current user:
+#   ./quickstart.sh [--data DIR] [--fresh] [SOURCE_DIR]
+# builds turku-api, turku-storage and turku-agent (release), starts the coordinator and the
+# storage daemon on loopback ports, configures an agent whose one source is SOURCE_DIR
+# (default: this checkout without its build outputs), backs it up twice through the real path
+# (agent -> ssh -R -> embedded SSH server -> native rsync -> store), restores the latest
+# snapshot through the agent's restore mode into a fresh directory and has stock rsync check
+# that it equals the source. Everything lives under one data dir (default ./turku-data, or
+# TURKU_DATA); a second run reuses it and adds snapshots. No root needed, no system file
+# touched; as root it installs rsync and openssh-client when missing.
+#
+# Environment: TURKU_DATA (data dir), TURKU_BIN_DIR (use the three binaries from there
+# instead of building), CARGO_TARGET_DIR (where cargo builds), TURKU_STEP_TIMEOUT (seconds a
+# build, backup or restore may take; default 3600).
 set -euo pipefail
-src=${1:-/etc}
-here=$(cd "$(dirname "$0")" && pwd)
-work="$here/turku-quickstart"
-command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync; }
-cargo build --release -q -p turku-storage --manifest-path "$here/Cargo.toml"
-bin="${CARGO_TARGET_DIR:-$here/target}/release/turku-storage"
-rm -rf "$work"
-export TURKU_STORE="$work/store"
-"$bin" init
-echo "== first backup of $src"
-"$bin" ingest --machine quickstart --source demo "$src"
-echo "== second backup (unchanged files are not read)"
-"$bin" ingest --machine quickstart --source demo "$src"
-"$bin" snapshots
-"$bin" verify
-"$bin" stats
-"$bin" export --machine quickstart --source demo --to "$work/restore"
-echo "== differences between $src and the restore, as stock rsync sees them (none expected):"
-rsync -ani --checksum -H --numeric-ids "$src/" "$work/restore/"
-echo "== done; store in $work/store, restore in $work/restore"
+
+# Bounds on every wait (seconds).
+readonly START_TIMEOUT=60      # a service listening, a registration, restore mode opening
+readonly STOP_TIMEOUT=10       # a service exiting after SIGTERM/SIGINT before SIGKILL
+readonly PORT_ATTEMPTS=5       # fresh ports tried when one was taken between probe and bind
+STEP_TIMEOUT=${TURKU_STEP_TIMEOUT:-3600}
+# Names used in the generated configs.
+readonly STORAGE_NAME=quickstart-storage
+readonly UNIT_NAME=quickstart
+readonly PING_USER=turku-ping
+readonly MACHINE_AUTH_NAME="Machine Registrations"
+readonly STORAGE_AUTH_NAME="Storage Registrations"
+# Build outputs of this checkout, left out when the checkout itself is the source.
+readonly CHECKOUT_EXCLUDES=(/target /target-lead /fuzz/target /fuzz/corpus /fuzz/artifacts /turku-quickstart)
+# The programs whose leftovers (of a run killed with -9) are ended by the next run.
+readonly OUR_PROGRAMS=" turku-api turku-storage turku-agent rsync ssh "
+
+usage() {
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+die() {
+    printf 'quickstart: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------- arguments
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+data=${TURKU_DATA:-$here/turku-data}
+fresh=0
+source_dir=
+while [ $# -gt 0 ]; do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        --data) [ $# -ge 2 ] || die "--data needs a directory"; data=$2; shift 2 ;;
+        --data=*) data=${1#--data=}; shift ;;
+        --fresh) fresh=1; shift ;;
+        --) shift; [ $# -le 1 ] || die "one SOURCE_DIR at most"; source_dir=${1:-}; shift $# ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) [ -z "$source_dir" ] || die "one SOURCE_DIR at most"; source_dir=$1; shift ;;
+    esac
+done
+[[ $STEP_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "TURKU_STEP_TIMEOUT must be a number of seconds"
+
+# ---------------------------------------------------------------- output helpers
+t0=$EPOCHREALTIME
+if [ -t 2 ]; then tty=1; else tty=0; fi
+
+# Seconds (one decimal) since $1 (an EPOCHREALTIME).
+since() {
+    local now=${EPOCHREALTIME//[.,]/} then=${1//[.,]/}
+    local tenths=$(((now - then) / 100000))
+    printf '%d.%d' $((tenths / 10)) $((tenths % 10))
+}
+
+say() { printf '[%6ss] %s\n' "$(since "$t0")" "$*"; }
+detail() { printf '          %s\n' "$*"; }
+
+# ---------------------------------------------------------------- processes
+# Every process this run starts in the background: name -> pid.
+declare -A started=()
+lockfd=
+
+# Starts "$@" in the background without our lock (a daemon must not hold it after we die),
+# output to $log; records its pid under $name (and in a pid file for operators).
+spawn() {
+    local name=$1 log=$2
+    shift 2
+    if [ -n "$lockfd" ]; then
+        "$@" </dev/null >>"$log" 2>&1 {lockfd}>&- &
+    else
+        "$@" </dev/null >>"$log" 2>&1 &
+    fi
+    started[$name]=$!
+    [ -d "$data/run" ] && echo "$!" >"$data/run/$name.pid"
+    return 0
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# Ends a process we started: $signal, then SIGKILL after STOP_TIMEOUT; reaps it.
+stop() {
+    local name=$1 signal=${2:-TERM}
+    local pid=${started[$name]:-}
+    [ -n "$pid" ] || return 0
+    if alive "$pid"; then
+        kill "-$signal" "$pid" 2>/dev/null || true
+        local deadline=$((SECONDS + STOP_TIMEOUT))
+        while alive "$pid" && [ "$(state_of "$pid")" != Z ] && [ $SECONDS -lt $deadline ]; do
+            sleep 0.1
+        done
+        alive "$pid" && [ "$(state_of "$pid")" != Z ] && kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null || true
+    unset "started[$name]"
+    rm -f "$data/run/$name.pid"
+}
+
+state_of() { awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true; }
+
+# Processes of ours (by program name) whose command line mentions the data dir: what a run
+# killed with -9 leaves (its daemons, the agent's rsync daemon and ssh).
+leftovers() {
+    local f pid comm
+    for f in $(grep -laF -- "$data/" /proc/[0-9]*/cmdline 2>/dev/null); do
+        pid=${f#/proc/}
+        pid=${pid%/cmdline}
+        [ "$pid" != $$ ] || continue
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+        [[ $OUR_PROGRAMS == *" $comm "* ]] && echo "$pid"
+    done
+    return 0
+}
+
+# Ends every leftover: SIGTERM, then SIGKILL after STOP_TIMEOUT.
+sweep() {
+    local pids pid deadline
+    pids=$(leftovers)
+    [ -n "$pids" ] || return 0
+    [ "${1:-}" = quiet ] || say "ending processes left by an earlier run: $(echo $pids)"
+    kill -TERM $pids 2>/dev/null || true
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while [ -n "$(leftovers)" ] && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    pids=$(leftovers)
+    [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+    return 0
+}
+
+# Stops everything, the agent first (it ends its own rsync daemon and ssh).
+stop_all() {
+    local name
+    for name in restore-mode agent step storage coordinator; do stop "$name"; done
+    for name in "${!started[@]}"; do stop "$name"; done
+    sweep quiet
+}
+
+interrupted() {
+    trap '' INT TERM
+    [ $tty = 1 ] && printf '\n' >&2
+    printf 'quickstart: interrupted by SIG%s; stopping everything\n' "$1" >&2
+    stop_all
+    trap - EXIT
+    [ "$1" = INT ] && exit 130
+    exit 143
+}
+
+on_exit() {
+    local rc=$?
+    trap '' INT TERM
+    stop_all
+    if [ $rc -ne 0 ]; then
+        printf 'quickstart: failed (exit %d); logs are in %s/logs\n' "$rc" "$data" >&2
+    fi
+    exit $rc
+}
+trap on_exit EXIT
+trap 'interrupted INT' INT
+trap 'interrupted TERM' TERM
+
+# Runs "$@" in the background as step $label with output to $log, showing the time it has
+# taken (updated in place on a terminal, a line every 10 s otherwise); fails after
+# STEP_TIMEOUT. Returns the command's exit code.
+step() {
+    local label=$1 log=$2
+    shift 2
+    local begin=$EPOCHREALTIME begin_s=$SECONDS rc=0 last=0 pid
+    say "$label ..."
+    spawn step "$log" "$@"
+    pid=${started[step]}
+    while alive "$pid" && [ "$(state_of "$pid")" != Z ]; do
+        local secs=$((SECONDS - begin_s))
+        if [ "$secs" -ge "$STEP_TIMEOUT" ]; then
+            stop step
+            [ $tty = 1 ] && printf '\r\033[K' >&2
+            die "$label: no end after ${STEP_TIMEOUT}s (TURKU_STEP_TIMEOUT); log: $log"
+        fi
+        if [ $tty = 1 ]; then
+            printf '\r          ... %s: %ds' "$label" "$secs" >&2
+        elif [ "$secs" -ge $((last + 10)) ]; then
+            last=$secs
+            detail "... still working (${secs}s)"
+        fi
+        sleep 0.2
+    done
+    wait "$pid" || rc=$?
+    unset "started[step]"
+    rm -f "$data/run/step.pid"
+    [ $tty = 1 ] && printf '\r\033[K' >&2
+    detail "took $(since "$begin")s"
+    return $rc
+}
+
+# Waits up to START_TIMEOUT for $file to contain a line matching $pattern (grep -E) while
+# $name runs; fails with the file's tail otherwise.
+wait_for_line() {
+    local name=$1 file=$2 pattern=$3 what=$4
+    local deadline=$((SECONDS + START_TIMEOUT)) pid=${started[$name]}
+    until grep -qE -- "$pattern" "$file" 2>/dev/null; do
+        if ! alive "$pid" || [ "$(state_of "$pid")" = Z ]; then
+            return 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            tail -n 20 "$file" >&2 || true
+            die "$what: nothing after ${START_TIMEOUT}s; log: $file"
+        fi
+        sleep 0.1
+    done
+}
+
+# ---------------------------------------------------------------- small utilities
+json_str() {
+    local s=$1
+    s=${s//\\/\\\\}
+    s=${s//\"/\\\"}
+    s=${s//$'\t'/\\t}
+    s=${s//$'\n'/\\n}
+    printf '"%s"' "$s"
+}
+
+random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
+port_in_use() {
+    local hex
+    hex=$(printf ':%04X' "$1")
+    awk -v p="$hex" 'FNR > 1 && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+pick_port() {
+    local port
+    for _ in $(seq 100); do
+        port=$((20000 + RANDOM % 40000))
+        port_in_use "$port" || { echo "$port"; return 0; }
+    done
+    die "found no free TCP port on 127.0.0.1"
+}
+
+# Bytes as a short human figure.
+human() {
+    awk -v b="$1" 'BEGIN { split("B KiB MiB GiB TiB", u); i = 1; while (b >= 1024 && i < 5) { b /= 1024; i++ }
+                   fmt = i == 1 ? "%d %s" : "%.1f %s"; printf fmt, b, u[i] }'
+}
+
+# ---------------------------------------------------------------- prerequisites
+missing=()
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+{ command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1; } || missing+=(openssh-client)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${missing[*]} (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        die "missing ${missing[*]}: install them first (Debian/Ubuntu: sudo apt-get install -y ${missing[*]})"
+    fi
+fi
+for tool in flock awk od head grep sed; do
+    command -v "$tool" >/dev/null 2>&1 || die "missing $tool (Debian/Ubuntu: util-linux, coreutils, gawk or mawk, grep, sed)"
+done
+
+# ---------------------------------------------------------------- the data dir
+mkdir -p "$data" || die "cannot create the data dir $data"
+data=$(cd "$data" && pwd -P)
+marker=$data/.turku-quickstart
+if [ ! -e "$marker" ] && [ -n "$(ls -A "$data")" ]; then
+    die "$data is not empty and was not made by quickstart.sh; choose another --data DIR"
+fi
+touch "$marker" 2>/dev/null || die "cannot write in $data (owned by $(stat -c %U "$data"); you are $(id -un))"
+# Git ignores the whole data dir when it sits inside a checkout.
+printf '*\n' >"$data/.gitignore"
+mkdir -p "$data/run" "$data/logs"
+exec {lockfd}>"$data/run/lock"
+flock -n "$lockfd" || die "another quickstart.sh is running with $data"
+sweep
+rm -f "$data"/run/*.pid
+if [ $fresh = 1 ]; then
+    say "--fresh: removing the previous coordinator database, store, keys and restores"
+    rm -rf "$data/coordinator" "$data/storage" "$data/agent" "$data/restores" "$data/secrets.env"
+    rm -f "$data"/logs/*
+fi
+mkdir -p "$data/coordinator" "$data/storage/etc/config.d" "$data/storage/var" "$data/storage/lock" \
+    "$data/agent/etc/config.d" "$data/agent/etc/sources.d" "$data/agent/var" "$data/agent/lock" \
+    "$data/agent/tmp" "$data/restores"
+chmod 700 "$data/coordinator" "$data/storage" "$data/agent"
+
+# ---------------------------------------------------------------- the source
+excludes=()
+if [ -z "$source_dir" ]; then
+    source_dir=$here
+    excludes=("${CHECKOUT_EXCLUDES[@]}")
+    source_note="this checkout"
+else
+    source_note="$source_dir"
+fi
+[ -d "$source_dir" ] || die "source $source_dir is not a directory"
+source_dir=$(cd "$source_dir" && pwd -P)
+# Left out when inside the source: the data dir (the store would back itself up) and cargo's
+# target dir.
+target_dir=${CARGO_TARGET_DIR:-$here/target}
+case $target_dir in /*) ;; *) target_dir=$here/$target_dir ;; esac
+for inside in "$data" "$target_dir"; do
+    if [ -d "$inside" ]; then
+        inside=$(cd "$inside" && pwd -P)
+        if [ "$inside" != "$source_dir" ] && [[ $inside == "$source_dir"/* ]]; then
+            excludes+=("/${inside#"$source_dir"/}")
+        fi
+    fi
+done
+[ "$data" != "$source_dir" ] || die "the data dir cannot be the source"
+[[ $source_dir/ != "$data"/* ]] || die "the source cannot be inside the data dir"
+source_name=$(basename "$source_dir" | tr -c 'A-Za-z0-9._\n-' '_')
+case $source_name in '' | . | .. | _) source_name=source ;; esac
+
+# ---------------------------------------------------------------- build
+if [ -n "${TURKU_BIN_DIR:-}" ]; then
+    bin=$(cd "$TURKU_BIN_DIR" && pwd -P) || die "TURKU_BIN_DIR $TURKU_BIN_DIR is not a directory"
+    say "using the binaries in $bin (TURKU_BIN_DIR)"
+else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
+    mkdir -p "$target_dir"
+    bin=$(cd "$target_dir" && pwd -P)/release
+    step "building turku-api, turku-storage and turku-agent (cargo build --release)" "$data/logs/build.log" \
+        env CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --manifest-path "$here/Cargo.toml" \
+        -p turku-coordinator --bin turku-api -p turku-storage --bin turku-storage \
+        -p turku-agent --bin turku-agent ||
+        { tail -n 30 "$data/logs/build.log" >&2; die "the build failed; log: $data/logs/build.log"; }
+fi
+api=$bin/turku-api
+storage=$bin/turku-storage
+agent=$bin/turku-agent
+for b in "$api" "$storage" "$agent"; do [ -x "$b" ] || die "no program $b"; done
+
+# ---------------------------------------------------------------- coordinator
+db=$data/coordinator/turku-api.sqlite3
+coordinator_log=$data/logs/coordinator.log
+: >"$coordinator_log"
+spawn coordinator "$coordinator_log" env RUST_LOG=info NO_COLOR=1 "$api" serve --listen 127.0.0.1:0 --db "$db"
+wait_for_line coordinator "$coordinator_log" 'serving /v1' "the coordinator" ||
+    { cat "$coordinator_log" >&2; die "the coordinator did not start; log: $coordinator_log"; }
+api_port=$(grep 'serving /v1' "$coordinator_log" | grep -oE '127\.0\.0\.1:[0-9]+' | head -n 1 | cut -d: -f2)
+[ -n "$api_port" ] || die "no port in the coordinator's log $coordinator_log"
+api_url=http://127.0.0.1:$api_port/v1
+say "coordinator (turku-api serve) on $api_url, database $db"
+
+manage() { "$api" "$@" --db "$db" 2>>"$data/logs/manage.log"; }
+
+# The registration secrets and the storage's own secret, made once per data dir.
+secrets=$data/secrets.env
+if [ -f "$secrets" ]; then
+    # shellcheck disable=SC1090
+    . "$secrets"
+    say "reusing the registration secrets in $secrets"
+else
+    machine_reg=$(manage auth-create machine_reg --raw) || die "auth-create machine_reg failed"
+    storage_reg=$(manage auth-create storage_reg --raw) || die "auth-create storage_reg failed"
+    storage_secret=$(random_hex 24)
+    (umask 077 && printf 'machine_reg=%s\nstorage_reg=%s\nstorage_secret=%s\n' \
+        "$machine_reg" "$storage_reg" "$storage_secret" >"$secrets.new")
+    mv "$secrets.new" "$secrets"
+    say "created the registration secrets (turku-api auth-create machine_reg / storage_reg) in $secrets"
+fi
+
+# ---------------------------------------------------------------- storage daemon
+storage_etc=$data/storage/etc
+store=$data/storage/store
+storage_log=$data/logs/storage.log
+write_storage_config() {
+    (umask 077 && cat >"$storage_etc/config.d/10-quickstart.json" <<EOF
+{
+  "name": $(json_str "$STORAGE_NAME"),
+  "secret": $(json_str "$storage_secret"),
+  "api_url": $(json_str "$api_url"),
+  "api_auth_name": $(json_str "$STORAGE_AUTH_NAME"),
+  "api_auth_secret": $(json_str "$storage_reg"),
+  "volumes": {"quickstart": {"path": $(json_str "$data/storage")}},
+  "store": $(json_str "$store"),
+  "var_dir": $(json_str "$data/storage/var"),
+  "lock_dir": $(json_str "$data/storage/lock"),
+  "ssh_ping_host": "127.0.0.1",
+  "ssh_ping_port": $1,
+  "ssh_ping_user": $(json_str "$PING_USER"),
+  "listen": "127.0.0.1:$1",
+  "preserve_hard_links": true,
+  "log_file": ""
+}
+EOF
+    )
+}
+storage_started=0
+for attempt in $(seq $PORT_ATTEMPTS); do
+    ssh_port=$(pick_port)
+    write_storage_config "$ssh_port"
+    "$storage" -c "$storage_etc" update-config >>"$data/logs/storage-update-config.log" 2>&1 ||
+        { tail -n 20 "$data/logs/storage-update-config.log" >&2; die "turku-storage update-config failed"; }
+    spawn storage "$storage_log" env TURKU_LOG=info NO_COLOR=1 "$storage" -c "$storage_etc" serve
+    if wait_for_line storage "$storage_log" '^listening on ' "the storage daemon"; then
+        storage_started=1
+        break
+    fi
+    stop storage
+    grep -qi 'in use' "$storage_log" || { tail -n 20 "$storage_log" >&2; die "the storage daemon did not start; log: $storage_log"; }
+    say "port $ssh_port was taken meanwhile; trying another (attempt $attempt of $PORT_ATTEMPTS)"
+done
+[ $storage_started = 1 ] || die "the storage daemon found no free port in $PORT_ATTEMPTS attempts"
+say "storage daemon (turku-storage serve) with its SSH server on 127.0.0.1:$ssh_port, store $store"
+
+# ---------------------------------------------------------------- agent
+agent_etc=$data/agent/etc
+restore_dir=$data/restores/$(date -u +%Y%m%d-%H%M%S)-$$
+mkdir -p "$restore_dir"
+{
+    printf '[\n'
+    sep=
+    for e in "${excludes[@]}"; do printf '%s      %s' "$sep" "$(json_str "$e")"; sep=$',\n'; done
+    printf '\n    ]'
+} >"$data/agent/excludes.json"
+(umask 077 && cat >"$agent_etc/config.d/10-quickstart.json" <<EOF
+{
+  "api_url": $(json_str "$api_url"),
+  "api_auth_name": $(json_str "$MACHINE_AUTH_NAME"),
+  "api_auth_secret": $(json_str "$machine_reg"),
+  "unit_name": $(json_str "$UNIT_NAME"),
+  "var_dir": $(json_str "$data/agent/var"),
+  "lock_dir": $(json_str "$data/agent/lock"),
+  "restore_path": $(json_str "$restore_dir")
+}
+EOF
+)
+cat >"$agent_etc/sources.d/10-quickstart.json" <<EOF
+{
+  $(json_str "$source_name"): {
+    "path": $(json_str "$source_dir"),
+    "frequency": "daily",
+    "exclude": $(cat "$data/agent/excludes.json")
+  }
+}
+EOF
+rm -f "$data/agent/excludes.json"
+# The agent's private rsync daemon config and ssh known_hosts go to its TMPDIR.
+run_agent() { env TMPDIR="$data/agent/tmp" "$agent" -c "$agent_etc" "$@"; }
+run_agent update-config >>"$data/logs/agent.log" 2>&1 ||
+    { tail -n 20 "$data/logs/agent.log" >&2; die "turku-agent update-config failed; log: $data/logs/agent.log"; }
+uuid=$(sed -n 's/.*"machine_uuid"[^"]*"\([^"]*\)".*/\1/p' "$data/agent/var/config.d/10-machine_uuid.json")
+[ -n "$uuid" ] || die "turku-agent update-config wrote no machine uuid"
+say "agent registered (turku-agent update-config): machine $uuid, source $source_name = $source_dir"
+if [ ${#excludes[@]} -gt 0 ]; then
+    detail "left out of $source_note: ${excludes[*]}"
+fi
+
+# ---------------------------------------------------------------- backups
+# Snapshot lines of our source: machine, source, name, time, "N files", "N bytes", "N new bytes".
+snapshot_lines() { "$storage" --store "$store" snapshots --machine "$uuid" --source "$source_name" 2>/dev/null || true; }
+
+backup() {
+    local what=$1 before after line
+    before=$(snapshot_lines | wc -l)
+    manage backup-now "$uuid" "$source_name" >/dev/null || die "turku-api backup-now failed"
+    step "$what: turku-agent ping (agent -> ssh -R -> storage's SSH server -> rsync -> store)" \
+        "$data/logs/agent.log" env TMPDIR="$data/agent/tmp" "$agent" -c "$agent_etc" ping ||
+        { tail -n 20 "$data/logs/agent.log" >&2; die "the backup failed; logs: $data/logs/agent.log, $storage_log"; }
+    after=$(snapshot_lines | wc -l)
+    if [ "$after" -le "$before" ]; then
+        tail -n 20 "$data/logs/agent.log" >&2
+        die "the ping ended but no snapshot appeared; logs: $data/logs/agent.log, $storage_log"
+    fi
+    line=$(snapshot_lines | tail -n 1)
+    local name files bytes new
+    name=$(cut -f3 <<<"$line")
+    files=$(cut -f5 <<<"$line" | cut -d' ' -f1)
+    bytes=$(cut -f6 <<<"$line" | cut -d' ' -f1)
+    new=$(cut -f7 <<<"$line" | cut -d' ' -f1)
+    detail "snapshot $name: $files files, $(human "$bytes") ($bytes bytes); new data stored: $(human "$new")"
+    last_snapshot=$name
+    last_new=$new
+}
+
+backup "backup"
+first_snapshot=$last_snapshot
+backup "backup again, nothing changed"
+second_new=$last_new
+if [ "$second_new" = 0 ]; then
+    detail "the second backup reused every file of the first: 0 new bytes"
+fi
+
+# ---------------------------------------------------------------- restore
+restore_log=$data/logs/restore-mode.log
+: >"$restore_log"
+say "restore mode: turku-agent ping --restore (restore path $restore_dir)"
+restores_before=$(grep -c 'Restore mode active on port' "$storage_log" || true)
+spawn restore-mode "$restore_log" env TMPDIR="$data/agent/tmp" "$agent" -c "$agent_etc" ping --restore
+wait_for_line restore-mode "$restore_log" 'turku-storage restore' "turku-agent ping --restore" ||
+    { cat "$restore_log" >&2; die "restore mode ended early; log: $restore_log"; }
+restore_line=$(grep -m 1 'turku-storage restore' "$restore_log")
+restore_user=$(sed -n 's/.*--user \([^ ]*\).*/\1/p' <<<"$restore_line")
+restore_password=$(sed -n 's/.*RSYNC_PASSWORD=\([^ ]*\).*/\1/p' <<<"$restore_line")
+[ -n "$restore_user" ] && [ -n "$restore_password" ] || die "cannot read the restore credentials from: $restore_line"
+deadline=$((SECONDS + START_TIMEOUT))
+until [ "$(grep -c 'Restore mode active on port' "$storage_log" || true)" -gt "$restores_before" ]; do
+    [ $SECONDS -lt $deadline ] || die "the storage daemon saw no restore session within ${START_TIMEOUT}s; log: $storage_log"
+    alive "${started[restore-mode]}" || die "restore mode ended early; log: $restore_log"
+    sleep 0.1
+done
+detail "the agent is waiting; restore user $restore_user"
+step "restoring $last_snapshot: turku-storage restore --machine $uuid --source $source_name" \
+    "$data/logs/restore.log" env RSYNC_PASSWORD="$restore_password" \
+    "$storage" -c "$storage_etc" restore --machine "$uuid" --source "$source_name" --user "$restore_user" \
+    --snapshot "$last_snapshot" ||
+    { tail -n 20 "$data/logs/restore.log" >&2; die "the restore failed; log: $data/logs/restore.log"; }
+summary=$(tail -n 1 "$data/logs/restore.log")
+[ -z "$summary" ] || detail "$summary"
+# Ctrl-C ends restore mode, as an operator at the machine would.
+stop restore-mode INT
+say "restore mode ended (SIGINT)"
+
+# ---------------------------------------------------------------- verify
+rsync_filter=()
+for e in "${excludes[@]}"; do rsync_filter+=("--exclude=$e"); done
+say "comparing the restore with the source: rsync -ani --checksum --delete -H (dry run)"
+differences=$(rsync -ani --checksum --delete -H "${rsync_filter[@]}" "$source_dir/" "$restore_dir/" 2>&1) ||
+    { printf '%s\n' "$differences" >&2; die "rsync could not compare $source_dir with $restore_dir"; }
+if [ -n "$differences" ]; then
+    printf '%s\n' "$differences" | head -n 40 >&2
+    die "the restore in $restore_dir differs from $source_dir (above; a file changed since the backup shows here too)"
+fi
+detail "restore verified: $restore_dir equals $source_dir (rsync sees no difference)"
+
+# ---------------------------------------------------------------- summary
+stats=$("$storage" --store "$store" stats 2>/dev/null) || die "turku-storage stats failed"
+stat_of() { awk -v k="$1" '{ v = $NF; $NF = ""; sub(/ +$/, ""); if ($0 == k) print v }' <<<"$stats"; }
+logical=$(stat_of "logical bytes")
+stored=$(stat_of "stored bytes")
+say "store: $(stat_of snapshots) snapshots, $(human "$logical") backed up in all (logical), $(human "$stored") stored"
+if [ -n "$stored" ] && [ "$stored" -gt 0 ]; then
+    detail "dedup and compression: $(awk -v l="$logical" -v s="$stored" 'BEGIN { printf "%.1f", l / s }')x (logical / stored)"
+fi
+detail "snapshots of $source_name: $(snapshot_lines | cut -f3 | tr '\n' ' ')"
+say "done: snapshots $first_snapshot and $last_snapshot made, restore of $last_snapshot verified in $restore_dir"
+
+q() { printf '%q' "$1"; }
+cat <<EOF
+
+Run each program by hand from here (the services are stopped now; ports are examples):
+  # the coordinator
+  $(q "$api") serve --listen 127.0.0.1:$api_port --db $(q "$db")
+  # the storage daemon (its config names the coordinator at port $api_port and SSH port $ssh_port)
+  $(q "$storage") -c $(q "$storage_etc") serve
+  # a backup: make the source due, then the agent's ping
+  $(q "$api") backup-now $uuid $(q "$source_name") --db $(q "$db")
+  TMPDIR=$(q "$data/agent/tmp") $(q "$agent") -c $(q "$agent_etc") ping
+  # a restore: restore mode on the machine (prints user and password; Ctrl-C ends it) ...
+  TMPDIR=$(q "$data/agent/tmp") $(q "$agent") -c $(q "$agent_etc") ping --restore
+  # ... and the push from the storage unit
+  RSYNC_PASSWORD=<password> $(q "$storage") -c $(q "$storage_etc") restore --machine $uuid --source $(q "$source_name") --user <user>
+  # the store: snapshots, stats, export
+  $(q "$storage") --store $(q "$store") snapshots
+  $(q "$storage") --store $(q "$store") stats
+  $(q "$storage") --store $(q "$store") export --machine $uuid --source $(q "$source_name") --snapshot latest --to /tmp/export
+Logs: $data/logs. Run ./quickstart.sh again to add snapshots; --fresh starts over.
+EOF
