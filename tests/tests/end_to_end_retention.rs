@@ -295,3 +295,83 @@ fn retention_over_forty_simulated_days_keeps_the_turku_set_and_gc_returns_the_sp
         assert_same_tree(&copies[&at], &exported.path().join("tree"));
     }
 }
+
+/// `turku-storage --store STORE ARGS...` with the test clock `clock`.
+fn storage_at(store: &Path, clock: &Path, args: &[&str]) -> std::process::Output {
+    let child = std::process::Command::new(turku_testkit::system::turku_storage_binary())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env("TURKU_CLOCK_FILE", clock)
+        .env_remove("TURKU_STORE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    turku_testkit::system::wait_bounded(child, Duration::from_secs(60), "turku-storage")
+}
+
+#[test]
+fn the_clock_file_names_snapshots_and_dates_forget_and_a_garbled_one_fails_the_backup() {
+    let work = tempfile::tempdir().unwrap();
+    let (store, clock, tree) = (
+        work.path().join("store"),
+        work.path().join("clock"),
+        work.path().join("tree"),
+    );
+    fill_tree(&tree, 0);
+    std::fs::write(&clock, "2024-03-01T01:00:00Z\n").unwrap();
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(storage_at(&store, &clock, &["init"]));
+    let ingest = ["ingest", "--machine", "m", "--source", "s"];
+    let with_tree = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        v.push(tree.to_str().unwrap().to_owned());
+        v
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        storage_at(&store, &clock, &args)
+    };
+    let first = ok(run(with_tree(&ingest)));
+    assert!(first.contains("s_20240301-010000_"), "{first}");
+
+    // Unreadable or garbled: the backup fails and says why, no snapshot with another time.
+    std::fs::write(&clock, "next tuesday").unwrap();
+    let out = run(with_tree(&ingest));
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    assert!(
+        said.contains("TURKU_CLOCK_FILE") && said.contains("next tuesday"),
+        "{said}"
+    );
+    std::fs::remove_file(&clock).unwrap();
+    assert!(!run(with_tree(&ingest)).status.success());
+
+    // Ten days on, `forget` dates the rules by the same clock: `last 5 days` drops the first.
+    std::fs::write(&clock, format!("{}", 1_709_254_800 + 10 * DAY)).unwrap();
+    fill_tree(&tree, 1);
+    let second = ok(run(with_tree(&ingest)));
+    assert!(second.contains("s_20240311-010000_"), "{second}");
+    let forgot = ok(storage_at(
+        &store,
+        &clock,
+        &[
+            "forget",
+            "--machine",
+            "m",
+            "--source",
+            "s",
+            "--retention",
+            "last 5 days",
+        ],
+    ));
+    assert!(
+        forgot.contains("forgot s_20240301-010000_") && !forgot.contains("s_20240311"),
+        "{forgot}"
+    );
+}
