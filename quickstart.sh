@@ -529,10 +529,12 @@ stop restore-mode INT
 say "restore mode ended (SIGINT)"
 
 # ---------------------------------------------------------------- verify
-rsync_filter=()
-for e in "${excludes[@]}"; do rsync_filter+=("--exclude=$e"); done
-say "comparing the restore with the source: rsync -ani --checksum --delete -H (dry run)"
-differences=$(rsync -ani --checksum --delete -H "${rsync_filter[@]}" "$source_dir/" "$restore_dir/" 2>&1) ||
+compare=(-ani --checksum --delete -H --numeric-ids)
+# Only root makes devices (the agent's restore daemon runs as this user): leave them out.
+[ "$(id -u)" = 0 ] || compare+=(--no-devices)
+for e in "${excludes[@]}"; do compare+=("--exclude=$e"); done
+say "comparing the restore with the source: rsync ${compare[*]:0:5}$([ "$(id -u)" = 0 ] || echo ' --no-devices') (a dry run)"
+differences=$(rsync "${compare[@]}" "$source_dir/" "$restore_dir/" 2>&1) ||
     { printf '%s\n' "$differences" >&2; die "rsync could not compare $source_dir with $restore_dir"; }
 if [ -n "$differences" ]; then
     printf '%s\n' "$differences" | head -n 40 >&2

@@ -1,0 +1,302 @@
+//! `./quickstart.sh`, the README's first command, run as a newcomer would: the whole system
+//! on a small tree, twice on one data dir, interrupted by Ctrl-C, and after a run killed with
+//! -9. It uses the workspace's binaries (`TURKU_BIN_DIR`) instead of building its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use turku_testkit::system::{
+    turku_agent_binary, turku_api_binary, turku_storage_binary, wait_bounded,
+};
+use turku_testkit::{backdate_recent, make_awkward_tree, random_file};
+
+/// Bound on one whole run of the script on the small tree (debug binaries, loaded machine).
+const RUN_BOUND: Duration = Duration::from_secs(120);
+/// Bound on the script's own cleanup after a signal.
+const STOP_BOUND: Duration = Duration::from_secs(40);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../quickstart.sh")
+}
+
+/// One folder holding the three workspace binaries, as `TURKU_BIN_DIR` wants them.
+fn bin_dir(work: &Path) -> PathBuf {
+    let dir = work.join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for binary in [
+        turku_api_binary(),
+        turku_storage_binary(),
+        turku_agent_binary(),
+    ] {
+        std::os::unix::fs::symlink(&binary, dir.join(binary.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// A tree with every kind of entry and names, backdated so a restore within the same second
+/// still carries the recorded mtimes.
+fn source_tree(work: &Path) -> PathBuf {
+    let tree = work.join("source");
+    make_awkward_tree(&tree);
+    random_file(&tree.join("more.bin"), 7, 512 * 1024);
+    backdate_recent(&tree);
+    tree
+}
+
+fn quickstart(bin: &Path, data: &Path, source: &Path) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg(script())
+        .arg("--data")
+        .arg(data)
+        .arg(source)
+        .env("TURKU_BIN_DIR", bin)
+        .env_remove("TURKU_DATA")
+        .env_remove("TURKU_STORE")
+        .env_remove("RSYNC_PASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn run(bin: &Path, data: &Path, source: &Path) -> (Output, String) {
+    let out = wait_bounded(
+        quickstart(bin, data, source).spawn().unwrap(),
+        RUN_BOUND,
+        "quickstart.sh",
+    );
+    let text = format!(
+        "{}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+/// Snapshot names the store holds (the `snapshots` listing's third column).
+fn snapshots(data: &Path) -> Vec<String> {
+    let out = Command::new(turku_storage_binary())
+        .arg("--store")
+        .arg(data.join("storage/store"))
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').nth(2).unwrap().to_owned())
+        .collect()
+}
+
+/// Live processes (zombies have no command line) whose command line mentions `dir`.
+fn processes_mentioning(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if pid != own && text.contains(&needle) {
+            found.push(format!("{pid}: {text}"));
+        }
+    }
+    found
+}
+
+/// Kills (SIGKILL) whatever still mentions the data dir when a test ends, passed or failed,
+/// so a failing run cannot leave daemons on the machine.
+struct KillLeftovers(PathBuf);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        for line in processes_mentioning(&self.0) {
+            if let Some(Ok(pid)) = line.split(':').next().map(str::parse::<i32>) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn assert_nothing_left(data: &Path, output: &str) {
+    let left = processes_mentioning(data);
+    assert!(
+        left.is_empty(),
+        "processes left behind: {left:#?}\n{output}"
+    );
+}
+
+/// The script started in its own process group (as a shell starts a foreground job), its
+/// stdout lines arriving on the receiver.
+fn start_in_own_group(bin: &Path, data: &Path, source: &Path) -> (Child, Receiver<String>) {
+    let mut child = quickstart(bin, data, source)
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (bounded) for a line containing `needle`; returns the lines read so far.
+fn wait_for_line(rx: &Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + RUN_BOUND;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!(
+                "no line with {needle:?} ({e}); output:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+fn wait_exit(mut child: Child, bound: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+            panic!("quickstart.sh did not exit within {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn quickstart_backs_up_twice_restores_verified_and_a_second_run_adds_snapshots() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = bin_dir(work.path());
+    let source = source_tree(work.path());
+    let data = work.path().join("data");
+    let _guard = KillLeftovers(data.clone());
+
+    let (out, text) = run(&bin, &data, &source);
+    assert!(out.status.success(), "first run: {:?}\n{text}", out.status);
+    let first = snapshots(&data);
+    assert_eq!(first.len(), 2, "{first:?}\n{text}");
+    for name in &first {
+        assert!(text.contains(name.as_str()), "{name} not reported\n{text}");
+    }
+    assert!(text.contains("restore verified"), "{text}");
+    assert!(text.contains("reused every file"), "{text}");
+    assert!(
+        text.contains("turku-storage") && text.contains(" serve"),
+        "{text}"
+    );
+    assert_nothing_left(&data, &text);
+    // Git ignores the data dir, in a checkout or not.
+    assert_eq!(
+        std::fs::read_to_string(data.join(".gitignore")).unwrap(),
+        "*\n"
+    );
+
+    // Again on the same data dir: same coordinator, registrations, machine and store; two
+    // more snapshots, the old ones kept.
+    let (out, text) = run(&bin, &data, &source);
+    assert!(out.status.success(), "second run: {:?}\n{text}", out.status);
+    assert!(text.contains("reusing the registration secrets"), "{text}");
+    let second = snapshots(&data);
+    assert_eq!(second.len(), 4, "{second:?}\n{text}");
+    assert_eq!(second[..2], first[..]);
+    assert!(text.contains("restore verified"), "{text}");
+    assert_nothing_left(&data, &text);
+}
+
+#[test]
+fn ctrl_c_during_the_backup_leaves_no_process_behind() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = bin_dir(work.path());
+    let source = source_tree(work.path());
+    let data = work.path().join("data");
+    let _guard = KillLeftovers(data.clone());
+
+    let (child, rx) = start_in_own_group(&bin, &data, &source);
+    wait_for_line(&rx, "backup: turku-agent ping");
+    // A terminal's Ctrl-C: SIGINT to the whole foreground process group.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = wait_exit(child, STOP_BOUND);
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_nothing_left(&data, "");
+}
+
+#[test]
+fn a_run_killed_with_sigkill_does_not_break_the_next_run() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = bin_dir(work.path());
+    let source = source_tree(work.path());
+    let data = work.path().join("data");
+    let _guard = KillLeftovers(data.clone());
+
+    let (child, rx) = start_in_own_group(&bin, &data, &source);
+    wait_for_line(&rx, "backup: turku-agent ping");
+    // Only the script dies: its coordinator, storage daemon and agent run on, orphaned.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_exit(child, STOP_BOUND);
+    assert!(
+        !processes_mentioning(&data).is_empty(),
+        "the killed run left nothing running: the test shows nothing"
+    );
+
+    let (out, text) = run(&bin, &data, &source);
+    assert!(
+        out.status.success(),
+        "the next run: {:?}\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("ending processes left by an earlier run"),
+        "{text}"
+    );
+    assert!(text.contains("restore verified"), "{text}");
+    assert_nothing_left(&data, &text);
+}
