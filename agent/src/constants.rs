@@ -111,10 +111,27 @@ pub mod limits {
     pub const KEYGEN_BOUND: Duration = Duration::from_secs(60);
 }
 
+/// The launcher that starts the rsync daemon and ssh bound to the agent's life: the agent
+/// runs itself as `turku-agent LAUNCHER_ARG <agent pid> <path> <argv>...`, which arms the
+/// parent-death signal and becomes the program (arming it between fork and exec would need
+/// `pre_exec`, unsafe code, which the workspace forbids).
+pub mod launcher {
+    /// The first argument that makes `turku-agent` the launcher; no subcommand looks like it.
+    pub const LAUNCHER_ARG: &str = "--internal-run-bound-to-agent";
+    /// What the kernel sends the program when the agent dies, even by SIGKILL: both rsync
+    /// and ssh end on it their usual way.
+    pub const PARENT_DEATH_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGTERM;
+    /// Where the running agent's own executable is, even after a package upgrade replaced
+    /// the file.
+    pub const OWN_EXECUTABLE: &str = "/proc/self/exe";
+}
+
 /// Exit codes.
 pub mod exit {
     /// Interrupted by SIGINT (128 + 2), as shells report it.
     pub const INTERRUPTED_SIGINT: u8 = 130;
     /// Interrupted by SIGTERM (128 + 15).
     pub const INTERRUPTED_SIGTERM: u8 = 143;
+    /// The launcher could not run the program (as a shell reports it).
+    pub const CANNOT_RUN: u8 = 127;
 }

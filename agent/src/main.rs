@@ -11,6 +11,11 @@ use turku_agent::cli::{normalise_args, Cli, Command};
 use turku_agent::constants::exit;
 
 fn main() -> ExitCode {
+    // Run as the launcher of the rsync daemon or ssh, it becomes that program at once.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(failed) = adapters::process::launch_if_asked(&args) {
+        return failed;
+    }
     // First: the signal mask must be set before any other thread exists.
     if let Err(e) = adapters::signals::install() {
         eprintln!("turku-agent: error: cannot set up signal handling: {e:#}");

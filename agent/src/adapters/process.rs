@@ -1,18 +1,22 @@
 //! Child processes: the private rsync daemon, ssh, ssh-keygen, hooks and the go/no-go
 //! program. Every wait polls the signal flag and has a bound where the child is ours to end.
 
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::unistd::{getppid, Pid};
 
 use super::signals;
-use turku_agent::constants::limits;
+use turku_agent::constants::{exit, launcher, limits};
 
 /// A command from an argv (program first).
 pub fn command(argv: &[String]) -> Result<Command> {
@@ -20,6 +24,83 @@ pub fn command(argv: &[String]) -> Result<Command> {
     let mut command = Command::new(program);
     command.args(args);
     Ok(command)
+}
+
+/// A command that runs `argv` through the launcher (see `constants::launcher`: it gets the
+/// agent's pid, the program's path, then `argv` itself), so the
+/// program gets the parent-death signal when the agent dies, even by SIGKILL: a private
+/// rsync daemon left behind would serve the machine's files on a loopback port for ever.
+/// The signal follows the thread that spawned the child: the agent spawns from its main
+/// thread only, whose end is the process's end. The program is looked up here, so "not
+/// found" is reported as for a direct spawn.
+pub fn bound_to_agent(argv: &[String], what: &str, setting: &str) -> Result<Command> {
+    let (program, args) = argv.split_first().context("empty command")?;
+    let resolved = find_program(program).ok_or_else(|| {
+        anyhow!("cannot run {what}: `{program}` was not found (install it, or set {setting})")
+    })?;
+    let mut command = Command::new(launcher::OWN_EXECUTABLE);
+    command
+        .arg0("turku-agent")
+        .arg(launcher::LAUNCHER_ARG)
+        .arg(std::process::id().to_string())
+        .arg(resolved)
+        .arg(program)
+        .args(args);
+    Ok(command)
+}
+
+/// `program` as exec would find it: a path as it is, a bare name in `PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The launcher's side, when `args` (after the program name) start with
+/// [`launcher::LAUNCHER_ARG`]: arms the parent-death signal, checks that the agent that
+/// asked is still its parent (it may have died before the signal was armed, and then no
+/// signal would ever come), and becomes the program. `None`: not asked to launch.
+pub fn launch_if_asked(args: &[OsString]) -> Option<ExitCode> {
+    let (first, rest) = args.split_first()?;
+    if first.as_os_str() != launcher::LAUNCHER_ARG {
+        return None;
+    }
+    let [parent, program, name, program_args @ ..] = rest else {
+        eprintln!("turku-agent: {}: missing arguments", launcher::LAUNCHER_ARG);
+        return Some(ExitCode::from(exit::CANNOT_RUN));
+    };
+    let Some(parent) = parent.to_str().and_then(|p| p.parse::<i32>().ok()) else {
+        eprintln!("turku-agent: {}: bad parent pid", launcher::LAUNCHER_ARG);
+        return Some(ExitCode::from(exit::CANNOT_RUN));
+    };
+    if let Err(e) = set_pdeathsig(launcher::PARENT_DEATH_SIGNAL) {
+        eprintln!("turku-agent: cannot set the parent-death signal: {e}");
+        return Some(ExitCode::from(exit::CANNOT_RUN));
+    }
+    if getppid().as_raw() != parent {
+        // The agent is gone already: its session with it.
+        return Some(ExitCode::from(exit::CANNOT_RUN));
+    }
+    // The mask is inherited through spawn and exec: the agent's blocked SIGINT, SIGTERM and
+    // SIGHUP would leave ssh deaf to the parent-death signal (it waits with the mask it
+    // started with).
+    if let Err(e) = SigSet::empty().thread_set_mask() {
+        eprintln!("turku-agent: cannot clear the signal mask: {e}");
+        return Some(ExitCode::from(exit::CANNOT_RUN));
+    }
+    let error = Command::new(program).arg0(name).args(program_args).exec();
+    eprintln!(
+        "turku-agent: cannot run `{}`: {error}",
+        Path::new(program).display()
+    );
+    Some(ExitCode::from(exit::CANNOT_RUN))
 }
 
 /// Spawns, turning "not found" into an error that says what to install or configure.
@@ -119,7 +200,7 @@ pub struct Rsyncd {
 
 impl Rsyncd {
     pub fn spawn(argv: &[String]) -> Result<Rsyncd> {
-        let mut command = command(argv)?;
+        let mut command = bound_to_agent(argv, "the rsync daemon", "rsyncd_command")?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -194,7 +275,7 @@ pub struct Ssh {
 
 impl Ssh {
     pub fn spawn(argv: &[String], request: &str) -> Result<Ssh> {
-        let mut command = command(argv)?;
+        let mut command = bound_to_agent(argv, "ssh", "ssh_command")?;
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())

@@ -3,8 +3,9 @@
 //! a signal kills the process).
 //!
 //! The signals are blocked in the main thread before any other thread exists (so every
-//! thread inherits the mask) and one thread takes them with `sigwait`. Children start with
-//! an empty mask (the standard library resets it), so rsync and ssh react to signals as usual.
+//! thread inherits the mask) and one thread takes them with `sigwait`. Children inherit the
+//! mask (the standard library does not reset it): rsync and ssh start through the launcher
+//! (`process::bound_to_agent`), which clears it so they react to signals as usual.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
