@@ -76,6 +76,7 @@ detail() { printf '          %s\n' "$*"; }
 # Every process this run starts in the background: name -> pid.
 declare -A started=()
 lockfd=
+logs=
 
 # Starts "$@" in the background without our lock (a daemon must not hold it after we die),
 # output to $log; records its pid under $name (and in a pid file for operators).
@@ -164,8 +165,8 @@ on_exit() {
     local rc=$?
     trap '' INT TERM
     stop_all
-    if [ $rc -ne 0 ]; then
-        printf 'quickstart: failed (exit %d); logs are in %s/logs\n' "$rc" "$data" >&2
+    if [ $rc -ne 0 ] && [ -n "$logs" ]; then
+        printf 'quickstart: failed (exit %d); logs are in %s\n' "$rc" "$logs" >&2
     fi
     exit $rc
 }
@@ -191,8 +192,8 @@ step() {
             die "$label: no end after ${STEP_TIMEOUT}s (TURKU_STEP_TIMEOUT); log: $log"
         fi
         if [ $tty = 1 ]; then
-            printf '\r          ... %s: %ds' "$label" "$secs" >&2
-        elif [ "$secs" -ge $((last + 10)) ]; then
+            printf '\r          ... working, %ds' "$secs" >&2
+        elif [ "$secs" -ge $((last + (secs < 60 ? 10 : 60))) ]; then
             last=$secs
             detail "... still working (${secs}s)"
         fi
@@ -266,8 +267,11 @@ if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]} (apt-get)"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        for tool in rsync ssh ssh-keygen; do
+            command -v "$tool" >/dev/null 2>&1 || die "$tool is still missing after apt-get install ${missing[*]}"
+        done
     else
-        die "missing ${missing[*]}: install them first (Debian/Ubuntu: sudo apt-get install -y ${missing[*]})"
+        die "this needs ${missing[*]}; install first (Debian/Ubuntu: sudo apt-get install -y ${missing[*]}), or run as root to have it installed"
     fi
 fi
 for tool in flock awk od head grep sed; do
@@ -285,6 +289,7 @@ touch "$marker" 2>/dev/null || die "cannot write in $data (owned by $(stat -c %U
 # Git ignores the whole data dir when it sits inside a checkout.
 printf '*\n' >"$data/.gitignore"
 mkdir -p "$data/run" "$data/logs"
+logs=$data/logs
 exec {lockfd}>"$data/run/lock"
 flock -n "$lockfd" || die "another quickstart.sh is running with $data"
 sweep
@@ -557,10 +562,11 @@ say "done: snapshots $first_snapshot and $last_snapshot made, restore of $last_s
 q() { printf '%q' "$1"; }
 cat <<EOF
 
-Run each program by hand from here (the services are stopped now; ports are examples):
+Run each program by hand from here (the services are stopped now; the generated configs name
+the coordinator at 127.0.0.1:$api_port and the storage's SSH port $ssh_port, so start them on these):
   # the coordinator
   $(q "$api") serve --listen 127.0.0.1:$api_port --db $(q "$db")
-  # the storage daemon (its config names the coordinator at port $api_port and SSH port $ssh_port)
+  # the storage daemon (prints "listening on ADDRESS")
   $(q "$storage") -c $(q "$storage_etc") serve
   # a backup: make the source due, then the agent's ping
   $(q "$api") backup-now $uuid $(q "$source_name") --db $(q "$db")
