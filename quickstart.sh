@@ -75,6 +75,8 @@ detail() { printf '          %s\n' "$*"; }
 # ---------------------------------------------------------------- processes
 # Every process this run starts in the background: name -> pid.
 declare -A started=()
+# Names whose pid leads a process group of its own (stopped as a group).
+declare -A group_leaders=()
 lockfd=
 logs=
 
@@ -100,16 +102,20 @@ stop() {
     local name=$1 signal=${2:-TERM}
     local pid=${started[$name]:-}
     [ -n "$pid" ] || return 0
+    local target=$pid
+    [ -z "${group_leaders[$name]:-}" ] || target=-$pid
     if alive "$pid"; then
-        kill "-$signal" "$pid" 2>/dev/null || true
+        kill "-$signal" -- "$target" 2>/dev/null || true
         local deadline=$((SECONDS + STOP_TIMEOUT))
         while alive "$pid" && [ "$(state_of "$pid")" != Z ] && [ $SECONDS -lt $deadline ]; do
             sleep 0.1
         done
-        alive "$pid" && [ "$(state_of "$pid")" != Z ] && kill -KILL "$pid" 2>/dev/null
+        alive "$pid" && [ "$(state_of "$pid")" != Z ] && kill -KILL -- "$target" 2>/dev/null
     fi
+    # What a group leader left in its group (e.g. cargo's compilers) goes too.
+    [ "$target" = "$pid" ] || kill -KILL -- "$target" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    unset "started[$name]"
+    unset "started[$name]" "group_leaders[$name]"
     rm -f "$data/run/$name.pid"
 }
 
@@ -176,13 +182,20 @@ trap 'interrupted TERM' TERM
 
 # Runs "$@" in the background as step $label with output to $log, showing the time it has
 # taken (updated in place on a terminal, a line every 10 s otherwise); fails after
-# STEP_TIMEOUT. Returns the command's exit code.
+# STEP_TIMEOUT. Returns the command's exit code. With step_group=1 the command runs in a
+# process group of its own, ended as a whole (cargo's compilers would outlive cargo).
 step() {
     local label=$1 log=$2
     shift 2
     local begin=$EPOCHREALTIME begin_s=$SECONDS rc=0 last=0 pid
     say "$label ..."
-    spawn step "$log" "$@"
+    if [ "${step_group:-0}" = 1 ]; then
+        # Not a group leader (a job of a shell without job control), setsid execs in place.
+        spawn step "$log" setsid "$@"
+        group_leaders[step]=1
+    else
+        spawn step "$log" "$@"
+    fi
     pid=${started[step]}
     while alive "$pid" && [ "$(state_of "$pid")" != Z ]; do
         local secs=$((SECONDS - begin_s))
@@ -200,7 +213,7 @@ step() {
         sleep 0.2
     done
     wait "$pid" || rc=$?
-    unset "started[step]"
+    unset "started[step]" "group_leaders[step]"
     rm -f "$data/run/step.pid"
     [ $tty = 1 ] && printf '\r\033[K' >&2
     detail "took $(since "$begin")s"
@@ -274,7 +287,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         die "this needs ${missing[*]}; install first (Debian/Ubuntu: sudo apt-get install -y ${missing[*]}), or run as root to have it installed"
     fi
 fi
-for tool in flock awk od head grep sed; do
+for tool in flock setsid awk od head grep sed; do
     command -v "$tool" >/dev/null 2>&1 || die "missing $tool (Debian/Ubuntu: util-linux, coreutils, gawk or mawk, grep, sed)"
 done
 
@@ -340,7 +353,7 @@ else
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
     mkdir -p "$target_dir"
     bin=$(cd "$target_dir" && pwd -P)/release
-    step "building turku-api, turku-storage and turku-agent (cargo build --release)" "$data/logs/build.log" \
+    step_group=1 step "building turku-api, turku-storage and turku-agent (cargo build --release)" "$data/logs/build.log" \
         env CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --manifest-path "$here/Cargo.toml" \
         -p turku-coordinator --bin turku-api -p turku-storage --bin turku-storage \
         -p turku-agent --bin turku-agent ||
