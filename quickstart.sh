@@ -95,31 +95,39 @@ spawn() {
     return 0
 }
 
-alive() { kill -0 "$1" 2>/dev/null; }
-
-# Ends a process we started: $signal, then SIGKILL after STOP_TIMEOUT; reaps it.
+# Ends a process we started: $signal (to its group when it leads one), SIGKILL after
+# STOP_TIMEOUT; reaps it. Every kill may find the process gone (bash reaps in the background).
 stop() {
     local name=$1 signal=${2:-TERM}
     local pid=${started[$name]:-}
     [ -n "$pid" ] || return 0
     local target=$pid
     [ -z "${group_leaders[$name]:-}" ] || target=-$pid
-    if alive "$pid"; then
-        kill "-$signal" -- "$target" 2>/dev/null || true
-        local deadline=$((SECONDS + STOP_TIMEOUT))
-        while alive "$pid" && [ "$(state_of "$pid")" != Z ] && [ $SECONDS -lt $deadline ]; do
-            sleep 0.1
-        done
-        alive "$pid" && [ "$(state_of "$pid")" != Z ] && kill -KILL -- "$target" 2>/dev/null
+    kill "-$signal" -- "$target" 2>/dev/null || true
+    local deadline=$((SECONDS + STOP_TIMEOUT))
+    while running "$pid" && [ $SECONDS -lt $deadline ]; do
+        sleep 0.1
+    done
+    if running "$pid"; then
+        kill -KILL -- "$target" 2>/dev/null || true
     fi
     # What a group leader left in its group (e.g. cargo's compilers) goes too.
-    [ "$target" = "$pid" ] || kill -KILL -- "$target" 2>/dev/null || true
+    if [ "$target" != "$pid" ]; then
+        kill -KILL -- "$target" 2>/dev/null || true
+    fi
     wait "$pid" 2>/dev/null || true
     unset "started[$name]" "group_leaders[$name]"
     rm -f "$data/run/$name.pid"
 }
 
 state_of() { awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true; }
+
+# The process exists and has not exited (a zombie has).
+running() {
+    local state
+    state=$(state_of "$1")
+    [ -n "$state" ] && [ "$state" != Z ]
+}
 
 # Processes of ours (by program name) whose command line mentions the data dir: what a run
 # killed with -9 leaves (its daemons, the agent's rsync daemon and ssh).
@@ -159,7 +167,7 @@ stop_all() {
 
 interrupted() {
     trap '' INT TERM
-    [ $tty = 1 ] && printf '\n' >&2
+    if [ $tty = 1 ]; then printf '\n' >&2; fi
     printf 'quickstart: interrupted by SIG%s; stopping everything\n' "$1" >&2
     stop_all
     trap - EXIT
@@ -197,11 +205,11 @@ step() {
         spawn step "$log" "$@"
     fi
     pid=${started[step]}
-    while alive "$pid" && [ "$(state_of "$pid")" != Z ]; do
+    while running "$pid"; do
         local secs=$((SECONDS - begin_s))
         if [ "$secs" -ge "$STEP_TIMEOUT" ]; then
             stop step
-            [ $tty = 1 ] && printf '\r\033[K' >&2
+            if [ $tty = 1 ]; then printf '\r\033[K' >&2; fi
             die "$label: no end after ${STEP_TIMEOUT}s (TURKU_STEP_TIMEOUT); log: $log"
         fi
         if [ $tty = 1 ]; then
@@ -215,7 +223,7 @@ step() {
     wait "$pid" || rc=$?
     unset "started[step]" "group_leaders[step]"
     rm -f "$data/run/step.pid"
-    [ $tty = 1 ] && printf '\r\033[K' >&2
+    if [ $tty = 1 ]; then printf '\r\033[K' >&2; fi
     detail "took $(since "$begin")s"
     return $rc
 }
@@ -226,7 +234,7 @@ wait_for_line() {
     local name=$1 file=$2 pattern=$3 what=$4
     local deadline=$((SECONDS + START_TIMEOUT)) pid=${started[$name]}
     until grep -qE -- "$pattern" "$file" 2>/dev/null; do
-        if ! alive "$pid" || [ "$(state_of "$pid")" = Z ]; then
+        if ! running "$pid"; then
             return 1
         fi
         if [ $SECONDS -ge $deadline ]; then
@@ -336,7 +344,8 @@ for inside in "$data" "$target_dir"; do
     if [ -d "$inside" ]; then
         inside=$(cd "$inside" && pwd -P)
         if [ "$inside" != "$source_dir" ] && [[ $inside == "$source_dir"/* ]]; then
-            excludes+=("/${inside#"$source_dir"/}")
+            pattern=/${inside#"$source_dir"/}
+            [[ " ${excludes[*]} " == *" $pattern "* ]] || excludes+=("$pattern")
         fi
     fi
 done
@@ -531,7 +540,7 @@ restore_password=$(sed -n 's/.*RSYNC_PASSWORD=\([^ ]*\).*/\1/p' <<<"$restore_lin
 deadline=$((SECONDS + START_TIMEOUT))
 until [ "$(grep -c 'Restore mode active on port' "$storage_log" || true)" -gt "$restores_before" ]; do
     [ $SECONDS -lt $deadline ] || die "the storage daemon saw no restore session within ${START_TIMEOUT}s; log: $storage_log"
-    alive "${started[restore-mode]}" || die "restore mode ended early; log: $restore_log"
+    running "${started[restore-mode]}" || die "restore mode ended early; log: $restore_log"
     sleep 0.1
 done
 detail "the agent is waiting; restore user $restore_user"
