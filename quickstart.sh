@@ -279,6 +279,14 @@ human() {
                    fmt = i == 1 ? "%d %s" : "%.1f %s"; printf fmt, b, u[i] }'
 }
 
+# Earlier restores: a restored tree may hold read-only folders, which rm cannot empty.
+remove_restores() {
+    [ -d "$data/restores" ] || return 0
+    chmod -R u+rwX "$data/restores" 2>/dev/null || true
+    rm -rf "${data:?}"/restores/* 2>/dev/null ||
+        say "warning: could not remove every earlier restore in $data/restores"
+}
+
 # ---------------------------------------------------------------- prerequisites
 missing=()
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
@@ -317,13 +325,15 @@ sweep
 rm -f "$data"/run/*.pid
 if [ $fresh = 1 ]; then
     say "--fresh: removing the previous coordinator database, store, keys and restores"
-    rm -rf "$data/coordinator" "$data/storage" "$data/agent" "$data/restores" "$data/secrets.env"
+    remove_restores
+    rm -rf "$data/coordinator" "$data/storage" "$data/agent" "$data/secrets.env"
     rm -f "$data"/logs/*
 fi
 mkdir -p "$data/coordinator" "$data/storage/etc/config.d" "$data/storage/var" "$data/storage/lock" \
     "$data/agent/etc/config.d" "$data/agent/etc/sources.d" "$data/agent/var" "$data/agent/lock" \
     "$data/agent/tmp" "$data/restores"
-chmod 700 "$data/coordinator" "$data/storage" "$data/agent"
+# Private: secrets, keys, and restores that may hold setuid files and devices as backed up.
+chmod 700 "$data/coordinator" "$data/storage" "$data/agent" "$data/restores"
 
 # ---------------------------------------------------------------- the source
 excludes=()
@@ -449,6 +459,8 @@ say "storage daemon (turku-storage serve) with its SSH server on 127.0.0.1:$ssh_
 
 # ---------------------------------------------------------------- agent
 agent_etc=$data/agent/etc
+# Each run restores into a fresh folder; the previous run's (already verified) goes.
+remove_restores
 restore_dir=$data/restores/$(date -u +%Y%m%d-%H%M%S)-$$
 mkdir -p "$restore_dir"
 {
