@@ -4,7 +4,7 @@
 //! found, never a rejected input.
 
 use crate::checksum::ChecksumKind;
-use crate::codec::flist::{FlistDecoder, FlistItem, FlistOptions};
+use crate::codec::flist::{clean_received_name, FlistDecoder, FlistItem, FlistOptions};
 use crate::codec::handshake::{classify_line, decode_line, parse_greeting};
 use crate::codec::mux::decode_frame;
 use crate::codec::ndx::NdxCodec;
@@ -115,7 +115,20 @@ pub fn rsync_flist(data: &[u8]) {
             FlistItem::End { .. } => break,
         }
     }
+    // The receiver's cleaning: what it accepts is safe and already clean.
+    let mut clean = Vec::with_capacity(list.len());
+    for e in &list {
+        if let Ok(name) = clean_received_name(&e.name, e.is_dir()) {
+            let unsafe_part = name
+                .split(|&c| c == b'/')
+                .any(|p| p.is_empty() || p == b".." || (p == b"." && name != b"."));
+            assert!(!unsafe_part && !name.contains(&0), "{name:?}");
+            assert_eq!(clean_received_name(&name, e.is_dir()).as_ref(), Ok(&name));
+            clean.push(FileEntry { name, ..e.clone() });
+        }
+    }
     let _ = crate::sort::sort_order(&list, proto);
+    let _ = crate::sort::sort_order(&clean, proto);
 }
 
 /// Sum heads and the block sums that follow them (the sender side of a request).

@@ -373,6 +373,33 @@ fn write_hand_made_seeds() {
         write_seed("rsync_flist", &format!("encoded-{sel:02x}"), &seed);
     }
 
+    // rsync_flist: names the receiver cleans (openrsync's `./x`, doubled slashes, interior
+    // `.`, a trailing `/`) and names it still refuses, at 29 (openrsync) and 32 (varint).
+    for sel in [0x02u8, 0x0b] {
+        let proto = 27 + u32::from(sel % 6);
+        let compat = if sel & 0x08 != 0 { 0x80 } else { 0 };
+        let mut enc = FlistEncoder::new(FlistOptions::archive(proto, compat, false));
+        let mut seed = vec![sel];
+        for (name, mode) in [
+            (".", 0o40755),
+            ("./x", 0o100644),
+            ("./d/", 0o40755),
+            ("d//y", 0o100644),
+            ("d/./z", 0o100644),
+            ("../x", 0o100644),
+            ("/x", 0o100644),
+            ("d/../../y", 0o100644),
+            ("d/.", 0o40755),
+        ] {
+            enc.encode(
+                &FileEntry::new(name.as_bytes().to_vec(), mode, 1),
+                &mut seed,
+            );
+        }
+        enc.encode_end(0, &mut seed);
+        write_seed("rsync_flist", &format!("names-p{proto}"), &seed);
+    }
+
     // rsync_sum_head: heads for real basis sizes, with their block sums.
     for (proto, len, redo) in [
         (31u32, 0u64, false),

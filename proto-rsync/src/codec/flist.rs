@@ -761,6 +761,58 @@ impl FlistEncoder {
     }
 }
 
+/// Turns a name as the sender wrote it into the name the receiver uses, refusing what is
+/// unsafe (spec §9.16). Stock's receiver cleans before it checks, so peers that write
+/// `./x` (openrsync writes every name that way), `x//y`, `x/./y` or `x/` are accepted as
+/// `x`, `x/y`, `x/y` and `x`; a name that cleans to nothing is the transfer root `.`,
+/// which must be a directory. What stays unsafe after cleaning is refused, never mended:
+/// an absolute name, a NUL, and any `..` component, even one that would stay inside the
+/// root (`x/../y`): stock's receiver aborts on those too. Stock keeps a final `.` after a
+/// name (`x/.`, the directory `x` under a second name); we refuse it instead, no sender
+/// writes one and it would alias the directory.
+///
+/// The prefix compression of the list works on the names as sent, so this applies to the
+/// decoded entry, never to the decoder's "previous name".
+pub fn clean_received_name(raw: &[u8], is_dir: bool) -> Result<Vec<u8>, DecodeError> {
+    let bad = |reason: &'static str| DecodeError::BadName { reason };
+    if raw.is_empty() {
+        return Err(bad("empty name"));
+    }
+    if raw.contains(&0) {
+        return Err(bad("NUL in name"));
+    }
+    if raw.first() == Some(&b'/') {
+        return Err(bad("absolute path"));
+    }
+    let mut clean: Vec<u8> = Vec::with_capacity(raw.len());
+    let mut parts = raw.split(|&c| c == b'/').peekable();
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        match part {
+            b"" => continue,
+            b".." => return Err(bad("'..' path component")),
+            // Only a `.` followed by a slash is dropped: stock keeps a final one.
+            b"." if !last => continue,
+            _ => {}
+        }
+        if !clean.is_empty() {
+            clean.push(b'/');
+        }
+        clean.extend_from_slice(part);
+    }
+    if clean.is_empty() || clean == b"." {
+        return if is_dir {
+            Ok(b".".to_vec())
+        } else {
+            Err(bad("transfer root is not a directory"))
+        };
+    }
+    if clean.ends_with(b"/.") {
+        return Err(bad("'.' as the last path component"));
+    }
+    Ok(clean)
+}
+
 /// One uid or gid name list (sent when ids are mapped by name, spec §5.7).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IdList {
@@ -876,6 +928,57 @@ mod tests {
         }
         enc.encode_end(0, &mut o);
         assert_eq!(o, bytes);
+    }
+
+    #[test]
+    fn received_names_are_cleaned_as_stock_cleans_them() {
+        let clean = |n: &str, dir: bool| {
+            clean_received_name(n.as_bytes(), dir)
+                .map(|v| String::from_utf8(v).unwrap())
+                .map_err(|e| e.to_string())
+        };
+        for (raw, want) in [
+            ("./x", "x"),
+            ("././x", "x"),
+            (".//x", "x"),
+            ("x//y", "x/y"),
+            ("x/./y", "x/y"),
+            ("x/.//./y", "x/y"),
+            ("x/", "x"),
+            ("x///", "x"),
+            ("x/./", "x"),
+            ("./bash/CHANGES.gz", "bash/CHANGES.gz"),
+            ("...", "..."),
+            ("x/..y/.z", "x/..y/.z"),
+            ("plain", "plain"),
+        ] {
+            assert_eq!(clean(raw, false).as_deref(), Ok(want), "{raw}");
+            assert_eq!(clean(raw, true).as_deref(), Ok(want), "{raw}");
+        }
+        // A name that cleans to nothing is the transfer root.
+        for raw in [".", "./", ".//", "./.", "././"] {
+            assert_eq!(clean(raw, true).as_deref(), Ok("."), "{raw}");
+            assert!(
+                clean(raw, false).unwrap_err().contains("transfer root"),
+                "{raw}"
+            );
+        }
+        for (raw, why) in [
+            ("../x", "'..'"),
+            ("./../x", "'..'"),
+            ("x/../../y", "'..'"),
+            ("x/../y", "'..'"),
+            ("x/..", "'..'"),
+            ("..", "'..'"),
+            ("/x", "absolute"),
+            ("//x", "absolute"),
+            ("x\0y", "NUL"),
+            ("", "empty"),
+            ("x/.", "'.'"),
+        ] {
+            let e = clean(raw, false).unwrap_err();
+            assert!(e.contains(why), "{raw:?}: {e}");
+        }
     }
 
     #[test]

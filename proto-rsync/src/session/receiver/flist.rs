@@ -4,7 +4,7 @@
 
 use super::generator::Gen;
 use super::{ClientReceiver, FileState, Rx};
-use crate::codec::flist::{decode_id_list, FileEntry, FlistItem, HardLink};
+use crate::codec::flist::{clean_received_name, decode_id_list, FileEntry, FlistItem, HardLink};
 use crate::codec::prim::{run, Decoded};
 use crate::constants::*;
 use crate::error::{DecodeError, Error};
@@ -26,7 +26,8 @@ impl<S: ReceiveSink> ClientReceiver<S> {
         self.wire = so_far;
         Ok(match item {
             None => Step::NeedInput,
-            Some(FlistItem::Entry(e)) => {
+            Some(FlistItem::Entry(mut e)) => {
+                e.name = clean_received_name(&e.name, e.is_dir())?;
                 self.wire.push(e);
                 Step::Next(Rx::FileList)
             }
@@ -99,7 +100,6 @@ impl<S: ReceiveSink> ClientReceiver<S> {
                 )?;
                 e.hard_link = HardLink::Follower { first: s };
             }
-            validate_name(&e.name, e.is_dir())?;
         }
         drop(wire_to_sorted);
         // Below 30 groups are identified by (dev, ino): present them like 30+ groups, the
@@ -333,30 +333,6 @@ pub(super) fn sort_in_place<T>(entries: &mut [T], order: &mut [usize]) -> Result
             }
             entries.swap(at, from);
             at = from;
-        }
-    }
-    Ok(())
-}
-
-/// Rejects names that could escape the destination (spec §9.16).
-fn validate_name(n: &[u8], is_dir: bool) -> Result<(), Error> {
-    let bad = |reason: &'static str| Error::Decode(DecodeError::BadName { reason });
-    if n == b"." {
-        return if is_dir {
-            Ok(())
-        } else {
-            Err(bad("transfer root is not a directory"))
-        };
-    }
-    if n.first() == Some(&b'/') {
-        return Err(bad("absolute path"));
-    }
-    if n.contains(&0) {
-        return Err(bad("NUL in name"));
-    }
-    for comp in n.split(|&c| c == b'/') {
-        if comp.is_empty() || comp == b"." || comp == b".." {
-            return Err(bad("empty, '.' or '..' path component"));
         }
     }
     Ok(())

@@ -268,6 +268,45 @@ fn error_exit_is_acknowledged() {
     assert_eq!(rx.take_output(), [0, 0, 0, 0x5d]);
 }
 
+/// openrsync writes every name with a leading `./`; other senders may double slashes, keep
+/// interior `.` components or end directories with `/`. The receiver cleans them as stock
+/// does before its checks, so the sink sees the clean names and parents resolve.
+#[test]
+fn names_are_cleaned_before_they_are_checked() {
+    let mut sink = MemSink::default();
+    let files = [
+        entry("./d", S_IFDIR | 0o755, 4096),
+        entry("./d/f", S_IFREG | 0o644, 1),
+        entry("./d//g/", S_IFDIR | 0o755, 4096),
+        entry("./d/./g/./h", S_IFREG | 0o644, 1),
+        entry("./x", S_IFREG | 0o644, 1),
+    ];
+    steps_to_generate(&mut sink, &files);
+    assert_eq!(sink.seen, [".", "x", "d", "d/f", "d/g", "d/g/h"]);
+
+    for (name, mode) in [
+        ("../x", S_IFREG | 0o644),
+        ("/x", S_IFREG | 0o644),
+        ("./x/../../y", S_IFREG | 0o644),
+        ("./", S_IFREG | 0o644),
+    ] {
+        let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(neg(), opts());
+        let mut data = Vec::new();
+        let mut enc = FlistEncoder::new(FlistOptions::archive(31, 0x1fe, false));
+        enc.encode(&entry(".", S_IFDIR | 0o755, 4096), &mut data);
+        enc.encode(&entry(name, mode, 1), &mut data);
+        enc.encode_end(0, &mut data);
+        let mut raw = Vec::new();
+        encode_data(&data, &mut raw);
+        rx.feed(&raw).unwrap();
+        let r = rx.step(&mut sink);
+        assert!(
+            matches!(r, Err(Error::Decode(DecodeError::BadName { .. }))),
+            "{name}: {r:?}"
+        );
+    }
+}
+
 #[test]
 fn rejects_unsafe_names_and_unrequested_replies() {
     let mut sink = MemSink::default();
