@@ -338,6 +338,17 @@ fn write_hand_made_seeds() {
         b"@RSYNCD: 31.0 sha512 sha256 sha1 md5 md4\nWelcome to the backup host\n\
           line two of the motd\n@RSYNCD: AUTHREQD aGVsbG8gd29ybGQ\n@RSYNCD: OK\n\x00\x00\x00\x00",
     );
+    // openrsync: `@RSYNCD: 29` bare, the seed right after OK; `@ERROR ` without a colon.
+    write_seed(
+        "rsync_handshake",
+        "openrsync-p29",
+        b"@RSYNCD: 29\n@RSYNCD: AUTHREQD aGVsbG8gd29ybGQ\n@RSYNCD: OK\n\x78\x56\x34\x12",
+    );
+    write_seed(
+        "rsync_handshake",
+        "openrsync-refused",
+        b"@RSYNCD: 29\n@RSYNCD: AUTHREQD abc\n@ERROR mod: authentication failed\n",
+    );
     write_seed(
         "rsync_handshake",
         "unknown-module",

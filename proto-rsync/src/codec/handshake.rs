@@ -135,14 +135,11 @@ pub fn classify_line(line: &[u8]) -> ServerLine {
             challenge: String::from_utf8_lossy(ch).trim().to_owned(),
         };
     }
-    if line.starts_with(ERROR_PREFIX.as_bytes()) {
-        let t = String::from_utf8_lossy(line);
-        let t = t
-            .strip_prefix("@ERROR:")
-            .or_else(|| t.strip_prefix("@ERROR"))
-            .unwrap_or(&t)
-            .trim();
-        return ServerLine::Error(t.to_owned());
+    // Stock writes `@ERROR: text`, openrsync `@ERROR text` (no colon); a stock client takes
+    // any line starting with `@ERROR` as fatal, and so do we.
+    if let Some(rest) = line.strip_prefix(ERROR_PREFIX.as_bytes()) {
+        let text = rest.strip_prefix(b":").unwrap_or(rest);
+        return ServerLine::Error(String::from_utf8_lossy(text).trim().to_owned());
     }
     ServerLine::Text(line.to_vec())
 }
@@ -220,7 +217,16 @@ mod tests {
         assert_eq!(g.sub, Some(0));
         assert_eq!(g.digests.as_ref().map(Vec::len), Some(5));
         assert_eq!(parse_greeting(b"@RSYNCD: 31.0").unwrap().digests, None);
-        assert_eq!(parse_greeting(b"@RSYNCD: 29").unwrap().sub, None);
+        // openrsync (macOS 15+): protocol 29, no subprotocol, no digest list.
+        assert_eq!(
+            parse_greeting(b"@RSYNCD: 29").unwrap(),
+            Greeting {
+                protocol: 29,
+                sub: None,
+                digests: None
+            }
+        );
+        assert_eq!(parse_greeting(b"@RSYNCD: 27").unwrap().protocol, 27);
         assert!(parse_greeting(b"@RSYNCD: 32.0").is_err());
         assert!(parse_greeting(b"@RSYNCD: 30").is_err());
         assert!(parse_greeting(b"hello").is_err());
@@ -240,6 +246,12 @@ mod tests {
             classify_line(b"@ERROR: Unknown module 'x'"),
             ServerLine::Error("Unknown module 'x'".into())
         );
+        // openrsync: no colon after @ERROR.
+        assert_eq!(
+            classify_line(b"@ERROR mod: authentication failed"),
+            ServerLine::Error("mod: authentication failed".into())
+        );
+        assert_eq!(classify_line(b"@ERROR"), ServerLine::Error(String::new()));
         assert_eq!(
             classify_line(b"welcome"),
             ServerLine::Text(b"welcome".to_vec())

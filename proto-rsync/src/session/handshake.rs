@@ -368,6 +368,44 @@ mod tests {
         ));
     }
 
+    /// An openrsync daemon (macOS 15+), as its source writes: `@RSYNCD: 29` with neither a
+    /// subprotocol nor a digest list, the challenge answered with the old MD4 form, `@ERROR `
+    /// without a colon on refusal; no compat flags and no checksum list at 29.
+    #[test]
+    fn openrsync_daemon_at_protocol_29() {
+        let mut h = ClientHandshake::new(opts(Some("pw"))).unwrap();
+        h.take_output();
+        let mut s = b"@RSYNCD: 29\n@RSYNCD: AUTHREQD Y2hhbGxlbmdl\n@RSYNCD: OK\n".to_vec();
+        s.extend_from_slice(&0x1234_5678i32.to_le_bytes());
+        let (used, st) = h.feed(&s).unwrap();
+        assert_eq!(used, s.len());
+        let HandshakeStatus::Done(n) = st else {
+            panic!("expected done")
+        };
+        assert_eq!(n.protocol, 29);
+        assert_eq!(n.compat_flags, 0);
+        assert_eq!(n.checksum, ChecksumKind::Md4Old);
+        assert_eq!(n.seed, 0x1234_5678);
+        let resp = auth_response(AuthDigest::Md4Old, b"pw", "Y2hhbGxlbmdl");
+        let mut want = format!("mod\nalice {resp}\n").into_bytes();
+        want.extend_from_slice(b"--server\n--sender\n-logDtpr\n--numeric-ids\n.\nmod/\n\n");
+        assert_eq!(h.take_output(), want);
+
+        for refusal in [
+            &b"@RSYNCD: 29\n@RSYNCD: AUTHREQD abc\n@ERROR mod: authentication failed\n"[..],
+            b"@RSYNCD: 29\n@ERROR could not negotiate a protocol; client requested 28 (supported range: 29 to 29)\n",
+            b"@RSYNCD: 29\n@ERROR mod is not a valid module\n",
+        ] {
+            let mut h = ClientHandshake::new(opts(Some("pw"))).unwrap();
+            let e = h.feed(refusal).unwrap_err();
+            let Error::Daemon(m) = &e else {
+                panic!("{e:?}")
+            };
+            let line = std::str::from_utf8(refusal).unwrap().lines().last().unwrap();
+            assert_eq!(Some(m.as_str()), line.strip_prefix("@ERROR "));
+        }
+    }
+
     #[test]
     fn old_peer_without_negotiation_uses_md5() {
         let mut h = ClientHandshake::new(opts(None)).unwrap();

@@ -59,13 +59,18 @@ impl PeerMessages {
     ) -> Handled {
         match m {
             InMsg::Text(kind, text) => {
+                if kind == MessageKind::ErrorXfer {
+                    *tally.io_error |= IOERR_GENERAL;
+                }
+                // openrsync writes an error's text and its newline as two frames: the bare
+                // newline adds nothing, and must not replace the error it ends.
+                if text.trim().is_empty() {
+                    return Handled::Done;
+                }
                 // The meaning of a message is kept whatever its rank; its text only while
                 // within bounds, so a chatty or hostile peer cannot fill memory or the log.
                 if kind == MessageKind::ErrorXfer || kind == MessageKind::Error {
                     self.last_error = text.trim_end().to_owned();
-                }
-                if kind == MessageKind::ErrorXfer {
-                    *tally.io_error |= IOERR_GENERAL;
                 }
                 if self.kept >= limits.max_messages_kept
                     || self.bytes_kept + text.len() > limits.max_message_bytes_kept
@@ -101,5 +106,34 @@ impl PeerMessages {
             },
             other => Handled::Role(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// openrsync's daemon reports a refusal after multiplexing starts as two `ERROR_XFER`
+    /// frames, the text then `"\n"`: the error kept is the text, shown once.
+    #[test]
+    fn an_error_split_from_its_newline_keeps_its_text() {
+        let mut m = PeerMessages::default();
+        let (mut io_error, mut warnings, mut dropped) = (0, Vec::new(), 0);
+        let mut shown = Vec::new();
+        for text in ["mod: chroot failed", "\n"] {
+            let tally = MessageTally {
+                io_error: &mut io_error,
+                warnings: &mut warnings,
+                dropped: &mut dropped,
+            };
+            let msg = InMsg::Text(MessageKind::ErrorXfer, text.into());
+            if let Handled::Show(_, t) = m.take(msg, 29, &Limits::default(), tally) {
+                shown.push(t);
+            }
+        }
+        assert_eq!(m.last_error(), Some("mod: chroot failed"));
+        assert_eq!(shown, ["mod: chroot failed"]);
+        assert_eq!(warnings, ["mod: chroot failed"]);
+        assert_eq!(io_error, IOERR_GENERAL);
     }
 }
