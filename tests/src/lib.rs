@@ -3,6 +3,7 @@
 //! Test-only code: it panics with a clear message instead of returning errors.
 #![allow(clippy::unwrap_used)]
 
+pub mod openrsync;
 pub mod system;
 
 use std::collections::BTreeMap;
