@@ -418,6 +418,30 @@ start_side_by_side() { # CORPUS WORK
     register_machine "$uuid" "$agent_key.pub" "$1"
 }
 
+# Waits, at most 120 s, until PID has used under 2% of a CPU for 0.3 s; prints the seconds
+# waited. Our daemon's GC after a backup (compressing what the adaptive mode stored raw) runs
+# after the session ends and must not slow the next timed ping, the original's included.
+wait_idle() { # PID
+    python3 - "$1" <<'PY'
+import os, sys, time
+pid, tick = sys.argv[1], os.sysconf("SC_CLK_TCK")
+def cpu_seconds():
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+started = time.monotonic()
+before = cpu_seconds()
+while time.monotonic() - started < 120:
+    time.sleep(0.3)
+    now = cpu_seconds()
+    if now - before < 0.3 * 0.02 + 1 / tick:
+        break
+    before = now
+else:
+    sys.exit(f"process {pid} still busy after 120 s")
+print(f"{time.monotonic() - started:.1f}")
+PY
+}
+
 # REPS rounds of each case, the two storages alternating which goes first, into RESULTS as
 # "CASE ROUND ORIGINAL_S OURS_S": initial (fresh destinations each round), unchanged, and ~1%
 # of CORPUS's files changed (a different 1% each round). SSH_ARG go to both sides' ssh.
@@ -430,16 +454,17 @@ run_side_by_side() { # CORPUS WORK REPS RESULTS [SSH_ARG]...
         PING_STDERR=$work/ours-ping.log ping_ours "$work/agent" "$@"
     }
     _round() { # CASE ROUND SSH_ARG...
-        local case=$1 r=$2 a b
+        local case=$1 r=$2 a b idle
         shift 2
         sync
         if [ $((r % 2)) = 0 ]; then
-            a=$(ping_original "$@"); sync; b=$(_ping_ours_due "$@")
+            a=$(ping_original "$@"); sync; b=$(_ping_ours_due "$@"); idle=$(wait_idle "$storage_pid")
         else
-            b=$(_ping_ours_due "$@"); sync; a=$(ping_original "$@")
+            b=$(_ping_ours_due "$@"); idle=$(wait_idle "$storage_pid"); sync; a=$(ping_original "$@")
         fi
         echo "$case $r $a $b" >>"$results"
-        printf '%-10s round %d  original %8.3f s   turku %8.3f s\n' "$case" "$r" "$a" "$b" >&2
+        printf '%-10s round %d  original %8.3f s   turku %8.3f s (then busy %s s)\n' \
+            "$case" "$r" "$a" "$b" "$idle" >&2
     }
     for r in $(seq "$reps"); do
         rm -rf "${orig:?}/volume/$uuid"
