@@ -39,6 +39,10 @@ impl StockDaemon {
     /// Starts a daemon exporting `src` as `pub`, `auth` (alice / s3cret), `nobody` (runs as
     /// uid 65534), `strict` (refuses hard links) and `timed` (`timeout = 2`).
     fn start(src: &Path) -> StockDaemon {
+        StockDaemon::start_with_args(src, &[])
+    }
+
+    fn start_with_args(src: &Path, args: &[String]) -> StockDaemon {
         let rsync = rsync_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let secrets = dir.path().join("secrets");
@@ -59,7 +63,7 @@ impl StockDaemon {
             secrets = secrets.display(),
         );
         fs::write(dir.path().join("motd"), "Welcome to the test daemon\n").expect("motd");
-        StockDaemon::launch(&rsync, dir, &conf)
+        StockDaemon::launch_with_args(&rsync, dir, &conf, args)
     }
 
     fn log(&self) -> String {
@@ -469,6 +473,69 @@ async fn pull_full_tree_protocol_28() {
 #[tokio::test]
 async fn pull_full_tree_protocol_27() {
     full_pull(27).await;
+}
+
+/// A stock daemon forced to an older protocol (as openrsync's daemon is at 29): we announce
+/// 32 and follow it down. Whole-second and 32-bit unsigned mtimes cannot carry everything
+/// (a pre-1970 time arrives mangled): the bar is what stock's own client gets from the same
+/// daemon, compared exactly, nanoseconds included.
+async fn pull_from_daemon_forced_to(protocol: u32) {
+    let src = tempfile::tempdir().expect("src");
+    let ours = tempfile::tempdir().expect("dst");
+    let stock = tempfile::tempdir().expect("dst");
+    build_tree(src.path());
+    // What the build left at "now" gets an older time: a stock receiver sets a time only
+    // when the seconds differ, so an entry it creates within the same second would keep
+    // its own nanoseconds.
+    let st = std::process::Command::new("find")
+        .arg(src.path())
+        .args(["-newermt", "-1 hour", "-exec", "touch", "-h", "-d"])
+        .args(["2010-01-01 00:00:00.123456789", "{}", "+"])
+        .status()
+        .expect("find");
+    assert!(st.success());
+    let d = StockDaemon::start_with_args(src.path(), &[format!("--protocol={protocol}")]);
+    let mut sink = DirSink::new(ours.path());
+    let cfg = config("pub", 32);
+    let o = d
+        .pull(&cfg, &mut sink)
+        .await
+        .unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", d.log()));
+    sink.finish();
+    assert_eq!(o.protocol, protocol);
+    assert_eq!(o.exit_code, 0, "outcome: {o:?}");
+    assert_eq!(o.checksum, "md4");
+    let mut args = vec!["-a", "--numeric-ids"];
+    if cfg.hard_links {
+        args.push("-H");
+    }
+    let out = std::process::Command::new(rsync_binary())
+        .args(&args)
+        .arg(format!("rsync://127.0.0.1:{}/pub/", d.port))
+        .arg(format!("{}/", stock.path().display()))
+        .output()
+        .expect("run stock rsync");
+    assert!(
+        out.status.success(),
+        "stock pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree_ns(stock.path(), ours.path(), true);
+}
+
+#[tokio::test]
+async fn pull_from_daemon_forced_to_protocol_29() {
+    pull_from_daemon_forced_to(29).await;
+}
+
+#[tokio::test]
+async fn pull_from_daemon_forced_to_protocol_28() {
+    pull_from_daemon_forced_to(28).await;
+}
+
+#[tokio::test]
+async fn pull_from_daemon_forced_to_protocol_27() {
+    pull_from_daemon_forced_to(27).await;
 }
 
 /// Without `v`: byte/short file-list flags and implicit md5 with the seed-first fix, the

@@ -48,6 +48,17 @@ impl StockDaemon {
     /// connections. If it never does, panics with the log a configuration may have named
     /// `dir/rsyncd.log`.
     pub fn launch(rsync: &Path, dir: tempfile::TempDir, conf: &str) -> StockDaemon {
+        StockDaemon::launch_with_args(rsync, dir, conf, &[])
+    }
+
+    /// As [`Self::launch`], with more daemon options (e.g. `--protocol=29`, which makes a
+    /// stock daemon greet and speak as an older one).
+    pub fn launch_with_args(
+        rsync: &Path,
+        dir: tempfile::TempDir,
+        conf: &str,
+        args: &[String],
+    ) -> StockDaemon {
         let conf_path = dir.path().join("rsyncd.conf");
         std::fs::write(&conf_path, conf).expect("write conf");
         // Take an ephemeral port from the kernel; the window before rsync binds it is tiny.
@@ -62,6 +73,7 @@ impl StockDaemon {
             .arg("--address=127.0.0.1")
             .arg(format!("--port={port}"))
             .arg(format!("--config={}", conf_path.display()))
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
