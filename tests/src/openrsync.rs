@@ -55,6 +55,7 @@ pub struct OpenrsyncDaemon {
     pub port: u16,
     child: Child,
     log: PathBuf,
+    stderr: PathBuf,
 }
 
 impl std::fmt::Debug for OpenrsyncDaemon {
@@ -122,12 +123,18 @@ impl OpenrsyncDaemon {
                 .args(["--daemon", "--no-detach"])
                 .arg(format!("--config={}", conf_path.display()))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                // The daemon's own complaints (a transfer child's errors) go to stderr.
+                .stderr(fs::File::create(conf_dir.join("stderr")).unwrap())
                 .spawn()
                 .unwrap();
             for _ in 0..START_ATTEMPTS {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return OpenrsyncDaemon { port, child, log };
+                    return OpenrsyncDaemon {
+                        port,
+                        child,
+                        log,
+                        stderr: conf_dir.join("stderr"),
+                    };
                 }
                 if child.try_wait().unwrap().is_some() {
                     break; // the port was taken meanwhile: try another
@@ -143,9 +150,13 @@ impl OpenrsyncDaemon {
         );
     }
 
-    /// What the daemon logged so far (for failure messages).
+    /// What the daemon logged and printed so far (for failure messages).
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        format!(
+            "{}{}",
+            fs::read_to_string(&self.log).unwrap_or_default(),
+            fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
     }
 }
 
