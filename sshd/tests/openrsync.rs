@@ -203,8 +203,10 @@ fn a_wrong_password_is_refused_and_stores_nothing() {
     assert_eq!(snapshot_count(&store), 1);
 }
 
+/// Fails today: our sender speaks 30+, and pushes into the module root as `MODULE/`, which
+/// openrsync's receiver turns into an empty path it cannot make (it wants `MODULE/./`).
 #[test]
-#[ignore = "needs an openrsync binary: TURKU_OPENRSYNC=/path/to/openrsync"]
+#[ignore = "needs an openrsync binary (TURKU_OPENRSYNC=/path/to/openrsync) and our sender at protocol 29"]
 fn a_push_into_an_openrsync_module_equals_stock_rsyncs() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");

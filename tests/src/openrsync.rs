@@ -70,8 +70,7 @@ impl OpenrsyncDaemon {
     /// Writes `rsyncd.conf` (and the secrets file, when `auth` is `(user, password)`) into
     /// `conf_dir` and starts `binary` on it. Given an address, openrsync's daemon binds port
     /// 0, so the configuration leaves `address` empty (every interface) and names the port.
-    /// Run as root, the transfer keeps ids (`uid`/`gid` 0, numeric ids) and a writable
-    /// module chroots, so symlinks land verbatim, as a restore's daemon does.
+    /// Run as root, the transfer keeps ids (`uid`/`gid` 0, numeric ids).
     pub fn start(
         binary: &Path,
         conf_dir: &Path,
@@ -100,7 +99,10 @@ impl OpenrsyncDaemon {
                 conf.push_str("uid = 0\ngid = 0\n");
             }
             for m in modules {
-                let chroot = m.writable && is_root();
+                // Never chroot: this build's transfer child dies in a chroot ("free(): invalid
+                // pointer") before the first file. Without one it strips link targets that
+                // leave the module, for stock rsync's pushes and ours alike.
+                let chroot = false;
                 conf.push_str(&format!(
                     "[{}]\npath = {}\nread only = {}\nuse chroot = {}\n",
                     m.name,
