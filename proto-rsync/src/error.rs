@@ -95,6 +95,8 @@ pub enum Error {
     BadRequest { ndx: i64, reason: &'static str },
     #[error("file list entry {index} cannot be sent: {reason}")]
     BadFileList { index: usize, reason: &'static str },
+    #[error("filter rule {rule:?} is too modern for protocol {protocol}: below 29 only \"+ \" and \"- \" rules travel")]
+    FilterTooModern { rule: String, protocol: u32 },
 }
 
 /// Which time bound of [`crate::config::Timeouts`] ended a session, and its length.

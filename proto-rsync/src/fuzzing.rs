@@ -220,8 +220,19 @@ pub fn rsync_handshake(data: &[u8]) {
     }
 }
 
-/// The session both role targets set up from their selector byte.
+/// The session both role targets set up from their selector byte: bit 0x04 picks the old
+/// protocols 27–29 (no compat flags, MD4 with the seed), else 30–32.
 fn negotiated(sel: u8) -> Negotiated {
+    if sel & 0x04 != 0 {
+        return Negotiated {
+            protocol: 27 + u32::from(sel % 3),
+            compat_flags: 0,
+            checksum: ChecksumKind::Md4Old,
+            seed: 12345,
+            motd: Vec::new(),
+            motd_dropped: 0,
+        };
+    }
     Negotiated {
         protocol: 30 + u32::from(sel % 3),
         compat_flags: if sel & 0x10 != 0 { 0x1fe } else { 0x2e },

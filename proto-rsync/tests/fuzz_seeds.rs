@@ -154,6 +154,9 @@ fn role_selector(neg: &Negotiated) -> u8 {
     if neg.checksum == ChecksumKind::Xxh128 {
         flags |= 0x20;
     }
+    if neg.protocol < 30 {
+        return selector(flags | 0x04, 3, (neg.protocol.saturating_sub(27) % 3) as u8);
+    }
     selector(flags, 3, (neg.protocol.saturating_sub(30) % 3) as u8)
 }
 
@@ -307,6 +310,9 @@ fn write_hand_made_seeds() {
         }
         let mut role = vec![role_selector(&neg)];
         role.extend_from_slice(&after);
+        if file.starts_with("pull") && *proto < 30 {
+            write_seed("rsync_receiver", stem, &role);
+        }
         if file.starts_with("pull") && *proto >= 30 {
             write_seed("rsync_receiver", stem, &role);
             // The same stream under the other checksum choice.
@@ -409,6 +415,26 @@ fn write_hand_made_seeds() {
         }
         enc.encode_end(0, &mut seed);
         write_seed("rsync_flist", &format!("names-p{proto}"), &seed);
+    }
+
+    // rsync_sender below 30: a whole-file request for sorted index 1 (`big` in the
+    // target's list), then the generator's DONEs: int32 indexes, item flags from 29 on,
+    // three DONEs before the goodbye at 29 and two below.
+    for proto in [27u32, 28, 29] {
+        let mut data = Vec::new();
+        put_i32(&mut data, 1);
+        if proto >= 29 {
+            data.extend_from_slice(&0x8000u16.to_le_bytes());
+        }
+        for _ in 0..4 {
+            put_i32(&mut data, 0);
+        }
+        for _ in 0..if proto >= 29 { 4 } else { 3 } {
+            put_i32(&mut data, -1);
+        }
+        let mut seed = vec![selector(0x40 | 0x04, 3, (proto - 27) as u8)];
+        encode_frame(MsgTag::Data, &data, &mut seed);
+        write_seed("rsync_sender", &format!("whole-p{proto}"), &seed);
     }
 
     // rsync_sum_head: heads for real basis sizes, with their block sums.

@@ -244,6 +244,82 @@ async fn push_full_tree_protocol_30() {
     full_push(30).await;
 }
 
+/// A push into a stock daemon forced to an older protocol, as openrsync's daemon (29) or a
+/// 2.6.x one would take a restore; we announce 32 and follow it down. Protocols below 30
+/// carry whole seconds, and 32-bit unsigned ones at that: the bar is what stock's own
+/// client leaves in a second module of the same daemon, compared exactly (nanoseconds,
+/// owners, devices, links, hard-link groups).
+async fn push_into_daemon_forced_to(protocol: u32) {
+    require_root();
+    let src = tempfile::tempdir().expect("tmp");
+    let ours = tempfile::tempdir().expect("tmp");
+    let stock = tempfile::tempdir().expect("tmp");
+    build_push_tree(src.path());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = format!(
+        "use chroot = yes\nuid = 0\ngid = 0\nlog file = {log}\n\
+         [dst]\npath = {ours}\nread only = false\n\
+         [stock]\npath = {stock}\nread only = false\n",
+        log = dir.path().join("rsyncd.log").display(),
+        ours = ours.path().display(),
+        stock = stock.path().display(),
+    );
+    let d = StockDaemon::launch_with_args(
+        Path::new(RSYNC),
+        dir,
+        &conf,
+        &[format!("--protocol={protocol}")],
+    );
+    let o = push_dir(&d, src.path(), &config(32)).await;
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    assert_eq!(o.protocol, protocol);
+    assert_eq!(o.checksum, "md4");
+    assert!(o.failed.is_empty());
+    let out = Command::new(RSYNC)
+        .args(["-aH", "--numeric-ids"])
+        .arg(format!("{}/", src.path().display()))
+        .arg(format!("rsync://127.0.0.1:{}/stock/", d.port))
+        .output()
+        .expect("run rsync");
+    assert!(
+        out.status.success(),
+        "stock push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, ga) = lstat_tree(stock.path(), true);
+    let (b, gb) = lstat_tree(ours.path(), true);
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    let differ: Vec<String> = a
+        .iter()
+        .filter(|(name, meta)| b.get(*name) != Some(*meta))
+        .map(|(name, meta)| {
+            format!(
+                "{}: stock {meta:?} vs ours {:?}",
+                String::from_utf8_lossy(name),
+                b.get(name)
+            )
+        })
+        .collect();
+    assert!(differ.is_empty(), "lstat differs:\n{}", differ.join("\n"));
+    assert_eq!(ga, gb, "hard-link groups");
+    assert_eq!(ga.len(), 1);
+}
+
+#[tokio::test]
+async fn push_into_daemon_forced_to_protocol_29() {
+    push_into_daemon_forced_to(29).await;
+}
+
+#[tokio::test]
+async fn push_into_daemon_forced_to_protocol_28() {
+    push_into_daemon_forced_to(28).await;
+}
+
+#[tokio::test]
+async fn push_into_daemon_forced_to_protocol_27() {
+    push_into_daemon_forced_to(27).await;
+}
+
 /// A restore onto an older copy sends the changed blocks, not the file.
 #[tokio::test]
 async fn push_onto_older_copy_sends_only_the_changes() {

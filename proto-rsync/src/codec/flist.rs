@@ -421,8 +421,9 @@ impl FlistDecoder {
                     e.rdev = Some((major, minor));
                 } else if flags & XMIT_SAME_RDEV_PRE28 == 0 {
                     let raw = c.i32()? as u32;
-                    np.rdev_major = (raw >> 8) & 0xFFF;
-                    e.rdev = Some(((raw >> 8) & 0xFFF, raw & 0xFF));
+                    let (major, minor) = split_dev_pre28(raw);
+                    np.rdev_major = major;
+                    e.rdev = Some((major, minor));
                 } else {
                     e.rdev = Some((prev.rdev_major, 0));
                 }
@@ -495,6 +496,18 @@ impl FlistDecoder {
             Decoded::Incomplete { needed } => Decoded::Incomplete { needed },
         })
     }
+}
+
+/// Below 28 a device number travels as one int32: the sender's `dev_t` cut to 32 bits. A
+/// stock peer on Linux (glibc's encoding) puts major bits 0–11 at bits 8–19, minor bits 0–7
+/// at bits 0–7 and minor bits 8–19 at bits 20–31; we read and write that layout, so a
+/// device with a minor above 255 keeps it as it does between two stock peers.
+fn join_dev_pre28(major: u32, minor: u32) -> u32 {
+    ((major & 0xFFF) << 8) | (minor & 0xFF) | ((minor & 0xF_FF00) << 12)
+}
+
+fn split_dev_pre28(raw: u32) -> (u32, u32) {
+    ((raw >> 8) & 0xFFF, (raw & 0xFF) | ((raw >> 12) & 0xF_FF00))
 }
 
 /// Encodes entries the way a stock sender does (used by tests, fuzz seeds and the future
@@ -712,8 +725,9 @@ impl FlistEncoder {
                 }
                 self.prev.rdev_major = major;
             } else {
-                put_i32(out, (((major & 0xFFF) << 8) | (minor & 0xFF)) as i32);
-                self.prev.rdev_major = major & 0xFFF;
+                let raw = join_dev_pre28(major, minor);
+                put_i32(out, raw as i32);
+                self.prev.rdev_major = split_dev_pre28(raw).0;
             }
         }
         if o.preserve_links && e.mode & S_IFMT == S_IFLNK {
@@ -981,6 +995,15 @@ mod tests {
         }
     }
 
+    /// Below 28 a device number is the sender's 32-bit `dev_t`: what stock 3.5.0 on Linux
+    /// sent at protocol 27 for `mknod b 259 65536` (minor above 255).
+    #[test]
+    fn device_numbers_below_28_use_the_linux_layout() {
+        assert_eq!(split_dev_pre28(0x1001_0300), (259, 65536));
+        assert_eq!(join_dev_pre28(259, 65536), 0x1001_0300);
+        assert_eq!(split_dev_pre28(join_dev_pre28(1, 3)), (1, 3));
+    }
+
     #[test]
     fn file_list_is_bounded_by_estimated_bytes() {
         let entry = |name: &str| FileEntry {
@@ -1162,7 +1185,7 @@ mod tests {
             e.uid = e.uid as i32 as u32;
             if let Some((maj, min)) = e.rdev {
                 e.rdev = Some(if p < 28 {
-                    (maj & 0xFFF, min & 0xFF)
+                    split_dev_pre28(join_dev_pre28(maj, min))
                 } else {
                     (maj, min)
                 });

@@ -7,6 +7,7 @@ use super::{Ctx, SenderOptions, SentList, State};
 use crate::codec::flist::{
     encode_id_list, FileEntry, FlistEncoder, FlistOptions, HardLink, IdList,
 };
+use crate::codec::prim::put_i32;
 use crate::constants::*;
 use crate::error::Error;
 use crate::session::args::encode_filter_list;
@@ -75,6 +76,9 @@ pub(crate) fn prepare(
     }
     drop((names, dirs));
     adopt_leader_attributes(&mut entries);
+    if protocol < 30 && opts.hard_links {
+        identify_links_by_dev_ino(&mut entries, protocol);
+    }
     let sorted = sort_order(&entries, protocol)
         .into_iter()
         .map(|w| w as u32)
@@ -107,6 +111,45 @@ fn adopt_leader_attributes(entries: &mut [FileEntry]) {
         e.rdev = lead.rdev;
         e.symlink.clone_from(&lead.symlink);
         e.checksum.clone_from(&lead.checksum);
+    }
+}
+
+/// Below protocol 30 hard links travel as (dev, ino) pairs, which the receiver groups by:
+/// we have no inode numbers to give, only groups, so each group gets its leader's position
+/// as its "inode" on one made-up device. Below 28 every regular file carries a pair, so a
+/// file outside any group gets its own position.
+fn identify_links_by_dev_ino(entries: &mut [FileEntry], protocol: u32) {
+    const LIST_DEVICE: i64 = 0;
+    for (i, e) in entries.iter_mut().enumerate() {
+        let ino = match e.hard_link {
+            HardLink::Leader => i as i64,
+            HardLink::Follower { first } => i64::from(first),
+            HardLink::None if protocol < 28 && e.is_regular() => i as i64,
+            _ => continue,
+        };
+        e.hard_link = HardLink::DevIno {
+            dev: LIST_DEVICE,
+            ino,
+        };
+    }
+}
+
+/// Below 29 the receiver's filter parser knows only `+ ` and `- ` rules; stock refuses to
+/// send others ("filter rules are too modern for remote rsync"), and so do we.
+pub(crate) fn check_filter_rules(opts: &SenderOptions, protocol: u32) -> Result<(), Error> {
+    if protocol >= 29 || !opts.delete {
+        return Ok(());
+    }
+    match opts
+        .filter_rules
+        .iter()
+        .find(|r| !r.is_empty() && !r.starts_with("+ ") && !r.starts_with("- "))
+    {
+        Some(r) => Err(Error::FilterTooModern {
+            rule: r.clone(),
+            protocol,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -166,6 +209,10 @@ impl ListPhase {
             let id0 = ctx.neg.compat_flags & CF_ID0_NAMES != 0;
             encode_id_list(&uids, p, id0, &mut tail);
             encode_id_list(&gids, p, id0, &mut tail);
+        }
+        // Below 30 the end marker has no room for it: it follows the lists.
+        if ctx.neg.protocol < 30 {
+            put_i32(&mut tail, self.io_error as i32);
         }
         ctx.send(&tail);
         ctx.flush_pending();
@@ -233,6 +280,23 @@ mod tests {
         follow.hard_link = HardLink::Follower { first: 1 };
         let l = prepare(vec![e(".", S_IFDIR), lead, follow, e("d", S_IFDIR)], 32, &o).unwrap();
         assert_eq!(l.sorted, [0, 1, 2, 3]);
+    }
+
+    /// Below 29 only `+ `/`- ` rules travel; stock refuses the rest, and so do we.
+    #[test]
+    fn modern_filter_rules_are_refused_below_29() {
+        let mut o = SenderOptions {
+            delete: true,
+            filter_rules: vec!["- *.tmp".into(), "P keep/".into()],
+            ..SenderOptions::default()
+        };
+        assert!(check_filter_rules(&o, 29).is_ok());
+        assert!(matches!(
+            check_filter_rules(&o, 28),
+            Err(Error::FilterTooModern { rule, protocol: 28 }) if rule == "P keep/"
+        ));
+        o.filter_rules.pop();
+        assert!(check_filter_rules(&o, 27).is_ok());
     }
 
     /// A follower listed with its own mode, times and owners leaves `prepare` with its

@@ -13,7 +13,11 @@
 //!
 //! Sans-io like the receiver: [`ClientSender::feed`] raw input, [`ClientSender::step`],
 //! send what [`ClientSender::take_output`] returns. Content comes through [`SendSource`].
-//! Protocols 30–32 only (multiplexed both ways, varint indexes, `MSG_NO_SEND`).
+//! Protocols 27–32. Below 30 (stock 2.6.x, openrsync) a client's output is a plain byte
+//! stream: no out-of-band messages go out (no `MSG_NO_SEND`: a file we cannot open simply
+//! gets no reply, as stock does; our errors stay in our log and outcome), no keep-alives;
+//! indexes are plain int32s, hard links travel as dev/ino pairs, the list's io_error as an
+//! int32 after it; below 29 requests carry no item flags.
 
 pub mod dir;
 pub mod finish;
@@ -46,8 +50,8 @@ pub(crate) const STEP_WORK_BUDGET: u64 = 8 * 1024 * 1024;
 pub(crate) const INPUT_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Largest read of a file's content at once.
 pub const CONTENT_READ_SIZE: usize = 256 * 1024;
-/// Lowest protocol the sender speaks: it relies on multiplexed output and `MSG_NO_SEND`.
-pub const MIN_SENDER_PROTOCOL: u32 = 30;
+/// Lowest protocol the sender speaks.
+pub const MIN_SENDER_PROTOCOL: u32 = MIN_SUPPORTED_SESSION_PROTOCOL;
 
 /// One regular file's content, read sequentially. `read` returns 0 at the end; a file may
 /// turn out shorter or longer than listed, which the protocol carries (the receiver
@@ -255,15 +259,29 @@ impl Ctx {
         self.send(&b);
     }
 
-    /// An out-of-band message, after the data queued before it.
+    /// Whether our output is multiplexed: from protocol 30 on (spec §3.6). Below, it is
+    /// the bare protocol stream and nothing can travel out of band.
+    pub(crate) fn multiplexed(&self) -> bool {
+        self.neg.protocol >= 30
+    }
+
+    /// An out-of-band message, after the data queued before it. Dropped below protocol
+    /// 30, where the stream has no room for one (stock keeps such texts local too).
     pub(crate) fn send_msg(&mut self, tag: MsgTag, payload: &[u8]) {
+        if !self.multiplexed() {
+            return;
+        }
         self.flush_pending();
         encode_frame(tag, payload, &mut self.out);
     }
 
     pub(crate) fn flush_pending(&mut self) {
         if !self.pending.is_empty() {
-            encode_data(&self.pending, &mut self.out);
+            if self.multiplexed() {
+                encode_data(&self.pending, &mut self.out);
+            } else {
+                self.out.extend_from_slice(&self.pending);
+            }
             self.pending.clear();
         }
     }
@@ -313,7 +331,8 @@ impl Ctx {
                 Decoded::Complete { value, consumed } => (value, consumed),
                 Decoded::Incomplete { .. } => return Ok(None),
             };
-            if ndx != NDX_DEL_STATS {
+            // Deletion stats exist from 31 on; below, -3 is just a bad index.
+            if ndx != NDX_DEL_STATS || self.neg.protocol < 31 {
                 self.ndx_in = codec;
                 self.consume(used);
                 return Ok(Some(ndx));
@@ -445,6 +464,7 @@ impl<S: SendSource> ClientSender<S> {
         if p < MIN_SENDER_PROTOCOL {
             return Err(Error::UnsupportedProtocol(p));
         }
+        flist::check_filter_rules(&opts, p)?;
         let list = flist::prepare(entries, p, &opts)?;
         let outcome = PushOutcome {
             protocol: p,
@@ -508,9 +528,9 @@ impl<S: SendSource> ClientSender<S> {
     }
 
     /// Queues an empty data frame (stock's keep-alive), once the list is out: before it,
-    /// data frames are the list itself.
+    /// data frames are the list itself. Nothing below protocol 30: no frames go out.
     pub fn keepalive(&mut self) {
-        if !self.file_list_done() {
+        if !self.file_list_done() || !self.ctx.multiplexed() {
             return;
         }
         self.ctx.flush_pending();

@@ -4,6 +4,7 @@
 use super::*;
 use crate::checksum::{ChecksumKind, FileHasher};
 use crate::codec::flist::{FlistDecoder, FlistItem, FlistOptions, HardLink};
+use crate::codec::prim::put_i32;
 use crate::codec::sums::SumHead;
 
 struct Mem {
@@ -448,4 +449,92 @@ fn flood_of_requests_pauses_reading() {
         assert!(rounds < 10_000);
     }
     assert!(tx.progress().files_sent > 1000);
+}
+
+/// Protocols 27–29 (openrsync's daemon, stock 2.6.x): our output is the bare stream (no
+/// frames), indexes are int32s, item flags travel from 29 on, hard links as dev/ino pairs,
+/// the list's io_error as an int32 after it, MD4 whole-file sums seeded first; the phases
+/// end after three DONEs at 29 and two below. A file that cannot be opened gets no reply
+/// and nothing out of band.
+#[test]
+fn old_protocols_send_a_bare_stream() {
+    for (protocol, fail) in [(29u32, &b""[..]), (28, b""), (27, b""), (29, b"a")] {
+        let neg = Negotiated {
+            protocol,
+            compat_flags: 0,
+            checksum: ChecksumKind::Md4Old,
+            seed: 7,
+            motd: Vec::new(),
+            motd_dropped: 0,
+        };
+        let opts = SenderOptions {
+            hard_links: true,
+            ..SenderOptions::default()
+        };
+        let mut tx: ClientSender<Mem> = ClientSender::new(neg, opts, list(), 0).unwrap();
+        let mut src = Mem { fail_open: fail };
+        let mut gen = Vec::new();
+        put_i32(&mut gen, 1); // sorted 1 = `a`, whatever the sort
+        if protocol >= 29 {
+            gen.extend_from_slice(&ITEM_TRANSFER.to_le_bytes());
+        }
+        gen.extend_from_slice(&[0; 16]);
+        let dones = if protocol >= 29 { 4 } else { 3 };
+        for _ in 0..dones {
+            put_i32(&mut gen, NDX_DONE);
+        }
+        let mut wire = Vec::new();
+        let mut outcome = None;
+        for b in mux(&gen) {
+            tx.feed(&[b]).unwrap();
+            if let Status::Finished(o) = tx.step(&mut src).unwrap() {
+                outcome = Some(*o);
+            }
+            wire.extend(tx.take_output());
+        }
+        let o = outcome.expect("finished");
+        tx.keepalive();
+        assert!(tx.take_output().is_empty(), "no keep-alive frame below 30");
+
+        let mut dec =
+            FlistDecoder::new(FlistOptions::archive(protocol, 0, true), Limits::default());
+        let mut got: Vec<FileEntry> = Vec::new();
+        let mut at = 0;
+        loop {
+            let (item, n) = dec.decode(&wire[at..], &got).unwrap().complete().unwrap();
+            at += n;
+            match item {
+                FlistItem::Entry(e) => got.push(e),
+                FlistItem::End { .. } => break,
+            }
+        }
+        assert_eq!(got.len(), 5, "{protocol}");
+        assert_eq!(got[1].hard_link, got[3].hard_link, "{protocol}");
+        assert!(matches!(got[1].hard_link, HardLink::DevIno { .. }));
+        let mut want = 0i32.to_le_bytes().to_vec(); // the list's io_error
+        if fail.is_empty() {
+            want.extend_from_slice(&1i32.to_le_bytes());
+            if protocol >= 29 {
+                want.extend_from_slice(&ITEM_TRANSFER.to_le_bytes());
+            }
+            want.extend_from_slice(&[0; 16]);
+            let a = content_of(&list()[4]);
+            want.extend_from_slice(&(a.len() as i32).to_le_bytes());
+            want.extend_from_slice(&a);
+            want.extend_from_slice(&0i32.to_le_bytes());
+            let mut h = FileHasher::new(ChecksumKind::Md4Old, 7);
+            h.update(&a);
+            want.extend_from_slice(&h.finish());
+        }
+        for _ in 0..dones - 1 {
+            want.extend_from_slice(&NDX_DONE.to_le_bytes());
+        }
+        assert_eq!(&wire[at..], &want[..], "{protocol} {fail:?}");
+        if fail.is_empty() {
+            assert_eq!(o.exit_code, 0);
+        } else {
+            assert_eq!(o.failed, ["a"]);
+            assert_eq!(o.exit_code, RERR_VANISHED);
+        }
+    }
 }

@@ -26,8 +26,15 @@ use crate::session::Step;
 
 /// The last phase that may carry transfer requests (1 = the redo phase).
 const LAST_TRANSFER_PHASE: u32 = 1;
-/// `NDX_DONE`s the generator sends before the sender leaves its loop (protocol 29+).
-const MAX_PHASE: u32 = 2;
+/// `NDX_DONE`s the generator sends before the sender leaves its loop: 29 added the
+/// delay-updates phase to phase 0 and the redo phase.
+fn max_phase(protocol: u32) -> u32 {
+    if protocol >= 29 {
+        2
+    } else {
+        1
+    }
+}
 
 /// One request's item fields, echoed in the reply.
 #[derive(Debug, Clone)]
@@ -122,7 +129,7 @@ impl<C: super::FileContent> TransferPhase<C> {
                     }
                     Some(NDX_DONE) => {
                         self.phase += 1;
-                        if self.phase > MAX_PHASE {
+                        if self.phase > max_phase(p) {
                             return Ok(Step::Next(self.end_of_transfer(ctx)));
                         }
                         ctx.send_ndx(NDX_DONE);
@@ -134,11 +141,29 @@ impl<C: super::FileContent> TransferPhase<C> {
                             reason: "negative index without incremental recursion",
                         })
                     }
+                    // 29's keep-alive names the index past the list (checked with its
+                    // item flags below).
+                    Some(n) if p == 29 && n as usize == ctx.list.entries.len() => {
+                        Req::Attrs { ndx: n as u32 }
+                    }
                     Some(n) => {
                         if n as usize >= ctx.list.entries.len() {
                             return Err(DecodeError::BadNdx(n.into()).into());
                         }
-                        Req::Attrs { ndx: n as u32 }
+                        if p < 29 {
+                            // No item flags before 29: every request is a transfer.
+                            let item = Item {
+                                ndx: n as u32,
+                                iflags: ITEM_TRANSFER,
+                                basis_type: None,
+                                xname: None,
+                            };
+                            self.check_transfer(ctx, item.ndx)?;
+                            ctx.outcome.progress.files_requested += 1;
+                            Req::Head { item }
+                        } else {
+                            Req::Attrs { ndx: n as u32 }
+                        }
                     }
                 },
                 Req::Attrs { ndx } => {
@@ -163,6 +188,12 @@ impl<C: super::FileContent> TransferPhase<C> {
                         self.req = Req::Attrs { ndx };
                         return Ok(Step::NeedInput);
                     };
+                    if ndx as usize == ctx.list.entries.len() {
+                        if iflags == ITEM_IS_NEW && basis_type.is_none() && xname.is_none() {
+                            continue;
+                        }
+                        return Err(DecodeError::BadNdx(ndx.into()).into());
+                    }
                     let item = Item {
                         ndx,
                         iflags,
@@ -322,7 +353,8 @@ impl<C: super::FileContent> TransferPhase<C> {
                 } else {
                     IOERR_GENERAL
                 };
-                // No reply follows: the receiver must not wait for one (spec §6.6).
+                // No reply follows: the receiver must not wait for one (spec §6.6). Below
+                // 30 it cannot be told; it finds the file missing at the end, as with stock.
                 ctx.send_msg(MsgTag::NoSend, &(item.ndx as i32).to_le_bytes());
                 Req::Ndx
             }
@@ -388,9 +420,14 @@ fn read_sums(ctx: &mut Ctx, table: &mut BlockTable) {
     ctx.spend((n * per) as u64);
 }
 
-/// Index, item flags and their optional fields, as a reply starts (protocol 29+).
+/// Index, item flags and their optional fields, as a reply starts (the flags and fields
+/// from protocol 29 on).
 fn write_item(ctx: &mut Ctx, item: &Item) {
     ctx.send_ndx(item.ndx as i32);
+    if ctx.neg.protocol < 29 {
+        ctx.sent();
+        return;
+    }
     let out = ctx.pending_mut();
     put_u16(out, item.iflags);
     if let Some(t) = item.basis_type {
