@@ -28,6 +28,9 @@ const SYMLINKS: usize = 30;
 /// One file in this many is changed per `changed` backup.
 const CHANGE_EVERY: usize = 100;
 const SOURCE: &str = "data";
+/// The daemon counts as idle after a window in which it used at most one clock tick of CPU.
+const IDLE_WINDOW: Duration = Duration::from_millis(200);
+const IDLE_BOUND: Duration = Duration::from_secs(120);
 
 /// Text-like bytes: letters drawn with English-like frequencies, so they compress as prose
 /// does, not as runs of one byte.
@@ -115,6 +118,38 @@ fn change_one_percent(root: &Path, round: usize) {
     }
 }
 
+/// CPU clock ticks `pid` has used, all threads.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime: fields 14 and 15 of proc(5), counted from the state after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Waits until `pid` is idle: the daemon's GC after a backup (compressing what the adaptive
+/// mode stored raw) runs after the session and must not slow the next timed backup.
+fn wait_idle(pid: u32) {
+    let deadline = Instant::now() + IDLE_BOUND;
+    let mut before = cpu_ticks(pid);
+    loop {
+        std::thread::sleep(IDLE_WINDOW);
+        let now = cpu_ticks(pid);
+        if now - before <= 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon stayed busy for {IDLE_BOUND:?}"
+        );
+        before = now;
+    }
+}
+
 struct Setup {
     coordinator: Coordinator,
     storage: StorageDaemon,
@@ -152,6 +187,7 @@ impl Setup {
         let out = self.agent.ping(&self.storage, &self.rsyncd);
         let took = started.elapsed();
         assert_ping_ok(&out);
+        wait_idle(self.storage.pid().unwrap());
         took
     }
 
