@@ -258,7 +258,8 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     assert_eq!(groups(&a), groups(&b), "hard-link sets differ");
 }
 
-/// Runs stock rsync as the judge: a checksum dry run that must print nothing.
+/// Runs stock rsync as the judge: a checksum dry run that must print nothing, with
+/// `--delete` so an entry only `actual` has shows up as a `*deleting` line.
 pub fn assert_rsync_sees_no_difference(expected: &Path, actual: &Path) {
     let rsync = require_binary("rsync");
     let mut src = expected.as_os_str().to_os_string();
@@ -266,7 +267,7 @@ pub fn assert_rsync_sees_no_difference(expected: &Path, actual: &Path) {
     let mut dst = actual.as_os_str().to_os_string();
     dst.push("/");
     let out = Command::new(rsync)
-        .args(["-ani", "--checksum", "-H", "--numeric-ids"])
+        .args(["-ani", "--checksum", "-H", "--numeric-ids", "--delete"])
         .args(if is_root() { vec!["-D"] } else { vec![] })
         .arg(&src)
         .arg(&dst)
@@ -282,6 +283,44 @@ pub fn assert_rsync_sees_no_difference(expected: &Path, actual: &Path) {
         listing.trim().is_empty(),
         "rsync sees differences:\n{listing}"
     );
+}
+
+/// Bytes of the pack files below `store/packs` (their lengths), a witness of what a store
+/// holds that does not go through the store's own accounting.
+pub fn pack_files_bytes(store: &Path) -> u64 {
+    files_under(&store.join("packs"))
+        .iter()
+        .map(|(_, m)| m.len())
+        .sum()
+}
+
+/// Bytes the file system gives to the files below `dir` (allocated blocks, as `du`), so a
+/// preallocated or partly written file counts for what it takes from the disk.
+pub fn disk_usage(dir: &Path) -> u64 {
+    files_under(dir).iter().map(|(_, m)| m.blocks() * 512).sum()
+}
+
+/// Every non-directory entry below `dir` with its `lstat`; none when `dir` is missing.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        // A store at work removes files as we walk (GC, a renamed temp pack): skip those.
+        for entry in entries.flatten() {
+            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                found.push((entry.path(), meta));
+            }
+        }
+    }
+    found
 }
 
 /// A file of `len` deterministic pseudo-random bytes.

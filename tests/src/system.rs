@@ -1165,8 +1165,10 @@ impl Agent {
         v["machine_uuid"].as_str().unwrap().to_owned()
     }
 
-    /// Anything the agent left in its TMPDIR or lock dir, and any rsync daemon still
-    /// running with a config from its TMPDIR.
+    /// Anything the agent left in its TMPDIR or lock dir, and any process still running
+    /// whose command line names its TMPDIR (its rsync daemon and the children it forks,
+    /// its ssh with the session's config files there), polled within a bound since a
+    /// process may take a moment to go after its parent.
     pub fn assert_nothing_left(&self) {
         let left: Vec<_> = std::fs::read_dir(&self.tmp)
             .unwrap()
@@ -1178,11 +1180,18 @@ impl Agent {
             .map(|e| e.unwrap().path())
             .collect();
         assert!(locks.is_empty(), "lock files left: {locks:?}");
-        eventually(
-            "the agent's rsync daemons are gone",
-            Duration::from_secs(10),
-            || daemons_with(&self.tmp).is_empty(),
-        );
+        let deadline = Instant::now() + AGENT_LEFTOVERS_BOUND;
+        loop {
+            let running = processes_mentioning(&self.tmp);
+            if running.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent's processes still run after {AGENT_LEFTOVERS_BOUND:?}: {running:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -1190,15 +1199,13 @@ impl Agent {
     /// `turku-agent ping --restore` in its own process group (as from a terminal), once it
     /// has printed the storage's restore command and `storage` has registered the session.
     pub fn enter_restore_mode(&self, storage: &StorageDaemon) -> RestoreMode {
-        use std::os::unix::process::CommandExt as _;
         let before = storage.log().matches("Restore mode active on port").count();
-        let mut child = self
-            .command(&["ping", "--restore"])
-            .process_group(0)
-            .spawn()
-            .expect("turku-agent ping --restore");
+        let mut child = ProcessGroup::spawn(
+            self.command(&["ping", "--restore"]),
+            "turku-agent ping --restore",
+        );
         // The listing and instructions go to stderr, as the original logs them.
-        let said = child.stderr.take().expect("stderr");
+        let said = child.child_mut().stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -1247,7 +1254,7 @@ const RESTORE_MODE_BOUND: Duration = Duration::from_secs(120);
 /// An agent in restore mode, with the credentials it printed for the storage's operator.
 #[derive(Debug)]
 pub struct RestoreMode {
-    child: Child,
+    child: ProcessGroup,
     lines: std::sync::mpsc::Receiver<String>,
     /// The `turku-storage restore ...` line as printed.
     pub command: String,
@@ -1284,10 +1291,9 @@ impl RestoreMode {
 
     /// Ends restore mode with a Ctrl-C to its whole process group, as from a terminal;
     /// asserts it exits 0 saying it finished. Returns its exit and stdout.
-    pub fn end(self) -> Output {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-        let done = wait_bounded(self.child, RESTORE_MODE_BOUND, "restore mode");
+    pub fn end(mut self) -> Output {
+        self.child.signal(nix::sys::signal::Signal::SIGINT);
+        let done = self.child.wait(RESTORE_MODE_BOUND, "restore mode");
         assert!(
             done.status.success(),
             "restore mode ended: {:?}",
@@ -1300,7 +1306,101 @@ impl RestoreMode {
     }
 }
 
-/// Pids of processes whose command line mentions `dir`.
+/// A child leading a process group of its own. Dropped before [`ProcessGroup::wait`]
+/// returned, it kills the whole group with SIGKILL (and reaps the leader): a test that
+/// panics between spawning a program and waiting for it leaves neither the program nor
+/// anything it started in its group running. Once waited for, the group is left alone, so
+/// the test's own checks see whatever outlived the leader.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    child: Option<Child>,
+    group: nix::unistd::Pid,
+    waited: bool,
+}
+
+impl ProcessGroup {
+    /// Spawns `command` as the leader of a new process group.
+    pub fn spawn(mut command: Command, what: &str) -> ProcessGroup {
+        use std::os::unix::process::CommandExt as _;
+        let child = command
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
+        ProcessGroup {
+            child: Some(child),
+            group,
+            waited: false,
+        }
+    }
+
+    /// The leader's pid, which is also the group's id.
+    pub fn id(&self) -> u32 {
+        self.group.as_raw() as u32
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("the leader is not yet waited for")
+    }
+
+    /// Sends `signal` to the whole group.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::killpg(self.group, signal).expect("signal the process group");
+    }
+
+    /// [`wait_bounded`] for the leader; past the bound the group is killed too (on drop).
+    pub fn wait(&mut self, bound: Duration, what: &str) -> Output {
+        let child = self.child.take().expect("the leader is not yet waited for");
+        let out = wait_bounded(child, bound, what);
+        self.waited = true;
+        out
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if self.waited {
+            return;
+        }
+        // Also when a failed bounded wait already reaped the leader: what it started in its
+        // group goes with it.
+        let _ = nix::sys::signal::killpg(self.group, nix::sys::signal::Signal::SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Bound on the processes an agent started going away after it ended.
+const AGENT_LEFTOVERS_BOUND: Duration = Duration::from_secs(10);
+
+/// Live processes whose command line mentions `dir`, with their command lines (NULs as
+/// spaces). A zombie has an empty command line: it runs nothing any more.
+pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(&needle) {
+            found.push((pid, text));
+        }
+    }
+    found
+}
+
+/// Pids of rsync daemons whose command line mentions `dir`.
 pub fn daemons_with(dir: &Path) -> Vec<u32> {
     let needle = dir.display().to_string();
     let mut pids = Vec::new();
