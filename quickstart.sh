@@ -507,18 +507,20 @@ fi
 snapshot_lines() { "$storage" --store "$store" snapshots --machine "$uuid" --source "$source_name" 2>/dev/null || true; }
 
 backup() {
-    local what=$1 before after line
-    before=$(snapshot_lines | wc -l)
+    local what=$1 before line
+    # The snapshot this ping makes is the one not there before: retention may delete older
+    # ones meanwhile (a rerun days later), and same-second names sort by their random suffix.
+    before=$(snapshot_lines | cut -f3)
     manage backup-now "$uuid" "$source_name" >/dev/null || die "turku-api backup-now failed"
     step "$what: turku-agent ping (agent -> ssh -R -> storage's SSH server -> rsync -> store)" \
         "$data/logs/agent.log" env TMPDIR="$data/agent/tmp" "$agent" -c "$agent_etc" ping ||
         { tail -n 20 "$data/logs/agent.log" >&2; die "the backup failed; logs: $data/logs/agent.log, $storage_log"; }
-    after=$(snapshot_lines | wc -l)
-    if [ "$after" -le "$before" ]; then
+    line=$(awk -F '\t' 'NR == FNR { seen[$0] = 1; next } !($3 in seen)' \
+        <(printf '%s\n' "$before") <(snapshot_lines) | sort -t $'\t' -k4,4 | tail -n 1)
+    if [ -z "$line" ]; then
         tail -n 20 "$data/logs/agent.log" >&2
         die "the ping ended but no snapshot appeared; logs: $data/logs/agent.log, $storage_log"
     fi
-    line=$(snapshot_lines | tail -n 1)
     local name files bytes new
     name=$(cut -f3 <<<"$line")
     files=$(cut -f5 <<<"$line" | cut -d' ' -f1)

@@ -38,6 +38,41 @@ fn bin_dir(work: &Path) -> PathBuf {
     dir
 }
 
+/// A bin dir like [`bin_dir`] whose `turku-storage` is a shell wrapper: `prelude` (bash) runs
+/// first, then the real program with the same arguments. Lets a test steer the storage's
+/// clock or make a start fail without touching the script.
+fn wrapped_bin_dir(work: &Path, prelude: &str) -> PathBuf {
+    let dir = work.join("wrapped-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for binary in [turku_api_binary(), turku_agent_binary()] {
+        std::os::unix::fs::symlink(&binary, dir.join(binary.file_name().unwrap())).unwrap();
+    }
+    let wrapper = dir.join("turku-storage");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\n{prelude}\nexec {:?} \"$@\"\n",
+            turku_storage_binary()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// The two snapshot names a run reports on its `done: snapshots A and B made` line.
+fn reported_snapshots(text: &str) -> (String, String) {
+    let line = text
+        .lines()
+        .find_map(|l| l.split("done: snapshots ").nth(1))
+        .unwrap_or_else(|| panic!("no done line\n{text}"));
+    let mut words = line.split(' ');
+    let first = words.next().unwrap().to_owned();
+    assert_eq!(words.next(), Some("and"), "{text}");
+    (first, words.next().unwrap().to_owned())
+}
+
 /// A tree with every kind of entry and names, backdated so a restore within the same second
 /// still carries the recorded mtimes.
 fn source_tree(work: &Path) -> PathBuf {
@@ -299,4 +334,85 @@ fn a_run_killed_with_sigkill_does_not_break_the_next_run() {
     );
     assert!(text.contains("restore verified"), "{text}");
     assert_nothing_left(&data, &text);
+}
+
+#[test]
+fn a_rerun_days_later_reports_the_new_snapshots_though_retention_deleted_old_ones() {
+    let work = tempfile::tempdir().unwrap();
+    let clock = work.path().join("clock");
+    // The storage's clock stands still (both backups of a run in one second: names then
+    // differ only by their random suffix) and jumps 40 days between the runs (retention,
+    // "last 5 days, earliest of month", then deletes one of the first run's snapshots).
+    let bin = wrapped_bin_dir(work.path(), &format!("export TURKU_CLOCK_FILE={clock:?}"));
+    let source = source_tree(work.path());
+    let data = work.path().join("data");
+    let _guard = KillLeftovers(data.clone());
+
+    std::fs::write(&clock, "2024-03-01T10:00:00Z").unwrap();
+    let (out, text) = run(&bin, &data, &source);
+    assert!(out.status.success(), "first run: {:?}\n{text}", out.status);
+    let first = snapshots(&data);
+    assert_eq!(first.len(), 2, "{first:?}\n{text}");
+    let (a, b) = reported_snapshots(&text);
+    assert_ne!(a, b, "the run reported one snapshot twice\n{text}");
+    assert_eq!(
+        [a, b].iter().collect::<std::collections::BTreeSet<_>>(),
+        first.iter().collect(),
+        "{text}"
+    );
+
+    std::fs::write(&clock, "2024-04-10T10:00:00Z").unwrap();
+    let (out, text) = run(&bin, &data, &source);
+    assert!(out.status.success(), "second run: {:?}\n{text}", out.status);
+    let second = snapshots(&data);
+    assert!(
+        first.iter().any(|name| !second.contains(name)),
+        "retention deleted nothing, the test shows nothing: {second:?}\n{text}"
+    );
+    let (c, d) = reported_snapshots(&text);
+    assert_ne!(c, d, "{text}");
+    for name in [&c, &d] {
+        assert!(
+            second.contains(name),
+            "{name} not in the store {second:?}\n{text}"
+        );
+        assert!(!first.contains(name), "{name} is the first run's\n{text}");
+    }
+}
+
+#[test]
+fn a_rerun_retries_another_port_when_the_storage_loses_the_bind_race() {
+    let work = tempfile::tempdir().unwrap();
+    let lose = work.path().join("lose-next-bind");
+    // The first `serve` after the flag appears fails as a lost race for the port would.
+    let bin = wrapped_bin_dir(
+        work.path(),
+        &format!(
+            "if [ \"${{@: -1}}\" = serve ] && rm {lose:?} 2>/dev/null; then\n\
+             echo 'Error: binding 127.0.0.1: Address already in use (os error 98)' >&2; exit 1; fi"
+        ),
+    );
+    let source = source_tree(work.path());
+    let data = work.path().join("data");
+    let _guard = KillLeftovers(data.clone());
+
+    let (out, text) = run(&bin, &data, &source);
+    assert!(out.status.success(), "first run: {:?}\n{text}", out.status);
+    assert!(!text.contains("trying another"), "{text}");
+
+    // The first run's log says "listening on": the rerun must not take that for its own.
+    std::fs::write(&lose, "").unwrap();
+    let (out, text) = run(&bin, &data, &source);
+    assert!(out.status.success(), "second run: {:?}\n{text}", out.status);
+    assert!(!lose.exists(), "the wrapper never ran serve\n{text}");
+    assert!(text.contains("trying another"), "{text}");
+    assert!(text.contains("restore verified"), "{text}");
+    // This run's logs hold this run only.
+    assert_eq!(
+        std::fs::read_to_string(data.join("logs/storage.log"))
+            .unwrap()
+            .matches("listening on")
+            .count(),
+        1
+    );
 }
