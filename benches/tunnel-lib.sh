@@ -19,8 +19,11 @@ need() { # COMMAND PACKAGE
 }
 
 build_release() { # NO_BUILD=1: use the release binaries as they are
-    [ -n "${NO_BUILD:-}" ] || (cd "$here" && cargo build --release -q --locked -p turku-storage \
-        -p turku-coordinator --bin turku-storage --bin turku-api)
+    # The same packages and binaries as quickstart.sh builds, so one build serves both (a
+    # different selection can unify features differently and rebuild dependencies).
+    [ -n "${NO_BUILD:-}" ] || (cd "$here" && cargo build --release -q --locked \
+        -p turku-coordinator --bin turku-api -p turku-storage --bin turku-storage \
+        -p turku-agent --bin turku-agent)
     turku="${CARGO_TARGET_DIR:-$here/target}/release/turku-storage"
     turku_api="${CARGO_TARGET_DIR:-$here/target}/release/turku-api"
 }
