@@ -279,6 +279,12 @@ human() {
                    fmt = i == 1 ? "%d %s" : "%.1f %s"; printf fmt, b, u[i] }'
 }
 
+# Moves $1 aside to $1.1 (replacing an older one): a wait for a line must never match an
+# earlier run's (logs are appended to), nor an earlier attempt's.
+rotate_log() {
+    if [ -e "$1" ]; then mv -f -- "$1" "$1.1"; fi
+}
+
 # Earlier restores: a restored tree may hold read-only folders, which rm cannot empty.
 remove_restores() {
     [ -d "$data/restores" ] || return 0
@@ -323,6 +329,7 @@ exec {lockfd}>"$data/run/lock"
 flock -n "$lockfd" || die "another quickstart.sh is running with $data"
 sweep
 rm -f "$data"/run/*.pid
+for log in "$data"/logs/*.log; do rotate_log "$log"; done
 if [ $fresh = 1 ]; then
     say "--fresh: removing the previous coordinator database, store, keys and restores"
     remove_restores
@@ -445,6 +452,7 @@ for attempt in $(seq $PORT_ATTEMPTS); do
     write_storage_config "$ssh_port"
     "$storage" -c "$storage_etc" update-config >>"$data/logs/storage-update-config.log" 2>&1 ||
         { tail -n 20 "$data/logs/storage-update-config.log" >&2; die "turku-storage update-config failed"; }
+    rotate_log "$storage_log"
     spawn storage "$storage_log" env TURKU_LOG=info NO_COLOR=1 "$storage" -c "$storage_etc" serve
     if wait_for_line storage "$storage_log" '^listening on ' "the storage daemon"; then
         storage_started=1
