@@ -22,6 +22,8 @@ pub enum SessionError {
     BadModuleName(String),
     #[error("path {0:?} cannot go into rsyncd.conf (`%`, control characters, outer blanks or a trailing backslash)")]
     BadPath(String),
+    #[error("path {0:?} cannot be given to ssh (it expands `${{...}}` in file names and has no escape for it; control characters and non-UTF-8 names are refused too)")]
+    BadSshPath(String),
 }
 
 /// One module of the private daemon.
@@ -164,7 +166,38 @@ pub fn known_hosts(storage: &StorageEndpoint) -> String {
         .collect()
 }
 
+/// A file name as ssh reads it back after its own expansions: ssh expands `%x` tokens and
+/// `${VAR}` in known_hosts and identity file names (whether from `-o` or a config file)
+/// and `~` at their start. `%` is written `%%`; a relative name gets `./` so that no
+/// leading `~` (or a name `none`) is taken for something else; `${` has no escape.
+fn ssh_file_name(path: &Path) -> Result<String, SessionError> {
+    let refused = || SessionError::BadSshPath(path.display().to_string());
+    let text = path.to_str().ok_or_else(refused)?;
+    if text.is_empty() || text.contains("${") || text.chars().any(char::is_control) {
+        return Err(refused());
+    }
+    let anchored = if path.is_absolute() {
+        text.to_owned()
+    } else {
+        format!("./{text}")
+    };
+    Ok(anchored.replace('%', "%%"))
+}
+
+/// The value of an `-o` option that names a file: ssh splits such values into words at
+/// blanks and takes quotes and backslashes as its config file does (OpenSSH's `argv_split`:
+/// inside double quotes `\"` and `\\` stand for `"` and `\`, any other backslash is kept),
+/// so a blank or quote in `TMPDIR` would otherwise change the option's meaning.
+fn ssh_option_file_value(path: &Path) -> Result<String, SessionError> {
+    let name = ssh_file_name(path)?;
+    Ok(format!(
+        "\"{}\"",
+        name.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
+}
+
 /// The original's ssh command line after the configured prefix, fresh for each session (B6).
+/// Fails only for file names ssh cannot be given at all ([`ssh_file_name`]).
 pub fn ssh_argv(
     prefix: &[String],
     known_hosts: &Path,
@@ -172,20 +205,22 @@ pub fn ssh_argv(
     local_address: &str,
     port: u16,
     storage: &StorageEndpoint,
-) -> Vec<String> {
+) -> Result<Vec<String>, SessionError> {
     let mut argv = prefix.to_vec();
     argv.extend([
         "-T".to_owned(),
         "-o".into(),
         "BatchMode=yes".into(),
         "-o".into(),
-        format!("UserKnownHostsFile={}", known_hosts.display()),
+        format!("UserKnownHostsFile={}", ssh_option_file_value(known_hosts)?),
         "-o".into(),
         "StrictHostKeyChecking=yes".into(),
         "-o".into(),
         "CheckHostIP=no".into(),
-        "-i".into(),
-        private_key.display().to_string(),
+        // Not `-i`: ssh checks that file before expanding `%` in its name, and drops it
+        // when the unexpanded name does not exist.
+        "-o".into(),
+        format!("IdentityFile={}", ssh_option_file_value(private_key)?),
         "-R".into(),
         format!("{port}:{local_address}:{port}"),
         "-p".into(),
@@ -195,7 +230,7 @@ pub fn ssh_argv(
         storage.ssh_ping_host.clone(),
         REMOTE_COMMAND.into(),
     ]);
-    argv
+    Ok(argv)
 }
 
 /// The backup request: JSON (as Python's `json.dumps` writes it), then a `.` line.
@@ -447,7 +482,8 @@ mod tests {
             "127.0.0.1",
             50001,
             &storage("a", 22),
-        );
+        )
+        .unwrap();
         let b = ssh_argv(
             &prefix,
             Path::new("/t/kh2"),
@@ -455,7 +491,8 @@ mod tests {
             "127.0.0.1",
             50002,
             &storage("b", 2222),
-        );
+        )
+        .unwrap();
         assert_eq!(
             a,
             [
@@ -465,13 +502,13 @@ mod tests {
                 "-o",
                 "BatchMode=yes",
                 "-o",
-                "UserKnownHostsFile=/t/kh1",
+                "UserKnownHostsFile=\"/t/kh1\"",
                 "-o",
                 "StrictHostKeyChecking=yes",
                 "-o",
                 "CheckHostIP=no",
-                "-i",
-                "/v/ssh_key",
+                "-o",
+                "IdentityFile=\"/v/ssh_key\"",
                 "-R",
                 "50001:127.0.0.1:50001",
                 "-p",
@@ -484,7 +521,7 @@ mod tests {
         );
         assert_eq!(b.len(), a.len());
         assert!(
-            b.contains(&"UserKnownHostsFile=/t/kh2".to_owned())
+            b.contains(&"UserKnownHostsFile=\"/t/kh2\"".to_owned())
                 && !b.iter().any(|w| w.contains("kh1"))
         );
         assert_eq!(prefix.len(), 2);
@@ -498,6 +535,40 @@ mod tests {
                 "--config=/t/rsyncd.conf"
             ]
         );
+    }
+
+    #[test]
+    fn file_names_reach_ssh_as_written() {
+        let argv = ssh_argv(
+            &[],
+            Path::new("/tmp/a b\"c'd\\e%f/known_hosts"),
+            Path::new("var dir/%h/ssh_key"),
+            "127.0.0.1",
+            50001,
+            &storage("a", 22),
+        )
+        .unwrap();
+        assert_eq!(
+            argv[4],
+            "UserKnownHostsFile=\"/tmp/a b\\\"c'd\\\\e%%f/known_hosts\""
+        );
+        assert_eq!(argv[10], "IdentityFile=\"./var dir/%%h/ssh_key\"");
+        for bad in ["/tmp/${HOME}/kh", "/tmp/a\nb/kh", ""] {
+            assert!(
+                matches!(
+                    ssh_argv(
+                        &[],
+                        Path::new(bad),
+                        Path::new("/k"),
+                        "::1",
+                        1,
+                        &storage("a", 22)
+                    ),
+                    Err(SessionError::BadSshPath(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

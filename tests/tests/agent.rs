@@ -501,3 +501,32 @@ fn a_ping_before_registration_is_silent() {
         stderr(&out)
     );
 }
+
+/// ssh splits the file names of `-o` options at blanks, takes quotes as its config file does
+/// and expands `%` in known_hosts and key names: an agent whose TMPDIR (the pinned
+/// known_hosts) and var_dir (its key) have blanks, quotes and a `%` still backs up.
+#[test]
+fn blanks_quotes_and_percent_in_tmpdir_and_var_dir_reach_ssh_intact() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(&coordinator, "storage-awkward-dirs", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data");
+    std::fs::create_dir(&tree).unwrap();
+    random_file(&tree.join("f"), 1, 4096);
+    let mut agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
+    let awkward = work.path().join("it's a \"dir\" \\ here");
+    agent.tmp = awkward.join("tmp  dir");
+    agent.var = awkward.join("var 100%h");
+    std::fs::create_dir_all(&agent.tmp).unwrap();
+    agent.write_config(serde_json::json!({
+        "api_url": coordinator.url.trim_end_matches('/'),
+        "api_auth_name": turku_api_types::constants::defaults::MACHINE_AUTH_NAME,
+        "api_auth_secret": coordinator.machine_registration(),
+        "var_dir": agent.var,
+        "lock_dir": agent.lock,
+        "restore_path": agent.restore,
+        "unit_name": "agent-test",
+    }));
+    register_and_back_up(&coordinator, &storage, &agent);
+    agent.assert_nothing_left();
+}

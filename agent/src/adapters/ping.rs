@@ -275,7 +275,7 @@ fn session(
         &config.rsyncd_local_address,
         port,
         storage,
-    );
+    )?;
     tracing::debug!("running {argv:?}");
     // Last point before the storage is asked to start: a signal by now ends the session
     // unstarted (the daemon and the private directory go with their guards).
