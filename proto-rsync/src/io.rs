@@ -41,7 +41,7 @@ pub struct PullConfig {
     pub hard_links: bool,
     /// Filter rules in rsync syntax (`"- *.tmp"`, `"+ dir/"`).
     pub filter_rules: Vec<String>,
-    /// Highest protocol to announce (30, 31 or 32).
+    /// Highest protocol to announce (27–32); the daemon may settle on a lower one.
     pub protocol: u32,
     /// Send an empty data frame after this much write silence (once the list is in).
     pub keepalive: Duration,
@@ -662,7 +662,7 @@ pub struct PushConfig {
     pub delete: bool,
     /// Filter rules sent with `--delete` (e.g. `"P keep/"`); ignored without it.
     pub filter_rules: Vec<String>,
-    /// Highest protocol to announce (30, 31 or 32).
+    /// Highest protocol to announce (27–32); the daemon may settle on a lower one.
     pub protocol: u32,
     /// Send an empty data frame after this much write silence (once the list is out).
     pub keepalive: Duration,

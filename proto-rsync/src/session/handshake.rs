@@ -16,7 +16,7 @@ use crate::limits::Limits;
 #[derive(Debug, Clone)]
 pub struct HandshakeOptions {
     pub args: ServerArgs,
-    /// Highest protocol to announce (30–32); lower values force an older session.
+    /// Highest protocol to announce (27–32); lower values force an older session.
     pub protocol: u32,
     pub user: String,
     /// Redacted in `Debug`.
