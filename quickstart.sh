@@ -342,6 +342,24 @@ mkdir -p "$data/coordinator" "$data/storage/etc/config.d" "$data/storage/var" "$
 # Private: secrets, keys, and restores that may hold setuid files and devices as backed up.
 chmod 700 "$data/coordinator" "$data/storage" "$data/agent" "$data/restores"
 
+# ssh is given the agent's files (its key, known_hosts under TMPDIR) in -o options, which it
+# splits at blanks, unquotes and %-expands: when the data dir's path holds such characters
+# the agent sees the data dir through a link with a plain path, in a private dir of /tmp
+# kept for the by-hand commands and reused by the next run.
+agent_data=$data
+if [[ $data == *[[:space:]\"\'\\%\$]* ]]; then
+    alias_dir=$(cat "$data/run/agent-alias" 2>/dev/null || true)
+    if ! { [[ $alias_dir == /tmp/turku-quickstart.* ]] && [ -d "$alias_dir" ] && [ ! -L "$alias_dir" ] &&
+        [ -O "$alias_dir" ] && [ "$(stat -c %a "$alias_dir")" = 700 ] &&
+        [ "$(readlink -- "$alias_dir/data")" = "$data" ]; }; then
+        alias_dir=$(mktemp -d /tmp/turku-quickstart.XXXXXX) || die "cannot make a directory in /tmp"
+        ln -s -- "$data" "$alias_dir/data"
+        printf '%s\n' "$alias_dir" >"$data/run/agent-alias"
+    fi
+    agent_data=$alias_dir/data
+    say "the data dir's path has characters ssh splits or expands: the agent sees it as $agent_data (a link)"
+fi
+
 # ---------------------------------------------------------------- the source
 excludes=()
 if [ -z "$source_dir" ]; then
@@ -483,8 +501,8 @@ mkdir -p "$restore_dir"
   "api_auth_name": $(json_str "$MACHINE_AUTH_NAME"),
   "api_auth_secret": $(json_str "$machine_reg"),
   "unit_name": $(json_str "$UNIT_NAME"),
-  "var_dir": $(json_str "$data/agent/var"),
-  "lock_dir": $(json_str "$data/agent/lock"),
+  "var_dir": $(json_str "$agent_data/agent/var"),
+  "lock_dir": $(json_str "$agent_data/agent/lock"),
   "restore_path": $(json_str "$restore_dir")
 }
 EOF
@@ -500,7 +518,7 @@ cat >"$agent_etc/sources.d/10-quickstart.json" <<EOF
 EOF
 rm -f "$data/agent/excludes.json"
 # The agent's private rsync daemon config and ssh known_hosts go to its TMPDIR.
-run_agent() { env TMPDIR="$data/agent/tmp" "$agent" -c "$agent_etc" "$@"; }
+run_agent() { env TMPDIR="$agent_data/agent/tmp" "$agent" -c "$agent_etc" "$@"; }
 run_agent update-config >>"$data/logs/agent.log" 2>&1 ||
     { tail -n 20 "$data/logs/agent.log" >&2; die "turku-agent update-config failed; log: $data/logs/agent.log"; }
 uuid=$(sed -n 's/.*"machine_uuid"[^"]*"\([^"]*\)".*/\1/p' "$data/agent/var/config.d/10-machine_uuid.json")
@@ -521,7 +539,7 @@ backup() {
     before=$(snapshot_lines | cut -f3)
     manage backup-now "$uuid" "$source_name" >/dev/null || die "turku-api backup-now failed"
     step "$what: turku-agent ping (agent -> ssh -R -> storage's SSH server -> rsync -> store)" \
-        "$data/logs/agent.log" env TMPDIR="$data/agent/tmp" "$agent" -c "$agent_etc" ping ||
+        "$data/logs/agent.log" env TMPDIR="$agent_data/agent/tmp" "$agent" -c "$agent_etc" ping ||
         { tail -n 20 "$data/logs/agent.log" >&2; die "the backup failed; logs: $data/logs/agent.log, $storage_log"; }
     line=$(awk -F '\t' 'NR == FNR { seen[$0] = 1; next } !($3 in seen)' \
         <(printf '%s\n' "$before") <(snapshot_lines) | sort -t $'\t' -k4,4 | tail -n 1)
@@ -552,7 +570,7 @@ restore_log=$data/logs/restore-mode.log
 : >"$restore_log"
 say "restore mode: turku-agent ping --restore (restore path $restore_dir)"
 restores_before=$(grep -c 'Restore mode active on port' "$storage_log" || true)
-spawn restore-mode "$restore_log" env TMPDIR="$data/agent/tmp" "$agent" -c "$agent_etc" ping --restore
+spawn restore-mode "$restore_log" env TMPDIR="$agent_data/agent/tmp" "$agent" -c "$agent_etc" ping --restore
 wait_for_line restore-mode "$restore_log" 'turku-storage restore' "turku-agent ping --restore" ||
     { cat "$restore_log" >&2; die "restore mode ended early; log: $restore_log"; }
 restore_line=$(grep -m 1 'turku-storage restore' "$restore_log")
@@ -614,9 +632,9 @@ the coordinator at 127.0.0.1:$api_port and the storage's SSH port $ssh_port, so 
   $(q "$storage") -c $(q "$storage_etc") serve
   # a backup: make the source due, then the agent's ping
   $(q "$api") backup-now $uuid $(q "$source_name") --db $(q "$db")
-  TMPDIR=$(q "$data/agent/tmp") $(q "$agent") -c $(q "$agent_etc") ping
+  TMPDIR=$(q "$agent_data/agent/tmp") $(q "$agent") -c $(q "$agent_etc") ping
   # a restore: restore mode on the machine (prints user and password; Ctrl-C ends it) ...
-  TMPDIR=$(q "$data/agent/tmp") $(q "$agent") -c $(q "$agent_etc") ping --restore
+  TMPDIR=$(q "$agent_data/agent/tmp") $(q "$agent") -c $(q "$agent_etc") ping --restore
   # ... and the push from the storage unit
   RSYNC_PASSWORD=<password> $(q "$storage") -c $(q "$storage_etc") restore --machine $uuid --source $(q "$source_name") --user <user>
   # the store: snapshots, stats, export

@@ -416,3 +416,23 @@ fn a_rerun_retries_another_port_when_the_storage_loses_the_bind_race() {
         1
     );
 }
+
+#[test]
+fn a_data_dir_with_a_blank_and_a_quote_works() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = bin_dir(work.path());
+    let source = source_tree(work.path());
+    // ssh splits an `-o UserKnownHostsFile=` value at blanks and takes quotes as its config
+    // file does: the agent's files must not land under such a path.
+    let data = work.path().join("my \"data's\"");
+    let _guard = KillLeftovers(data.clone());
+
+    let (out, text) = run(&bin, &data, &source);
+    assert!(out.status.success(), "{:?}\n{text}", out.status);
+    assert!(text.contains("restore verified"), "{text}");
+    assert_eq!(snapshots(&data).len(), 2, "{text}");
+    assert_nothing_left(&data, &text);
+    // The link the agent saw the data dir through, kept for the by-hand commands.
+    let alias = std::fs::read_to_string(data.join("run/agent-alias")).unwrap();
+    std::fs::remove_dir_all(alias.trim_end()).unwrap();
+}
