@@ -114,7 +114,11 @@ pub mod limits {
 /// The launcher that starts the rsync daemon and ssh bound to the agent's life: the agent
 /// runs itself as `turku-agent LAUNCHER_ARG <agent pid> <path> <argv>...`, which arms the
 /// parent-death signal and becomes the program (arming it between fork and exec would need
-/// `pre_exec`, unsafe code, which the workspace forbids).
+/// `pre_exec`, unsafe code, which the workspace forbids). Linux only: it needs `/proc`.
+///
+/// The kernel clears the parent-death signal when it executes a setuid or setgid program (or
+/// one with file capabilities): an `rsyncd_command` or `ssh_command` that starts with such a
+/// wrapper (`sudo`, a setuid helper) does not die with the agent.
 pub mod launcher {
     /// The first argument that makes `turku-agent` the launcher; no subcommand looks like it.
     pub const LAUNCHER_ARG: &str = "--internal-run-bound-to-agent";
@@ -124,6 +128,9 @@ pub mod launcher {
     /// Where the running agent's own executable is, even after a package upgrade replaced
     /// the file.
     pub const OWN_EXECUTABLE: &str = "/proc/self/exe";
+    /// Where execvp looks for a bare program name when `PATH` is unset (glibc's
+    /// `confstr(_CS_PATH)`), so the agent finds what a direct spawn would.
+    pub const DEFAULT_SEARCH_PATH: &str = "/bin:/usr/bin";
 }
 
 /// Exit codes.
@@ -132,6 +139,9 @@ pub mod exit {
     pub const INTERRUPTED_SIGINT: u8 = 130;
     /// Interrupted by SIGTERM (128 + 15).
     pub const INTERRUPTED_SIGTERM: u8 = 143;
-    /// The launcher could not run the program (as a shell reports it).
-    pub const CANNOT_RUN: u8 = 127;
+    /// The launcher could not run the program (exec failed: EACCES, ENOEXEC, ...; it says
+    /// why on stderr). Not 127: the agent reads any other early exit of the rsync daemon as
+    /// "port taken" and draws another port; 126 is the shell's "found but cannot execute",
+    /// which neither rsync's daemon exit codes nor a wrapper script use for a taken port.
+    pub const LAUNCH_FAILED: u8 = 126;
 }

@@ -530,3 +530,31 @@ fn blanks_quotes_and_percent_in_tmpdir_and_var_dir_reach_ssh_intact() {
     register_and_back_up(&coordinator, &storage, &agent);
     agent.assert_nothing_left();
 }
+
+/// An rsync daemon that cannot be executed is reported at once with the OS's reason, not
+/// taken for a taken port and tried again on other ports.
+#[test]
+fn an_rsyncd_command_that_cannot_be_executed_is_reported_at_once() {
+    let coordinator = Coordinator::start();
+    let storage = StorageDaemon::start(&coordinator, "storage-noexec", serde_json::json!({}));
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("data");
+    std::fs::create_dir(&tree).unwrap();
+    random_file(&tree.join("f"), 1, 4096);
+    let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
+    let uuid = register_and_back_up(&coordinator, &storage, &agent);
+    let not_executable = work.path().join("rsync-without-x-bit");
+    std::fs::write(&not_executable, "#!/bin/sh\nexec rsync \"$@\"\n").unwrap();
+    let config_file = agent.etc.join("config.d/10-agent.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_file).unwrap()).unwrap();
+    config["rsyncd_command"] = serde_json::json!([not_executable]);
+    agent.write_config(config);
+    make_due(&coordinator, &uuid, "data");
+    let out = agent.run(&["ping"]);
+    let said = stderr(&out);
+    assert!(!out.status.success(), "{said}");
+    assert_eq!(said.matches("Permission denied").count(), 1, "{said}");
+    assert!(said.contains("cannot run the rsync daemon"), "{said}");
+    agent.assert_nothing_left();
+}

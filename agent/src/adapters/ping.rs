@@ -192,6 +192,10 @@ fn serve_storage(
         session(config, storage, &modules, checkin_request, |_| Ok(())).and_then(|waited| {
             match waited {
                 Waited::Exited(status) if status.success() => Ok(None),
+                Waited::Exited(status) if process::launch_failed(status) => Err(anyhow!(
+                    "cannot run ssh (see the launcher's message above; check ssh_command), \
+                     or the storage could not run its command ({status})"
+                )),
                 Waited::Exited(status) => Err(anyhow!(
                     "ssh to {}@{} port {} ended with {status}",
                     storage.ssh_ping_user,

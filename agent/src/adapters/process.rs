@@ -35,7 +35,8 @@ pub fn command(argv: &[String]) -> Result<Command> {
 /// found" is reported as for a direct spawn.
 pub fn bound_to_agent(argv: &[String], what: &str, setting: &str) -> Result<Command> {
     let (program, args) = argv.split_first().context("empty command")?;
-    let resolved = find_program(program).ok_or_else(|| {
+    let search_path = std::env::var_os("PATH");
+    let resolved = find_program(program, search_path.as_deref()).ok_or_else(|| {
         anyhow!("cannot run {what}: `{program}` was not found (install it, or set {setting})")
     })?;
     let mut command = Command::new(launcher::OWN_EXECUTABLE);
@@ -49,13 +50,14 @@ pub fn bound_to_agent(argv: &[String], what: &str, setting: &str) -> Result<Comm
     Ok(command)
 }
 
-/// `program` as exec would find it: a path as it is, a bare name in `PATH`.
-fn find_program(program: &str) -> Option<PathBuf> {
+/// `program` as execvp would find it: a path as it is, a bare name in `search_path` (the
+/// value of `PATH`; unset, execvp's default list).
+fn find_program(program: &str, search_path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    let search_path = search_path.unwrap_or(launcher::DEFAULT_SEARCH_PATH.as_ref());
+    std::env::split_paths(search_path)
         .map(|dir| dir.join(program))
         .find(|candidate| {
             std::fs::metadata(candidate)
@@ -74,45 +76,61 @@ pub fn launch_if_asked(args: &[OsString]) -> Option<ExitCode> {
     }
     let [parent, program, name, program_args @ ..] = rest else {
         eprintln!("turku-agent: {}: missing arguments", launcher::LAUNCHER_ARG);
-        return Some(ExitCode::from(exit::CANNOT_RUN));
+        return Some(ExitCode::from(exit::LAUNCH_FAILED));
     };
     let Some(parent) = parent.to_str().and_then(|p| p.parse::<i32>().ok()) else {
         eprintln!("turku-agent: {}: bad parent pid", launcher::LAUNCHER_ARG);
-        return Some(ExitCode::from(exit::CANNOT_RUN));
+        return Some(ExitCode::from(exit::LAUNCH_FAILED));
     };
     if let Err(e) = set_pdeathsig(launcher::PARENT_DEATH_SIGNAL) {
         eprintln!("turku-agent: cannot set the parent-death signal: {e}");
-        return Some(ExitCode::from(exit::CANNOT_RUN));
+        return Some(ExitCode::from(exit::LAUNCH_FAILED));
     }
     if getppid().as_raw() != parent {
         // The agent is gone already: its session with it.
-        return Some(ExitCode::from(exit::CANNOT_RUN));
+        return Some(ExitCode::from(exit::LAUNCH_FAILED));
     }
     // The mask is inherited through spawn and exec: the agent's blocked SIGINT, SIGTERM and
     // SIGHUP would leave ssh deaf to the parent-death signal (it waits with the mask it
     // started with).
     if let Err(e) = SigSet::empty().thread_set_mask() {
         eprintln!("turku-agent: cannot clear the signal mask: {e}");
-        return Some(ExitCode::from(exit::CANNOT_RUN));
+        return Some(ExitCode::from(exit::LAUNCH_FAILED));
     }
     let error = Command::new(program).arg0(name).args(program_args).exec();
     eprintln!(
         "turku-agent: cannot run `{}`: {error}",
         Path::new(program).display()
     );
-    Some(ExitCode::from(exit::CANNOT_RUN))
+    Some(ExitCode::from(exit::LAUNCH_FAILED))
 }
 
 /// Spawns, turning "not found" into an error that says what to install or configure.
 pub fn spawn(command: &mut Command, what: &str, setting: &str) -> Result<Child> {
     let program = command.get_program().to_string_lossy().into_owned();
-    command.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
+    command
+        .spawn()
+        .map_err(|e| spawn_error(&program, e, what, setting))
+}
+
+fn spawn_error(program: &str, error: std::io::Error, what: &str, setting: &str) -> anyhow::Error {
+    match error.kind() {
+        // The launcher is the agent itself, found through /proc.
+        std::io::ErrorKind::NotFound if program == launcher::OWN_EXECUTABLE => anyhow!(
+            "cannot run {what}: the agent starts it through {program}, which needs /proc \
+             mounted (the agent runs on Linux only)"
+        ),
+        std::io::ErrorKind::NotFound => {
             anyhow!("cannot run {what}: `{program}` was not found (install it, or set {setting})")
-        } else {
-            anyhow!("cannot run {what} `{program}`: {e}")
         }
-    })
+        _ => anyhow!("cannot run {what} `{program}`: {error}"),
+    }
+}
+
+/// Whether a child started through the launcher exited because the launcher could not run
+/// the program (it said why on stderr).
+pub fn launch_failed(status: ExitStatus) -> bool {
+    status.code() == Some(i32::from(exit::LAUNCH_FAILED))
 }
 
 /// Why a wait ended.
@@ -214,15 +232,23 @@ impl Rsyncd {
     }
 
     /// Waits until the daemon accepts connections on `addr`. `Ok(false)`: it exited first
-    /// (usually the port was taken: the caller tries another).
+    /// (usually the port was taken: the caller tries another); an error when it could not
+    /// be run at all.
     pub fn wait_listening(&mut self, addr: SocketAddr) -> Result<bool> {
         let deadline = Instant::now() + limits::RSYNCD_START_BOUND;
         loop {
             if let Some(signal) = signals::received() {
                 bail!("interrupted by {signal}");
             }
-            if self.child.try_wait()?.is_some() {
+            if let Some(status) = self.child.try_wait()? {
                 self.stopped = true;
+                // Another port would not help.
+                if launch_failed(status) {
+                    bail!(
+                        "cannot run the rsync daemon (see the launcher's message above; \
+                         check rsyncd_command)"
+                    );
+                }
                 return Ok(false);
             }
             if TcpStream::connect_timeout(&addr, limits::RSYNCD_START_POLL * 20).is_ok() {
@@ -315,5 +341,35 @@ impl Drop for Ssh {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_path_a_bare_name_is_looked_up_where_execvp_looks() {
+        let found = find_program("sh", None).expect("sh in execvp's default path");
+        assert!(found.is_absolute() && found.ends_with("sh"), "{found:?}");
+        assert_eq!(
+            find_program("sh", Some("/nonexistent".as_ref())),
+            None,
+            "a PATH that is set is the only place looked in"
+        );
+        assert_eq!(find_program("./x/sh", None), Some(PathBuf::from("./x/sh")));
+    }
+
+    #[test]
+    fn a_missing_proc_is_named_as_such() {
+        let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = spawn_error(launcher::OWN_EXECUTABLE, not_found(), "ssh", "ssh_command");
+        let text = e.to_string();
+        assert!(
+            text.contains("needs /proc") && !text.contains("install"),
+            "{text}"
+        );
+        let e = spawn_error("rsync", not_found(), "the rsync daemon", "rsyncd_command");
+        assert!(e.to_string().contains("install it, or set rsyncd_command"));
     }
 }
