@@ -14,6 +14,9 @@
 # instead of building), CARGO_TARGET_DIR (where cargo builds), TURKU_STEP_TIMEOUT (seconds a
 # build, backup or restore may take; default 3600).
 set -euo pipefail
+# The data dir holds secrets, keys, restores and logs with restore passwords: private.
+caller_umask=$(umask)
+umask 077
 
 # Bounds on every wait (seconds).
 readonly START_TIMEOUT=60      # a service listening, a registration, restore mode opening
@@ -67,6 +70,11 @@ since() {
     local now=${EPOCHREALTIME//[.,]/} then=${1//[.,]/}
     local tenths=$(((now - then) / 100000))
     printf '%d.%d' $((tenths / 10)) $((tenths % 10))
+}
+
+# $1 (a log) with restore passwords blanked: what may go to a terminal.
+redacted() {
+    sed -E 's/(RSYNC_PASSWORD=)[^[:space:]]*/\1<redacted>/g; s/([Pp]assword[: =]+)[^[:space:]]+/\1<redacted>/g' "$@" || true
 }
 
 say() { printf '[%6ss] %s\n' "$(since "$t0")" "$*"; }
@@ -238,7 +246,7 @@ wait_for_line() {
             return 1
         fi
         if [ $SECONDS -ge $deadline ]; then
-            tail -n 20 "$file" >&2 || true
+            tail -n 20 "$file" | redacted >&2
             die "$what: nothing after ${START_TIMEOUT}s; log: $file"
         fi
         sleep 0.1
@@ -340,7 +348,7 @@ mkdir -p "$data/coordinator" "$data/storage/etc/config.d" "$data/storage/var" "$
     "$data/agent/etc/config.d" "$data/agent/etc/sources.d" "$data/agent/var" "$data/agent/lock" \
     "$data/agent/tmp" "$data/restores"
 # Private: secrets, keys, and restores that may hold setuid files and devices as backed up.
-chmod 700 "$data/coordinator" "$data/storage" "$data/agent" "$data/restores"
+chmod 700 "$data" "$data/run" "$data/logs" "$data/coordinator" "$data/storage" "$data/agent" "$data/restores"
 
 # ssh is given the agent's files (its key, known_hosts under TMPDIR) in -o options, which it
 # splits at blanks, unquotes and %-expands: when the data dir's path holds such characters
@@ -398,10 +406,11 @@ else
     mkdir -p "$target_dir"
     bin=$(cd "$target_dir" && pwd -P)/release
     step_group=1 step "building turku-api, turku-storage and turku-agent (cargo build --release)" "$data/logs/build.log" \
+        bash -c 'umask "$1" && shift && exec "$@"' umask "$caller_umask" \
         env CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --manifest-path "$here/Cargo.toml" \
         -p turku-coordinator --bin turku-api -p turku-storage --bin turku-storage \
         -p turku-agent --bin turku-agent ||
-        { tail -n 30 "$data/logs/build.log" >&2; die "the build failed; log: $data/logs/build.log"; }
+        { tail -n 30 "$data/logs/build.log" | redacted >&2; die "the build failed; log: $data/logs/build.log"; }
 fi
 api=$bin/turku-api
 storage=$bin/turku-storage
@@ -469,7 +478,7 @@ for attempt in $(seq $PORT_ATTEMPTS); do
     ssh_port=$(pick_port)
     write_storage_config "$ssh_port"
     "$storage" -c "$storage_etc" update-config >>"$data/logs/storage-update-config.log" 2>&1 ||
-        { tail -n 20 "$data/logs/storage-update-config.log" >&2; die "turku-storage update-config failed"; }
+        { tail -n 20 "$data/logs/storage-update-config.log" | redacted >&2; die "turku-storage update-config failed"; }
     rotate_log "$storage_log"
     spawn storage "$storage_log" env TURKU_LOG=info NO_COLOR=1 "$storage" -c "$storage_etc" serve
     if wait_for_line storage "$storage_log" '^listening on ' "the storage daemon"; then
@@ -477,7 +486,7 @@ for attempt in $(seq $PORT_ATTEMPTS); do
         break
     fi
     stop storage
-    grep -qi 'in use' "$storage_log" || { tail -n 20 "$storage_log" >&2; die "the storage daemon did not start; log: $storage_log"; }
+    grep -qi 'in use' "$storage_log" || { tail -n 20 "$storage_log" | redacted >&2; die "the storage daemon did not start; log: $storage_log"; }
     say "port $ssh_port was taken meanwhile; trying another (attempt $attempt of $PORT_ATTEMPTS)"
 done
 [ $storage_started = 1 ] || die "the storage daemon found no free port in $PORT_ATTEMPTS attempts"
@@ -520,7 +529,7 @@ rm -f "$data/agent/excludes.json"
 # The agent's private rsync daemon config and ssh known_hosts go to its TMPDIR.
 run_agent() { env TMPDIR="$agent_data/agent/tmp" "$agent" -c "$agent_etc" "$@"; }
 run_agent update-config >>"$data/logs/agent.log" 2>&1 ||
-    { tail -n 20 "$data/logs/agent.log" >&2; die "turku-agent update-config failed; log: $data/logs/agent.log"; }
+    { tail -n 20 "$data/logs/agent.log" | redacted >&2; die "turku-agent update-config failed; log: $data/logs/agent.log"; }
 uuid=$(sed -n 's/.*"machine_uuid"[^"]*"\([^"]*\)".*/\1/p' "$data/agent/var/config.d/10-machine_uuid.json")
 [ -n "$uuid" ] || die "turku-agent update-config wrote no machine uuid"
 say "agent registered (turku-agent update-config): machine $uuid, source $source_name = $source_dir"
@@ -540,11 +549,11 @@ backup() {
     manage backup-now "$uuid" "$source_name" >/dev/null || die "turku-api backup-now failed"
     step "$what: turku-agent ping (agent -> ssh -R -> storage's SSH server -> rsync -> store)" \
         "$data/logs/agent.log" env TMPDIR="$agent_data/agent/tmp" "$agent" -c "$agent_etc" ping ||
-        { tail -n 20 "$data/logs/agent.log" >&2; die "the backup failed; logs: $data/logs/agent.log, $storage_log"; }
+        { tail -n 20 "$data/logs/agent.log" | redacted >&2; die "the backup failed; logs: $data/logs/agent.log, $storage_log"; }
     line=$(awk -F '\t' 'NR == FNR { seen[$0] = 1; next } !($3 in seen)' \
         <(printf '%s\n' "$before") <(snapshot_lines) | sort -t $'\t' -k4,4 | tail -n 1)
     if [ -z "$line" ]; then
-        tail -n 20 "$data/logs/agent.log" >&2
+        tail -n 20 "$data/logs/agent.log" | redacted >&2
         die "the ping ended but no snapshot appeared; logs: $data/logs/agent.log, $storage_log"
     fi
     local name files bytes new
@@ -572,11 +581,11 @@ say "restore mode: turku-agent ping --restore (restore path $restore_dir)"
 restores_before=$(grep -c 'Restore mode active on port' "$storage_log" || true)
 spawn restore-mode "$restore_log" env TMPDIR="$agent_data/agent/tmp" "$agent" -c "$agent_etc" ping --restore
 wait_for_line restore-mode "$restore_log" 'turku-storage restore' "turku-agent ping --restore" ||
-    { cat "$restore_log" >&2; die "restore mode ended early; log: $restore_log"; }
+    { redacted "$restore_log" >&2; die "restore mode ended early; log: $restore_log"; }
 restore_line=$(grep -m 1 'turku-storage restore' "$restore_log")
 restore_user=$(sed -n 's/.*--user \([^ ]*\).*/\1/p' <<<"$restore_line")
 restore_password=$(sed -n 's/.*RSYNC_PASSWORD=\([^ ]*\).*/\1/p' <<<"$restore_line")
-[ -n "$restore_user" ] && [ -n "$restore_password" ] || die "cannot read the restore credentials from: $restore_line"
+[ -n "$restore_user" ] && [ -n "$restore_password" ] || die "cannot read the restore credentials from: $(redacted <<<"$restore_line")"
 deadline=$((SECONDS + START_TIMEOUT))
 until [ "$(grep -c 'Restore mode active on port' "$storage_log" || true)" -gt "$restores_before" ]; do
     [ $SECONDS -lt $deadline ] || die "the storage daemon saw no restore session within ${START_TIMEOUT}s; log: $storage_log"
@@ -588,7 +597,7 @@ step "restoring $last_snapshot: turku-storage restore --machine $uuid --source $
     "$data/logs/restore.log" env RSYNC_PASSWORD="$restore_password" \
     "$storage" -c "$storage_etc" restore --machine "$uuid" --source "$source_name" --user "$restore_user" \
     --snapshot "$last_snapshot" ||
-    { tail -n 20 "$data/logs/restore.log" >&2; die "the restore failed; log: $data/logs/restore.log"; }
+    { tail -n 20 "$data/logs/restore.log" | redacted >&2; die "the restore failed; log: $data/logs/restore.log"; }
 summary=$(tail -n 1 "$data/logs/restore.log")
 [ -z "$summary" ] || detail "$summary"
 # Ctrl-C ends restore mode, as an operator at the machine would.

@@ -178,6 +178,30 @@ fn assert_nothing_left(data: &Path, output: &str) {
     );
 }
 
+/// The data dir, its logs (restore mode's holds the restore password) and run files are the
+/// user's alone.
+fn assert_private(data: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut paths = vec![data.to_owned()];
+    for dir in ["logs", "run"] {
+        paths.push(data.join(dir));
+        for entry in std::fs::read_dir(data.join(dir)).unwrap() {
+            paths.push(entry.unwrap().path());
+        }
+    }
+    assert!(
+        paths.iter().any(|p| p.ends_with("restore-mode.log")),
+        "{paths:?}"
+    );
+    for path in paths {
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+}
+
 /// The script started in its own process group (as a shell starts a foreground job), its
 /// stdout lines arriving on the receiver.
 fn start_in_own_group(bin: &Path, data: &Path, source: &Path) -> (Child, Receiver<String>) {
@@ -261,6 +285,7 @@ fn quickstart_backs_up_twice_restores_verified_and_a_second_run_adds_snapshots()
         "{text}"
     );
     assert_nothing_left(&data, &text);
+    assert_private(&data);
     // Git ignores the data dir, in a checkout or not.
     assert_eq!(
         std::fs::read_to_string(data.join(".gitignore")).unwrap(),
