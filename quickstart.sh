@@ -610,11 +610,13 @@ compare=(-ani --checksum --delete -H --numeric-ids)
 [ "$(id -u)" = 0 ] || compare+=(--no-devices)
 for e in "${excludes[@]}"; do compare+=("--exclude=$e"); done
 say "comparing the restore with the source: rsync ${compare[*]:0:5}$([ "$(id -u)" = 0 ] || echo ' --no-devices') (a dry run)"
-differences=$(rsync "${compare[@]}" "$source_dir/" "$restore_dir/" 2>&1) ||
-    { printf '%s\n' "$differences" >&2; die "rsync could not compare $source_dir with $restore_dir"; }
-if [ -n "$differences" ]; then
-    printf '%s\n' "$differences" | head -n 40 >&2
-    die "the restore in $restore_dir differs from $source_dir (above; a file changed since the backup shows here too)"
+# To a file: a long list piped into head would end the script by SIGPIPE before the message.
+differences=$data/logs/restore-differences.log
+rsync "${compare[@]}" "$source_dir/" "$restore_dir/" >"$differences" 2>&1 ||
+    { head -n 40 "$differences" >&2; die "rsync could not compare $source_dir with $restore_dir; log: $differences"; }
+if [ -s "$differences" ]; then
+    head -n 40 "$differences" >&2
+    die "the restore in $restore_dir differs from $source_dir in $(wc -l <"$differences") entries (the first above, all in $differences; a file changed since the backup shows here too)"
 fi
 detail "restore verified: $restore_dir equals $source_dir (rsync sees no difference)"
 
