@@ -23,6 +23,11 @@ readonly START_TIMEOUT=60      # a service listening, a registration, restore mo
 readonly STOP_TIMEOUT=10       # a service exiting after SIGTERM/SIGINT before SIGKILL
 readonly PORT_ATTEMPTS=5       # fresh ports tried when one was taken between probe and bind
 STEP_TIMEOUT=${TURKU_STEP_TIMEOUT:-3600}
+# The programs' test hooks and settings that would override what the configs say (a store's
+# clock, another store or database, log filters the script reads lines of) must not leak in
+# from the caller's environment.
+unset TURKU_CLOCK_FILE TURKU_STORE TURKU_LOG RUST_LOG TURKU_API_DB TURKU_API_LISTEN \
+    TURKU_API_TIME_ZONE RSYNC_PASSWORD
 # Names used in the generated configs.
 readonly STORAGE_NAME=quickstart-storage
 readonly UNIT_NAME=quickstart
