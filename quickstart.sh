@@ -28,6 +28,8 @@ STEP_TIMEOUT=${TURKU_STEP_TIMEOUT:-3600}
 # from the caller's environment.
 unset TURKU_CLOCK_FILE TURKU_STORE TURKU_LOG RUST_LOG TURKU_API_DB TURKU_API_LISTEN \
     TURKU_API_TIME_ZONE RSYNC_PASSWORD
+# An exported CDPATH makes `cd` print where it went, into the paths captured from it.
+unset CDPATH
 # Names used in the generated configs.
 readonly STORAGE_NAME=quickstart-storage
 readonly UNIT_NAME=quickstart
@@ -49,7 +51,7 @@ die() {
 }
 
 # ---------------------------------------------------------------- arguments
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" >/dev/null && pwd -P)
 data=${TURKU_DATA:-$here/turku-data}
 fresh=0
 source_dir=
@@ -328,7 +330,7 @@ done
 
 # ---------------------------------------------------------------- the data dir
 mkdir -p "$data" || die "cannot create the data dir $data"
-data=$(cd "$data" && pwd -P)
+data=$(cd -- "$data" >/dev/null && pwd -P)
 marker=$data/.turku-quickstart
 if [ ! -e "$marker" ] && [ -n "$(ls -A "$data")" ]; then
     die "$data is not empty and was not made by quickstart.sh; choose another --data DIR"
@@ -383,14 +385,14 @@ else
     source_note="$source_dir"
 fi
 [ -d "$source_dir" ] || die "source $source_dir is not a directory"
-source_dir=$(cd "$source_dir" && pwd -P)
+source_dir=$(cd -- "$source_dir" >/dev/null && pwd -P)
 # Left out when inside the source: the data dir (the store would back itself up) and cargo's
 # target dir.
 target_dir=${CARGO_TARGET_DIR:-$here/target}
 case $target_dir in /*) ;; *) target_dir=$here/$target_dir ;; esac
 for inside in "$data" "$target_dir"; do
     if [ -d "$inside" ]; then
-        inside=$(cd "$inside" && pwd -P)
+        inside=$(cd -- "$inside" >/dev/null && pwd -P)
         if [ "$inside" != "$source_dir" ] && [[ $inside == "$source_dir"/* ]]; then
             pattern=/${inside#"$source_dir"/}
             [[ " ${excludes[*]} " == *" $pattern "* ]] || excludes+=("$pattern")
@@ -404,14 +406,14 @@ case $source_name in '' | . | .. | _) source_name=source ;; esac
 
 # ---------------------------------------------------------------- build
 if [ -n "${TURKU_BIN_DIR:-}" ]; then
-    bin=$(cd "$TURKU_BIN_DIR" && pwd -P) || die "TURKU_BIN_DIR $TURKU_BIN_DIR is not a directory"
+    bin=$(cd -- "$TURKU_BIN_DIR" >/dev/null && pwd -P) || die "TURKU_BIN_DIR $TURKU_BIN_DIR is not a directory"
     say "using the binaries in $bin (TURKU_BIN_DIR)"
 else
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (https://rustup.rs)"
     mkdir -p "$target_dir"
-    bin=$(cd "$target_dir" && pwd -P)/release
+    bin=$(cd -- "$target_dir" >/dev/null && pwd -P)/release
     step_group=1 step "building turku-api, turku-storage and turku-agent (cargo build --release)" "$data/logs/build.log" \
-        bash -c 'umask "$1" && shift && exec "$@"' umask "$caller_umask" \
+        bash -c 'umask "$1" && cd -- "$2" >/dev/null && shift 2 && exec "$@"' umask "$caller_umask" "$here" \
         env CARGO_TARGET_DIR="$target_dir" cargo build --release --locked --manifest-path "$here/Cargo.toml" \
         -p turku-coordinator --bin turku-api -p turku-storage --bin turku-storage \
         -p turku-agent --bin turku-agent ||
