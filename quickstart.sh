@@ -28,6 +28,9 @@ STEP_TIMEOUT=${TURKU_STEP_TIMEOUT:-3600}
 # from the caller's environment.
 unset TURKU_CLOCK_FILE TURKU_STORE TURKU_LOG RUST_LOG TURKU_API_DB TURKU_API_LISTEN \
     TURKU_API_TIME_ZONE RSYNC_PASSWORD
+# The agent's ssh offers its own key only: the user's ssh-agent (many keys hit the server's
+# limit on attempts) and ~/.ssh/config (a ControlPersist master outliving the agent) stay out.
+unset SSH_AUTH_SOCK
 # An exported CDPATH makes `cd` print where it went, into the paths captured from it.
 unset CDPATH
 # Names used in the generated configs.
@@ -519,7 +522,8 @@ mkdir -p "$restore_dir"
   "unit_name": $(json_str "$UNIT_NAME"),
   "var_dir": $(json_str "$agent_data/agent/var"),
   "lock_dir": $(json_str "$agent_data/agent/lock"),
-  "restore_path": $(json_str "$restore_dir")
+  "restore_path": $(json_str "$restore_dir"),
+  "ssh_command": ["ssh", "-F", "/dev/null", "-o", "IdentitiesOnly=yes"]
 }
 EOF
 )
