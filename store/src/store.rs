@@ -197,7 +197,7 @@ pub(crate) fn check_stored(
         .map_err(|reason| corrupt_blob(pack_name, location, reason))
 }
 
-fn corrupt_blob(pack_name: &str, location: &BlobLocation, reason: &str) -> StoreError {
+pub(crate) fn corrupt_blob(pack_name: &str, location: &BlobLocation, reason: &str) -> StoreError {
     StoreError::CorruptBlob {
         id: location.id.to_hex(),
         pack: pack_name.to_string(),
@@ -212,6 +212,10 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     db: Mutex<Connection>,
     decompressor: Mutex<zstd::bulk::Decompressor<'static>>,
+    /// Content readers' buffers and decompression contexts, handed back when a reader is
+    /// done: a restore opens a reader per file, and a fresh zstd context and fresh buffers
+    /// per file cost allocations and page faults (see `read::chunks`).
+    pub(crate) read_scratch: Mutex<Vec<crate::read::chunks::ReadScratch>>,
     // Held for the handle's lifetime: shared by readers and writers, exclusive for repair.
     _lock: File,
 }
@@ -225,7 +229,7 @@ pub(crate) struct PackFiles {
 }
 
 impl PackFiles {
-    fn open(&mut self, packs_dir: &Path, name: &str) -> Result<&File> {
+    pub(crate) fn open(&mut self, packs_dir: &Path, name: &str) -> Result<&File> {
         match self.open.iter().position(|(n, _)| n == name) {
             Some(i) => {
                 let found = self.open.remove(i);
@@ -246,7 +250,7 @@ impl PackFiles {
         }
     }
 
-    fn forget(&mut self, name: &str) {
+    pub(crate) fn forget(&mut self, name: &str) {
         self.open.retain(|(n, _)| n != name);
     }
 }
@@ -381,6 +385,7 @@ impl Store {
                 config,
                 db: Mutex::new(conn),
                 decompressor: Mutex::new(decompressor),
+                read_scratch: Mutex::new(Vec::new()),
                 _lock: lock,
             }),
         })

@@ -85,6 +85,13 @@ pub const EXPORT_TAR_BUFFER: usize = 1024 * 1024;
 /// was a third of an export's system calls. Deleted packs stay allocated while held, so few.
 pub const PACK_FILES_KEPT_OPEN: usize = 4;
 
+/// Content readers' scratch (a zstd context, the stored and plaintext buffers of a chunk)
+/// the store keeps between readers: a restore opens one reader per file, an export one
+/// per content thread. A buffer grown past `READ_SCRATCH_KEPT_BYTES` (a chunk larger than
+/// the default maximum) is dropped rather than kept for the handle's lifetime.
+pub const READ_SCRATCH_POOLED: usize = 4;
+pub const READ_SCRATCH_KEPT_BYTES: usize = DEFAULT_CHUNK_MAX as usize;
+
 /// SQLite: how long a writer waits for another process's transaction.
 pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 120_000;
 

@@ -26,11 +26,11 @@ use nix::unistd::{Gid, Uid};
 use crate::error::{IoContext, Result, StoreError};
 use crate::format::id::Id;
 use crate::format::tree::{ChunkRef, EntryData, EntryKind, Metadata, TreeEntry};
-use crate::read::reader::read_chunk;
+use crate::read::chunks::ChunkReader;
 use crate::read::walk::{HardLink, SnapshotWalk, WalkEntry, WalkEvent};
 use crate::read::ExportStats;
 use crate::snapshot::Snapshot;
-use crate::store::{PackFiles, Store};
+use crate::store::Store;
 use crate::tuning::{EXPORT_CONTENT_THREADS, EXPORT_FILES_AHEAD, SPARSE_MIN_HOLE};
 
 /// Permission bits a restore may set: `st_mode & 0o7777`.
@@ -676,9 +676,8 @@ fn write_contents(
     written: mpsc::Sender<Result<WrittenFile>>,
 ) {
     let mut source = ChunkSource {
-        store,
-        packs: PackFiles::default(),
-        last: None,
+        reader: ChunkReader::new(store),
+        hole: None,
     };
     loop {
         let next = files.lock().unwrap_or_else(|p| p.into_inner()).recv();
@@ -695,7 +694,7 @@ fn write_contents(
 
 /// Creates a file (private, never through a symlink, never an existing one) and writes its
 /// content.
-fn create_and_fill(source: &mut ChunkSource<'_>, file: FileToWrite) -> Result<WrittenFile> {
+fn create_and_fill(source: &mut ChunkSource, file: FileToWrite) -> Result<WrittenFile> {
     let fd = nix::fcntl::openat(
         file.dir.as_fd(),
         file.name.as_slice(),
@@ -713,42 +712,34 @@ fn create_and_fill(source: &mut ChunkSource<'_>, file: FileToWrite) -> Result<Wr
     })
 }
 
-/// Chunks read for the content thread: packs kept open between chunks, and the last chunk
-/// kept, so a run of one repeated chunk (zeros) is read and checked once.
-struct ChunkSource<'a> {
-    store: &'a Store,
-    packs: PackFiles,
-    /// The last chunk read, and whether it is a hole (all zeros, long enough).
-    last: Option<(Id, Vec<u8>, bool)>,
+/// Chunks read for the content thread (packs kept open between chunks, buffers and a zstd
+/// context of its own), with whether the chunk held is a hole: a run of one repeated chunk
+/// (zeros) is read, checked and scanned once.
+struct ChunkSource {
+    reader: ChunkReader,
+    /// The chunk last scanned for a hole, and whether it is one (all zeros, long enough).
+    hole: Option<(Id, bool)>,
 }
 
-impl ChunkSource<'_> {
+impl ChunkSource {
     fn read(&mut self, chunk: &ChunkRef) -> Result<(&[u8], bool)> {
-        if self.last.as_ref().map(|(id, ..)| *id) != Some(chunk.id) {
-            let data = read_chunk(self.store, chunk, &mut self.packs)?;
-            let hole = data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0);
-            self.last = Some((chunk.id, data, hole));
-        }
-        match &self.last {
-            // The length check `read_chunk` makes, for a chunk taken from the cache too.
-            Some((_, data, _)) if data.len() != chunk.len as usize => {
-                Err(StoreError::CorruptBlob {
-                    id: chunk.id.to_hex(),
-                    pack: String::new(),
-                    offset: 0,
-                    reason: "chunk length differs from the tree".into(),
-                })
+        let data = self.reader.read(chunk)?;
+        let hole = match self.hole {
+            Some((id, hole)) if id == chunk.id => hole,
+            _ => {
+                let hole = data.len() >= SPARSE_MIN_HOLE && data.iter().all(|&b| b == 0);
+                self.hole = Some((chunk.id, hole));
+                hole
             }
-            Some((_, data, hole)) => Ok((data, *hole)),
-            None => Err(StoreError::MissingBlob(chunk.id.to_hex())),
-        }
+        };
+        Ok((data, hole))
     }
 }
 
 /// Writes a file's content, leaving holes where whole chunks are zeros (as a sparse source
 /// had them: CDC cuts long zero runs into max-size chunks of nothing but zeros).
 fn write_sparse(
-    source: &mut ChunkSource<'_>,
+    source: &mut ChunkSource,
     chunks: &[ChunkRef],
     out: &mut File,
     path: &Path,

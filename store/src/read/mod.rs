@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+pub(crate) mod chunks;
 pub(crate) mod export_dir;
 pub(crate) mod export_tar;
 pub(crate) mod reader;

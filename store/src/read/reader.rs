@@ -3,24 +3,22 @@
 use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::error::{Result, StoreError};
-use crate::format::id::Id;
 use crate::format::tree::{ChunkRef, EntryData, TreeEntry};
-use crate::store::{PackFiles, Store};
+use crate::read::chunks::ChunkReader;
+use crate::store::Store;
 
 /// Reads a stored file; implements `Read` and `Seek` and random access with `read_at`.
 pub struct FileReader {
-    store: Store,
     chunks: Vec<ChunkRef>,
     /// Start offset of each chunk.
     starts: Vec<u64>,
     size: u64,
     pos: u64,
-    /// The last chunk read, by id: runs of one chunk (zeros) are fetched once.
-    cached: Option<(Id, Vec<u8>)>,
+    /// Holds the last chunk read: runs of one chunk (zeros) are fetched once.
+    reader: ChunkReader,
     /// Plaintext bytes of the chunks fetched so far (each fetch reads, decompresses and
     /// hashes a whole chunk, however little of it the caller wanted).
     loaded: u64,
-    packs: PackFiles,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -45,17 +43,11 @@ impl FileReader {
     }
 
     fn chunk(&mut self, index: usize) -> Result<&[u8]> {
-        let c = self.chunks[index];
-        if self.cached.as_ref().map(|(id, _)| *id) != Some(c.id) {
-            let data = read_chunk(&self.store, &c, &mut self.packs)?;
-            self.loaded += data.len() as u64;
-            self.cached = Some((c.id, data));
+        let c = &self.chunks[index];
+        if !self.reader.holds(c) {
+            self.loaded += u64::from(c.len);
         }
-        Ok(self
-            .cached
-            .as_ref()
-            .map(|(_, d)| d.as_slice())
-            .unwrap_or(&[]))
+        self.reader.read(c)
     }
 
     /// The chunk holding `offset` (which is inside the file) and the offset within it.
@@ -74,10 +66,26 @@ impl FileReader {
             return Ok(None);
         }
         let (index, within) = self.locate(self.pos);
-        let len = self.chunks[index].len as usize;
         self.chunk(index)?;
-        self.pos += (len - within) as u64;
-        Ok(self.cached.as_ref().map(|(_, d)| &d[within..]))
+        self.pos = self.starts[index] + u64::from(self.chunks[index].len);
+        Ok(Some(&self.reader.held()[within..]))
+    }
+
+    /// The rest of the chunk at the current position (verified), without advancing:
+    /// empty at end of file. A caller that can use the bytes where they are (framing them
+    /// for the wire) takes what it wants and [`Self::consume`]s that, instead of having
+    /// them copied into a buffer of its own first.
+    pub fn peek(&mut self) -> Result<&[u8]> {
+        if self.pos >= self.size {
+            return Ok(&[]);
+        }
+        let (index, within) = self.locate(self.pos);
+        Ok(&self.chunk(index)?[within..])
+    }
+
+    /// Advances past `n` bytes (of what [`Self::peek`] showed).
+    pub fn consume(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n as u64).min(self.size);
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at end of file.
@@ -121,24 +129,6 @@ impl Seek for FileReader {
     }
 }
 
-/// One chunk of a file, verified against its id and the length its tree gives it.
-pub(crate) fn read_chunk(
-    store: &Store,
-    chunk: &ChunkRef,
-    packs: &mut PackFiles,
-) -> Result<Vec<u8>> {
-    let data = store.read_blob_with(&chunk.id, packs)?;
-    if data.len() != chunk.len as usize {
-        return Err(StoreError::CorruptBlob {
-            id: chunk.id.to_hex(),
-            pack: String::new(),
-            offset: 0,
-            reason: "chunk length differs from the tree".into(),
-        });
-    }
-    Ok(data)
-}
-
 impl Store {
     /// Opens a reader over a chunk list.
     pub fn open_chunks(&self, chunks: &[ChunkRef]) -> FileReader {
@@ -149,14 +139,12 @@ impl Store {
             size += u64::from(c.len);
         }
         FileReader {
-            store: self.clone(),
             chunks: chunks.to_vec(),
             starts,
             size,
             pos: 0,
-            cached: None,
+            reader: ChunkReader::new(self),
             loaded: 0,
-            packs: PackFiles::default(),
         }
     }
 
