@@ -237,6 +237,19 @@ impl turku_proto_rsync::FileContent for StoreContent<'_> {
             .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+
+    /// The verified chunk in the reader's buffer, framed from there: a whole-file
+    /// transfer copies content once, into the output.
+    fn peek(&mut self) -> Option<Result<&[u8], turku_proto_rsync::SinkError>> {
+        Some(self.reader.peek().map_err(Into::into))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.reader.consume(n);
+        self.counters
+            .bytes_done
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 impl<'a> turku_proto_rsync::SendSource for StoreSource<'a> {

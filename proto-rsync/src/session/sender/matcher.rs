@@ -6,10 +6,12 @@
 //! break stock 3.4.3/3.4.4 receivers.
 
 use crate::checksum::{ChecksumKind, FileHasher, RollingChecksum};
-use crate::codec::prim::put_i32;
 use crate::codec::sums::SumHead;
 use crate::constants::CHUNK_SIZE;
 use crate::error::SinkError;
+
+use super::output::TokenOut;
+use super::FileContent;
 
 /// Equal-weak-sum candidates examined per offset (3.5.0 bounds its chains the same way):
 /// hostile sums that all collide cannot make matching quadratic.
@@ -239,14 +241,15 @@ impl Delta {
     /// [`Self::finish`]'s sum).
     pub fn pump(
         &mut self,
-        read: &mut dyn FnMut(&mut [u8]) -> Result<usize, SinkError>,
-        out: &mut Vec<u8>,
+        content: &mut dyn FileContent,
+        out: &mut dyn TokenOut,
         out_limit: usize,
         budget: &mut u64,
     ) -> bool {
         let Some(bl) = self.table.as_ref().map(|t| t.head.blength as usize) else {
-            return self.pump_whole(read, out, out_limit, budget);
+            return self.pump_whole(content, out, out_limit, budget);
         };
+        let read = &mut |b: &mut [u8]| content.read(b);
         loop {
             if out.len() >= out_limit || *budget == 0 {
                 return false;
@@ -284,7 +287,7 @@ impl Delta {
             if let Some(k) = found {
                 self.emit_literal(out, self.start, pos);
                 self.hasher.update(&self.buf[pos..pos + win]);
-                put_i32(out, -(k as i32) - 1);
+                out.put(&(-(k as i32) - 1).to_le_bytes());
                 self.matched_bytes += win as u64;
                 *budget = budget.saturating_sub(win as u64);
                 self.pos += win;
@@ -312,14 +315,19 @@ impl Delta {
         }
     }
 
-    /// No block sums: the content is one literal stream.
+    /// No block sums: the content is one literal stream. Content the source holds in
+    /// memory already is framed from where it is ([`FileContent::peek`]); otherwise it is
+    /// read into our buffer first.
     fn pump_whole(
         &mut self,
-        read: &mut dyn FnMut(&mut [u8]) -> Result<usize, SinkError>,
-        out: &mut Vec<u8>,
+        content: &mut dyn FileContent,
+        out: &mut dyn TokenOut,
         out_limit: usize,
         budget: &mut u64,
     ) -> bool {
+        // At most a buffer's worth per round either way, so one round's output stays
+        // bounded whatever the source holds.
+        let most = self.buf.len();
         loop {
             if out.len() >= out_limit || *budget == 0 {
                 return false;
@@ -327,21 +335,37 @@ impl Delta {
             if self.eof {
                 return true;
             }
-            let n = match read(&mut self.buf) {
+            let n = match content.peek() {
+                Some(Ok(held)) => {
+                    let data = &held[..held.len().min(most)];
+                    self.hasher.update(data);
+                    write_literal(data, out);
+                    let n = data.len();
+                    self.literal_bytes += n as u64;
+                    content.consume(n);
+                    Ok(n)
+                }
+                Some(Err(e)) => Err(e),
+                None => content.read(&mut self.buf).map(|n| {
+                    let n = n.min(self.buf.len());
+                    self.emit_literal(out, 0, n);
+                    n
+                }),
+            };
+            match n {
                 Ok(0) => {
                     self.eof = true;
                     return true;
                 }
-                Ok(n) => n.min(self.buf.len()),
+                Ok(n) => {
+                    *budget = budget.saturating_sub(n as u64);
+                }
                 Err(e) => {
                     self.read_error = Some(e);
                     self.eof = true;
                     return true;
                 }
-            };
-            out.reserve(n + n.div_ceil(CHUNK_SIZE) * 4);
-            self.emit_literal(out, 0, n);
-            *budget = budget.saturating_sub(n as u64);
+            }
         }
     }
 
@@ -350,7 +374,7 @@ impl Delta {
     fn refill(
         &mut self,
         read: &mut dyn FnMut(&mut [u8]) -> Result<usize, SinkError>,
-        out: &mut Vec<u8>,
+        out: &mut dyn TokenOut,
     ) {
         self.emit_literal(out, self.start, self.pos);
         self.buf.copy_within(self.pos..self.end, 0);
@@ -368,7 +392,7 @@ impl Delta {
     }
 
     /// `buf[from..to]` as literal tokens of at most `CHUNK_SIZE` bytes, hashed.
-    fn emit_literal(&mut self, out: &mut Vec<u8>, from: usize, to: usize) {
+    fn emit_literal(&mut self, out: &mut dyn TokenOut, from: usize, to: usize) {
         if from >= to {
             return;
         }
@@ -395,20 +419,161 @@ impl Delta {
 }
 
 /// Literal data as tokens of at most `CHUNK_SIZE` bytes each.
-pub fn write_literal(data: &[u8], out: &mut Vec<u8>) {
+pub fn write_literal(data: &[u8], out: &mut dyn TokenOut) {
     for chunk in data.chunks(CHUNK_SIZE) {
-        put_i32(out, chunk.len() as i32);
-        out.extend_from_slice(chunk);
+        out.put(&(chunk.len() as i32).to_le_bytes());
+        out.put(chunk);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::prim::put_i32;
     use crate::codec::token::{decode_owned_token, OwnedToken};
     use crate::codec::Decoded;
     use crate::delta::{apply, signature};
     use crate::limits::Limits;
+
+    /// Content that only copies out, through a closure.
+    struct ReadFn<F>(F);
+
+    impl<F: FnMut(&mut [u8]) -> Result<usize, SinkError>> FileContent for ReadFn<F> {
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, SinkError> {
+            (self.0)(buf)
+        }
+    }
+
+    /// Content held in pieces of `piece` bytes that it lends (as the store's chunks are),
+    /// failing once `fail_at` bytes are out if given.
+    struct Lent {
+        data: Vec<u8>,
+        pos: usize,
+        piece: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl FileContent for Lent {
+        fn read(&mut self, _: &mut [u8]) -> Result<usize, SinkError> {
+            panic!("a lending source is never copied out of");
+        }
+        fn peek(&mut self) -> Option<Result<&[u8], SinkError>> {
+            if self.fail_at == Some(self.pos) {
+                return Some(Err("the disk went away".into()));
+            }
+            let piece_end = (self.pos / self.piece + 1) * self.piece;
+            let end = piece_end
+                .min(self.data.len())
+                .min(self.fail_at.unwrap_or(usize::MAX));
+            Some(Ok(&self.data[self.pos..end]))
+        }
+        fn consume(&mut self, n: usize) {
+            self.pos += n;
+        }
+    }
+
+    /// The content a literal-only token stream carries; every run at most 32 KiB.
+    fn literals(wire: &[u8]) -> Vec<u8> {
+        let mut content = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            match decode_owned_token(&wire[at..], 0, &Limits::default()).unwrap() {
+                Decoded::Complete {
+                    value: OwnedToken::Literal(run),
+                    consumed,
+                } => {
+                    assert!(run.len() <= CHUNK_SIZE);
+                    content.extend(run);
+                    at += consumed;
+                }
+                other => panic!("not a literal run: {other:?}"),
+            }
+        }
+        content
+    }
+
+    /// Lent content goes out as the same literal data (runs of at most 32 KiB) and sum as
+    /// the same content read through a buffer, each round's output bounded, and a failure
+    /// midway ends it where it happened with the sum spoiled.
+    #[test]
+    fn lent_content_goes_out_as_read_content_does() {
+        let kind = ChecksumKind::Xxh128;
+        for (len, piece) in [
+            (0, 7),
+            (1, 1),
+            (100_000, 1_000_000),
+            (1_000_000, 70_000),
+            (300_000, 32_768),
+        ] {
+            let data = pseudo(len, len as u64);
+            let mut read_wire = Vec::new();
+            let mut cursor = 0;
+            let mut by_read = Delta::new(None, kind, 3, Vec::new(), 65_536);
+            let mut read = |b: &mut [u8]| -> Result<usize, SinkError> {
+                let n = b.len().min(data.len() - cursor);
+                b[..n].copy_from_slice(&data[cursor..cursor + n]);
+                cursor += n;
+                Ok(n)
+            };
+            while !by_read.pump(
+                &mut ReadFn(&mut read),
+                &mut read_wire,
+                usize::MAX,
+                &mut u64::MAX.clone(),
+            ) {}
+            let mut lent = Lent {
+                data: data.clone(),
+                pos: 0,
+                piece,
+                fail_at: None,
+            };
+            let mut by_lending = Delta::new(None, kind, 3, Vec::new(), 65_536);
+            let mut lent_wire = Vec::new();
+            loop {
+                let before = lent_wire.len();
+                let limit = before + 1;
+                let done = by_lending.pump(&mut lent, &mut lent_wire, limit, &mut u64::MAX.clone());
+                assert!(
+                    lent_wire.len() - before <= 65_536 + 3 * 4,
+                    "one round's output is bounded"
+                );
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(
+                literals(&lent_wire),
+                literals(&read_wire),
+                "{len} bytes in pieces of {piece}"
+            );
+            assert_eq!(by_lending.literal_bytes, len as u64);
+            assert_eq!(by_lending.finish().0, by_read.finish().0);
+        }
+        let data = pseudo(200_000, 9);
+        let mut lent = Lent {
+            data: data.clone(),
+            pos: 0,
+            piece: 50_000,
+            fail_at: Some(120_000),
+        };
+        let mut d = Delta::new(None, kind, 3, Vec::new(), 65_536);
+        let mut wire = Vec::new();
+        while !d.pump(&mut lent, &mut wire, usize::MAX, &mut u64::MAX.clone()) {}
+        assert!(d.read_error.is_some());
+        assert_eq!(d.literal_bytes, 120_000);
+        let mut truncated = Vec::new();
+        write_literal(&data[..50_000], &mut truncated);
+        write_literal(&data[50_000..100_000], &mut truncated);
+        write_literal(&data[100_000..120_000], &mut truncated);
+        assert_eq!(literals(&wire), literals(&truncated));
+        let mut good = FileHasher::new(kind, 3);
+        good.update(&data[..120_000]);
+        assert_ne!(
+            d.finish().0,
+            good.finish(),
+            "a cut-short file's sum is spoiled"
+        );
+    }
 
     fn pseudo(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -446,7 +611,7 @@ mod tests {
         loop {
             let mut budget = 100_000;
             let limit = wire.len() + 70_000;
-            if d.pump(&mut read, &mut wire, limit, &mut budget) {
+            if d.pump(&mut ReadFn(&mut read), &mut wire, limit, &mut budget) {
                 break;
             }
         }
@@ -556,7 +721,7 @@ mod tests {
         for _ in 0..1_000_000 {
             let before = d.match_work;
             let mut left = budget;
-            let done = d.pump(&mut read, &mut wire, usize::MAX, &mut left);
+            let done = d.pump(&mut ReadFn(&mut read), &mut wire, usize::MAX, &mut left);
             worst_overrun = worst_overrun.max((d.match_work - before).saturating_sub(budget));
             if done {
                 return worst_overrun;

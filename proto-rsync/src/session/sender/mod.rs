@@ -23,6 +23,7 @@ pub mod dir;
 pub mod finish;
 pub mod flist;
 pub mod matcher;
+pub mod output;
 pub mod transfer;
 
 use super::demux::{Demux, InMsg};
@@ -58,6 +59,18 @@ pub const MIN_SENDER_PROTOCOL: u32 = MIN_SUPPORTED_SESSION_PROTOCOL;
 /// keeps what arrives).
 pub trait FileContent {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, SinkError>;
+
+    /// Content the source already holds in memory, from its current position on (empty
+    /// at the end), for the sender to frame from where it is rather than have it copied
+    /// into the sender's buffer first; `None` (the default) when the source only copies
+    /// out through [`Self::read`]. The sender takes what it wants and [`Self::consume`]s
+    /// that much. Used for whole-file transfers; matching against block sums reads.
+    fn peek(&mut self) -> Option<Result<&[u8], SinkError>> {
+        None
+    }
+
+    /// Advances past `n` bytes of what [`Self::peek`] showed.
+    fn consume(&mut self, _n: usize) {}
 }
 
 /// In-memory content (tests, small files).
@@ -284,6 +297,17 @@ impl Ctx {
             }
             self.pending.clear();
         }
+    }
+
+    /// Runs `f` with a writer that frames protocol data straight into the output, after
+    /// what is already queued (bulk data: literal runs go out without a staging copy).
+    pub(crate) fn with_data_writer<T>(
+        &mut self,
+        f: impl FnOnce(&mut output::DataWriter<'_>) -> T,
+    ) -> T {
+        self.flush_pending();
+        let multiplexed = self.multiplexed();
+        f(&mut output::DataWriter::new(&mut self.out, multiplexed))
     }
 
     pub(crate) fn output_full(&self) -> bool {
@@ -513,7 +537,15 @@ impl<S: SendSource> ClientSender<S> {
     pub fn take_output(&mut self) -> Vec<u8> {
         self.ctx.flush_pending();
         self.ctx.outcome.progress.wire_bytes_written += self.ctx.out.len() as u64;
-        std::mem::take(&mut self.ctx.out)
+        // The next output starts with room for a full round (a step fills up to the high
+        // water mark and one content read past it), not grown by doubling from nothing:
+        // each doubling copies all that was written so far.
+        let room = if self.ctx.out.len() >= OUTPUT_HIGH_WATER / 2 {
+            OUTPUT_HIGH_WATER + 2 * CONTENT_READ_SIZE
+        } else {
+            0
+        };
+        std::mem::replace(&mut self.ctx.out, Vec::with_capacity(room))
     }
 
     /// Whether the driver should read more input now: false while enough received data

@@ -270,13 +270,12 @@ impl<C: super::FileContent> TransferPhase<C> {
                         self.req = Req::Send(s);
                         return Ok(Step::NeedInput);
                     }
-                    let limit = OUTPUT_HIGH_WATER.saturating_sub(ctx.out.len());
                     let mut budget = ctx.work_left;
                     let Sending { content, delta, .. } = &mut *s;
-                    let mut read = |b: &mut [u8]| content.read(b);
-                    let done = delta.pump(&mut read, &mut ctx.pending, limit, &mut budget);
+                    let done = ctx.with_data_writer(|out| {
+                        delta.pump(content, out, OUTPUT_HIGH_WATER, &mut budget)
+                    });
                     ctx.work_left = budget;
-                    ctx.sent();
                     if done {
                         self.finish_file(ctx, source, *s);
                         Req::Ndx
