@@ -179,6 +179,10 @@ pub const ARG_CHECKSUM_SEED: &str = "--checksum-seed=";
 pub const ARG_TIMEOUT: &str = "--timeout=";
 /// Mandatory "current directory" placeholder between options and paths.
 pub const ARG_DOT: &str = ".";
+/// The module root as a push's destination below the module name (`MODULE/./`). openrsync's
+/// receiver (macOS 15+) strips `MODULE/` to an empty path it then fails to create, with
+/// stock clients too; `./` names the same directory and stock daemons accept it alike.
+pub const PUSH_MODULE_ROOT: &str = "./";
 /// `-a` minus `r`'s position: stock orders the cluster `l [H] o g D t p r`, then `e<info>`.
 pub const CLUSTER_LINKS: &str = "-l";
 pub const CLUSTER_HARD_LINKS: char = 'H';

@@ -203,10 +203,53 @@ fn a_wrong_password_is_refused_and_stores_nothing() {
     assert_eq!(snapshot_count(&store), 1);
 }
 
-/// Fails today: our sender speaks 30+, and pushes into the module root as `MODULE/`, which
-/// openrsync's receiver turns into an empty path it cannot make (it wants `MODULE/./`).
+/// Which entries share an inode, as sets of names (one line per set).
+fn hard_link_sets(root: &Path) -> Vec<Vec<Vec<u8>>> {
+    let mut sets: std::collections::BTreeMap<Vec<u8>, Vec<Vec<u8>>> = Default::default();
+    for (name, o) in observe(root) {
+        if let Some(leader) = o.link_leader {
+            sets.entry(leader).or_default().push(name);
+        }
+    }
+    sets.into_values().collect()
+}
+
+/// Our push equals stock rsync's push of the same tree into the same daemon, except for
+/// hard links: openrsync's receiver links all of a set as we send it at protocol 29, but
+/// only part of it as stock 3.x sends it (`hard-a`, `deep/hard-b`, `hard-c` arrive as
+/// `hard-a` apart and the other two linked), so ours must hold the source's sets instead.
+fn assert_same_as_stocks_push(src: &Path, theirs: &Path, ours: &Path) {
+    let unlinked = |root: &Path| {
+        let mut o = observe(root);
+        for v in o.values_mut() {
+            v.link_leader = None;
+        }
+        o
+    };
+    let (want, got) = (unlinked(theirs), unlinked(ours));
+    for (name, w) in &want {
+        let n = String::from_utf8_lossy(name);
+        let g = got
+            .get(name)
+            .unwrap_or_else(|| panic!("{n} missing from our push"));
+        assert_eq!(w, g, "{n} differs from stock's push");
+    }
+    for name in got.keys() {
+        assert!(
+            want.contains_key(name),
+            "{} is extra in our push",
+            String::from_utf8_lossy(name)
+        );
+    }
+    assert_eq!(hard_link_sets(ours), hard_link_sets(src), "hard-link sets");
+}
+
+/// Our push (a restore) into an openrsync module's root and into a directory below it that
+/// does not exist yet, against stock rsync's pushes of the same trees into the same daemon.
+/// The module root goes as `MODULE/./`: a bare `MODULE/` becomes an empty path openrsync's
+/// receiver fails to make, for stock's client too.
 #[test]
-#[ignore = "needs an openrsync binary (TURKU_OPENRSYNC=/path/to/openrsync) and our sender at protocol 29"]
+#[ignore = "needs an openrsync binary: TURKU_OPENRSYNC=/path/to/openrsync"]
 fn a_push_into_an_openrsync_module_equals_stock_rsyncs() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -224,39 +267,54 @@ fn a_push_into_an_openrsync_module_equals_stock_rsyncs() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let (ours, theirs) = (tmp.path().join("ours"), tmp.path().join("theirs"));
-    fs::create_dir(&ours).unwrap();
-    fs::create_dir(&theirs).unwrap();
-    let daemon = openrsync(
-        tmp.path(),
-        &[
-            OpenrsyncModule {
-                name: "ours",
-                path: &ours,
-                writable: true,
-            },
-            OpenrsyncModule {
-                name: "theirs",
-                path: &theirs,
-                writable: true,
-            },
-        ],
-    );
-    // The bar: stock rsync pushing the same tree into the same daemon.
+    let dirs = ["ours", "theirs", "ours-sub", "theirs-sub"].map(|d| tmp.path().join(d));
+    for d in &dirs {
+        fs::create_dir(d).unwrap();
+    }
+    let modules: Vec<OpenrsyncModule<'_>> = ["ours", "theirs", "ours-sub", "theirs-sub"]
+        .iter()
+        .zip(&dirs)
+        .map(|(name, path)| OpenrsyncModule {
+            name,
+            path,
+            writable: true,
+        })
+        .collect();
+    let daemon = openrsync(tmp.path(), &modules);
+    let push = |path: Option<&str>, dest: String| {
+        let mut c = turku(&store);
+        c.env("RSYNC_PASSWORD", PASSWORD)
+            .args(["push", "--machine", "m", "--source", "data"]);
+        if let Some(p) = path {
+            c.args(["--path", p]);
+        }
+        c.arg(dest);
+        run_bounded(c)
+    };
+
+    // The whole snapshot into the module root. The bar: stock rsync pushing the same tree
+    // (its destination spelled so openrsync can receive it, as ours is).
     let out = stock_rsync(
         &["-aH", "--numeric-ids"],
         &format!("{}/", src.display()),
-        // openrsync's receiver cannot make the module root its destination ("w/" becomes an
-        // empty path it fails to mkdir); "w/./" names the same directory.
         &format!("{}./", url(&daemon, "theirs")),
     );
     assert_ok("stock rsync's push", &out, &daemon);
+    assert_ok("our push", &push(None, url(&daemon, "ours")), &daemon);
+    assert_same_as_stocks_push(&src, &dirs[1], &dirs[0]);
 
-    let mut c = turku(&store);
-    c.env("RSYNC_PASSWORD", PASSWORD)
-        .args(["push", "--machine", "m", "--source", "data"])
-        .arg(url(&daemon, "ours"));
-    let out = run_bounded(c);
-    assert_ok("our push", &out, &daemon);
-    assert_same_tree(&theirs, &ours);
+    // Part of the snapshot into a directory the module does not hold yet.
+    let out = stock_rsync(
+        &["-aH", "--numeric-ids"],
+        &format!("{}/", src.join("deep").display()),
+        &format!("{}restored/", url(&daemon, "theirs-sub")),
+    );
+    assert_ok("stock rsync's push of deep/", &out, &daemon);
+    let out = push(
+        Some("deep"),
+        format!("{}restored/", url(&daemon, "ours-sub")),
+    );
+    assert_ok("our push of deep/", &out, &daemon);
+    assert!(dirs[2].join("restored/a/b/c/d/e/f/g/h/i/j/leaf").is_file());
+    assert_same_tree(&dirs[3], &dirs[2]);
 }

@@ -45,9 +45,12 @@ impl ServerArgs {
 
     /// The server receives into `module/path/` (a push). The path always ends in `/`: the
     /// list's top entry `.` is that directory, as with `rsync -a src/ rsync://h/mod/path/`.
+    /// The module root goes as `module/./`, the one form openrsync's receiver accepts too.
     pub fn push(module: &str, path: &str, hard_links: bool, delete: bool) -> Self {
-        let mut path = path.to_owned();
-        if !path.is_empty() && !path.ends_with('/') {
+        let mut path = path.trim_start_matches('/').to_owned();
+        if path.is_empty() {
+            path.push_str(PUSH_MODULE_ROOT);
+        } else if !path.ends_with('/') {
             path.push('/');
         }
         ServerArgs {
@@ -226,7 +229,7 @@ mod tests {
     }
 
     /// The argv stock 3.5.0 sends for `rsync -a --numeric-ids [--delete] src/
-    /// rsync://h/mod/` with `--no-inc-recursive` (spec §2.4).
+    /// rsync://h/mod/./` with `--no-inc-recursive` (spec §2.4).
     #[test]
     fn push_argv_matches_stock() {
         assert_eq!(
@@ -237,9 +240,16 @@ mod tests {
                 "--delete",
                 "--numeric-ids",
                 ".",
-                "mod/"
+                "mod/./"
             ]
         );
+        // openrsync (protocol 29) cannot receive into a bare `mod/`.
+        for path in ["", "/"] {
+            assert_eq!(
+                ServerArgs::push("mod", path, false, false).encode(29),
+                b"--server\n-logDtpr\n--numeric-ids\n.\nmod/./\n\n"
+            );
+        }
         assert_eq!(
             ServerArgs::push("mod", "sub/dir", true, false).argv(30),
             [
