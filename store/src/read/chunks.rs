@@ -237,3 +237,154 @@ impl Drop for ChunkReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::tree::{EntryData, Metadata};
+    use crate::snapshot::Snapshot;
+    use crate::store::{CompressionMode, StoreConfig};
+    use std::io::{Read, Write};
+
+    fn meta() -> Metadata {
+        Metadata {
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 1,
+            mtime_nsec: 0,
+        }
+    }
+
+    /// Half pseudo-random, half text: chunks of both kinds, compressible and not.
+    fn body(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if (i / 4096) % 2 == 0 {
+                    x as u8
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
+            .collect()
+    }
+
+    fn store_with(
+        mode: CompressionMode,
+        files: &[(&str, Vec<u8>)],
+    ) -> (tempfile::TempDir, Store, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            compression: mode,
+            ..StoreConfig::default()
+        };
+        let store = Store::init(&dir.path().join("s"), config).unwrap();
+        let mut w = store.begin_snapshot("m", "s").unwrap();
+        w.set_root_meta(meta());
+        for (name, content) in files {
+            let mut f = w.add_file(name.as_bytes(), meta(), 0).unwrap();
+            f.write_all(content).unwrap();
+            f.finish().unwrap();
+        }
+        let snap = w.commit().unwrap();
+        (dir, store, snap)
+    }
+
+    fn chunks_of(store: &Store, snap: &Snapshot, name: &str) -> Vec<ChunkRef> {
+        match store.lookup(snap, name.as_bytes()).unwrap().data {
+            EntryData::File { chunks, .. } => chunks,
+            _ => panic!("not a file"),
+        }
+    }
+
+    /// Readers reuse one another's buffers (largest first, then smaller, then larger
+    /// again): each sees exactly its own content, compressed or raw, through `read`,
+    /// `peek` and `next_chunk`, and the pool stays bounded.
+    #[test]
+    fn reused_buffers_hold_exactly_each_chunk() {
+        let files = [
+            ("big", body(5 << 20, 1)),
+            ("small", body(300, 2)),
+            ("mid", body(700_000, 3)),
+            ("empty", Vec::new()),
+            ("big2", body(3 << 20, 4)),
+        ];
+        for mode in [CompressionMode::Inline, CompressionMode::Deferred] {
+            let (_dir, store, snap) = store_with(mode, &files);
+            for (name, want) in &files {
+                let entry = store.lookup(&snap, name.as_bytes()).unwrap();
+                let mut read = Vec::new();
+                store
+                    .open_file(&entry)
+                    .unwrap()
+                    .read_to_end(&mut read)
+                    .unwrap();
+                assert!(read == *want, "{name} read ({mode:?})");
+                let mut lent = Vec::new();
+                let mut reader = store.open_file(&entry).unwrap();
+                loop {
+                    let piece = reader.peek().unwrap().to_vec();
+                    if piece.is_empty() {
+                        break;
+                    }
+                    lent.extend_from_slice(&piece[..piece.len().min(100_000)]);
+                    reader.consume(piece.len().min(100_000));
+                }
+                assert!(lent == *want, "{name} lent ({mode:?})");
+                let mut whole = Vec::new();
+                let mut reader = store.open_file(&entry).unwrap();
+                while let Some(chunk) = reader.next_chunk().unwrap() {
+                    whole.extend_from_slice(chunk);
+                }
+                assert!(whole == *want, "{name} by chunk ({mode:?})");
+            }
+            let readers: Vec<_> = (0..READ_SCRATCH_POOLED + 3)
+                .map(|_| ChunkReader::new(&store))
+                .collect();
+            drop(readers);
+            let pooled = store.inner.read_scratch.lock().unwrap().len();
+            assert_eq!(pooled, READ_SCRATCH_POOLED);
+        }
+    }
+
+    /// A damaged chunk read into buffers that held a good one is an error, never the
+    /// stale content; the reader then reads good chunks again.
+    #[test]
+    fn a_damaged_chunk_in_a_reused_buffer_is_an_error() {
+        let files = [("good", body(600_000, 5)), ("bad", body(400_000, 6))];
+        for mode in [CompressionMode::Inline, CompressionMode::Deferred] {
+            let (_dir, store, snap) = store_with(mode, &files);
+            let good = chunks_of(&store, &snap, "good");
+            let bad = chunks_of(&store, &snap, "bad");
+            let found = index::find_blob(&store.db(), &bad[0].id).unwrap().unwrap();
+            let pack = pack_path(&store.packs_dir(), &found.pack_name);
+            let mut bytes = std::fs::read(&pack).unwrap();
+            let at = found.location.offset as usize + found.location.stored_len as usize / 2;
+            bytes[at] ^= 0xff;
+            std::fs::write(&pack, &bytes).unwrap();
+
+            let mut reader = ChunkReader::new(&store);
+            assert_eq!(
+                reader.read(&good[0]).unwrap(),
+                &files[0].1[..good[0].len as usize]
+            );
+            let err = reader.read(&bad[0]).unwrap_err();
+            assert!(matches!(err, StoreError::CorruptBlob { .. }), "{err}");
+            assert!(!reader.holds(&bad[0]));
+            let err = reader.read(&bad[0]).unwrap_err();
+            assert!(matches!(err, StoreError::CorruptBlob { .. }), "{err}");
+            assert_eq!(
+                reader.read(&good[0]).unwrap(),
+                &files[0].1[..good[0].len as usize]
+            );
+            // A tree naming the held chunk with another length is refused too.
+            let mut wrong = good[0];
+            wrong.len -= 1;
+            assert!(reader.read(&wrong).is_err());
+        }
+    }
+}
