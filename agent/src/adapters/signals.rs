@@ -4,8 +4,12 @@
 //!
 //! The signals are blocked in the main thread before any other thread exists (so every
 //! thread inherits the mask) and one thread takes them with `sigwait`. Children inherit the
-//! mask (the standard library does not reset it): rsync and ssh start through the launcher
-//! (`process::bound_to_agent`), which clears it so they react to signals as usual.
+//! spawning thread's mask: the standard library has passed it on unchanged since Rust 1.66
+//! (rust-lang/rust#101077, "Inherit the signal mask from the parent rather than resetting
+//! it", on both its posix_spawn and fork/exec paths, and in `CommandExt::exec`), and ssh
+//! keeps the mask it starts with (the rsync daemon happens to clear it). So rsync and ssh
+//! start through the launcher (`process::bound_to_agent`), which clears it so they react to
+//! signals as usual; `agent/tests/launcher.rs` checks both halves.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
