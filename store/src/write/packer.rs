@@ -272,7 +272,18 @@ fn sync_worker(
             ToSync::Pack(written, children) => {
                 let indexed = written
                     .make_durable(&packs_dir)
-                    .and_then(|finished| index_pack(&mut db, session, &finished, &children))
+                    .and_then(|finished| {
+                        index_pack(&mut db, session, &finished, &children).inspect_err(|_| {
+                            // Its row was rolled back, so nothing can reference its blobs;
+                            // and `gc` never deletes a pack no row knows (it leaves it for
+                            // `repair`): left here, a full disk at this step would keep the
+                            // pack's bytes for good.
+                            let _ = std::fs::remove_file(crate::format::pack::pack_path(
+                                &packs_dir,
+                                &finished.name,
+                            ));
+                        })
+                    })
                     .map_or_else(Done::Failed, Done::Indexed);
                 unsynced_packs.fetch_sub(1, Ordering::AcqRel);
                 indexed
