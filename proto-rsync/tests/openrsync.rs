@@ -7,27 +7,25 @@
 //! transcripts were recorded. Format, tree and how to re-record: tests/fixtures/README.md
 //! (`tests/fixtures/capture.sh /path/to/openrsync`).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use common::transcript::{
+    self, assert_same_output, decode_transcript, encode_transcript, replay_handshake,
+    replay_receiver, take_records, Recorder, Records, MAGIC,
+};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use turku_proto_rsync::io::{pull, PullConfig};
 use turku_proto_rsync::session::args::ServerArgs;
-use turku_proto_rsync::session::handshake::{
-    ClientHandshake, HandshakeOptions, HandshakeStatus, Negotiated,
-};
-use turku_proto_rsync::session::receiver::{ClientReceiver, ReceiverOptions, Status};
+use turku_proto_rsync::session::receiver::ReceiverOptions;
 use turku_proto_rsync::{
     EntryAction, Error, FileEntry, FileKind, HardLink, Limits, MessageKind, Outcome, ReceiveSink,
     Secret, SinkError, Timeouts,
@@ -41,7 +39,6 @@ const PASSWORD: &str = "mac-secret";
 const WRONG_PASSWORD: &str = "not-the-password";
 /// openrsync's answer to a wrong password (stock says "auth failed").
 const AUTH_REFUSED: &str = "authentication failed";
-const MAGIC: &str = "turku-rsync-transcript 1";
 const MANIFEST: &str = "openrsync-tree.manifest";
 /// The awkward tree's two big files are cut to these sizes for the recording, so the
 /// fixtures stay small; every other entry is as `make_awkward_tree` makes it.
@@ -357,56 +354,13 @@ impl MemSink {
     }
 }
 
-// ------------------------------------------------------------------ transcripts
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Client,
-    Server,
-}
-
-type Records = Vec<(Dir, Vec<u8>)>;
-
-fn encode_transcript(header: &str, records: &Records) -> Vec<u8> {
-    let mut out = header.as_bytes().to_vec();
-    for (dir, bytes) in records {
-        out.push(match dir {
-            Dir::Client => b'C',
-            Dir::Server => b'S',
-        });
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(bytes);
-    }
-    out
-}
-
-fn decode_transcript(raw: &[u8], header: &str) -> Records {
-    let rest = raw
-        .strip_prefix(header.as_bytes())
-        .unwrap_or_else(|| panic!("transcript does not start with {header:?}"));
-    let mut records = Vec::new();
-    let mut at = 0;
-    while at < rest.len() {
-        let dir = match rest[at] {
-            b'C' => Dir::Client,
-            b'S' => Dir::Server,
-            b => panic!("bad direction byte {b:#x} at {at}"),
-        };
-        let len = u32::from_le_bytes(rest[at + 1..at + 5].try_into().expect("length")) as usize;
-        records.push((dir, rest[at + 5..at + 5 + len].to_vec()));
-        at += 5 + len;
-    }
-    records
-}
+// ------------------------------------------------------------------ replays
 
 fn read_fixture(name: &str) -> Vec<u8> {
-    let path = fixtures().join(name);
-    fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; record it with tests/fixtures/capture.sh /path/to/openrsync",
-            path.display()
-        )
-    })
+    transcript::read_fixture(
+        &fixtures().join(name),
+        "tests/fixtures/capture.sh /path/to/openrsync",
+    )
 }
 
 fn pull_config(case: &Case) -> PullConfig {
@@ -438,93 +392,21 @@ fn replay(case: &Case, records: &Records, sink: &mut MemSink) -> (Result<Outcome
     let mut args = ServerArgs::pull(&cfg.module, &cfg.path, cfg.hard_links);
     args.numeric_ids = cfg.numeric_ids;
     args.checksum_seed = cfg.checksum_seed;
-    let mut hs = ClientHandshake::new(HandshakeOptions {
-        args,
-        protocol: cfg.protocol,
-        user: cfg.user.clone(),
-        password: cfg.password.clone(),
-        limits: Limits::default(),
-    })
-    .expect("handshake");
-    let mut chunks = records
-        .iter()
-        .filter(|(d, _)| *d == Dir::Server)
-        .map(|(_, b)| b.as_slice());
-    let mut ours = hs.take_output();
-    let mut inbuf = Vec::new();
-    let neg: Negotiated = loop {
-        let fed = hs.feed(&inbuf);
-        ours.extend(hs.take_output());
-        match fed {
-            Err(e) => {
-                assert_eq!(chunks.count(), 0, "server bytes left after the refusal");
-                return (Err(e), ours);
-            }
-            Ok((used, st)) => {
-                inbuf.drain(..used);
-                if let HandshakeStatus::Done(n) = st {
-                    break n;
-                }
-            }
-        }
-        let chunk = chunks
-            .next()
-            .expect("transcript ended during the handshake");
-        inbuf.extend_from_slice(chunk);
+    let h = match replay_handshake(args, cfg.protocol, &cfg.user, cfg.password.clone(), records) {
+        Ok(h) => h,
+        Err((e, ours)) => return (Err(e), ours),
     };
-    let mut rx: ClientReceiver<MemSink> = ClientReceiver::new(
-        neg,
+    let (outcome, ours) = replay_receiver(
+        h,
         ReceiverOptions {
             hard_links: cfg.hard_links,
             numeric_ids: cfg.numeric_ids,
             filter_rules: Vec::new(),
             limits: Limits::default(),
         },
+        sink,
     );
-    rx.feed(&inbuf).expect("feed");
-    let outcome = loop {
-        let st = rx.step(sink).expect("step");
-        ours.extend(rx.take_output());
-        if let Status::Finished(o) = st {
-            break *o;
-        }
-        while rx.has_local_work() {
-            if let Status::Finished(o) = rx.step(sink).expect("step") {
-                ours.extend(rx.take_output());
-                panic!("finished during local work: {o:?}");
-            }
-            ours.extend(rx.take_output());
-        }
-        let chunk = chunks.next().expect("transcript ended before the run did");
-        rx.feed(chunk).expect("feed");
-    };
-    assert_eq!(chunks.count(), 0, "server bytes left over after the run");
     (Ok(outcome), ours)
-}
-
-fn assert_same_output(case: &Case, ours: &[u8], records: &Records) {
-    let recorded: Vec<u8> = records
-        .iter()
-        .filter(|(d, _)| *d == Dir::Client)
-        .flat_map(|(_, b)| b.iter().copied())
-        .collect();
-    if ours != recorded.as_slice() {
-        let at = ours
-            .iter()
-            .zip(&recorded)
-            .position(|(a, b)| a != b)
-            .unwrap_or(ours.len().min(recorded.len()));
-        let show = |b: &[u8]| format!("{:02x?}", &b[at.min(b.len())..(at + 16).min(b.len())]);
-        panic!(
-            "{}: our output differs from the recording at byte {at} (ours {} bytes, recorded {}): \
-             ours {} recorded {}",
-            case.file,
-            ours.len(),
-            recorded.len(),
-            show(ours),
-            show(&recorded)
-        );
-    }
 }
 
 /// What each recorded case must have ended with, live or replayed; `manifest` is stock
@@ -599,7 +481,7 @@ fn replay_case(case: &Case) {
         ..MemSink::default()
     };
     let (result, ours) = replay(case, &records, &mut sink);
-    assert_same_output(case, &ours, &records);
+    assert_same_output(case.file, &ours, &records);
     check(case, result, &sink, &manifest);
 }
 
@@ -641,58 +523,6 @@ fn the_manifest_covers_the_awkward_tree() {
 }
 
 // ------------------------------------------------------------------ recording
-
-/// A stream that logs every chunk our client reads and writes, in order.
-struct Recorder<T> {
-    inner: T,
-    log: Arc<Mutex<Records>>,
-}
-
-impl<T> Recorder<T> {
-    fn push(&self, dir: Dir, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.log
-                .lock()
-                .expect("recorder lock")
-                .push((dir, bytes.to_vec()));
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Recorder<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            self.push(Dir::Server, &buf.filled()[before..]);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Recorder<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = r {
-            self.push(Dir::Client, &data[..n]);
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
 
 /// Records every case against the openrsync daemon `TURKU_OPENRSYNC` names and rewrites
 /// the fixtures and the manifest (run by `tests/fixtures/capture.sh /path/to/openrsync`).
@@ -749,11 +579,7 @@ async fn record_openrsync_fixtures() {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", daemon.port))
             .await
             .expect("connect");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let rec = Recorder {
-            inner: stream,
-            log: log.clone(),
-        };
+        let (rec, log) = Recorder::new(stream);
         let mut sink = MemSink {
             have_all: case.kind == Kind::Repull,
             ..MemSink::default()
@@ -765,7 +591,7 @@ async fn record_openrsync_fixtures() {
         .await
         .expect("recording timed out");
         check(case, result, &sink, &manifest);
-        let records = std::mem::take(&mut *log.lock().expect("recorder lock"));
+        let records = take_records(&log);
         let path = fixtures().join(case.file);
         fs::write(&path, encode_transcript(&header(case), &records)).expect("write fixture");
         replay_case(case);

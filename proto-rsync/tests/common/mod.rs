@@ -1,6 +1,8 @@
 //! Helpers shared by the crate's integration tests; each test binary uses only some of them.
 #![allow(dead_code)]
 
+pub mod recorded_tree;
+pub mod transcript;
 pub mod tree;
 
 use std::net::{TcpListener, TcpStream};
