@@ -41,8 +41,6 @@ readonly MACHINE_AUTH_NAME="Machine Registrations"
 readonly STORAGE_AUTH_NAME="Storage Registrations"
 # Build outputs of this checkout, left out when the checkout itself is the source.
 readonly CHECKOUT_EXCLUDES=(/target /target-lead /fuzz/target /fuzz/corpus /fuzz/artifacts /turku-quickstart)
-# The programs whose leftovers (of a run killed with -9) are ended by the next run.
-readonly OUR_PROGRAMS=" turku-api turku-storage turku-agent rsync ssh "
 
 usage() {
     sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
@@ -91,87 +89,153 @@ say() { printf '[%6ss] %s\n' "$(since "$t0")" "$*"; }
 detail() { printf '          %s\n' "$*"; }
 
 # ---------------------------------------------------------------- processes
-# Every process this run starts in the background: name -> pid.
+# Every process this run starts in the background: name -> pid, and its start time (field 22
+# of /proc/PID/stat): a pid with its start time names one process, never a later one that
+# was given the same pid, so nothing is signalled that this script did not start.
 declare -A started=()
+declare -A started_at=()
 # Names whose pid leads a process group of its own (stopped as a group).
 declare -A group_leaders=()
 lockfd=
 logs=
+# A signal that arrived while spawn was between starting a process and recording it.
+spawning=0
+pending_signal=
+
+# The start time of process $1, empty when there is none.
+start_time_of() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    # Fields after the command name (which may hold blanks and parentheses): state is the
+    # first, the start time the 20th.
+    read -r -a stat <<<"${stat##*) }"
+    printf '%s\n' "${stat[19]:-}"
+}
+
+# Process $1 is the one that started at $2 and has not exited (a zombie has).
+same_process() {
+    local pid=$1 at=$2 stat
+    [ -n "$pid" ] && [ -n "$at" ] || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    read -r -a stat <<<"${stat##*) }"
+    [ "${stat[0]}" != Z ] && [ "${stat[19]:-}" = "$at" ]
+}
+
+# Sends signal $3 to process $1 if it is still the one that started at $2.
+signal_same() {
+    if same_process "$1" "$2"; then kill "-$3" -- "$1" 2>/dev/null || true; fi
+}
+
+# Sends signal $3 to the process group led by $1 (started at $2) while the leader is that
+# process, or is gone without another process having taken its pid (what is left in the
+# group then is what it started, e.g. cargo's compilers).
+signal_group() {
+    local pid=$1 at=$2 now
+    now=$(start_time_of "$pid")
+    if [ -z "$now" ] || [ "$now" = "$at" ]; then kill "-$3" -- "-$pid" 2>/dev/null || true; fi
+}
+
+# Children of process $1 and theirs, as "pid start-time" lines (the agent's rsync daemon and
+# ssh, which die with it anyway through the parent-death signal).
+descendants_of() {
+    local f stat
+    for f in /proc/[0-9]*/stat; do
+        stat=$(cat "$f" 2>/dev/null) || continue
+        read -r -a stat <<<"${stat##*) }"
+        if [ "${stat[1]:-}" = "$1" ]; then
+            local child=${f#/proc/}
+            child=${child%/stat}
+            printf '%s %s\n' "$child" "${stat[19]}"
+            descendants_of "$child"
+        fi
+    done
+}
 
 # Starts "$@" in the background without our lock (a daemon must not hold it after we die),
-# output to $log; records its pid under $name (and in a pid file for operators).
+# output to $log; records its pid and start time under $name and in run/$name.pid (for the
+# next run, should this one be killed with -9). With spawn_group=1 the process leads a
+# process group of its own (the command must make it so, e.g. setsid). A signal arriving
+# meanwhile is acted on once the process is recorded.
 spawn() {
-    local name=$1 log=$2
+    local name=$1 log=$2 pid
     shift 2
+    spawning=1
     if [ -n "$lockfd" ]; then
         "$@" </dev/null >>"$log" 2>&1 {lockfd}>&- &
     else
         "$@" </dev/null >>"$log" 2>&1 &
     fi
-    started[$name]=$!
-    [ -d "$data/run" ] && echo "$!" >"$data/run/$name.pid"
+    pid=$!
+    started[$name]=$pid
+    started_at[$name]=$(start_time_of "$pid")
+    if [ "${spawn_group:-0}" = 1 ]; then group_leaders[$name]=1; fi
+    if [ -d "$data/run" ]; then
+        printf '%s %s %s\n' "$pid" "${started_at[$name]:--}" "${group_leaders[$name]:+group}" >"$data/run/$name.pid"
+    fi
+    spawning=0
+    if [ -n "$pending_signal" ]; then interrupted "$pending_signal"; fi
     return 0
 }
 
 # Ends a process we started: $signal (to its group when it leads one), SIGKILL after
-# STOP_TIMEOUT; reaps it. Every kill may find the process gone (bash reaps in the background).
+# STOP_TIMEOUT; reaps it. Each signal goes only to the process recorded (pid and start time).
 stop() {
     local name=$1 signal=${2:-TERM}
-    local pid=${started[$name]:-}
+    local pid=${started[$name]:-} at=${started_at[$name]:-}
     [ -n "$pid" ] || return 0
-    local target=$pid
-    [ -z "${group_leaders[$name]:-}" ] || target=-$pid
-    kill "-$signal" -- "$target" 2>/dev/null || true
+    if [ -n "${group_leaders[$name]:-}" ]; then
+        signal_group "$pid" "$at" "$signal"
+    else
+        signal_same "$pid" "$at" "$signal"
+    fi
     local deadline=$((SECONDS + STOP_TIMEOUT))
-    while running "$pid" && [ $SECONDS -lt $deadline ]; do
+    while same_process "$pid" "$at" && [ $SECONDS -lt $deadline ]; do
         sleep 0.1
     done
-    if running "$pid"; then
-        kill -KILL -- "$target" 2>/dev/null || true
-    fi
+    signal_same "$pid" "$at" KILL
     # What a group leader left in its group (e.g. cargo's compilers) goes too.
-    if [ "$target" != "$pid" ]; then
-        kill -KILL -- "$target" 2>/dev/null || true
-    fi
+    if [ -n "${group_leaders[$name]:-}" ]; then signal_group "$pid" "$at" KILL; fi
     wait "$pid" 2>/dev/null || true
-    unset "started[$name]" "group_leaders[$name]"
+    unset "started[$name]" "started_at[$name]" "group_leaders[$name]"
     rm -f "$data/run/$name.pid"
 }
 
-state_of() { awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true; }
-
-# The process exists and has not exited (a zombie has).
-running() {
-    local state
-    state=$(state_of "$1")
-    [ -n "$state" ] && [ "$state" != Z ]
-}
-
-# Processes of ours (by program name) whose command line mentions the data dir: what a run
-# killed with -9 leaves (its daemons, the agent's rsync daemon and ssh).
-leftovers() {
-    local f pid comm
-    for f in $(grep -laF -- "$data/" /proc/[0-9]*/cmdline 2>/dev/null); do
-        pid=${f#/proc/}
-        pid=${pid%/cmdline}
-        [ "$pid" != $$ ] || continue
-        comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
-        [[ $OUR_PROGRAMS == *" $comm "* ]] && echo "$pid"
-    done
-    return 0
-}
-
-# Ends every leftover: SIGTERM, then SIGKILL after STOP_TIMEOUT.
+# Ends what an earlier run recorded in run/*.pid and left running (killed with -9: its
+# daemons, the agent and its children, a build's process group): only processes whose start
+# time still matches, never anything else that mentions the data dir.
 sweep() {
-    local pids pid deadline
-    pids=$(leftovers)
-    [ -n "$pids" ] || return 0
-    [ "${1:-}" = quiet ] || say "ending processes left by an earlier run: $(echo $pids)"
-    kill -TERM $pids 2>/dev/null || true
+    local f pid at group targets=() deadline entry
+    for f in "$data"/run/*.pid; do
+        [ -e "$f" ] || continue
+        read -r pid at group <"$f" 2>/dev/null || true
+        rm -f "$f"
+        [[ $pid =~ ^[0-9]+$ ]] || continue
+        if [ "$group" = group ]; then signal_group "$pid" "$at" TERM; fi
+        same_process "$pid" "$at" || continue
+        targets+=("$pid $at" )
+        while read -r entry; do [ -z "$entry" ] || targets+=("$entry"); done < <(descendants_of "$pid")
+        if [ "$group" = group ]; then targets+=("-$pid $at"); fi
+    done
+    [ ${#targets[@]} -gt 0 ] || return 0
+    [ "${1:-}" = quiet ] || say "ending processes left by an earlier run: $(for e in "${targets[@]}"; do printf '%s ' "${e%% *}"; done)"
+    for entry in "${targets[@]}"; do
+        read -r pid at <<<"$entry"
+        [ "${pid:0:1}" = - ] || signal_same "$pid" "$at" TERM
+    done
     deadline=$((SECONDS + STOP_TIMEOUT))
-    while [ -n "$(leftovers)" ] && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-    pids=$(leftovers)
-    [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+    while [ $SECONDS -lt $deadline ]; do
+        local alive=0
+        for entry in "${targets[@]}"; do
+            read -r pid at <<<"$entry"
+            if [ "${pid:0:1}" != - ] && same_process "$pid" "$at"; then alive=1; fi
+        done
+        [ $alive = 1 ] || break
+        sleep 0.1
+    done
+    for entry in "${targets[@]}"; do
+        read -r pid at <<<"$entry"
+        if [ "${pid:0:1}" = - ]; then signal_group "${pid#-}" "$at" KILL; else signal_same "$pid" "$at" KILL; fi
+    done
     return 0
 }
 
@@ -203,8 +267,15 @@ on_exit() {
     exit $rc
 }
 trap on_exit EXIT
-trap 'interrupted INT' INT
-trap 'interrupted TERM' TERM
+on_signal() {
+    if [ "$spawning" = 1 ]; then
+        pending_signal=$1
+    else
+        interrupted "$1"
+    fi
+}
+trap 'on_signal INT' INT
+trap 'on_signal TERM' TERM
 
 # Runs "$@" in the background as step $label with output to $log, showing the time it has
 # taken (updated in place on a terminal, a line every 10 s otherwise); fails after
@@ -217,13 +288,12 @@ step() {
     say "$label ..."
     if [ "${step_group:-0}" = 1 ]; then
         # Not a group leader (a job of a shell without job control), setsid execs in place.
-        spawn step "$log" setsid "$@"
-        group_leaders[step]=1
+        spawn_group=1 spawn step "$log" setsid "$@"
     else
         spawn step "$log" "$@"
     fi
     pid=${started[step]}
-    while running "$pid"; do
+    while same_process "$pid" "${started_at[step]}"; do
         local secs=$((SECONDS - begin_s))
         if [ "$secs" -ge "$STEP_TIMEOUT" ]; then
             stop step
@@ -239,7 +309,7 @@ step() {
         sleep 0.2
     done
     wait "$pid" || rc=$?
-    unset "started[step]" "group_leaders[step]"
+    unset "started[step]" "started_at[step]" "group_leaders[step]"
     rm -f "$data/run/step.pid"
     if [ $tty = 1 ]; then printf '\r\033[K' >&2; fi
     detail "took $(since "$begin")s"
@@ -250,9 +320,9 @@ step() {
 # $name runs; fails with the file's tail otherwise.
 wait_for_line() {
     local name=$1 file=$2 pattern=$3 what=$4
-    local deadline=$((SECONDS + START_TIMEOUT)) pid=${started[$name]}
+    local deadline=$((SECONDS + START_TIMEOUT)) pid=${started[$name]} at=${started_at[$name]}
     until grep -qE -- "$pattern" "$file" 2>/dev/null; do
-        if ! running "$pid"; then
+        if ! same_process "$pid" "$at"; then
             return 1
         fi
         if [ $SECONDS -ge $deadline ]; then
@@ -344,7 +414,9 @@ printf '*\n' >"$data/.gitignore"
 mkdir -p "$data/run" "$data/logs"
 logs=$data/logs
 exec {lockfd}>"$data/run/lock"
-flock -n "$lockfd" || die "another quickstart.sh is running with $data"
+# A few seconds' grace: a run killed with -9 leaves its short helpers (a sleep of its wait
+# loop) holding the lock a moment longer.
+flock -w 3 "$lockfd" || die "another quickstart.sh is running with $data"
 sweep
 rm -f "$data"/run/*.pid
 for log in "$data"/logs/*.log; do rotate_log "$log"; done
@@ -600,7 +672,7 @@ restore_password=$(sed -n 's/.*RSYNC_PASSWORD=\([^ ]*\).*/\1/p' <<<"$restore_lin
 deadline=$((SECONDS + START_TIMEOUT))
 until [ "$(grep -c 'Restore mode active on port' "$storage_log" || true)" -gt "$restores_before" ]; do
     [ $SECONDS -lt $deadline ] || die "the storage daemon saw no restore session within ${START_TIMEOUT}s; log: $storage_log"
-    running "${started[restore-mode]}" || die "restore mode ended early; log: $restore_log"
+    same_process "${started[restore-mode]}" "${started_at[restore-mode]}" || die "restore mode ended early; log: $restore_log"
     sleep 0.1
 done
 detail "the agent is waiting; restore user $restore_user"

@@ -13,12 +13,16 @@ use std::time::{Duration, Instant};
 use turku_testkit::system::{
     turku_agent_binary, turku_api_binary, turku_storage_binary, wait_bounded,
 };
-use turku_testkit::{backdate_recent, make_awkward_tree, random_file};
+use turku_testkit::{
+    assert_rsync_sees_no_difference, backdate_recent, make_awkward_tree, random_file,
+};
 
 /// Bound on one whole run of the script on the small tree (debug binaries, loaded machine).
 const RUN_BOUND: Duration = Duration::from_secs(120);
 /// Bound on the script's own cleanup after a signal.
 const STOP_BOUND: Duration = Duration::from_secs(40);
+/// Bound on processes dying after the script's exit (the parent-death signal is async).
+const LEFTOVER_BOUND: Duration = Duration::from_secs(5);
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../quickstart.sh")
@@ -170,12 +174,29 @@ impl Drop for KillLeftovers {
     }
 }
 
+/// Nothing mentions the data dir any more, within a few seconds: the agent's children die
+/// through the parent-death signal, after their parent.
 fn assert_nothing_left(data: &Path, output: &str) {
-    let left = processes_mentioning(data);
+    let deadline = Instant::now() + LEFTOVER_BOUND;
+    let mut left = processes_mentioning(data);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = processes_mentioning(data);
+    }
     assert!(
         left.is_empty(),
         "processes left behind: {left:#?}\n{output}"
     );
+}
+
+/// The restore the run reports (`verified in DIR`) equals the source to stock rsync.
+fn assert_restore_equals(source: &Path, text: &str) {
+    let restored = text
+        .lines()
+        .find_map(|l| l.split(" verified in ").nth(1))
+        .unwrap_or_else(|| panic!("no restore reported\n{text}"));
+    assert!(Path::new(restored).is_dir(), "{restored}\n{text}");
+    assert_rsync_sees_no_difference(source, Path::new(restored));
 }
 
 /// The data dir, its logs (restore mode's holds the restore password) and run files are the
@@ -278,7 +299,7 @@ fn quickstart_backs_up_twice_restores_verified_and_a_second_run_adds_snapshots()
     for name in &first {
         assert!(text.contains(name.as_str()), "{name} not reported\n{text}");
     }
-    assert!(text.contains("restore verified"), "{text}");
+    assert_restore_equals(&source, &text);
     assert!(text.contains("reused every file"), "{text}");
     assert!(
         text.contains("turku-storage") && text.contains(" serve"),
@@ -300,7 +321,7 @@ fn quickstart_backs_up_twice_restores_verified_and_a_second_run_adds_snapshots()
     let second = snapshots(&data);
     assert_eq!(second.len(), 4, "{second:?}\n{text}");
     assert_eq!(second[..2], first[..]);
-    assert!(text.contains("restore verified"), "{text}");
+    assert_restore_equals(&source, &text);
     assert_nothing_left(&data, &text);
 }
 
@@ -314,6 +335,16 @@ fn ctrl_c_during_the_backup_leaves_no_process_behind() {
 
     let (child, rx) = start_in_own_group(&bin, &data, &source);
     wait_for_line(&rx, "backup: turku-agent ping");
+    // The agent is in its backup once the storage's session began.
+    let storage_log = data.join("logs/storage.log");
+    let deadline = Instant::now() + RUN_BOUND;
+    while !std::fs::read_to_string(&storage_log)
+        .unwrap_or_default()
+        .contains("Begin:")
+    {
+        assert!(Instant::now() < deadline, "no backup session began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A terminal's Ctrl-C: SIGINT to the whole foreground process group.
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -323,6 +354,18 @@ fn ctrl_c_during_the_backup_leaves_no_process_behind() {
     let status = wait_exit(child, STOP_BOUND);
     assert_eq!(status.code(), Some(130), "{status:?}");
     assert_nothing_left(&data, "");
+    let out = Command::new(turku_storage_binary())
+        .arg("--store")
+        .arg(data.join("storage/store"))
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the store after Ctrl-C: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -460,4 +503,208 @@ fn a_data_dir_with_a_blank_and_a_quote_works() {
     // The link the agent saw the data dir through, kept for the by-hand commands.
     let alias = std::fs::read_to_string(data.join("run/agent-alias")).unwrap();
     std::fs::remove_dir_all(alias.trim_end()).unwrap();
+}
+
+#[test]
+fn many_differences_after_the_restore_are_explained_not_cut_short() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    // After the real restore, thousands of strays in the restore dir: a listing far longer
+    // than a pipe holds.
+    let bin = wrapped_bin_dir(
+        work.path(),
+        &format!(
+            "if [[ \" $* \" == *\" restore \"* ]]; then\n\
+             {:?} \"$@\" || exit\n\
+             for d in {:?}/restores/*/; do for i in $(seq 3000); do\n\
+             : >\"$d/a-stray-file-with-a-rather-long-name-that-was-not-backed-up-$i\"; done; done\n\
+             exit 0; fi",
+            turku_storage_binary(),
+            data
+        ),
+    );
+    let source = source_tree(work.path());
+    let _guard = KillLeftovers(data.clone());
+
+    let (out, text) = run(&bin, &data, &source);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("differs from"), "{text}");
+    assert!(text.contains("a-stray-file"), "{text}");
+    assert_nothing_left(&data, &text);
+}
+
+/// A process of the user's own that mentions the data dir, named as one of ours.
+fn by_hand_process(work: &Path, name: &str, mention: &Path) -> Child {
+    let dir = work.join("by-hand");
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join(name);
+    std::fs::write(&program, "#!/bin/sh\nsleep 120\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new(&program).arg(mention).spawn().unwrap()
+}
+
+#[test]
+fn a_caller_with_cdpath_hooks_ssh_settings_and_by_hand_processes_is_not_disturbed() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = bin_dir(work.path());
+    let _source = source_tree(work.path());
+    let data = work.path().join("data");
+    let _guard = KillLeftovers(data.clone());
+    // The user's by-hand commands (as the script prints them) mention the data dir.
+    let mut by_hand = by_hand_process(work.path(), "rsync", &data.join("restores"));
+    // ssh as the agent runs it: its arguments and environment noted, then the real one.
+    let ssh_dir = work.path().join("ssh-wrapper");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let ssh_log = work.path().join("ssh.log");
+    std::fs::write(
+        ssh_dir.join("ssh"),
+        format!(
+            "#!/bin/bash\nprintf '%s\\n' \"$*\" \"agent socket: ${{SSH_AUTH_SOCK-none}}\" >>{ssh_log:?}\n\
+             exec /usr/bin/ssh \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(ssh_dir.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let garbled_clock = work.path().join("clock");
+    std::fs::write(&garbled_clock, "not a time").unwrap();
+
+    // Relative paths with an exported CDPATH (cd then prints where it went), and the
+    // programs' test hooks and overrides set.
+    let out = wait_bounded(
+        quickstart(&bin, Path::new("data"), Path::new("source"))
+            .current_dir(work.path())
+            .env("CDPATH", work.path())
+            .env("TURKU_CLOCK_FILE", &garbled_clock)
+            .env("TURKU_STORE", work.path().join("no-store"))
+            .env("TURKU_API_TIME_ZONE", "Nowhere/Nothing")
+            .env("SSH_AUTH_SOCK", work.path().join("agent.sock"))
+            .env(
+                "PATH",
+                format!("{}:{}", ssh_dir.display(), std::env::var("PATH").unwrap()),
+            )
+            .spawn()
+            .unwrap(),
+        RUN_BOUND,
+        "quickstart.sh",
+    );
+    let text = format!(
+        "{}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{:?}\n{text}", out.status);
+    assert_restore_equals(&work.path().join("source"), &text);
+    assert!(
+        by_hand.try_wait().unwrap().is_none(),
+        "the user's own process was ended\n{text}"
+    );
+    by_hand.kill().unwrap();
+    by_hand.wait().unwrap();
+    let ssh_calls = std::fs::read_to_string(&ssh_log).unwrap();
+    assert!(
+        ssh_calls.contains("-F /dev/null -o IdentitiesOnly=yes "),
+        "{ssh_calls}"
+    );
+    assert!(!ssh_calls.contains("agent socket: /"), "{ssh_calls}");
+    assert_nothing_left(&data, &text);
+}
+
+#[test]
+fn a_run_killed_with_sigkill_during_the_build_leaves_no_compiler_to_the_next_run() {
+    let work = tempfile::tempdir().unwrap();
+    let bin = bin_dir(work.path());
+    let source = source_tree(work.path());
+    let data = work.path().join("data");
+    let _guard = KillLeftovers(data.clone());
+    // A cargo that builds for ever, through a compiler of its own.
+    let fake = work.path().join("fake-cargo");
+    std::fs::create_dir_all(&fake).unwrap();
+    let pids = work.path().join("build-pids");
+    std::fs::write(
+        fake.join("cargo"),
+        format!("#!/bin/bash\nsleep 300 &\necho $$ $! >{pids:?}\nwait\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(fake.join("cargo"), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut building = quickstart(&bin, &data, &source);
+    building
+        .env_remove("TURKU_BIN_DIR")
+        .env(
+            "PATH",
+            format!("{}:{}", fake.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("CARGO_TARGET_DIR", work.path().join("target"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let child = building.spawn().unwrap();
+    let deadline = Instant::now() + RUN_BOUND;
+    while std::fs::read_to_string(&pids).map_or(true, |t| t.split_whitespace().count() < 2) {
+        assert!(Instant::now() < deadline, "the fake build never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Only the script dies; the build's group runs on.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_exit(child, STOP_BOUND);
+    let build: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(") ").next().unwrap().starts_with('Z'))
+    };
+    assert!(
+        build.iter().all(|&pid| alive(pid)),
+        "the build died with the script"
+    );
+    let _build_guard = KillPids(build.clone());
+
+    let (out, text) = run(&bin, &data, &source);
+    assert!(
+        out.status.success(),
+        "the next run: {:?}\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("ending processes left by an earlier run"),
+        "{text}"
+    );
+    let deadline = Instant::now() + LEFTOVER_BOUND;
+    while build.iter().any(|&pid| alive(pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !build.iter().any(|&pid| alive(pid)),
+        "the killed run's build still runs\n{text}"
+    );
+}
+
+/// SIGKILLs the given processes when a test ends, so a failing test leaves none behind.
+struct KillPids(Vec<i32>);
+
+impl Drop for KillPids {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // Only while the pid is still the fake build's (a pid may be reused).
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if !cmdline.contains("fake-cargo") && !cmdline.starts_with("sleep") {
+                continue;
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
