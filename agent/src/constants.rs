@@ -30,6 +30,14 @@ pub const PING_LOCK_NAME: &str = "turku-agent-ping";
 /// See [`PING_LOCK_NAME`].
 pub const UPDATE_CONFIG_LOCK_NAME: &str = "turku-update-config";
 
+/// A storage session's private directory in `TMPDIR` (rsyncd.conf, secrets, known_hosts):
+/// `SESSION_DIR_PREFIX` + 6 random characters.
+pub const SESSION_DIR_PREFIX: &str = "turku-agent.";
+/// The file in a session directory naming its agent: `<pid> <start time>` (the start time in
+/// clock ticks since boot, field 22 of `/proc/<pid>/stat`, so a reused pid is told apart).
+/// A later ping removes the directories whose agent is gone (killed outright).
+pub const SESSION_DIR_OWNER_FILE: &str = "owner";
+
 /// Config defaults (`spec/turku.md` §3.2).
 pub mod defaults {
     pub const RSYNCD_COMMAND: &str = "rsync";

@@ -12,8 +12,8 @@ use turku_api_types::config_dir::{load_merged_dir, Formats};
 
 use turku_agent::config::{var_dir_of, AgentConfig, ConfigFiles};
 use turku_agent::constants::{
-    CONFIG_SUBDIR, LOCK_DIR_CANDIDATES, MACHINE_UUID_FILE, MACHINE_UUID_FILE_MODE, SOURCES_SUBDIR,
-    SSH_PUBLIC_KEY_FILE,
+    CONFIG_SUBDIR, LOCK_DIR_CANDIDATES, MACHINE_UUID_FILE, MACHINE_UUID_FILE_MODE,
+    SESSION_DIR_OWNER_FILE, SESSION_DIR_PREFIX, SOURCES_SUBDIR, SSH_PUBLIC_KEY_FILE,
 };
 
 /// A merged directory, or an empty object when it does not exist (the original skips a
@@ -128,22 +128,30 @@ impl Drop for RunLock {
 }
 
 /// A private directory (0700) for one session's rsyncd.conf, secrets, known_hosts and
-/// daemon log; removed with everything in it when dropped.
+/// daemon log; removed with everything in it when dropped, or by a later ping
+/// ([`remove_stale_session_dirs`]) when the agent was killed outright. Its first file names
+/// its agent.
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
 }
 
 impl PrivateDir {
-    pub fn create() -> Result<PrivateDir> {
-        let template = std::env::temp_dir().join("turku-agent.XXXXXX");
-        let path = nix::unistd::mkdtemp(&template).with_context(|| {
-            format!(
-                "cannot create a private directory in {}",
-                std::env::temp_dir().display()
-            )
-        })?;
-        Ok(PrivateDir { path })
+    pub fn create_in(base: &Path) -> Result<PrivateDir> {
+        let template = base.join(format!("{SESSION_DIR_PREFIX}XXXXXX"));
+        let path = nix::unistd::mkdtemp(&template)
+            .with_context(|| format!("cannot create a private directory in {}", base.display()))?;
+        let dir = PrivateDir { path };
+        let me = std::process::id();
+        let started = process_start_time(me)
+            .with_context(|| format!("cannot read this process's start time in /proc/{me}"))?;
+        // Whole or absent: a later ping never reads half a record.
+        let owner = dir.write(
+            &format!("{SESSION_DIR_OWNER_FILE}.new"),
+            &format!("{me} {started}\n"),
+        )?;
+        fs::rename(&owner, dir.path.join(SESSION_DIR_OWNER_FILE))?;
+        Ok(dir)
     }
 
     pub fn path(&self) -> &Path {
@@ -170,10 +178,111 @@ impl PrivateDir {
     }
 }
 
+/// The start time of process `pid` (clock ticks since boot), `None` when there is no such
+/// process.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold blanks and parentheses.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Field 3 is the first after the name; the start time is field 22.
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Removes the session directories in `base` whose agent is gone (a SIGKILL leaves its
+/// rsyncd.conf and secrets behind): only ours by owner uid, only those with an owner record,
+/// never one whose process still runs (the same pid and start time). Returns what it removed.
+pub fn remove_stale_session_dirs(base: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(base) else {
+        return removed;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SESSION_DIR_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        let ours = fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == me);
+        if !ours {
+            continue;
+        }
+        // No record: being created right now, or made by an agent that predates them.
+        let Ok(record) = fs::read_to_string(path.join(SESSION_DIR_OWNER_FILE)) else {
+            continue;
+        };
+        let mut words = record.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(started))) = (words.next(), words.next()) else {
+            continue;
+        };
+        let alive = u32::try_from(pid)
+            .ok()
+            .and_then(process_start_time)
+            .is_some_and(|now| now == started);
+        if alive {
+            continue;
+        }
+        match fs::remove_dir_all(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) => tracing::warn!("cannot remove the stale {}: {e}", path.display()),
+        }
+    }
+    removed
+}
+
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         if let Err(e) = fs::remove_dir_all(&self.path) {
             tracing::warn!("cannot remove {}: {e}", self.path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_ping_removes_only_session_dirs_whose_agent_is_gone() {
+        let base = std::env::temp_dir().join(format!("turku-stale-test-{}", std::process::id()));
+        fs::create_dir_all(&base).unwrap();
+        let live = PrivateDir::create_in(&base).unwrap();
+        live.write("rsyncd.secrets", "u:p\n").unwrap();
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        exited.wait().unwrap();
+        let me = std::process::id();
+        let my_start = process_start_time(me).unwrap();
+        let record = |name: &str, text: Option<String>| {
+            let dir = base.join(name);
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("rsyncd.secrets"), "u:p\n").unwrap();
+            if let Some(text) = text {
+                fs::write(dir.join(SESSION_DIR_OWNER_FILE), text).unwrap();
+            }
+            dir
+        };
+        let killed = record(
+            "turku-agent.killed",
+            Some(format!("{} {my_start}\n", exited.id())),
+        );
+        let pid_reused = record(
+            "turku-agent.reused",
+            Some(format!("{me} {}\n", my_start + 1)),
+        );
+        let unrecorded = record("turku-agent.norec", None);
+        let someone_elses = record("other.dir", Some(format!("{} 1\n", exited.id())));
+
+        let mut removed = remove_stale_session_dirs(&base);
+        removed.sort();
+        assert_eq!(removed, [killed.clone(), pid_reused.clone()]);
+        assert!(!killed.exists() && !pid_reused.exists());
+        assert!(live.path().join("rsyncd.secrets").exists());
+        assert!(unrecorded.exists() && someone_elses.exists());
+        drop(live);
+        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -9,7 +9,7 @@ use turku_api_types::client::ApiClient;
 use turku_api_types::constants::endpoint;
 use turku_api_types::v1::{AgentPingRequest, MachineCredentials, StorageEndpoint};
 
-use super::files::{load_config, PrivateDir, RunLock};
+use super::files::{load_config, remove_stale_session_dirs, PrivateDir, RunLock};
 use super::process::{self, Rsyncd, Ssh, Waited};
 use super::{api_client, random_wait, signals};
 use turku_agent::cli::PingArgs;
@@ -56,6 +56,9 @@ pub fn run(config_dir: &Path, args: &PingArgs) -> Result<Option<Signal>> {
         return Ok(None);
     }
     let _lock = RunLock::acquire(config.lock_dir.as_deref(), PING_LOCK_NAME)?;
+    for dir in remove_stale_session_dirs(&std::env::temp_dir()) {
+        tracing::info!("removed {} left by a killed agent", dir.display());
+    }
     let client = api_client(&api_url)?;
     let request = AgentPingRequest {
         machine: MachineCredentials {
@@ -232,7 +235,7 @@ fn session(
         .ssh_private_key_file
         .as_deref()
         .context("no SSH key")?;
-    let dir = PrivateDir::create()?;
+    let dir = PrivateDir::create_in(&std::env::temp_dir())?;
     let secrets = dir.write("rsyncd.secrets", &rsyncd_secrets(modules))?;
     let log = dir.path().join("rsyncd.log");
     let ip = local_ip(&config.rsyncd_local_address)?;
