@@ -4,7 +4,9 @@
 //!
 //! What the recorded pull must rebuild is what stock rsync pulled from the same daemon at
 //! the same moment: `openrsync-tree.manifest`, written from stock rsync's copy when the
-//! transcripts were recorded. Format, tree and how to re-record: tests/fixtures/README.md
+//! transcripts were recorded. The recorded push (a restore into a writable module's root)
+//! sends the stock cases' push tree; live, the module then held exactly that tree. Format,
+//! trees and how to re-record: tests/fixtures/README.md
 //! (`tests/fixtures/capture.sh /path/to/openrsync`).
 
 mod common;
@@ -18,14 +20,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::recorded_tree::{
+    delta_basis, expected_tree, push_entries, read_tree, MemSource, DELTA_FILE,
+};
 use common::transcript::{
     self, assert_same_output, decode_transcript, encode_transcript, replay_handshake,
-    replay_receiver, take_records, Recorder, Records, MAGIC,
+    replay_receiver, replay_sender, take_records, Recorder, Records, MAGIC,
 };
 use sha2::{Digest, Sha256};
-use turku_proto_rsync::io::{pull, PullConfig};
+use turku_proto_rsync::io::{pull, push, PullConfig, PushConfig};
 use turku_proto_rsync::session::args::ServerArgs;
 use turku_proto_rsync::session::receiver::ReceiverOptions;
+use turku_proto_rsync::session::sender::{ClientSender, PushOutcome, SenderOptions};
 use turku_proto_rsync::{
     EntryAction, Error, FileEntry, FileKind, HardLink, Limits, MessageKind, Outcome, ReceiveSink,
     Secret, SinkError, Timeouts,
@@ -54,6 +60,9 @@ enum Kind {
     Repull,
     /// A wrong password: refused during the greeting.
     WrongPassword,
+    /// Our sender pushing the recorded push tree (`common::recorded_tree`) into a writable
+    /// module's root that holds only the old copy of its delta file (a restore).
+    Push,
 }
 
 struct Case {
@@ -69,6 +78,12 @@ const REPULL: Case = Case {
     file: "openrsync-repull-p29.transcript",
     kind: Kind::Repull,
 };
+const PUSH: Case = Case {
+    file: "openrsync-push-p29.transcript",
+    kind: Kind::Push,
+};
+/// The writable module a push goes into.
+const PUSH_MODULE: &str = "incoming";
 const WRONG_PASSWORD_CASE: Case = Case {
     file: "openrsync-badpass-p29.transcript",
     kind: Kind::WrongPassword,
@@ -83,6 +98,7 @@ fn header(case: &Case) -> String {
         Kind::Pull => "pull",
         Kind::Repull => "repull",
         Kind::WrongPassword => "badpass",
+        Kind::Push => "push",
     };
     format!("{MAGIC} role={role} protocol=29 hard_links=1 seed={SEED} peer=openrsync\n")
 }
@@ -418,6 +434,7 @@ fn check(case: &Case, result: Result<Outcome, Error>, sink: &MemSink, manifest: 
             assert!(e.to_string().contains(AUTH_REFUSED), "{e}");
             assert!(sink.entries.is_empty(), "a refused pull listed entries");
         }
+        Kind::Push => unreachable!("a push is checked by check_push"),
         Kind::Pull | Kind::Repull => {
             let o = result.expect("the pull");
             assert_eq!(o.protocol, 29);
@@ -500,6 +517,81 @@ fn replay_openrsync_wrong_password_is_refused() {
     replay_case(&WRONG_PASSWORD_CASE);
 }
 
+// ------------------------------------------------------------------ the push
+
+fn push_config() -> PushConfig {
+    let mut cfg = PushConfig::new(PUSH_MODULE);
+    cfg.protocol = 29;
+    cfg.user = USER.into();
+    cfg.password = Some(Secret::new(PASSWORD.as_bytes().to_vec()));
+    cfg.hard_links = true;
+    cfg.numeric_ids = true;
+    cfg.checksum_seed = Some(SEED);
+    cfg.timeouts = Timeouts {
+        io: None,
+        ..Timeouts::default()
+    };
+    cfg
+}
+
+/// What the recorded push must have ended with, live or replayed: protocol 29 (openrsync's),
+/// nothing failed, and the delta file sent as matches against the module's old copy.
+fn check_push(o: &PushOutcome) {
+    assert_eq!(o.protocol, 29);
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    assert!(o.failed.is_empty(), "{o:?}");
+    assert_eq!(o.checksum_seed, SEED);
+    assert!(
+        o.progress.matched_bytes > 0,
+        "the delta used no block of the receiver's copy: {o:?}"
+    );
+}
+
+/// Runs our handshake and sender over the recorded server chunks (one feed and one step a
+/// chunk) and returns the outcome and all we wrote.
+fn replay_push(records: &Records) -> (PushOutcome, Vec<u8>) {
+    let cfg = push_config();
+    // As the driver builds it from `cfg`: the module root goes as `incoming/./`.
+    let mut args = ServerArgs::push(&cfg.module, &cfg.path, cfg.hard_links, cfg.delete);
+    args.numeric_ids = cfg.numeric_ids;
+    args.checksum_seed = cfg.checksum_seed;
+    let h = replay_handshake(args, cfg.protocol, &cfg.user, cfg.password.clone(), records)
+        .unwrap_or_else(|(e, _)| panic!("handshake: {e}"));
+    let entries = push_entries();
+    let mut source = MemSource {
+        entries: entries.clone(),
+        messages: Vec::new(),
+    };
+    let sender = |neg| -> ClientSender<MemSource> {
+        ClientSender::new(
+            neg,
+            SenderOptions {
+                hard_links: cfg.hard_links,
+                numeric_ids: cfg.numeric_ids,
+                delete: false,
+                filter_rules: Vec::new(),
+                limits: Limits::default(),
+            },
+            entries,
+            0,
+        )
+        .expect("sender")
+    };
+    replay_sender(h, sender, &mut source)
+}
+
+fn replay_push_case() {
+    let records = decode_transcript(&read_fixture(PUSH.file), &header(&PUSH));
+    let (outcome, ours) = replay_push(&records);
+    assert_same_output(PUSH.file, &ours, &records);
+    check_push(&outcome);
+}
+
+#[test]
+fn replay_openrsync_push_into_the_module_root() {
+    replay_push_case();
+}
+
 /// The manifest is not vacuous: it holds the awkward tree's every kind of entry.
 #[test]
 fn the_manifest_covers_the_awkward_tree() {
@@ -544,14 +636,25 @@ async fn record_openrsync_fixtures() {
     fs::write(src.join("zeros.bin"), vec![0u8; ZEROS_BIN_LEN]).expect("zeros");
     // Stock rsync takes an entry made in the second of its source's mtime as right.
     turku_testkit::backdate_recent(&src);
+    // The push's destination holds only the receiver's old copy of the delta file.
+    let incoming = tmp.path().join("incoming");
+    fs::create_dir(&incoming).expect("incoming");
+    fs::write(incoming.join(DELTA_FILE), delta_basis()).expect("basis");
     let daemon = OpenrsyncDaemon::start(
         &binary,
         &tmp.path().join("openrsyncd"),
-        &[OpenrsyncModule {
-            name: MODULE,
-            path: &src,
-            writable: false,
-        }],
+        &[
+            OpenrsyncModule {
+                name: MODULE,
+                path: &src,
+                writable: false,
+            },
+            OpenrsyncModule {
+                name: PUSH_MODULE,
+                path: &incoming,
+                writable: true,
+            },
+        ],
         Some((USER, PASSWORD)),
     );
 
@@ -597,4 +700,36 @@ async fn record_openrsync_fixtures() {
         replay_case(case);
         eprintln!("recorded {}", path.display());
     }
+
+    // The push (a restore into the module root), checked by what the module then holds.
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", daemon.port))
+        .await
+        .expect("connect");
+    let (rec, log) = Recorder::new(stream);
+    let entries = push_entries();
+    let mut source = MemSource {
+        entries: entries.clone(),
+        messages: Vec::new(),
+    };
+    let o = tokio::time::timeout(
+        Duration::from_secs(60),
+        push(rec, &push_config(), entries, &mut source),
+    )
+    .await
+    .expect("recording timed out")
+    .unwrap_or_else(|e| panic!("live push: {e}\nopenrsync log:\n{}", daemon.log()));
+    check_push(&o);
+    assert_eq!(read_tree(&incoming), expected_tree(), "{}", daemon.log());
+    let leader = fs::metadata(incoming.join("hard1")).expect("hard1");
+    let follower = fs::metadata(incoming.join("dir/hard2")).expect("dir/hard2");
+    assert_eq!(
+        leader.ino(),
+        follower.ino(),
+        "hard1 and dir/hard2 not linked"
+    );
+    let records = take_records(&log);
+    let path = fixtures().join(PUSH.file);
+    fs::write(&path, encode_transcript(&header(&PUSH), &records)).expect("write fixture");
+    replay_push_case();
+    eprintln!("recorded {}", path.display());
 }
