@@ -5,7 +5,7 @@
 //! nothing on the storage.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -221,17 +221,37 @@ struct StoreSource<'a> {
     store: &'a turku_store::Store,
     walked: &'a [turku_store::WalkEntry],
     counters: &'a Counters,
+    /// The last file's reader, handed back when the sender is done with it: the next file
+    /// reuses its open packs and buffers.
+    spent: &'a Mutex<Option<turku_store::FileReader>>,
 }
 
 /// A stored file's content as the sender reads it.
 struct StoreContent<'a> {
-    reader: turku_store::FileReader,
+    /// Always `Some` until dropped.
+    reader: Option<turku_store::FileReader>,
     counters: &'a Counters,
+    spent: &'a Mutex<Option<turku_store::FileReader>>,
+}
+
+impl Drop for StoreContent<'_> {
+    fn drop(&mut self) {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        *spent = self.reader.take();
+    }
+}
+
+impl StoreContent<'_> {
+    fn reader(&mut self) -> Result<&mut turku_store::FileReader, turku_proto_rsync::SinkError> {
+        self.reader
+            .as_mut()
+            .ok_or_else(|| "the file's reader was already given back".into())
+    }
 }
 
 impl turku_proto_rsync::FileContent for StoreContent<'_> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, turku_proto_rsync::SinkError> {
-        let n = std::io::Read::read(&mut self.reader, buf)?;
+        let n = std::io::Read::read(self.reader()?, buf)?;
         self.counters
             .bytes_done
             .fetch_add(n as u64, Ordering::Relaxed);
@@ -241,11 +261,16 @@ impl turku_proto_rsync::FileContent for StoreContent<'_> {
     /// The verified chunk in the reader's buffer, framed from there: a whole-file
     /// transfer copies content once, into the output.
     fn peek(&mut self) -> Option<Result<&[u8], turku_proto_rsync::SinkError>> {
-        Some(self.reader.peek().map_err(Into::into))
+        Some(match self.reader() {
+            Ok(reader) => reader.peek().map_err(Into::into),
+            Err(e) => Err(e),
+        })
     }
 
     fn consume(&mut self, n: usize) {
-        self.reader.consume(n);
+        if let Some(reader) = self.reader.as_mut() {
+            reader.consume(n);
+        }
         self.counters
             .bytes_done
             .fetch_add(n as u64, Ordering::Relaxed);
@@ -264,9 +289,15 @@ impl<'a> turku_proto_rsync::SendSource for StoreSource<'a> {
             .walked
             .get(ndx as usize)
             .ok_or("the sender asked for an entry past the list")?;
+        let spent = self.spent.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let reader = match spent {
+            Some(spent) => self.store.reopen_walked(walked, spent)?,
+            None => self.store.open_walked(walked)?,
+        };
         Ok(StoreContent {
-            reader: self.store.open_walked(walked)?,
+            reader: Some(reader),
             counters: self.counters,
+            spent: self.spent,
         })
     }
 
@@ -345,10 +376,12 @@ impl PreparedPush {
         config.numeric_ids = true;
         config.timeouts = options.timeouts;
         let counters = Counters::default();
+        let spent = Mutex::new(None);
         let mut source = StoreSource {
             store,
             walked: &walked,
             counters: &counters,
+            spent: &spent,
         };
         let current = |counters: &Counters| PushProgress {
             files_done: counters.files_done.load(Ordering::Relaxed),

@@ -342,6 +342,19 @@ mod tests {
                 }
                 assert!(whole == *want, "{name} by chunk ({mode:?})");
             }
+            // One reader handed from file to file (as a restore does), each file twice in
+            // a row (its last chunk held over).
+            let first = store.lookup(&snap, b"big").unwrap();
+            let mut reader = store.open_file(&first).unwrap();
+            for (name, want) in files.iter().chain(files.iter().rev()).flat_map(|f| [f, f]) {
+                let entry = store.lookup(&snap, name.as_bytes()).unwrap();
+                reader = store.reopen_file(&entry, reader).unwrap();
+                assert_eq!(reader.size(), want.len() as u64);
+                let mut read = Vec::new();
+                reader.read_to_end(&mut read).unwrap();
+                assert!(read == *want, "{name} through a reopened reader ({mode:?})");
+            }
+            drop(reader);
             let readers: Vec<_> = (0..READ_SCRATCH_POOLED + 3)
                 .map(|_| ChunkReader::new(&store))
                 .collect();

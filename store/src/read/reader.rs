@@ -148,6 +148,40 @@ impl Store {
         }
     }
 
+    /// Opens a reader over a regular file entry, taking over what `spent` (a reader done
+    /// with its file) keeps: its open packs, buffers and held chunk. A restore opens one
+    /// reader per file; most files are one chunk, and opening their pack afresh each time
+    /// was a system call pair per file.
+    pub fn reopen_file(&self, entry: &TreeEntry, spent: FileReader) -> Result<FileReader> {
+        let EntryData::File { chunks, .. } = &entry.data else {
+            return Err(StoreError::NotAFile(
+                String::from_utf8_lossy(&entry.name).into(),
+            ));
+        };
+        let FileReader {
+            chunks: mut list,
+            mut starts,
+            reader,
+            ..
+        } = spent;
+        list.clear();
+        list.extend_from_slice(chunks);
+        starts.clear();
+        let mut size = 0u64;
+        for c in chunks {
+            starts.push(size);
+            size += u64::from(c.len);
+        }
+        Ok(FileReader {
+            chunks: list,
+            starts,
+            size,
+            pos: 0,
+            reader,
+            loaded: 0,
+        })
+    }
+
     /// Opens a reader over a regular file entry.
     pub fn open_file(&self, entry: &TreeEntry) -> Result<FileReader> {
         match &entry.data {

@@ -274,6 +274,12 @@ impl Store {
     pub fn open_walked(&self, entry: &WalkEntry) -> Result<FileReader> {
         self.open_file(&entry.entry)
     }
+
+    /// [`Self::open_walked`] reusing `spent`, a reader done with its file (see
+    /// [`Store::reopen_file`]).
+    pub fn reopen_walked(&self, entry: &WalkEntry, spent: FileReader) -> Result<FileReader> {
+        self.reopen_file(&entry.entry, spent)
+    }
 }
 
 #[cfg(test)]
