@@ -8,10 +8,14 @@
 
 use std::path::{Path, PathBuf};
 
-use turku_testkit::system::{backup_logs, due, stderr, Agent, Coordinator, StorageDaemon};
+use std::time::Duration;
+
+use turku_testkit::system::{
+    backup_logs, due, eventually, stderr, Agent, Coordinator, StorageDaemon,
+};
 use turku_testkit::{
-    assert_rsync_sees_no_difference, assert_same_tree, backdate_recent, is_root, random_bytes,
-    random_file,
+    assert_rsync_sees_no_difference, assert_same_tree, backdate_recent, is_root, pack_files_bytes,
+    random_bytes, random_file,
 };
 
 const KIB: u64 = 1024;
@@ -161,6 +165,15 @@ fn start_storage(coordinator: &Coordinator, name: &str) -> StorageDaemon {
         name,
         serde_json::json!({"preserve_hard_links": true}),
     )
+}
+
+/// Waits (bounded) until the daemon's log shows `runs` GC runs after backups.
+fn wait_for_gc_runs(storage: &StorageDaemon, runs: usize) {
+    eventually(
+        "the daemon's GC after the backup",
+        Duration::from_secs(60),
+        || storage.log().matches("gc after backups").count() >= runs,
+    );
 }
 
 #[test]
@@ -341,7 +354,12 @@ fn restore_mode_puts_a_chosen_snapshot_or_a_part_of_it_into_the_restore_path() {
 #[test]
 fn two_machines_with_identical_trees_store_the_data_once() {
     let coordinator = Coordinator::start();
-    let storage = start_storage(&coordinator, "storage-dedup");
+    // GC after every backup, so the pack files hold still once it has run.
+    let storage = StorageDaemon::start(
+        &coordinator,
+        "storage-dedup",
+        serde_json::json!({"preserve_hard_links": true, "gc_min_interval": 0.001}),
+    );
     let work = tempfile::tempdir().unwrap();
     let tree_one = work.path().join("one");
     make_tree(&tree_one, 3);
@@ -360,11 +378,19 @@ fn two_machines_with_identical_trees_store_the_data_once() {
     let (uuid_one, uuid_two) = (agent_one.uuid(), agent_two.uuid());
     assert_ne!(uuid_one, uuid_two);
 
+    // Two witnesses of what is stored: the store's own stats, and the pack files on disk
+    // (so a counting bug in the stats cannot pass). The daemon's GC after a backup rewrites
+    // packs, so the files are measured once it has finished.
     let empty = store_stats(&storage);
+    let packs_empty = pack_files_bytes(&storage.store);
     let snap_one = back_up(&coordinator, &storage, &agent_one, "data");
+    wait_for_gc_runs(&storage, 1);
     let after_one = store_stats(&storage);
+    let packs_one = pack_files_bytes(&storage.store);
     let snap_two = back_up(&coordinator, &storage, &agent_two, "data");
+    wait_for_gc_runs(&storage, 2);
     let after_two = store_stats(&storage);
+    let packs_two = pack_files_bytes(&storage.store);
 
     let stored = |s: &serde_json::Value| s["stored_bytes"].as_u64().unwrap();
     let logical = |s: &serde_json::Value| s["logical_bytes"].as_u64().unwrap();
@@ -377,10 +403,29 @@ fn two_machines_with_identical_trees_store_the_data_once() {
          +{second_grew}; logical bytes {}",
         logical(&after_two)
     );
+    eprintln!(
+        "pack files: {packs_empty} bytes empty, {packs_one} after the first machine, \
+         {packs_two} after the second"
+    );
     // Random data does not compress: the first machine stores the tree...
     assert!(first_grew >= size, "{after_one}");
+    assert!(
+        packs_one - packs_empty >= size,
+        "pack files {packs_one} bytes"
+    );
     // ...the second one only its own folder listings.
     assert!(second_grew < size / 20, "{after_one}\n{after_two}");
+    assert!(
+        packs_two - packs_one < size / 20,
+        "pack files grew from {packs_one} to {packs_two} bytes for the second machine"
+    );
+    // The stats count what the files hold.
+    assert_eq!(
+        after_two["pack_bytes"].as_u64(),
+        Some(packs_two),
+        "pack bytes against the pack files on disk: {after_two}"
+    );
+    assert!(stored(&after_two) <= packs_two, "{after_two}");
     assert_eq!(logical(&after_two), 2 * size, "{after_two}");
     assert_eq!(after_two["machines"], 2, "{after_two}");
     let stats = snapshot_stats(&storage, &uuid_two, &snap_two);
