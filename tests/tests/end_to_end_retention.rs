@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use turku_testkit::system::{eventually, stderr, Agent, Coordinator, StorageDaemon};
-use turku_testkit::{assert_same_tree, random_file};
+use turku_testkit::{assert_same_tree, pack_files_bytes, random_file};
 
 const RETENTION: &str = "last 5 days, earliest of 1 week, earliest of 1 month";
 const DAY: i64 = 86_400;
@@ -119,24 +119,6 @@ fn store_stats(storage: &StorageDaemon) -> serde_json::Value {
     let out = storage.store_command(&["stats", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Bytes of the pack files on disk.
-fn pack_files_bytes(store: &Path) -> u64 {
-    let mut total = 0;
-    let mut dirs = vec![store.join("packs")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    total
 }
 
 /// The backups of one simulated day: at an hour that cycles every five days (so the snapshot
