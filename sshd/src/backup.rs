@@ -63,8 +63,19 @@ pub struct RetentionReport {
     pub selected: Vec<String>,
 }
 
+/// A retention policy applied at a moment, in a zone.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionAt<'a> {
+    pub retention: &'a str,
+    pub now: time::OffsetDateTime,
+    /// The storage config's `timezone`; `None`: UTC.
+    pub zone: Option<&'a str>,
+}
+
 /// Forgets the snapshots of `machine`/`source` that the Turku `retention` policy does not
-/// keep at `now` (times in UTC); with `dry_run` nothing is forgotten. `each` sees every
+/// keep at `policy.now`, days counted in the time zone `policy.zone` (UTC when `None`; the storage
+/// config's `timezone`), each time at the zone's offset at its own instant; with `dry_run`
+/// nothing is forgotten. The daemon and `turku-storage forget` both come here. `each` sees every
 /// selected snapshot as soon as it is forgotten (or chosen, in a dry run), so a caller can
 /// report progress and a failure part-way leaves an accurate account of what happened.
 /// Space comes back only with the next GC.
@@ -72,8 +83,7 @@ pub fn apply_retention(
     store: &Store,
     machine: &str,
     source: &str,
-    retention: &str,
-    now: time::OffsetDateTime,
+    policy: RetentionAt<'_>,
     dry_run: bool,
     mut each: impl FnMut(&Snapshot),
 ) -> Result<RetentionReport, BackupError> {
@@ -87,7 +97,12 @@ pub fn apply_retention(
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         })
         .collect();
-    let doomed = turku_store::retention::to_delete(retention, now, &times);
+    let doomed = turku_store::retention::to_delete_in_zone(
+        policy.retention,
+        policy.now,
+        &times,
+        crate::session::zone_clock(policy.zone),
+    );
     let mut selected = Vec::with_capacity(doomed.len());
     for i in doomed {
         let Some(s) = snaps.get(i) else { continue };

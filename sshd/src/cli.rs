@@ -841,8 +841,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 &store,
                 &src.machine,
                 &src.source,
-                retention,
-                turku_store::clock::now()?,
+                backup::RetentionAt {
+                    retention,
+                    now: turku_store::clock::now()?,
+                    zone: None,
+                },
                 *dry_run,
                 |s| {
                     if *dry_run {

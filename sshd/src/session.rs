@@ -522,8 +522,11 @@ impl BackupJob {
                         &store,
                         &self.machine,
                         &self.source,
-                        retention,
-                        in_zone(self.timezone.as_deref(), now),
+                        crate::backup::RetentionAt {
+                            retention,
+                            now,
+                            zone: self.timezone.as_deref(),
+                        },
                         false,
                         |gone| summary.push_str(&format!("Removed old snapshot: {}\n", gone.name)),
                     )
@@ -581,29 +584,40 @@ fn snapshot_mode(configured: SnapshotMode, source: &ScheduledSource) -> Snapshot
     configured
 }
 
-/// `now` at the configured zone's offset at that instant (retention counts days in it). An
-/// unknown zone falls back to UTC with a warning in the log.
-fn in_zone(zone: Option<&str>, now: time::OffsetDateTime) -> time::OffsetDateTime {
-    let Some(zone) = zone else {
-        return now;
-    };
-    match zone.parse::<chrono_tz::Tz>() {
-        Ok(tz) => {
-            use chrono::Offset;
-            let Some(instant) = chrono::DateTime::from_timestamp(now.unix_timestamp(), 0) else {
-                return now;
-            };
-            let offset_secs = instant.with_timezone(&tz).offset().fix().local_minus_utc();
-            match time::UtcOffset::from_whole_seconds(offset_secs) {
-                Ok(offset) => now.to_offset(offset),
-                Err(_) => now,
-            }
-        }
+/// The configured zone as a conversion: an instant at the zone's offset at that instant
+/// (retention counts days in it, each snapshot time at its own offset across summer time).
+/// An unknown zone falls back to UTC with one warning in the log.
+pub(crate) fn zone_clock(
+    zone: Option<&str>,
+) -> impl Fn(time::OffsetDateTime) -> time::OffsetDateTime {
+    let tz = zone.and_then(|zone| match zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => Some(tz),
         Err(_) => {
             tracing::warn!(zone, "unknown time zone: retention counts days in UTC");
-            now
+            None
         }
+    });
+    move |instant| match tz {
+        Some(tz) => at_offset_of(tz, instant),
+        None => instant,
     }
+}
+
+fn at_offset_of(tz: chrono_tz::Tz, instant: time::OffsetDateTime) -> time::OffsetDateTime {
+    use chrono::Offset;
+    let Some(utc) = chrono::DateTime::from_timestamp(instant.unix_timestamp(), 0) else {
+        return instant;
+    };
+    let offset_secs = utc.with_timezone(&tz).offset().fix().local_minus_utc();
+    match time::UtcOffset::from_whole_seconds(offset_secs) {
+        Ok(offset) => instant.to_offset(offset),
+        Err(_) => instant,
+    }
+}
+
+#[cfg(test)]
+fn in_zone(zone: Option<&str>, now: time::OffsetDateTime) -> time::OffsetDateTime {
+    zone_clock(zone)(now)
 }
 
 #[cfg(test)]

@@ -187,6 +187,21 @@ pub fn to_delete(retention: &str, now: OffsetDateTime, times: &[OffsetDateTime])
         .collect()
 }
 
+/// [`to_delete`] in a zone whose offset changes (summer time): `local` gives an instant at the
+/// zone's offset *at that instant*. Each time and `now` are compared as wall-clock times, so
+/// a snapshot taken within an hour of local midnight on the other side of a change stays in
+/// its own day, week and month (one offset for all, the one of `now`, moved it across).
+pub fn to_delete_in_zone(
+    retention: &str,
+    now: OffsetDateTime,
+    times: &[OffsetDateTime],
+    local: impl Fn(OffsetDateTime) -> OffsetDateTime,
+) -> Vec<usize> {
+    let wall_clock = |t: OffsetDateTime| local(t).replace_offset(time::UtcOffset::UTC);
+    let times: Vec<OffsetDateTime> = times.iter().map(|t| wall_clock(*t)).collect();
+    to_delete(retention, wall_clock(now), &times)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +312,35 @@ mod tests {
         assert_eq!(
             to_delete("earliest of day", now_plus1, &times_plus1),
             vec![1]
+        );
+    }
+
+    /// Europe/Helsinki: +02:00, +03:00 from 2024-03-31 01:00Z to 2024-10-27 01:00Z.
+    fn helsinki(t: OffsetDateTime) -> OffsetDateTime {
+        let summer = datetime!(2024-03-31 01:00 UTC)..datetime!(2024-10-27 01:00 UTC);
+        let hours = if summer.contains(&t) { 3 } else { 2 };
+        t.to_offset(time::UtcOffset::from_hms(hours, 0, 0).unwrap())
+    }
+
+    #[test]
+    fn each_time_takes_the_zones_offset_at_its_own_instant() {
+        // Now in summer. 2024-02-29 21:30Z is 23:30 on 29 February in Helsinki (winter):
+        // February, not March, though at summer's +03:00 it would read 00:30 on 1 March.
+        let now = datetime!(2024-04-15 12:00 UTC);
+        let times = [
+            datetime!(2024-02-29 21:30 UTC),
+            datetime!(2024-03-01 10:00 UTC),
+            datetime!(2024-04-10 10:00 UTC),
+        ];
+        // The earliest of March is the 1 March snapshot; February's is let go.
+        let doomed = to_delete_in_zone("earliest of 2 months, last 10 days", now, &times, helsinki);
+        assert_eq!(doomed, [0]);
+        // One offset (now's) for every time took the 29 February one for March's earliest.
+        let fixed = helsinki(now).offset();
+        assert_eq!(
+            to_delete_in_zone("earliest of 2 months, last 10 days", now, &times, |t| t
+                .to_offset(fixed)),
+            [1]
         );
     }
 }
