@@ -837,6 +837,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
         } => {
             let store = open(&cli)?;
+            // Days counted as the daemon counts them: in the configured zone, if any.
+            let zone = if cli.config_dir.join("config.d").is_dir() {
+                load_config(&cli)?.timezone
+            } else {
+                None
+            };
             let report = backup::apply_retention(
                 &store,
                 &src.machine,
@@ -844,7 +850,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 backup::RetentionAt {
                     retention,
                     now: turku_store::clock::now()?,
-                    zone: None,
+                    zone: zone.as_deref(),
                 },
                 *dry_run,
                 |s| {

@@ -859,3 +859,65 @@ fn the_allocator_arenas_are_limited_unless_the_operator_says_otherwise() {
         );
     }
 }
+
+/// `forget` counts days in the storage config's `timezone`, as the daemon does: 22:30Z on
+/// 29 February is already 1 March in Helsinki (+02:00), so March's earliest snapshot is a
+/// different one than in UTC.
+#[test]
+fn forget_counts_days_in_the_configured_time_zone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    init_small(&store);
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"x").unwrap();
+    let clock = tmp.path().join("clock");
+    let ingest_at = |time: &str| {
+        std::fs::write(&clock, time).unwrap();
+        let out = bin()
+            .env("TURKU_CLOCK_FILE", &clock)
+            .arg("--store")
+            .arg(&store)
+            .args(["ingest", "--machine", "m", "--source", "s"])
+            .arg(&tree)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let late_february_utc = ingest_at("2024-02-29T22:30:00Z");
+    let march = ingest_at("2024-03-01T10:00:00Z");
+    std::fs::write(&clock, "2024-03-15T12:00:00Z").unwrap();
+    let config = tmp.path().join("etc");
+    std::fs::create_dir_all(config.join("config.d")).unwrap();
+    std::fs::write(
+        config.join("config.d/10-storage.json"),
+        serde_json::json!({
+            "name": "turku-storage-1", "secret": "Ex4mpleSecretStr1ng",
+            "api_url": "https://turku.example.com/v1", "ssh_ping_host": "storage1.example.com",
+            "volumes": {"primary": {"path": store, "accept_new": true}},
+            "timezone": "Europe/Helsinki",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let forget = |config_dir: &Path| {
+        let out = bin()
+            .env("TURKU_CLOCK_FILE", &clock)
+            .arg("-c")
+            .arg(config_dir)
+            .arg("--store")
+            .arg(&store)
+            .args(["forget", "--machine", "m", "--source", "s"])
+            .args(["--retention", "earliest of 1 month", "--dry-run"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        forget(&tmp.path().join("no-config")),
+        format!("would forget {late_february_utc}")
+    );
+    assert_eq!(forget(&config), format!("would forget {march}"));
+}
