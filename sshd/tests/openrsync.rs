@@ -62,14 +62,7 @@ fn assert_ok(what: &str, out: &Output, daemon: &OpenrsyncDaemon) {
 
 /// A `key value` figure from the pull's stats line.
 fn stat(out: &Output, key: &str) -> u64 {
-    let err = String::from_utf8_lossy(&out.stderr);
-    let line = err.lines().find(|l| l.starts_with("files ")).unwrap();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let i = words
-        .iter()
-        .position(|w| *w == key)
-        .unwrap_or_else(|| panic!("{key} not in {line}"));
-    words[i + 1].parse().unwrap()
+    common::stat(&String::from_utf8_lossy(&out.stderr), key)
 }
 
 /// Stock rsync (the bar) run with `args`, password given, bounded.

@@ -11,7 +11,7 @@ use turku_testkit::{
 };
 
 mod common;
-use common::{export_within, init, turku};
+use common::{export_within, init, stat, turku};
 
 /// Exports here include 1 GiB and sparse 4 GiB files: generous, but never endless.
 const EXPORT_BOUND: Duration = Duration::from_secs(600);
@@ -63,17 +63,6 @@ fn pull_ok(store: &Path, daemon: &RsyncDaemon, module: &str, extra: &[&str]) -> 
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "pull failed: {err}");
     (String::from_utf8_lossy(&out.stdout).trim().to_string(), err)
-}
-
-/// A `key value` figure from the stats line.
-fn stat(stderr: &str, key: &str) -> u64 {
-    let line = stderr.lines().find(|l| l.starts_with("files ")).unwrap();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let i = words
-        .iter()
-        .position(|w| *w == key)
-        .unwrap_or_else(|| panic!("{key} not in {line}"));
-    words[i + 1].parse().unwrap()
 }
 
 /// A daemon serving `src` as module `data` (with auth) and a new store, both under `dir`.

@@ -75,3 +75,14 @@ pub fn export_within(store: &Path, snapshot: &str, to: &Path, bound: Duration) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `key value` figure from a pull's stats line in its stderr.
+pub fn stat(stderr: &str, key: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.starts_with("files ")).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words
+        .iter()
+        .position(|w| *w == key)
+        .unwrap_or_else(|| panic!("{key} not in {line}"));
+    words[i + 1].parse().unwrap()
+}
