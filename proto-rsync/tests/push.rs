@@ -210,23 +210,7 @@ async fn full_push(protocol: u32) {
     // Nanoseconds travel from protocol 31 on.
     let nsec = protocol >= 31;
     assert_rsync_sees_no_difference(src.path(), dst.path(), if nsec { -1 } else { 1 });
-    let (a, ga) = lstat_tree(src.path(), nsec);
-    let (b, gb) = lstat_tree(dst.path(), nsec);
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    let differ: Vec<String> = a
-        .iter()
-        .filter(|(name, meta)| b.get(*name) != Some(*meta))
-        .map(|(name, meta)| {
-            format!(
-                "{}: {meta:?} vs {:?}",
-                String::from_utf8_lossy(name),
-                b.get(name)
-            )
-        })
-        .collect();
-    assert!(differ.is_empty(), "lstat differs:\n{}", differ.join("\n"));
-    assert_eq!(ga, gb, "hard-link groups");
-    assert_eq!(ga.len(), 1);
+    assert_same_lstat(src.path(), dst.path(), nsec);
 }
 
 #[tokio::test]
@@ -286,15 +270,20 @@ async fn push_into_daemon_forced_to(protocol: u32) {
         "stock push: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (a, ga) = lstat_tree(stock.path(), true);
-    let (b, gb) = lstat_tree(ours.path(), true);
+    assert_same_lstat(stock.path(), ours.path(), true);
+}
+
+/// `got` has the same names, lstat metadata and single hard-link group as `want`.
+fn assert_same_lstat(want: &Path, got: &Path, nsec: bool) {
+    let (a, ga) = lstat_tree(want, nsec);
+    let (b, gb) = lstat_tree(got, nsec);
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     let differ: Vec<String> = a
         .iter()
         .filter(|(name, meta)| b.get(*name) != Some(*meta))
         .map(|(name, meta)| {
             format!(
-                "{}: stock {meta:?} vs ours {:?}",
+                "{}: want {meta:?} vs got {:?}",
                 String::from_utf8_lossy(name),
                 b.get(name)
             )
