@@ -161,6 +161,33 @@ pub fn replay_handshake<'r>(
     })
 }
 
+/// Drives a receiver or sender (they share the feed/step/take_output shape but no trait)
+/// over the recorded chunks, one feed and one step a chunk as the tokio driver does, and
+/// checks the transcript ends with the run. Yields the outcome and everything we wrote.
+macro_rules! drive {
+    ($machine:ident, $side:ident, $status:ident, $ours:ident, $inbuf:ident, $chunks:ident) => {{
+        $machine.feed(&$inbuf).expect("feed");
+        let outcome = loop {
+            let st = $machine.step($side).expect("step");
+            $ours.extend($machine.take_output());
+            if let $status::Finished(o) = st {
+                break *o;
+            }
+            while $machine.has_local_work() {
+                if let $status::Finished(o) = $machine.step($side).expect("step") {
+                    $ours.extend($machine.take_output());
+                    panic!("finished during local work: {o:?}");
+                }
+                $ours.extend($machine.take_output());
+            }
+            let chunk = $chunks.next().expect("transcript ended before the run did");
+            $machine.feed(chunk).expect("feed");
+        };
+        assert_eq!($chunks.len(), 0, "server bytes left over after the run");
+        (outcome, $ours)
+    }};
+}
+
 /// Runs our receiver over the rest of the server chunks as the tokio driver does (one
 /// feed and one step a chunk, more steps while it has local work) and returns the
 /// outcome and all we wrote, handshake included.
@@ -176,25 +203,7 @@ pub fn replay_receiver<K: ReceiveSink>(
         mut chunks,
     } = h;
     let mut rx: ClientReceiver<K> = ClientReceiver::new(neg, options);
-    rx.feed(&inbuf).expect("feed");
-    let outcome = loop {
-        let st = rx.step(sink).expect("step");
-        ours.extend(rx.take_output());
-        if let Status::Finished(o) = st {
-            break *o;
-        }
-        while rx.has_local_work() {
-            if let Status::Finished(o) = rx.step(sink).expect("step") {
-                ours.extend(rx.take_output());
-                panic!("finished during local work: {o:?}");
-            }
-            ours.extend(rx.take_output());
-        }
-        let chunk = chunks.next().expect("transcript ended before the run did");
-        rx.feed(chunk).expect("feed");
-    };
-    assert_eq!(chunks.len(), 0, "server bytes left over after the run");
-    (outcome, ours)
+    drive!(rx, sink, Status, ours, inbuf, chunks)
 }
 
 /// As [`replay_receiver`], for our sender (a push) that `sender` makes from the session's
@@ -211,25 +220,7 @@ pub fn replay_sender<S: SendSource>(
         mut chunks,
     } = h;
     let mut tx = sender(neg);
-    tx.feed(&inbuf).expect("feed");
-    let outcome = loop {
-        let st = tx.step(source).expect("step");
-        ours.extend(tx.take_output());
-        if let SendStatus::Finished(o) = st {
-            break *o;
-        }
-        while tx.has_local_work() {
-            if let SendStatus::Finished(o) = tx.step(source).expect("step") {
-                ours.extend(tx.take_output());
-                panic!("finished during local work: {o:?}");
-            }
-            ours.extend(tx.take_output());
-        }
-        let chunk = chunks.next().expect("transcript ended before the run did");
-        tx.feed(chunk).expect("feed");
-    };
-    assert_eq!(chunks.len(), 0, "server bytes left over after the run");
-    (outcome, ours)
+    drive!(tx, source, SendStatus, ours, inbuf, chunks)
 }
 
 /// A stream that logs every chunk our client reads and writes, in order.
