@@ -79,6 +79,18 @@ impl StockDaemon {
             .await
             .unwrap_or_else(|_| panic!("pull timed out; daemon log:\n{}", self.log()))
     }
+
+    /// A pull that must succeed at `protocol` with exit code 0; the sink is finished.
+    async fn pull_clean(&self, cfg: &PullConfig, sink: &mut DirSink, protocol: u32) -> Outcome {
+        let o = self
+            .pull(cfg, sink)
+            .await
+            .unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", self.log()));
+        sink.finish();
+        assert_eq!(o.protocol, protocol);
+        assert_eq!(o.exit_code, 0, "outcome: {o:?}");
+        o
+    }
 }
 
 /// Aborts the test process if a pull spins without yielding (a tokio timeout cannot fire
@@ -417,13 +429,7 @@ async fn full_pull_opts(protocol: u32, negotiate: bool, numeric_ids: bool) {
     let mut cfg = config("pub", protocol);
     cfg.negotiate = negotiate;
     cfg.numeric_ids = numeric_ids;
-    let o = d
-        .pull(&cfg, &mut sink)
-        .await
-        .unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", d.log()));
-    sink.finish();
-    assert_eq!(o.protocol, protocol);
-    assert_eq!(o.exit_code, 0, "outcome: {o:?}");
+    let o = d.pull_clean(&cfg, &mut sink, protocol).await;
     assert!(o.failed.is_empty());
     let want_sum = match (negotiate, protocol) {
         (_, p) if p < 30 => "md4",
@@ -497,13 +503,7 @@ async fn pull_from_daemon_forced_to(protocol: u32) {
     let d = StockDaemon::start_with_args(src.path(), &[format!("--protocol={protocol}")]);
     let mut sink = DirSink::new(ours.path());
     let cfg = config("pub", 32);
-    let o = d
-        .pull(&cfg, &mut sink)
-        .await
-        .unwrap_or_else(|e| panic!("pull failed: {e}; log:\n{}", d.log()));
-    sink.finish();
-    assert_eq!(o.protocol, protocol);
-    assert_eq!(o.exit_code, 0, "outcome: {o:?}");
+    let o = d.pull_clean(&cfg, &mut sink, protocol).await;
     assert_eq!(o.checksum, "md4");
     let mut args = vec!["-a", "--numeric-ids"];
     if cfg.hard_links {
