@@ -379,26 +379,31 @@ fn read_fixture(name: &str) -> Vec<u8> {
     )
 }
 
+/// The terms every recorded session ran with, live and replayed: a macro because a pull's
+/// and a push's config share these fields but no type.
+macro_rules! recorded_terms {
+    ($new:expr, $password:expr) => {{
+        let mut cfg = $new;
+        cfg.protocol = 29;
+        cfg.user = USER.into();
+        cfg.password = Some(Secret::new($password.as_bytes().to_vec()));
+        cfg.hard_links = true;
+        cfg.numeric_ids = true;
+        cfg.checksum_seed = Some(SEED);
+        cfg.timeouts = Timeouts {
+            io: None,
+            ..Timeouts::default()
+        };
+        cfg
+    }};
+}
+
 fn pull_config(case: &Case) -> PullConfig {
-    let mut cfg = PullConfig::new(MODULE);
-    cfg.protocol = 29;
-    cfg.user = USER.into();
-    cfg.password = Some(Secret::new(
-        match case.kind {
-            Kind::WrongPassword => WRONG_PASSWORD,
-            _ => PASSWORD,
-        }
-        .as_bytes()
-        .to_vec(),
-    ));
-    cfg.hard_links = true;
-    cfg.numeric_ids = true;
-    cfg.checksum_seed = Some(SEED);
-    cfg.timeouts = Timeouts {
-        io: None,
-        ..Timeouts::default()
+    let password = match case.kind {
+        Kind::WrongPassword => WRONG_PASSWORD,
+        _ => PASSWORD,
     };
-    cfg
+    recorded_terms!(PullConfig::new(MODULE), password)
 }
 
 /// Runs our handshake and receiver over the recorded server chunks, one feed and one step
@@ -520,18 +525,7 @@ fn replay_openrsync_wrong_password_is_refused() {
 // ------------------------------------------------------------------ the push
 
 fn push_config() -> PushConfig {
-    let mut cfg = PushConfig::new(PUSH_MODULE);
-    cfg.protocol = 29;
-    cfg.user = USER.into();
-    cfg.password = Some(Secret::new(PASSWORD.as_bytes().to_vec()));
-    cfg.hard_links = true;
-    cfg.numeric_ids = true;
-    cfg.checksum_seed = Some(SEED);
-    cfg.timeouts = Timeouts {
-        io: None,
-        ..Timeouts::default()
-    };
-    cfg
+    recorded_terms!(PushConfig::new(PUSH_MODULE), PASSWORD)
 }
 
 /// What the recorded push must have ended with, live or replayed: protocol 29 (openrsync's),
