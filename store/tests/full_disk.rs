@@ -11,49 +11,8 @@ use std::process::Command;
 
 use common::{small_chunks, tar_of};
 use turku_store::{Metadata, Snapshot, Store, StoreError};
-use turku_testkit::{is_root, random_bytes};
-
-/// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        assert!(
-            is_root(),
-            "this test mounts a tmpfs to fill a real file system: run it as root"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t tmpfs failed: {status}");
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (a handle open in a failing test): detach it instead of leaking it.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
+use turku_testkit::random_bytes;
+use turku_testkit::tmpfs::Tmpfs;
 
 /// Backs up files `(name, seed, len)` of random bytes, streamed a MiB at a time.
 fn backup(store: &Store, files: &[(&str, u64, usize)]) -> Result<Snapshot, StoreError> {
@@ -110,7 +69,7 @@ fn free_bytes(path: &Path) -> u64 {
 #[test]
 fn a_full_disk_fails_a_backup_cleanly_and_forget_and_gc_make_room() {
     const MIB: usize = 1 << 20;
-    let mnt = Tmpfs::mount("16m");
+    let mnt = Tmpfs::mount(16);
     let root = mnt.path().join("store");
     let store = Store::init(&root, small_chunks()).unwrap();
     // `a` and `b` share `y`: once `a` is forgotten its pack is 40 % dead (repacked, which

@@ -5,6 +5,7 @@
 
 pub mod openrsync;
 pub mod system;
+pub mod tmpfs;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

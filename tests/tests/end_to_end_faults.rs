@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -15,6 +15,7 @@ use turku_testkit::system::{
     backup_logs, due, eventually, processes_mentioning, stderr, Agent, Coordinator, ProcessGroup,
     StorageDaemon,
 };
+use turku_testkit::tmpfs::Tmpfs;
 use turku_testkit::{
     assert_same_tree, backdate_recent, disk_usage, files_under, make_awkward_tree,
     pack_files_bytes, random_file,
@@ -354,64 +355,6 @@ fn the_agent_alone_killed_mid_backup_leaves_no_process_and_the_next_ping_backs_u
 #[test]
 fn a_power_loss_mid_backup_leaves_the_storage_clean_and_the_next_ping_backs_up() {
     agent_killed_mid_backup(true);
-}
-
-/// A tmpfs of a given size, unmounted (lazily when busy) when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(mib: u32) -> Tmpfs {
-        assert!(
-            turku_testkit::is_root(),
-            "this test mounts a small tmpfs to fill the disk: the test suite must run as \
-             root (as CI does; other tests switch to `nobody` as well)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount tmpfs: {}", stderr(&out));
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn resize(&self, mib: u32) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={mib}m")])
-            .arg(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "remount tmpfs: {}", stderr(&out));
-    }
-
-    /// Bytes an unprivileged writer could still put on the volume.
-    fn free_bytes(&self) -> u64 {
-        let stat = nix::sys::statvfs::statvfs(self.path()).unwrap();
-        stat.blocks_available() as u64 * stat.fragment_size() as u64
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
 }
 
 fn alive(pid: u32) -> bool {
