@@ -333,6 +333,48 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     pseudo_random(seed, len)
 }
 
+/// Ports a daemon is tried on before giving up (another may take a free port first).
+const DAEMON_PORT_ATTEMPTS: u32 = 20;
+/// Polls for a started daemon to listen, `DAEMON_START_POLL` apart.
+const DAEMON_START_POLLS: u32 = 100;
+const DAEMON_START_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The rsyncd secrets file for `auth` (`(user, password)`), owner-only as rsync demands.
+fn write_secrets(secrets: &Path, auth: Option<(&str, &str)>) {
+    if let Some((user, password)) = auth {
+        fs::write(secrets, format!("{user}:{password}\n")).unwrap();
+        fs::set_permissions(secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// Starts a daemon (`spawn` given a port that was free a moment ago) until one listens on
+/// 127.0.0.1: a daemon that exits meanwhile lost its port to someone else, so another is
+/// tried. `None` when none started.
+fn spawn_on_free_port(
+    mut spawn: impl FnMut(u16) -> std::process::Child,
+) -> Option<(u16, std::process::Child)> {
+    for _ in 0..DAEMON_PORT_ATTEMPTS {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = spawn(port);
+        for _ in 0..DAEMON_START_POLLS {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some((port, child));
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(DAEMON_START_POLL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
 /// A stock `rsync --daemon` on 127.0.0.1 with an ephemeral port, serving one read-only
 /// module per `(name, path)`, with `auth users` when a password is given. Killed on drop.
 pub struct RsyncDaemon {
@@ -411,42 +453,24 @@ impl RsyncDaemon {
                 ));
             }
         }
-        if let Some((user, password)) = auth {
-            fs::write(&secrets, format!("{user}:{password}\n")).unwrap();
-            fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        write_secrets(&secrets, auth);
         let conf_path = conf_dir.join("rsyncd.conf");
         fs::write(&conf_path, conf).unwrap();
-        for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(&rsync)
+        let (port, child) = spawn_on_free_port(|port| {
+            Command::new(&rsync)
                 .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
                 .arg(format!("--port={port}"))
                 .arg(format!("--config={}", conf_path.display()))
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .unwrap();
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return RsyncDaemon {
-                        port,
-                        child,
-                        _dir: conf_dir.to_path_buf(),
-                    };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break; // port taken meanwhile: try another
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+                .unwrap()
+        })
+        .unwrap_or_else(|| panic!("rsync --daemon did not start"));
+        RsyncDaemon {
+            port,
+            child,
+            _dir: conf_dir.to_path_buf(),
         }
-        panic!("rsync --daemon did not start");
     }
 
     /// The daemon's pid (its transfer workers are its children).

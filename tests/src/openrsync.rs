@@ -5,19 +5,13 @@
 //! without it: they never pass as if they had run.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use crate::is_root;
+use crate::{is_root, spawn_on_free_port, write_secrets};
 
 /// The environment variable naming the openrsync binary.
 pub const OPENRSYNC_ENV: &str = "TURKU_OPENRSYNC";
-
-/// How long a started daemon may take to accept connections.
-const START_ATTEMPTS: u32 = 100;
-const START_POLL: Duration = Duration::from_millis(20);
 
 /// The binary [`OPENRSYNC_ENV`] names; panics with how to get one when it is unset or
 /// names nothing executable.
@@ -80,17 +74,9 @@ impl OpenrsyncDaemon {
         fs::create_dir_all(conf_dir).unwrap();
         let secrets = conf_dir.join("secrets");
         let log = conf_dir.join("rsyncd.log");
-        if let Some((user, password)) = auth {
-            fs::write(&secrets, format!("{user}:{password}\n")).unwrap();
-            fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        write_secrets(&secrets, auth);
         let conf_path = conf_dir.join("rsyncd.conf");
-        for _ in 0..20 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+        let started = spawn_on_free_port(|port| {
             let mut conf = format!(
                 "address =\nport = {port}\nlog file = {}\nnumeric ids = yes\n",
                 log.display()
@@ -121,30 +107,22 @@ impl OpenrsyncDaemon {
                 }
             }
             fs::write(&conf_path, conf).unwrap();
-            let mut child = Command::new(binary)
+            Command::new(binary)
                 .args(["--daemon", "--no-detach"])
                 .arg(format!("--config={}", conf_path.display()))
                 .stdout(Stdio::null())
                 // The daemon's own complaints (a transfer child's errors) go to stderr.
                 .stderr(fs::File::create(conf_dir.join("stderr")).unwrap())
                 .spawn()
-                .unwrap();
-            for _ in 0..START_ATTEMPTS {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return OpenrsyncDaemon {
-                        port,
-                        child,
-                        log,
-                        stderr: conf_dir.join("stderr"),
-                    };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break; // the port was taken meanwhile: try another
-                }
-                std::thread::sleep(START_POLL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+                .unwrap()
+        });
+        if let Some((port, child)) = started {
+            return OpenrsyncDaemon {
+                port,
+                child,
+                log,
+                stderr: conf_dir.join("stderr"),
+            };
         }
         panic!(
             "openrsync --daemon did not start; log: {}",
