@@ -1100,21 +1100,27 @@ impl Agent {
             restore,
             _dir: dir,
         };
-        agent.write_config(serde_json::json!({
-            "api_url": coordinator.url.trim_end_matches('/'),
-            "api_auth_name": turku_api_types::constants::defaults::MACHINE_AUTH_NAME,
-            "api_auth_secret": coordinator.machine_registration(),
-            "var_dir": agent.var,
-            "lock_dir": agent.lock,
-            "restore_path": agent.restore,
-            "unit_name": "agent-test",
-        }));
+        agent.write_test_config(coordinator);
         std::fs::write(
             agent.etc.join("sources.d/10-sources.json"),
             serde_json::to_vec_pretty(&sources).unwrap(),
         )
         .unwrap();
         agent
+    }
+
+    /// The config `new` writes, from this agent's current dirs: call it again after
+    /// pointing `var`/`lock`/`restore` elsewhere.
+    pub fn write_test_config(&self, coordinator: &Coordinator) {
+        self.write_config(serde_json::json!({
+            "api_url": coordinator.url.trim_end_matches('/'),
+            "api_auth_name": turku_api_types::constants::defaults::MACHINE_AUTH_NAME,
+            "api_auth_secret": coordinator.machine_registration(),
+            "var_dir": self.var,
+            "lock_dir": self.lock,
+            "restore_path": self.restore,
+            "unit_name": "agent-test",
+        }));
     }
 
     pub fn write_config(&self, config: serde_json::Value) {

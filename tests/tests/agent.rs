@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -158,9 +159,7 @@ fn a_failing_ssh_leaves_nothing_behind_and_the_source_stays_due() {
     let coordinator = Coordinator::start();
     let mut storage = StorageDaemon::start(&coordinator, "storage-f", serde_json::json!({}));
     let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("data");
-    std::fs::create_dir(&tree).unwrap();
-    random_file(&tree.join("f"), 1, 4096);
+    let tree = one_file_source(work.path());
     let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
     let uuid = register_and_back_up(&coordinator, &storage, &agent);
     make_due(&coordinator, &uuid, "data");
@@ -181,8 +180,7 @@ fn interrupted_mid_backup(sig: nix::sys::signal::Signal, exit_code: i32) {
     let coordinator = Coordinator::start();
     let storage = StorageDaemon::start(&coordinator, "storage-i", serde_json::json!({}));
     let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("data");
-    std::fs::create_dir(&tree).unwrap();
+    let tree = empty_source(work.path());
     random_file(&tree.join("slow.bin"), 2, 4 << 20);
     let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
     agent.run_ok(&["update-config"]);
@@ -432,8 +430,7 @@ fn ctrl_c_to_the_whole_process_group_during_a_pre_command_is_an_interruption() {
     let coordinator = Coordinator::start();
     let _storage = StorageDaemon::start(&coordinator, "storage-c", serde_json::json!({}));
     let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("data");
-    std::fs::create_dir(&tree).unwrap();
+    let tree = empty_source(work.path());
     let mark = work.path().join("hook-started");
     let agent = Agent::new(
         &coordinator,
@@ -510,23 +507,13 @@ fn blanks_quotes_and_percent_in_tmpdir_and_var_dir_reach_ssh_intact() {
     let coordinator = Coordinator::start();
     let storage = StorageDaemon::start(&coordinator, "storage-awkward-dirs", serde_json::json!({}));
     let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("data");
-    std::fs::create_dir(&tree).unwrap();
-    random_file(&tree.join("f"), 1, 4096);
+    let tree = one_file_source(work.path());
     let mut agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
     let awkward = work.path().join("it's a \"dir\" \\ here");
     agent.tmp = awkward.join("tmp  dir");
     agent.var = awkward.join("var 100%h");
     std::fs::create_dir_all(&agent.tmp).unwrap();
-    agent.write_config(serde_json::json!({
-        "api_url": coordinator.url.trim_end_matches('/'),
-        "api_auth_name": turku_api_types::constants::defaults::MACHINE_AUTH_NAME,
-        "api_auth_secret": coordinator.machine_registration(),
-        "var_dir": agent.var,
-        "lock_dir": agent.lock,
-        "restore_path": agent.restore,
-        "unit_name": "agent-test",
-    }));
+    agent.write_test_config(&coordinator);
     register_and_back_up(&coordinator, &storage, &agent);
     agent.assert_nothing_left();
 }
@@ -538,9 +525,7 @@ fn an_rsyncd_command_that_cannot_be_executed_is_reported_at_once() {
     let coordinator = Coordinator::start();
     let storage = StorageDaemon::start(&coordinator, "storage-noexec", serde_json::json!({}));
     let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("data");
-    std::fs::create_dir(&tree).unwrap();
-    random_file(&tree.join("f"), 1, 4096);
+    let tree = one_file_source(work.path());
     let agent = Agent::new(&coordinator, serde_json::json!({"data": {"path": tree}}));
     let uuid = register_and_back_up(&coordinator, &storage, &agent);
     let not_executable = work.path().join("rsync-without-x-bit");
@@ -557,4 +542,18 @@ fn an_rsyncd_command_that_cannot_be_executed_is_reported_at_once() {
     assert_eq!(said.matches("Permission denied").count(), 1, "{said}");
     assert!(said.contains("cannot run the rsync daemon"), "{said}");
     agent.assert_nothing_left();
+}
+
+/// An empty source folder `data` under `work`.
+fn empty_source(work: &Path) -> PathBuf {
+    let tree = work.join("data");
+    std::fs::create_dir(&tree).unwrap();
+    tree
+}
+
+/// A source folder `data` under `work` holding one small file.
+fn one_file_source(work: &Path) -> PathBuf {
+    let tree = empty_source(work);
+    random_file(&tree.join("f"), 1, 4096);
+    tree
 }
