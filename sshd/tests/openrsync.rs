@@ -13,7 +13,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{export_within, init, run_bounded, turku, CHILD_BOUND};
@@ -95,6 +95,15 @@ fn adopt_symlink_times(src: &Path, stock: &Path) {
     }
 }
 
+/// An awkward tree at `dir/src`, backdated: stock rsync takes an entry made in the second
+/// of its source's mtime as right.
+fn awkward_source(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    make_awkward_tree(&src);
+    backdate_recent(&src);
+    src
+}
+
 fn snapshot_count(store: &Path) -> usize {
     let out = run_bounded({
         let mut c = turku(store);
@@ -108,10 +117,7 @@ fn snapshot_count(store: &Path) -> usize {
 #[ignore = "needs an openrsync binary: TURKU_OPENRSYNC=/path/to/openrsync"]
 fn a_pull_from_openrsync_equals_stock_rsyncs_and_an_unchanged_pull_moves_only_the_list() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    make_awkward_tree(&src);
-    // Stock rsync takes an entry made in the second of its source's mtime as right.
-    backdate_recent(&src);
+    let src = awkward_source(tmp.path());
     let daemon = openrsync(
         tmp.path(),
         &[OpenrsyncModule {
@@ -245,9 +251,7 @@ fn assert_same_as_stocks_push(src: &Path, theirs: &Path, ours: &Path) {
 #[ignore = "needs an openrsync binary: TURKU_OPENRSYNC=/path/to/openrsync"]
 fn a_push_into_an_openrsync_module_equals_stock_rsyncs() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    make_awkward_tree(&src);
-    backdate_recent(&src);
+    let src = awkward_source(tmp.path());
     let store = tmp.path().join("store");
     init(&store);
     let mut c = turku(&store);
