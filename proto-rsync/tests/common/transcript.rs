@@ -161,30 +161,39 @@ pub fn replay_handshake<'r>(
     })
 }
 
-/// Drives a receiver or sender (they share the feed/step/take_output shape but no trait)
-/// over the recorded chunks, one feed and one step a chunk as the tokio driver does, and
-/// checks the transcript ends with the run. Yields the outcome and everything we wrote.
+/// Drives the receiver or sender `$make` builds from the session's terms (they share the
+/// feed/step/take_output shape but no trait) over the recorded chunks, one feed and one
+/// step a chunk as the tokio driver does, and checks the transcript ends with the run.
+/// Yields the outcome and everything we wrote.
 macro_rules! drive {
-    ($machine:ident, $side:ident, $status:ident, $ours:ident, $inbuf:ident, $chunks:ident) => {{
-        $machine.feed(&$inbuf).expect("feed");
+    ($h:expr, $make:expr, $side:expr, $status:ident) => {{
+        let Handshaken {
+            neg,
+            mut ours,
+            inbuf,
+            mut chunks,
+        } = $h;
+        let side = $side;
+        let mut machine = $make(neg);
+        machine.feed(&inbuf).expect("feed");
         let outcome = loop {
-            let st = $machine.step($side).expect("step");
-            $ours.extend($machine.take_output());
+            let st = machine.step(side).expect("step");
+            ours.extend(machine.take_output());
             if let $status::Finished(o) = st {
                 break *o;
             }
-            while $machine.has_local_work() {
-                if let $status::Finished(o) = $machine.step($side).expect("step") {
-                    $ours.extend($machine.take_output());
+            while machine.has_local_work() {
+                if let $status::Finished(o) = machine.step(side).expect("step") {
+                    ours.extend(machine.take_output());
                     panic!("finished during local work: {o:?}");
                 }
-                $ours.extend($machine.take_output());
+                ours.extend(machine.take_output());
             }
-            let chunk = $chunks.next().expect("transcript ended before the run did");
-            $machine.feed(chunk).expect("feed");
+            let chunk = chunks.next().expect("transcript ended before the run did");
+            machine.feed(chunk).expect("feed");
         };
-        assert_eq!($chunks.len(), 0, "server bytes left over after the run");
-        (outcome, $ours)
+        assert_eq!(chunks.len(), 0, "server bytes left over after the run");
+        (outcome, ours)
     }};
 }
 
@@ -196,14 +205,8 @@ pub fn replay_receiver<K: ReceiveSink>(
     options: ReceiverOptions,
     sink: &mut K,
 ) -> (Outcome, Vec<u8>) {
-    let Handshaken {
-        neg,
-        mut ours,
-        inbuf,
-        mut chunks,
-    } = h;
-    let mut rx: ClientReceiver<K> = ClientReceiver::new(neg, options);
-    drive!(rx, sink, Status, ours, inbuf, chunks)
+    let receiver = |neg| ClientReceiver::<K>::new(neg, options);
+    drive!(h, receiver, sink, Status)
 }
 
 /// As [`replay_receiver`], for our sender (a push) that `sender` makes from the session's
@@ -213,14 +216,7 @@ pub fn replay_sender<S: SendSource>(
     sender: impl FnOnce(Negotiated) -> ClientSender<S>,
     source: &mut S,
 ) -> (PushOutcome, Vec<u8>) {
-    let Handshaken {
-        neg,
-        mut ours,
-        inbuf,
-        mut chunks,
-    } = h;
-    let mut tx = sender(neg);
-    drive!(tx, source, SendStatus, ours, inbuf, chunks)
+    drive!(h, sender, source, SendStatus)
 }
 
 /// A stream that logs every chunk our client reads and writes, in order.
