@@ -104,6 +104,18 @@ fn awkward_source(dir: &Path) -> PathBuf {
     src
 }
 
+/// openrsync serving `src` read-only as module `data`, configured under `dir`.
+fn serve_data(dir: &Path, src: &Path) -> OpenrsyncDaemon {
+    openrsync(
+        dir,
+        &[OpenrsyncModule {
+            name: "data",
+            path: src,
+            writable: false,
+        }],
+    )
+}
+
 fn snapshot_count(store: &Path) -> usize {
     let out = run_bounded({
         let mut c = turku(store);
@@ -118,14 +130,7 @@ fn snapshot_count(store: &Path) -> usize {
 fn a_pull_from_openrsync_equals_stock_rsyncs_and_an_unchanged_pull_moves_only_the_list() {
     let tmp = tempfile::tempdir().unwrap();
     let src = awkward_source(tmp.path());
-    let daemon = openrsync(
-        tmp.path(),
-        &[OpenrsyncModule {
-            name: "data",
-            path: &src,
-            writable: false,
-        }],
-    );
+    let daemon = serve_data(tmp.path(), &src);
 
     // The bar: stock rsync 3.x pulling the same module (it speaks 29 with openrsync).
     let stock = tmp.path().join("stock");
@@ -181,14 +186,7 @@ fn a_wrong_password_is_refused_and_stores_nothing() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    let daemon = openrsync(
-        tmp.path(),
-        &[OpenrsyncModule {
-            name: "data",
-            path: &src,
-            writable: false,
-        }],
-    );
+    let daemon = serve_data(tmp.path(), &src);
     let store = tmp.path().join("store");
     init(&store);
     let out = pull(&store, &daemon, "not-the-password");
