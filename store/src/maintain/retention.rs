@@ -145,9 +145,26 @@ fn earliest_cutoff(now: OffsetDateTime, unit: Unit, count: u64) -> OffsetDateTim
 }
 
 /// Which snapshot times to delete under `retention` at `now`. Returns indices into `times`.
-/// Times are compared in `now`'s UTC offset (the storage's configured time zone).
+/// Days, weeks and months are counted in `now`'s UTC offset (the storage's configured zone).
 pub fn to_delete(retention: &str, now: OffsetDateTime, times: &[OffsetDateTime]) -> Vec<usize> {
-    let keys: BTreeSet<OffsetDateTime> = times.iter().copied().collect();
+    to_delete_in_zone(retention, now, times, |t| t.to_offset(now.offset()))
+}
+
+/// [`to_delete`] in a zone whose offset changes (summer time): `local` gives an instant at the
+/// zone's offset *at that instant*. The wall-clock time decides only which day, week or month
+/// a snapshot falls in, so one taken within an hour of local midnight on the other side of a
+/// change stays in its own (one offset for all, the one of `now`, moved it across). Order,
+/// "last N snapshots" and "last N days" go by the real instant: when clocks go back, wall-clock
+/// times repeat an hour and no longer say which snapshot is newer.
+pub fn to_delete_in_zone(
+    retention: &str,
+    now: OffsetDateTime,
+    times: &[OffsetDateTime],
+    local: impl Fn(OffsetDateTime) -> OffsetDateTime,
+) -> Vec<usize> {
+    let wall_clock = |t: OffsetDateTime| local(t).replace_offset(time::UtcOffset::UTC);
+    let now_wall = wall_clock(now);
+    let instants: BTreeSet<OffsetDateTime> = times.iter().copied().collect();
     let mut keep: BTreeSet<OffsetDateTime> = BTreeSet::new();
     for raw in retention.split(',') {
         let Some(item) = parse_item(raw.trim()) else {
@@ -155,8 +172,8 @@ pub fn to_delete(retention: &str, now: OffsetDateTime, times: &[OffsetDateTime])
         };
         match item {
             RetentionItem::EarliestOf { count, unit } => {
-                let cutoff = earliest_cutoff(now, unit, count);
-                if let Some(first) = keys.range(cutoff..).next() {
+                let cutoff = earliest_cutoff(now_wall, unit, count);
+                if let Some(first) = instants.iter().find(|t| wall_clock(**t) >= cutoff) {
                     keep.insert(*first);
                 }
             }
@@ -166,13 +183,13 @@ pub fn to_delete(retention: &str, now: OffsetDateTime, times: &[OffsetDateTime])
                     .and_then(days_duration)
                     .and_then(|d| now.checked_sub(d));
                 match cutoff {
-                    Some(c) => keep.extend(keys.range(c..)),
-                    None => keep.extend(keys.iter()),
+                    Some(c) => keep.extend(instants.range(c..)),
+                    None => keep.extend(instants.iter()),
                 }
             }
             RetentionItem::LastSnapshots(n) => {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
-                keep.extend(keys.iter().rev().take(n));
+                keep.extend(instants.iter().rev().take(n));
             }
         }
     }
@@ -185,21 +202,6 @@ pub fn to_delete(retention: &str, now: OffsetDateTime, times: &[OffsetDateTime])
         .filter(|(_, t)| !keep.contains(t))
         .map(|(i, _)| i)
         .collect()
-}
-
-/// [`to_delete`] in a zone whose offset changes (summer time): `local` gives an instant at the
-/// zone's offset *at that instant*. Each time and `now` are compared as wall-clock times, so
-/// a snapshot taken within an hour of local midnight on the other side of a change stays in
-/// its own day, week and month (one offset for all, the one of `now`, moved it across).
-pub fn to_delete_in_zone(
-    retention: &str,
-    now: OffsetDateTime,
-    times: &[OffsetDateTime],
-    local: impl Fn(OffsetDateTime) -> OffsetDateTime,
-) -> Vec<usize> {
-    let wall_clock = |t: OffsetDateTime| local(t).replace_offset(time::UtcOffset::UTC);
-    let times: Vec<OffsetDateTime> = times.iter().map(|t| wall_clock(*t)).collect();
-    to_delete(retention, wall_clock(now), &times)
 }
 
 #[cfg(test)]
@@ -341,6 +343,36 @@ mod tests {
             to_delete_in_zone("earliest of 2 months, last 10 days", now, &times, |t| t
                 .to_offset(fixed)),
             [1]
+        );
+    }
+
+    #[test]
+    fn when_clocks_go_back_the_newest_snapshot_is_the_newest_instant() {
+        // 2024-10-27 in Helsinki: 00:50Z reads 03:50 (+03:00), 01:10Z reads 03:10 (+02:00).
+        // By wall-clock time the earlier snapshot looks newer.
+        let now = datetime!(2024-10-27 01:20 UTC);
+        let times = [
+            datetime!(2024-10-27 00:50 UTC),
+            datetime!(2024-10-27 01:10 UTC),
+        ];
+        assert_eq!(
+            to_delete_in_zone("last 1 snapshots", now, &times, helsinki),
+            [0]
+        );
+        // The earliest of the day is the one taken first, whatever its wall-clock reading.
+        assert_eq!(
+            to_delete_in_zone("earliest of 1 day", now, &times, helsinki),
+            [1]
+        );
+        // Two snapshots an hour apart across the change read the same wall-clock time and
+        // are still two.
+        let twins = [
+            datetime!(2024-10-27 00:10 UTC),
+            datetime!(2024-10-27 01:10 UTC),
+        ];
+        assert_eq!(
+            to_delete_in_zone("last 1 snapshots", now, &twins, helsinki),
+            [0]
         );
     }
 }
