@@ -151,6 +151,14 @@ descendants_of() {
     done
 }
 
+# In a child about to exec: its pid, start time and group flag $2 in run/$1.pid.
+record_self() {
+    local me=$BASHPID
+    if [ -d "$data/run" ]; then
+        printf '%s %s %s\n' "$me" "$(start_time_of "$me")" "$2" >"$data/run/$1.pid"
+    fi
+}
+
 # Starts "$@" in the background without our lock (a daemon must not hold it after we die),
 # output to $log; records its pid and start time under $name and in run/$name.pid (for the
 # next run, should this one be killed with -9). With spawn_group=1 the process leads a
@@ -160,18 +168,18 @@ spawn() {
     local name=$1 log=$2 pid
     shift 2
     spawning=1
+    if [ "${spawn_group:-0}" = 1 ]; then group_leaders[$name]=1; fi
+    local group=${group_leaders[$name]:+group}
+    # The child records itself before it becomes the command: a -9 of this script right
+    # after the fork cannot leave an unrecorded process (nor its group) behind.
     if [ -n "$lockfd" ]; then
-        "$@" </dev/null >>"$log" 2>&1 {lockfd}>&- &
+        (record_self "$name" "$group" && exec "$@") </dev/null >>"$log" 2>&1 {lockfd}>&- &
     else
-        "$@" </dev/null >>"$log" 2>&1 &
+        (record_self "$name" "$group" && exec "$@") </dev/null >>"$log" 2>&1 &
     fi
     pid=$!
     started[$name]=$pid
     started_at[$name]=$(start_time_of "$pid")
-    if [ "${spawn_group:-0}" = 1 ]; then group_leaders[$name]=1; fi
-    if [ -d "$data/run" ]; then
-        printf '%s %s %s\n' "$pid" "${started_at[$name]:--}" "${group_leaders[$name]:+group}" >"$data/run/$name.pid"
-    fi
     spawning=0
     if [ -n "$pending_signal" ]; then interrupted "$pending_signal"; fi
     return 0
