@@ -20,7 +20,7 @@
 //! indexed and must be indexed by then.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -273,16 +273,7 @@ fn sync_worker(
                 let indexed = written
                     .make_durable(&packs_dir)
                     .and_then(|finished| {
-                        index_pack(&mut db, session, &finished, &children).inspect_err(|_| {
-                            // Its row was rolled back, so nothing can reference its blobs;
-                            // and `gc` never deletes a pack no row knows (it leaves it for
-                            // `repair`): left here, a full disk at this step would keep the
-                            // pack's bytes for good.
-                            let _ = std::fs::remove_file(crate::format::pack::pack_path(
-                                &packs_dir,
-                                &finished.name,
-                            ));
-                        })
+                        index_pack(&mut db, &packs_dir, session, &finished, &children)
                     })
                     .map_or_else(Done::Failed, Done::Indexed);
                 unsynced_packs.fetch_sub(1, Ordering::AcqRel);
@@ -298,13 +289,27 @@ fn sync_worker(
 }
 
 /// Indexes a durable pack, pinned for `session`; returns the bytes its blobs take.
+///
+/// When the row surely did not commit, the pack file goes at once: nothing can reference its
+/// blobs, and `gc` never deletes a pack no row knows (it leaves it for `repair`), so a full
+/// disk at this step would otherwise keep the pack's bytes for good. A failed COMMIT is not
+/// always a rolled-back one (the WAL may hold the whole transaction when a later step, such
+/// as growing the shared-memory index or a sync, failed; recovery would bring the row back),
+/// so after a COMMIT error the pack is deleted only when appending to the WAL itself ran out
+/// of space: the commit frame is written last and cannot have landed.
 fn index_pack(
     db: &mut Connection,
+    packs_dir: &Path,
     session: i64,
     pack: &FinishedPack,
     children: &HashMap<Id, Vec<Id>>,
 ) -> Result<u64> {
-    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let remove = || {
+        let _ = std::fs::remove_file(crate::format::pack::pack_path(packs_dir, &pack.name));
+    };
+    let tx = db
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .inspect_err(|_| remove())?;
     index::insert_pack(
         &tx,
         &pack.name,
@@ -312,9 +317,18 @@ fn index_pack(
         &pack.blobs,
         &|id| children.get(id).cloned(),
         Some(session),
-    )?;
-    tx.commit()?;
+    )
+    .inspect_err(|_| remove())?;
+    tx.commit().inspect_err(|e| {
+        if is_disk_full(e) {
+            remove();
+        }
+    })?;
     Ok(pack.blobs.iter().map(|b| u64::from(b.stored_len)).sum())
+}
+
+fn is_disk_full(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 /// Sends blobs through the pipeline and learns when their packs are durable and indexed.
