@@ -63,6 +63,15 @@ impl ReadScratch {
                 self.plain_len = stored_len;
             }
             COMPRESSION_ZSTD => {
+                // Sized from the index before anything is read: a corrupt row must not make a
+                // reader allocate (and keep) more than any compressor could have produced.
+                if stored_len > zstd::zstd_safe::compress_bound(location.raw_len as usize) {
+                    return Err(corrupt_blob(
+                        &blob.pack_name,
+                        location,
+                        "stored length exceeds what zstd can produce for its size",
+                    ));
+                }
                 let into = room(&mut self.stored, stored_len);
                 if let Err(e) = file.read_exact_at(into, location.offset) {
                     return Ok(LoadOutcome::ReadFailed(StoreError::io(
@@ -361,6 +370,53 @@ mod tests {
             drop(readers);
             let pooled = store.inner.read_scratch.lock().unwrap().len();
             assert_eq!(pooled, READ_SCRATCH_POOLED);
+        }
+    }
+
+    /// A zero-length chunk in a file's list (the tree format allows one) shares its start
+    /// with the next chunk: reading goes on past it instead of ending the file there.
+    #[test]
+    fn a_zero_length_chunk_does_not_end_the_file() {
+        let content = body(5 << 20, 7);
+        let (_dir, store, snap) = store_with(CompressionMode::Inline, &[("f", content.clone())]);
+        let chunks = chunks_of(&store, &snap, "f");
+        assert!(chunks.len() >= 3, "several chunks: {}", chunks.len());
+        // A binary search over repeated starts may land on any of them: try runs of 1 to 4
+        // zero-length chunks before each chunk.
+        for (at, zeros) in (1..chunks.len()).flat_map(|at| (1..=4).map(move |z| (at, z))) {
+            let mut with_empty = chunks.clone();
+            let empty = ChunkRef {
+                id: chunks[at].id,
+                len: 0,
+            };
+            for _ in 0..zeros {
+                with_empty.insert(at, empty.clone());
+            }
+            let mut read = Vec::new();
+            store
+                .open_chunks(&with_empty)
+                .read_to_end(&mut read)
+                .unwrap();
+            assert!(
+                read == content,
+                "zero-length chunks at {at}: read {} bytes",
+                read.len()
+            );
+            let mut reader = store.open_chunks(&with_empty);
+            let mut lent = Vec::new();
+            loop {
+                let piece = reader.peek().unwrap().to_vec();
+                if piece.is_empty() {
+                    break;
+                }
+                lent.extend_from_slice(&piece);
+                reader.consume(piece.len());
+            }
+            assert!(
+                lent == content,
+                "zero-length chunks at {at}: lent {} bytes",
+                lent.len()
+            );
         }
     }
 

@@ -52,10 +52,12 @@ impl FileReader {
 
     /// The chunk holding `offset` (which is inside the file) and the offset within it.
     fn locate(&self, offset: u64) -> (usize, usize) {
-        let index = match self.starts.binary_search(&offset) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
+        // The last chunk starting at or before `offset`: a zero-length chunk shares its start
+        // with the next one, and taking it would read as the end of the file.
+        let index = self
+            .starts
+            .partition_point(|start| *start <= offset)
+            .saturating_sub(1);
         (index, (offset - self.starts[index]) as usize)
     }
 
