@@ -390,7 +390,7 @@ mod tests {
                 len: 0,
             };
             for _ in 0..zeros {
-                with_empty.insert(at, empty.clone());
+                with_empty.insert(at, empty);
             }
             let mut read = Vec::new();
             store
