@@ -208,9 +208,33 @@ stop() {
     rm -f "$data/run/$name.pid"
 }
 
+# The process group $1 still has a member (its leader or what the leader left in it).
+group_has_members() {
+    local f stat
+    for f in /proc/[0-9]*/stat; do
+        # read, not cat: this runs in a wait loop, over every process.
+        { read -r stat <"$f"; } 2>/dev/null || continue
+        read -r -a stat <<<"${stat##*) }"
+        # Fields after the command name: state, ppid, pgrp.
+        if [ "${stat[2]:-}" = "$1" ] && [ "${stat[0]}" != Z ]; then return 0; fi
+    done
+    return 1
+}
+
+# The group led by $1 (started at $2) has members that are its: the leader is that process,
+# or is gone without its pid having been given to another (a pid in use as a group id is
+# never handed out, so the group is still the leader's).
+group_left() {
+    local now
+    now=$(start_time_of "$1")
+    { [ -z "$now" ] || [ "$now" = "$2" ]; } && group_has_members "$1"
+}
+
 # Ends what an earlier run recorded in run/*.pid and left running (killed with -9: its
 # daemons, the agent and its children, a build's process group): only processes whose start
-# time still matches, never anything else that mentions the data dir.
+# time still matches, never anything else that mentions the data dir. Everything is found
+# before anything is signalled: a target that dies of an early signal is still ended in
+# full (its group and descendants) and reported.
 sweep() {
     local f pid at group targets=() deadline entry
     for f in "$data"/run/*.pid; do
@@ -218,24 +242,27 @@ sweep() {
         read -r pid at group <"$f" 2>/dev/null || true
         rm -f "$f"
         [[ $pid =~ ^[0-9]+$ ]] || continue
-        if [ "$group" = group ]; then signal_group "$pid" "$at" TERM; fi
+        if [ "$group" = group ] && group_left "$pid" "$at"; then targets+=("-$pid $at"); fi
         same_process "$pid" "$at" || continue
-        targets+=("$pid $at" )
+        targets+=("$pid $at")
         while read -r entry; do [ -z "$entry" ] || targets+=("$entry"); done < <(descendants_of "$pid")
-        if [ "$group" = group ]; then targets+=("-$pid $at"); fi
     done
     [ ${#targets[@]} -gt 0 ] || return 0
     [ "${1:-}" = quiet ] || say "ending processes left by an earlier run: $(for e in "${targets[@]}"; do printf '%s ' "${e%% *}"; done)"
     for entry in "${targets[@]}"; do
         read -r pid at <<<"$entry"
-        [ "${pid:0:1}" = - ] || signal_same "$pid" "$at" TERM
+        if [ "${pid:0:1}" = - ]; then signal_group "${pid#-}" "$at" TERM; else signal_same "$pid" "$at" TERM; fi
     done
     deadline=$((SECONDS + STOP_TIMEOUT))
     while [ $SECONDS -lt $deadline ]; do
         local alive=0
         for entry in "${targets[@]}"; do
             read -r pid at <<<"$entry"
-            if [ "${pid:0:1}" != - ] && same_process "$pid" "$at"; then alive=1; fi
+            if [ "${pid:0:1}" = - ]; then
+                if group_left "${pid#-}" "$at"; then alive=1; fi
+            elif same_process "$pid" "$at"; then
+                alive=1
+            fi
         done
         [ $alive = 1 ] || break
         sleep 0.1

@@ -612,7 +612,6 @@ fn a_caller_with_cdpath_hooks_ssh_settings_and_by_hand_processes_is_not_disturbe
 }
 
 #[test]
-#[ignore = "intermittent: the next run sometimes does not report the build's record; passes by hand"]
 fn a_run_killed_with_sigkill_during_the_build_leaves_no_compiler_to_the_next_run() {
     let work = tempfile::tempdir().unwrap();
     let bin = bin_dir(work.path());
