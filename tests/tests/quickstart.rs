@@ -541,7 +541,15 @@ fn by_hand_process(work: &Path, name: &str, mention: &Path) -> Child {
     std::fs::write(&program, "#!/bin/sh\nsleep 120\n").unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Command::new(&program).arg(mention).spawn().unwrap()
+    // No inherited stdio: its `sleep` outlives the killed `sh` and would hold the test
+    // harness's output pipe (cargo waits for it) for two minutes.
+    Command::new(&program)
+        .arg(mention)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
