@@ -1406,22 +1406,12 @@ pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
     found
 }
 
-/// Pids of rsync daemons whose command line mentions `dir`.
+/// Pids of rsync daemons whose command line mentions `dir` (stopped daemons are reaped by
+/// the agent; a zombie's empty command line mentions nothing).
 pub fn daemons_with(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        // A zombie has an empty command line; stopped daemons are reaped by the agent.
-        if text.contains(&needle) && text.contains("--daemon") {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_mentioning(dir)
+        .into_iter()
+        .filter(|(_, text)| text.contains("--daemon"))
+        .map(|(pid, _)| pid)
+        .collect()
 }

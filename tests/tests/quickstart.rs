@@ -11,7 +11,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use turku_testkit::system::{
-    turku_agent_binary, turku_api_binary, turku_storage_binary, wait_bounded,
+    processes_mentioning, turku_agent_binary, turku_api_binary, turku_storage_binary, wait_bounded,
 };
 use turku_testkit::{
     assert_rsync_sees_no_difference, backdate_recent, make_awkward_tree, random_file,
@@ -137,39 +137,17 @@ fn snapshots(data: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Live processes (zombies have no command line) whose command line mentions `dir`.
-fn processes_mentioning(dir: &Path) -> Vec<String> {
-    let needle = dir.display().to_string();
-    let own = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if pid != own && text.contains(&needle) {
-            found.push(format!("{pid}: {text}"));
-        }
-    }
-    found
-}
-
 /// Kills (SIGKILL) whatever still mentions the data dir when a test ends, passed or failed,
 /// so a failing run cannot leave daemons on the machine.
 struct KillLeftovers(PathBuf);
 
 impl Drop for KillLeftovers {
     fn drop(&mut self) {
-        for line in processes_mentioning(&self.0) {
-            if let Some(Ok(pid)) = line.split(':').next().map(str::parse::<i32>) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        for (pid, _) in processes_mentioning(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
