@@ -137,6 +137,30 @@ fn snapshots(data: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A test's own folder with the three binaries, the source tree and a data dir whose
+/// leftover processes are killed when the test ends (the guard goes before the folder).
+struct Setup {
+    work: tempfile::TempDir,
+    bin: PathBuf,
+    source: PathBuf,
+    data: PathBuf,
+    _guard: KillLeftovers,
+}
+
+fn setup() -> Setup {
+    let work = tempfile::tempdir().unwrap();
+    let bin = bin_dir(work.path());
+    let source = source_tree(work.path());
+    let data = work.path().join("data");
+    Setup {
+        bin,
+        source,
+        _guard: KillLeftovers(data.clone()),
+        data,
+        work,
+    }
+}
+
 /// Kills (SIGKILL) whatever still mentions the data dir when a test ends, passed or failed,
 /// so a failing run cannot leave daemons on the machine.
 struct KillLeftovers(PathBuf);
@@ -264,11 +288,13 @@ fn wait_exit(mut child: Child, bound: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn quickstart_backs_up_twice_restores_verified_and_a_second_run_adds_snapshots() {
-    let work = tempfile::tempdir().unwrap();
-    let bin = bin_dir(work.path());
-    let source = source_tree(work.path());
-    let data = work.path().join("data");
-    let _guard = KillLeftovers(data.clone());
+    let Setup {
+        work: _work,
+        bin,
+        source,
+        data,
+        _guard,
+    } = setup();
 
     let (out, text) = run(&bin, &data, &source);
     assert!(out.status.success(), "first run: {:?}\n{text}", out.status);
@@ -305,11 +331,13 @@ fn quickstart_backs_up_twice_restores_verified_and_a_second_run_adds_snapshots()
 
 #[test]
 fn ctrl_c_during_the_backup_leaves_no_process_behind() {
-    let work = tempfile::tempdir().unwrap();
-    let bin = bin_dir(work.path());
-    let source = source_tree(work.path());
-    let data = work.path().join("data");
-    let _guard = KillLeftovers(data.clone());
+    let Setup {
+        work: _work,
+        bin,
+        source,
+        data,
+        _guard,
+    } = setup();
 
     let (child, rx) = start_in_own_group(&bin, &data, &source);
     wait_for_line(&rx, "backup: turku-agent ping");
@@ -348,11 +376,13 @@ fn ctrl_c_during_the_backup_leaves_no_process_behind() {
 
 #[test]
 fn a_run_killed_with_sigkill_does_not_break_the_next_run() {
-    let work = tempfile::tempdir().unwrap();
-    let bin = bin_dir(work.path());
-    let source = source_tree(work.path());
-    let data = work.path().join("data");
-    let _guard = KillLeftovers(data.clone());
+    let Setup {
+        work: _work,
+        bin,
+        source,
+        data,
+        _guard,
+    } = setup();
 
     let (child, rx) = start_in_own_group(&bin, &data, &source);
     wait_for_line(&rx, "backup: turku-agent ping");
@@ -532,11 +562,13 @@ fn by_hand_process(work: &Path, name: &str, mention: &Path) -> Child {
 
 #[test]
 fn a_caller_with_cdpath_hooks_ssh_settings_and_by_hand_processes_is_not_disturbed() {
-    let work = tempfile::tempdir().unwrap();
-    let bin = bin_dir(work.path());
-    let _source = source_tree(work.path());
-    let data = work.path().join("data");
-    let _guard = KillLeftovers(data.clone());
+    let Setup {
+        work,
+        bin,
+        source: _source,
+        data,
+        _guard,
+    } = setup();
     // The user's by-hand commands (as the script prints them) mention the data dir.
     let mut by_hand = by_hand_process(work.path(), "rsync", &data.join("restores"));
     // ssh as the agent runs it: its arguments and environment noted, then the real one.
@@ -599,11 +631,13 @@ fn a_caller_with_cdpath_hooks_ssh_settings_and_by_hand_processes_is_not_disturbe
 
 #[test]
 fn a_run_killed_with_sigkill_during_the_build_leaves_no_compiler_to_the_next_run() {
-    let work = tempfile::tempdir().unwrap();
-    let bin = bin_dir(work.path());
-    let source = source_tree(work.path());
-    let data = work.path().join("data");
-    let _guard = KillLeftovers(data.clone());
+    let Setup {
+        work,
+        bin,
+        source,
+        data,
+        _guard,
+    } = setup();
     // A cargo that builds for ever, through a compiler of its own.
     let fake = work.path().join("fake-cargo");
     std::fs::create_dir_all(&fake).unwrap();
