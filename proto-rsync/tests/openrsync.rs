@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::mem_sink::MemSink;
 use common::recorded_tree::{
     delta_basis, expected_tree, push_entries, read_tree, MemSource, DELTA_FILE,
 };
@@ -32,10 +33,7 @@ use turku_proto_rsync::io::{pull, push, PullConfig, PushConfig};
 use turku_proto_rsync::session::args::ServerArgs;
 use turku_proto_rsync::session::receiver::ReceiverOptions;
 use turku_proto_rsync::session::sender::{ClientSender, PushOutcome, SenderOptions};
-use turku_proto_rsync::{
-    EntryAction, Error, FileEntry, FileKind, HardLink, Limits, MessageKind, Outcome, ReceiveSink,
-    Secret, SinkError, Timeouts,
-};
+use turku_proto_rsync::{Error, FileEntry, FileKind, HardLink, Limits, Outcome, Secret, Timeouts};
 
 /// The seed every recording asks the daemon for, so sums do not depend on the moment.
 const SEED: i32 = 0x6d61_6373;
@@ -255,55 +253,6 @@ fn ft_is_device(mode: u32) -> bool {
 }
 
 // ------------------------------------------------------------------ the sink
-
-/// Keeps what the receiver delivers in memory; offers no basis. With `have_all` it
-/// answers every regular file as unchanged, as a store holding the previous snapshot does.
-#[derive(Default)]
-struct MemSink {
-    have_all: bool,
-    entries: BTreeMap<u32, FileEntry>,
-    files: BTreeMap<u32, Vec<u8>>,
-    current: Vec<u8>,
-    failed: Vec<String>,
-    messages: Vec<String>,
-}
-
-impl ReceiveSink for MemSink {
-    type Basis = Vec<u8>;
-    fn entry(&mut self, ndx: u32, e: &FileEntry) -> Result<EntryAction, SinkError> {
-        self.entries.insert(ndx, e.clone());
-        Ok(if self.have_all {
-            EntryAction::Skip
-        } else {
-            EntryAction::Transfer
-        })
-    }
-    fn basis(&mut self, _: u32, _: &FileEntry) -> Result<Option<Vec<u8>>, SinkError> {
-        Ok(None)
-    }
-    fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), SinkError> {
-        self.current.clear();
-        Ok(())
-    }
-    fn content(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        self.current.extend_from_slice(data);
-        Ok(())
-    }
-    fn end_content(&mut self, ndx: u32, _: &FileEntry, verified: bool) -> Result<(), SinkError> {
-        let data = std::mem::take(&mut self.current);
-        if verified {
-            self.files.insert(ndx, data);
-        }
-        Ok(())
-    }
-    fn file_failed(&mut self, _: u32, e: &FileEntry, reason: &str) -> Result<(), SinkError> {
-        self.failed.push(format!("{}: {reason}", e.name_lossy()));
-        Ok(())
-    }
-    fn message(&mut self, _: MessageKind, text: &str) {
-        self.messages.push(text.to_owned());
-    }
-}
 
 impl MemSink {
     /// The received list as a manifest (followers take their leader's content; a set is

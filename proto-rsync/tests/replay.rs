@@ -16,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::mem_sink::MemSink;
 use common::recorded_tree::{
     build_tree, delta_basis, expected_tree, push_entries, read_tree, MemSource, Node, DELTA_FILE,
 };
@@ -28,10 +29,7 @@ use turku_proto_rsync::io::{pull, push, PullConfig, PushConfig};
 use turku_proto_rsync::session::args::ServerArgs;
 use turku_proto_rsync::session::receiver::ReceiverOptions;
 use turku_proto_rsync::session::sender::{ClientSender, PushOutcome, SenderOptions};
-use turku_proto_rsync::{
-    EntryAction, FileEntry, FileKind, HardLink, Limits, MessageKind, Outcome, ReceiveSink,
-    SinkError, Timeouts,
-};
+use turku_proto_rsync::{FileKind, HardLink, Limits, Outcome, Timeouts};
 
 /// The seed every recording asks the daemon for (`--checksum-seed`), so block and file
 /// sums do not depend on the time of the recording.
@@ -103,49 +101,12 @@ fn header(case: &Case) -> String {
 
 // ------------------------------------------------------------------ the sink
 
-/// Keeps everything the receiver delivers in memory; offers [`delta_basis`] as the basis
-/// of [`DELTA_FILE`] and nothing for the rest. Recording and replay use the same one, so
-/// the machine makes the same requests both times.
-#[derive(Default)]
-struct MemSink {
-    /// By sorted index: name and what the entry said.
-    entries: BTreeMap<u32, FileEntry>,
-    files: BTreeMap<u32, Vec<u8>>,
-    current: Vec<u8>,
-    failed: Vec<String>,
-    messages: Vec<String>,
-}
-
-impl ReceiveSink for MemSink {
-    type Basis = Vec<u8>;
-    fn entry(&mut self, ndx: u32, e: &FileEntry) -> Result<EntryAction, SinkError> {
-        self.entries.insert(ndx, e.clone());
-        Ok(EntryAction::Transfer)
-    }
-    fn basis(&mut self, _: u32, e: &FileEntry) -> Result<Option<Vec<u8>>, SinkError> {
-        Ok((e.name == DELTA_FILE.as_bytes()).then(delta_basis))
-    }
-    fn begin_content(&mut self, _: u32, _: &FileEntry) -> Result<(), SinkError> {
-        self.current.clear();
-        Ok(())
-    }
-    fn content(&mut self, data: &[u8]) -> Result<(), SinkError> {
-        self.current.extend_from_slice(data);
-        Ok(())
-    }
-    fn end_content(&mut self, ndx: u32, _: &FileEntry, verified: bool) -> Result<(), SinkError> {
-        let data = std::mem::take(&mut self.current);
-        if verified {
-            self.files.insert(ndx, data);
-        }
-        Ok(())
-    }
-    fn file_failed(&mut self, _: u32, e: &FileEntry, reason: &str) -> Result<(), SinkError> {
-        self.failed.push(format!("{}: {reason}", e.name_lossy()));
-        Ok(())
-    }
-    fn message(&mut self, _: MessageKind, text: &str) {
-        self.messages.push(text.to_owned());
+/// The sink of recording and replay alike: it offers [`delta_basis`] as the basis of
+/// [`DELTA_FILE`] and nothing for the rest, so the machine makes the same requests both times.
+fn delta_sink() -> MemSink {
+    MemSink {
+        basis: |e| (e.name == DELTA_FILE.as_bytes()).then(delta_basis),
+        ..MemSink::default()
     }
 }
 
@@ -228,7 +189,7 @@ fn read_transcript(case: &Case) -> Records {
 
 fn replay_case(case: &Case) {
     let records = read_transcript(case);
-    let mut sink = MemSink::default();
+    let mut sink = delta_sink();
     let (outcome, ours) = replay(case, &records, &mut sink);
     assert_same_output(case.file, &ours, &records);
     check_run(case, &outcome, &sink);
@@ -382,7 +343,7 @@ async fn record_fixtures() {
             .await
             .expect("connect");
         let (rec, log) = Recorder::new(stream);
-        let mut sink = MemSink::default();
+        let mut sink = delta_sink();
         let o = tokio::time::timeout(
             Duration::from_secs(60),
             pull(rec, &pull_config(case), &mut sink),

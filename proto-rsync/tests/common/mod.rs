@@ -1,6 +1,7 @@
 //! Helpers shared by the crate's integration tests; each test binary uses only some of them.
 #![allow(dead_code)]
 
+pub mod mem_sink;
 pub mod recorded_tree;
 pub mod transcript;
 pub mod tree;
