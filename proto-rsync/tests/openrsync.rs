@@ -22,17 +22,18 @@ use std::time::Duration;
 
 use common::mem_sink::MemSink;
 use common::recorded_tree::{
-    delta_basis, expected_tree, push_entries, read_tree, MemSource, DELTA_FILE,
+    delta_basis, expected_tree, push_entries, read_tree, replay_push as replay_push_tree,
+    MemSource, DELTA_FILE,
 };
 use common::transcript::{
     self, assert_same_output, decode_transcript, encode_transcript, replay_handshake,
-    replay_receiver, replay_sender, take_records, Recorder, Records, MAGIC,
+    replay_receiver, take_records, Recorder, Records, MAGIC,
 };
 use sha2::{Digest, Sha256};
 use turku_proto_rsync::io::{pull, push, PullConfig, PushConfig};
 use turku_proto_rsync::session::args::ServerArgs;
 use turku_proto_rsync::session::receiver::ReceiverOptions;
-use turku_proto_rsync::session::sender::{ClientSender, PushOutcome, SenderOptions};
+use turku_proto_rsync::session::sender::PushOutcome;
 use turku_proto_rsync::{Error, FileEntry, FileKind, HardLink, Limits, Outcome, Secret, Timeouts};
 
 /// The seed every recording asks the daemon for, so sums do not depend on the moment.
@@ -494,33 +495,7 @@ fn check_push(o: &PushOutcome) {
 /// chunk) and returns the outcome and all we wrote.
 fn replay_push(records: &Records) -> (PushOutcome, Vec<u8>) {
     let cfg = push_config();
-    // As the driver builds it from `cfg`: the module root goes as `incoming/./`.
-    let mut args = ServerArgs::push(&cfg.module, &cfg.path, cfg.hard_links, cfg.delete);
-    args.numeric_ids = cfg.numeric_ids;
-    args.checksum_seed = cfg.checksum_seed;
-    let h = replay_handshake(args, cfg.protocol, &cfg.user, cfg.password.clone(), records)
-        .unwrap_or_else(|(e, _)| panic!("handshake: {e}"));
-    let entries = push_entries();
-    let mut source = MemSource {
-        entries: entries.clone(),
-        messages: Vec::new(),
-    };
-    let sender = |neg| -> ClientSender<MemSource> {
-        ClientSender::new(
-            neg,
-            SenderOptions {
-                hard_links: cfg.hard_links,
-                numeric_ids: cfg.numeric_ids,
-                delete: false,
-                filter_rules: Vec::new(),
-                limits: Limits::default(),
-            },
-            entries,
-            0,
-        )
-        .expect("sender")
-    };
-    replay_sender(h, sender, &mut source)
+    replay_push_tree(&cfg, cfg.password.clone(), records)
 }
 
 fn replay_push_case() {

@@ -18,17 +18,18 @@ use std::time::Duration;
 
 use common::mem_sink::MemSink;
 use common::recorded_tree::{
-    build_tree, delta_basis, expected_tree, push_entries, read_tree, MemSource, Node, DELTA_FILE,
+    build_tree, delta_basis, expected_tree, push_entries, read_tree,
+    replay_push as replay_push_tree, MemSource, Node, DELTA_FILE,
 };
 use common::transcript::{
     assert_same_output, decode_transcript, encode_transcript, read_fixture, replay_handshake,
-    replay_receiver, replay_sender, take_records, Dir, Recorder, Records, MAGIC,
+    replay_receiver, take_records, Dir, Recorder, Records, MAGIC,
 };
 use common::StockDaemon;
 use turku_proto_rsync::io::{pull, push, PullConfig, PushConfig};
 use turku_proto_rsync::session::args::ServerArgs;
 use turku_proto_rsync::session::receiver::ReceiverOptions;
-use turku_proto_rsync::session::sender::{ClientSender, PushOutcome, SenderOptions};
+use turku_proto_rsync::session::sender::PushOutcome;
 use turku_proto_rsync::{FileKind, HardLink, Limits, Outcome, Timeouts};
 
 /// The seed every recording asks the daemon for (`--checksum-seed`), so block and file
@@ -263,33 +264,7 @@ fn check_push(case: &Case, o: &PushOutcome) {
 /// Runs our handshake and sender over the recorded server chunks (one feed and one step
 /// a chunk) and returns the outcome and all we wrote.
 fn replay_push(case: &Case, records: &Records) -> (PushOutcome, Vec<u8>) {
-    let cfg = push_config(case);
-    let mut args = ServerArgs::push(&cfg.module, &cfg.path, cfg.hard_links, cfg.delete);
-    args.numeric_ids = cfg.numeric_ids;
-    args.checksum_seed = cfg.checksum_seed;
-    let h = replay_handshake(args, cfg.protocol, &cfg.user, None, records)
-        .unwrap_or_else(|(e, _)| panic!("handshake: {e}"));
-    let entries = push_entries();
-    let mut source = MemSource {
-        entries: entries.clone(),
-        messages: Vec::new(),
-    };
-    let sender = |neg| -> ClientSender<MemSource> {
-        ClientSender::new(
-            neg,
-            SenderOptions {
-                hard_links: cfg.hard_links,
-                numeric_ids: cfg.numeric_ids,
-                delete: false,
-                filter_rules: Vec::new(),
-                limits: Limits::default(),
-            },
-            entries,
-            0,
-        )
-        .expect("sender")
-    };
-    replay_sender(h, sender, &mut source)
+    replay_push_tree(&push_config(case), None, records)
 }
 
 fn replay_push_case(case: &Case) {

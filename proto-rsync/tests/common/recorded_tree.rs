@@ -7,8 +7,12 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use turku_proto_rsync::session::sender::SendSource;
-use turku_proto_rsync::{FileEntry, HardLink, MessageKind, SinkError};
+use turku_proto_rsync::io::PushConfig;
+use turku_proto_rsync::session::args::ServerArgs;
+use turku_proto_rsync::session::sender::{ClientSender, PushOutcome, SendSource, SenderOptions};
+use turku_proto_rsync::{FileEntry, HardLink, Limits, MessageKind, Secret, SinkError};
+
+use super::transcript::{replay_handshake, replay_sender, Records};
 
 /// One mtime for every file and directory of the tree (symlinks keep the time they were
 /// made: the standard library cannot set a symlink's own time).
@@ -198,4 +202,41 @@ pub fn read_tree(root: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
     walk(root, ".", &mut out);
     out
+}
+
+/// Runs our handshake and sender, pushing this tree as `cfg` says (with `password`, when
+/// the recording had one), over the recorded server chunks (one feed and one step a chunk);
+/// returns the outcome and all we wrote.
+pub fn replay_push(
+    cfg: &PushConfig,
+    password: Option<Secret>,
+    records: &Records,
+) -> (PushOutcome, Vec<u8>) {
+    // As the driver builds them from `cfg`.
+    let mut args = ServerArgs::push(&cfg.module, &cfg.path, cfg.hard_links, cfg.delete);
+    args.numeric_ids = cfg.numeric_ids;
+    args.checksum_seed = cfg.checksum_seed;
+    let h = replay_handshake(args, cfg.protocol, &cfg.user, password, records)
+        .unwrap_or_else(|(e, _)| panic!("handshake: {e}"));
+    let entries = push_entries();
+    let mut source = MemSource {
+        entries: entries.clone(),
+        messages: Vec::new(),
+    };
+    let sender = |neg| -> ClientSender<MemSource> {
+        ClientSender::new(
+            neg,
+            SenderOptions {
+                hard_links: cfg.hard_links,
+                numeric_ids: cfg.numeric_ids,
+                delete: false,
+                filter_rules: Vec::new(),
+                limits: Limits::default(),
+            },
+            entries,
+            0,
+        )
+        .expect("sender")
+    };
+    replay_sender(h, sender, &mut source)
 }
